@@ -1,0 +1,6 @@
+"""edgefleet: run and manage machine-learning models on fleets of edge devices."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,135 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ServerMetadataRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerMetadataResponse(_message.Message):
+    __slots__ = ("name", "version", "extensions", "protocol", "runtimes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    extensions: _containers.RepeatedScalarFieldContainer[str]
+    protocol: str
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., extensions: _Optional[_Iterable[str]] = ..., protocol: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthResponse(_message.Message):
+    __slots__ = ("live", "ready", "state", "detail")
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    live: bool
+    ready: bool
+    state: str
+    detail: str
+    def __init__(self, live: _Optional[bool] = ..., ready: _Optional[bool] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ModelStatisticsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LatencyStats(_message.Message):
+    __slots__ = ("p50_ms", "p95_ms", "p99_ms")
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
+
+class ModelStatistics(_message.Message):
+    __slots__ = ("name", "model_name", "model_version", "request_count", "error_count", "latency", "last_inference_time", "last_capture_time", "in_flight", "queued", "memory_bytes", "loaded_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    LAST_INFERENCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_name: str
+    model_version: str
+    request_count: int
+    error_count: int
+    latency: LatencyStats
+    last_inference_time: float
+    last_capture_time: float
+    in_flight: int
+    queued: int
+    memory_bytes: int
+    loaded_time: float
+    def __init__(self, name: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., request_count: _Optional[int] = ..., error_count: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., last_inference_time: _Optional[float] = ..., last_capture_time: _Optional[float] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., loaded_time: _Optional[float] = ...) -> None: ...
+
+class ModelStatisticsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatistics]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStatistics, _Mapping]]] = ...) -> None: ...
+
+class PosixShmHandle(_message.Message):
+    __slots__ = ("name", "offset", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offset: int
+    size: int
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class TensorExt(_message.Message):
+    __slots__ = ("name", "data_type", "shape", "byte_data", "sysv_segment_id", "posix_shm", "offset", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BYTE_DATA_FIELD_NUMBER: _ClassVar[int]
+    SYSV_SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POSIX_SHM_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: bytes
+    data_type: int
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    byte_data: bytes
+    sysv_segment_id: int
+    posix_shm: PosixShmHandle
+    offset: int
+    size: int
+    def __init__(self, name: _Optional[bytes] = ..., data_type: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., byte_data: _Optional[bytes] = ..., sysv_segment_id: _Optional[int] = ..., posix_shm: _Optional[_Union[PosixShmHandle, _Mapping]] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class PredictExtRequest(_message.Message):
+    __slots__ = ("name", "tensors")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorExt]
+    def __init__(self, name: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorExt, _Mapping]]] = ...) -> None: ...
+
+class PredictExtResponse(_message.Message):
+    __slots__ = ("tensors",)
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorExt]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorExt, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The ``edgefleet`` command line. Each area registers its own sub-commands module."""

@@ -1,0 +1,143 @@
+"""The runtime backend interface and the registry that picks a backend by the manifest's name.
+
+A backend loads an artifact from an unpacked, verified package directory and returns a
+:class:`LoadedModel`. ``LoadedModel.run`` must be safe to call from several threads at once and
+should release the GIL while computing (ONNX Runtime and LiteRT do), because the agent runs
+concurrent Predict calls in parallel with no global lock.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.core.errors import FailedPrecondition
+from edgefleet.core.manifest import Manifest
+from edgefleet.core.tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Knobs a backend may honour.
+
+    ``intra_op_threads``: threads one inference may use (0 = the backend's default).
+    ``concurrency``: how many inferences the agent may run at once on one model; backends that
+    cannot run one model concurrently create that many independent instances.
+    """
+
+    intra_op_threads: int = 0
+    concurrency: int = 4
+
+
+class LoadedModel(abc.ABC):
+    """A model held in memory by a backend."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @abc.abstractmethod
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one inference; ``inputs`` is keyed by input name; outputs follow ``self.outputs``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every resource (memory, threads). The model is unusable afterwards."""
+
+
+class Backend(abc.ABC):
+    """A runtime backend (ONNX Runtime, LiteRT, OpenVINO, TVM, null)."""
+
+    name: str
+    #: pip extra that installs this backend (shown when it is missing)
+    extra: str = ""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The installed engine's version."""
+
+    @abc.abstractmethod
+    def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
+        """Bytes the model is expected to use once loaded (checked against the agent's budget)."""
+
+    @abc.abstractmethod
+    def load(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> LoadedModel:
+        """Load the manifest's model file from ``package_dir``."""
+
+
+# backend name -> "module:Class"; modules are imported only when the backend is asked for, so a
+# missing optional engine fails that load alone, with the extra to install.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("edgefleet.runtimes.onnxruntime", "OnnxRuntimeBackend"),
+    "litert": ("edgefleet.runtimes.litert", "LiteRTBackend"),
+    "null": ("edgefleet.runtimes.null", "NullBackend"),
+    "openvino": ("edgefleet.runtimes.openvino", "OpenVINOBackend"),
+    "tvm": ("edgefleet.runtimes.tvm", "TVMBackend"),
+}
+# Names manifests may use for the same backend.
+_ALIASES = {"tflite": "litert", "ort": "onnxruntime"}
+_EXTRAS = {"litert": "litert", "openvino": "openvino", "tvm": "tvm", "onnxruntime": ""}
+
+_cache: dict[str, Backend] = {}
+_lock = threading.Lock()
+
+
+def known_backends() -> list[str]:
+    """All backend names this edgefleet knows (installed or not)."""
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; FAILED_PRECONDITION if unknown or its engine is not installed."""
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        raise FailedPrecondition(
+            f"unknown runtime {name!r}: this agent knows {', '.join(known_backends())}"
+        )
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        module_name, class_name = _REGISTRY[key]
+        try:
+            module = importlib.import_module(module_name)
+            backend: Backend = getattr(module, class_name)()
+        except ImportError as exc:
+            extra = _EXTRAS.get(key, key)
+            hint = f"install it with: pip install 'edgefleet[{extra}]'" if extra else "reinstall edgefleet"
+            raise FailedPrecondition(
+                f"runtime {key!r} is not installed on this device ({exc}); {hint}"
+            ) from exc
+        _cache[key] = backend
+        return backend
+
+
+def installed_backends() -> list[str]:
+    """Names of the backends whose engines import on this machine."""
+    names = []
+    for name in known_backends():
+        try:
+            get_backend(name)
+        except FailedPrecondition:
+            continue
+        names.append(name)
+    return names
+
+
+def version_at_least(installed: str, minimum: str) -> bool:
+    """Compare dotted versions numerically (``1.31.1`` >= ``1.17``); non-numeric parts compare as 0."""
+
+    def parts(v: str) -> list[int]:
+        out = []
+        for piece in v.split("+")[0].split("."):
+            digits = "".join(ch for ch in piece if ch.isdigit())
+            out.append(int(digits) if digits else 0)
+        return out
+
+    a, b = parts(installed), parts(minimum)
+    width = max(len(a), len(b))
+    return a + [0] * (width - len(a)) >= b + [0] * (width - len(b))
