@@ -1,0 +1,1 @@
+"""The model compiler: trained models -> artifacts optimised per device class (``edgefleet compile``)."""
