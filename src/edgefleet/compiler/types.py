@@ -40,7 +40,7 @@ class TargetSpec:
 
     ``backends``: runtime names that can serve this target, in order of preference.
     ``cpu_features``: the instruction-set extensions artifacts may assume on the device.
-    ``llvm_triple``/``llvm_mcpu``: what native-code builders (TVM) compile for.
+    ``llvm_triple``/``llvm_mcpu``/``llvm_mattr``: what native-code builders (TVM) compile for.
     ``cross_compiler``: the C compiler/linker for shared libraries when it differs from the host's
     (``None`` = the host's ``cc``).
     ``fp16_compute``: whether the CPU computes fp16 natively (else fp16 only halves the size).
@@ -54,6 +54,7 @@ class TargetSpec:
     cpu_features: tuple[str, ...]
     llvm_triple: str
     llvm_mcpu: str
+    llvm_mattr: tuple[str, ...] = ()
     accelerator: str = "none"
     cross_compiler: str | None = None
     fp16_compute: bool = False
