@@ -1,0 +1,359 @@
+"""The set of loaded models: verify-then-load, memory budget, per-model concurrency, unload.
+
+Lifecycle of a model slot: LOADING (alias reserved, memory reserved) -> READY -> UNLOADING
+(removed from lookup; waits for in-flight calls) -> gone. There is no global lock on the Predict
+path: a Predict looks the alias up in a dict and then only touches that model's own limiter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import gc
+import hashlib
+import logging
+import platform
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from edgefleet.agent.stats import ModelStats
+from edgefleet.core.errors import (
+    AlreadyExists,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from edgefleet.core.manifest import Manifest, validate_model_name
+from edgefleet.core.tensors import TensorSpec
+from edgefleet.runtimes.base import LoadedModel, RuntimeOptions, get_backend, version_at_least
+
+log = logging.getLogger(__name__)
+
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's architecture in manifest spelling (``x86_64``, ``aarch64``, ...)."""
+    machine = platform.machine().lower()
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelSlot:
+    """One loaded model under a client-chosen alias."""
+
+    alias: str
+    url: str
+    package_dir: Path
+    memory_bytes: int
+    max_concurrent: int
+    max_queued: int
+    state: ModelState = ModelState.LOADING
+    verified_manifest: Manifest | None = None
+    model: LoadedModel | None = None
+    loaded_time: float = 0.0
+    stats: ModelStats = field(default_factory=ModelStats)
+    owns_dir: bool = False
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    in_flight: int = 0
+    queued: int = 0
+
+    @property
+    def manifest(self) -> Manifest:
+        """The verified manifest (set before the slot turns READY)."""
+        if self.verified_manifest is None:
+            raise NotFound(f"model {self.alias!r} is still loading")
+        return self.verified_manifest
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.model.inputs if self.model is not None else self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.model.outputs if self.model is not None else self.manifest.outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one inference within this model's concurrency limit (queueing beyond it)."""
+        with self._cond:
+            if self.state is not ModelState.READY:
+                raise NotFound(f"model {self.alias!r} is being unloaded")
+            if self.in_flight >= self.max_concurrent:
+                if self.queued >= self.max_queued:
+                    raise ResourceExhausted(
+                        f"model {self.alias!r} has {self.in_flight} requests running and {self.queued} queued "
+                        f"(limits {self.max_concurrent}/{self.max_queued}); retry later"
+                    )
+                self.queued += 1
+                try:
+                    while self.in_flight >= self.max_concurrent and self.state is ModelState.READY:
+                        self._cond.wait()
+                finally:
+                    self.queued -= 1
+                if self.state is not ModelState.READY:
+                    raise NotFound(f"model {self.alias!r} was unloaded while the request waited")
+            self.in_flight += 1
+        model = self.model
+        start = time.perf_counter()
+        ok = False
+        try:
+            assert model is not None
+            outputs = model.run(inputs)
+            ok = True
+            return outputs
+        finally:
+            self.stats.record(time.perf_counter() - start, ok)
+            with self._cond:
+                self.in_flight -= 1
+                self._cond.notify()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no request is running or queued; True if drained in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self.in_flight or self.queued:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Limits applied to every model and to all of them together."""
+
+    memory_budget_bytes: int
+    max_concurrent_per_model: int = 4
+    max_queued_per_model: int = 256
+    unload_drain_seconds: float = 30.0
+
+
+class ModelRegistry:
+    """Loads verified packages into runtime backends and serves lookups by alias.
+
+    ``verifier(directory) -> Manifest`` checks a package directory's signature and digests;
+    ``unpacker(archive, dest) -> Path`` safely extracts a ``.tar.gz``. Both are injected so the
+    registry stays independent of the trust-store policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: ModelLimits,
+        packages_dir: Path,
+        verifier: Callable[[Path], Manifest],
+        unpacker: Callable[[Path, Path], Path],
+        runtime_options: RuntimeOptions | None = None,
+    ) -> None:
+        self._limits = limits
+        self._packages_dir = packages_dir
+        self._verifier = verifier
+        self._unpacker = unpacker
+        self._runtime_options = runtime_options or RuntimeOptions(concurrency=limits.max_concurrent_per_model)
+        self._lock = threading.Lock()  # guards _slots mutations and memory accounting
+        self._slots: dict[str, ModelSlot] = {}
+        self._reserved_bytes = 0
+
+    # -- lookups (lock-free reads: dict get is atomic in CPython) --------------------------------
+    def get(self, alias: str) -> ModelSlot:
+        """The READY model under ``alias``; NOT_FOUND otherwise."""
+        slot = self._slots.get(alias)
+        if slot is None or slot.state is not ModelState.READY:
+            raise NotFound(f"no model is loaded under the name {alias!r}")
+        return slot
+
+    def list(self) -> list[ModelSlot]:
+        return [s for s in list(self._slots.values()) if s.state is ModelState.READY]
+
+    @property
+    def used_bytes(self) -> int:
+        return self._reserved_bytes
+
+    # -- load ------------------------------------------------------------------------------------
+    def load(self, url: str, alias: str) -> ModelSlot:
+        """Verify and load the package at ``url`` under ``alias`` (see docs/agent-protocol.md)."""
+        validate_alias(alias)
+        source = resolve_url(url)
+        placeholder = ModelSlot(
+            alias=alias, url=url, package_dir=source, memory_bytes=0,
+            max_concurrent=self._limits.max_concurrent_per_model, max_queued=self._limits.max_queued_per_model,
+        )
+        with self._lock:
+            if alias in self._slots:
+                raise AlreadyExists(f"a model is already loaded (or loading) under the name {alias!r}")
+            self._slots[alias] = placeholder
+        try:
+            slot = self._load_into(placeholder, source)
+        except BaseException:
+            with self._lock:
+                self._slots.pop(alias, None)
+                self._reserved_bytes -= placeholder.memory_bytes
+            if placeholder.owns_dir:
+                shutil.rmtree(placeholder.package_dir, ignore_errors=True)
+            raise
+        log.info(
+            "loaded model %s (%s %s, runtime %s) as %r, ~%d MiB",
+            slot.manifest.name, slot.manifest.name, slot.manifest.version, slot.manifest.runtime.name,
+            alias, slot.memory_bytes >> 20,
+        )
+        return slot
+
+    def _load_into(self, slot: ModelSlot, source: Path) -> ModelSlot:
+        if source.is_file():
+            slot.package_dir = self._unpack(source)
+            slot.owns_dir = True
+        elif source.is_dir():
+            slot.package_dir = source
+        else:
+            raise NotFound(f"no model package at {slot.url!r}")
+        manifest = self._verifier(slot.package_dir)
+        slot.verified_manifest = manifest
+        check_compatible(manifest)
+        backend = get_backend(manifest.runtime.name)
+        if not version_at_least(backend.version(), manifest.runtime.min_version):
+            raise FailedPrecondition(
+                f"package needs {manifest.runtime.name} >= {manifest.runtime.min_version}, this device has "
+                f"{backend.version()}"
+            )
+        estimate = backend.estimate_memory(slot.package_dir, manifest)
+        with self._lock:
+            budget = self._limits.memory_budget_bytes
+            if self._reserved_bytes + estimate > budget:
+                raise ResourceExhausted(
+                    f"loading {manifest.name} needs ~{estimate >> 20} MiB but only "
+                    f"{max(0, budget - self._reserved_bytes) >> 20} MiB of the {budget >> 20} MiB model memory budget "
+                    "is free; unload a model or raise the budget"
+                )
+            self._reserved_bytes += estimate
+            slot.memory_bytes = estimate
+        model = backend.load(slot.package_dir, manifest, self._runtime_options)
+        try:
+            check_tensors_match(manifest, model)
+        except EdgefleetError:
+            model.close()
+            raise
+        slot.model = model
+        slot.loaded_time = time.time()
+        slot.state = ModelState.READY
+        return slot
+
+    def _unpack(self, archive: Path) -> Path:
+        digest = hashlib.sha256(str(archive.resolve()).encode() + str(time.time_ns()).encode()).hexdigest()[:16]
+        dest = self._packages_dir / f"{archive.name.removesuffix('.tar.gz').removesuffix('.tgz')}-{digest}"
+        self._packages_dir.mkdir(parents=True, exist_ok=True)
+        return self._unpacker(archive, dest)
+
+    # -- unload ----------------------------------------------------------------------------------
+    def unload(self, alias: str) -> None:
+        """Stop new requests, wait for running ones, free the model's memory."""
+        with self._lock:
+            slot = self._slots.get(alias)
+            if slot is None or slot.state is not ModelState.READY:
+                raise NotFound(f"no model is loaded under the name {alias!r}")
+            with slot._cond:
+                slot.state = ModelState.UNLOADING
+        if not slot.drain(self._limits.unload_drain_seconds):
+            log.warning("unloading %r with requests still running after %.0fs", alias, self._limits.unload_drain_seconds)
+        model, slot.model = slot.model, None
+        if model is not None:
+            model.close()
+        del model
+        with self._lock:
+            self._slots.pop(alias, None)
+            self._reserved_bytes -= slot.memory_bytes
+        if slot.owns_dir:
+            shutil.rmtree(slot.package_dir, ignore_errors=True)
+        release_free_memory()
+        log.info("unloaded model %r", alias)
+
+    def close(self) -> None:
+        """Unload everything (agent shutdown)."""
+        for alias in [s.alias for s in self.list()]:
+            try:
+                self.unload(alias)
+            except NotFound:
+                continue
+
+
+def validate_alias(alias: str) -> str:
+    """INVALID_ARGUMENT unless ``alias`` is a valid model name."""
+    try:
+        return validate_model_name(alias, "model name")
+    except EdgefleetError as exc:
+        raise InvalidArgument(exc.message) from exc
+
+
+def resolve_url(url: str) -> Path:
+    """A LoadModel url (a path or ``file://`` URL) as a local path."""
+    if not url:
+        raise InvalidArgument("LoadModel needs a url: the path of a model package directory or .tar.gz")
+    if "://" in url:
+        parsed = urlparse(url)
+        if parsed.scheme != "file":
+            raise InvalidArgument(f"unsupported url scheme {parsed.scheme!r}: give a local path or a file:// URL")
+        return Path(unquote(parsed.path))
+    return Path(url)
+
+
+def check_compatible(manifest: Manifest) -> None:
+    """FAILED_PRECONDITION when the package is built for another OS or architecture."""
+    arch = host_arch()
+    if manifest.target.arch not in ("any", arch):
+        raise FailedPrecondition(
+            f"package {manifest.name} {manifest.version} is compiled for {manifest.target.arch}, this device is {arch}"
+        )
+    if manifest.target.os not in ("any", "linux") or platform.system() != "Linux":
+        raise FailedPrecondition(f"package targets OS {manifest.target.os!r}, this device runs {platform.system()}")
+    if manifest.target.accelerator not in ("none", ""):
+        raise FailedPrecondition(
+            f"package needs accelerator {manifest.target.accelerator!r}, which this agent does not drive"
+        )
+
+
+def check_tensors_match(manifest: Manifest, model: LoadedModel) -> None:
+    """The manifest's tensor metadata must agree with what the runtime reports for the artifact."""
+    for kind, declared, actual in (("input", manifest.inputs, model.inputs), ("output", manifest.outputs, model.outputs)):
+        if not declared:
+            continue
+        if [t.name for t in declared] != [t.name for t in actual] or [t.dtype for t in declared] != [
+            t.dtype for t in actual
+        ]:
+            raise FailedPrecondition(
+                f"manifest {kind}s {[(t.name, t.dtype.name) for t in declared]} do not match the model's "
+                f"{[(t.name, t.dtype.name) for t in actual]}"
+            )
+
+
+_libc_trim: Callable[[int], int] | None = None
+_libc_name = ctypes.util.find_library("c")
+if _libc_name:
+    try:
+        _libc_trim = ctypes.CDLL(_libc_name).malloc_trim
+    except (OSError, AttributeError):
+        _libc_trim = None
+
+
+def release_free_memory() -> None:
+    """Return freed heap to the OS (glibc keeps it otherwise, and RSS would not drop on unload)."""
+    gc.collect()
+    if _libc_trim is not None:
+        _libc_trim(0)
+

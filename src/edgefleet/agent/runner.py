@@ -1,0 +1,193 @@
+"""Assembles and runs the agent: config -> registry, capture, shared memory -> gRPC on a Unix socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import grpc
+
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.models import ModelLimits, ModelRegistry
+from edgefleet.agent.proto import agent_pb2_grpc, extensions_pb2_grpc
+from edgefleet.agent.server import AgentService, AgentState, ExtensionsService
+from edgefleet.agent.shm import SharedMemoryReader
+from edgefleet.capture.service import CaptureConfig, CaptureService
+from edgefleet.capture.sinks import DiskSink
+from edgefleet.core.errors import FailedPrecondition, InvalidArgument
+from edgefleet.core.manifest import Manifest
+from edgefleet.core.package import unpack_package, verify_package_dir
+from edgefleet.core.signing import check_trust_dir
+from edgefleet.runtimes.base import RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+
+def socket_path(address: str) -> Path:
+    """``unix:///run/agent.sock`` / ``unix:/run/agent.sock`` / a plain path -> the socket's path."""
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+    elif address.startswith("unix:"):
+        path = address[len("unix:") :]
+    elif "://" in address:
+        raise InvalidArgument(f"agent address {address!r} must be a Unix socket: unix:///path/to/agent.sock")
+    else:
+        path = address
+    if not path:
+        raise InvalidArgument("agent address has an empty socket path")
+    return Path(path)
+
+
+def prepare_socket(path: Path, *, force: bool) -> None:
+    """Refuse to start over a live agent's socket; remove a stale one only with ``force`` (-f)."""
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise FailedPrecondition(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        live = True
+    except OSError:
+        live = False
+    finally:
+        probe.close()
+    if live:
+        raise FailedPrecondition(f"another process is serving on {path}; stop it first")
+    if not force:
+        raise FailedPrecondition(f"stale socket {path} exists (no process serves it); start with -f to remove it")
+    path.unlink()
+
+
+@dataclass
+class RunningAgent:
+    """A started agent; :meth:`stop` shuts it down cleanly."""
+
+    config: AgentConfig
+    path: Path
+    server: grpc.Server
+    registry: ModelRegistry
+    capture: CaptureService
+    shm: SharedMemoryReader
+    state: AgentState
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
+        if self.state.state in ("STOPPING", "STOPPED"):
+            return
+        self.state.set("STOPPING")
+        log.info("agent stopping")
+        self.server.stop(grace).wait()
+        self.capture.close()
+        self.registry.close()
+        self.shm.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.state.set("STOPPED")
+        log.info("agent stopped")
+
+
+def make_verifier(config: AgentConfig) -> tuple[object, object]:
+    """The package verifier and unpacker bound to the configured trust store."""
+    trust_dir = config.trust_dir
+
+    def verify(directory: Path) -> Manifest:
+        if trust_dir is None:
+            raise FailedPrecondition(
+                "no trust store is configured (sagemaker_edge_core_root_certs_path / agent.trust_dir): "
+                "the agent loads only signed packages"
+            )
+        return verify_package_dir(directory, trust_dir)
+
+    return verify, unpack_package
+
+
+def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> RunningAgent:
+    """Start serving; returns once the socket accepts connections."""
+    path = socket_path(address)
+    if config.trust_dir is not None:
+        check_trust_dir(config.trust_dir)
+    prepare_socket(path, force=force)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    state = AgentState()
+    verify, unpack = make_verifier(config)
+    registry = ModelRegistry(
+        limits=ModelLimits(
+            memory_budget_bytes=config.memory_budget_bytes,
+            max_concurrent_per_model=config.max_concurrent_per_model,
+            max_queued_per_model=config.max_queued_per_model,
+        ),
+        packages_dir=config.packages_dir,
+        verifier=verify,  # type: ignore[arg-type]
+        unpacker=unpack,  # type: ignore[arg-type]
+        runtime_options=RuntimeOptions(
+            intra_op_threads=config.intra_op_threads, concurrency=config.max_concurrent_per_model
+        ),
+    )
+    if config.capture.destination != "Disk":
+        log.warning("capture destination %s is not available yet: writing captures to disk", config.capture.destination)
+    capture = CaptureService(
+        CaptureConfig(
+            spool_dir=config.spool_dir,
+            destination_root=config.capture_disk_path,
+            folder_prefix=config.capture.folder_prefix,
+            device_name=config.device_name,
+            fleet_name=config.fleet_name,
+            buffer_size=config.capture.buffer_size,
+            batch_size=config.capture.batch_size,
+            push_period_seconds=config.capture.push_period_seconds,
+            base64_embed_limit=config.capture.base64_embed_limit,
+            fsync=config.capture.fsync,
+        ),
+        DiskSink(config.capture_disk_path),
+    )
+    shm = SharedMemoryReader()
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
+    agent = AgentService(registry, capture, shm)
+    agent_pb2_grpc.add_AgentServicer_to_server(agent, server)
+    extensions_pb2_grpc.add_AgentExtensionsServicer_to_server(
+        ExtensionsService(registry, agent, shm, state), server
+    )
+    # The socket is created by server.start(); a restrictive umask closes the window before chmod.
+    old_umask = os.umask(0o777 & ~config.socket_mode)
+    try:
+        server.add_insecure_port(f"unix://{path}")
+        server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, config.socket_mode)
+    state.set("SERVING")
+    log.info(
+        "agent serving on unix://%s (device %s, fleet %s, mode %o)",
+        path, config.device_name, config.fleet_name, config.socket_mode,
+    )
+    return RunningAgent(config, path, server, registry, capture, shm, state)
+
+
+def run_until_signal(agent: RunningAgent) -> None:
+    """Block until SIGTERM, SIGINT or SIGHUP, then stop cleanly."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
+    stop.wait()
+    agent.stop()

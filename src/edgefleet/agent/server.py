@@ -1,0 +1,377 @@
+"""The agent's gRPC services: the Edge Manager ``AWS.SageMaker.Edge.Agent`` contract and our extensions.
+
+Handlers translate protobuf messages to domain calls and :class:`EdgefleetError` codes back to gRPC
+status codes; nothing here holds a global lock on the Predict path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from edgefleet import __version__
+from edgefleet.agent.codec import array_from_bytes, metadata_from_spec
+from edgefleet.agent.models import ModelRegistry, ModelSlot
+from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
+from edgefleet.agent.shm import SharedMemoryReader
+from edgefleet.capture.service import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
+from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, grpc_status_number
+from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.runtimes.base import installed_backends
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "AWS.SageMaker.Edge.Agent"
+EXTENSIONS = (
+    "server-metadata",
+    "health",
+    "model-statistics",
+    "posix-shm",
+    "load-tar-gz",
+)
+_STATUS_BY_NUMBER = {s.value[0]: s for s in grpc.StatusCode}
+_CAPTURE_STATUS = {
+    CaptureStatus.FAILURE: agent_pb2.FAILURE,
+    CaptureStatus.SUCCESS: agent_pb2.SUCCESS,
+    CaptureStatus.IN_PROGRESS: agent_pb2.IN_PROGRESS,
+    CaptureStatus.NOT_FOUND: agent_pb2.NOT_FOUND,
+}
+_ENCODINGS = {v: k for k, v in agent_pb2.Encoding.items()}
+
+T = TypeVar("T")
+
+
+def _abort(context: grpc.ServicerContext, exc: EdgefleetError) -> Any:
+    status = _STATUS_BY_NUMBER[grpc_status_number(exc.code)]
+    context.abort(status, exc.message)
+
+
+def _model_proto(slot: ModelSlot) -> agent_pb2.Model:
+    return agent_pb2.Model(
+        url=slot.url,
+        name=slot.alias,
+        input_tensor_metadatas=[metadata_from_spec(s) for s in slot.inputs],
+        output_tensor_metadatas=[metadata_from_spec(s) for s in slot.outputs],
+    )
+
+
+class TensorDecoder:
+    """Turns request tensors into numpy arrays checked against a model's input metadata."""
+
+    def __init__(self, shm: SharedMemoryReader) -> None:
+        self._shm = shm
+
+    def data(self, holder: Any, what: str, shm_field: str, expected: int | None) -> memoryview | bytes:
+        """The bytes of a Tensor/AuxilaryData, inline or from shared memory."""
+        which = holder.WhichOneof("data")
+        if which == "byte_data":
+            return holder.byte_data  # type: ignore[no-any-return]
+        if which == shm_field:
+            handle = holder.shared_memory_handle
+            size = handle.size
+            if size == 0 and expected is not None:
+                # "size 0 = rest of segment": read what the tensor needs, bounds-checked by the reader.
+                view = self._shm.read_sysv(handle.segment_id, handle.offset, 0)
+                if len(view) < expected:
+                    raise InvalidArgument(
+                        f"{what}: shared memory segment {handle.segment_id} holds {len(view)} bytes after offset "
+                        f"{handle.offset}, the tensor needs {expected}"
+                    )
+                return view[:expected]
+            return self._shm.read_sysv(handle.segment_id, handle.offset, size)
+        raise InvalidArgument(f"{what} carries no data (neither byte_data nor shared_memory_handle)")
+
+    def tensor(self, tensor: Any, spec: TensorSpec | None, what: str) -> tuple[str, np.ndarray]:
+        """Decode one Tensor; with ``spec`` (Predict) dtype and shape must fit the model input."""
+        md = tensor.tensor_metadata if tensor.HasField("tensor_metadata") else None
+        name = md.name.decode("utf-8", "replace") if md is not None and md.name else (spec.name if spec else "")
+        if spec is None and md is None:
+            raise InvalidArgument(f"{what} needs tensor_metadata (name, data_type, shape)")
+        if md is not None:
+            if md.data_type not in DataType._value2member_map_:
+                raise InvalidArgument(f"{what} {name!r}: unknown data_type {md.data_type}")
+            dtype = DataType(md.data_type)
+        else:
+            assert spec is not None
+            dtype = spec.dtype
+        if spec is not None and dtype is not spec.dtype:
+            raise InvalidArgument(f"{what} {name!r}: data_type {dtype.name}, the model expects {spec.dtype.name}")
+        shape: tuple[int, ...]
+        if md is not None and (len(md.shape) or (spec is not None and len(spec.shape) == 0)):
+            shape = tuple(md.shape)
+        elif spec is not None and all(d >= 0 for d in spec.shape):
+            shape = spec.shape
+        else:
+            raise InvalidArgument(f"{what} {name!r}: shape is required (the model's input has dynamic dimensions)")
+        if any(d < 0 for d in shape):
+            raise InvalidArgument(f"{what} {name!r}: shape {list(shape)} has a negative dimension")
+        if spec is not None and not spec.accepts_shape(shape):
+            raise InvalidArgument(
+                f"{what} {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)} (-1 = any)"
+            )
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        expected = count * dtype.itemsize
+        data = self.data(tensor, f"{what} {name!r}", "shared_memory_handle", expected)
+        return name, array_from_bytes(data, dtype, shape)
+
+
+class AgentService(agent_pb2_grpc.AgentServicer):
+    """The seven Edge Manager RPCs."""
+
+    def __init__(self, registry: ModelRegistry, capture: CaptureService, shm: SharedMemoryReader) -> None:
+        self._models = registry
+        self._capture = capture
+        self._decoder = TensorDecoder(shm)
+
+    # -- models ------------------------------------------------------------------------------
+    def LoadModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            slot = self._models.load(request.url, request.name)
+        except EdgefleetError as exc:
+            log.warning("LoadModel %r from %r refused: %s", request.name, request.url, exc)
+            return _abort(context, exc)
+        return agent_pb2.LoadModelResponse(model=_model_proto(slot))
+
+    def UnLoadModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self._models.unload(request.name)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return agent_pb2.UnLoadModelResponse()
+
+    def ListModels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return agent_pb2.ListModelsResponse(models=[_model_proto(s) for s in self._models.list()])
+
+    def DescribeModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            slot = self._models.get(request.name)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return agent_pb2.DescribeModelResponse(model=_model_proto(slot))
+
+    # -- inference ---------------------------------------------------------------------------
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            slot = self._models.get(request.name)
+            feeds = self.decode_inputs(slot, request.tensors)
+            outputs = slot.run(feeds)
+            return agent_pb2.PredictResponse(tensors=encode_outputs(slot.outputs, outputs))
+        except EdgefleetError as exc:
+            if exc.code is Code.INVALID_ARGUMENT:
+                log.info("Predict on %r refused: %s", request.name, exc.message)
+            return _abort(context, exc)
+
+    def decode_inputs(self, slot: ModelSlot, tensors: Sequence[Any]) -> dict[str, np.ndarray]:
+        specs = slot.inputs
+        if len(tensors) != len(specs):
+            raise InvalidArgument(
+                f"model {slot.alias!r} takes {len(specs)} input tensor(s) {[s.name for s in specs]}, got {len(tensors)}"
+            )
+        by_name = {s.name: s for s in specs}
+        feeds: dict[str, np.ndarray] = {}
+        for index, tensor in enumerate(tensors):
+            spec = specs[index]
+            if tensor.HasField("tensor_metadata") and tensor.tensor_metadata.name:
+                name = tensor.tensor_metadata.name.decode("utf-8", "replace")
+                if name not in by_name:
+                    raise InvalidArgument(
+                        f"model {slot.alias!r} has no input named {name!r} (inputs: {list(by_name)})"
+                    )
+                spec = by_name[name]
+            if spec.name in feeds:
+                raise InvalidArgument(f"input {spec.name!r} is given twice")
+            _, array = self._decoder.tensor(tensor, spec, "input tensor")
+            feeds[spec.name] = array
+        return feeds
+
+    # -- capture -----------------------------------------------------------------------------
+    def CaptureData(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            slot = self._models.get(request.model_name)
+            capture = CaptureRequest(
+                capture_id=request.capture_id,
+                model_name=slot.manifest.name,
+                model_version=slot.manifest.version,
+                inference_time=_timestamp(request),
+                inputs=tuple(self._capture_tensor(t, "input tensor") for t in request.input_tensors),
+                outputs=tuple(self._capture_tensor(t, "output tensor") for t in request.output_tensors),
+                aux_inputs=tuple(self._aux(a) for a in request.inputs),
+                aux_outputs=tuple(self._aux(a) for a in request.outputs),
+            )
+            self._capture.submit(capture)
+            slot.stats.record_capture()
+        except EdgefleetError as exc:
+            log.info("CaptureData %r refused: %s", request.capture_id, exc)
+            return _abort(context, exc)
+        return agent_pb2.CaptureDataResponse()
+
+    def _capture_tensor(self, tensor: Any, what: str) -> CaptureTensor:
+        name, array = self._decoder.tensor(tensor, None, what)
+        return CaptureTensor(
+            name=name, dtype=DataType.from_numpy(array.dtype), shape=tuple(array.shape), data=array.tobytes()
+        )
+
+    def _aux(self, aux: Any) -> CaptureAux:
+        encoding = _ENCODINGS.get(aux.encoding)
+        if encoding is None:
+            raise InvalidArgument(f"auxiliary data {aux.name!r}: unknown encoding {aux.encoding}")
+        data = self._decoder.data(aux, f"auxiliary data {aux.name!r}", "shared_memory_handle", None)
+        return CaptureAux(name=aux.name, encoding=encoding, data=bytes(data))
+
+    def GetCaptureDataStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.capture_id:
+            return _abort(context, InvalidArgument("capture_id is empty"))
+        status = self._capture.status(request.capture_id)
+        return agent_pb2.GetCaptureDataStatusResponse(status=_CAPTURE_STATUS[status])
+
+
+def _timestamp(request: Any) -> datetime:
+    if not request.HasField("inference_timestamp"):
+        return datetime.now(UTC)
+    ts = request.inference_timestamp
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"inference_timestamp nanos {ts.nanos} out of range 0..999999999")
+    try:
+        return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise InvalidArgument(f"inference_timestamp {ts.seconds}s is not a valid time") from exc
+
+
+def encode_outputs(specs: Sequence[TensorSpec], outputs: Sequence[np.ndarray]) -> list[Any]:
+    """Output arrays as inline tensors with full metadata."""
+    tensors = []
+    for index, array in enumerate(outputs):
+        name = specs[index].name if index < len(specs) else f"output_{index}"
+        array = np.ascontiguousarray(array)
+        dtype = DataType.from_numpy(array.dtype)
+        tensors.append(
+            agent_pb2.Tensor(
+                tensor_metadata=agent_pb2.TensorMetadata(
+                    name=name.encode("utf-8"), data_type=int(dtype), shape=list(array.shape)
+                ),
+                byte_data=array.tobytes(),
+            )
+        )
+    return tensors
+
+
+class AgentState:
+    """The agent's lifecycle: STARTING -> SERVING -> STOPPING -> STOPPED. Live unless STOPPED."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.state = "STARTING"
+        self.started = time.time()
+
+    def set(self, state: str) -> None:
+        with self._lock:
+            self.state = state
+
+
+class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
+    """edgefleet's own RPCs (package ``edgefleet.agent.v1``)."""
+
+    def __init__(
+        self, registry: ModelRegistry, agent: AgentService, shm: SharedMemoryReader, state: AgentState
+    ) -> None:
+        self._models = registry
+        self._agent = agent
+        self._shm = shm
+        self._state = state
+
+    def GetServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return extensions_pb2.ServerMetadataResponse(
+            name="edgefleet-agent",
+            version=__version__,
+            extensions=list(EXTENSIONS),
+            protocol=PROTOCOL,
+            runtimes=installed_backends(),
+        )
+
+    def GetHealth(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self._state.state
+        return extensions_pb2.HealthResponse(
+            live=state != "STOPPED",
+            ready=state == "SERVING",
+            state=state,
+            detail=f"{len(self._models.list())} model(s) loaded, {self._models.used_bytes >> 20} MiB reserved",
+        )
+
+    def GetModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            slots = [self._models.get(request.name)] if request.name else self._models.list()
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        out = []
+        for slot in slots:
+            snap = slot.stats.snapshot()
+            out.append(
+                extensions_pb2.ModelStatistics(
+                    name=slot.alias,
+                    model_name=slot.manifest.name,
+                    model_version=slot.manifest.version,
+                    request_count=snap.request_count,
+                    error_count=snap.error_count,
+                    latency=extensions_pb2.LatencyStats(p50_ms=snap.p50_ms, p95_ms=snap.p95_ms, p99_ms=snap.p99_ms),
+                    last_inference_time=snap.last_inference_time,
+                    last_capture_time=snap.last_capture_time,
+                    in_flight=slot.in_flight,
+                    queued=slot.queued,
+                    memory_bytes=slot.memory_bytes,
+                    loaded_time=slot.loaded_time,
+                )
+            )
+        return extensions_pb2.ModelStatisticsResponse(models=out)
+
+    def PredictExt(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Predict with POSIX named shared memory (or System V / inline) inputs."""
+        try:
+            slot = self._models.get(request.name)
+            specs = slot.inputs
+            if len(request.tensors) != len(specs):
+                raise InvalidArgument(
+                    f"model {slot.alias!r} takes {len(specs)} input tensor(s), got {len(request.tensors)}"
+                )
+            feeds: dict[str, np.ndarray] = {}
+            for index, tensor in enumerate(request.tensors):
+                feeds.update([self._ext_tensor(tensor, specs, index)])
+            outputs = slot.run(feeds)
+            response = extensions_pb2.PredictExtResponse()
+            for proto in encode_outputs(slot.outputs, outputs):
+                md = proto.tensor_metadata
+                response.tensors.add(name=md.name, data_type=md.data_type, shape=md.shape, byte_data=proto.byte_data)
+            return response
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+
+    def _ext_tensor(self, tensor: Any, specs: Sequence[TensorSpec], index: int) -> tuple[str, np.ndarray]:
+        name = tensor.name.decode("utf-8", "replace") if tensor.name else specs[index].name
+        matches = [s for s in specs if s.name == name]
+        if not matches:
+            raise InvalidArgument(f"model has no input named {name!r} (inputs: {[s.name for s in specs]})")
+        spec = matches[0]
+        if tensor.data_type != int(spec.dtype):
+            raise InvalidArgument(f"input {name!r}: data_type {tensor.data_type}, the model expects {spec.dtype.name}")
+        shape = tuple(tensor.shape) if len(tensor.shape) else spec.shape
+        if any(d < 0 for d in shape) or not spec.accepts_shape(shape):
+            raise InvalidArgument(f"input {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)}")
+        expected = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
+        which = tensor.WhichOneof("data")
+        data: memoryview | bytes
+        if which == "byte_data":
+            data = tensor.byte_data
+        elif which == "sysv_segment_id":
+            data = self._shm.read_sysv(tensor.sysv_segment_id, tensor.offset, tensor.size or expected)
+        elif which == "posix_shm":
+            handle = tensor.posix_shm
+            data = self._shm.read_posix(handle.name, handle.offset, handle.size or expected)
+        else:
+            raise InvalidArgument(f"input {name!r} carries no data")
+        return name, array_from_bytes(data, spec.dtype, shape)

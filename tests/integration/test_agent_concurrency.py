@@ -1,0 +1,82 @@
+"""Predict calls overlap: on one model up to its limit, and across models; the queue is bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from support import AgentProcess, build_null, running_agent, tensor
+
+from edgefleet.agent.proto import agent_pb2, extensions_pb2
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path) -> Iterator[AgentProcess]:
+    workdir = tmp_path_factory.mktemp("concurrency")
+    with running_agent(workdir, trust, agent={"max_concurrent_per_model": 3, "max_queued_per_model": 2}) as proc:
+        yield proc
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll until ``predicate`` holds (an event we wait on, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def stats(agent: AgentProcess) -> dict[str, extensions_pb2.ModelStatistics]:
+    response = agent.ext().GetModelStatistics(extensions_pb2.ModelStatisticsRequest())
+    return {m.name: m for m in response.models}
+
+
+def test_calls_overlap_on_one_model_and_across_models(agent: AgentProcess, keys: Path, tmp_path: Path) -> None:
+    # The null model sleeps 'delay_ms' per call (releasing the GIL like a real engine).
+    pkg = build_null(keys, tmp_path / "pkgs", name="slow", delay_ms=1500)
+    stub = agent.stub()
+    stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="slow-a"))
+    stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="slow-b"))
+    x = tensor("x", np.ones((1, 4), np.float32))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(stub.Predict, agent_pb2.PredictRequest(name="slow-a", tensors=[x]), timeout=60)
+                   for _ in range(5)]
+        futures.append(pool.submit(stub.Predict, agent_pb2.PredictRequest(name="slow-b", tensors=[x]), timeout=60))
+        # three calls run at once on slow-a (its limit), two wait, and slow-b runs beside them
+        wait_for(lambda: (s := stats(agent))["slow-a"].in_flight == 3 and s["slow-a"].queued == 2
+                 and s["slow-b"].in_flight == 1, "3 running + 2 queued on slow-a and 1 running on slow-b")
+        # the queue is full: one more call is refused at once
+        with pytest.raises(grpc.RpcError, match=r".") as info:
+            stub.Predict(agent_pb2.PredictRequest(name="slow-a", tensors=[x]), timeout=60)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queued" in info.value.details()
+        for future in futures:
+            assert len(future.result().tensors) == 1
+    final = stats(agent)
+    assert final["slow-a"].request_count == 5
+    assert final["slow-a"].in_flight == 0
+    assert final["slow-b"].request_count == 1
+
+
+def test_unload_waits_for_running_calls(agent: AgentProcess, keys: Path, tmp_path: Path) -> None:
+    pkg = build_null(keys, tmp_path / "pkgs", name="slow", delay_ms=800)
+    stub = agent.stub()
+    stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="draining"))
+    x = tensor("x", np.ones((1, 4), np.float32))
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(
+        stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]), timeout=60)))
+    worker.start()
+    wait_for(lambda: "draining" in (s := stats(agent)) and s["draining"].in_flight == 1, "the call to start")
+    stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="draining"))
+    worker.join()
+    assert len(results) == 1 and len(results[0].tensors) == 1  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError, match=r".") as info:
+        stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]))
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND

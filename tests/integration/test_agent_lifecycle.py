@@ -1,0 +1,175 @@
+"""Agent process lifecycle: signals, socket handling, vendor config, extensions, memory on unload."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from support import (
+    AgentProcess,
+    big_side,
+    build,
+    make_big_onnx,
+    make_linear_onnx,
+    running_agent,
+    short_socket_dir,
+    spawn_agent,
+    start,
+    tensor,
+    wait_ready,
+    write_native_config,
+)
+
+from edgefleet import __version__
+from edgefleet.agent.proto import agent_pb2, extensions_pb2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_clean_shutdown_on_signal(tmp_path: Path, trust: Path, sig: int) -> None:
+    proc = start(tmp_path, trust)
+    assert stat.S_IMODE(proc.socket.stat().st_mode) == 0o660
+    assert proc.stop(sig) == 0
+    assert not proc.socket.exists()
+    assert "agent stopped" in proc.log()
+
+
+def test_socket_mode_is_configurable(tmp_path: Path, trust: Path) -> None:
+    with running_agent(tmp_path, trust, agent={"socket_mode": "0600"}) as proc:
+        assert stat.S_IMODE(proc.socket.stat().st_mode) == 0o600
+
+
+def test_stale_socket_needs_force_and_live_socket_is_kept(tmp_path: Path, trust: Path) -> None:
+    sock_path = short_socket_dir() / "agent.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock_path))
+    stale.close()  # bound, never listened: a stale socket file
+    config = write_native_config(tmp_path / "agent.json", trust_dir=trust, data_dir=tmp_path / "d",
+                                 capture_dir=tmp_path / "c")
+    refused = spawn_agent(config, sock_path, tmp_path / "refused.log", force=False)
+    assert refused.wait(timeout=60) == 1
+    assert "start with -f" in (tmp_path / "refused.log").read_text()
+    assert sock_path.exists()
+
+    live = start(tmp_path, trust, config_path=config, socket=sock_path)  # -f removes the stale file
+    try:
+        second = spawn_agent(config, sock_path, tmp_path / "second.log", force=True)
+        assert second.wait(timeout=60) == 1
+        assert "another process is serving" in (tmp_path / "second.log").read_text()
+        wait_ready(live)  # the first agent is unharmed
+    finally:
+        assert live.stop() == 0
+
+
+def test_vendor_config_file_is_accepted_as_is(tmp_path: Path, trust: Path, keys: Path) -> None:
+    vendor = {
+        "sagemaker_edge_core_device_name": "vendor-device",
+        "sagemaker_edge_core_device_fleet_name": "vendor-fleet",
+        "sagemaker_edge_core_region": "us-west-2",
+        "sagemaker_edge_core_root_certs_path": str(trust),
+        "sagemaker_edge_provider_provider": "Aws",
+        "sagemaker_edge_provider_provider_path": "/opt/agent/lib/libprovider_aws.so",
+        "sagemaker_edge_provider_s3_bucket_name": "my-bucket",
+        "sagemaker_edge_provider_aws_ca_cert_file": "/opt/agent/certs/AmazonRootCA1.pem",
+        "sagemaker_edge_provider_aws_cert_file": "/opt/agent/certs/device.pem.crt",
+        "sagemaker_edge_provider_aws_cert_pk_file": "/opt/agent/certs/private.pem.key",
+        "sagemaker_edge_provider_aws_iot_cred_endpoint": "https://example.credentials.iot.us-west-2.amazonaws.com",
+        "sagemaker_edge_core_capture_data_destination": "Disk",
+        "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "captures"),
+        "sagemaker_edge_core_folder_prefix": "prefix",
+        "sagemaker_edge_core_capture_data_buffer_size": 30,
+        "sagemaker_edge_core_capture_data_batch_size": 10,
+        "sagemaker_edge_core_capture_data_push_period_seconds": 4,
+        "sagemaker_edge_core_capture_data_base64_embed_limit": 3072,
+        "sagemaker_edge_core_capture_data_periodic_upload": "false",
+        "sagemaker_edge_core_capture_data_periodic_upload_period_seconds": 8,
+        "sagemaker_edge_log_verbose": False,
+        "sagemaker_edge_core_some_future_key": "whatever",
+    }
+    config = tmp_path / "sagemaker_edge_config.json"
+    config.write_text(json.dumps(vendor))
+    pkg = build(make_linear_onnx(tmp_path / "m.onnx"), keys, tmp_path / "pkgs", name="m", version="1")
+    with running_agent(tmp_path, None, config_path=config) as proc:
+        stub = proc.stub()
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="m"))
+        out = stub.Predict(agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 4), np.float32))]))
+        assert len(out.tensors) == 1
+        assert "sagemaker_edge_core_some_future_key" in proc.log()
+
+
+def test_bad_config_fails_with_reason(tmp_path: Path) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"sagemaker_edge_core_device_name": "d"}))
+    proc = spawn_agent(config, short_socket_dir() / "a.sock", tmp_path / "log")
+    assert proc.wait(timeout=60) == 1
+    assert "fleet_name" in (tmp_path / "log").read_text()
+
+
+def test_writable_trust_dir_is_refused(tmp_path: Path, keys: Path) -> None:
+    loose = tmp_path / "loose-trust"
+    loose.mkdir()
+    (loose / "root-ca.pem").write_bytes((keys / "trust" / "root-ca.pem").read_bytes())
+    os.chmod(loose, 0o777)
+    config = write_native_config(tmp_path / "agent.json", trust_dir=loose, data_dir=tmp_path / "d",
+                                 capture_dir=tmp_path / "c")
+    proc = spawn_agent(config, short_socket_dir() / "a.sock", tmp_path / "log")
+    assert proc.wait(timeout=60) == 1
+    assert "writable" in (tmp_path / "log").read_text()
+
+
+def test_extensions(tmp_path: Path, trust: Path, keys: Path) -> None:
+    pkg = build(make_linear_onnx(tmp_path / "m.onnx"), keys, tmp_path / "pkgs", name="stats-model", version="2.1")
+    with running_agent(tmp_path, trust) as proc:
+        ext = proc.ext()
+        meta = ext.GetServerMetadata(extensions_pb2.ServerMetadataRequest())
+        assert meta.version == __version__
+        assert {"server-metadata", "health", "model-statistics", "posix-shm"} <= set(meta.extensions)
+        assert "onnxruntime" in meta.runtimes and "null" in meta.runtimes
+        health = ext.GetHealth(extensions_pb2.HealthRequest())
+        assert health.live and health.ready and health.state == "SERVING"
+        stub = proc.stub()
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="m"))
+        for _ in range(20):
+            stub.Predict(agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 4), np.float32))]))
+        with pytest.raises(Exception, match=r"."):
+            stub.Predict(agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 5), np.float32))]))
+        (stats,) = ext.GetModelStatistics(extensions_pb2.ModelStatisticsRequest(name="m")).models
+        assert (stats.model_name, stats.model_version) == ("stats-model", "2.1")
+        assert stats.request_count == 20  # the refused call never reached the model
+        assert 0 < stats.latency.p50_ms <= stats.latency.p95_ms <= stats.latency.p99_ms
+        assert stats.last_inference_time > 0
+        assert stats.memory_bytes > 0
+
+
+def _rss(proc: AgentProcess) -> int:
+    return int(psutil.Process(proc.proc.pid).memory_info().rss)
+
+
+def test_unload_frees_memory(tmp_path: Path, trust: Path, keys: Path) -> None:
+    """Load and unload a 40 MiB model 50 times: the agent's RSS returns near its baseline."""
+    pkg = build(make_big_onnx(tmp_path / "big.onnx", megabytes=40), keys, tmp_path / "pkgs", name="big", version="1")
+    with running_agent(tmp_path, trust) as proc:
+        stub = proc.stub()
+        x = tensor("x", np.ones((1, big_side(40)), np.float32))
+
+        def cycle() -> None:
+            stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="big"))
+            stub.Predict(agent_pb2.PredictRequest(name="big", tensors=[x]))
+            stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="big"))
+
+        cycle()  # warm-up: first-use allocations of the runtime stay for the process's life
+        baseline = _rss(proc)
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="big"))
+        loaded = _rss(proc)
+        stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="big"))
+        assert loaded - baseline > 30 * 1024 * 1024, "a loaded model must show in RSS for this test to mean much"
+        for _ in range(50):
+            cycle()
+        after = _rss(proc)
+        assert after - baseline < 20 * 1024 * 1024, (baseline >> 20, loaded >> 20, after >> 20)
