@@ -1,0 +1,174 @@
+"""numpy <-> wire tensors (``Tensor`` / ``TensorMetadata`` of ``AWS.SageMaker.Edge``), for agent and client.
+
+Tensor bytes on the wire are raw little-endian C-order bytes; ``TensorMetadata.name`` is ``bytes``
+(older vendor clients declared it ``string``: same wire type, UTF-8 either way); ``shape`` is
+``repeated int32``. Every check that a peer can fail raises :class:`InvalidArgument` with a message
+naming the tensor and what was wrong.
+
+This module also owns the wire's message-size limit (:data:`MAX_MESSAGE_BYTES`,
+:data:`GRPC_CHANNEL_OPTIONS`): gRPC's 4 MiB default is too small for inline tensors, and the
+server and the client must agree on the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.agent.proto import agent_pb2
+from edgefleet.core.errors import InvalidArgument
+from edgefleet.core.tensors import DataType, TensorSpec
+
+#: Largest gRPC message either side sends or accepts (1 GiB; gRPC caps at 2 GiB - 1).
+MAX_MESSAGE_BYTES = 1 << 30
+
+#: gRPC channel/server options raising the send and receive limits to :data:`MAX_MESSAGE_BYTES`.
+#: Pass them to ``grpc.insecure_channel(..., options=...)`` and ``grpc.server(..., options=...)``.
+GRPC_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+_INT32_MAX = (1 << 31) - 1
+
+
+def encode_name(name: str | bytes) -> bytes:
+    """A tensor name as the wire carries it (UTF-8 bytes)."""
+    return name if isinstance(name, bytes) else name.encode("utf-8")
+
+
+def decode_name(raw: bytes | str) -> str:
+    """A wire tensor name as text; INVALID_ARGUMENT when the bytes are not UTF-8."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"tensor name {raw!r} is not valid UTF-8") from exc
+
+
+def wire_shape(shape: Sequence[int], what: str = "tensor") -> list[int]:
+    """``shape`` as the wire's ``repeated int32``; INVALID_ARGUMENT for dims outside 0..2**31-1."""
+    dims = [int(d) for d in shape]
+    for d in dims:
+        if not 0 <= d <= _INT32_MAX:
+            raise InvalidArgument(
+                f"{what}: dimension {d} of shape {dims} does not fit the wire's int32 (0..{_INT32_MAX})"
+            )
+    return dims
+
+
+def wire_array(array: npt.ArrayLike, what: str = "tensor") -> tuple[DataType, np.ndarray]:
+    """``array`` as a C-contiguous little-endian array of a wire data type, with that type.
+
+    Copies only when needed (non-contiguous or big-endian input). INVALID_ARGUMENT for dtypes the
+    wire cannot carry (bool, complex, object, unsigned wider than 8 bits, ...).
+    """
+    arr = np.asarray(array)
+    try:
+        dtype = DataType.from_numpy(arr.dtype)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what}: {exc.message}") from None
+    return dtype, np.ascontiguousarray(arr, dtype=dtype.numpy)
+
+
+def tensor_metadata(name: str | bytes, dtype: DataType, shape: Sequence[int]) -> agent_pb2.TensorMetadata:
+    """A ``TensorMetadata`` message."""
+    label = f"tensor {name!r}"
+    return agent_pb2.TensorMetadata(
+        name=encode_name(name),
+        data_type=agent_pb2.DataType.Value(dtype.name),
+        shape=wire_shape(shape, label),
+    )
+
+
+def metadata_from_spec(spec: TensorSpec) -> agent_pb2.TensorMetadata:
+    """The ``TensorMetadata`` describing a model input/output (``-1`` dynamic dims are kept as -1)."""
+    return agent_pb2.TensorMetadata(
+        name=encode_name(spec.name),
+        data_type=agent_pb2.DataType.Value(spec.dtype.name),
+        shape=list(spec.shape),
+    )
+
+
+def spec_from_metadata(metadata: agent_pb2.TensorMetadata) -> TensorSpec:
+    """The :class:`TensorSpec` a ``TensorMetadata`` describes (dims < 0 are dynamic, kept as -1)."""
+    name = decode_name(metadata.name)
+    dtype = data_type(int(metadata.data_type), f"tensor {name!r}")
+    return TensorSpec(name=name, dtype=dtype, shape=tuple(max(int(d), -1) for d in metadata.shape))
+
+
+def data_type(number: int, what: str = "tensor") -> DataType:
+    """The :class:`DataType` for a wire enum number; INVALID_ARGUMENT for unknown numbers."""
+    try:
+        return DataType(number)
+    except ValueError:
+        known = ", ".join(f"{t.name}={t.value}" for t in DataType)
+        raise InvalidArgument(f"{what}: unknown data_type {number} (known: {known})") from None
+
+
+def tensor_to_proto(name: str | bytes, array: npt.ArrayLike) -> agent_pb2.Tensor:
+    """An inline ``Tensor`` (full metadata + ``byte_data``) holding ``array``."""
+    what = f"tensor {name!r}"
+    dtype, arr = wire_array(array, what)
+    return agent_pb2.Tensor(tensor_metadata=tensor_metadata(name, dtype, arr.shape), byte_data=arr.tobytes())
+
+
+def shm_tensor_proto(
+    name: str | bytes, dtype: DataType, shape: Sequence[int], segment_id: int, offset: int, size: int
+) -> agent_pb2.Tensor:
+    """A ``Tensor`` whose bytes live in System V shared memory segment ``segment_id``."""
+    return agent_pb2.Tensor(
+        tensor_metadata=tensor_metadata(name, dtype, shape),
+        shared_memory_handle=agent_pb2.SharedMemoryHandle(segment_id=segment_id, offset=offset, size=size),
+    )
+
+
+def expected_nbytes(dtype: DataType, shape: Sequence[int], what: str = "tensor") -> int:
+    """Byte length of a C-order tensor; INVALID_ARGUMENT for negative dims."""
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidArgument(f"{what}: shape {list(shape)} has a negative dimension")
+        count *= int(d)
+    return count * dtype.itemsize
+
+
+def array_from_bytes(
+    data: bytes | bytearray | memoryview, dtype: DataType, shape: Sequence[int], what: str = "tensor"
+) -> np.ndarray:
+    """A read-only array of ``dtype`` and ``shape`` over ``data`` (zero-copy when aligned).
+
+    The byte length must be exactly what ``dtype`` x ``shape`` needs, else INVALID_ARGUMENT. The
+    array references ``data`` (so a shared-memory lease stays held while the array lives). Data at
+    an address not aligned for ``dtype`` (e.g. a shared-memory offset of 1) is copied, so runtimes
+    never see unaligned arrays.
+    """
+    want = expected_nbytes(dtype, shape, what)
+    view = memoryview(data)
+    got = view.nbytes
+    if got != want:
+        raise InvalidArgument(
+            f"{what}: {got} bytes of data, but {dtype.name} {list(shape)} needs {want} "
+            f"({want // dtype.itemsize} elements x {dtype.itemsize} bytes)"
+        )
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    arr = np.frombuffer(view, dtype=dtype.numpy).reshape(tuple(int(d) for d in shape))
+    if not arr.flags.aligned:
+        arr = arr.copy()
+        arr.flags.writeable = False
+    return arr
+
+
+def array_from_proto(tensor: agent_pb2.Tensor, what: str = "tensor") -> tuple[str, np.ndarray]:
+    """``(name, array)`` of an inline ``Tensor`` with full metadata (e.g. a Predict output)."""
+    if not tensor.HasField("tensor_metadata"):
+        raise InvalidArgument(f"{what} has no tensor_metadata")
+    spec = spec_from_metadata(tensor.tensor_metadata)
+    label = f"{what} {spec.name!r}"
+    if tensor.WhichOneof("data") != "byte_data":
+        raise InvalidArgument(f"{label} carries no inline byte_data")
+    return spec.name, array_from_bytes(tensor.byte_data, spec.dtype, spec.shape, label)
