@@ -1,0 +1,38 @@
+"""Data capture: durable on-disk spool, Edge-Manager-compatible records, pluggable sinks.
+
+The agent calls :class:`CaptureService` for CaptureData / GetCaptureDataStatus; the record format
+and key layout are the contract in docs/capture-format.md.
+"""
+
+from __future__ import annotations
+
+from edgefleet.capture.records import (
+    CaptureAux,
+    CaptureRecord,
+    CaptureRequest,
+    CaptureTensor,
+    decode_record,
+    entry_array,
+    entry_bytes,
+)
+from edgefleet.capture.service import CaptureConfig, CaptureService, RetryPolicy, ServiceState
+from edgefleet.capture.sinks import DiskSink, Sink, open_sink
+from edgefleet.capture.spool import CaptureStatus
+
+__all__ = [
+    "CaptureAux",
+    "CaptureConfig",
+    "CaptureRecord",
+    "CaptureRequest",
+    "CaptureService",
+    "CaptureStatus",
+    "CaptureTensor",
+    "DiskSink",
+    "RetryPolicy",
+    "ServiceState",
+    "Sink",
+    "decode_record",
+    "entry_array",
+    "entry_bytes",
+    "open_sink",
+]

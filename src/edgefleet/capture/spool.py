@@ -1,0 +1,423 @@
+"""The durable capture buffer: a bounded on-disk spool in SQLite (WAL).
+
+Three tables: ``pending`` holds acknowledged captures with their payload until written,
+``batches`` holds each batch's object key once it has been chosen (so a crash mid-write rewrites
+the same key), and ``finished`` remembers the outcome of the last ``status_history`` captures for
+GetCaptureDataStatus and duplicate detection. With ``fsync`` the database runs with
+``synchronous=FULL``: a committed capture survives power loss; without it (``NORMAL``) it still
+survives the process being killed. One process at a time owns a spool directory (``flock``).
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edgefleet.capture.records import CaptureAux, CaptureRequest, CaptureTensor
+from edgefleet.capture.sinks import fsync_dir
+from edgefleet.core.errors import (
+    AlreadyExists,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from edgefleet.core.tensors import DataType
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "spool.sqlite3"
+LOCK_FILE = "spool.lock"
+SCHEMA_VERSION = 1
+_PAYLOAD_FORMAT = 1
+_HEADER_LENGTH = struct.Struct(">I")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    object_key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    capture_key TEXT NOT NULL UNIQUE,
+    enqueued_at REAL NOT NULL,
+    fleet TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    batch_id TEXT REFERENCES batches(batch_id)
+);
+CREATE INDEX IF NOT EXISTS pending_batch ON pending(batch_id);
+CREATE TABLE IF NOT EXISTS finished (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    capture_key TEXT NOT NULL UNIQUE,
+    status INTEGER NOT NULL,
+    finished_at REAL NOT NULL,
+    object_key TEXT
+);
+"""
+
+
+class CaptureStatus(enum.Enum):
+    """GetCaptureDataStatus answers; values are the wire ``CaptureDataStatus`` numbers."""
+
+    FAILURE = 0
+    SUCCESS = 1
+    IN_PROGRESS = 2
+    NOT_FOUND = 3
+
+
+@dataclass(frozen=True)
+class PendingCapture:
+    """A spooled capture not yet assigned to a batch (payload not loaded)."""
+
+    seq: int
+    key: str
+    enqueued_at: float
+    fleet: str
+    model_name: str
+    partition: str
+
+
+@dataclass(frozen=True)
+class OpenBatch:
+    """A batch whose object key is chosen and persisted, not yet known to be written."""
+
+    batch_id: str
+    object_key: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class SpooledCapture:
+    """A capture of a batch with its payload."""
+
+    seq: int
+    key: str
+    payload: bytes
+
+
+# --- payload --------------------------------------------------------------------------------------
+
+
+def encode_payload(request: CaptureRequest, *, device_name: str, fleet_name: str) -> bytes:
+    """Serialise a validated request (and the device it was captured on) for the spool.
+
+    A length-prefixed JSON header describing every payload, then the payload bytes in order:
+    compact (no base64) and self-describing.
+    """
+    header = {
+        "format": _PAYLOAD_FORMAT,
+        "device": device_name,
+        "fleet": fleet_name,
+        "capture_id": request.capture_id,
+        "model_name": request.model_name,
+        "model_version": request.model_version,
+        "inference_time": request.inference_time.isoformat(),
+        "inputs": [[t.name, t.dtype.name, list(t.shape), len(t.data)] for t in request.inputs],
+        "outputs": [[t.name, t.dtype.name, list(t.shape), len(t.data)] for t in request.outputs],
+        "aux_inputs": [[a.name, a.encoding, len(a.data)] for a in request.aux_inputs],
+        "aux_outputs": [[a.name, a.encoding, len(a.data)] for a in request.aux_outputs],
+    }
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    chunks = [_HEADER_LENGTH.pack(len(head)), head]
+    chunks += [t.data for t in (*request.inputs, *request.outputs)]
+    chunks += [a.data for a in (*request.aux_inputs, *request.aux_outputs)]
+    return b"".join(chunks)
+
+
+def decode_payload(blob: bytes) -> tuple[CaptureRequest, str, str]:
+    """Inverse of :func:`encode_payload`: ``(request, device_name, fleet_name)``.
+
+    INVALID_ARGUMENT if the blob is damaged (the capture can then never be written).
+    """
+    try:
+        (length,) = _HEADER_LENGTH.unpack_from(blob)
+        header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].decode("utf-8"))
+        if header.get("format") != _PAYLOAD_FORMAT:
+            raise ValueError(f"unknown payload format {header.get('format')!r}")
+        offset = _HEADER_LENGTH.size + length
+
+        def take(size: int) -> bytes:
+            nonlocal offset
+            if size < 0 or offset + size > len(blob):
+                raise ValueError("payload shorter than its header says")
+            data = blob[offset : offset + size]
+            offset += size
+            return data
+
+        def tensors(items: list[list[Any]]) -> tuple[CaptureTensor, ...]:
+            return tuple(
+                CaptureTensor(
+                    name=str(name),
+                    dtype=DataType.from_name(str(dtype)),
+                    shape=tuple(int(d) for d in shape),
+                    data=take(int(size)),
+                )
+                for name, dtype, shape, size in items
+            )
+
+        def auxes(items: list[list[Any]]) -> tuple[CaptureAux, ...]:
+            return tuple(
+                CaptureAux(name=str(name), encoding=str(encoding), data=take(int(size)))
+                for name, encoding, size in items
+            )
+
+        request = CaptureRequest(
+            capture_id=str(header["capture_id"]),
+            model_name=str(header["model_name"]),
+            model_version=str(header["model_version"]),
+            inference_time=datetime.fromisoformat(str(header["inference_time"])),
+            inputs=tensors(header["inputs"]),
+            outputs=tensors(header["outputs"]),
+            aux_inputs=auxes(header["aux_inputs"]),
+            aux_outputs=auxes(header["aux_outputs"]),
+        )
+        if offset != len(blob):
+            raise ValueError("payload longer than its header says")
+        return request, str(header["device"]), str(header["fleet"])
+    except (ValueError, KeyError, TypeError, struct.error, EdgefleetError) as exc:
+        raise InvalidArgument(f"damaged capture payload in the spool: {exc}") from exc
+
+
+# --- the spool ------------------------------------------------------------------------------------
+
+
+def _translate(exc: sqlite3.Error, directory: Path) -> EdgefleetError:
+    text = str(exc)
+    if "full" in text.lower():
+        return ResourceExhausted(f"capture spool {directory}: disk full: {text}")
+    return Unavailable(f"capture spool {directory}: {text}")
+
+
+class Spool:
+    """The SQLite-backed capture buffer. Thread-safe (one connection behind a lock).
+
+    Raises FAILED_PRECONDITION when another process holds the directory or the database is not a
+    spool of a version this code knows.
+    """
+
+    def __init__(self, directory: Path, *, fsync: bool = True, status_history: int = 100_000) -> None:
+        self.directory = Path(directory)
+        self.status_history = status_history
+        self._lock = threading.Lock()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise Unavailable(f"cannot open capture spool {self.directory}: {exc}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise FailedPrecondition(
+                f"capture spool {self.directory} is in use by another process or service"
+            ) from exc
+        try:
+            self._db = self._open(fsync)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, fsync: bool) -> sqlite3.Connection:
+        path = self.directory / DB_FILE
+        created = not path.exists()
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.directory) from exc
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise FailedPrecondition(
+                    f"capture spool {self.directory}: the filesystem does not support WAL"
+                )
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version not in (0, SCHEMA_VERSION):
+                raise FailedPrecondition(
+                    f"capture spool {self.directory} has schema version {version}; this edgefleet "
+                    f"understands {SCHEMA_VERSION}"
+                )
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise FailedPrecondition(f"capture spool {self.directory} is not usable: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        if created and fsync:
+            fsync_dir(self.directory)
+        return db
+
+    def close(self) -> None:
+        """Close the database and release the directory."""
+        with self._lock:
+            self._db.close()
+            os.close(self._lock_fd)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise _translate(exc, self.directory) from exc
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.directory) from exc
+
+    def add(
+        self,
+        key: str,
+        *,
+        enqueued_at: float,
+        fleet: str,
+        model_name: str,
+        partition: str,
+        payload: bytes,
+        capacity: int,
+    ) -> None:
+        """Store a capture durably, or raise ALREADY_EXISTS / RESOURCE_EXHAUSTED storing nothing."""
+        with self._transaction() as db:
+            if db.execute(
+                "SELECT 1 FROM pending WHERE capture_key = ? "
+                "UNION ALL SELECT 1 FROM finished WHERE capture_key = ?",
+                (key, key),
+            ).fetchone():
+                raise AlreadyExists(f"capture id {key} was already used")
+            (count,) = db.execute("SELECT COUNT(*) FROM pending").fetchone()
+            if count >= capacity:
+                raise ResourceExhausted(
+                    f"capture buffer is full ({count} of {capacity} captures waiting to be written)"
+                )
+            db.execute(
+                "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key, enqueued_at, fleet, model_name, partition, payload),
+            )
+
+    def status(self, key: str) -> CaptureStatus:
+        """IN_PROGRESS while spooled, then the remembered outcome, else NOT_FOUND."""
+        rows = self._query(
+            "SELECT 2 FROM pending WHERE capture_key = ? "
+            "UNION ALL SELECT status FROM finished WHERE capture_key = ?",
+            (key, key),
+        )
+        return CaptureStatus(rows[0][0]) if rows else CaptureStatus.NOT_FOUND
+
+    def pending_count(self) -> int:
+        """Captures in the spool (written or not yet assigned to a batch)."""
+        return int(self._query("SELECT COUNT(*) FROM pending")[0][0])
+
+    def unassigned(self) -> list[PendingCapture]:
+        """Spooled captures not in a batch yet, oldest first."""
+        rows = self._query(
+            "SELECT seq, capture_key, enqueued_at, fleet, model_name, partition FROM pending "
+            "WHERE batch_id IS NULL ORDER BY seq"
+        )
+        return [PendingCapture(*row) for row in rows]
+
+    def create_batches(self, batches: Sequence[tuple[str, str, Sequence[int]]], now: float) -> None:
+        """Persist ``(batch_id, object_key, capture seqs)`` triples in one transaction."""
+        with self._transaction() as db:
+            for batch_id, key, seqs in batches:
+                db.execute(
+                    "INSERT INTO batches (batch_id, object_key, created_at) VALUES (?, ?, ?)",
+                    (batch_id, key, now),
+                )
+                db.executemany(
+                    "UPDATE pending SET batch_id = ? WHERE seq = ? AND batch_id IS NULL",
+                    [(batch_id, seq) for seq in seqs],
+                )
+
+    def open_batches(self) -> list[OpenBatch]:
+        """Batches not yet written, oldest first."""
+        rows = self._query(
+            "SELECT batch_id, object_key, created_at, attempts, next_attempt_at, last_error FROM batches "
+            "ORDER BY created_at, rowid"
+        )
+        return [OpenBatch(*row) for row in rows]
+
+    def batch_captures(self, batch_id: str) -> list[SpooledCapture]:
+        """The captures of a batch with their payloads, in arrival order."""
+        rows = self._query(
+            "SELECT seq, capture_key, payload FROM pending WHERE batch_id = ? ORDER BY seq", (batch_id,)
+        )
+        return [SpooledCapture(*row) for row in rows]
+
+    def record_failure(self, batch_id: str, error: str, next_attempt_at: float) -> int:
+        """Count a failed write attempt; return the attempts so far."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE batches SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                "WHERE batch_id = ?",
+                (next_attempt_at, error, batch_id),
+            )
+            row = db.execute("SELECT attempts FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def finish_batch(self, batch_id: str, status: CaptureStatus, now: float) -> int:
+        """Move a batch's captures to ``finished`` with ``status`` and drop the batch; return how many."""
+        with self._transaction() as db:
+            row = db.execute("SELECT object_key FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+            object_key = row[0] if row and status is CaptureStatus.SUCCESS else None
+            count = db.execute(
+                "INSERT OR REPLACE INTO finished (capture_key, status, finished_at, object_key) "
+                "SELECT capture_key, ?, ?, ? FROM pending WHERE batch_id = ? ORDER BY seq",
+                (status.value, now, object_key, batch_id),
+            ).rowcount
+            db.execute("DELETE FROM pending WHERE batch_id = ?", (batch_id,))
+            db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+            self._trim(db)
+        return int(count)
+
+    def fail_captures(self, keys: Sequence[str], now: float) -> None:
+        """Mark captures FAILURE and drop them from the spool (they can never be written)."""
+        with self._transaction() as db:
+            for key in keys:
+                db.execute(
+                    "INSERT OR REPLACE INTO finished (capture_key, status, finished_at) "
+                    "SELECT capture_key, ?, ? FROM pending WHERE capture_key = ?",
+                    (CaptureStatus.FAILURE.value, now, key),
+                )
+                db.execute("DELETE FROM pending WHERE capture_key = ?", (key,))
+            self._trim(db)
+
+    def _trim(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            "DELETE FROM finished WHERE seq <= (SELECT MAX(seq) FROM finished) - ?", (self.status_history,)
+        )
