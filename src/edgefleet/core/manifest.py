@@ -22,13 +22,14 @@ CERTIFICATES_FILE = "signer-chain.pem"
 # Files every package has besides its artifacts; they are not listed in the manifest's files.
 CONTROL_FILES = frozenset({MANIFEST_FILE, SIGNATURE_FILE, CERTIFICATES_FILE})
 
-MODEL_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+# \Z, not $: '$' also matches before a trailing newline, which would let "name\n" through.
+MODEL_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*\Z")
 MODEL_NAME_MAX = 63
-VERSION_RE = re.compile(r"^[a-zA-Z0-9 _.]+$")
+VERSION_RE = re.compile(r"^[a-zA-Z0-9 _.]+\Z")
 VERSION_MAX = 30
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # Artifact paths: relative, forward slashes, no '.', '..' or empty components.
-_PATH_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+_PATH_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
 
 KNOWN_ARCHES = ("x86_64", "aarch64", "armv7l", "any")
 KNOWN_OS = ("linux", "any")
@@ -38,8 +39,7 @@ def validate_model_name(name: str, what: str = "model name") -> str:
     """Return ``name`` if it is a valid model name/alias, else raise INVALID_ARGUMENT."""
     if not isinstance(name, str) or not 1 <= len(name) <= MODEL_NAME_MAX or not MODEL_NAME_RE.match(name):
         raise PackageFormatError(
-            f"{what} {name!r} is invalid: 1-{MODEL_NAME_MAX} characters matching "
-            "[a-zA-Z0-9](-*[a-zA-Z0-9])*"
+            f"{what} {name!r} is invalid: 1-{MODEL_NAME_MAX} characters matching [a-zA-Z0-9](-*[a-zA-Z0-9])*"
         )
     return name
 
@@ -127,7 +127,9 @@ class Manifest:
         if not self.runtime.name:
             raise PackageFormatError("manifest runtime.name is empty")
         if self.target.arch not in KNOWN_ARCHES:
-            raise PackageFormatError(f"target arch {self.target.arch!r} unknown (known: {', '.join(KNOWN_ARCHES)})")
+            raise PackageFormatError(
+                f"target arch {self.target.arch!r} unknown (known: {', '.join(KNOWN_ARCHES)})"
+            )
         if self.target.os not in KNOWN_OS:
             raise PackageFormatError(f"target os {self.target.os!r} unknown (known: {', '.join(KNOWN_OS)})")
         seen: set[str] = set()
@@ -138,6 +140,12 @@ class Manifest:
             seen.add(entry.path)
             if entry.size < 0 or not _SHA256_RE.match(entry.sha256):
                 raise PackageFormatError(f"file {entry.path!r}: bad size or sha256 in the manifest")
+        for path in seen:
+            parent = path.rpartition("/")[0]
+            while parent:
+                if parent in seen:
+                    raise PackageFormatError(f"file {path!r} is inside {parent!r}, which is listed as a file")
+                parent = parent.rpartition("/")[0]
         if self.model_file not in seen:
             raise PackageFormatError(f"model_file {self.model_file!r} is not among the manifest's files")
         for group in (self.inputs, self.outputs):
@@ -189,6 +197,13 @@ class Manifest:
     def from_dict(cls, raw: object) -> Manifest:
         if not isinstance(raw, dict):
             raise PackageFormatError("manifest must be a JSON object")
+        # Check the format version first so a newer manifest says so instead of failing on a field.
+        if "format_version" in raw and raw["format_version"] != FORMAT_VERSION:
+            _int(raw["format_version"], "format_version")
+            raise PackageFormatError(
+                f"manifest format version {raw['format_version']} is not supported (this edgefleet reads "
+                f"{FORMAT_VERSION})"
+            )
         try:
             runtime = raw["runtime"]
             target = raw["target"]
@@ -228,7 +243,11 @@ class Manifest:
 
 def canonical_json(value: object) -> bytes:
     """Canonical JSON bytes: sorted keys, compact separators, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. parsed from a "\ud800" escape
+        raise PackageFormatError(f"manifest holds text that is not valid Unicode: {exc}") from exc
 
 
 def _str(value: object, what: str) -> str:
