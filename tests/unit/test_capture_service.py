@@ -627,8 +627,20 @@ def test_config_validation(tmp_path: Path, knobs: dict[str, Any], message: str) 
     }
     with pytest.raises(InvalidArgument, match=message):
         CaptureConfig(**{**base, **knobs})
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"multiplier": 0.5}, {"initial_seconds": 0}, {"max_seconds": 0.5}, {"max_attempts": -1}],
+)
+def test_retry_policy_validation(knobs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument, match="retry policy"):
-        RetryPolicy(multiplier=0.5)
+        RetryPolicy(**knobs)
+
+
+def test_retry_delays_grow_to_the_cap() -> None:
+    policy = RetryPolicy(initial_seconds=1, multiplier=2, max_seconds=5)
+    assert [policy.delay(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
 
 
 def test_config_defaults_match_the_vendor_defaults(tmp_path: Path) -> None:

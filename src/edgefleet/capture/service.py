@@ -82,11 +82,13 @@ class RetryPolicy:
     max_attempts: int = 12
 
     def __post_init__(self) -> None:
-        if self.initial_seconds < 0 or self.max_seconds < 0 or self.multiplier < 1 or self.max_attempts < 0:
+        # a zero wait would make the writer spin on a failing sink
+        if self.initial_seconds <= 0 or self.max_seconds < self.initial_seconds or self.multiplier < 1:
             raise InvalidArgument(
-                "retry policy needs initial_seconds >= 0, max_seconds >= 0, multiplier >= 1 "
-                "and max_attempts >= 0"
+                "retry policy needs initial_seconds > 0, max_seconds >= initial_seconds and multiplier >= 1"
             )
+        if self.max_attempts < 0:
+            raise InvalidArgument("retry policy max_attempts must be >= 0 (0 = retry for ever)")
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
