@@ -71,7 +71,8 @@ def wire_array(array: npt.ArrayLike, what: str = "tensor") -> tuple[DataType, np
         dtype = DataType.from_numpy(arr.dtype)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{what}: {exc.message}") from None
-    return dtype, np.ascontiguousarray(arr, dtype=dtype.numpy)
+    # np.asarray(order='C'), not np.ascontiguousarray, which turns 0-d arrays into shape (1,)
+    return dtype, np.asarray(arr, dtype=dtype.numpy, order="C")
 
 
 def tensor_metadata(name: str | bytes, dtype: DataType, shape: Sequence[int]) -> agent_pb2.TensorMetadata:

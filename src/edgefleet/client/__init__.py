@@ -1,0 +1,41 @@
+"""Python client of the edgefleet device agent (Edge Manager wire API plus edgefleet's extensions).
+
+>>> with AgentClient("unix:///run/edgefleet/agent.sock") as agent:  # doctest: +SKIP
+...     agent.load("/var/lib/models/digits", "digits")
+...     outputs = agent.predict("digits", {"input": image})
+"""
+
+from __future__ import annotations
+
+from edgefleet.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
+from edgefleet.client.client import (
+    DEFAULT_SHM_THRESHOLD,
+    AgentClient,
+    AuxData,
+    CaptureStatusName,
+    EncodingName,
+    Health,
+    ModelInfo,
+    ModelStatistics,
+    ServerMetadata,
+    Tensors,
+    error_from_rpc,
+    grpc_target,
+)
+
+__all__ = [
+    "DEFAULT_SHM_THRESHOLD",
+    "GRPC_CHANNEL_OPTIONS",
+    "MAX_MESSAGE_BYTES",
+    "AgentClient",
+    "AuxData",
+    "CaptureStatusName",
+    "EncodingName",
+    "Health",
+    "ModelInfo",
+    "ModelStatistics",
+    "ServerMetadata",
+    "Tensors",
+    "error_from_rpc",
+    "grpc_target",
+]

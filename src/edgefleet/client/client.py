@@ -1,0 +1,499 @@
+"""The Python client of the device agent: the Edge Manager RPCs plus edgefleet's extensions.
+
+One :class:`AgentClient` may be used from several threads at once. Input tensors larger than
+``shm_threshold`` bytes travel through System V shared memory segments the client owns and reuses
+(one per in-flight tensor, see :mod:`edgefleet.client.shm`); smaller ones go inline. Outputs come
+back inline. Every failed call raises an :class:`EdgefleetError` subclass chosen by the gRPC status
+code (``NOT_FOUND`` -> :class:`NotFound`, ...), carrying the agent's message; ``err.code`` is the
+:class:`Code` (named like the gRPC code) and :func:`edgefleet.core.errors.grpc_status_number` gives
+the number.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.agent.codec import (
+    GRPC_CHANNEL_OPTIONS,
+    array_from_proto,
+    shm_tensor_proto,
+    spec_from_metadata,
+    tensor_to_proto,
+)
+from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
+from edgefleet.client.shm import OwnedSegment, SegmentPool
+from edgefleet.core.errors import (
+    AlreadyExists,
+    Code,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    code_from_grpc_number,
+)
+from edgefleet.core.tensors import DataType, TensorSpec
+
+log = logging.getLogger(__name__)
+
+#: Default size above which input tensors go through shared memory (the vendor's guidance).
+DEFAULT_SHM_THRESHOLD = 256 * 1024
+
+Tensors = Mapping[str, npt.ArrayLike] | Sequence[npt.ArrayLike] | np.ndarray
+"""Tensors by name (a mapping, sent in its order with names) or by position (a sequence, or one array)."""
+
+EncodingName = Literal["CSV", "JSON", "NONE", "BASE64"]
+CaptureStatusName = Literal["SUCCESS", "IN_PROGRESS", "FAILURE", "NOT_FOUND"]
+
+_ERRORS: dict[Code, type[EdgefleetError]] = {
+    Code.INVALID_ARGUMENT: InvalidArgument,
+    Code.NOT_FOUND: NotFound,
+    Code.ALREADY_EXISTS: AlreadyExists,
+    Code.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Code.FAILED_PRECONDITION: FailedPrecondition,
+    Code.OUT_OF_RANGE: OutOfRange,
+    Code.PERMISSION_DENIED: PermissionDenied,
+    Code.UNAVAILABLE: Unavailable,
+}
+
+_ENCODINGS: dict[str, agent_pb2.Encoding] = {
+    "CSV": agent_pb2.CSV,
+    "JSON": agent_pb2.JSON,
+    "NONE": agent_pb2.NONE,
+    "BASE64": agent_pb2.BASE64,
+}
+_CAPTURE_STATUS: dict[int, CaptureStatusName] = {
+    agent_pb2.SUCCESS: "SUCCESS",
+    agent_pb2.IN_PROGRESS: "IN_PROGRESS",
+    agent_pb2.FAILURE: "FAILURE",
+    agent_pb2.NOT_FOUND: "NOT_FOUND",
+}
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A loaded model as the agent describes it (empty tensor lists are allowed for dynamic models)."""
+
+    name: str
+    url: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_proto(cls, model: agent_pb2.Model) -> ModelInfo:
+        """Parse a wire ``Model``."""
+        return cls(
+            name=model.name,
+            url=model.url,
+            inputs=tuple(spec_from_metadata(m) for m in model.input_tensor_metadatas),
+            outputs=tuple(spec_from_metadata(m) for m in model.output_tensor_metadatas),
+        )
+
+
+@dataclass(frozen=True)
+class AuxData:
+    """Auxiliary capture data (``AuxilaryData`` on the wire): raw bytes and how they are encoded."""
+
+    data: bytes
+    encoding: EncodingName = "NONE"
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    """The agent's identity and the protocol extensions it implements."""
+
+    name: str
+    version: str
+    protocol: str
+    extensions: tuple[str, ...]
+    runtimes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Health:
+    """Liveness and readiness (separately) with the agent's lifecycle state."""
+
+    live: bool
+    ready: bool
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Per-model counters and latency percentiles (times are Unix seconds, None = never)."""
+
+    name: str
+    model_name: str
+    model_version: str
+    request_count: int
+    error_count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    last_inference_time: float | None
+    last_capture_time: float | None
+    in_flight: int
+    queued: int
+    memory_bytes: int
+    loaded_time: float
+
+
+def grpc_target(address: str) -> str:
+    """The gRPC target for an agent address: ``unix:///path.sock``, ``unix:path`` or a plain socket path.
+
+    Other gRPC targets with a scheme (``dns:///host:port``, ``ipv4:127.0.0.1:50051``) pass through.
+    """
+    if not address:
+        raise InvalidArgument("agent address is empty (want unix:///path.sock or a socket path)")
+    if address.startswith(("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")) or "://" in address:
+        return address
+    return "unix:" + os.path.abspath(address)
+
+
+def error_from_rpc(exc: grpc.RpcError, address: str) -> EdgefleetError:
+    """The :class:`EdgefleetError` for a failed call, by status code, with the agent's message."""
+    status = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = exc.details() if callable(getattr(exc, "details", None)) else None
+    if status is None:
+        return EdgefleetError(f"call to the agent at {address} failed: {exc}")
+    number, _ = status.value
+    code = code_from_grpc_number(number)
+    message = details or status.name
+    if code is Code.UNAVAILABLE:
+        message = f"agent at {address} is unavailable: {message}"
+    elif code is Code.INTERNAL and status is not grpc.StatusCode.INTERNAL:
+        message = f"{message} (gRPC {status.name})"
+    cls = _ERRORS.get(code)
+    return cls(message) if cls is not None else EdgefleetError(message, code)
+
+
+def _timestamp(when: datetime | float | None) -> agent_pb2.Timestamp:
+    if when is None:
+        when = time.time()
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            raise InvalidArgument("inference_time must be timezone-aware (e.g. datetime.now(UTC))")
+        delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+        return agent_pb2.Timestamp(
+            seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+        )
+    seconds = int(when // 1)
+    nanos = min(round((when - seconds) * 1e9), 999_999_999)
+    return agent_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def _items(tensors: Tensors, prefix: str | None) -> builtins.list[tuple[str, np.ndarray]]:
+    """``(name, array)`` pairs; positional tensors are named ``prefix + index`` ("" if prefix is None)."""
+    if isinstance(tensors, np.ndarray):
+        tensors = [tensors]
+    if isinstance(tensors, Mapping):
+        pairs = [(str(name), np.asarray(value)) for name, value in tensors.items()]
+    elif isinstance(tensors, str | bytes):
+        raise InvalidArgument("tensors must be arrays, a sequence of arrays or a mapping name -> array")
+    else:
+        pairs = [("" if prefix is None else f"{prefix}{i}", np.asarray(v)) for i, v in enumerate(tensors)]
+    for name, array in pairs:
+        if array.dtype == object:
+            raise InvalidArgument(f"tensor {name!r} is not numeric (dtype object)")
+    return pairs
+
+
+class AgentClient:
+    """A client of the agent at ``address`` (``unix:///path.sock`` or a socket path).
+
+    ``timeout``: seconds each call may take (None: no deadline). ``shm_threshold``: input tensors
+    larger than this many bytes go through System V shared memory (None: always inline, e.g. for an
+    agent on another machine). ``shm_mode``: permission bits of those segments as the agent sees them.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
+        shm_mode: int = 0o444,
+    ) -> None:
+        self.address = address
+        self._target = grpc_target(address)
+        self._timeout = timeout
+        self._shm_threshold = shm_threshold
+        self._pool = SegmentPool(mode=shm_mode)
+        self._channel = grpc.insecure_channel(self._target, options=list(GRPC_CHANNEL_OPTIONS))
+        self._agent = agent_pb2_grpc.AgentStub(self._channel)  # type: ignore[no-untyped-call]
+        self._ext = extensions_pb2_grpc.AgentExtensionsStub(self._channel)  # type: ignore[no-untyped-call]
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _call(self, method: Callable[..., _T], request: Any) -> _T:
+        if self._closed:
+            raise FailedPrecondition("the AgentClient is closed")
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from exc
+        except ValueError as exc:  # grpc raises it for a channel closed under the call
+            raise FailedPrecondition(f"the AgentClient is closed: {exc}") from exc
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the agent's socket accepts connections; UNAVAILABLE after ``timeout`` seconds."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as exc:
+            raise Unavailable(f"agent at {self.address} did not become reachable within {timeout} s") from exc
+
+    # -- models ---------------------------------------------------------------------------------
+    def load(self, url: str, name: str) -> ModelInfo:
+        """Load the package at ``url`` (an unpacked package directory or a .tar.gz) under alias ``name``."""
+        response = self._call(self._agent.LoadModel, agent_pb2.LoadModelRequest(url=url, name=name))
+        return ModelInfo.from_proto(response.model)
+
+    def unload(self, name: str) -> None:
+        """Unload the model ``name`` (NotFound if unknown)."""
+        self._call(self._agent.UnLoadModel, agent_pb2.UnLoadModelRequest(name=name))
+
+    def list(self) -> builtins.list[ModelInfo]:
+        """The loaded models."""
+        response = self._call(self._agent.ListModels, agent_pb2.ListModelsRequest())
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+    def describe(self, name: str) -> ModelInfo:
+        """The model ``name`` (NotFound if unknown)."""
+        response = self._call(self._agent.DescribeModel, agent_pb2.DescribeModelRequest(name=name))
+        return ModelInfo.from_proto(response.model)
+
+    # -- tensors --------------------------------------------------------------------------------
+    def _encode(
+        self, pairs: Sequence[tuple[str, np.ndarray]], segments: builtins.list[OwnedSegment]
+    ) -> builtins.list[agent_pb2.Tensor]:
+        """Wire tensors; large ones are copied into leased segments appended to ``segments``."""
+        out = []
+        threshold = self._shm_threshold
+        for name, array in pairs:
+            if threshold is not None and array.nbytes > threshold:
+                try:
+                    dtype = DataType.from_numpy(array.dtype)
+                except InvalidArgument as exc:
+                    raise InvalidArgument(f"tensor {name!r}: {exc.message}") from None
+                segment = self._pool.checkout(array.nbytes)
+                segments.append(segment)
+                size = segment.write(array, dtype)
+                out.append(shm_tensor_proto(name, dtype, array.shape, segment.id, 0, size))
+            else:
+                out.append(tensor_to_proto(name, array))
+        return out
+
+    def _leased_call(
+        self, build: Callable[[builtins.list[OwnedSegment]], Any], method: Callable[..., _T]
+    ) -> _T:
+        """Build a request (leasing segments for it), call, and return the segments to the pool.
+
+        Segments are reused only after a call that completed: after a deadline or a broken
+        connection the agent may still be reading them.
+        """
+        segments: builtins.list[OwnedSegment] = []
+        reuse = True  # until the request is sent, the agent has not seen the segments
+        try:
+            request = build(segments)
+            reuse = False
+            try:
+                response = self._call(method, request)
+            except EdgefleetError as exc:
+                reuse = exc.code not in (Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE, Code.INTERNAL)
+                raise
+            reuse = True
+            return response
+        finally:
+            for segment in segments:
+                self._pool.checkin(segment, reuse=reuse)
+
+    def predict(self, name: str, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Run model ``name`` on ``inputs``; the outputs by name, in the model's order.
+
+        ``inputs`` by name (a mapping; the agent matches names) or by position (a sequence, or a
+        single array). Outputs are read-only arrays over the response's bytes; an output the agent
+        sends without a name (or with a repeated one) is keyed ``output_<index>``.
+        """
+        pairs = _items(inputs, None)
+
+        def build(segments: builtins.list[OwnedSegment]) -> agent_pb2.PredictRequest:
+            return agent_pb2.PredictRequest(name=name, tensors=self._encode(pairs, segments))
+
+        response = self._leased_call(build, self._agent.Predict)
+        outputs: dict[str, np.ndarray] = {}
+        for index, tensor in enumerate(response.tensors):
+            out_name, array = array_from_proto(tensor, f"output tensor {index}")
+            if not out_name or out_name in outputs:  # never drop an output over a missing/duplicate name
+                out_name = f"output_{index}"
+            outputs[out_name] = array
+        return outputs
+
+    # -- capture --------------------------------------------------------------------------------
+    def capture(
+        self,
+        model: str,
+        capture_id: str | None = None,
+        inputs: Tensors = (),
+        outputs: Tensors = (),
+        aux_inputs: Mapping[str, AuxData | bytes | str] | None = None,
+        aux_outputs: Mapping[str, AuxData | bytes | str] | None = None,
+        inference_time: datetime | float | None = None,
+    ) -> str:
+        """Ask the agent to capture one inference; returns the capture id (a new uuid4 if None).
+
+        Positional tensors are named ``input_<i>`` / ``output_<i>``. ``inference_time`` is an aware
+        datetime or Unix seconds (default: now). Poll :meth:`capture_status` for the outcome.
+        """
+        capture_id = capture_id if capture_id is not None else str(uuid.uuid4())
+        in_pairs = _items(inputs, "input_")
+        out_pairs = _items(outputs, "output_")
+        timestamp = _timestamp(inference_time)
+
+        def build(segments: builtins.list[OwnedSegment]) -> agent_pb2.CaptureDataRequest:
+            return agent_pb2.CaptureDataRequest(
+                model_name=model,
+                capture_id=capture_id,
+                inference_timestamp=timestamp,
+                input_tensors=self._encode(in_pairs, segments),
+                output_tensors=self._encode(out_pairs, segments),
+                inputs=self._aux(aux_inputs, segments),
+                outputs=self._aux(aux_outputs, segments),
+            )
+
+        self._leased_call(build, self._agent.CaptureData)
+        return capture_id
+
+    def _aux(
+        self, aux: Mapping[str, AuxData | bytes | str] | None, segments: builtins.list[OwnedSegment]
+    ) -> builtins.list[agent_pb2.AuxilaryData]:
+        out = []
+        for name, value in (aux or {}).items():
+            item = value if isinstance(value, AuxData) else AuxData(_aux_bytes(name, value))
+            if item.encoding not in _ENCODINGS:
+                known = ", ".join(_ENCODINGS)
+                raise InvalidArgument(
+                    f"auxiliary data {name!r}: unknown encoding {item.encoding!r} ({known})"
+                )
+            encoding = _ENCODINGS[item.encoding]
+            data = _aux_bytes(name, item.data)
+            threshold = self._shm_threshold
+            if threshold is not None and len(data) > threshold:
+                segment = self._pool.checkout(len(data))
+                segments.append(segment)
+                size = segment.write(np.frombuffer(data, dtype=np.uint8), DataType.UINT8)
+                handle = agent_pb2.SharedMemoryHandle(segment_id=segment.id, offset=0, size=size)
+                out.append(agent_pb2.AuxilaryData(name=name, encoding=encoding, shared_memory_handle=handle))
+            else:
+                out.append(agent_pb2.AuxilaryData(name=name, encoding=encoding, byte_data=data))
+        return out
+
+    def capture_status(self, capture_id: str) -> CaptureStatusName:
+        """``SUCCESS``, ``IN_PROGRESS``, ``FAILURE`` or ``NOT_FOUND``."""
+        response = self._call(
+            self._agent.GetCaptureDataStatus, agent_pb2.GetCaptureDataStatusRequest(capture_id=capture_id)
+        )
+        status = _CAPTURE_STATUS.get(int(response.status))
+        if status is None:
+            raise EdgefleetError(f"the agent sent an unknown capture status {response.status}")
+        return status
+
+    # -- extensions -----------------------------------------------------------------------------
+    def server_metadata(self) -> ServerMetadata:
+        """The agent's name, version, protocol, extensions and runtimes."""
+        r = self._call(self._ext.GetServerMetadata, extensions_pb2.ServerMetadataRequest())
+        return ServerMetadata(
+            name=r.name,
+            version=r.version,
+            protocol=r.protocol,
+            extensions=tuple(r.extensions),
+            runtimes=tuple(r.runtimes),
+        )
+
+    def health(self) -> Health:
+        """Liveness and readiness of the agent."""
+        r = self._call(self._ext.GetHealth, extensions_pb2.HealthRequest())
+        return Health(live=r.live, ready=r.ready, state=r.state, detail=r.detail)
+
+    def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
+        """Statistics of model ``name`` (NotFound if unknown), or of every loaded model."""
+        r = self._call(self._ext.GetModelStatistics, extensions_pb2.ModelStatisticsRequest(name=name or ""))
+        return [
+            ModelStatistics(
+                name=m.name,
+                model_name=m.model_name,
+                model_version=m.model_version,
+                request_count=m.request_count,
+                error_count=m.error_count,
+                p50_ms=m.latency.p50_ms,
+                p95_ms=m.latency.p95_ms,
+                p99_ms=m.latency.p99_ms,
+                last_inference_time=m.last_inference_time or None,
+                last_capture_time=m.last_capture_time or None,
+                in_flight=m.in_flight,
+                queued=m.queued,
+                memory_bytes=m.memory_bytes,
+                loaded_time=m.loaded_time,
+            )
+            for m in r.models
+        ]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the channel and the shared memory segments (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._channel.close()
+        self._pool.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _aux_bytes(name: str, value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgument(f"auxiliary data {name!r} must be bytes or str, got {type(value).__name__}")
+
+
+__all__ = [
+    "DEFAULT_SHM_THRESHOLD",
+    "AgentClient",
+    "AuxData",
+    "Health",
+    "ModelInfo",
+    "ModelStatistics",
+    "ServerMetadata",
+    "Tensors",
+    "error_from_rpc",
+    "grpc_target",
+]
