@@ -7,6 +7,7 @@ Agent side: :class:`edgefleet.agent.shm.SharedMemoryReader`; client side:
 from __future__ import annotations
 
 import mmap
+import os
 import shutil
 import subprocess
 import sys
@@ -204,6 +205,34 @@ class TestSysvBadHandles:
         # nothing was leaked or left broken: the segment still reads fine
         assert reader.cache_info().leases == 0
         assert len(reader.read_sysv(seg.id, 0, 0)) == 4096
+
+    def test_segment_the_agent_may_not_read(self, make_segment: MakeSegment) -> None:
+        """A segment the agent's user has no read permission on (the reader drops root to nobody)."""
+        if os.geteuid() != 0:
+            pytest.skip("needs root to drop to another user")
+        seg = make_segment(b"secret" * 100, mode=0o600)
+        script = textwrap.dedent(
+            f"""
+            import os
+            from edgefleet.agent.shm import SharedMemoryReader
+            from edgefleet.core.errors import InvalidArgument
+            reader = SharedMemoryReader()
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                reader.read_sysv({seg.id}, 0, 0)
+            except InvalidArgument as exc:
+                print(exc)
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            f"INVALID_ARGUMENT: shared memory segment {seg.id} is not readable by the agent (permission denied)"
+        )
 
     def test_non_integer_values(self, reader: SharedMemoryReader) -> None:
         with pytest.raises(InvalidArgument, match="offset must be an integer, got float"):

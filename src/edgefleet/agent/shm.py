@@ -242,6 +242,12 @@ class SharedMemoryReader:
         except sysv_ipc.ExistentialError as exc:
             self._detach_raw(segment_id, shm)
             raise InvalidArgument(f"{what} does not exist (unknown id, or removed)") from exc
+        except sysv_ipc.PermissionsError as exc:  # IPC_STAT needs read permission too
+            self._detach_raw(segment_id, shm)
+            raise InvalidArgument(f"{what} is not readable by the agent (permission denied)") from exc
+        except sysv_ipc.Error as exc:
+            self._detach_raw(segment_id, shm)
+            raise InvalidArgument(f"{what} cannot be inspected: {exc}") from exc
         except BaseException:
             self._detach_raw(segment_id, shm)
             raise
@@ -251,8 +257,10 @@ class SharedMemoryReader:
         """Why a cached attachment may not serve reads any more ("removed", "changed"), or None."""
         try:
             mode, nattch, ctime = entry.shm.mode, entry.shm.number_attached, entry.shm.last_change_time
-        except sysv_ipc.Error:
+        except sysv_ipc.ExistentialError:
             return "removed"  # cannot happen while attached; treat as gone
+        except sysv_ipc.Error:
+            return "changed"  # e.g. permissions revoked: re-attaching lets the kernel decide
         if mode & _SHM_DEST and nattch <= self._ours.get(entry.segment_id, 0):
             return "removed"
         if ctime != entry.ctime:
