@@ -1,0 +1,122 @@
+"""``edgefleet package``: build, verify and inspect signed model packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``package`` and its sub-commands."""
+    parser = subparsers.add_parser("package", help="build, verify and inspect signed model packages")
+    sub = parser.add_subparsers(dest="package_command", metavar="SUBCOMMAND", required=True)
+
+    build = sub.add_parser(
+        "build",
+        help="build and sign <name>-<version>.tar.gz from a model",
+        description="Read the model's tensor metadata (ONNX or TFLite), write and sign the package, "
+        "and print its path on the last line.",
+    )
+    build.add_argument("model", metavar="MODEL", type=Path, help="model file (.onnx, .tflite)")
+    build.add_argument(
+        "--name", required=True, help="model name: 1-63 of [a-zA-Z0-9-], starting and ending alnum"
+    )
+    build.add_argument("--version", required=True, help="model version: 1-30 of [a-zA-Z0-9 _.]")
+    build.add_argument(
+        "--key", required=True, type=Path, metavar="DIR", help="key directory (edgefleet keys init)"
+    )
+    build.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output directory")
+    build.add_argument("--runtime", help="runtime name (default: from the model: onnxruntime or litert)")
+    build.add_argument(
+        "--arch", default="any", help="target architecture: x86_64, aarch64, armv7l, any (default)"
+    )
+    build.add_argument("--os", default="linux", dest="target_os", help="target OS (default linux)")
+    build.add_argument("--accelerator", default="none", help="target accelerator (default none)")
+    build.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        type=Path,
+        dest="extra_files",
+        metavar="PATH",
+        help="extra file to include at the package's top level (repeatable)",
+    )
+    build.set_defaults(func=_build)
+
+    verify = sub.add_parser("verify", help="verify a package's signature, certificate chain and files")
+    verify.add_argument("package", metavar="PKG", type=Path, help="package .tar.gz or unpacked directory")
+    verify.add_argument(
+        "--trust", required=True, type=Path, metavar="DIR", help="trust directory (root certificates)"
+    )
+    verify.set_defaults(func=_verify)
+
+    inspect = sub.add_parser("inspect", help="show a package's manifest and signer (does not verify)")
+    inspect.add_argument("package", metavar="PKG", type=Path, help="package .tar.gz or unpacked directory")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(func=_inspect)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from edgefleet.core.manifest import Target
+    from edgefleet.core.package import build_package
+
+    path = build_package(
+        args.model,
+        name=args.name,
+        version=args.version,
+        key_dir=args.key,
+        out_dir=args.output,
+        runtime=args.runtime,
+        target=Target(os=args.target_os, arch=args.arch, accelerator=args.accelerator),
+        extra_files=args.extra_files,
+    )
+    print(path)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from edgefleet.core.package import verify_package
+
+    verified = verify_package(args.package, args.trust)
+    manifest = verified.manifest
+    print(
+        f"OK {manifest.name} {manifest.version} ({manifest.runtime.name}, {len(manifest.files)} file(s)) "
+        f"signed by {verified.signer.subject} [sha256 {verified.signer.fingerprint_sha256[:16]}]"
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from edgefleet.core.package import inspect_package
+
+    info = inspect_package(args.package)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2, sort_keys=True))
+        return 0
+    m = info.manifest
+    lines = [
+        f"package:     {info.path}  (not verified; use: edgefleet package verify PKG --trust DIR)",
+        f"model:       {m.name} {m.version}",
+        f"runtime:     {m.runtime.name} >= {m.runtime.min_version}",
+        f"target:      os={m.target.os} arch={m.target.arch} accelerator={m.target.accelerator}",
+        f"model file:  {m.model_file}",
+        f"created:     {m.created}",
+    ]
+    for role, tensors in (("input", m.inputs), ("output", m.outputs)):
+        for t in tensors:
+            lines.append(f"{role + ':':<12} {t.name} {t.dtype.name} {list(t.shape)}")
+    for f in m.files:
+        lines.append(f"file:        {f.path} {f.size} bytes sha256={f.sha256}")
+    for key, value in sorted(m.provenance.items()):
+        lines.append(f"provenance:  {key}={value}")
+    s = info.signer
+    lines += [
+        f"signer:      {s.subject} ({s.key_algorithm})",
+        f"issuer:      {s.issuer}",
+        f"valid:       {s.not_before:%Y-%m-%dT%H:%M:%SZ} .. {s.not_after:%Y-%m-%dT%H:%M:%SZ}",
+        f"fingerprint: sha256 {s.fingerprint_sha256}",
+    ]
+    print("\n".join(lines))
+    return 0
