@@ -52,7 +52,6 @@ def make_linear_onnx(
 
 def make_image_onnx(path: Path, *, channels: int = 3, size: int = 224) -> Path:
     """A small image model (ReduceMean over H, W then a linear layer): input [1, C, H, W] float32."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
@@ -65,7 +64,10 @@ def make_image_onnx(path: Path, *, channels: int = 3, size: int = 224) -> Path:
         "image",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, channels, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -109,15 +111,30 @@ def build(
     return build_package(model, name=name, version=version, key_dir=key_dir, out_dir=out_dir, **kwargs)
 
 
-def build_null(key_dir: Path, out_dir: Path, *, name: str = "nullmodel", version: str = "1.0",
-               inputs: Sequence[TensorSpec] = SPEC_IN, outputs: Sequence[TensorSpec] = SPEC_OUT,
-               **config: Any) -> Path:
+def build_null(
+    key_dir: Path,
+    out_dir: Path,
+    *,
+    name: str = "nullmodel",
+    version: str = "1.0",
+    inputs: Sequence[TensorSpec] = SPEC_IN,
+    outputs: Sequence[TensorSpec] = SPEC_OUT,
+    **config: Any,
+) -> Path:
     """A signed null-runtime package."""
     work = Path(tempfile.mkdtemp(prefix="nullmodel-"))
     model = null_model_file(work / "model.json", **config)
     try:
-        return build(model, key_dir, out_dir, name=name, version=version, runtime="null",
-                     inputs=tuple(inputs), outputs=tuple(outputs))
+        return build(
+            model,
+            key_dir,
+            out_dir,
+            name=name,
+            version=version,
+            runtime="null",
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -185,27 +202,45 @@ def short_socket_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp"))
 
 
-def write_native_config(path: Path, *, trust_dir: Path | None, data_dir: Path, capture_dir: Path,
-                        agent: dict[str, Any] | None = None, capture: dict[str, Any] | None = None) -> Path:
+def write_native_config(
+    path: Path,
+    *,
+    trust_dir: Path | None,
+    data_dir: Path,
+    capture_dir: Path,
+    agent: dict[str, Any] | None = None,
+    capture: dict[str, Any] | None = None,
+) -> Path:
     config: dict[str, Any] = {
         "device": {"name": "test-device", "fleet": "test-fleet"},
-        "agent": {"data_dir": str(data_dir), **({"trust_dir": str(trust_dir)} if trust_dir else {}), **(agent or {})},
-        "capture": {"disk_path": str(capture_dir), "push_period_seconds": 0.2, "fsync": True, **(capture or {})},
+        "agent": {
+            "data_dir": str(data_dir),
+            **({"trust_dir": str(trust_dir)} if trust_dir else {}),
+            **(agent or {}),
+        },
+        "capture": {
+            "disk_path": str(capture_dir),
+            "push_period_seconds": 0.2,
+            "fsync": True,
+            **(capture or {}),
+        },
     }
     path.write_text(json.dumps(config))
     return path
 
 
-def spawn_agent(config_path: Path, socket: Path, log_path: Path, *, force: bool = True,
-                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn_agent(
+    config_path: Path, socket: Path, log_path: Path, *, force: bool = True, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``edgefleet agent``; its default data directory is kept under the config's folder."""
     env = {"XDG_DATA_HOME": str(config_path.parent / "xdg-data"), **(env or {})}
     args = [sys.executable, "-m", "edgefleet", "agent", "-a", f"unix://{socket}", "-c", str(config_path)]
     if force:
         args.append("-f")
     with log_path.open("ab") as log_file:
-        return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, cwd=REPO)
+        return subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO
+        )
 
 
 def wait_ready(agent: AgentProcess, timeout: float = 60) -> None:
@@ -230,8 +265,14 @@ def wait_ready(agent: AgentProcess, timeout: float = 60) -> None:
 
 
 @contextmanager
-def running_agent(workdir: Path, trust_dir: Path | None, *, agent: dict[str, Any] | None = None,
-                  capture: dict[str, Any] | None = None, config_path: Path | None = None) -> Iterator[AgentProcess]:
+def running_agent(
+    workdir: Path,
+    trust_dir: Path | None,
+    *,
+    agent: dict[str, Any] | None = None,
+    capture: dict[str, Any] | None = None,
+    config_path: Path | None = None,
+) -> Iterator[AgentProcess]:
     """Start an agent with a native config under ``workdir``; stop it (SIGTERM) afterwards."""
     proc = start(workdir, trust_dir, agent=agent, capture=capture, config_path=config_path)
     try:
@@ -242,18 +283,31 @@ def running_agent(workdir: Path, trust_dir: Path | None, *, agent: dict[str, Any
         shutil.rmtree(proc.socket.parent, ignore_errors=True)
 
 
-def start(workdir: Path, trust_dir: Path | None, *, agent: dict[str, Any] | None = None,
-          capture: dict[str, Any] | None = None, config_path: Path | None = None,
-          socket: Path | None = None) -> AgentProcess:
+def start(
+    workdir: Path,
+    trust_dir: Path | None,
+    *,
+    agent: dict[str, Any] | None = None,
+    capture: dict[str, Any] | None = None,
+    config_path: Path | None = None,
+    socket: Path | None = None,
+) -> AgentProcess:
     data_dir = workdir / "agent-data"
     capture_dir = workdir / "captures"
     if config_path is None:
-        config_path = write_native_config(workdir / "agent.json", trust_dir=trust_dir, data_dir=data_dir,
-                                          capture_dir=capture_dir, agent=agent, capture=capture)
+        config_path = write_native_config(
+            workdir / "agent.json",
+            trust_dir=trust_dir,
+            data_dir=data_dir,
+            capture_dir=capture_dir,
+            agent=agent,
+            capture=capture,
+        )
     socket = socket or short_socket_dir() / "agent.sock"
     log_path = workdir / "agent.log"
-    process = AgentProcess(socket, config_path, data_dir, capture_dir, log_path,
-                           spawn_agent(config_path, socket, log_path))
+    process = AgentProcess(
+        socket, config_path, data_dir, capture_dir, log_path, spawn_agent(config_path, socket, log_path)
+    )
     wait_ready(process)
     return process
 

@@ -34,7 +34,9 @@ def train_digits(out_dir: Path, say: Say) -> tuple[Path, np.ndarray, np.ndarray,
         from sklearn.model_selection import train_test_split
         from sklearn.neural_network import MLPClassifier
     except ImportError as exc:
-        raise SystemExit(f"the demo needs scikit-learn and skl2onnx: pip install 'edgefleet[demo]' ({exc})") from exc
+        raise SystemExit(
+            f"the demo needs scikit-learn and skl2onnx: pip install 'edgefleet[demo]' ({exc})"
+        ) from exc
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -43,7 +45,9 @@ def train_digits(out_dir: Path, say: Say) -> tuple[Path, np.ndarray, np.ndarray,
     clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=0)
     clf.fit(x_train, y_train)
     accuracy = float(clf.score(x_test, y_test))
-    say(f"    trained an MLP on {len(x_train)} digits in {time.perf_counter() - start:.1f}s, test accuracy {accuracy:.1%}")
+    say(
+        f"    trained an MLP on {len(x_train)} digits in {time.perf_counter() - start:.1f}s, test accuracy {accuracy:.1%}"
+    )
     onx = to_onnx(clf, x_train[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
     onx.graph.input[0].name = onx.graph.input[0].name  # keep skl2onnx's name ("X")
     path = out_dir / "digits.onnx"
@@ -77,7 +81,9 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> 
     pkg = build_package(model_path, name="digits", version=version, key_dir=keys, out_dir=packages)
     info = inspect_package(pkg)
     say(f"    {pkg} ({pkg.stat().st_size / 1024:.0f} KiB)")
-    say(f"    runtime {info.manifest.runtime.name}, inputs {[(t.name, t.dtype.name, list(t.shape)) for t in info.manifest.inputs]}")
+    say(
+        f"    runtime {info.manifest.runtime.name}, inputs {[(t.name, t.dtype.name, list(t.shape)) for t in info.manifest.inputs]}"
+    )
 
     _step(say, 4, "Start the agent with an Edge Manager style config file")
     capture_dir = workdir / "captures"
@@ -102,8 +108,20 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> 
     log_path = workdir / "agent.log"
     with log_path.open("wb") as log_file:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", "agent", "-a", f"unix://{sock}", "-c", str(config_path), "-f"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "edgefleet",
+                "agent",
+                "-a",
+                f"unix://{sock}",
+                "-c",
+                str(config_path),
+                "-f",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         client = AgentClient(f"unix://{sock}", timeout=30)
@@ -117,13 +135,17 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> 
                     say(f"    the agent did not start; its log ({log_path}):\n{log_path.read_text()}")
                     return 1
                 time.sleep(0.05)
-        say(f"    agent pid {agent.pid} serving on unix://{sock} — {meta['name']} {meta['version']}, "
-            f"extensions: {', '.join(meta['extensions'])}")
+        say(
+            f"    agent pid {agent.pid} serving on unix://{sock} — {meta.name} {meta.version}, "
+            f"extensions: {', '.join(meta.extensions)}"
+        )
 
         _step(say, 5, "Load the signed package (signature and digests are verified first)")
         model = client.load(str(pkg), "digits")
-        say(f"    loaded as {model.name!r}: inputs {[(t.name, list(t.shape)) for t in model.inputs]}, "
-            f"outputs {[(t.name, list(t.shape)) for t in model.outputs]}")
+        say(
+            f"    loaded as {model.name!r}: inputs {[(t.name, list(t.shape)) for t in model.inputs]}, "
+            f"outputs {[(t.name, list(t.shape)) for t in model.outputs]}"
+        )
 
         _step(say, 6, f"Predict the {len(x_test)} held-out digits one by one through the agent")
         input_name = model.inputs[0].name
@@ -137,15 +159,20 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> 
             correct += int(out[label_name].reshape(-1)[0] == label)
         lat = np.array(latencies) * 1000
         accuracy = correct / len(x_test)
-        say(f"    accuracy {accuracy:.1%} (scikit-learn in-process: {sk_accuracy:.1%}); "
-            f"latency p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms")
+        say(
+            f"    accuracy {accuracy:.1%} (scikit-learn in-process: {sk_accuracy:.1%}); "
+            f"latency p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms"
+        )
 
         _step(say, 7, "Capture 12 inferences (inputs and outputs) to disk")
         ids = []
         for row in x_test[:12]:
             out = client.predict("digits", {input_name: row[None, :]})
-            ids.append(client.capture("digits", capture_id=str(uuid.uuid4()), inputs={input_name: row[None, :]},
-                                      outputs=out))
+            ids.append(
+                client.capture(
+                    "digits", capture_id=str(uuid.uuid4()), inputs={input_name: row[None, :]}, outputs=out
+                )
+            )
         deadline = time.monotonic() + 30
         statuses = [client.capture_status(i) for i in ids]
         while any(s == "IN_PROGRESS" for s in statuses) and time.monotonic() < deadline:
@@ -158,14 +185,18 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> 
         if files:
             first = json.loads(files[0].read_text().splitlines()[0])
             entry = first["deviceFleetInputs"][0]
-            say(f"    a record: eventId {first['eventMetadata']['eventId']}, model "
+            say(
+                f"    a record: eventId {first['eventMetadata']['eventId']}, model "
                 f"{first['eventMetadata']['modelName']} {first['eventMetadata']['modelVersion']}, "
-                f"input {entry['name']} {entry['observedContentType']}")
+                f"input {entry['name']} {entry['observedContentType']}"
+            )
 
         _step(say, 8, "Per-model statistics (edgefleet extension)")
         for stats in client.model_stats():
-            say(f"    {stats['name']}: {stats['request_count']} requests, {stats['error_count']} errors, "
-                f"p50 {stats['p50_ms']:.3f} ms, p99 {stats['p99_ms']:.3f} ms (server side)")
+            say(
+                f"    {stats.name}: {stats.request_count} requests, {stats.error_count} errors, "
+                f"p50 {stats.p50_ms:.3f} ms, p99 {stats.p99_ms:.3f} ms (server side)"
+            )
         client.close()
         if keep_running:
             say(f"\nThe agent keeps running on unix://{sock} (pid {agent.pid}); stop it with Ctrl-C.")

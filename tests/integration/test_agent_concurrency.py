@@ -19,7 +19,9 @@ from edgefleet.agent.proto import agent_pb2, extensions_pb2
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path) -> Iterator[AgentProcess]:
     workdir = tmp_path_factory.mktemp("concurrency")
-    with running_agent(workdir, trust, agent={"max_concurrent_per_model": 3, "max_queued_per_model": 2}) as proc:
+    with running_agent(
+        workdir, trust, agent={"max_concurrent_per_model": 3, "max_queued_per_model": 2}
+    ) as proc:
         yield proc
 
 
@@ -37,7 +39,9 @@ def stats(agent: AgentProcess) -> dict[str, extensions_pb2.ModelStatistics]:
     return {m.name: m for m in response.models}
 
 
-def test_calls_overlap_on_one_model_and_across_models(agent: AgentProcess, keys: Path, tmp_path: Path) -> None:
+def test_calls_overlap_on_one_model_and_across_models(
+    agent: AgentProcess, keys: Path, tmp_path: Path
+) -> None:
     # The null model sleeps 'delay_ms' per call (releasing the GIL like a real engine).
     pkg = build_null(keys, tmp_path / "pkgs", name="slow", delay_ms=1500)
     stub = agent.stub()
@@ -45,12 +49,20 @@ def test_calls_overlap_on_one_model_and_across_models(agent: AgentProcess, keys:
     stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="slow-b"))
     x = tensor("x", np.ones((1, 4), np.float32))
     with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = [pool.submit(stub.Predict, agent_pb2.PredictRequest(name="slow-a", tensors=[x]), timeout=60)
-                   for _ in range(5)]
-        futures.append(pool.submit(stub.Predict, agent_pb2.PredictRequest(name="slow-b", tensors=[x]), timeout=60))
+        futures = [
+            pool.submit(stub.Predict, agent_pb2.PredictRequest(name="slow-a", tensors=[x]), timeout=60)
+            for _ in range(5)
+        ]
+        futures.append(
+            pool.submit(stub.Predict, agent_pb2.PredictRequest(name="slow-b", tensors=[x]), timeout=60)
+        )
         # three calls run at once on slow-a (its limit), two wait, and slow-b runs beside them
-        wait_for(lambda: (s := stats(agent))["slow-a"].in_flight == 3 and s["slow-a"].queued == 2
-                 and s["slow-b"].in_flight == 1, "3 running + 2 queued on slow-a and 1 running on slow-b")
+        wait_for(
+            lambda: (s := stats(agent))["slow-a"].in_flight == 3
+            and s["slow-a"].queued == 2
+            and s["slow-b"].in_flight == 1,
+            "3 running + 2 queued on slow-a and 1 running on slow-b",
+        )
         # the queue is full: one more call is refused at once
         with pytest.raises(grpc.RpcError, match=r".") as info:
             stub.Predict(agent_pb2.PredictRequest(name="slow-a", tensors=[x]), timeout=60)
@@ -70,8 +82,11 @@ def test_unload_waits_for_running_calls(agent: AgentProcess, keys: Path, tmp_pat
     stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="draining"))
     x = tensor("x", np.ones((1, 4), np.float32))
     results: list[object] = []
-    worker = threading.Thread(target=lambda: results.append(
-        stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]), timeout=60)))
+    worker = threading.Thread(
+        target=lambda: results.append(
+            stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]), timeout=60)
+        )
+    )
     worker.start()
     wait_for(lambda: "draining" in (s := stats(agent)) and s["draining"].in_flight == 1, "the call to start")
     stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="draining"))

@@ -50,8 +50,9 @@ def test_stale_socket_needs_force_and_live_socket_is_kept(tmp_path: Path, trust:
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(sock_path))
     stale.close()  # bound, never listened: a stale socket file
-    config = write_native_config(tmp_path / "agent.json", trust_dir=trust, data_dir=tmp_path / "d",
-                                 capture_dir=tmp_path / "c")
+    config = write_native_config(
+        tmp_path / "agent.json", trust_dir=trust, data_dir=tmp_path / "d", capture_dir=tmp_path / "c"
+    )
     refused = spawn_agent(config, sock_path, tmp_path / "refused.log", force=False)
     assert refused.wait(timeout=60) == 1
     assert "start with -f" in (tmp_path / "refused.log").read_text()
@@ -98,7 +99,9 @@ def test_vendor_config_file_is_accepted_as_is(tmp_path: Path, trust: Path, keys:
     with running_agent(tmp_path, None, config_path=config) as proc:
         stub = proc.stub()
         stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="m"))
-        out = stub.Predict(agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 4), np.float32))]))
+        out = stub.Predict(
+            agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 4), np.float32))])
+        )
         assert len(out.tensors) == 1
         assert "sagemaker_edge_core_some_future_key" in proc.log()
 
@@ -116,15 +119,18 @@ def test_writable_trust_dir_is_refused(tmp_path: Path, keys: Path) -> None:
     loose.mkdir()
     (loose / "root-ca.pem").write_bytes((keys / "trust" / "root-ca.pem").read_bytes())
     os.chmod(loose, 0o777)
-    config = write_native_config(tmp_path / "agent.json", trust_dir=loose, data_dir=tmp_path / "d",
-                                 capture_dir=tmp_path / "c")
+    config = write_native_config(
+        tmp_path / "agent.json", trust_dir=loose, data_dir=tmp_path / "d", capture_dir=tmp_path / "c"
+    )
     proc = spawn_agent(config, short_socket_dir() / "a.sock", tmp_path / "log")
     assert proc.wait(timeout=60) == 1
     assert "writable" in (tmp_path / "log").read_text()
 
 
 def test_extensions(tmp_path: Path, trust: Path, keys: Path) -> None:
-    pkg = build(make_linear_onnx(tmp_path / "m.onnx"), keys, tmp_path / "pkgs", name="stats-model", version="2.1")
+    pkg = build(
+        make_linear_onnx(tmp_path / "m.onnx"), keys, tmp_path / "pkgs", name="stats-model", version="2.1"
+    )
     with running_agent(tmp_path, trust) as proc:
         ext = proc.ext()
         meta = ext.GetServerMetadata(extensions_pb2.ServerMetadataRequest())
@@ -136,9 +142,13 @@ def test_extensions(tmp_path: Path, trust: Path, keys: Path) -> None:
         stub = proc.stub()
         stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="m"))
         for _ in range(20):
-            stub.Predict(agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 4), np.float32))]))
+            stub.Predict(
+                agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 4), np.float32))])
+            )
         with pytest.raises(Exception, match=r"."):
-            stub.Predict(agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 5), np.float32))]))
+            stub.Predict(
+                agent_pb2.PredictRequest(name="m", tensors=[tensor("x", np.ones((1, 5), np.float32))])
+            )
         (stats,) = ext.GetModelStatistics(extensions_pb2.ModelStatisticsRequest(name="m")).models
         assert (stats.model_name, stats.model_version) == ("stats-model", "2.1")
         assert stats.request_count == 20  # the refused call never reached the model
@@ -153,7 +163,9 @@ def _rss(proc: AgentProcess) -> int:
 
 def test_unload_frees_memory(tmp_path: Path, trust: Path, keys: Path) -> None:
     """Load and unload a 40 MiB model 50 times: the agent's RSS returns near its baseline."""
-    pkg = build(make_big_onnx(tmp_path / "big.onnx", megabytes=40), keys, tmp_path / "pkgs", name="big", version="1")
+    pkg = build(
+        make_big_onnx(tmp_path / "big.onnx", megabytes=40), keys, tmp_path / "pkgs", name="big", version="1"
+    )
     with running_agent(tmp_path, trust) as proc:
         stub = proc.stub()
         x = tensor("x", np.ones((1, big_side(40)), np.float32))
@@ -168,7 +180,9 @@ def test_unload_frees_memory(tmp_path: Path, trust: Path, keys: Path) -> None:
         stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="big"))
         loaded = _rss(proc)
         stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="big"))
-        assert loaded - baseline > 30 * 1024 * 1024, "a loaded model must show in RSS for this test to mean much"
+        assert loaded - baseline > 30 * 1024 * 1024, (
+            "a loaded model must show in RSS for this test to mean much"
+        )
         for _ in range(50):
             cycle()
         after = _rss(proc)

@@ -88,7 +88,9 @@ def test_predict_without_metadata_uses_position(stub: object, workdir: Path, key
     pkg = build(model, keys, workdir / "pkgs-static", name="static", version="1")
     stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="static"))
     x = np.ones((1, 4), dtype=np.float32)
-    response = stub.Predict(agent_pb2.PredictRequest(name="static", tensors=[agent_pb2.Tensor(byte_data=x.tobytes())]))
+    response = stub.Predict(
+        agent_pb2.PredictRequest(name="static", tensors=[agent_pb2.Tensor(byte_data=x.tobytes())])
+    )
     assert list(response.tensors[0].tensor_metadata.shape) == [1, 3]
 
 
@@ -171,7 +173,9 @@ def test_untrusted_signer_is_refused(stub: object, workdir: Path) -> None:
 
     other_keys = workdir / "other-keys"
     init_keys(other_keys)
-    pkg = build(make_linear_onnx(workdir / "o.onnx"), other_keys, workdir / "pkgs-other", name="other", version="1")
+    pkg = build(
+        make_linear_onnx(workdir / "o.onnx"), other_keys, workdir / "pkgs-other", name="other", version="1"
+    )
     code, details = code_of(stub.LoadModel, agent_pb2.LoadModelRequest(url=str(pkg), name="other"))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
     assert "trust" in details.lower() or "root" in details.lower()
@@ -221,7 +225,9 @@ class TestBadTensors:
         code, details = self.predict(stub, tensor("nope", np.ones((1, 4), np.float32)))
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert "nope" in details
-        empty = agent_pb2.Tensor(tensor_metadata=agent_pb2.TensorMetadata(name=b"x", data_type=5, shape=[1, 4]))
+        empty = agent_pb2.Tensor(
+            tensor_metadata=agent_pb2.TensorMetadata(name=b"x", data_type=5, shape=[1, 4])
+        )
         code, details = self.predict(stub, empty)
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert "no data" in details
@@ -232,7 +238,9 @@ class TestBadTensors:
         def shm(segment_id: int, offset: int = 0, size: int = 0) -> agent_pb2.Tensor:
             return agent_pb2.Tensor(
                 tensor_metadata=agent_pb2.TensorMetadata(name=b"x", data_type=5, shape=[1, 4]),
-                shared_memory_handle=agent_pb2.SharedMemoryHandle(segment_id=segment_id, offset=offset, size=size),
+                shared_memory_handle=agent_pb2.SharedMemoryHandle(
+                    segment_id=segment_id, offset=offset, size=size
+                ),
             )
 
         code, _ = self.predict(stub, shm(2**63 + 12345))
@@ -263,12 +271,23 @@ def test_predict_through_vendor_style_sysv_segment(stub: object, linear_pkg: Pat
     try:
         segment.write(x.tobytes())
         segment.mode = 0o400
-        request = agent_pb2.PredictRequest(name="lin", tensors=[agent_pb2.Tensor(
-            tensor_metadata=agent_pb2.TensorMetadata(name=b"x", data_type=agent_pb2.FLOAT32, shape=[3, 4]),
-            shared_memory_handle=agent_pb2.SharedMemoryHandle(segment_id=segment.id, offset=0, size=0),
-        )])
+        request = agent_pb2.PredictRequest(
+            name="lin",
+            tensors=[
+                agent_pb2.Tensor(
+                    tensor_metadata=agent_pb2.TensorMetadata(
+                        name=b"x", data_type=agent_pb2.FLOAT32, shape=[3, 4]
+                    ),
+                    shared_memory_handle=agent_pb2.SharedMemoryHandle(
+                        segment_id=segment.id, offset=0, size=0
+                    ),
+                )
+            ],
+        )
         shm_out = output_array(stub.Predict(request).tensors[0])
-        inline_out = output_array(stub.Predict(agent_pb2.PredictRequest(name="lin", tensors=[tensor("x", x)])).tensors[0])
+        inline_out = output_array(
+            stub.Predict(agent_pb2.PredictRequest(name="lin", tensors=[tensor("x", x)])).tensors[0]
+        )
         np.testing.assert_array_equal(shm_out, inline_out)
     finally:
         segment.detach()

@@ -219,7 +219,9 @@ def from_vendor(raw: dict[str, Any], *, base: dict[str, Any] | None = None) -> A
         else:
             unknown.append(key)
     if unknown:
-        log.warning("config keys with no meaning for edgefleet's agent, ignored: %s", ", ".join(sorted(unknown)))
+        log.warning(
+            "config keys with no meaning for edgefleet's agent, ignored: %s", ", ".join(sorted(unknown))
+        )
     if raw.get("sagemaker_edge_core_capture_data_periodic_upload") in (True, "true"):
         log.warning("capture periodic upload is not available yet: captures stay on disk")
     for required in ("device_name", "fleet_name"):
@@ -230,13 +232,13 @@ def from_vendor(raw: dict[str, Any], *, base: dict[str, Any] | None = None) -> A
     return AgentConfig(capture=CaptureSettings(**capture), **top)
 
 
-
-
 def from_native(raw: dict[str, Any]) -> AgentConfig:
     """Build a config from the native structure ``{device: {...}, agent: {...}, capture: {...}}``."""
     extra = set(raw) - {"device", "agent", "capture"}
     if extra:
-        raise InvalidArgument(f"unknown config sections: {', '.join(sorted(extra))} (known: device, agent, capture)")
+        raise InvalidArgument(
+            f"unknown config sections: {', '.join(sorted(extra))} (known: device, agent, capture)"
+        )
     device = _table(raw, "device")
     agent = _table(raw, "agent")
     capture_raw = _table(raw, "capture")
@@ -247,13 +249,19 @@ def from_native(raw: dict[str, Any]) -> AgentConfig:
         top[{"name": "device_name", "fleet": "fleet_name", "region": "region"}[key]] = _convert(
             f"device.{key}", value, "str"
         )
-    known_agent = {f.name: f for f in fields(AgentConfig) if f.name not in ("device_name", "fleet_name", "region", "capture")}
+    known_agent = {
+        f.name: f
+        for f in fields(AgentConfig)
+        if f.name not in ("device_name", "fleet_name", "region", "capture")
+    }
     for key, value in agent.items():
         if key == "memory_budget_mb":
             top["memory_budget_bytes"] = int(_convert("agent.memory_budget_mb", value, "float") * 1024 * 1024)
             continue
         if key not in known_agent:
-            raise InvalidArgument(f"unknown key agent.{key} (known: {', '.join(sorted([*known_agent, 'memory_budget_mb']))})")
+            raise InvalidArgument(
+                f"unknown key agent.{key} (known: {', '.join(sorted([*known_agent, 'memory_budget_mb']))})"
+            )
         top[key] = _native_value(f"agent.{key}", value, known_agent[key].type)
     known_capture = {f.name: f for f in fields(CaptureSettings)}
     capture: dict[str, Any] = {}

@@ -193,8 +193,12 @@ class ModelRegistry:
         validate_alias(alias)
         source = resolve_url(url)
         placeholder = ModelSlot(
-            alias=alias, url=url, package_dir=source, memory_bytes=0,
-            max_concurrent=self._limits.max_concurrent_per_model, max_queued=self._limits.max_queued_per_model,
+            alias=alias,
+            url=url,
+            package_dir=source,
+            memory_bytes=0,
+            max_concurrent=self._limits.max_concurrent_per_model,
+            max_queued=self._limits.max_queued_per_model,
         )
         with self._lock:
             if alias in self._slots:
@@ -211,8 +215,12 @@ class ModelRegistry:
             raise
         log.info(
             "loaded model %s (%s %s, runtime %s) as %r, ~%d MiB",
-            slot.manifest.name, slot.manifest.name, slot.manifest.version, slot.manifest.runtime.name,
-            alias, slot.memory_bytes >> 20,
+            slot.manifest.name,
+            slot.manifest.name,
+            slot.manifest.version,
+            slot.manifest.runtime.name,
+            alias,
+            slot.memory_bytes >> 20,
         )
         return slot
 
@@ -256,7 +264,9 @@ class ModelRegistry:
         return slot
 
     def _unpack(self, archive: Path) -> Path:
-        digest = hashlib.sha256(str(archive.resolve()).encode() + str(time.time_ns()).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(str(archive.resolve()).encode() + str(time.time_ns()).encode()).hexdigest()[
+            :16
+        ]
         dest = self._packages_dir / f"{archive.name.removesuffix('.tar.gz').removesuffix('.tgz')}-{digest}"
         self._packages_dir.mkdir(parents=True, exist_ok=True)
         return self._unpacker(archive, dest)
@@ -271,7 +281,11 @@ class ModelRegistry:
             with slot._cond:
                 slot.state = ModelState.UNLOADING
         if not slot.drain(self._limits.unload_drain_seconds):
-            log.warning("unloading %r with requests still running after %.0fs", alias, self._limits.unload_drain_seconds)
+            log.warning(
+                "unloading %r with requests still running after %.0fs",
+                alias,
+                self._limits.unload_drain_seconds,
+            )
         model, slot.model = slot.model, None
         if model is not None:
             model.close()
@@ -308,7 +322,9 @@ def resolve_url(url: str) -> Path:
     if "://" in url:
         parsed = urlparse(url)
         if parsed.scheme != "file":
-            raise InvalidArgument(f"unsupported url scheme {parsed.scheme!r}: give a local path or a file:// URL")
+            raise InvalidArgument(
+                f"unsupported url scheme {parsed.scheme!r}: give a local path or a file:// URL"
+            )
         return Path(unquote(parsed.path))
     return Path(url)
 
@@ -321,7 +337,9 @@ def check_compatible(manifest: Manifest) -> None:
             f"package {manifest.name} {manifest.version} is compiled for {manifest.target.arch}, this device is {arch}"
         )
     if manifest.target.os not in ("any", "linux") or platform.system() != "Linux":
-        raise FailedPrecondition(f"package targets OS {manifest.target.os!r}, this device runs {platform.system()}")
+        raise FailedPrecondition(
+            f"package targets OS {manifest.target.os!r}, this device runs {platform.system()}"
+        )
     if manifest.target.accelerator not in ("none", ""):
         raise FailedPrecondition(
             f"package needs accelerator {manifest.target.accelerator!r}, which this agent does not drive"
@@ -330,7 +348,10 @@ def check_compatible(manifest: Manifest) -> None:
 
 def check_tensors_match(manifest: Manifest, model: LoadedModel) -> None:
     """The manifest's tensor metadata must agree with what the runtime reports for the artifact."""
-    for kind, declared, actual in (("input", manifest.inputs, model.inputs), ("output", manifest.outputs, model.outputs)):
+    for kind, declared, actual in (
+        ("input", manifest.inputs, model.inputs),
+        ("output", manifest.outputs, model.outputs),
+    ):
         if not declared:
             continue
         if [t.name for t in declared] != [t.name for t in actual] or [t.dtype for t in declared] != [
@@ -356,4 +377,3 @@ def release_free_memory() -> None:
     gc.collect()
     if _libc_trim is not None:
         _libc_trim(0)
-

@@ -20,7 +20,7 @@ from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.proto import agent_pb2_grpc, extensions_pb2_grpc
 from edgefleet.agent.server import AgentService, AgentState, ExtensionsService
 from edgefleet.agent.shm import SharedMemoryReader
-from edgefleet.capture.service import CaptureConfig, CaptureService
+from edgefleet.capture import CaptureConfig, CaptureService
 from edgefleet.capture.sinks import DiskSink
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
@@ -64,7 +64,9 @@ def prepare_socket(path: Path, *, force: bool) -> None:
     if live:
         raise FailedPrecondition(f"another process is serving on {path}; stop it first")
     if not force:
-        raise FailedPrecondition(f"stale socket {path} exists (no process serves it); start with -f to remove it")
+        raise FailedPrecondition(
+            f"stale socket {path} exists (no process serves it); start with -f to remove it"
+        )
     path.unlink()
 
 
@@ -136,7 +138,10 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         ),
     )
     if config.capture.destination != "Disk":
-        log.warning("capture destination %s is not available yet: writing captures to disk", config.capture.destination)
+        log.warning(
+            "capture destination %s is not available yet: writing captures to disk",
+            config.capture.destination,
+        )
     capture = CaptureService(
         CaptureConfig(
             spool_dir=config.spool_dir,
@@ -150,7 +155,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
             base64_embed_limit=config.capture.base64_embed_limit,
             fsync=config.capture.fsync,
         ),
-        DiskSink(config.capture_disk_path),
+        DiskSink(config.capture_disk_path, fsync=config.capture.fsync),
     )
     shm = SharedMemoryReader()
     options = [
@@ -159,8 +164,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
     agent = AgentService(registry, capture, shm)
-    agent_pb2_grpc.add_AgentServicer_to_server(agent, server)
-    extensions_pb2_grpc.add_AgentExtensionsServicer_to_server(
+    agent_pb2_grpc.add_AgentServicer_to_server(agent, server)  # type: ignore[no-untyped-call]
+    extensions_pb2_grpc.add_AgentExtensionsServicer_to_server(  # type: ignore[no-untyped-call]
         ExtensionsService(registry, agent, shm, state), server
     )
     # The socket is created by server.start(); a restrictive umask closes the window before chmod.
@@ -174,7 +179,10 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     state.set("SERVING")
     log.info(
         "agent serving on unix://%s (device %s, fleet %s, mode %o)",
-        path, config.device_name, config.fleet_name, config.socket_mode,
+        path,
+        config.device_name,
+        config.fleet_name,
+        config.socket_mode,
     )
     return RunningAgent(config, path, server, registry, capture, shm, state)
 

@@ -21,7 +21,7 @@ from edgefleet.agent.codec import array_from_bytes, metadata_from_spec
 from edgefleet.agent.models import ModelRegistry, ModelSlot
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.agent.shm import SharedMemoryReader
-from edgefleet.capture.service import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
+from edgefleet.capture import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, grpc_status_number
 from edgefleet.core.tensors import DataType, TensorSpec
 from edgefleet.runtimes.base import installed_backends
@@ -91,7 +91,9 @@ class TensorDecoder:
     def tensor(self, tensor: Any, spec: TensorSpec | None, what: str) -> tuple[str, np.ndarray]:
         """Decode one Tensor; with ``spec`` (Predict) dtype and shape must fit the model input."""
         md = tensor.tensor_metadata if tensor.HasField("tensor_metadata") else None
-        name = md.name.decode("utf-8", "replace") if md is not None and md.name else (spec.name if spec else "")
+        name = (
+            md.name.decode("utf-8", "replace") if md is not None and md.name else (spec.name if spec else "")
+        )
         if spec is None and md is None:
             raise InvalidArgument(f"{what} needs tensor_metadata (name, data_type, shape)")
         if md is not None:
@@ -102,14 +104,18 @@ class TensorDecoder:
             assert spec is not None
             dtype = spec.dtype
         if spec is not None and dtype is not spec.dtype:
-            raise InvalidArgument(f"{what} {name!r}: data_type {dtype.name}, the model expects {spec.dtype.name}")
+            raise InvalidArgument(
+                f"{what} {name!r}: data_type {dtype.name}, the model expects {spec.dtype.name}"
+            )
         shape: tuple[int, ...]
         if md is not None and (len(md.shape) or (spec is not None and len(spec.shape) == 0)):
             shape = tuple(md.shape)
         elif spec is not None and all(d >= 0 for d in spec.shape):
             shape = spec.shape
         else:
-            raise InvalidArgument(f"{what} {name!r}: shape is required (the model's input has dynamic dimensions)")
+            raise InvalidArgument(
+                f"{what} {name!r}: shape is required (the model's input has dynamic dimensions)"
+            )
         if any(d < 0 for d in shape):
             raise InvalidArgument(f"{what} {name!r}: shape {list(shape)} has a negative dimension")
         if spec is not None and not spec.accepts_shape(shape):
@@ -249,12 +255,12 @@ def encode_outputs(specs: Sequence[TensorSpec], outputs: Sequence[np.ndarray]) -
     tensors = []
     for index, array in enumerate(outputs):
         name = specs[index].name if index < len(specs) else f"output_{index}"
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # keeps 0-d outputs 0-d, unlike ascontiguousarray
         dtype = DataType.from_numpy(array.dtype)
         tensors.append(
             agent_pb2.Tensor(
                 tensor_metadata=agent_pb2.TensorMetadata(
-                    name=name.encode("utf-8"), data_type=int(dtype), shape=list(array.shape)
+                    name=name.encode("utf-8"), data_type=dtype.name, shape=list(array.shape)
                 ),
                 byte_data=array.tobytes(),
             )
@@ -319,7 +325,9 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
                     model_version=slot.manifest.version,
                     request_count=snap.request_count,
                     error_count=snap.error_count,
-                    latency=extensions_pb2.LatencyStats(p50_ms=snap.p50_ms, p95_ms=snap.p95_ms, p99_ms=snap.p99_ms),
+                    latency=extensions_pb2.LatencyStats(
+                        p50_ms=snap.p50_ms, p95_ms=snap.p95_ms, p99_ms=snap.p99_ms
+                    ),
                     last_inference_time=snap.last_inference_time,
                     last_capture_time=snap.last_capture_time,
                     in_flight=slot.in_flight,
@@ -346,7 +354,9 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             response = extensions_pb2.PredictExtResponse()
             for proto in encode_outputs(slot.outputs, outputs):
                 md = proto.tensor_metadata
-                response.tensors.add(name=md.name, data_type=md.data_type, shape=md.shape, byte_data=proto.byte_data)
+                response.tensors.add(
+                    name=md.name, data_type=md.data_type, shape=md.shape, byte_data=proto.byte_data
+                )
             return response
         except EdgefleetError as exc:
             return _abort(context, exc)
@@ -358,10 +368,14 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             raise InvalidArgument(f"model has no input named {name!r} (inputs: {[s.name for s in specs]})")
         spec = matches[0]
         if tensor.data_type != int(spec.dtype):
-            raise InvalidArgument(f"input {name!r}: data_type {tensor.data_type}, the model expects {spec.dtype.name}")
+            raise InvalidArgument(
+                f"input {name!r}: data_type {tensor.data_type}, the model expects {spec.dtype.name}"
+            )
         shape = tuple(tensor.shape) if len(tensor.shape) else spec.shape
         if any(d < 0 for d in shape) or not spec.accepts_shape(shape):
-            raise InvalidArgument(f"input {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)}")
+            raise InvalidArgument(
+                f"input {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)}"
+            )
         expected = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
         which = tensor.WhichOneof("data")
         data: memoryview | bytes

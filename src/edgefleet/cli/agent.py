@@ -26,9 +26,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("agent", help="run the device agent (Edge Manager compatible gRPC on a Unix socket)")
-    parser.add_argument("-a", "--address", required=True, help="socket address, e.g. unix:///tmp/edgefleet.sock")
-    parser.add_argument("-c", "--config", required=True, type=Path, help="vendor JSON or native TOML config file")
+    parser = sub.add_parser(
+        "agent", help="run the device agent (Edge Manager compatible gRPC on a Unix socket)"
+    )
+    parser.add_argument(
+        "-a", "--address", required=True, help="socket address, e.g. unix:///tmp/edgefleet.sock"
+    )
+    parser.add_argument(
+        "-c", "--config", required=True, type=Path, help="vendor JSON or native TOML config file"
+    )
     parser.add_argument("-f", "--force", action="store_true", help="remove a stale socket file first")
     parser.add_argument("--log-format", choices=["text", "json"], help="override the config's log format")
     parser.set_defaults(func=run)

@@ -75,6 +75,16 @@ class EdgefleetError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def grpc_code(self) -> int:
+        """The gRPC status code number of this error."""
+        return grpc_status_number(self.code)
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of this error."""
+        return http_status(self.code)
+
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
 

@@ -96,9 +96,7 @@ def get_backend(name: str) -> Backend:
     """The backend called ``name``; FAILED_PRECONDITION if unknown or its engine is not installed."""
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
-        raise FailedPrecondition(
-            f"unknown runtime {name!r}: this agent knows {', '.join(known_backends())}"
-        )
+        raise FailedPrecondition(f"unknown runtime {name!r}: this agent knows {', '.join(known_backends())}")
     with _lock:
         if key in _cache:
             return _cache[key]

@@ -50,7 +50,10 @@ class NullModel(LoadedModel):
             raise InvalidArgument("null model configured to fail")
         if self._op == "identity":
             values = [inputs[spec.name] for spec in self.inputs]
-            return [np.ascontiguousarray(v, dtype=o.dtype.numpy) for v, o in zip(values, self.outputs, strict=False)]
+            return [
+                np.ascontiguousarray(v, dtype=o.dtype.numpy)
+                for v, o in zip(values, self.outputs, strict=False)
+            ]
         return [np.zeros([d if d >= 0 else 1 for d in o.shape], dtype=o.dtype.numpy) for o in self.outputs]
 
     def close(self) -> None:
@@ -64,7 +67,8 @@ class NullBackend(Backend):
         return "1.0"
 
     def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
-        return int(_config(package_dir, manifest).get("memory_bytes", 0)) + 64 * 1024  # type: ignore[call-overload]
+        declared = _config(package_dir, manifest).get("memory_bytes", 0)
+        return (declared if isinstance(declared, int) else 0) + 64 * 1024
 
     def load(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> LoadedModel:
         return NullModel(manifest, _config(package_dir, manifest))
