@@ -4,8 +4,11 @@ The seam between the compile job and a backend-specific builder is one function 
 
     build_xxx(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: LogFn) -> CandidateArtifact
 
-``onnx_path`` is the model after front-end conversion (and simplification), with static input
-shapes. A builder writes everything it produces under ``options.work_dir`` (a fresh, empty
+``onnx_path`` is the model after front-end conversion and simplification; its input shapes are
+those the user declared (``options.input_shapes`` gives concrete ones, dynamic dimensions set to
+1). For ``options.quantize == INT8`` it is the already-quantised QDQ graph (calibrated once by the
+job and shared by every int8 candidate); for ``NONE`` and ``FP16`` it is the fp32 graph and a
+builder that offers fp16 converts it itself. A builder writes everything it produces under ``options.work_dir`` (a fresh, empty
 directory owned by that one build) and returns a :class:`CandidateArtifact` describing the files.
 A builder that cannot serve the request (engine not installed, cross tool-chain missing, operator
 unsupported) raises :class:`CandidateUnavailable` (FAILED_PRECONDITION) with a message naming
@@ -20,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.core.errors import FailedPrecondition
+from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition
 
 #: Progress sink: one human-readable line per call (the job appends it to its log).
 LogFn = Callable[[str], None]
@@ -112,6 +115,12 @@ class CandidateArtifact:
 
 class CandidateUnavailable(FailedPrecondition):
     """A builder cannot produce its candidate here; the message names what is missing."""
+
+
+class UnsupportedModel(EdgefleetError):
+    """The model uses something (an operator, a layer type, a tensor type) no converter or runtime supports."""
+
+    code = Code.UNIMPLEMENTED
 
 
 #: Signature every candidate builder follows.

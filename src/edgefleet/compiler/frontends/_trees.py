@@ -1,0 +1,70 @@
+"""Helpers shared by the scikit-learn, XGBoost and LightGBM front-ends (tabular models)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from edgefleet.compiler.signature import InputSpec
+from edgefleet.core.errors import InvalidArgument
+from edgefleet.core.tensors import DataType
+
+DEFAULT_INPUT = "input"
+
+
+def load_pickle(path: Path) -> object:
+    """Unpickle ``path`` with joblib (which also reads plain pickles); INVALID_ARGUMENT when unreadable.
+
+    Unpickling runs code from the file: compile only models you trust.
+    """
+    import joblib  # type: ignore[import-untyped, unused-ignore]
+
+    if not path.is_file():
+        raise InvalidArgument(f"model file {path} does not exist or is not a file")
+    try:
+        return joblib.load(path)
+    except (AttributeError, ModuleNotFoundError) as exc:
+        raise InvalidArgument(
+            f"model file {path.name}: a class it references cannot be imported ({exc})"
+        ) from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+        raise InvalidArgument(f"model file {path.name} is not a readable pickle/joblib file: {exc}") from exc
+
+
+def tabular_input(declared: Sequence[InputSpec], features: int | None) -> tuple[str, int, DataType]:
+    """(name, feature count, dtype) of the single 2-D input of a tabular model."""
+    if len(declared) > 1:
+        raise InvalidArgument("tabular models take one input; declare at most one --input NAME:-1xFEATURES")
+    name, dtype = DEFAULT_INPUT, DataType.FLOAT32
+    if declared:
+        decl = declared[0]
+        name, dtype = decl.name, decl.dtype or DataType.FLOAT32
+        if len(decl.shape) != 2:
+            raise InvalidArgument(
+                f"--input {decl.name!r}: a tabular model's input is 2-D (rows x features), got shape {list(decl.shape)}"
+            )
+        if decl.shape[1] > 0:
+            if features is not None and decl.shape[1] != features:
+                raise InvalidArgument(
+                    f"--input {decl.name!r}: {decl.shape[1]} features declared but the model was trained on {features}"
+                )
+            features = decl.shape[1]
+    if features is None:
+        raise InvalidArgument(
+            "the model does not record its feature count; declare it with --input NAME:-1xFEATURES"
+        )
+    if dtype not in (DataType.FLOAT32, DataType.FLOAT64):
+        raise InvalidArgument(f"tabular models take float32 or float64 features, not {dtype.name}")
+    return name, features, dtype
+
+
+def fix_batch_dims(model: onnx.ModelProto) -> None:
+    """Make outputs' leading dimension symbolic: some converters write a fixed 1 for the row axis."""
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"

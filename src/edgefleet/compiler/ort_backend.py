@@ -1,0 +1,89 @@
+"""ONNX Runtime candidates: the fp32 graph with offline optimisations, the int8 QDQ graph, fp16."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from edgefleet.compiler import graph_passes, onnx_graph
+from edgefleet.compiler.types import (
+    BuildOptions,
+    CandidateArtifact,
+    CandidateUnavailable,
+    LogFn,
+    Quantization,
+    TargetSpec,
+)
+
+MODEL_FILE = "model.onnx"
+RUNTIME = "onnxruntime"
+
+
+def build_onnxruntime(
+    onnx_path: Path, target: TargetSpec, options: BuildOptions, log: LogFn
+) -> CandidateArtifact:
+    """An ONNX Runtime artifact for ``target`` at ``options.quantize`` precision."""
+    out = options.work_dir / MODEL_FILE
+    notes: list[str] = []
+    if options.quantize is Quantization.INT8:
+        shutil.copyfile(onnx_path, out)
+        notes.append("static int8 QDQ, per-channel weights")
+        name = f"{RUNTIME}-int8"
+    elif options.quantize is Quantization.FP16:
+        if not target.fp16_compute:
+            raise CandidateUnavailable(
+                f"target {target.name} has no native fp16 arithmetic, so ONNX Runtime would run an fp16 graph "
+                "slower than fp32 (fp16 ONNX Runtime artifacts are offered for targets with fp16 compute, "
+                "e.g. linux-aarch64-armv8.2)"
+            )
+        graph_passes.convert_fp16(onnx_path, out)
+        notes.append("fp16 weights and compute, fp32 inputs/outputs")
+        name = f"{RUNTIME}-fp16"
+    else:
+        # Basic-level optimisations (constant folding, redundant nodes) keep standard operators, so
+        # the artifact runs on any ONNX Runtime supporting its opset; fusions happen at load time.
+        log("ONNX Runtime offline graph optimisation")
+        _optimise_basic(onnx_path, out)
+        notes.append("ONNX Runtime offline graph optimisation (basic level)")
+        name = RUNTIME
+    model = onnx.load(str(out), load_external_data=False)
+    return CandidateArtifact(
+        name=name,
+        runtime=RUNTIME,
+        runtime_min_version=onnx_graph.ort_min_version(model, ort.__version__),
+        directory=options.work_dir,
+        model_file=MODEL_FILE,
+        quantization=options.quantize,
+        tool_versions={"onnxruntime": str(ort.__version__)},
+        notes=tuple(notes),
+    )
+
+
+def original_candidate(onnx_path: Path, work_dir: Path) -> CandidateArtifact:
+    """The baseline: the front-end's ONNX graph unchanged, on plain ONNX Runtime fp32."""
+    out = work_dir / MODEL_FILE
+    shutil.copyfile(onnx_path, out)
+    model = onnx.load(str(out), load_external_data=False)
+    return CandidateArtifact(
+        name=f"{RUNTIME}-original",
+        runtime=RUNTIME,
+        runtime_min_version=onnx_graph.ort_min_version(model, ort.__version__),
+        directory=work_dir,
+        model_file=MODEL_FILE,
+        tool_versions={"onnxruntime": str(ort.__version__)},
+        notes=("the original model, unoptimised (baseline)",),
+    )
+
+
+def _optimise_basic(src: Path, dst: Path) -> None:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise graph_passes.translate_ort_error(exc, src.name) from exc
