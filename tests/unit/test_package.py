@@ -691,11 +691,11 @@ def test_archive_tamper_matrix(
     if not with_trust and "manifest" in name and error is SignatureError:
         pytest.skip("without a trust directory the signature is not checked")
     bad = _rewrite(archive, tmp_path / "bad.tar.gz", edit(archive))
-    dest = tmp_path / "dest"
+    dest = tmp_path / "data" / "dest"
     trust = keys.trust_dir if with_trust else None
     with pytest.raises(error, match=message):
         unpack_package(bad, dest, trust_dir=trust)
-    assert not dest.exists()  # nothing half-done
+    assert not (tmp_path / "data").exists()  # nothing half-done, not even the parents it created
     assert not Path("/tmp/edgefleet-evil").exists()
     assert not (tmp_path / "evil").exists()
     if with_trust:
@@ -817,6 +817,21 @@ def test_huge_pax_header_is_refused(tmp_path: Path) -> None:
         info.pax_headers = {"comment": "A" * (2 * 1024 * 1024)}
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(PackageFormatError, match=r"a tar header is larger than"):
+        unpack_package(bad, tmp_path / "d")
+    _assert_empty_or_absent(tmp_path / "d")
+
+
+def test_directory_size_field_does_not_widen_the_header_budget(tmp_path: Path) -> None:
+    bad = tmp_path / "dirsize.tar.gz"
+    with tarfile.open(bad, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        folder = tarfile.TarInfo("lib")
+        folder.type = tarfile.DIRTYPE
+        folder.size = 64 * 1024 * 1024  # no data follows a directory header
+        tar.addfile(folder)
+        info = tarfile.TarInfo("lib/x")
+        info.pax_headers = {"comment": "A" * (2 * 1024 * 1024)}
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(PackageFormatError, match="a tar header is larger than"):
         unpack_package(bad, tmp_path / "d")
     _assert_empty_or_absent(tmp_path / "d")
 

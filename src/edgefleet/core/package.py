@@ -293,8 +293,9 @@ def _write_archive(
                 for control in (MANIFEST_FILE, SIGNATURE_FILE, CERTIFICATES_FILE):
                     data = controls[control]
                     tar.addfile(_tarinfo(control, len(data), mtime), io.BytesIO(data))
+                entries = {f.path: f for f in manifest.files}
                 for src, arcname in sorted(sources, key=lambda s: s[1]):
-                    entry = manifest.file(arcname)
+                    entry = entries[arcname]
                     with src.open("rb") as fh:
                         reader = _HashingReader(fh)
                         tar.addfile(_tarinfo(arcname, entry.size, mtime), reader)
@@ -373,7 +374,8 @@ class _Destination:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._created_root = False
+        #: the highest directory this object created (removed on abort), if any
+        self._created: Path | None = None
         try:
             if root.exists() or root.is_symlink():
                 if not root.is_dir() or root.is_symlink():
@@ -381,28 +383,46 @@ class _Destination:
                 if any(root.iterdir()):
                     raise FailedPrecondition(f"unpack destination {root} is not empty")
             else:
+                top = root
+                while not top.parent.exists() and top.parent != top:
+                    top = top.parent
                 root.mkdir(mode=0o755, parents=True)
-                self._created_root = True
+                self._created = top
         except OSError as exc:
             raise FailedPrecondition(f"cannot use {root} as the unpack destination: {exc}") from exc
 
-    @contextlib.contextmanager
-    def open(self, relpath: str) -> Iterator[IO[bytes]]:
-        """A new file for ``relpath`` (already validated), parents created; write errors translated."""
+    def write(self, relpath: str, chunks: Iterable[bytes]) -> None:
+        """Write a new file ``relpath`` (already validated) from ``chunks``, creating parents.
+
+        Only the destination's own OSErrors are translated here; errors raised while producing
+        ``chunks`` (reading the archive) propagate unchanged.
+        """
         target = self.root.joinpath(*relpath.split("/"))
         try:
             target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            with os.fdopen(os.open(target, flags, 0o644), "wb") as fh:
-                yield fh
+            fh = os.fdopen(os.open(target, flags, 0o644), "wb")
+        except OSError as exc:
+            raise _write_error(self.root, exc) from exc
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._close, fh)
+            for chunk in chunks:
+                try:
+                    fh.write(chunk)
+                except OSError as exc:
+                    raise _write_error(self.root, exc) from exc
+
+    def _close(self, fh: IO[bytes]) -> None:
+        try:
+            fh.close()
         except OSError as exc:
             raise _write_error(self.root, exc) from exc
 
     def abort(self) -> None:
-        """Remove what was written (the root too if this object created it)."""
+        """Remove what was written (and the directories this object created)."""
         try:
-            if self._created_root:
-                shutil.rmtree(self.root)
+            if self._created is not None:
+                shutil.rmtree(self._created)
                 return
             for child in self.root.iterdir():
                 if child.is_dir() and not child.is_symlink():
@@ -435,6 +455,8 @@ class _ArchiveScan:
     #: artifact path -> (size, sha256 or "" when not hashed)
     artifacts: dict[str, tuple[int, str]] = field(default_factory=dict)
     directories: set[str] = field(default_factory=set)
+    _artifact_parents: set[str] = field(default_factory=set)
+    _entries: dict[str, FileEntry] = field(default_factory=dict)
     _total: int = 0
 
     def run(self) -> None:
@@ -462,8 +484,12 @@ class _ArchiveScan:
             member = tar.next()
             if member is None:
                 return
-            stream.limit = member.offset_data + member.size + _HEADER_BUDGET
             name = member.name
+            if member.size < 0:
+                raise PackageFormatError(f"archive member {name!r} has a negative size")
+            # Only regular members carry data; a directory's size field must not widen the budget.
+            data_size = member.size if member.type in _REGULAR_TYPES else 0
+            stream.limit = member.offset_data + data_size + _HEADER_BUDGET
             if name in self.artifacts or name in self.control or name in self.directories:
                 raise PackageFormatError(f"archive member {name!r} appears twice")
             kind = _MEMBER_KINDS.get(member.type)
@@ -500,21 +526,22 @@ class _ArchiveScan:
             raise PackageFormatError(f"{member.name} is truncated")
         self.control[member.name] = data
         if self.dest is not None:
-            with self.dest.open(member.name) as out:
-                out.write(data)
+            self.dest.write(member.name, [data])
         if len(self.control) == len(CONTROL_FILES):
             self._accept_manifest()
 
     def _read_artifact(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         name = member.name
         self._safe_path(name)
-        for parent in _parents(name):
+        parents = _parents(name)
+        for parent in parents:
             if parent in self.artifacts:
                 raise PackageFormatError(f"archive member {name!r} is inside {parent!r}, which is a file")
-        if any(other.startswith(name + "/") for other in self.artifacts) or name in self.directories:
+        if name in self._artifact_parents:
             raise PackageFormatError(f"archive member {name!r} is both a file and a directory")
+        self._artifact_parents.update(parents)
         if self.manifest is not None:
-            _check_listed(self.manifest, name, member.size)
+            _check_listed(self._entries, name, member.size)
         self._total += member.size
         if self._total > self.limits.max_total_bytes:
             raise ResourceExhausted(
@@ -527,14 +554,24 @@ class _ArchiveScan:
         fh = tar.extractfile(member)
         if fh is None:  # pragma: no cover - regular members always have content
             raise PackageFormatError(f"{name} has no content")
+        digest = hashlib.sha256()
+        size = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal size
+            while chunk := fh.read(CHUNK_SIZE):
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
         if self.dest is None:
-            digest, size = _copy_hashing(fh, None)
+            for _ in chunks():
+                pass
         else:
-            with self.dest.open(name) as out:
-                digest, size = _copy_hashing(fh, out)
+            self.dest.write(name, chunks())
         if size != member.size:
             raise PackageFormatError(f"archive member {name!r} is truncated")
-        self.artifacts[name] = (size, digest)
+        self.artifacts[name] = (size, digest.hexdigest())
 
     def _accept_manifest(self) -> None:
         """All control files are in: verify (with a trust dir), parse, and check what came before."""
@@ -549,8 +586,9 @@ class _ArchiveScan:
             )
         manifest = parse_manifest(data)
         _check_manifest_limits(manifest, self.limits, self.archive.name)
+        self._entries = {entry.path: entry for entry in manifest.files}
         for name, (size, _) in self.artifacts.items():
-            _check_listed(manifest, name, size)
+            _check_listed(self._entries, name, size)
         self.manifest = manifest
 
     def _finish(self) -> None:
@@ -576,17 +614,6 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _copy_hashing(src: IO[bytes], out: IO[bytes] | None) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := src.read(CHUNK_SIZE):
-        digest.update(chunk)
-        size += len(chunk)
-        if out is not None:
-            out.write(chunk)
-    return digest.hexdigest(), size
-
-
 def parse_manifest(data: bytes) -> Manifest:
     """Parse ``manifest.json`` bytes, which must be exactly the manifest's canonical form."""
     manifest = Manifest.from_bytes(data)
@@ -610,11 +637,10 @@ def _check_manifest_limits(manifest: Manifest, limits: Limits, where: str) -> No
         )
 
 
-def _check_listed(manifest: Manifest, name: str, size: int) -> None:
-    try:
-        entry = manifest.file(name)
-    except KeyError:
-        raise SignatureError(f"file {name!r} is not listed in the signed manifest") from None
+def _check_listed(entries: Mapping[str, FileEntry], name: str, size: int) -> None:
+    entry = entries.get(name)
+    if entry is None:
+        raise SignatureError(f"file {name!r} is not listed in the signed manifest")
     if entry.size != size:
         raise SignatureError(f"file {name!r} is {size} bytes; the signed manifest says {entry.size}")
 
