@@ -157,6 +157,9 @@ def build_package(
 ) -> Path:
     """Build and sign ``<out_dir>/<name>-<version>.tar.gz``; return its path.
 
+    The archive is written to a temporary file and renamed into place, atomically replacing an
+    existing package of the same name and version.
+
     The model goes at the archive's top level under its file name; ``extra_files`` are paths
     (stored under their file name) or ``(path, archive_path)`` pairs. Runtime, inputs and outputs
     default to what :func:`~edgefleet.core.modelmeta.read_model_metadata` reads from the model;
