@@ -150,7 +150,8 @@ class ModelRegistry:
     """Loads verified packages into runtime backends and serves lookups by alias.
 
     ``verifier(directory) -> Manifest`` checks a package directory's signature and digests;
-    ``unpacker(archive, dest) -> Path`` safely extracts a ``.tar.gz``. Both are injected so the
+    ``unpacker(archive, dest) -> Manifest`` safely extracts a ``.tar.gz``, verifying signature and
+    digests while it streams (nothing unverified is left on disk). Both are injected so the
     registry stays independent of the trust-store policy.
     """
 
@@ -160,7 +161,7 @@ class ModelRegistry:
         limits: ModelLimits,
         packages_dir: Path,
         verifier: Callable[[Path], Manifest],
-        unpacker: Callable[[Path, Path], Path],
+        unpacker: Callable[[Path, Path], Manifest],
         runtime_options: RuntimeOptions | None = None,
     ) -> None:
         self._limits = limits
@@ -226,13 +227,14 @@ class ModelRegistry:
 
     def _load_into(self, slot: ModelSlot, source: Path) -> ModelSlot:
         if source.is_file():
-            slot.package_dir = self._unpack(source)
+            slot.package_dir = self._unpack_destination(source)
             slot.owns_dir = True
+            manifest = self._unpacker(source, slot.package_dir)
         elif source.is_dir():
             slot.package_dir = source
+            manifest = self._verifier(slot.package_dir)
         else:
             raise NotFound(f"no model package at {slot.url!r}")
-        manifest = self._verifier(slot.package_dir)
         slot.verified_manifest = manifest
         check_compatible(manifest)
         backend = get_backend(manifest.runtime.name)
@@ -263,13 +265,12 @@ class ModelRegistry:
         slot.state = ModelState.READY
         return slot
 
-    def _unpack(self, archive: Path) -> Path:
-        digest = hashlib.sha256(str(archive.resolve()).encode() + str(time.time_ns()).encode()).hexdigest()[
-            :16
-        ]
-        dest = self._packages_dir / f"{archive.name.removesuffix('.tar.gz').removesuffix('.tgz')}-{digest}"
+    def _unpack_destination(self, archive: Path) -> Path:
+        """A fresh directory name under the packages directory for one load of ``archive``."""
+        unique = f"{archive.resolve()}:{time.time_ns()}".encode()
+        digest = hashlib.sha256(unique).hexdigest()[:16]
         self._packages_dir.mkdir(parents=True, exist_ok=True)
-        return self._unpacker(archive, dest)
+        return self._packages_dir / f"{archive.name.removesuffix('.tar.gz').removesuffix('.tgz')}-{digest}"
 
     # -- unload ----------------------------------------------------------------------------------
     def unload(self, alias: str) -> None:

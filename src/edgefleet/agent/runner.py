@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureConfig, CaptureService
 from edgefleet.capture.sinks import DiskSink
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
-from edgefleet.core.manifest import Manifest
-from edgefleet.core.package import unpack_package, verify_package_dir
+from edgefleet.core.manifest import MANIFEST_FILE, Manifest
+from edgefleet.core.package import parse_manifest, unpack_package, verify_package_dir
 from edgefleet.core.signing import check_trust_dir
 from edgefleet.runtimes.base import RuntimeOptions
 
@@ -100,19 +101,29 @@ class RunningAgent:
         log.info("agent stopped")
 
 
-def make_verifier(config: AgentConfig) -> tuple[object, object]:
-    """The package verifier and unpacker bound to the configured trust store."""
-    trust_dir = config.trust_dir
+def make_verifier(
+    config: AgentConfig,
+) -> tuple[Callable[[Path], Manifest], Callable[[Path, Path], Manifest]]:
+    """The package verifier (directories) and verifying unpacker (archives), bound to the trust store."""
+    configured = config.trust_dir
 
-    def verify(directory: Path) -> Manifest:
-        if trust_dir is None:
+    def trust() -> Path:
+        if configured is None:
             raise FailedPrecondition(
                 "no trust store is configured (sagemaker_edge_core_root_certs_path / agent.trust_dir): "
                 "the agent loads only signed packages"
             )
-        return verify_package_dir(directory, trust_dir)
+        return configured
 
-    return verify, unpack_package
+    def verify(directory: Path) -> Manifest:
+        return verify_package_dir(directory, trust())
+
+    def unpack(archive: Path, dest: Path) -> Manifest:
+        # Signature, chain and digests are checked while streaming; a failure leaves nothing behind.
+        unpack_package(archive, dest, trust_dir=trust())
+        return parse_manifest((dest / MANIFEST_FILE).read_bytes())
+
+    return verify, unpack
 
 
 def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> RunningAgent:
@@ -131,8 +142,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
             max_queued_per_model=config.max_queued_per_model,
         ),
         packages_dir=config.packages_dir,
-        verifier=verify,  # type: ignore[arg-type]
-        unpacker=unpack,  # type: ignore[arg-type]
+        verifier=verify,
+        unpacker=unpack,
         runtime_options=RuntimeOptions(
             intra_op_threads=config.intra_op_threads, concurrency=config.max_concurrent_per_model
         ),
