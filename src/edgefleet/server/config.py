@@ -1,0 +1,96 @@
+"""The control plane's configuration knobs, declared once with defaults and a line of doc each."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_API_PORT = 8443
+DEFAULT_DEVICE_PORT = 8444
+
+
+def default_data_dir() -> Path:
+    """The user's data directory for edgefleet (``$XDG_DATA_HOME/edgefleet`` or ``~/.local/share/edgefleet``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edgefleet"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a request may ask for."""
+
+    #: largest package archive accepted on upload, in bytes
+    max_package_bytes: int = 4 * 1024**3
+    #: largest page a list call returns
+    max_page_size: int = 1000
+    #: most devices in one register call
+    max_register_batch: int = 1000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Durations (seconds) that shape the fleet's behaviour."""
+
+    #: a device with a heartbeat newer than this counts as connected
+    connected_window: float = 600.0
+    #: fleet reports are regenerated when older than this
+    report_interval: float = 86400.0
+    #: how often each replica checks for due periodic work (capped by ``report_interval``)
+    job_tick: float = 60.0
+    #: how long a report-generation lease lasts before another replica may take over
+    job_lease: float = 300.0
+    #: lifetime of a one-time enrolment token
+    enrolment_token_ttl: float = 7 * 86400.0
+    #: validity of a device client certificate
+    device_cert_days: int = 365
+    #: ``CacheTTL`` returned by GetDeviceRegistration
+    registration_cache_ttl: int = 3600
+    #: operator token ``last_used`` is only rewritten when older than this (saves a write per call)
+    token_touch_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``edgefleet server`` needs to run; the CLI fills it from flags."""
+
+    #: where the embedded database, local artifacts, trust store and TLS files live
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``); default: SQLite file in ``data_dir``
+    database_url: str | None = None
+    #: artifact store URI (``file:///dir``, ``s3://bucket/prefix``); default: ``data_dir/artifacts``
+    artifacts_uri: str | None = None
+    #: S3 endpoint for S3-protocol stores other than AWS (MinIO, moto, Ceph ...)
+    s3_endpoint_url: str | None = None
+    #: directory of trusted signer certificates checked on package upload; default ``data_dir/trust``
+    trust_dir: Path | None = None
+    #: address both listeners bind to
+    host: str = "127.0.0.1"
+    #: operator API + enrolment port (TLS, server authentication only); 0 picks a free port
+    port: int = DEFAULT_API_PORT
+    #: device data-plane port (mutual TLS, client certificate required); 0 picks a free port
+    device_port: int = DEFAULT_DEVICE_PORT
+    #: operator-supplied TLS certificate/key for both listeners; default: issued by the fleet CA
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: extra DNS names / IP addresses for the server certificate issued by the fleet CA
+    tls_names: tuple[str, ...] = ()
+    #: device endpoint URL handed to devices at enrolment (set it behind a load balancer)
+    device_url: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to ``edgefleet.db`` in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"
+
+    @property
+    def resolved_artifacts_uri(self) -> str:
+        """The artifact store URI, defaulting to ``artifacts/`` in the data directory."""
+        return self.artifacts_uri or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def resolved_trust_dir(self) -> Path:
+        """The trust store directory, defaulting to ``trust/`` in the data directory."""
+        return self.trust_dir or self.data_dir / "trust"

@@ -1,0 +1,148 @@
+"""The database handle: URL scheme registry, engine set-up, transactions and migrations.
+
+SQLite (embedded default) runs in WAL mode and takes the write lock at ``BEGIN`` so that
+concurrent request threads queue on ``busy_timeout`` instead of failing on lock upgrades.
+PostgreSQL goes through psycopg 3. Migrations run at start under a lock so that several replicas
+starting together do not race (an advisory lock on PostgreSQL; SQLite's own file lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.core.errors import AlreadyExists, EdgefleetError, InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+# URL scheme -> SQLAlchemy driver name used for it.
+KNOWN_SCHEMES: dict[str, str] = {
+    "sqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+}
+_MIGRATION_LOCK_KEY = 0x6564_6765_666C  # "edgefl": pg advisory lock id for migrations
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def utc_now() -> datetime:
+    """The default clock: aware UTC now."""
+    return datetime.now(UTC)
+
+
+def normalize_url(url: str) -> str:
+    """Map a user URL (``sqlite:///f.db``, ``postgresql://...``) to a SQLAlchemy URL with our driver.
+
+    Raises INVALID_ARGUMENT for an unparseable URL or an unknown scheme (listing the known ones).
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidArgument(f"database URL {url!r} is not a valid URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend not in KNOWN_SCHEMES:
+        raise InvalidArgument(
+            f"database URL scheme {backend!r} is not supported (known: {', '.join(sorted(KNOWN_SCHEMES))})"
+        )
+    return parsed.set(drivername=KNOWN_SCHEMES[backend]).render_as_string(hide_password=False)
+
+
+class Database:
+    """An engine plus a session factory. ``session()`` is one transaction."""
+
+    def __init__(self, url: str, *, clock: Clock = utc_now, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.clock = clock
+        self.dialect = make_url(self.url).get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except (ArgumentError, ImportError) as exc:
+            raise InvalidArgument(f"cannot open database {self.safe_url}: {exc}") from exc
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked (for logs and messages)."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def now(self) -> datetime:
+        """The current time from the injected clock."""
+        return self.clock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error.
+
+        Database errors are translated: integrity violations to ALREADY_EXISTS, connectivity to
+        UNAVAILABLE; edgefleet errors pass through.
+        """
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except EdgefleetError:
+            raise
+        except IntegrityError as exc:
+            raise AlreadyExists(f"conflicting write: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise Unavailable(f"database {self.safe_url} is unavailable: {exc.orig}") from exc
+        finally:
+            session.close()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent; safe with several replicas)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        try:
+            with self.engine.begin() as connection:
+                if self.dialect == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            raise Unavailable(f"cannot migrate database {self.safe_url}: {exc}") from exc
+        log.info("database %s is at the newest schema revision", self.safe_url)
+
+    def close(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so that BEGIN IMMEDIATE can be issued.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

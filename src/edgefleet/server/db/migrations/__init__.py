@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the control plane's schema (run at server start)."""

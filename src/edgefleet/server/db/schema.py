@@ -1,0 +1,330 @@
+"""The relational schema (SQLAlchemy 2 declarative). Changes here need an Alembic revision.
+
+Times are stored as timezone-aware UTC; :class:`UTCDateTime` restores the zone that SQLite drops.
+Rows that devices or replicas race on are guarded either by a row lock taken in the service
+(``with_for_update``) or by conditional updates, so several stateless replicas may share a database.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that always hands back aware UTC datetimes."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class OperatorToken(Base):
+    """An operator API token. Only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "operator_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class CertificateAuthority(Base):
+    """The fleet CA (one row, id 1). Shared by every replica through the database."""
+
+    __tablename__ = "certificate_authority"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class Fleet(Base):
+    """A device fleet with its capture output configuration."""
+
+    __tablename__ = "fleets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str | None] = mapped_column(String(800))
+    role_arn: Mapped[str | None] = mapped_column(String(2048))
+    output_location: Mapped[str] = mapped_column(String(1024))
+    kms_key_id: Mapped[str | None] = mapped_column(String(2048))
+    tags: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Device(Base):
+    """A registered device. Deregistered devices keep their row (``deregistered_at`` set)."""
+
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"), index=True)
+    description: Mapped[str | None] = mapped_column(String(40))
+    iot_thing_name: Mapped[str | None] = mapped_column(String(128))
+    registered_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deregistered_at: Mapped[datetime | None]
+    enrolment_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    enrolment_expires_at: Mapped[datetime | None]
+    enrolled_at: Mapped[datetime | None]
+    cert_serial: Mapped[str | None] = mapped_column(String(64))
+    cert_not_after: Mapped[datetime | None]
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
+    agent_metrics: Mapped[list[Any]]
+    platform_os: Mapped[str | None] = mapped_column(String(32))
+    platform_arch: Mapped[str | None] = mapped_column(String(32))
+    platform_accelerator: Mapped[str | None] = mapped_column(String(64))
+    max_models: Mapped[int | None]
+
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+    tags: Mapped[list[DeviceTag]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="DeviceTag.key"
+    )
+    models: Mapped[list[DeviceModel]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="DeviceModel.model_name"
+    )
+
+
+class DeviceTag(Base):
+    """One key/value tag of a device (a table so list filters run in SQL)."""
+
+    __tablename__ = "device_tags"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    __table_args__ = (Index("ix_device_tags_key_value", "key", "value"),)
+
+
+class DeviceModel(Base):
+    """A model a device reported in its latest heartbeat."""
+
+    __tablename__ = "device_models"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(30))
+    latest_sample_at: Mapped[datetime | None]
+    latest_inference_at: Mapped[datetime | None]
+    metrics: Mapped[list[Any]]
+    updated_at: Mapped[datetime]
+    __table_args__ = (Index("ix_device_models_model", "model_name", "model_version"),)
+
+
+class RevokedCertificate(Base):
+    """A device certificate that must no longer be accepted."""
+
+    __tablename__ = "revoked_certificates"
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_name: Mapped[str] = mapped_column(String(63))
+    revoked_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(String(200))
+
+
+class Model(Base):
+    """A model in the registry."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+
+
+class ModelVersion(Base):
+    """A version of a model: a set of signed packages (one per target) and an approval status."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[str] = mapped_column(String(30))
+    description: Mapped[str | None] = mapped_column(String(1000))
+    approval_status: Mapped[str] = mapped_column(String(32))
+    approval_by: Mapped[str | None] = mapped_column(String(100))
+    approval_at: Mapped[datetime | None]
+    approval_reason: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+
+    model: Mapped[Model] = relationship(lazy="joined")
+    packages: Mapped[list[ModelPackage]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="ModelPackage.target"
+    )
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)
+
+
+class ModelPackage(Base):
+    """One signed package of a model version, for one target (``os-arch-accelerator``)."""
+
+    __tablename__ = "model_packages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(160))
+    target_os: Mapped[str] = mapped_column(String(32))
+    target_arch: Mapped[str] = mapped_column(String(32))
+    target_accelerator: Mapped[str] = mapped_column(String(64))
+    runtime: Mapped[str] = mapped_column(String(64))
+    artifact_key: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    sha1: Mapped[str] = mapped_column(String(40))
+    manifest: Mapped[dict[str, Any]]
+    signer: Mapped[str] = mapped_column(String(1000))
+    uploaded_at: Mapped[datetime]
+    uploaded_by: Mapped[str] = mapped_column(String(100))
+    __table_args__ = (
+        UniqueConstraint("model_version_id", "target", name="uq_model_packages_version_target"),
+    )
+
+
+class ModelAlias(Base):
+    """A named pointer (e.g. ``champion``) from a model to one of its versions."""
+
+    __tablename__ = "model_aliases"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(100))
+
+    model_version: Mapped[ModelVersion] = relationship(lazy="joined")
+
+
+class DeploymentPlan(Base):
+    """An edge deployment plan: model configs, ordered stages and health limits."""
+
+    __tablename__ = "deployment_plans"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"), index=True)
+    max_error_rate: Mapped[float | None] = mapped_column(Float)
+    max_p99_latency_ms: Mapped[float | None] = mapped_column(Float)
+    min_inferences: Mapped[int] = mapped_column(Integer)
+    observation_seconds: Mapped[float] = mapped_column(Float)
+    device_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+    model_configs: Mapped[list[PlanModel]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="PlanModel.handle"
+    )
+    stages: Mapped[list[PlanStage]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="PlanStage.position"
+    )
+
+
+class PlanModel(Base):
+    """A model config of a plan: the handle applications use and the pinned model version."""
+
+    __tablename__ = "plan_models"
+    plan_id: Mapped[int] = mapped_column(
+        ForeignKey("deployment_plans.id", ondelete="CASCADE"), primary_key=True
+    )
+    handle: Mapped[str] = mapped_column(String(63), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    requested_alias: Mapped[str | None] = mapped_column(String(63))
+
+    model_version: Mapped[ModelVersion] = relationship(lazy="joined")
+
+
+class PlanStage(Base):
+    """One stage of a plan: how it selects devices, its failure policy and its status."""
+
+    __tablename__ = "plan_stages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("deployment_plans.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(63))
+    subset_type: Mapped[str] = mapped_column(String(16))
+    percentage: Mapped[int | None] = mapped_column(Integer)
+    device_names: Mapped[list[Any]]
+    name_contains: Mapped[str | None] = mapped_column(String(63))
+    selection_tags: Mapped[dict[str, Any]]
+    failure_policy: Mapped[str] = mapped_column(String(32))
+    failure_threshold: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+    plan: Mapped[DeploymentPlan] = relationship(back_populates="stages", lazy="joined")
+    __table_args__ = (
+        UniqueConstraint("plan_id", "name", name="uq_plan_stages_plan_name"),
+        UniqueConstraint("plan_id", "position", name="uq_plan_stages_plan_position"),
+    )
+
+
+class StageDevice(Base):
+    """The status of one device in one started stage."""
+
+    __tablename__ = "stage_devices"
+    stage_id: Mapped[int] = mapped_column(ForeignKey("plan_stages.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    rollback: Mapped[str] = mapped_column(String(16))
+    device_result: Mapped[str | None] = mapped_column(String(32))
+    assigned_at: Mapped[datetime]
+    fetched_at: Mapped[datetime | None]
+    activated_at: Mapped[datetime | None]
+    reported_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    health: Mapped[dict[str, Any]]
+    observing: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    device: Mapped[Device] = relationship(lazy="joined")
+    __table_args__ = (Index("ix_stage_devices_device_status", "device_id", "status"),)
+
+
+class FleetReport(Base):
+    """The latest generated fleet report and the lease that keeps replicas from duplicating work."""
+
+    __tablename__ = "fleet_reports"
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"), primary_key=True)
+    generated_at: Mapped[datetime | None]
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None]

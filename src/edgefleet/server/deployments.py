@@ -1,0 +1,1077 @@
+"""Edge deployment plans and their state machine.
+
+A plan pins model versions to handles and rolls them out in up to ten stages. Starting a stage
+selects its devices (percentage of the fleet, explicit names, name substring or tags; a device is in
+at most one stage of a plan) and gives each a per-device row:
+
+``READYTODEPLOY`` (selected) -> ``INPROGRESS`` (the device fetched the deployment; after it reports
+success it stays here while the health gate observes it) -> ``DEPLOYED`` | ``FAILED``; a stop or a
+failed stage under ROLLBACK_ON_FAILURE moves unfinished devices to ``STOPPING`` (the device is told
+to roll back) -> ``STOPPED``.
+
+The stage status follows from its devices: ``STARTING`` (nobody fetched yet), ``INPROGRESS``,
+``DEPLOYED`` (all finished, failed share within the threshold), ``FAILED`` (failed share above the
+threshold, decided as soon as it is exceeded), ``STOPPING`` -> ``STOPPED``. A stage can start when
+every earlier stage is ``DEPLOYED``; a ``STOPPED`` stage can be started again.
+
+Concurrency: every transition locks the stage row first, then touches device rows, so replicas and
+concurrent device reports serialise per stage and the derived stage status is never computed from a
+stale count.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.server.db.paging import paginate
+from edgefleet.server.db.schema import (
+    DeploymentPlan,
+    Device,
+    DeviceTag,
+    ModelPackage,
+    ModelVersion,
+    PlanModel,
+    PlanStage,
+    StageDevice,
+)
+from edgefleet.server.fleets import get_fleet
+from edgefleet.server.registry import Approval, resolve_version
+from edgefleet.server.validation import Page, validate_name, validate_tags
+
+log = logging.getLogger(__name__)
+
+MAX_STAGES = 10
+MAX_MODEL_CONFIGS = 10
+MAX_SELECTED_NAMES = 10000
+
+
+class StageStatus(enum.StrEnum):
+    """Stage states (DescribeEdgeDeploymentPlan's StageStatus)."""
+
+    CREATING = "CREATING"
+    READYTODEPLOY = "READYTODEPLOY"
+    STARTING = "STARTING"
+    INPROGRESS = "INPROGRESS"
+    DEPLOYED = "DEPLOYED"
+    FAILED = "FAILED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class DeviceStatus(enum.StrEnum):
+    """Per-device states (ListStageDevices' DeviceDeploymentStatus)."""
+
+    READYTODEPLOY = "READYTODEPLOY"
+    INPROGRESS = "INPROGRESS"
+    DEPLOYED = "DEPLOYED"
+    FAILED = "FAILED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class FailurePolicy(enum.StrEnum):
+    """What a device (and a failed stage) does on failure."""
+
+    ROLLBACK_ON_FAILURE = "ROLLBACK_ON_FAILURE"
+    DO_NOTHING = "DO_NOTHING"
+
+
+class SubsetType(enum.StrEnum):
+    """How a stage selects devices (TAGS is an edgefleet extension)."""
+
+    PERCENTAGE = "PERCENTAGE"
+    SELECTION = "SELECTION"
+    NAMECONTAINS = "NAMECONTAINS"
+    TAGS = "TAGS"
+
+
+class DeviceResult(enum.StrEnum):
+    """The closed set of results a device daemon reports for a deployment."""
+
+    INPROGRESS = "INPROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED_NO_CHANGE = "FAILED_NO_CHANGE"
+    FAILED_ROLLED_BACK = "FAILED_ROLLED_BACK"
+    FAILED_ROLLBACK_FAILED = "FAILED_ROLLBACK_FAILED"
+
+
+class Rollback(enum.StrEnum):
+    """Whether a device was asked to roll back and how that went."""
+
+    NONE = "NONE"
+    REQUESTED = "REQUESTED"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+class Action(enum.StrEnum):
+    """What GetDeployments asks the device to do with a deployment."""
+
+    DEPLOY = "DEPLOY"
+    ROLLBACK = "ROLLBACK"
+
+
+_TERMINAL = {DeviceStatus.DEPLOYED, DeviceStatus.FAILED, DeviceStatus.STOPPED}
+_ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
+_FAILED_RESULTS = {
+    DeviceResult.FAILED_NO_CHANGE,
+    DeviceResult.FAILED_ROLLED_BACK,
+    DeviceResult.FAILED_ROLLBACK_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class HealthGate:
+    """Limits a device's figures for the new model must stay within after activation."""
+
+    max_error_rate: float | None = None
+    max_p99_latency_ms: float | None = None
+    #: inferences needed before a verdict (below this the figures are too noisy)
+    min_inferences: int = 10
+    #: how long after activation the device is observed before it counts as deployed
+    observation_seconds: float = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_error_rate is not None or self.max_p99_latency_ms is not None
+
+
+@dataclass(frozen=True)
+class ModelConfigSpec:
+    """A model config: handle -> a model version named directly or by alias."""
+
+    handle: str
+    model_name: str
+    version: str | None = None
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage as the operator describes it."""
+
+    name: str
+    subset_type: str
+    percentage: int | None = None
+    device_names: Sequence[str] = ()
+    name_contains: str | None = None
+    tags: dict[str, str] | None = None
+    failure_policy: str = FailurePolicy.ROLLBACK_ON_FAILURE.value
+    #: the stage fails once its failed share of devices exceeds this fraction (0 = any failure)
+    failure_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """What CreateEdgeDeploymentPlan takes."""
+
+    name: str
+    fleet_name: str
+    model_configs: Sequence[ModelConfigSpec]
+    stages: Sequence[StageSpec]
+    health_gate: HealthGate = field(default_factory=HealthGate)
+    #: a device still unfinished this long after its stage started counts as failed (None: wait forever)
+    device_timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """Device counts of a stage."""
+
+    success: int = 0
+    pending: int = 0
+    failed: int = 0
+    stopped: int = 0
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One model of a deployment as a device sees it."""
+
+    handle: str
+    model_name: str
+    model_version: str
+    package: ModelPackage
+    state: str
+
+
+@dataclass(frozen=True)
+class DeviceDeployment:
+    """A deployment handed to a device by GetDeployments."""
+
+    name: str
+    failure_policy: str
+    action: Action
+    definitions: list[Definition]
+    health_gate: HealthGate | None
+    status: str
+
+
+@dataclass(frozen=True)
+class ResultReport:
+    """A device's DeploymentResult."""
+
+    deployment_name: str
+    status: str
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """A device's figures for a deployment after activation."""
+
+    deployment_name: str
+    inferences: int
+    errors: int
+    p99_latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    """The server's answer to a health report: PASS, FAIL or PENDING, and what the device must do."""
+
+    verdict: str
+    reason: str
+    action: str
+
+
+def deployment_name(plan: DeploymentPlan, stage: PlanStage) -> str:
+    """``<plan>.<stage>``: unambiguous because neither name may contain a dot."""
+    return f"{plan.name}.{stage.name}"
+
+
+def _enum(kind: type[enum.StrEnum], value: str, what: str) -> str:
+    try:
+        return kind(value).value
+    except ValueError as exc:
+        known = ", ".join(member.value for member in kind)
+        raise InvalidArgument(f"{what} {value!r} is invalid (known: {known})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# plans
+
+
+def create_plan(session: Session, spec: PlanSpec, actor: str, now: datetime) -> DeploymentPlan:
+    """Validate and store a plan; every stage starts READYTODEPLOY."""
+    validate_name(spec.name, "deployment plan name")
+    fleet = get_fleet(session, spec.fleet_name)
+    if session.scalar(select(DeploymentPlan.id).where(DeploymentPlan.name == spec.name)) is not None:
+        raise AlreadyExists(f"deployment plan {spec.name!r} already exists")
+    if not 1 <= len(spec.model_configs) <= MAX_MODEL_CONFIGS:
+        raise InvalidArgument(f"ModelConfigs must list 1-{MAX_MODEL_CONFIGS} models")
+    if not 1 <= len(spec.stages) <= MAX_STAGES:
+        raise InvalidArgument(f"Stages must list 1-{MAX_STAGES} stages, got {len(spec.stages)}")
+    _check_gate(spec.health_gate)
+    if spec.device_timeout_seconds is not None and spec.device_timeout_seconds <= 0:
+        raise InvalidArgument("DeviceTimeoutSeconds must be positive")
+    plan = DeploymentPlan(
+        name=spec.name,
+        fleet_id=fleet.id,
+        fleet=fleet,
+        max_error_rate=spec.health_gate.max_error_rate,
+        max_p99_latency_ms=spec.health_gate.max_p99_latency_ms,
+        min_inferences=spec.health_gate.min_inferences,
+        observation_seconds=spec.health_gate.observation_seconds,
+        device_timeout_seconds=spec.device_timeout_seconds,
+        created_at=now,
+        updated_at=now,
+        created_by=actor,
+    )
+    handles: set[str] = set()
+    for config in spec.model_configs:
+        validate_name(config.handle, "model handle")
+        if config.handle in handles:
+            raise InvalidArgument(f"model handle {config.handle!r} is listed twice")
+        handles.add(config.handle)
+        version = resolve_version(session, config.model_name, config.version, config.alias)
+        plan.model_configs.append(
+            PlanModel(
+                handle=config.handle,
+                model_version_id=version.id,
+                model_version=version,
+                requested_alias=config.alias,
+            )
+        )
+    stage_names: set[str] = set()
+    for position, stage in enumerate(spec.stages):
+        validate_name(stage.name, "stage name")
+        if stage.name in stage_names:
+            raise InvalidArgument(f"stage name {stage.name!r} is listed twice")
+        stage_names.add(stage.name)
+        plan.stages.append(_stage_row(stage, position, now))
+    session.add(plan)
+    session.flush()
+    return plan
+
+
+def _check_gate(gate: HealthGate) -> None:
+    if gate.max_error_rate is not None and not 0 <= gate.max_error_rate <= 1:
+        raise InvalidArgument("HealthGate.MaxErrorRate must be a fraction in [0, 1]")
+    if gate.max_p99_latency_ms is not None and gate.max_p99_latency_ms <= 0:
+        raise InvalidArgument("HealthGate.MaxP99LatencyMs must be positive")
+    if gate.min_inferences < 1:
+        raise InvalidArgument("HealthGate.MinInferences must be at least 1")
+    if gate.observation_seconds < 0:
+        raise InvalidArgument("HealthGate.ObservationSeconds must not be negative")
+
+
+def _stage_row(stage: StageSpec, position: int, now: datetime) -> PlanStage:
+    subset = _enum(SubsetType, stage.subset_type, f"stage {stage.name!r}: DeviceSubsetType")
+    policy = _enum(FailurePolicy, stage.failure_policy, f"stage {stage.name!r}: FailureHandlingPolicy")
+    if not 0 <= stage.failure_threshold < 1:
+        raise InvalidArgument(f"stage {stage.name!r}: FailureThreshold must be in [0, 1)")
+    names: list[str] = []
+    tags: dict[str, str] = {}
+    if subset == SubsetType.PERCENTAGE:
+        if stage.percentage is None or not 1 <= stage.percentage <= 100:
+            raise InvalidArgument(f"stage {stage.name!r}: PERCENTAGE needs Percentage in 1-100")
+    elif subset == SubsetType.SELECTION:
+        if not stage.device_names or len(stage.device_names) > MAX_SELECTED_NAMES:
+            raise InvalidArgument(f"stage {stage.name!r}: SELECTION needs 1-{MAX_SELECTED_NAMES} DeviceNames")
+        names = sorted({validate_name(n, "device name") for n in stage.device_names})
+    elif subset == SubsetType.NAMECONTAINS:
+        if not stage.name_contains:
+            raise InvalidArgument(f"stage {stage.name!r}: NAMECONTAINS needs DeviceNameContains")
+    elif not stage.tags:
+        raise InvalidArgument(f"stage {stage.name!r}: TAGS needs DeviceTags")
+    else:
+        tags = validate_tags(stage.tags, f"stage {stage.name!r} DeviceTags")
+    return PlanStage(
+        position=position,
+        name=stage.name,
+        subset_type=subset,
+        percentage=stage.percentage if subset == SubsetType.PERCENTAGE else None,
+        device_names=names,
+        name_contains=stage.name_contains if subset == SubsetType.NAMECONTAINS else None,
+        selection_tags=tags,
+        failure_policy=policy,
+        failure_threshold=stage.failure_threshold,
+        status=StageStatus.READYTODEPLOY.value,
+        updated_at=now,
+    )
+
+
+def get_plan(session: Session, name: str, *, lock: bool = False) -> DeploymentPlan:
+    """The plan called ``name``; NOT_FOUND otherwise."""
+    stmt = select(DeploymentPlan).where(DeploymentPlan.name == name)
+    if lock:
+        stmt = stmt.with_for_update(of=DeploymentPlan)
+    plan = session.scalar(stmt)
+    if plan is None:
+        raise NotFound(f"deployment plan {name!r} does not exist")
+    return plan
+
+
+def get_stage(plan: DeploymentPlan, stage_name: str) -> PlanStage:
+    """The stage ``stage_name`` of ``plan``; NOT_FOUND otherwise."""
+    for stage in plan.stages:
+        if stage.name == stage_name:
+            return stage
+    raise NotFound(f"deployment plan {plan.name!r} has no stage {stage_name!r}")
+
+
+def list_plans(
+    session: Session,
+    *,
+    fleet_name: str | None = None,
+    name_contains: str | None = None,
+    limit: int,
+    next_token: str | None,
+) -> Page[DeploymentPlan]:
+    """Plans by name, optionally of one fleet."""
+    stmt = select(DeploymentPlan).order_by(DeploymentPlan.name)
+    if fleet_name is not None:
+        stmt = stmt.where(DeploymentPlan.fleet_id == get_fleet(session, fleet_name).id)
+    if name_contains:
+        stmt = stmt.where(DeploymentPlan.name.contains(name_contains, autoescape=True))
+    return paginate(session, stmt, limit, next_token)
+
+
+def delete_plan(session: Session, name: str) -> None:
+    """Delete a plan with nothing in flight (FAILED_PRECONDITION otherwise)."""
+    plan = get_plan(session, name, lock=True)
+    busy = session.scalar(
+        select(func.count())
+        .select_from(StageDevice)
+        .join(PlanStage, PlanStage.id == StageDevice.stage_id)
+        .where(PlanStage.plan_id == plan.id, _outstanding())
+    )
+    if busy:
+        raise FailedPrecondition(
+            f"deployment plan {name!r} has {busy} device deployment(s) in flight; stop them first"
+        )
+    session.delete(plan)
+
+
+def _outstanding() -> ColumnElement[bool]:
+    return StageDevice.status.in_(
+        [DeviceStatus.READYTODEPLOY.value, DeviceStatus.INPROGRESS.value, DeviceStatus.STOPPING.value]
+    ) | (StageDevice.rollback == Rollback.REQUESTED.value)
+
+
+def stage_counts(session: Session, stage: PlanStage) -> StageCounts:
+    """Success / pending / failed / stopped device counts of a stage."""
+    grouped = session.execute(
+        select(StageDevice.status, func.count())
+        .where(StageDevice.stage_id == stage.id)
+        .group_by(StageDevice.status)
+    )
+    counts = {status: count for status, count in grouped}
+    return StageCounts(
+        success=counts.get(DeviceStatus.DEPLOYED.value, 0),
+        pending=sum(
+            counts.get(s.value, 0)
+            for s in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING)
+        ),
+        failed=counts.get(DeviceStatus.FAILED.value, 0),
+        stopped=counts.get(DeviceStatus.STOPPED.value, 0),
+    )
+
+
+def list_stage_devices(
+    session: Session,
+    plan_name: str,
+    stage_name: str,
+    *,
+    status: str | None = None,
+    limit: int,
+    next_token: str | None,
+) -> Page[StageDevice]:
+    """The per-device rows of a stage, by device name."""
+    stage = get_stage(get_plan(session, plan_name), stage_name)
+    stmt = (
+        select(StageDevice)
+        .join(Device, Device.id == StageDevice.device_id)
+        .where(StageDevice.stage_id == stage.id)
+    )
+    if status is not None:
+        stmt = stmt.where(StageDevice.status == _enum(DeviceStatus, status, "DeviceDeploymentStatus"))
+    return paginate(session, stmt.order_by(Device.name), limit, next_token)
+
+
+# ---------------------------------------------------------------------------------------------
+# operator transitions
+
+
+def start_stage(session: Session, plan_name: str, stage_name: str, now: datetime) -> PlanStage:
+    """Select the stage's devices and make the deployment available to them."""
+    plan = get_plan(session, plan_name, lock=True)
+    stage = _lock_stage(session, get_stage(plan, stage_name))
+    if stage.status not in (StageStatus.READYTODEPLOY, StageStatus.STOPPED):
+        raise FailedPrecondition(
+            f"stage {stage_name!r} is {stage.status}; only READYTODEPLOY or STOPPED stages start"
+        )
+    for earlier in plan.stages[: stage.position]:
+        if earlier.status != StageStatus.DEPLOYED:
+            raise FailedPrecondition(
+                f"stage {earlier.name!r} is {earlier.status}; stage {stage_name!r} starts after it is DEPLOYED"
+            )
+    for config in plan.model_configs:
+        version = config.model_version
+        if version.approval_status != Approval.APPROVED:
+            raise FailedPrecondition(
+                f"version {version.version!r} of {version.model.name!r} is {version.approval_status}, not Approved"
+            )
+        if not version.packages:
+            raise FailedPrecondition(f"version {version.version!r} of {version.model.name!r} has no package")
+    if stage.status == StageStatus.STOPPED:
+        _restart_rows(session, stage, now)
+    else:
+        device_ids = _select_devices(session, plan, stage)
+        session.execute(
+            insert(StageDevice),
+            [
+                {
+                    "stage_id": stage.id,
+                    "device_id": device_id,
+                    "status": DeviceStatus.READYTODEPLOY.value,
+                    "rollback": Rollback.NONE.value,
+                    "assigned_at": now,
+                    "updated_at": now,
+                    "health": {},
+                    "observing": False,
+                }
+                for device_id in device_ids
+            ],
+        )
+    stage.status = StageStatus.STARTING.value
+    stage.status_message = None
+    stage.started_at = now
+    stage.finished_at = None
+    stage.updated_at = now
+    plan.updated_at = now
+    session.flush()
+    refresh_stage(session, stage, now, locked=True)
+    return stage
+
+
+def _restart_rows(session: Session, stage: PlanStage, now: datetime) -> None:
+    session.execute(
+        update(StageDevice)
+        .where(
+            StageDevice.stage_id == stage.id,
+            StageDevice.status != DeviceStatus.DEPLOYED.value,
+            StageDevice.device_id.in_(select(Device.id).where(Device.deregistered_at.is_(None))),
+        )
+        .values(
+            status=DeviceStatus.READYTODEPLOY.value,
+            message=None,
+            rollback=Rollback.NONE.value,
+            device_result=None,
+            assigned_at=now,
+            fetched_at=None,
+            activated_at=None,
+            reported_at=None,
+            updated_at=now,
+            health={},
+            observing=False,
+        )
+    )
+    remaining = session.scalar(
+        select(func.count())
+        .select_from(StageDevice)
+        .where(StageDevice.stage_id == stage.id, StageDevice.status == DeviceStatus.READYTODEPLOY.value)
+    )
+    if not remaining:
+        raise FailedPrecondition(f"stage {stage.name!r} has no device left to deploy to")
+
+
+def _select_devices(session: Session, plan: DeploymentPlan, stage: PlanStage) -> list[int]:
+    active = (Device.fleet_id == plan.fleet_id) & Device.deregistered_at.is_(None)
+    taken = (
+        select(StageDevice.device_id)
+        .join(PlanStage, PlanStage.id == StageDevice.stage_id)
+        .where(PlanStage.plan_id == plan.id)
+    )
+    candidates = select(Device.id, Device.name).where(active, Device.id.not_in(taken))
+    subset = SubsetType(stage.subset_type)
+    if subset == SubsetType.SELECTION:
+        wanted = list(stage.device_names)
+        found = {
+            name for (name,) in session.execute(select(Device.name).where(active, Device.name.in_(wanted)))
+        }
+        missing = [n for n in wanted if n not in found]
+        if missing:
+            raise FailedPrecondition(
+                f"stage {stage.name!r} names devices not registered in fleet {plan.fleet.name!r}: {', '.join(missing[:20])}"
+            )
+        candidates = candidates.where(Device.name.in_(wanted))
+    elif subset == SubsetType.NAMECONTAINS:
+        assert stage.name_contains is not None
+        candidates = candidates.where(Device.name.contains(stage.name_contains, autoescape=True))
+    elif subset == SubsetType.TAGS:
+        for key, value in stage.selection_tags.items():
+            candidates = candidates.where(
+                select(DeviceTag.device_id)
+                .where(DeviceTag.device_id == Device.id, DeviceTag.key == key, DeviceTag.value == str(value))
+                .exists()
+            )
+    rows = list(session.execute(candidates))
+    if subset == SubsetType.PERCENTAGE:
+        assert stage.percentage is not None
+        fleet_size = session.scalar(select(func.count()).select_from(Device).where(active)) or 0
+        wanted_count = math.ceil(stage.percentage * fleet_size / 100)
+        # A stable, plan-specific shuffle so that percentages spread over the fleet.
+        rows.sort(key=lambda r: hashlib.sha256(f"{plan.name}/{r[1]}".encode()).digest())
+        rows = rows[:wanted_count]
+    if not rows:
+        raise FailedPrecondition(
+            f"stage {stage.name!r} selects no device (every match may be in an earlier stage)"
+        )
+    return [device_id for device_id, _ in rows]
+
+
+def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime) -> PlanStage:
+    """Stop a running stage: devices that have not started are STOPPED, started ones roll back."""
+    plan = get_plan(session, plan_name)
+    stage = _lock_stage(session, get_stage(plan, stage_name))
+    if stage.status not in (StageStatus.STARTING, StageStatus.INPROGRESS):
+        raise FailedPrecondition(
+            f"stage {stage_name!r} is {stage.status}; only STARTING or INPROGRESS stages stop"
+        )
+    _set_rows(
+        session,
+        stage,
+        [DeviceStatus.READYTODEPLOY],
+        DeviceStatus.STOPPED,
+        now,
+        "stage stopped before the device started",
+    )
+    _set_rows(
+        session,
+        stage,
+        [DeviceStatus.INPROGRESS],
+        DeviceStatus.STOPPING,
+        now,
+        "stage stopped: rolling back",
+        Rollback.REQUESTED,
+    )
+    stage.status = StageStatus.STOPPING.value
+    stage.status_message = "stopped by an operator"
+    stage.updated_at = now
+    plan.updated_at = now
+    refresh_stage(session, stage, now, locked=True)
+    return stage
+
+
+def _set_rows(
+    session: Session,
+    stage: PlanStage,
+    from_status: list[DeviceStatus],
+    to_status: DeviceStatus,
+    now: datetime,
+    message: str,
+    rollback: Rollback | None = None,
+) -> None:
+    values: dict[str, object] = {
+        "status": to_status.value,
+        "message": message,
+        "updated_at": now,
+        "observing": False,
+    }
+    if rollback is not None:
+        values["rollback"] = rollback.value
+    session.execute(
+        update(StageDevice)
+        .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in from_status]))
+        .values(**values)
+    )
+
+
+def _lock_stage(session: Session, stage: PlanStage) -> PlanStage:
+    locked = session.scalar(
+        select(PlanStage)
+        .where(PlanStage.id == stage.id)
+        .with_for_update(of=PlanStage)
+        .execution_options(populate_existing=True)
+    )
+    assert locked is not None
+    return locked
+
+
+def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: bool = False) -> PlanStage:
+    """Recompute a stage's status from its devices (and apply device timeouts)."""
+    if not locked:
+        stage = _lock_stage(session, stage)
+    plan = stage.plan
+    if stage.status in (
+        StageStatus.READYTODEPLOY,
+        StageStatus.CREATING,
+        StageStatus.DEPLOYED,
+        StageStatus.STOPPED,
+    ):
+        return stage
+    if plan.device_timeout_seconds is not None and stage.status != StageStatus.STOPPING:
+        deadline = now - timedelta(seconds=plan.device_timeout_seconds)
+        session.execute(
+            update(StageDevice)
+            .where(
+                StageDevice.stage_id == stage.id,
+                StageDevice.status.in_([DeviceStatus.READYTODEPLOY.value, DeviceStatus.INPROGRESS.value]),
+                StageDevice.assigned_at < deadline,
+            )
+            .values(
+                status=DeviceStatus.FAILED.value,
+                message=f"no result within {plan.device_timeout_seconds:g} s",
+                updated_at=now,
+                observing=False,
+            )
+        )
+    counts = stage_counts(session, stage)
+    total = counts.success + counts.pending + counts.failed + counts.stopped
+    previous = stage.status
+    if stage.status == StageStatus.STOPPING:
+        if counts.pending == 0:
+            stage.status = StageStatus.STOPPED.value
+            stage.finished_at = now
+    elif stage.status in (StageStatus.STARTING, StageStatus.INPROGRESS):
+        if total and counts.failed / total > stage.failure_threshold:
+            _fail_stage(session, stage, counts, total, now)
+        elif counts.pending == 0:
+            stage.status = StageStatus.DEPLOYED.value
+            stage.status_message = (
+                f"{counts.success} device(s) deployed, {counts.failed} failed, {counts.stopped} stopped"
+            )
+            stage.finished_at = now
+        else:
+            fetched = session.scalar(
+                select(func.count())
+                .select_from(StageDevice)
+                .where(
+                    StageDevice.stage_id == stage.id, StageDevice.status != DeviceStatus.READYTODEPLOY.value
+                )
+            )
+            stage.status = (StageStatus.INPROGRESS if fetched else StageStatus.STARTING).value
+    if stage.status != previous:
+        stage.updated_at = now
+        log.info("plan %s stage %s: %s -> %s", plan.name, stage.name, previous, stage.status)
+    return stage
+
+
+def _fail_stage(session: Session, stage: PlanStage, counts: StageCounts, total: int, now: datetime) -> None:
+    stage.status = StageStatus.FAILED.value
+    stage.finished_at = now
+    share = f"{counts.failed}/{total} device(s) failed, above the threshold of {stage.failure_threshold:.0%}"
+    if stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE:
+        stage.status_message = share + "; rolling the stage back"
+        _set_rows(
+            session,
+            stage,
+            [DeviceStatus.READYTODEPLOY],
+            DeviceStatus.STOPPED,
+            now,
+            "stage failed before the device started",
+        )
+        _set_rows(
+            session,
+            stage,
+            [DeviceStatus.INPROGRESS, DeviceStatus.DEPLOYED],
+            DeviceStatus.STOPPING,
+            now,
+            "stage failed: rolling back",
+            Rollback.REQUESTED,
+        )
+    else:
+        stage.status_message = share
+
+
+# ---------------------------------------------------------------------------------------------
+# device side
+
+
+def choose_package(version: ModelVersion, device: Device) -> ModelPackage | None:
+    """The most specific package of ``version`` that runs on ``device``'s platform.
+
+    A device that has not reported its platform is taken to run Linux on an unknown CPU with no
+    accelerator, so only portable (``any``) packages match it.
+    """
+    os_name = device.platform_os or "linux"
+    best: tuple[int, ModelPackage] | None = None
+    for package in version.packages:
+        if package.target_os not in (os_name, "any"):
+            continue
+        if package.target_arch not in (device.platform_arch, "any"):
+            continue
+        if package.target_accelerator not in (device.platform_accelerator, "none"):
+            continue
+        score = (
+            (package.target_os == os_name)
+            + 2 * (package.target_arch == device.platform_arch)
+            + 4 * (package.target_accelerator == device.platform_accelerator)
+        )
+        if best is None or score > best[0]:
+            best = (score, package)
+    return None if best is None else best[1]
+
+
+def _gate(plan: DeploymentPlan) -> HealthGate:
+    return HealthGate(
+        plan.max_error_rate, plan.max_p99_latency_ms, plan.min_inferences, plan.observation_seconds
+    )
+
+
+def device_deployments(session: Session, device: Device, now: datetime) -> list[DeviceDeployment]:
+    """The deployments ``device`` must act on (oldest first); fetching marks them INPROGRESS."""
+    rows = list(
+        session.scalars(
+            select(StageDevice)
+            .join(PlanStage, PlanStage.id == StageDevice.stage_id)
+            .where(StageDevice.device_id == device.id, _outstanding())
+            .order_by(StageDevice.assigned_at, PlanStage.id)
+        )
+    )
+    deployments: list[DeviceDeployment] = []
+    for row in rows:
+        stage = session.get(PlanStage, row.stage_id)
+        assert stage is not None
+        plan = stage.plan
+        rolling_back = row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED
+        definitions: list[Definition] = []
+        missing: list[str] = []
+        for config in plan.model_configs:
+            package = choose_package(config.model_version, device)
+            if package is None:
+                missing.append(config.handle)
+                continue
+            definitions.append(
+                Definition(
+                    handle=config.handle,
+                    model_name=config.model_version.model.name,
+                    model_version=config.model_version.version,
+                    package=package,
+                    state="UNDEPLOY" if rolling_back else "DEPLOY",
+                )
+            )
+        if row.status == DeviceStatus.READYTODEPLOY:
+            stage = _lock_stage(session, stage)
+            if missing:
+                platform = f"{device.platform_os or '?'}/{device.platform_arch or '?'}/{device.platform_accelerator or '?'}"
+                _transition(
+                    session,
+                    stage,
+                    device,
+                    DeviceStatus.READYTODEPLOY,
+                    DeviceStatus.FAILED,
+                    now,
+                    f"no package for platform {platform} (handles: {', '.join(missing)})",
+                )
+                refresh_stage(session, stage, now, locked=True)
+                continue
+            if not _transition(
+                session,
+                stage,
+                device,
+                DeviceStatus.READYTODEPLOY,
+                DeviceStatus.INPROGRESS,
+                now,
+                None,
+                fetched=True,
+            ):
+                continue
+            refresh_stage(session, stage, now, locked=True)
+        elif missing and not rolling_back:
+            continue
+        gate = _gate(plan)
+        deployments.append(
+            DeviceDeployment(
+                name=deployment_name(plan, stage),
+                failure_policy=stage.failure_policy,
+                action=Action.ROLLBACK if rolling_back else Action.DEPLOY,
+                definitions=definitions,
+                health_gate=gate if gate.enabled else None,
+                status=DeviceStatus.INPROGRESS.value
+                if row.status == DeviceStatus.READYTODEPLOY
+                else row.status,
+            )
+        )
+    return deployments
+
+
+def _transition(
+    session: Session,
+    stage: PlanStage,
+    device: Device,
+    from_status: DeviceStatus,
+    to_status: DeviceStatus,
+    now: datetime,
+    message: str | None,
+    *,
+    fetched: bool = False,
+) -> bool:
+    values: dict[str, object] = {"status": to_status.value, "message": message, "updated_at": now}
+    if fetched:
+        values["fetched_at"] = now
+    result = session.execute(
+        update(StageDevice)
+        .where(
+            StageDevice.stage_id == stage.id,
+            StageDevice.device_id == device.id,
+            StageDevice.status == from_status.value,
+        )
+        .values(**values)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _locate(session: Session, device: Device, name: str) -> tuple[PlanStage, StageDevice]:
+    plan_name, dot, stage_name = name.partition(".")
+    if not dot:
+        raise InvalidArgument(f"DeploymentName {name!r} is not of the form <plan>.<stage>")
+    plan = session.scalar(select(DeploymentPlan).where(DeploymentPlan.name == plan_name))
+    stage = None if plan is None else next((s for s in plan.stages if s.name == stage_name), None)
+    if stage is None:
+        raise NotFound(f"deployment {name!r} does not exist")
+    stage = _lock_stage(session, stage)
+    row = session.scalar(
+        select(StageDevice)
+        .where(StageDevice.stage_id == stage.id, StageDevice.device_id == device.id)
+        .execution_options(populate_existing=True)
+    )
+    if row is None:
+        raise NotFound(f"deployment {name!r} does not include device {device.name!r}")
+    return stage, row
+
+
+def record_result(session: Session, device: Device, report: ResultReport, now: datetime) -> StageDevice:
+    """Apply a device's DeploymentResult to its row and the stage."""
+    result = DeviceResult(_enum(DeviceResult, report.status, "DeploymentStatus"))
+    stage, row = _locate(session, device, report.deployment_name)
+    plan = stage.plan
+    status = DeviceStatus(row.status)
+    row.device_result = result.value
+    row.reported_at = now
+    row.updated_at = now
+    message = report.message or result.value
+    if status in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS):
+        if status == DeviceStatus.READYTODEPLOY:
+            row.fetched_at = row.fetched_at or now
+            row.status = DeviceStatus.INPROGRESS.value
+        if result == DeviceResult.SUCCEEDED:
+            row.activated_at = now
+            if _gate(plan).enabled:
+                row.observing = True
+                row.message = "activated; observing health"
+            else:
+                row.status = DeviceStatus.DEPLOYED.value
+                row.message = message
+        elif result in _FAILED_RESULTS:
+            row.status = DeviceStatus.FAILED.value
+            row.observing = False
+            row.message = message
+            row.rollback = {
+                DeviceResult.FAILED_ROLLED_BACK: Rollback.DONE,
+                DeviceResult.FAILED_ROLLBACK_FAILED: Rollback.FAILED,
+            }.get(result, Rollback.NONE).value
+        else:
+            row.message = message
+    elif status == DeviceStatus.STOPPING:
+        if result in (DeviceResult.FAILED_ROLLED_BACK, DeviceResult.FAILED_NO_CHANGE):
+            row.status = DeviceStatus.STOPPED.value
+            row.rollback = Rollback.DONE.value
+            row.message = f"rolled back: {message}"
+        elif result == DeviceResult.FAILED_ROLLBACK_FAILED:
+            row.status = DeviceStatus.FAILED.value
+            row.rollback = Rollback.FAILED.value
+            row.message = f"rollback failed: {message}"
+    elif status == DeviceStatus.FAILED and row.rollback == Rollback.REQUESTED:
+        if result in (DeviceResult.FAILED_ROLLED_BACK, DeviceResult.FAILED_NO_CHANGE):
+            row.rollback = Rollback.DONE.value
+        elif result == DeviceResult.FAILED_ROLLBACK_FAILED:
+            row.rollback = Rollback.FAILED.value
+            row.message = f"{row.message}; rollback failed: {message}"
+    elif status == DeviceStatus.DEPLOYED and result in _FAILED_RESULTS:
+        row.status = DeviceStatus.FAILED.value
+        row.message = message
+    session.flush()
+    refresh_stage(session, stage, now, locked=True)
+    return row
+
+
+def record_health(session: Session, device: Device, report: HealthReport, now: datetime) -> HealthVerdict:
+    """Judge a device's post-activation figures against the plan's health gate."""
+    if report.inferences < 0 or report.errors < 0 or report.errors > report.inferences:
+        raise InvalidArgument("Inferences and Errors must be non-negative with Errors <= Inferences")
+    if report.p99_latency_ms is not None and report.p99_latency_ms < 0:
+        raise InvalidArgument("P99LatencyMs must not be negative")
+    stage, row = _locate(session, device, report.deployment_name)
+    plan = stage.plan
+    gate = _gate(plan)
+    rollback = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
+    error_rate = report.errors / report.inferences if report.inferences else 0.0
+    row.health = {
+        "Inferences": report.inferences,
+        "Errors": report.errors,
+        "ErrorRate": error_rate,
+        "P99LatencyMs": report.p99_latency_ms,
+        "ReportedAt": now.isoformat(),
+    }
+    row.updated_at = now
+    if row.status == DeviceStatus.DEPLOYED:
+        return HealthVerdict("PASS", "already deployed", "NONE")
+    if row.status != DeviceStatus.INPROGRESS or not row.observing:
+        action = (
+            "ROLLBACK"
+            if row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED
+            else "NONE"
+        )
+        return HealthVerdict(
+            "FAIL" if row.status == DeviceStatus.FAILED else "PENDING", f"device is {row.status}", action
+        )
+    if not gate.enabled:  # pragma: no cover - observing is only set with a gate
+        return HealthVerdict("PASS", "no health gate", "NONE")
+    if report.inferences < gate.min_inferences:
+        return HealthVerdict(
+            "PENDING", f"{report.inferences}/{gate.min_inferences} inferences observed", "NONE"
+        )
+    breaches = []
+    if gate.max_error_rate is not None and error_rate > gate.max_error_rate:
+        breaches.append(f"error rate {error_rate:.2%} > {gate.max_error_rate:.2%}")
+    if (
+        gate.max_p99_latency_ms is not None
+        and report.p99_latency_ms is not None
+        and report.p99_latency_ms > gate.max_p99_latency_ms
+    ):
+        breaches.append(f"p99 latency {report.p99_latency_ms:g} ms > {gate.max_p99_latency_ms:g} ms")
+    if gate.max_p99_latency_ms is not None and report.p99_latency_ms is None:
+        return HealthVerdict("PENDING", "P99LatencyMs is needed by this plan's health gate", "NONE")
+    if breaches:
+        reason = "health gate breached: " + "; ".join(breaches)
+        row.status = DeviceStatus.FAILED.value
+        row.observing = False
+        row.message = reason
+        row.rollback = (Rollback.REQUESTED if rollback else Rollback.NONE).value
+        session.flush()
+        refresh_stage(session, stage, now, locked=True)
+        return HealthVerdict("FAIL", reason, "ROLLBACK" if rollback else "NONE")
+    assert row.activated_at is not None
+    observed = (now - row.activated_at).total_seconds()
+    if observed < gate.observation_seconds:
+        return HealthVerdict("PENDING", f"observed {observed:.0f}/{gate.observation_seconds:.0f} s", "NONE")
+    row.status = DeviceStatus.DEPLOYED.value
+    row.observing = False
+    row.message = "health gate passed"
+    session.flush()
+    refresh_stage(session, stage, now, locked=True)
+    return HealthVerdict("PASS", "health gate passed", "NONE")
+
+
+def on_device_deregistered(session: Session, device: Device, now: datetime) -> None:
+    """Stop the unfinished deployments of a device that was deregistered."""
+    stage_ids = list(
+        session.scalars(
+            select(StageDevice.stage_id)
+            .where(StageDevice.device_id == device.id, _outstanding())
+            .order_by(StageDevice.stage_id)
+        )
+    )
+    for stage_id in stage_ids:
+        stage = session.get(PlanStage, stage_id)
+        assert stage is not None
+        stage = _lock_stage(session, stage)
+        session.execute(
+            update(StageDevice)
+            .where(StageDevice.stage_id == stage_id, StageDevice.device_id == device.id)
+            .where(StageDevice.status.not_in([DeviceStatus.DEPLOYED.value, DeviceStatus.FAILED.value]))
+            .values(
+                status=DeviceStatus.STOPPED.value,
+                message="device deregistered",
+                updated_at=now,
+                observing=False,
+            )
+        )
+        session.execute(
+            update(StageDevice)
+            .where(
+                StageDevice.stage_id == stage_id,
+                StageDevice.device_id == device.id,
+                StageDevice.rollback == Rollback.REQUESTED.value,
+            )
+            .values(rollback=Rollback.NONE.value)
+        )
+        refresh_stage(session, stage, now, locked=True)
+
+
+def refresh_active_stages(session: Session, now: datetime) -> int:
+    """Refresh every running stage (applies device timeouts); returns how many were looked at."""
+    stages = list(
+        session.scalars(
+            select(PlanStage)
+            .where(PlanStage.status.in_([s.value for s in _ACTIVE_STAGE]))
+            .order_by(PlanStage.id)
+        )
+    )
+    for stage in stages:
+        refresh_stage(session, stage, now)
+    return len(stages)

@@ -1,0 +1,365 @@
+"""Devices: registration, enrolment (token + CSR -> client certificate), identity checks, heartbeats.
+
+A registered device gets a one-time enrolment token ``efe1.<secret>.<ca-sha256>``: the secret
+authorises one certificate signing, the CA fingerprint lets the device pin the fleet CA before it
+trusts the server's TLS certificate. Only the secret's SHA-256 is stored. Deregistration revokes the
+device's certificate; every device request checks that the presented certificate is the device's
+current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, aliased
+
+from edgefleet.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from edgefleet.server.ca import FleetCA
+from edgefleet.server.db.paging import paginate
+from edgefleet.server.db.schema import Device, DeviceModel, DeviceTag, Fleet, RevokedCertificate
+from edgefleet.server.fleets import get_fleet
+from edgefleet.server.tokens import Unauthenticated, hash_secret
+from edgefleet.server.validation import Page, validate_name, validate_tags
+
+log = logging.getLogger(__name__)
+
+ENROLMENT_TOKEN_PREFIX = "efe1"
+MAX_HEARTBEAT_MODELS = 100
+MAX_METRICS = 200
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One device of a RegisterDevices call."""
+
+    name: str
+    description: str | None = None
+    iot_thing_name: str | None = None
+    tags: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered device and its one-time enrolment token (shown only now)."""
+
+    device: Device
+    enrolment_token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """One model in a heartbeat."""
+
+    name: str
+    version: str
+    latest_sample: datetime | None = None
+    latest_inference: datetime | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What SendHeartbeat carries about the device (the deployment result is handled separately)."""
+
+    agent_version: str
+    agent_metrics: list[dict[str, Any]] = field(default_factory=list)
+    models: list[ModelReport] = field(default_factory=list)
+    platform: tuple[str, str, str] | None = None
+
+
+def split_enrolment_token(token: str) -> tuple[str, str]:
+    """(secret, CA fingerprint) of an enrolment token; INVALID_ARGUMENT if malformed."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != ENROLMENT_TOKEN_PREFIX or not parts[1] or len(parts[2]) != 64:
+        raise InvalidArgument("malformed enrolment token (expected efe1.<secret>.<ca-sha256>)")
+    return parts[1], parts[2]
+
+
+def _new_token(device: Device, ca: FleetCA, now: datetime, ttl: timedelta) -> tuple[str, datetime]:
+    secret = secrets.token_urlsafe(32)
+    device.enrolment_token_hash = hash_secret(secret)
+    device.enrolment_expires_at = now + ttl
+    return f"{ENROLMENT_TOKEN_PREFIX}.{secret}.{ca.fingerprint}", now + ttl
+
+
+def register_devices(
+    session: Session,
+    fleet_name: str,
+    specs: Sequence[DeviceSpec],
+    ca: FleetCA,
+    now: datetime,
+    token_ttl: timedelta,
+    *,
+    tags: dict[str, str] | None = None,
+    max_batch: int = 1000,
+) -> list[Registration]:
+    """Register devices in a fleet (all or none); each gets a one-time enrolment token.
+
+    ``tags`` apply to every device (a device's own tags win). A name that is registered already is
+    ALREADY_EXISTS; a deregistered name is registered again with fresh state.
+    """
+    if not specs:
+        raise InvalidArgument("Devices must list at least one device")
+    if len(specs) > max_batch:
+        raise InvalidArgument(f"at most {max_batch} devices per call, got {len(specs)}")
+    fleet = get_fleet(session, fleet_name)
+    common = validate_tags(tags)
+    names = [validate_name(spec.name, "device name") for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidArgument(f"device names listed twice: {', '.join(duplicates)}")
+    existing = {d.name: d for d in session.scalars(select(Device).where(Device.name.in_(names)))}
+    taken = sorted(n for n, d in existing.items() if d.deregistered_at is None)
+    if taken:
+        raise AlreadyExists(f"devices already registered: {', '.join(taken)}")
+    registrations = []
+    for spec in specs:
+        _check_description(spec.description)
+        device_tags = {**common, **validate_tags(spec.tags, f"tags of {spec.name}")}
+        device = existing.get(spec.name)
+        if device is None:
+            device = Device(name=spec.name, agent_metrics=[])
+            session.add(device)
+        else:
+            _reset(device)
+        device.fleet_id = fleet.id
+        device.fleet = fleet
+        device.description = spec.description
+        device.iot_thing_name = spec.iot_thing_name
+        device.registered_at = now
+        device.updated_at = now
+        device.deregistered_at = None
+        device.tags = [DeviceTag(key=k, value=v) for k, v in sorted(device_tags.items())]
+        token, expires = _new_token(device, ca, now, token_ttl)
+        registrations.append(Registration(device, token, expires))
+    session.flush()
+    return registrations
+
+
+def _reset(device: Device) -> None:
+    device.enrolled_at = None
+    device.cert_serial = None
+    device.cert_not_after = None
+    device.agent_version = None
+    device.last_heartbeat_at = None
+    device.agent_metrics = []
+    device.models = []
+    device.tags = []
+    device.platform_os = device.platform_arch = device.platform_accelerator = None
+
+
+def get_device(session: Session, name: str, fleet_name: str | None = None, *, lock: bool = False) -> Device:
+    """The registered device ``name`` (in ``fleet_name`` when given); NOT_FOUND otherwise."""
+    stmt = select(Device).where(Device.name == name, Device.deregistered_at.is_(None))
+    if lock:
+        stmt = stmt.with_for_update(of=Device)
+    device = session.scalar(stmt)
+    if device is None or (fleet_name is not None and device.fleet.name != fleet_name):
+        where = f" in fleet {fleet_name!r}" if fleet_name is not None else ""
+        raise NotFound(f"device {name!r} is not registered{where}")
+    return device
+
+
+def update_device(
+    session: Session,
+    name: str,
+    now: datetime,
+    *,
+    fleet_name: str | None = None,
+    description: str | None = None,
+    iot_thing_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    platform: tuple[str, str, str] | None = None,
+) -> Device:
+    """Change a device's description, thing name, tags (replaced as a whole) or platform."""
+    device = get_device(session, name, fleet_name, lock=True)
+    if description is not None:
+        _check_description(description)
+        device.description = description
+    if iot_thing_name is not None:
+        device.iot_thing_name = iot_thing_name
+    if tags is not None:
+        valid = validate_tags(tags)
+        device.tags = [DeviceTag(key=k, value=v) for k, v in sorted(valid.items())]
+    if platform is not None:
+        device.platform_os, device.platform_arch, device.platform_accelerator = platform
+    device.updated_at = now
+    return device
+
+
+def deregister_devices(
+    session: Session, fleet_name: str | None, names: Sequence[str], now: datetime
+) -> list[Device]:
+    """Deregister devices: their certificates are revoked at once and unfinished rollouts stop for them."""
+    from edgefleet.server.deployments import on_device_deregistered
+
+    devices = [get_device(session, name, fleet_name, lock=True) for name in names]
+    for device in devices:
+        if device.cert_serial is not None:
+            _revoke(session, device, now, "device deregistered")
+        device.deregistered_at = now
+        device.updated_at = now
+        device.enrolment_token_hash = None
+        device.enrolment_expires_at = None
+        on_device_deregistered(session, device, now)
+    return devices
+
+
+def _revoke(session: Session, device: Device, now: datetime, reason: str) -> None:
+    assert device.cert_serial is not None
+    if session.get(RevokedCertificate, device.cert_serial) is None:
+        session.add(
+            RevokedCertificate(
+                serial=device.cert_serial, device_name=device.name, revoked_at=now, reason=reason
+            )
+        )
+    device.cert_serial = None
+    device.cert_not_after = None
+
+
+def new_enrolment_token(
+    session: Session, name: str, ca: FleetCA, now: datetime, ttl: timedelta
+) -> Registration:
+    """A fresh one-time enrolment token (e.g. after a device lost its key); the old token stops working."""
+    device = get_device(session, name, lock=True)
+    token, expires = _new_token(device, ca, now, ttl)
+    device.updated_at = now
+    return Registration(device, token, expires)
+
+
+def enrol(
+    session: Session, token: str, csr_pem: str, ca: FleetCA, now: datetime, cert_days: int
+) -> tuple[Device, str]:
+    """Exchange an enrolment token and a CSR for a client certificate (PEM). The token is used up.
+
+    Any certificate the device held before is revoked. UNAUTHENTICATED for an unknown, used or
+    expired token.
+    """
+    secret, ca_fingerprint = split_enrolment_token(token)
+    if ca_fingerprint != ca.fingerprint:
+        raise InvalidArgument("the enrolment token was issued by another fleet CA (wrong server?)")
+    device = session.scalar(
+        select(Device).where(Device.enrolment_token_hash == hash_secret(secret)).with_for_update(of=Device)
+    )
+    if device is None or device.deregistered_at is not None:
+        raise Unauthenticated("unknown or already used enrolment token")
+    if device.enrolment_expires_at is None or device.enrolment_expires_at <= now:
+        raise Unauthenticated(f"the enrolment token of device {device.name!r} expired; ask for a new one")
+    issued = ca.issue_device_certificate(csr_pem, device.name, now, cert_days)
+    if device.cert_serial is not None:
+        _revoke(session, device, now, "replaced by a new enrolment")
+    device.cert_serial = issued.serial
+    device.cert_not_after = issued.not_after
+    device.enrolled_at = now
+    device.updated_at = now
+    device.enrolment_token_hash = None
+    device.enrolment_expires_at = None
+    log.info("device %s enrolled (certificate serial %s)", device.name, issued.serial)
+    return device, issued.cert_pem
+
+
+def authenticate_device(session: Session, cert_name: str, serial: str) -> Device:
+    """The device a verified client certificate belongs to; UNAUTHENTICATED if revoked or replaced."""
+    device = session.scalar(select(Device).where(Device.name == cert_name))
+    if device is None or device.deregistered_at is not None:
+        raise Unauthenticated(f"device {cert_name!r} is not registered; its certificate is revoked")
+    if device.cert_serial != serial:
+        raise Unauthenticated(f"this certificate of device {cert_name!r} was revoked")
+    return device
+
+
+def check_identity(device: Device, device_name: str, fleet_name: str) -> None:
+    """PERMISSION_DENIED unless the body's DeviceName/DeviceFleetName are the caller's own."""
+    if device_name != device.name:
+        raise PermissionDenied(f"device {device.name!r} may not act for device {device_name!r}")
+    if fleet_name != device.fleet.name:
+        raise PermissionDenied(f"device {device.name!r} is not in fleet {fleet_name!r}")
+
+
+def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:
+    """Store a heartbeat: agent version and metrics, the models loaded now (replacing the last list)."""
+    if not heartbeat.agent_version or len(heartbeat.agent_version) > 64:
+        raise InvalidArgument("AgentVersion must be 1-64 characters")
+    if len(heartbeat.models) > MAX_HEARTBEAT_MODELS:
+        raise InvalidArgument(f"a heartbeat lists at most {MAX_HEARTBEAT_MODELS} models")
+    if len(heartbeat.agent_metrics) > MAX_METRICS:
+        raise InvalidArgument(f"a heartbeat carries at most {MAX_METRICS} agent metrics")
+    device.agent_version = heartbeat.agent_version
+    device.agent_metrics = list(heartbeat.agent_metrics)
+    device.last_heartbeat_at = now
+    if heartbeat.platform is not None:
+        device.platform_os, device.platform_arch, device.platform_accelerator = heartbeat.platform
+    current = {m.model_name: m for m in device.models}
+    reported = {m.name: m for m in heartbeat.models}
+    for model_name, row in current.items():
+        if model_name not in reported:
+            device.models.remove(row)
+    for model_name, report in reported.items():
+        if len(report.metrics) > MAX_METRICS:
+            raise InvalidArgument(f"model {model_name!r}: at most {MAX_METRICS} metrics")
+        existing = current.get(model_name)
+        if existing is None:
+            row = DeviceModel(model_name=model_name)
+            device.models.append(row)
+        else:
+            row = existing
+        row.model_version = report.version
+        row.latest_sample_at = report.latest_sample
+        row.latest_inference_at = report.latest_inference
+        row.metrics = list(report.metrics)
+        row.updated_at = now
+
+
+def list_devices(
+    session: Session,
+    *,
+    fleet_name: str | None = None,
+    model_name: str | None = None,
+    heartbeat_after: datetime | None = None,
+    tags: dict[str, str] | None = None,
+    limit: int,
+    next_token: str | None = None,
+) -> Page[Device]:
+    """Registered devices by name, filtered by fleet, loaded model, latest heartbeat and tags (all must match)."""
+    stmt: Select[Device] = select(Device).where(Device.deregistered_at.is_(None)).order_by(Device.name)
+    if fleet_name is not None:
+        fleet = get_fleet(session, fleet_name)
+        stmt = stmt.where(Device.fleet_id == fleet.id)
+    if model_name is not None:
+        stmt = stmt.where(
+            select(DeviceModel.device_id)
+            .where(DeviceModel.device_id == Device.id, DeviceModel.model_name == model_name)
+            .exists()
+        )
+    if heartbeat_after is not None:
+        stmt = stmt.where(Device.last_heartbeat_at > heartbeat_after)
+    for key, value in (tags or {}).items():
+        tag = aliased(DeviceTag)
+        stmt = stmt.join(tag, (tag.device_id == Device.id) & (tag.key == key) & (tag.value == value))
+    return paginate(session, stmt, limit, next_token)
+
+
+def fleet_of(session: Session, device: Device) -> Fleet:
+    """The fleet a device belongs to."""
+    fleet = session.get(Fleet, device.fleet_id)
+    if fleet is None:  # pragma: no cover - guarded by the foreign key
+        raise FailedPrecondition(f"device {device.name!r} has no fleet")
+    return fleet
+
+
+def _check_description(description: str | None) -> None:
+    if description is not None and not 1 <= len(description) <= 40:
+        raise InvalidArgument("device description must be 1-40 characters")
