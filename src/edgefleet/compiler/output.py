@@ -90,3 +90,49 @@ def read_package_metadata(directory: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidArgument(f"{path} must hold a JSON object")
     return data
+
+
+def build_package_from_output(
+    directory: Path, *, name: str, version: str, key_dir: Path, out_dir: Path
+) -> Path:
+    """Sign a package of a compiler output directory with :func:`edgefleet.core.package.build_package`.
+
+    Runtime, target and tensor metadata come from ``edgefleet-package.json``; the provenance records
+    the SHA-256 of the model given to the compiler and the target it was compiled for.
+    """
+    from edgefleet.core.manifest import Runtime, Target
+    from edgefleet.core.package import build_package
+
+    meta = read_package_metadata(directory)
+    try:
+        runtime = Runtime(str(meta["runtime"]["name"]), str(meta["runtime"]["min_version"]))
+        target = Target(
+            str(meta["target"]["os"]), str(meta["target"]["arch"]), str(meta["target"]["accelerator"])
+        )
+        inputs = tuple(TensorSpec.from_dict(t) for t in meta["inputs"])
+        outputs = tuple(TensorSpec.from_dict(t) for t in meta["outputs"])
+        model_file = str(meta["model_file"])
+        extra = [(directory / rel, str(rel)) for rel in meta["extra_files"]]
+        source = str(meta["source_sha256"])
+    except (KeyError, TypeError) as exc:
+        raise InvalidArgument(f"{directory / PACKAGE_METADATA_FILE} is incomplete: {exc}") from exc
+    report = directory / REPORT_FILE
+    provenance = {"source_sha256": source, "compiler": "edgefleet compile"}
+    if report.is_file():
+        try:
+            provenance["compile_target"] = str(json.loads(report.read_text(encoding="utf-8"))["target"])
+        except (ValueError, KeyError) as exc:
+            raise InvalidArgument(f"{report} is not a compile report: {exc}") from exc
+    return build_package(
+        directory / model_file,
+        name=name,
+        version=version,
+        key_dir=key_dir,
+        out_dir=out_dir,
+        runtime=runtime,
+        target=target,
+        inputs=inputs,
+        outputs=outputs,
+        extra_files=extra,
+        provenance=provenance,
+    )

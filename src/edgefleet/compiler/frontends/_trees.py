@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def load_pickle(path: Path) -> object:
         raise InvalidArgument(
             f"model file {path.name}: a class it references cannot be imported ({exc})"
         ) from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+    except Exception as exc:  # a corrupt pickle raises whatever its opcodes trip over (struct.error, ...)
         raise InvalidArgument(f"model file {path.name} is not a readable pickle/joblib file: {exc}") from exc
 
 

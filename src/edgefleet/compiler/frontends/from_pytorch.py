@@ -110,14 +110,16 @@ def _load(path: Path) -> tuple[torch.nn.Module, str]:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     try:
-        if any(n.endswith("/archive_format") or "/models/" in n for n in names):
-            program = torch.export.load(str(path))
-            return _ExportedProgramModule(program.module()), "torch.export program"
-        if any("/code/" in n for n in names):
-            script: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-            return script.eval(), "TorchScript module"
         with warnings.catch_warnings():
+            # TorchScript and torch.load of whole modules are deprecated upstream but still the
+            # formats users have; the warnings are not actionable during a compile.
             warnings.simplefilter("ignore")
+            if any(n.endswith("/archive_format") or "/models/" in n for n in names):
+                program = torch.export.load(str(path))
+                return _ExportedProgramModule(program.module()), "torch.export program"
+            if any("/code/" in n for n in names):
+                script: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+                return script.eval(), "TorchScript module"
             loaded = torch.load(str(path), map_location="cpu", weights_only=False)
     except (AttributeError, ModuleNotFoundError) as exc:
         raise InvalidArgument(

@@ -27,6 +27,7 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 def convert(model_path: Path, declared: Sequence[InputSpec], work_dir: Path, log: LogFn) -> FrontendResult:
     """Convert a pickled scikit-learn estimator to ONNX."""
     import sklearn
+    import sklearn.base
 
     estimator = load_pickle(model_path)
     if not hasattr(estimator, "predict") and not hasattr(estimator, "transform"):
@@ -41,7 +42,7 @@ def convert(model_path: Path, declared: Sequence[InputSpec], work_dir: Path, log
         model = skl2onnx.convert_sklearn(
             estimator,
             initial_types=[(name, tensor_type([None, count]))],
-            options={"zipmap": False},
+            options={"zipmap": False} if sklearn.base.is_classifier(estimator) else None,
             target_opset=TARGET_OPSET,
         )
     except RuntimeError as exc:  # MissingShapeCalculator / MissingConverter derive from RuntimeError
