@@ -7,6 +7,7 @@ status codes; nothing here holds a global lock on the Predict path.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -122,8 +123,7 @@ class TensorDecoder:
             raise InvalidArgument(
                 f"{what} {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)} (-1 = any)"
             )
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        expected = count * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize
         data = self.data(tensor, f"{what} {name!r}", "shared_memory_handle", expected)
         return name, array_from_bytes(data, dtype, shape)
 
@@ -376,7 +376,7 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             raise InvalidArgument(
                 f"input {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)}"
             )
-        expected = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
+        expected = math.prod(shape) * spec.dtype.itemsize
         which = tensor.WhichOneof("data")
         data: memoryview | bytes
         if which == "byte_data":

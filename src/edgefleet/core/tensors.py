@@ -40,6 +40,9 @@ class DataType(enum.IntEnum):
     def from_numpy(cls, dtype: np.dtype[np.generic] | type) -> DataType:
         """The wire type for a numpy dtype; INVALID_ARGUMENT when the wire cannot carry it."""
         dt = np.dtype(dtype)
+        fast = _FROM_NUMPY.get(dt)
+        if fast is not None:
+            return fast
         for wire, candidate in _TO_NUMPY.items():
             if dt.kind == candidate.kind and dt.itemsize == candidate.itemsize:
                 return wire
@@ -65,6 +68,9 @@ _TO_NUMPY: dict[DataType, np.dtype[np.generic]] = {
     DataType.FLOAT32: np.dtype("<f4"),
     DataType.FLOAT64: np.dtype("<f8"),
 }
+
+# Exact little-endian/native dtypes -> wire type, for the Predict hot path.
+_FROM_NUMPY: dict[np.dtype[np.generic], DataType] = {dt: wire for wire, dt in _TO_NUMPY.items()}
 
 
 @dataclass(frozen=True)
