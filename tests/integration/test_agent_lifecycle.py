@@ -151,7 +151,7 @@ def test_extensions(tmp_path: Path, trust: Path, keys: Path) -> None:
             )
         (stats,) = ext.GetModelStatistics(extensions_pb2.ModelStatisticsRequest(name="m")).models
         assert (stats.model_name, stats.model_version) == ("stats-model", "2.1")
-        assert stats.request_count == 20  # the refused call never reached the model
+        assert (stats.request_count, stats.error_count) == (21, 1)  # the refused call counts as an error
         assert 0 < stats.latency.p50_ms <= stats.latency.p95_ms <= stats.latency.p99_ms
         assert stats.last_inference_time > 0
         assert stats.memory_bytes > 0

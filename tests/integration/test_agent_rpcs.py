@@ -292,3 +292,40 @@ def test_predict_through_vendor_style_sysv_segment(stub: object, linear_pkg: Pat
     finally:
         segment.detach()
         segment.remove()
+
+
+def test_agent_lets_go_of_segments_their_owner_removed(stub: object, linear_pkg: Path) -> None:
+    """A client that creates a segment per frame must not leave dead frames alive in the agent."""
+    import time
+
+    import sysv_ipc
+
+    stub.LoadModel(agent_pb2.LoadModelRequest(url=str(linear_pkg), name="lin"))
+    ids = []
+    for _ in range(5):
+        segment = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=1 << 20)
+        segment.write(np.ones((1, 4), np.float32).tobytes())
+        request = agent_pb2.PredictRequest(
+            name="lin",
+            tensors=[
+                agent_pb2.Tensor(
+                    tensor_metadata=agent_pb2.TensorMetadata(
+                        name=b"x", data_type=agent_pb2.FLOAT32, shape=[1, 4]
+                    ),
+                    shared_memory_handle=agent_pb2.SharedMemoryHandle(segment_id=segment.id, size=16),
+                )
+            ],
+        )
+        stub.Predict(request)
+        ids.append(segment.id)
+        segment.detach()
+        segment.remove()
+
+    def alive() -> set[int]:
+        lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+        return {int(line.split()[1]) for line in lines} & set(ids)
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == set()

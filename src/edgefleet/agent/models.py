@@ -96,6 +96,7 @@ class ModelSlot:
                 raise NotFound(f"model {self.alias!r} is being unloaded")
             if self.in_flight >= self.max_concurrent:
                 if self.queued >= self.max_queued:
+                    self.stats.record(0.0, ok=False)
                     raise ResourceExhausted(
                         f"model {self.alias!r} has {self.in_flight} requests running and {self.queued} queued "
                         f"(limits {self.max_concurrent}/{self.max_queued}); retry later"

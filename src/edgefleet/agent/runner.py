@@ -82,6 +82,7 @@ class RunningAgent:
     capture: CaptureService
     shm: SharedMemoryReader
     state: AgentState
+    housekeeping: Housekeeping
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -90,6 +91,7 @@ class RunningAgent:
         self.state.set("STOPPING")
         log.info("agent stopping")
         self.server.stop(grace).wait()
+        self.housekeeping.stop()
         self.capture.close()
         self.registry.close()
         self.shm.close()
@@ -99,6 +101,32 @@ class RunningAgent:
             pass
         self.state.set("STOPPED")
         log.info("agent stopped")
+
+
+class Housekeeping:
+    """A background thread doing periodic upkeep: detaching shared-memory segments that their owners
+    removed, so a client that creates a segment per frame does not keep dead frames alive in the agent."""
+
+    def __init__(self, shm: SharedMemoryReader, interval: float = 1.0) -> None:
+        self._shm = shm
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-housekeeping", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                retired = self._shm.sweep()
+            except Exception:  # upkeep must never take the agent down; log and go on
+                log.exception("shared-memory sweep failed")
+                continue
+            if retired:
+                log.debug("detached %d removed shared-memory segment(s)", retired)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def make_verifier(
@@ -195,7 +223,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         config.fleet_name,
         config.socket_mode,
     )
-    return RunningAgent(config, path, server, registry, capture, shm, state)
+    return RunningAgent(config, path, server, registry, capture, shm, state, Housekeeping(shm))
 
 
 def run_until_signal(agent: RunningAgent) -> None:

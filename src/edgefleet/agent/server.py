@@ -166,7 +166,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             slot = self._models.get(request.name)
-            feeds = self.decode_inputs(slot, request.tensors)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        try:
+            try:
+                feeds = self.decode_inputs(slot, request.tensors)
+            except EdgefleetError:
+                slot.stats.record(0.0, ok=False)  # a refused request counts as an error of the model
+                raise
             outputs = slot.run(feeds)
             return agent_pb2.PredictResponse(tensors=encode_outputs(slot.outputs, outputs))
         except EdgefleetError as exc:
