@@ -81,3 +81,54 @@ def db(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iter
         yield database
     finally:
         database.close()
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A package-signing root CA and signer (the server trusts the root)."""
+    from edgefleet.core import signing
+
+    return signing.init_keys(tmp_path_factory.mktemp("keys") / "keys")
+
+
+@pytest.fixture(scope="module")
+def fleet_server(tmp_path_factory: pytest.TempPathFactory, signing_keys: object) -> Iterator[object]:
+    """A control plane on loopback ports with real TLS (SQLite + local artifacts), on a thread."""
+    from edgefleet.server.config import ServerConfig, Timing
+    from edgefleet.server.runner import start_in_thread
+
+    config = ServerConfig(
+        data_dir=tmp_path_factory.mktemp("server"),
+        port=0,
+        device_port=0,
+        trust_dir=signing_keys.trust_dir,  # type: ignore[attr-defined]
+        timing=Timing(shutdown_grace=1),
+    )
+    server = start_in_thread(config)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator_token(fleet_server: object) -> str:
+    from edgefleet.server import tokens
+
+    db = fleet_server.state.db  # type: ignore[attr-defined]
+    with db.session() as session:
+        return tokens.create_token(session, "ops-alice", db.now())
+
+
+@pytest.fixture
+def op(fleet_server: object, operator_token: str) -> Iterator[object]:
+    """An operator client with a valid token."""
+    from edgefleet.opclient.client import FleetClient
+    from edgefleet.opclient.config import ClientConfig
+
+    endpoints = fleet_server.endpoints  # type: ignore[attr-defined]
+    client = FleetClient(ClientConfig(endpoints.api_url, operator_token, Path(endpoints.ca_cert)))
+    try:
+        yield client
+    finally:
+        client.close()

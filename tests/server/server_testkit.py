@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +46,53 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def build_test_package(
+    key_dir: Path,
+    out_dir: Path,
+    name: str = "detector",
+    version: str = "1",
+    *,
+    arch: str = "any",
+    payload: bytes = b'{"weights": [1, 2, 3]}',
+) -> Path:
+    """A small signed package (null runtime, a JSON "model") built with the real package builder."""
+    from edgefleet.core.manifest import Target
+    from edgefleet.core.package import build_package
+    from edgefleet.core.tensors import DataType, TensorSpec
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = out_dir / f"{name}-{version}-{arch}.json"
+    model.write_bytes(payload)
+    spec = (TensorSpec("x", DataType.FLOAT32, (1, 4)),)
+    return build_package(
+        model,
+        name=name,
+        version=version,
+        key_dir=key_dir,
+        out_dir=out_dir / arch,
+        runtime="null",
+        inputs=spec,
+        outputs=spec,
+        target=Target(os="linux", arch=arch),
+    )
+
+
+def tamper_package(archive: Path, out: Path) -> Path:
+    """A copy of ``archive`` whose model file has one byte changed (same size, signature untouched)."""
+    members = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for info in tar.getmembers():
+            handle = tar.extractfile(info)
+            data = handle.read() if handle else b""
+            if info.name.endswith(".json") and info.name != "manifest.json":
+                data = bytes([data[0] ^ 0x01]) + data[1:]
+            members.append((info, data))
+    with tarfile.open(out, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+    return out
 
 
 def record_package_row(
@@ -92,3 +142,68 @@ def record_package_row(
     session.flush()
     session.refresh(mv)
     return package.id
+
+
+class DeviceClient:
+    """A device as the control plane sees it: enrolled with its own key, talking mutual TLS."""
+
+    def __init__(
+        self,
+        name: str,
+        fleet: str,
+        device_url: str,
+        ca_pem: str,
+        cert_pem: str,
+        key: ec.EllipticCurvePrivateKey,
+        workdir: Path,
+    ) -> None:
+        import ssl
+
+        import httpx
+
+        self.name = name
+        self.fleet = fleet
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "ca.pem").write_text(ca_pem)
+        (workdir / "cert.pem").write_text(cert_pem)
+        (workdir / "key.pem").write_bytes(key_pem(key))
+        context = ssl.create_default_context(cafile=str(workdir / "ca.pem"))
+        context.load_cert_chain(str(workdir / "cert.pem"), str(workdir / "key.pem"))
+        self.http = httpx.Client(base_url=device_url, verify=context, timeout=30)
+
+    def call(self, operation: str, body: dict[str, object] | None = None, **overrides: object) -> object:
+        payload = {"DeviceName": self.name, "DeviceFleetName": self.fleet, **(body or {}), **overrides}
+        return self.http.post(f"/device/v1/{operation}", json=payload)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def enrol(api_url: str, token: str, workdir: Path) -> DeviceClient:
+    """Enrol like a device daemon: pin the CA from the token, send a CSR, keep the key local."""
+    import ssl
+
+    import httpx
+
+    ca_sha256 = token.rsplit(".", 1)[1]
+    with httpx.Client(verify=False) as insecure:  # the CA is pinned by the token, checked below
+        ca_pem = insecure.get(f"{api_url}/enrol/v1/ca.pem").text
+    cert = x509.load_pem_x509_certificate(ca_pem.encode())
+    assert hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest() == ca_sha256
+    key, csr = make_csr()
+    context = ssl.create_default_context(cadata=ca_pem)
+    with httpx.Client(verify=context) as client:
+        response = client.post(
+            f"{api_url}/enrol/v1/enrol", json={"EnrolmentToken": token, "CertificateSigningRequest": csr}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return DeviceClient(
+        body["DeviceName"],
+        body["DeviceFleetName"],
+        body["DeviceEndpoint"],
+        ca_pem,
+        body["Certificate"],
+        key,
+        workdir,
+    )

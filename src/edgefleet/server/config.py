@@ -48,6 +48,8 @@ class Timing:
     registration_cache_ttl: int = 3600
     #: operator token ``last_used`` is only rewritten when older than this (saves a write per call)
     token_touch_interval: float = 60.0
+    #: on shutdown, how long open connections may finish their requests
+    shutdown_grace: float = 5.0
 
 
 @dataclass(frozen=True)

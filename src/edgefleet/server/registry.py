@@ -1,9 +1,8 @@
 """The model registry: models, versions (signed packages, one per target), approval status, aliases.
 
-A package is verified against the server's trust store before anything is stored: it is unpacked
-into a scratch directory and checked with :func:`edgefleet.core.package.verify_package_dir`
-(signature, signer chain, per-file digests). Only then is the archive written to the artifact store
-and recorded. Versions take packages only while their approval is pending, so an approved version
+A package is verified against the server's trust store before anything is stored, with
+:func:`edgefleet.core.package.verify_package` (signature, signer chain, per-file digests, archive
+safety). Only then is the archive written to the artifact store and recorded. Versions take packages only while their approval is pending, so an approved version
 cannot change under a deployment.
 """
 
@@ -12,17 +11,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from cryptography import x509
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.core.manifest import CERTIFICATES_FILE, Manifest, validate_version
+from edgefleet.core.manifest import Manifest, validate_version
 from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.db.engine import Database
 from edgefleet.server.db.paging import paginate
@@ -253,12 +250,16 @@ def delete_alias(session: Session, model_name: str, alias: str) -> None:
 
 
 def verify_archive(archive: Path, trust_dir: Path) -> VerifiedPackage:
-    """Unpack and verify a package archive against ``trust_dir``; raises the package module's errors."""
-    from edgefleet.core.package import unpack_package, verify_package_dir
+    """Verify a package archive against ``trust_dir`` (streamed; nothing is unpacked to disk).
 
-    if not trust_dir.is_dir() or not any(trust_dir.iterdir()):
+    Raises the package module's errors: PackageFormatError (INVALID_ARGUMENT) for a malformed
+    archive, SignatureError (FAILED_PRECONDITION) for a bad signature, chain or digest.
+    """
+    from edgefleet.core.package import verify_package
+
+    if not trust_dir.is_dir():
         raise FailedPrecondition(
-            f"the server's trust store {trust_dir} is empty: add the signers' CA certificates (--trust DIR)"
+            f"the server's trust store {trust_dir} does not exist: add the signers' root certificates (--trust DIR)"
         )
     sha256 = hashlib.sha256()
     sha1 = hashlib.sha1(usedforsecurity=False)
@@ -268,20 +269,10 @@ def verify_archive(archive: Path, trust_dir: Path) -> VerifiedPackage:
             sha256.update(chunk)
             sha1.update(chunk)
             size += len(chunk)
-    with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as scratch:
-        unpacked = Path(scratch) / "package"
-        unpack_package(archive, unpacked)
-        manifest = verify_package_dir(unpacked, trust_dir)
-        signer = _signer(unpacked / CERTIFICATES_FILE)
-    return VerifiedPackage(manifest, signer, size, sha256.hexdigest(), sha1.hexdigest())
-
-
-def _signer(chain: Path) -> str:
-    try:
-        certs = x509.load_pem_x509_certificates(chain.read_bytes())
-    except (OSError, ValueError):
-        return "unknown"
-    return certs[0].subject.rfc4514_string() if certs else "unknown"
+    verified = verify_package(archive, trust_dir)
+    return VerifiedPackage(
+        verified.manifest, verified.signer.subject, size, sha256.hexdigest(), sha1.hexdigest()
+    )
 
 
 def package_key(verified: VerifiedPackage) -> str:

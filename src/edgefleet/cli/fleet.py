@@ -1,0 +1,163 @@
+"""``edgefleet fleet``: device fleets and fleet reports (a client of the operator API)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from edgefleet.opclient.output import add_client_arguments
+
+FLEET_FIELDS = [
+    ("Name", "DeviceFleetName"),
+    ("Output", "S3OutputLocation"),
+    ("KMS key", "KmsKeyId"),
+    ("Description", "Description"),
+    ("Tags", "Tags"),
+    ("Created", "CreationTime"),
+    ("Modified", "LastModifiedTime"),
+]
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("fleet", help="manage device fleets and fleet reports")
+    commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+
+    create = commands.add_parser("create", help="create a fleet")
+    create.add_argument("name")
+    create.add_argument("--output", required=True, help="capture output location, e.g. s3://bucket/prefix")
+    create.add_argument("--kms-key-id")
+    create.add_argument("--description")
+    create.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    create.set_defaults(func=create_fleet)
+
+    update = commands.add_parser("update", help="change a fleet's output config, description or tags")
+    update.add_argument("name")
+    update.add_argument("--output")
+    update.add_argument("--kms-key-id")
+    update.add_argument("--description")
+    update.add_argument("--tag", action="append", metavar="KEY=VALUE", help="replaces all tags")
+    update.set_defaults(func=update_fleet)
+
+    listing = commands.add_parser("list", help="list fleets")
+    listing.add_argument("--name-contains")
+    listing.set_defaults(func=list_fleets)
+
+    describe = commands.add_parser("describe", help="show a fleet")
+    describe.add_argument("name")
+    describe.set_defaults(func=describe_fleet)
+
+    delete = commands.add_parser("delete", help="delete a fleet (no devices or plans may remain)")
+    delete.add_argument("name")
+    delete.set_defaults(func=delete_fleet)
+
+    report = commands.add_parser("report", help="show the fleet report (device, agent and model counts)")
+    report.add_argument("name")
+    report.add_argument(
+        "--regenerate", action="store_true", help="regenerate it now instead of showing the last one"
+    )
+    report.set_defaults(func=show_report)
+
+    for command in (create, update, listing, describe, delete, report):
+        add_client_arguments(command)
+
+
+def _flat(fleet: dict[str, Any]) -> dict[str, Any]:
+    output = fleet.get("OutputConfig") or {}
+    return {**fleet, "S3OutputLocation": output.get("S3OutputLocation"), "KmsKeyId": output.get("KmsKeyId")}
+
+
+def create_fleet(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+
+    with client_from_args(args) as client:
+        fleet = client.create_fleet(
+            args.name,
+            args.output,
+            description=args.description,
+            kms_key_id=args.kms_key_id,
+            tags=parse_key_values(args.tag, "tag"),
+        )
+    dump_json(fleet) if args.json else fields(_flat(fleet), FLEET_FIELDS)
+    return 0
+
+
+def update_fleet(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+
+    changes: dict[str, Any] = {}
+    if args.output is not None or args.kms_key_id is not None:
+        current = None
+        if args.output is None:
+            with client_from_args(args) as client:
+                current = client.describe_fleet(args.name)["OutputConfig"]["S3OutputLocation"]
+        changes["OutputConfig"] = {"S3OutputLocation": args.output or current, "KmsKeyId": args.kms_key_id}
+    if args.description is not None:
+        changes["Description"] = args.description
+    tags = parse_key_values(args.tag, "tag")
+    if tags is not None:
+        changes["Tags"] = tags
+    with client_from_args(args) as client:
+        fleet = client.update_fleet(args.name, **changes)
+    dump_json(fleet) if args.json else fields(_flat(fleet), FLEET_FIELDS)
+    return 0
+
+
+def list_fleets(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, table
+
+    with client_from_args(args) as client:
+        rows = list(client.list_fleets(name_contains=args.name_contains))
+    if args.json:
+        dump_json(rows)
+    else:
+        table(
+            rows, [("NAME", "DeviceFleetName"), ("CREATED", "CreationTime"), ("MODIFIED", "LastModifiedTime")]
+        )
+    return 0
+
+
+def describe_fleet(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, fields
+
+    with client_from_args(args) as client:
+        fleet = client.describe_fleet(args.name)
+    dump_json(fleet) if args.json else fields(_flat(fleet), FLEET_FIELDS)
+    return 0
+
+
+def delete_fleet(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args
+
+    with client_from_args(args) as client:
+        client.delete_fleet(args.name)
+    print(f"fleet {args.name} deleted")
+    return 0
+
+
+def show_report(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, table
+
+    with client_from_args(args) as client:
+        report = client.fleet_report(args.name, regenerate=args.regenerate)
+    if args.json:
+        dump_json(report)
+        return 0
+    stats = report["DeviceStats"]
+    print(f"Fleet {report['DeviceFleetName']}  (report generated {report['ReportGenerated']})")
+    print(
+        f"Devices: {stats['RegisteredDeviceCount']} registered, {stats['ConnectedDeviceCount']} connected\n"
+    )
+    table(report["AgentVersions"], [("AGENT VERSION", "Version"), ("DEVICES", "AgentCount")])
+    print()
+    table(
+        report["ModelStats"],
+        [
+            ("MODEL", "ModelName"),
+            ("VERSION", "ModelVersion"),
+            ("OFFLINE", "OfflineDeviceCount"),
+            ("CONNECTED", "ConnectedDeviceCount"),
+            ("ACTIVE", "ActiveDeviceCount"),
+            ("SAMPLING", "SamplingDeviceCount"),
+        ],
+    )
+    return 0

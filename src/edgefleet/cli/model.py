@@ -1,0 +1,245 @@
+"""``edgefleet model``: the model registry (upload signed packages, approve, alias, list, download)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgefleet.opclient.output import add_client_arguments
+
+VERSION_FIELDS = [
+    ("Model", "ModelName"),
+    ("Version", "ModelVersion"),
+    ("Approval", "ApprovalStatus"),
+    ("Approval by", "ApprovalUpdatedBy"),
+    ("Approval at", "ApprovalUpdatedAt"),
+    ("Approval reason", "ApprovalReason"),
+    ("Created", "CreationTime"),
+    ("Created by", "CreatedBy"),
+]
+PACKAGE_COLUMNS = [
+    ("TARGET", "Target"),
+    ("RUNTIME", "Runtime"),
+    ("SIZE", "Size"),
+    ("SHA256", "Sha256"),
+    ("SIGNER", "Signer"),
+    ("UPLOADED", "UploadTime"),
+]
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("model", help="the model registry: upload, approve, alias, list")
+    commands = parser.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
+
+    upload = commands.add_parser(
+        "upload", help="upload signed packages (model and version come from the manifest)"
+    )
+    upload.add_argument("packages", nargs="+", type=Path, metavar="PACKAGE")
+    upload.set_defaults(func=upload_packages)
+
+    create = commands.add_parser("create", help="create an empty model")
+    create.add_argument("name")
+    create.add_argument("--description")
+    create.set_defaults(func=create_model)
+
+    listing = commands.add_parser("list", help="list models")
+    listing.add_argument("--name-contains")
+    listing.set_defaults(func=list_models)
+
+    versions = commands.add_parser("versions", help="list a model's versions, newest first")
+    versions.add_argument("name")
+    versions.add_argument("--status", help="only PendingManualApproval / Approved / Rejected")
+    versions.set_defaults(func=list_versions)
+
+    describe = commands.add_parser("describe", help="show a model, or one version with its packages")
+    describe.add_argument("name")
+    describe.add_argument("version", nargs="?")
+    describe.set_defaults(func=describe)
+
+    for status, verb in (
+        ("Approved", "approve"),
+        ("Rejected", "reject"),
+        ("PendingManualApproval", "unapprove"),
+    ):
+        command = commands.add_parser(verb, help=f"set a version's approval status to {status}")
+        command.add_argument("name")
+        command.add_argument("version")
+        command.add_argument("--reason")
+        command.set_defaults(func=set_approval, status=status)
+        add_client_arguments(command)
+
+    alias = commands.add_parser("alias", help="point an alias (e.g. champion) at a version")
+    alias.add_argument("name")
+    alias.add_argument("alias")
+    alias.add_argument("version")
+    alias.set_defaults(func=set_alias)
+
+    unalias = commands.add_parser("unalias", help="remove an alias")
+    unalias.add_argument("name")
+    unalias.add_argument("alias")
+    unalias.set_defaults(func=delete_alias)
+
+    delete = commands.add_parser("delete", help="delete a model, or one version of it, with its packages")
+    delete.add_argument("name")
+    delete.add_argument("version", nargs="?")
+    delete.set_defaults(func=delete)
+
+    download = commands.add_parser("download", help="download a version's package for a target (resumes)")
+    download.add_argument("name")
+    download.add_argument("version")
+    download.add_argument("target", help="os-arch-accelerator, e.g. linux-x86_64-none")
+    download.add_argument("-o", "--output", type=Path, required=True)
+    download.set_defaults(func=download_package)
+
+    for command in (upload, create, listing, versions, describe, alias, unalias, delete, download):
+        add_client_arguments(command)
+
+
+def _show_version(version: dict[str, Any]) -> None:
+    from edgefleet.opclient.output import fields, table
+
+    fields(version, VERSION_FIELDS)
+    print()
+    table(version["Packages"], PACKAGE_COLUMNS)
+
+
+def upload_packages(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import ProgressBar, client_from_args, dump_json
+
+    with client_from_args(args) as client:
+        for path in args.packages:
+            version = client.upload_package(path, progress=ProgressBar(f"uploading {path.name}"))
+            if args.json:
+                dump_json(version)
+            else:
+                print(f"{path}: stored as {version['ModelName']} version {version['ModelVersion']}")
+                _show_version(version)
+    return 0
+
+
+def create_model(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, fields
+
+    with client_from_args(args) as client:
+        model = client.create_model(args.name, description=args.description)
+    dump_json(model) if args.json else fields(model, [("Model", "ModelName"), ("Created", "CreationTime")])
+    return 0
+
+
+def list_models(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, table
+
+    with client_from_args(args) as client:
+        rows = list(client.list_models(name_contains=args.name_contains))
+    if args.json:
+        dump_json(rows)
+    else:
+        table(
+            rows,
+            [
+                ("MODEL", "ModelName"),
+                ("ALIASES", "Aliases"),
+                ("CREATED", "CreationTime"),
+                ("BY", "CreatedBy"),
+            ],
+        )
+    return 0
+
+
+def list_versions(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, table
+
+    with client_from_args(args) as client:
+        rows = list(client.list_versions(args.name, approval_status=args.status))
+    if args.json:
+        dump_json(rows)
+        return 0
+    for row in rows:
+        row["Targets"] = [p["Target"] for p in row["Packages"]]
+    table(
+        rows,
+        [
+            ("VERSION", "ModelVersion"),
+            ("APPROVAL", "ApprovalStatus"),
+            ("BY", "ApprovalUpdatedBy"),
+            ("TARGETS", "Targets"),
+            ("CREATED", "CreationTime"),
+        ],
+    )
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, fields
+
+    with client_from_args(args) as client:
+        if args.version is None:
+            record = client.describe_model(args.name)
+        else:
+            record = client.describe_version(args.name, args.version)
+    if args.json:
+        dump_json(record)
+    elif args.version is None:
+        fields(
+            record,
+            [
+                ("Model", "ModelName"),
+                ("Description", "Description"),
+                ("Aliases", "Aliases"),
+                ("Created", "CreationTime"),
+                ("Created by", "CreatedBy"),
+            ],
+        )
+    else:
+        _show_version(record)
+    return 0
+
+
+def set_approval(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json, fields
+
+    with client_from_args(args) as client:
+        version = client.set_approval(args.name, args.version, args.status, reason=args.reason)
+    dump_json(version) if args.json else fields(version, VERSION_FIELDS)
+    return 0
+
+
+def set_alias(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args, dump_json
+
+    with client_from_args(args) as client:
+        model = client.set_alias(args.name, args.alias, args.version)
+    dump_json(model) if args.json else print(f"{args.name}@{args.alias} -> version {args.version}")
+    return 0
+
+
+def delete_alias(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args
+
+    with client_from_args(args) as client:
+        client.delete_alias(args.name, args.alias)
+    print(f"alias {args.alias} of {args.name} removed")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args
+
+    with client_from_args(args) as client:
+        if args.version is None:
+            client.delete_model(args.name)
+            print(f"model {args.name} deleted")
+        else:
+            client.delete_version(args.name, args.version)
+            print(f"version {args.version} of {args.name} deleted")
+    return 0
+
+
+def download_package(args: argparse.Namespace) -> int:
+    from edgefleet.opclient.output import client_from_args
+
+    with client_from_args(args) as client:
+        path = client.download_package(args.name, args.version, args.target, args.output)
+    print(f"saved {path} ({path.stat().st_size} bytes)")
+    return 0

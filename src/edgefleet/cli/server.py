@@ -1,0 +1,102 @@
+"""``edgefleet server``: run the fleet control plane (one stateless replica)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "server",
+        help="run the fleet control plane (operator API, enrolment, device data plane)",
+        description=(
+            "Serve the operator API and device enrolment on --port (TLS, API tokens) and the device data "
+            "plane on --device-port (mutual TLS with certificates issued at enrolment). With no options: "
+            "SQLite and local artifacts under the data directory."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8443, help="operator API + enrolment port (default: 8443)"
+    )
+    parser.add_argument(
+        "--device-port", type=int, help="device data-plane port, mutual TLS (default: --port + 1)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="state directory (default: ~/.local/share/edgefleet)")
+    parser.add_argument(
+        "--database", help="database URL, e.g. postgresql://user@host/db (default: SQLite in --data-dir)"
+    )
+    parser.add_argument(
+        "--artifacts", help="artifact store URI: s3://bucket/prefix or file:///dir (default: --data-dir)"
+    )
+    parser.add_argument("--s3-endpoint-url", help="S3 endpoint for non-AWS stores (MinIO, Ceph, ...)")
+    parser.add_argument(
+        "--trust", type=Path, help="trusted package signers' root certificates (default: DATA/trust)"
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="server certificate (PEM) instead of one issued by the fleet CA"
+    )
+    parser.add_argument("--tls-key", type=Path, help="key of --tls-cert")
+    parser.add_argument(
+        "--tls-name", action="append", default=[], help="extra DNS name/IP for the issued server certificate"
+    )
+    parser.add_argument(
+        "--device-url", help="device endpoint URL given to devices (set it behind a load balancer)"
+    )
+    parser.add_argument(
+        "--report-interval", type=float, default=86400.0, help="seconds between fleet report regenerations"
+    )
+    parser.add_argument(
+        "--connected-window",
+        type=float,
+        default=600.0,
+        help="heartbeat age (s) under which a device is connected",
+    )
+    parser.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`~edgefleet.server.config.ServerConfig` for parsed flags."""
+    from edgefleet.server.config import ServerConfig, Timing, default_data_dir
+
+    return ServerConfig(
+        data_dir=args.data_dir or default_data_dir(),
+        database_url=args.database,
+        artifacts_uri=args.artifacts,
+        s3_endpoint_url=args.s3_endpoint_url,
+        trust_dir=args.trust,
+        host=args.host,
+        port=args.port,
+        device_port=args.device_port if args.device_port is not None else (args.port + 1 if args.port else 0),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_names=tuple(args.tls_name),
+        device_url=args.device_url,
+        timing=Timing(report_interval=args.report_interval, connected_window=args.connected_window),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgefleet.server.runner import Endpoints
+    from edgefleet.server.runner import run as serve
+
+    config = build_config(args)
+
+    def ready(endpoints: Endpoints) -> None:
+        print(
+            f"edgefleet server ready: operator API {endpoints.api_url} (tokens), "
+            f"devices {endpoints.device_url} (mutual TLS), CA certificate {endpoints.ca_cert}",
+            flush=True,
+        )
+        trust = config.resolved_trust_dir
+        if not trust.is_dir():
+            print(
+                f"note: no package trust store at {trust}; uploads are refused until it exists",
+                file=sys.stderr,
+            )
+
+    serve(config, ready)
+    return 0

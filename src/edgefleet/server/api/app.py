@@ -1,0 +1,68 @@
+"""The ASGI application of one replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from sqlalchemy import text
+
+from edgefleet import __version__
+from edgefleet.server.api import deployments, device_plane, devices, enrolment, fleets, models
+from edgefleet.server.api.auth import app_state
+from edgefleet.server.api.errors import install_error_handlers
+from edgefleet.server.api.state import AppState
+
+DESCRIPTION = """\
+The edgefleet control plane. Operator API under `/api/v1` (bearer tokens from
+`edgefleet admin create-token`), device enrolment under `/enrol/v1` (one-time tokens), device data
+plane under `/device/v1` (mutual TLS on the device port only). Errors are
+`{"error": {"code": "INVALID_ARGUMENT", "message": "..."}}`. See docs/fleet-api.md.
+"""
+
+
+def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
+    """The FastAPI application; ``run_jobs`` starts the periodic work with the app's lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from edgefleet.server.jobs import run_periodic
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_periodic(state, stop)) if run_jobs else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+
+    app = FastAPI(
+        title="edgefleet control plane", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.edgefleet = state
+    install_error_handlers(app)
+    for router in (
+        fleets.router,
+        devices.router,
+        models.router,
+        deployments.router,
+        enrolment.router,
+        device_plane.router,
+    ):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness")
+    def healthz() -> dict[str, str]:
+        return {"Status": "alive"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness (the database answers)")
+    def readyz(request: Request) -> dict[str, str]:
+        st = app_state(request)
+        with st.db.session() as session:  # UNAVAILABLE (503) when the database does not answer
+            session.execute(text("SELECT 1"))
+        return {"Status": "ready"}
+
+    return app

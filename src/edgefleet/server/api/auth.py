@@ -1,0 +1,72 @@
+"""Who is calling: operators by bearer token, devices by their verified client certificate.
+
+The device listener requires a client certificate signed by the fleet CA (checked by TLS); the
+certificate reaches the application through the ASGI TLS extension
+(``scope["extensions"]["tls"]["client_cert_chain"]``, see :mod:`edgefleet.server.tls`). Revocation
+is checked here on every request against the device's current certificate serial.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi import Request
+from sqlalchemy.orm import Session
+
+from edgefleet.core.errors import InvalidArgument
+from edgefleet.server import devices, tokens
+from edgefleet.server.api.state import AppState
+from edgefleet.server.ca import device_name_from_certificate
+from edgefleet.server.db.schema import Device
+from edgefleet.server.tokens import Unauthenticated
+
+
+def app_state(request: Request) -> AppState:
+    """The replica's shared state."""
+    state: AppState = request.app.state.edgefleet
+    return state
+
+
+def operator(request: Request) -> str:
+    """FastAPI dependency: the name of the operator token in ``Authorization: Bearer``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthenticated(
+            "missing API token: send 'Authorization: Bearer <token>' (edgefleet admin create-token)"
+        )
+    st = app_state(request)
+    with st.db.session() as session:
+        return tokens.authenticate(
+            session, secret.strip(), st.db.now(), timedelta(seconds=st.config.timing.token_touch_interval)
+        )
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """A device as proven by its client certificate (not yet checked for revocation)."""
+
+    name: str
+    serial: str
+
+
+def device_identity(request: Request) -> DeviceIdentity:
+    """FastAPI dependency: the identity in the verified client certificate of this connection."""
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        raise Unauthenticated("device endpoints need a client certificate: use the device port (mutual TLS)")
+    try:
+        name, serial = device_name_from_certificate(ssl.PEM_cert_to_DER_cert(chain[0]))
+    except (InvalidArgument, ValueError) as exc:
+        raise Unauthenticated(
+            f"the client certificate is not an edgefleet device certificate: {exc}"
+        ) from exc
+    return DeviceIdentity(name, serial)
+
+
+def check_device(session: Session, identity: DeviceIdentity) -> Device:
+    """The device row for ``identity``; UNAUTHENTICATED when its certificate was revoked."""
+    return devices.authenticate_device(session, identity.name, identity.serial)

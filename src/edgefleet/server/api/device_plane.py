@@ -1,0 +1,167 @@
+"""The device data plane (mutual TLS): registration check, heartbeats, deployments, packages, results.
+
+Every call is authenticated by the connection's client certificate (issued at enrolment) and checked
+for revocation; the DeviceName/DeviceFleetName in a body must be the caller's own, so a device can
+only read its own deployments and write its own heartbeats and results. Operation names and fields
+are those of the Edge Manager device API (``fleet-api.md``); ``ReportDeploymentResult``,
+``ReportDeploymentHealth`` and package download are edgefleet extensions.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+
+from edgefleet.core.errors import NotFound, PermissionDenied
+from edgefleet.server import deployments as dp
+from edgefleet.server import devices
+from edgefleet.server.api import render
+from edgefleet.server.api import schemas as s
+from edgefleet.server.api.auth import DeviceIdentity, app_state, check_device, device_identity
+from edgefleet.server.api.errors import ERROR_RESPONSES
+from edgefleet.server.api.ranges import serve_artifact
+from edgefleet.server.db.schema import ModelPackage, PlanModel, PlanStage, StageDevice
+
+log = logging.getLogger(__name__)
+
+Identity = Annotated[DeviceIdentity, Depends(device_identity)]
+router = APIRouter(prefix="/device/v1", tags=["device plane (mutual TLS)"], responses=ERROR_RESPONSES)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _metric(metric: s.EdgeMetric) -> dict[str, Any]:
+    stamp = _aware(metric.Timestamp)
+    return {
+        "Dimension": metric.Dimension,
+        "MetricName": metric.MetricName,
+        "Value": metric.Value,
+        "Timestamp": stamp.isoformat() if stamp else None,
+    }
+
+
+@router.post("/GetDeviceRegistration", response_model=s.RegistrationOut, summary="GetDeviceRegistration")
+def get_registration(body: s.DeviceRef, request: Request, identity: Identity) -> s.RegistrationOut:
+    st = app_state(request)
+    with st.db.session() as session:
+        device = check_device(session, identity)
+        devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
+        return s.RegistrationOut(
+            DeviceRegistration="REGISTERED", CacheTTL=str(st.config.timing.registration_cache_ttl)
+        )
+
+
+@router.post("/SendHeartbeat", response_model=dict[str, Any], summary="SendHeartbeat")
+def send_heartbeat(body: s.HeartbeatRequest, request: Request, identity: Identity) -> dict[str, Any]:
+    """Agent version and metrics, loaded models; optionally a DeploymentResult (applied like ReportDeploymentResult)."""
+    st = app_state(request)
+    heartbeat = devices.Heartbeat(
+        agent_version=body.AgentVersion,
+        agent_metrics=[_metric(m) for m in body.AgentMetrics],
+        models=[
+            devices.ModelReport(
+                name=m.ModelName,
+                version=m.ModelVersion,
+                latest_sample=_aware(m.LatestSampleTime),
+                latest_inference=_aware(m.LatestInference),
+                metrics=[_metric(x) for x in m.ModelMetrics],
+            )
+            for m in body.Models
+        ],
+        platform=(body.Platform.Os, body.Platform.Arch, body.Platform.Accelerator) if body.Platform else None,
+    )
+    with st.db.session() as session:
+        device = check_device(session, identity)
+        devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
+        devices.record_heartbeat(session, device, heartbeat, st.db.now())
+        if body.DeploymentResult is not None:
+            result = body.DeploymentResult
+            try:
+                dp.record_result(
+                    session,
+                    device,
+                    dp.ResultReport(
+                        result.DeploymentName, result.DeploymentStatus, result.DeploymentStatusMessage
+                    ),
+                    st.db.now(),
+                )
+            except NotFound as exc:
+                # A queued result for a plan deleted since must not block heartbeats forever.
+                log.warning(
+                    "device %s: ignoring the result for %s: %s", device.name, result.DeploymentName, exc
+                )
+    return {}
+
+
+@router.post("/GetDeployments", response_model=s.DeploymentsOut, summary="GetDeployments")
+def get_deployments(body: s.DeviceRef, request: Request, identity: Identity) -> s.DeploymentsOut:
+    """The deployments this device must act on, oldest first; fetching one marks it INPROGRESS."""
+    st = app_state(request)
+    with st.db.session() as session:
+        device = check_device(session, identity)
+        devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
+        items = dp.device_deployments(session, device, st.db.now())
+        return s.DeploymentsOut(Deployments=[render.deployment(item, st.artifacts) for item in items])
+
+
+@router.post("/ReportDeploymentResult", response_model=s.ResultOut, summary="Report a deployment result")
+def report_result(body: s.ResultRequest, request: Request, identity: Identity) -> s.ResultOut:
+    st = app_state(request)
+    result = body.DeploymentResult
+    with st.db.session() as session:
+        device = check_device(session, identity)
+        devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
+        row = dp.record_result(
+            session,
+            device,
+            dp.ResultReport(result.DeploymentName, result.DeploymentStatus, result.DeploymentStatusMessage),
+            st.db.now(),
+        )
+        return s.ResultOut(DeploymentName=result.DeploymentName, DeviceDeploymentStatus=row.status)
+
+
+@router.post("/ReportDeploymentHealth", response_model=s.HealthOut, summary="Report post-activation health")
+def report_health(body: s.HealthRequest, request: Request, identity: Identity) -> s.HealthOut:
+    """Error rate and p99 latency of the new model; the answer says whether to keep it or roll back."""
+    st = app_state(request)
+    with st.db.session() as session:
+        device = check_device(session, identity)
+        devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
+        verdict = dp.record_health(
+            session,
+            device,
+            dp.HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),
+            st.db.now(),
+        )
+        return s.HealthOut(Verdict=verdict.verdict, Reason=verdict.reason, Action=verdict.action)
+
+
+@router.get("/packages/{package_id}", summary="Download a package (HTTP Range supported)")
+def download_package(package_id: int, request: Request, identity: Identity) -> Response:
+    """Only packages of deployments assigned to this device can be downloaded."""
+    st = app_state(request)
+    with st.db.session() as session:
+        device = check_device(session, identity)
+        package = session.get(ModelPackage, package_id)
+        assigned = session.scalar(
+            select(StageDevice.stage_id)
+            .join(PlanStage, PlanStage.id == StageDevice.stage_id)
+            .join(PlanModel, PlanModel.plan_id == PlanStage.plan_id)
+            .where(StageDevice.device_id == device.id)
+            .where(PlanModel.model_version_id == (package.model_version_id if package else -1))
+            .limit(1)
+        )
+        if package is None or assigned is None:
+            raise PermissionDenied(
+                f"package {package_id} is not part of a deployment of device {device.name!r}"
+            )
+        key, size, sha256 = package.artifact_key, package.size, package.sha256
+    return serve_artifact(request, st.artifacts, key, size, sha256, key.rsplit("/", 1)[-1])

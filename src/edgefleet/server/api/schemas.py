@@ -1,0 +1,524 @@
+"""Request and response bodies. Field names follow the SageMaker Edge Manager shapes (PascalCase).
+
+Operator requests reject unknown fields (typos fail loudly); device requests ignore them so that
+newer daemons can talk to older servers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """An operator request body: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lenient(BaseModel):
+    """A device request body: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Out(BaseModel):
+    """A response body."""
+
+
+# ------------------------------------------------------------------------------------------ fleets
+
+
+class OutputConfigModel(Strict):
+    """Where devices of the fleet upload captured data."""
+
+    S3OutputLocation: str = Field(description="s3://bucket/prefix (or file:///dir for local set-ups)")
+    KmsKeyId: str | None = None
+
+
+class CreateFleetRequest(Strict):
+    DeviceFleetName: str
+    OutputConfig: OutputConfigModel
+    Description: str | None = None
+    RoleArn: str | None = None
+    Tags: dict[str, str] | None = None
+
+
+class UpdateFleetRequest(Strict):
+    OutputConfig: OutputConfigModel | None = None
+    Description: str | None = None
+    RoleArn: str | None = None
+    Tags: dict[str, str] | None = None
+
+
+class FleetOut(Out):
+    DeviceFleetName: str
+    DeviceFleetArn: str
+    OutputConfig: OutputConfigModel
+    Description: str | None
+    RoleArn: str | None
+    Tags: dict[str, str]
+    CreationTime: datetime
+    LastModifiedTime: datetime
+
+
+class FleetSummary(Out):
+    DeviceFleetName: str
+    DeviceFleetArn: str
+    CreationTime: datetime
+    LastModifiedTime: datetime
+
+
+class FleetList(Out):
+    DeviceFleetSummaries: list[FleetSummary]
+    NextToken: str | None = None
+
+
+class DeviceStatsModel(Out):
+    ConnectedDeviceCount: int
+    RegisteredDeviceCount: int
+
+
+class AgentVersionCount(Out):
+    Version: str
+    AgentCount: int
+
+
+class ModelStat(Out):
+    ModelName: str
+    ModelVersion: str
+    OfflineDeviceCount: int
+    ConnectedDeviceCount: int
+    ActiveDeviceCount: int
+    SamplingDeviceCount: int
+
+
+class FleetReportOut(Out):
+    DeviceFleetArn: str
+    DeviceFleetName: str
+    OutputConfig: OutputConfigModel
+    Description: str | None
+    ReportGenerated: datetime
+    DeviceStats: DeviceStatsModel
+    AgentVersions: list[AgentVersionCount]
+    ModelStats: list[ModelStat]
+
+
+# ----------------------------------------------------------------------------------------- devices
+
+
+class PlatformModel(Strict):
+    """What a device runs on; chooses the package of a model version."""
+
+    Os: str = "linux"
+    Arch: str
+    Accelerator: str = "none"
+
+
+class DeviceIn(Strict):
+    DeviceName: str
+    Description: str | None = None
+    IotThingName: str | None = None
+    Tags: dict[str, str] | None = None
+
+
+class RegisterDevicesRequest(Strict):
+    DeviceFleetName: str
+    Devices: list[DeviceIn]
+    Tags: dict[str, str] | None = Field(default=None, description="tags applied to every device")
+
+
+class EnrolmentTokenOut(Out):
+    DeviceName: str
+    EnrolmentToken: str = Field(description="one-time token for `edgefleet device enroll`; shown only now")
+    EnrolmentTokenExpiresAt: datetime
+
+
+class RegisterDevicesResponse(Out):
+    Devices: list[EnrolmentTokenOut]
+
+
+class UpdateDeviceRequest(Strict):
+    Description: str | None = None
+    IotThingName: str | None = None
+    Tags: dict[str, str] | None = Field(default=None, description="replaces the device's tags")
+    Platform: PlatformModel | None = None
+
+
+class DeviceModelOut(Out):
+    ModelName: str
+    ModelVersion: str
+    LatestSampleTime: datetime | None
+    LatestInference: datetime | None
+
+
+class DeviceOut(Out):
+    DeviceArn: str
+    DeviceName: str
+    Description: str | None
+    DeviceFleetName: str
+    IotThingName: str | None
+    RegistrationTime: datetime
+    LatestHeartbeat: datetime | None
+    Models: list[DeviceModelOut]
+    MaxModels: int | None
+    AgentVersion: str | None
+    Tags: dict[str, str]
+    Platform: dict[str, str] | None
+    EnrolmentTime: datetime | None
+    CertificateExpiresAt: datetime | None
+    AgentMetrics: list[dict[str, Any]]
+
+
+class DeviceSummary(Out):
+    DeviceName: str
+    DeviceArn: str
+    Description: str | None
+    DeviceFleetName: str
+    IotThingName: str | None
+    RegistrationTime: datetime
+    LatestHeartbeat: datetime | None
+    Models: list[dict[str, str]]
+    AgentVersion: str | None
+
+
+class DeviceList(Out):
+    DeviceSummaries: list[DeviceSummary]
+    NextToken: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+
+class CreateModelRequest(Strict):
+    ModelName: str
+    Description: str | None = None
+
+
+class ModelOut(Out):
+    ModelName: str
+    Description: str | None
+    CreationTime: datetime
+    CreatedBy: str
+    Aliases: dict[str, str]
+
+
+class ModelList(Out):
+    Models: list[ModelOut]
+    NextToken: str | None = None
+
+
+class CreateVersionRequest(Strict):
+    ModelVersion: str
+    Description: str | None = None
+
+
+class PackageOut(Out):
+    PackageId: int
+    Target: str
+    Os: str
+    Arch: str
+    Accelerator: str
+    Runtime: str
+    Size: int
+    Sha256: str
+    Sha1: str
+    Signer: str
+    UploadTime: datetime
+    UploadedBy: str
+    ArtifactUrl: str
+
+
+class VersionOut(Out):
+    ModelName: str
+    ModelVersion: str
+    Description: str | None
+    ApprovalStatus: str
+    ApprovalUpdatedBy: str | None
+    ApprovalUpdatedAt: datetime | None
+    ApprovalReason: str | None
+    CreationTime: datetime
+    CreatedBy: str
+    Packages: list[PackageOut]
+
+
+class VersionList(Out):
+    ModelVersions: list[VersionOut]
+    NextToken: str | None = None
+
+
+class ApprovalRequest(Strict):
+    ApprovalStatus: str = Field(description="PendingManualApproval | Approved | Rejected")
+    Reason: str | None = None
+
+
+class AliasRequest(Strict):
+    ModelVersion: str
+
+
+# -------------------------------------------------------------------------------------- deployment
+
+
+class SelectionModel(Strict):
+    DeviceSubsetType: str = Field(description="PERCENTAGE | SELECTION | NAMECONTAINS | TAGS")
+    Percentage: int | None = None
+    DeviceNames: list[str] | None = None
+    DeviceNameContains: str | None = None
+    DeviceTags: dict[str, str] | None = None
+
+
+class StageConfigModel(Strict):
+    FailureHandlingPolicy: str = Field(
+        default="ROLLBACK_ON_FAILURE", description="ROLLBACK_ON_FAILURE | DO_NOTHING"
+    )
+    FailureThreshold: float = Field(
+        default=0.0, description="the stage fails when its failed share exceeds this"
+    )
+
+
+class StageIn(Strict):
+    StageName: str
+    DeviceSelectionConfig: SelectionModel
+    DeploymentConfig: StageConfigModel = Field(default_factory=StageConfigModel)
+
+
+class ModelConfigIn(Strict):
+    ModelHandle: str
+    ModelName: str
+    ModelVersion: str | None = None
+    ModelAlias: str | None = None
+
+
+class HealthGateIn(Strict):
+    MaxErrorRate: float | None = None
+    MaxP99LatencyMs: float | None = None
+    MinInferences: int = 10
+    ObservationSeconds: float = 60.0
+
+
+class CreatePlanRequest(Strict):
+    EdgeDeploymentPlanName: str
+    DeviceFleetName: str
+    ModelConfigs: list[ModelConfigIn]
+    Stages: list[StageIn]
+    HealthGate: HealthGateIn | None = None
+    DeviceTimeoutSeconds: float | None = None
+
+
+class StageStatusOut(Out):
+    StageStatus: str
+    EdgeDeploymentSuccessInStage: int
+    EdgeDeploymentPendingInStage: int
+    EdgeDeploymentFailedInStage: int
+    EdgeDeploymentStoppedInStage: int
+    EdgeDeploymentStatusMessage: str | None
+    EdgeDeploymentStageStartTime: datetime | None
+
+
+class StageOut(Out):
+    StageName: str
+    DeviceSelectionConfig: SelectionModel
+    DeploymentConfig: StageConfigModel
+    DeploymentStatus: StageStatusOut
+
+
+class ModelConfigOut(Out):
+    ModelHandle: str
+    ModelName: str
+    ModelVersion: str
+    ModelAlias: str | None
+
+
+class PlanOut(Out):
+    EdgeDeploymentPlanName: str
+    EdgeDeploymentPlanArn: str
+    DeviceFleetName: str
+    ModelConfigs: list[ModelConfigOut]
+    Stages: list[StageOut]
+    EdgeDeploymentSuccess: int
+    EdgeDeploymentPending: int
+    EdgeDeploymentFailed: int
+    HealthGate: HealthGateIn | None
+    DeviceTimeoutSeconds: float | None
+    CreationTime: datetime
+    LastModifiedTime: datetime
+    CreatedBy: str
+
+
+class PlanSummary(Out):
+    EdgeDeploymentPlanName: str
+    EdgeDeploymentPlanArn: str
+    DeviceFleetName: str
+    CreationTime: datetime
+    LastModifiedTime: datetime
+
+
+class PlanList(Out):
+    EdgeDeploymentPlanSummaries: list[PlanSummary]
+    NextToken: str | None = None
+
+
+class DeviceDeploymentSummary(Out):
+    EdgeDeploymentPlanName: str
+    StageName: str
+    DeviceName: str
+    DeviceFleetName: str
+    DeviceDeploymentStatus: str
+    DeviceDeploymentStatusMessage: str | None
+    DeploymentStartTime: datetime | None
+    DeviceResult: str | None
+    Rollback: str
+    Health: dict[str, Any]
+
+
+class StageDeviceList(Out):
+    DeviceDeploymentSummaries: list[DeviceDeploymentSummary]
+    NextToken: str | None = None
+
+
+# -------------------------------------------------------------------------------------- enrolment
+
+
+class EnrolRequest(Lenient):
+    EnrolmentToken: str
+    CertificateSigningRequest: str = Field(description="PEM PKCS#10 request for the device's own key")
+
+
+class EnrolResponse(Out):
+    DeviceName: str
+    DeviceFleetName: str
+    Certificate: str = Field(description="the device's client certificate (PEM)")
+    CertificateChain: list[str] = Field(description="the fleet CA certificate(s) (PEM)")
+    CertificateExpiresAt: datetime
+    DeviceEndpoint: str = Field(description="base URL of the device data plane (mutual TLS)")
+
+
+# ----------------------------------------------------------------------------------- device plane
+
+
+class DeviceRef(Lenient):
+    DeviceName: str
+    DeviceFleetName: str
+
+
+class RegistrationOut(Out):
+    DeviceRegistration: str
+    CacheTTL: str
+
+
+class EdgeMetric(Lenient):
+    Dimension: str | None = None
+    MetricName: str
+    Value: float
+    Timestamp: datetime | None = None
+
+
+class HeartbeatModel(Lenient):
+    ModelName: str
+    ModelVersion: str
+    LatestSampleTime: datetime | None = None
+    LatestInference: datetime | None = None
+    ModelMetrics: list[EdgeMetric] = Field(default_factory=list)
+
+
+class DeploymentModelResult(Lenient):
+    ModelHandle: str | None = None
+    ModelName: str | None = None
+    ModelVersion: str | None = None
+    DesiredState: str | None = None
+    State: str | None = None
+    Status: str | None = None
+    StatusReason: str | None = None
+    RollbackFailureReason: str | None = None
+
+
+class DeploymentResultModel(Lenient):
+    DeploymentName: str
+    DeploymentStatus: str = Field(
+        description="INPROGRESS | SUCCEEDED | FAILED_NO_CHANGE | FAILED_ROLLED_BACK | FAILED_ROLLBACK_FAILED"
+    )
+    DeploymentStatusMessage: str | None = None
+    DeploymentStartTime: datetime | None = None
+    DeploymentEndTime: datetime | None = None
+    DeploymentModels: list[DeploymentModelResult] = Field(default_factory=list)
+
+
+class DevicePlatform(Lenient):
+    Os: str = "linux"
+    Arch: str
+    Accelerator: str = "none"
+
+
+class HeartbeatRequest(Lenient):
+    AgentVersion: str
+    DeviceName: str
+    DeviceFleetName: str
+    AgentMetrics: list[EdgeMetric] = Field(default_factory=list)
+    Models: list[HeartbeatModel] = Field(default_factory=list)
+    DeploymentResult: DeploymentResultModel | None = None
+    Platform: DevicePlatform | None = Field(default=None, description="edgefleet extension: picks packages")
+
+
+class ChecksumModel(Out):
+    Type: str
+    Sum: str
+
+
+class DefinitionOut(Out):
+    ModelHandle: str
+    ModelName: str
+    ModelVersion: str
+    S3Url: str
+    PackageUrl: str = Field(description="path on the device endpoint; supports HTTP Range")
+    Checksum: ChecksumModel
+    Sha256: str
+    Size: int
+    State: str = Field(description="DEPLOY | UNDEPLOY (UNDEPLOY: restore what ran before)")
+
+
+class HealthGateOut(Out):
+    MaxErrorRate: float | None
+    MaxP99LatencyMs: float | None
+    MinInferences: int
+    ObservationSeconds: float
+
+
+class DeploymentOut(Out):
+    DeploymentName: str
+    Type: str = "Model"
+    FailureHandlingPolicy: str
+    Action: str = Field(description="DEPLOY | ROLLBACK")
+    Definitions: list[DefinitionOut]
+    HealthGate: HealthGateOut | None
+
+
+class DeploymentsOut(Out):
+    Deployments: list[DeploymentOut]
+
+
+class ResultRequest(Lenient):
+    DeviceName: str
+    DeviceFleetName: str
+    DeploymentResult: DeploymentResultModel
+
+
+class ResultOut(Out):
+    DeploymentName: str
+    DeviceDeploymentStatus: str
+
+
+class HealthRequest(Lenient):
+    DeviceName: str
+    DeviceFleetName: str
+    DeploymentName: str
+    Inferences: int
+    Errors: int
+    P99LatencyMs: float | None = None
+
+
+class HealthOut(Out):
+    Verdict: str = Field(description="PASS | FAIL | PENDING")
+    Reason: str
+    Action: str = Field(description="NONE | ROLLBACK")

@@ -1,0 +1,32 @@
+"""What request handlers share: configuration, database, artifact store, CA. Nothing request-specific."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from edgefleet.server.artifacts import ArtifactStore
+from edgefleet.server.ca import FleetCA
+from edgefleet.server.config import ServerConfig
+from edgefleet.server.db.engine import Database
+
+
+@dataclass
+class AppState:
+    """The handles one replica's application uses. All durable state is in ``db`` and ``artifacts``."""
+
+    config: ServerConfig
+    db: Database
+    artifacts: ArtifactStore
+    ca: FleetCA
+    #: identifies this replica in job leases
+    replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    #: the URL devices use for the data plane (given to them at enrolment)
+    device_url: str = ""
+
+    @property
+    def connected_window(self) -> timedelta:
+        """Heartbeat recency that makes a device count as connected."""
+        return timedelta(seconds=self.config.timing.connected_window)
