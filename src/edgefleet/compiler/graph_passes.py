@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,24 +90,30 @@ def translate_ort_error(exc: Exception, name: str) -> Exception:
 
 
 class _Reader:
-    """ONNX Runtime ``CalibrationDataReader``: feeds the calibration set batch by batch."""
+    """ONNX Runtime ``CalibrationDataReader`` over the calibration set, batch by batch.
+
+    It supports the strided protocol (``__len__`` + ``set_range``), with which ONNX Runtime folds
+    min/max ranges every few batches instead of holding every intermediate tensor of the whole
+    calibration set in memory (gigabytes for an ImageNet-sized CNN).
+    """
 
     def __init__(self, data: Dataset, batch: int) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            b for _, b in data.batches(batch, partial=batch > 1)
-        )
+        self._batches = [b for _, b in data.batches(batch, partial=batch > 1)]
+        self._window: list[dict[str, np.ndarray]] = list(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._window = self._batches[start_index:end_index]
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        return self._window.pop(0) if self._window else None
 
-    def __iter__(self) -> _Reader:
-        return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
+def _stride(batches: int, most: int = 4) -> int:
+    """The largest divisor of ``batches`` not above ``most`` (ONNX Runtime needs an exact division)."""
+    return max(d for d in range(1, min(most, batches) + 1) if batches % d == 0)
 
 
 def quantize_int8(src: Path, dst: Path, calibration: Dataset, reduce_range: bool, log: LogFn) -> Path:
@@ -127,7 +132,7 @@ def quantize_int8(src: Path, dst: Path, calibration: Dataset, reduce_range: bool
             f"int8 quantisation needs {'/'.join(QUANTIZABLE_OPS)} operators with weights; this graph has none"
         )
     batch_dims = [s.shape[0] if s.shape else 1 for s in onnx_graph.inputs(model)]
-    batch = 16 if all(d < 0 for d in batch_dims) else max(1, batch_dims[0])
+    batch = 8 if all(d < 0 for d in batch_dims) else max(1, batch_dims[0])
     prepared = dst.with_name(dst.stem + "-prepared.onnx")
     try:
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
@@ -135,20 +140,23 @@ def quantize_int8(src: Path, dst: Path, calibration: Dataset, reduce_range: bool
         log(f"quantisation pre-processing skipped ({exc})")
         prepared = src
     log(f"calibrating int8 ranges on {calibration.size} sample(s) from {calibration.source}")
+    reader = _Reader(calibration, batch)
+    if not len(reader):
+        raise InvalidArgument(
+            f"calibration data {calibration.source}: {calibration.size} sample(s) do not fill one batch of {batch}"
+        )
     try:
         quantize_static(
             str(prepared),
             str(dst),
-            _Reader(calibration, batch),
+            reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            # Fold ranges every few batches instead of holding every intermediate tensor of the
-            # whole calibration set in memory (gigabytes for an ImageNet-sized CNN).
-            extra_options={"CalibMaxIntermediateOutputs": 8},
+            extra_options={"CalibStridedMinMax": _stride(len(reader))},
         )
     except (UnsupportedModel, InvalidArgument):
         raise
