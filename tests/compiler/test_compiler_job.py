@@ -291,7 +291,9 @@ def test_tabular_model_without_quantisable_operators(tmp_path: Path) -> None:
     assert [o["name"] for o in result.metadata["outputs"]] == ["label", "probabilities"]
 
 
+@pytest.mark.slow
 def test_tvm_candidate_when_available(tmp_path: Path) -> None:
+    """The job drives the TVM builder through the builder seam (TVM itself is tested by its own suite)."""
     pytest.importorskip("tvm", reason="pip install 'edgefleet[tvm]'")
     pytest.importorskip("edgefleet.compiler.tvm_backend", reason="the TVM builder is not in this tree yet")
     model = make_mlp_onnx(tmp_path / "mlp.onnx")
