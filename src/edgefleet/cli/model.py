@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
     describe = commands.add_parser("describe", help="show a model, or one version with its packages")
     describe.add_argument("name")
     describe.add_argument("version", nargs="?")
-    describe.set_defaults(func=describe)
+    describe.set_defaults(func=describe_entry)
 
     for status, verb in (
         ("Approved", "approve"),
@@ -83,7 +83,7 @@ def add_parser(sub: Any) -> None:
     delete = commands.add_parser("delete", help="delete a model, or one version of it, with its packages")
     delete.add_argument("name")
     delete.add_argument("version", nargs="?")
-    delete.set_defaults(func=delete)
+    delete.set_defaults(func=delete_entry)
 
     download = commands.add_parser("download", help="download a version's package for a target (resumes)")
     download.add_argument("name")
@@ -170,7 +170,7 @@ def list_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(args: argparse.Namespace) -> int:
+def describe_entry(args: argparse.Namespace) -> int:
     from edgefleet.opclient.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
@@ -223,7 +223,7 @@ def delete_alias(args: argparse.Namespace) -> int:
     return 0
 
 
-def delete(args: argparse.Namespace) -> int:
+def delete_entry(args: argparse.Namespace) -> int:
     from edgefleet.opclient.output import client_from_args
 
     with client_from_args(args) as client:

@@ -40,9 +40,10 @@ def _cell(value: Any) -> str:
 
 
 def table(
-    rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str]], out: TextIO = sys.stdout
+    rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str]], out: TextIO | None = None
 ) -> int:
     """Print ``rows`` as an aligned table of ``(header, key)`` columns; returns the row count."""
+    out = out or sys.stdout
     cells = [[_cell(row.get(key)) for _, key in columns] for row in rows]
     headers = [header for header, _ in columns]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -54,26 +55,28 @@ def table(
     return len(cells)
 
 
-def fields(record: dict[str, Any], keys: Sequence[tuple[str, str]], out: TextIO = sys.stdout) -> None:
+def fields(record: dict[str, Any], keys: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
     """Print selected fields of one record as ``Label: value`` lines."""
+    out = out or sys.stdout
     width = max(len(label) for label, _ in keys)
     for label, key in keys:
         out.write(f"{label.ljust(width)}  {_cell(record.get(key))}\n")
 
 
-def dump_json(value: Any, out: TextIO = sys.stdout) -> None:
+def dump_json(value: Any, out: TextIO | None = None) -> None:
     """Pretty JSON."""
+    out = out or sys.stdout
     out.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
 class ProgressBar:
     """A one-line progress bar on stderr (only drawn when stderr is a terminal)."""
 
-    def __init__(self, label: str, out: TextIO = sys.stderr, width: int = 30) -> None:
+    def __init__(self, label: str, out: TextIO | None = None, width: int = 30) -> None:
         self.label = label
-        self.out = out
+        self.out = out or sys.stderr
         self.width = width
-        self.enabled = out.isatty()
+        self.enabled = self.out.isatty()
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or total <= 0:

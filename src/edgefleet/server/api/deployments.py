@@ -88,6 +88,7 @@ def describe_plan(name: str, request: Request, actor: Actor) -> s.PlanOut:
         plan = dp.get_plan(session, name)
         for stage in plan.stages:
             dp.refresh_stage(session, stage, st.db.now())
+        session.flush()  # keep the transitions: expiring would drop unflushed changes
         session.expire_all()
         return render.plan(session, dp.get_plan(session, name))
 
@@ -105,6 +106,7 @@ def start_stage(name: str, stage: str, request: Request, actor: Actor) -> s.Plan
     st = app_state(request)
     with st.db.session() as session:
         dp.start_stage(session, name, stage, st.db.now())
+        session.flush()  # keep the transitions: expiring would drop unflushed changes
         session.expire_all()
         return render.plan(session, dp.get_plan(session, name))
 
@@ -114,6 +116,7 @@ def stop_stage(name: str, stage: str, request: Request, actor: Actor) -> s.PlanO
     st = app_state(request)
     with st.db.session() as session:
         dp.stop_stage(session, name, stage, st.db.now())
+        session.flush()  # keep the transitions: expiring would drop unflushed changes
         session.expire_all()
         return render.plan(session, dp.get_plan(session, name))
 
