@@ -373,7 +373,9 @@ class TestBadInputs:
             ({"backend": "litert"}, r"--backend litert serves .tflite models \(--framework tflite\) only"),
             ({"quantize": "int4"}, r"unknown --quantize 'int4': choose one of auto, none, int8, fp16"),
             ({"quantize": "int8"}, r"--quantize int8 needs --calibration DATA"),
-            ({"max_accuracy_drop": -1.0}, r"--max-accuracy-drop must be >= 0"),
+            ({"max_accuracy_drop": -1.0}, r"--max-accuracy-drop must be >= 0, got -1"),
+            ({"tune_trials": -5}, r"--tune-trials must be >= 0, got -5"),
+            ({"benchmark_seconds": 0.0}, r"--bench-seconds must be > 0"),
         ],
     )
     def test_bad_options(self, tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:

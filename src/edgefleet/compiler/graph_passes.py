@@ -50,14 +50,29 @@ def simplify(src: Path, dst: Path, log: LogFn) -> Path:
     return dst
 
 
-def ort_offline_optimise(src: Path, dst: Path) -> Path:
-    """Save ONNX Runtime's graph optimisations (level *extended*: fusions usable on any CPU).
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools these passes use (those installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    The *all* level adds layout transformations specific to the compiling machine's CPU, which
-    ONNX Runtime documents as unsafe to ship to other hardware, so it is left to load time.
+    found = {"onnx": str(onnx.__version__), "onnxruntime": str(ort.__version__)}
+    try:
+        found["onnxsim"] = version("onnxsim")
+    except PackageNotFoundError:
+        pass
+    return found
+
+
+def ort_offline_optimise(src: Path, dst: Path) -> Path:
+    """Save ONNX Runtime's *basic* graph optimisations (constant folding, redundant nodes).
+
+    Basic-level rewrites keep standard ONNX operators, so the artifact runs on any ONNX Runtime
+    that supports its opset. The *extended* level adds ONNX Runtime contrib operators (tying the
+    artifact to the compiling release) and the *all* level layout changes specific to the
+    compiling machine's CPU, which ONNX Runtime documents as unsafe to ship to other hardware;
+    both are left to load time on the device, where they are applied anyway.
     """
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
     try:

@@ -193,6 +193,7 @@ class CompileJob:
         self._clock = clock
         self._work_root = work_root
         self._cancel = threading.Event()
+        self._tool_versions: dict[str, str] = {}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -265,8 +266,7 @@ class CompileJob:
         framework = canonical_framework(req.framework)
         backend = _check_backend(req.backend, target)
         quantize = _check_quantize(req.quantize)
-        if req.max_accuracy_drop < 0:
-            raise InvalidArgument(f"--max-accuracy-drop must be >= 0, got {req.max_accuracy_drop}")
+        _check_numbers(req)
         if not req.model.exists():
             raise NotFound(f"model file {req.model} does not exist")
         output_dir.check_output_dir(req.output_dir)
@@ -301,7 +301,6 @@ class CompileJob:
             raise InvalidArgument(
                 "--quantize int8 needs --calibration DATA (.npz, .npy or a folder of images)"
             )
-        metric = "top1_accuracy" if validation.labels is not None else "agreement"
 
         # 3. candidates
         baseline = self._build_baseline(frontend, target, work)
@@ -321,6 +320,8 @@ class CompileJob:
             notes.append(latency_note)
 
         # 5. selection
+        # Labels give top-1 accuracy only when the outputs are class scores or labels.
+        metric = "top1_accuracy" if baseline.report.accuracy is not None else "agreement"
         metric_name = "top-1 accuracy" if metric == "top1_accuracy" else "output agreement"
         selected = self._select(candidates, baseline, backend, quantize, metric_name)
         self._checkpoint()
@@ -331,7 +332,12 @@ class CompileJob:
         inputs = selected.inputs or frontend.inputs
         outputs = selected.outputs or frontend.outputs
         metadata = output_dir.package_metadata(artifact, target, inputs, outputs, source_sha)
-        tool_versions = {"edgefleet": __version__, "numpy": np.__version__, **frontend.tool_versions}
+        tool_versions = {
+            "edgefleet": __version__,
+            "numpy": np.__version__,
+            **frontend.tool_versions,
+            **self._tool_versions,
+        }
         for cand in candidates:
             if cand.artifact is not None:
                 tool_versions.update(cand.artifact.tool_versions)
@@ -454,6 +460,7 @@ class CompileJob:
         passes = work / "graphs"
         passes.mkdir()
         simplified = graph_passes.simplify(frontend.path, passes / "simplified.onnx", self._emit)
+        self._tool_versions.update(graph_passes.tool_versions())
         graphs[Quantization.NONE] = simplified
         graphs[Quantization.FP16] = simplified
         if any(q is Quantization.INT8 for _, q in planned) and calibration is not None:
@@ -713,6 +720,25 @@ def _check_quantize(value: str) -> Quantization | None:
         raise InvalidArgument(
             f"unknown --quantize {value!r}: choose one of {', '.join(QUANTIZE_CHOICES)}"
         ) from None
+
+
+def _check_numbers(req: CompileRequest) -> None:
+    limits = (
+        ("--max-accuracy-drop", req.max_accuracy_drop, 0.0),
+        ("--tune-trials", req.tune_trials, 0),
+        ("--tune-minutes", req.tune_minutes, 0.0),
+        ("--threads", req.threads, 0),
+    )
+    for flag, value, least in limits:
+        if value < least:
+            raise InvalidArgument(f"{flag} must be >= {least:g}, got {value:g}")
+    for flag, count in (
+        ("--bench-seconds", req.benchmark_seconds),
+        ("max_validation_samples", req.max_validation_samples),
+        ("max_calibration_samples", req.max_calibration_samples),
+    ):
+        if count <= 0:
+            raise InvalidArgument(f"{flag} must be > 0, got {count:g}")
 
 
 def _check_format(frontend: FrontendResult, backend: str, quantize: Quantization | None) -> None:

@@ -43,10 +43,8 @@ def build_onnxruntime(
         notes.append("fp16 weights and compute, fp32 inputs/outputs")
         name = f"{RUNTIME}-fp16"
     else:
-        # Basic-level optimisations (constant folding, redundant nodes) keep standard operators, so
-        # the artifact runs on any ONNX Runtime supporting its opset; fusions happen at load time.
         log("ONNX Runtime offline graph optimisation")
-        _optimise_basic(onnx_path, out)
+        graph_passes.ort_offline_optimise(onnx_path, out)
         notes.append("ONNX Runtime offline graph optimisation (basic level)")
         name = RUNTIME
     model = onnx.load(str(out), load_external_data=False)
@@ -76,14 +74,3 @@ def original_candidate(onnx_path: Path, work_dir: Path) -> CandidateArtifact:
         tool_versions={"onnxruntime": str(ort.__version__)},
         notes=("the original model, unoptimised (baseline)",),
     )
-
-
-def _optimise_basic(src: Path, dst: Path) -> None:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(dst)
-    options.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise graph_passes.translate_ort_error(exc, src.name) from exc
