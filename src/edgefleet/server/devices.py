@@ -21,14 +21,13 @@ from sqlalchemy.orm import Session, aliased
 
 from edgefleet.core.errors import (
     AlreadyExists,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
 )
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.db.paging import paginate
-from edgefleet.server.db.schema import Device, DeviceModel, DeviceTag, Fleet, RevokedCertificate
+from edgefleet.server.db.schema import Device, DeviceModel, DeviceTag, RevokedCertificate
 from edgefleet.server.fleets import get_fleet
 from edgefleet.server.tokens import Unauthenticated, hash_secret
 from edgefleet.server.validation import Page, validate_name, validate_tags
@@ -350,14 +349,6 @@ def list_devices(
         tag = aliased(DeviceTag)
         stmt = stmt.join(tag, (tag.device_id == Device.id) & (tag.key == key) & (tag.value == value))
     return paginate(session, stmt, limit, next_token)
-
-
-def fleet_of(session: Session, device: Device) -> Fleet:
-    """The fleet a device belongs to."""
-    fleet = session.get(Fleet, device.fleet_id)
-    if fleet is None:  # pragma: no cover - guarded by the foreign key
-        raise FailedPrecondition(f"device {device.name!r} has no fleet")
-    return fleet
 
 
 def _check_description(description: str | None) -> None:
