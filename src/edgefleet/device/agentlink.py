@@ -1,0 +1,258 @@
+"""The daemon's seam to the device agent: an existing agent socket, or an agent child process.
+
+:class:`AgentApi` is the part of :class:`edgefleet.client.AgentClient` the daemon uses; the real
+client satisfies it, and so does :class:`edgefleet.device.nullagent.NullAgent` (simulated devices).
+:class:`AgentSupervisor` runs ``edgefleet agent`` as a child process and starts it again if it dies
+(the daemon then loads its installed models again: see ``Daemon.converge``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
+from edgefleet.device.durable import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class AgentApi(Protocol):
+    """What the daemon calls on the agent."""
+
+    def load(self, url: str, name: str) -> ModelInfo:
+        """Load the package at ``url`` under alias ``name``."""
+        ...
+
+    def unload(self, name: str) -> None:
+        """Unload alias ``name`` (NOT_FOUND if not loaded)."""
+        ...
+
+    def list(self) -> builtins.list[ModelInfo]:
+        """The loaded models."""
+        ...
+
+    def describe(self, name: str) -> ModelInfo:
+        """Alias ``name``'s tensor metadata (NOT_FOUND if not loaded)."""
+        ...
+
+    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run alias ``name``."""
+        ...
+
+    def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
+        """Per-model counters and latency percentiles."""
+        ...
+
+    def server_metadata(self) -> ServerMetadata:
+        """The agent's name and version."""
+        ...
+
+    def health(self) -> Health:
+        """Liveness and readiness."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+def smoke_inputs(info: ModelInfo) -> dict[str, np.ndarray]:
+    """Zeros shaped like the model's inputs (dynamic dimensions as 1), by input name."""
+    return {
+        spec.name: np.zeros([d if d >= 0 else 1 for d in spec.shape], dtype=spec.dtype.numpy)
+        for spec in info.inputs
+    }
+
+
+@dataclass
+class AgentConnection:
+    """Two clients of one agent: ``api`` for model management (long deadline), ``smoke`` for the
+    smoke-test Predict (short deadline)."""
+
+    api: AgentApi
+    smoke: AgentApi
+
+    @classmethod
+    def connect(cls, address: str, *, call_timeout: float, smoke_timeout: float) -> AgentConnection:
+        """Clients of the agent at ``address`` (no call is made yet)."""
+        return cls(
+            api=AgentClient(address, timeout=call_timeout, shm_threshold=None),
+            smoke=AgentClient(address, timeout=smoke_timeout, shm_threshold=None),
+        )
+
+    def close(self) -> None:
+        """Close both clients."""
+        self.api.close()
+        if self.smoke is not self.api:
+            self.smoke.close()
+
+
+def wait_ready(
+    api: AgentApi,
+    timeout: float,
+    *,
+    alive: Callable[[], bool] = lambda: True,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Wait until the agent answers ready; UNAVAILABLE after ``timeout`` s or when ``alive()`` turns False."""
+    deadline = clock() + timeout
+    last: Exception | None = None
+    while True:
+        if not alive():
+            raise Unavailable("the agent process exited while starting")
+        try:
+            if api.health().ready:
+                return
+        except EdgefleetError as exc:
+            last = exc
+        if clock() > deadline:
+            raise Unavailable(f"the agent is not ready after {timeout:g} s: {last}")
+        sleep(0.05)
+
+
+class ChildState(enum.Enum):
+    """Lifecycle of the supervised agent process."""
+
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+
+
+def write_agent_config(
+    path: Path, *, device_name: str, fleet_name: str, trust_dir: Path, data_dir: Path
+) -> Path:
+    """A native agent config (JSON) for an agent the daemon starts itself."""
+    write_json_atomic(
+        path,
+        {
+            "device": {"name": device_name, "fleet": fleet_name},
+            "agent": {"trust_dir": str(trust_dir), "data_dir": str(data_dir)},
+            "capture": {"disk_path": str(data_dir / "captures")},
+        },
+    )
+    return path
+
+
+# The child arms PR_SET_PDEATHSIG (SIGTERM when the daemon dies, even by SIGKILL) and then execs the
+# agent, which keeps the setting. This runs in a fresh interpreter rather than as a ``preexec_fn``:
+# Python code between fork and exec in a process with live gRPC threads can deadlock or abort.
+_CHILD = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "edgefleet", "agent", *sys.argv[2:]])
+"""
+
+
+class AgentSupervisor:
+    """Runs ``edgefleet agent`` as a child process; :meth:`ensure_running` restarts it after a crash."""
+
+    def __init__(
+        self,
+        address: str,
+        config_path: Path,
+        log_path: Path,
+        *,
+        ready_timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.address = address
+        self.config_path = config_path
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self._env = dict(env) if env is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.state = ChildState.STOPPED
+        #: how many times the agent was started
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def alive(self) -> bool:
+        """Whether the child process is running."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def ensure_running(self, api: AgentApi) -> bool:
+        """Start the agent if it is not running and wait until it is ready; True if it was (re)started."""
+        with self._lock:
+            if self.alive():
+                return False
+            if self._proc is not None:
+                log.warning("the agent exited with status %s; starting it again", self._proc.returncode)
+                self.state = ChildState.EXITED
+            self._start()
+        try:
+            wait_ready(api, self.ready_timeout, alive=self.alive)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc.message}; see {self.log_path}") from exc
+        self.state = ChildState.RUNNING
+        return True
+
+    def _start(self) -> None:
+        # a daemon killed with SIGKILL must not leave an orphan agent holding the socket
+        args = [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(os.getpid()),
+            "-a",
+            self.address,
+            "-c",
+            str(self.config_path),
+            "-f",
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.log_path.open("ab") as log_file:
+                self._proc = subprocess.Popen(
+                    args,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(self._env or {})},
+                )
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot start the agent ({sys.executable}): {exc}") from exc
+        self.state = ChildState.STARTING
+        self.starts += 1
+        log.info("started the agent (pid %d) on %s", self._proc.pid, self.address)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the child and wait (SIGKILL after ``timeout`` s)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            self.state = ChildState.STOPPED
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the agent did not stop within %g s; killing it", timeout)
+            proc.kill()
+            proc.wait()

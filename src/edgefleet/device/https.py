@@ -1,0 +1,423 @@
+"""The control plane over HTTPS with mutual TLS, using only the standard library.
+
+Endpoints (docs/fleet-api.md): enrolment on the server's main port, ``GET /enrol/v1/ca.pem`` and
+``POST /enrol/v1/enrol``; the device data plane on the device endpoint handed out at enrolment,
+``POST /device/v1/<Operation>`` with ``DeviceName``/``DeviceFleetName`` in every body and
+``GET /device/v1/packages/<id>`` with HTTP Range. Errors come back as
+``{"error": {"code": CODE, "message": ...}}`` and are raised as :class:`EdgefleetError` with that
+code; a server that cannot be reached (refused, reset, timed out, 502/503/504) is ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from edgefleet import __version__
+from edgefleet.core.errors import (
+    Code,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
+from edgefleet.device.identity import Enroller, Enrolment, EnrolmentToken, Identity, ca_fingerprint
+from edgefleet.device.protocol import (
+    Deployment,
+    DeploymentResult,
+    HealthReport,
+    HealthVerdict,
+    Heartbeat,
+    PackageBody,
+    PackageRef,
+    Registration,
+)
+
+log = logging.getLogger(__name__)
+
+ENROL_CA_PATH = "/enrol/v1/ca.pem"
+ENROL_PATH = "/enrol/v1/enrol"
+DEVICE_PREFIX = "/device/v1/"
+USER_AGENT = f"edgefleet-device/{__version__}"
+
+# HTTP statuses that mean "try again later" rather than "you asked for something wrong"
+_RETRYABLE_STATUS = {502, 503, 504}
+_STATUS_CODES = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    409: Code.ALREADY_EXISTS,
+    412: Code.FAILED_PRECONDITION,
+    416: Code.OUT_OF_RANGE,
+    429: Code.RESOURCE_EXHAUSTED,
+}
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise InvalidArgument(f"server URL {url!r} must be https://host[:port]")
+    return parts.hostname, parts.port or 443, parts.path.rstrip("/")
+
+
+def error_from_response(status: int, body: bytes, what: str) -> EdgefleetError:
+    """The :class:`EdgefleetError` an HTTP error response stands for."""
+    code: Code | None = None
+    message = ""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        detail = parsed.get("error")
+        if isinstance(detail, dict):
+            try:
+                code = Code(str(detail.get("code")))
+            except ValueError:
+                code = None
+            message = str(detail.get("message", ""))
+        elif "detail" in parsed:
+            message = str(parsed["detail"])
+    if status in _RETRYABLE_STATUS:
+        code = Code.UNAVAILABLE
+    if code is None:
+        code = _STATUS_CODES.get(status, Code.INTERNAL if status >= 500 else Code.INVALID_ARGUMENT)
+    if not message:
+        message = body[:200].decode("utf-8", "replace") or f"HTTP {status}"
+    if code is Code.UNAVAILABLE:
+        return Unavailable(f"{what}: server unavailable (HTTP {status}): {message}")
+    return EdgefleetError(f"{what}: {message}", code)
+
+
+class _Response:
+    """An HTTP response whose body has not been read yet."""
+
+    def __init__(self, connection: _Connection, response: http.client.HTTPResponse, what: str) -> None:
+        self._connection = connection
+        self.raw = response
+        self.status = response.status
+        self.what = what
+
+    def header(self, name: str) -> str | None:
+        return self.raw.getheader(name)
+
+    def read_all(self) -> bytes:
+        try:
+            return self.raw.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._connection.reset()
+            raise Unavailable(f"{self.what}: connection lost while reading the answer: {exc}") from exc
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.raw.read(size)
+        except (OSError, http.client.HTTPException) as exc:
+            self._connection.reset()
+            raise Unavailable(f"{self.what}: connection lost while downloading: {exc}") from exc
+
+    def close(self) -> None:
+        if not self.raw.isclosed():
+            # an unfinished body leaves the connection unusable for the next request
+            self._connection.reset()
+        self.raw.close()
+
+
+class _Connection:
+    """One keep-alive HTTPS connection, re-opened when it breaks (one request at a time)."""
+
+    def __init__(self, url: str, context: ssl.SSLContext, timeout: float) -> None:
+        self.host, self.port, self.base_path = _split(url)
+        self.url = url
+        self._context = context
+        self._timeout = timeout
+        self._conn: http.client.HTTPSConnection | None = None
+        self.lock = threading.Lock()
+
+    def reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        what: str = "",
+    ) -> _Response:
+        what = what or f"{method} {path}"
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+        if body is not None:
+            all_headers["Content-Type"] = "application/json"
+        # a kept-alive connection the server closed meanwhile fails on first use: retry once on a fresh one
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(
+                    self.host, self.port, context=self._context, timeout=self._timeout
+                )
+            try:
+                self._conn.request(method, self.base_path + path, body=body, headers=all_headers)
+                response = self._conn.getresponse()
+            except ssl.SSLCertVerificationError as exc:
+                self.reset()
+                raise FailedPrecondition(
+                    f"{what}: the server's TLS certificate is not trusted ({exc.verify_message})"
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self.reset()
+                retry = attempt == 1 and not fresh and _stale_connection(exc)
+                if retry:
+                    continue
+                raise Unavailable(f"{what}: cannot reach {self.url}: {exc}") from exc
+            return _Response(self, response, what)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def call_json(self, method: str, path: str, payload: Any | None, what: str) -> Any:
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        with self.lock:
+            response = self.request(method, path, body, what=what)
+            data = response.read_all()
+            if response.raw.will_close:
+                self.reset()
+        if response.status >= 300:
+            raise error_from_response(response.status, data, what)
+        if not data:
+            return {}
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise EdgefleetError(f"{what}: the server's answer is not JSON: {data[:200]!r}") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self.reset()
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        http.client.RemoteDisconnected
+        | ConnectionResetError
+        | BrokenPipeError
+        | http.client.CannotSendRequest
+        | http.client.BadStatusLine,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# enrolment
+
+
+def fetch_ca(server_url: str, timeout: float = 30.0) -> str:
+    """The fleet CA certificate (PEM), fetched WITHOUT verifying TLS: check it against a pin before use."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = _Connection(server_url, context, timeout)
+    try:
+        with connection.lock:
+            response = connection.request("GET", ENROL_CA_PATH, what="fetching the fleet CA")
+            data = response.read_all()
+        if response.status >= 300:
+            raise error_from_response(response.status, data, "fetching the fleet CA")
+        return data.decode("ascii", "replace")
+    finally:
+        connection.close()
+
+
+def enroller(
+    server_ca_file: str | None = None, timeout: float = 30.0, *, known_ca: str | None = None
+) -> Enroller:
+    """An :data:`~edgefleet.device.identity.Enroller` speaking to the real server.
+
+    The fleet CA is fetched unverified (or ``known_ca`` is used) and checked against the fingerprint
+    the token pins; the token and CSR then travel over TLS verified with that CA (or with
+    ``server_ca_file`` when the server presents an operator-supplied certificate).
+    """
+
+    def enrol(server_url: str, token: EnrolmentToken, csr_pem: str) -> Enrolment:
+        ca_pem = known_ca or fetch_ca(server_url, timeout)
+        if token.ca_fingerprint is None:
+            raise InvalidArgument(
+                "this enrolment token pins no CA fingerprint (expected efe1.<secret>.<ca-sha256>)"
+            )
+        if ca_fingerprint(ca_pem) != token.ca_fingerprint:
+            raise FailedPrecondition(
+                f"the CA served by {server_url} is not the one the enrolment token pins (wrong server, "
+                "or someone in the middle)"
+            )
+        context = ssl.create_default_context(cadata=ca_pem)
+        if server_ca_file:
+            context.load_verify_locations(cafile=server_ca_file)
+        connection = _Connection(server_url, context, timeout)
+        try:
+            answer = connection.call_json(
+                "POST",
+                ENROL_PATH,
+                {"EnrolmentToken": token.text, "CertificateSigningRequest": csr_pem},
+                "enrolment",
+            )
+        finally:
+            connection.close()
+        try:
+            chain = answer.get("CertificateChain") or [ca_pem]
+            return Enrolment(
+                device_name=str(answer["DeviceName"]),
+                fleet_name=str(answer["DeviceFleetName"]),
+                cert_pem=str(answer["Certificate"]),
+                ca_pem=str(chain[-1]),
+                device_url=str(answer.get("DeviceEndpoint") or server_url),
+            )
+        except (KeyError, TypeError, IndexError) as exc:
+            raise EdgefleetError(f"the enrolment answer lacks {exc}: {answer}") from exc
+
+    return enrol
+
+
+# ---------------------------------------------------------------------------------------------
+# the device data plane
+
+
+def device_context(identity: Identity, server_ca_file: Path | None = None) -> ssl.SSLContext:
+    """A TLS context that presents the device certificate and trusts the fleet CA."""
+    try:
+        context = ssl.create_default_context(cafile=str(identity.ca_path))
+        if server_ca_file is not None:
+            context.load_verify_locations(cafile=str(server_ca_file))
+        context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    except (OSError, ssl.SSLError) as exc:
+        raise FailedPrecondition(f"cannot load the device identity in {identity.directory}: {exc}") from exc
+    return context
+
+
+class _PackageBody:
+    """A package download in progress (see :class:`~edgefleet.device.protocol.PackageBody`)."""
+
+    def __init__(self, connection: _Connection, response: _Response, offset: int, total: int | None) -> None:
+        self._connection = connection
+        self._response = response
+        self.offset = offset
+        self.total = total
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        while True:
+            data = self._response.read(size)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        try:
+            self._response.close()
+            # downloads are rare: do not keep a second connection per device open between them
+            self._connection.reset()
+        finally:
+            self._connection.lock.release()
+
+
+class HttpsControlPlane:
+    """The real control plane: the device endpoint over mutual TLS with the enrolled identity.
+
+    Safe to share between threads (one request at a time per instance; a download holds the
+    connection until its body is closed, so downloads use their own instance's connection).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        url: str | None = None,
+        timeout: float = 30.0,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.identity = identity
+        self.url = url or identity.device_url
+        self._context = context or device_context(identity)
+        self._api = _Connection(self.url, self._context, timeout)
+        self._downloads = _Connection(self.url, self._context, timeout)
+        self._ref = {"DeviceName": identity.device_name, "DeviceFleetName": identity.fleet_name}
+
+    def _call(self, operation: str, payload: Mapping[str, Any]) -> Any:
+        return self._api.call_json("POST", DEVICE_PREFIX + operation, {**self._ref, **payload}, operation)
+
+    def get_registration(self) -> Registration:
+        return Registration.from_wire(self._call("GetDeviceRegistration", {}))
+
+    def send_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._call("SendHeartbeat", heartbeat.to_wire())
+
+    def get_deployments(self) -> list[Deployment]:
+        answer = self._call("GetDeployments", {})
+        return [Deployment.from_wire(item) for item in answer.get("Deployments") or []]
+
+    def report_result(self, result: DeploymentResult) -> None:
+        self._call("ReportDeploymentResult", {"DeploymentResult": result.to_wire()})
+
+    def report_health(self, report: HealthReport) -> HealthVerdict:
+        return HealthVerdict.from_wire(self._call("ReportDeploymentHealth", report.to_wire()))
+
+    def open_package(self, package: PackageRef, offset: int = 0) -> PackageBody:
+        path = package.url
+        if "://" in path:
+            if not urljoin(self.url + "/", path).startswith(self.url):
+                raise InvalidArgument(f"package URL {path} is not on the device endpoint {self.url}")
+            path = urlsplit(path).path
+        headers = {"Accept": "application/octet-stream"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if package.sha256:
+                headers["If-Range"] = f'"{package.sha256}"'
+        what = f"downloading {path}"
+        self._downloads.lock.acquire()
+        try:
+            response = self._downloads.request("GET", path, headers=headers, what=what)
+            if response.status >= 300:
+                data = response.read_all()
+                raise error_from_response(response.status, data, what)
+            start = 0
+            total = _int(response.header("Content-Length"))
+            if response.status == 206:
+                start, total = _content_range(response.header("Content-Range"), what)
+            return _PackageBody(self._downloads, response, start, total)
+        except BaseException:
+            self._downloads.lock.release()
+            raise
+
+    def close(self) -> None:
+        self._api.close()
+        self._downloads.close()
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _content_range(value: str | None, what: str) -> tuple[int, int | None]:
+    """(start, total) of ``Content-Range: bytes START-END/TOTAL``."""
+    try:
+        unit, _, spec = (value or "").partition(" ")
+        span, _, total = spec.partition("/")
+        start = int(span.split("-", 1)[0])
+        if unit != "bytes":
+            raise ValueError(unit)
+        return start, None if total == "*" else int(total)
+    except ValueError as exc:
+        raise EdgefleetError(f"{what}: malformed Content-Range {value!r}") from exc
+
+
+def is_offline(exc: EdgefleetError) -> bool:
+    """Whether ``exc`` means the server could not be reached (as opposed to a refusal)."""
+    return exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)

@@ -1,0 +1,156 @@
+"""An in-process agent with no inference engine, for simulated devices.
+
+It keeps aliases and per-alias counters like the real agent and answers Predict with zeros shaped
+like the model's outputs (taken from the staged package's manifest when there is one). Models can be
+made to fail (``fail_models``, or a null-runtime package whose model file says ``"fail": true``) so
+that rollbacks can be exercised at fleet scale.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet import __version__
+from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.core.errors import AlreadyExists, InvalidArgument, NotFound
+from edgefleet.core.manifest import MANIFEST_FILE
+from edgefleet.core.package import parse_manifest
+
+
+def _null_config(path: Path) -> dict[str, object]:
+    """The JSON config of a null-runtime model file (``fail``, ``delay_ms`` ...); empty if unreadable."""
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+@dataclass
+class _Slot:
+    info: ModelInfo
+    model_name: str
+    model_version: str
+    loaded_time: float
+    fail: bool = False
+    requests: int = 0
+    errors: int = 0
+    last_inference: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class NullAgent:
+    """Satisfies :class:`edgefleet.device.agentlink.AgentApi` without a process or a runtime."""
+
+    def __init__(self, *, fail_models: set[str] | None = None, latency_ms: float = 1.0) -> None:
+        self.fail_models = set(fail_models or ())
+        self.latency_ms = latency_ms
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+
+    def load(self, url: str, name: str) -> ModelInfo:
+        with self._lock:
+            if name in self._slots:
+                raise AlreadyExists(f"a model is already loaded (or loading) under the name {name!r}")
+        model_name, model_version, info = name, "", ModelInfo(name=name, url=url, inputs=(), outputs=())
+        fail = False
+        manifest_path = Path(url) / MANIFEST_FILE
+        if manifest_path.is_file():
+            manifest = parse_manifest(manifest_path.read_bytes())
+            model_name, model_version = manifest.name, manifest.version
+            info = ModelInfo(name=name, url=url, inputs=manifest.inputs, outputs=manifest.outputs)
+            if manifest.runtime.name == "null":
+                fail = bool(_null_config(Path(url) / manifest.model_file).get("fail", False))
+        with self._lock:
+            self._slots[name] = _Slot(info, model_name, model_version, time.time(), fail)
+        return info
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            if self._slots.pop(name, None) is None:
+                raise NotFound(f"no model is loaded under the name {name!r}")
+
+    def list(self) -> builtins.list[ModelInfo]:
+        with self._lock:
+            return [s.info for s in self._slots.values()]
+
+    def describe(self, name: str) -> ModelInfo:
+        with self._lock:
+            return self._slot(name).info
+
+    def _slot(self, name: str) -> _Slot:
+        slot = self._slots.get(name)
+        if slot is None:
+            raise NotFound(f"no model is loaded under the name {name!r}")
+        return slot
+
+    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            slot = self._slot(name)
+            slot.requests += 1
+            slot.last_inference = time.time()
+            slot.latencies_ms.append(self.latency_ms)
+            del slot.latencies_ms[:-2048]
+            if slot.fail or slot.model_name in self.fail_models or name in self.fail_models:
+                slot.errors += 1
+                raise InvalidArgument(f"simulated failure of model {slot.model_name!r}")
+        return {
+            spec.name: np.zeros([d if d >= 0 else 1 for d in spec.shape], dtype=spec.dtype.numpy)
+            for spec in slot.info.outputs
+        }
+
+    def simulate_traffic(self, name: str, requests: int, errors: int = 0) -> None:
+        """Count ``requests`` inferences (``errors`` of them failed) on ``name`` without running them."""
+        with self._lock:
+            slot = self._slot(name)
+            slot.requests += requests
+            slot.errors += errors
+            slot.last_inference = time.time()
+            slot.latencies_ms.extend([self.latency_ms] * min(requests, 2048))
+            del slot.latencies_ms[:-2048]
+
+    def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
+        with self._lock:
+            slots = {name: self._slot(name)} if name else dict(self._slots)
+            return [
+                ModelStatistics(
+                    name=alias,
+                    model_name=s.model_name,
+                    model_version=s.model_version,
+                    request_count=s.requests,
+                    error_count=s.errors,
+                    p50_ms=float(np.percentile(s.latencies_ms, 50)) if s.latencies_ms else 0.0,
+                    p95_ms=float(np.percentile(s.latencies_ms, 95)) if s.latencies_ms else 0.0,
+                    p99_ms=float(np.percentile(s.latencies_ms, 99)) if s.latencies_ms else 0.0,
+                    last_inference_time=s.last_inference,
+                    last_capture_time=None,
+                    in_flight=0,
+                    queued=0,
+                    memory_bytes=0,
+                    loaded_time=s.loaded_time,
+                )
+                for alias, s in slots.items()
+            ]
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(
+            name="edgefleet-null-agent",
+            version=__version__,
+            protocol="simulated",
+            extensions=("model-statistics", "health"),
+            runtimes=("null",),
+        )
+
+    def health(self) -> Health:
+        return Health(live=True, ready=True, state="SERVING", detail="simulated")
+
+    def close(self) -> None:
+        return None
