@@ -443,3 +443,16 @@ def test_cancel_stops_at_the_next_step(tmp_path: Path) -> None:
     assert info.value.code is Code.ABORTED and job.status is JobStatus.CANCELLED
     assert job.to_dict()["error"]["code"] == "ABORTED"
     assert not (tmp_path / "out").exists()
+
+
+def test_offline_optimised_graph_stays_portable(tmp_path: Path) -> None:
+    """Basic-level ORT optimisation keeps standard operators and declares only the opsets it uses,
+    so the artifact's minimum ONNX Runtime version follows the opset, not the compiling release."""
+    import onnx
+
+    from edgefleet.compiler import graph_passes, onnx_graph
+
+    model = make_mlp_onnx(tmp_path / "mlp.onnx")
+    optimised = onnx.load(str(graph_passes.ort_offline_optimise(model, tmp_path / "opt.onnx")))
+    assert [(o.domain, o.version) for o in optimised.opset_import] == [("", 17)]
+    assert onnx_graph.ort_min_version(optimised, "1.31.1") == "1.13"

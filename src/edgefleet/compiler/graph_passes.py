@@ -79,6 +79,11 @@ def ort_offline_optimise(src: Path, dst: Path) -> Path:
         ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
         raise translate_ort_error(exc, src.name) from exc
+    # ONNX Runtime stamps every opset domain it knows (ai.onnx.ml 5, training, contrib...) on the
+    # saved graph; older runtimes may refuse versions they do not know, so keep only those used.
+    model = onnx.load(str(dst))
+    onnx_graph.prune_opset_imports(model)
+    onnx_graph.save(model, dst)
     return dst
 
 

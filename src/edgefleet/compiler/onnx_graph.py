@@ -94,6 +94,17 @@ def check_operators(model: onnx.ModelProto, domains: Sequence[str] = RUNTIME_DOM
         )
 
 
+def prune_opset_imports(model: onnx.ModelProto) -> None:
+    """Drop opset imports of domains no node (or local function) uses; the default domain stays."""
+    used = {node.domain or "" for node in _all_nodes(model.graph)}
+    for function in model.functions:
+        used.update(node.domain or "" for node in function.node)
+    used.add("")
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
 def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     nodes = []
     for node in graph.node:
