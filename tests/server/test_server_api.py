@@ -394,3 +394,73 @@ def test_staged_rollout_over_http(
     finally:
         for client in fleet.values():
             client.close()
+
+
+def test_health_gate_failure_rolls_the_device_back(
+    fleet_server: Server, op: Client, signing_keys: Any, tmp_path: Path
+) -> None:
+    package = build_test_package(signing_keys.directory, tmp_path / "pkg", "gated", "2")
+    op.upload_package(package)
+    op.set_approval("gated", "2", "Approved")
+    op.create_fleet("gated", "s3://bucket/gated")
+    [reg] = op.register_devices("gated", [{"DeviceName": "gated-1"}])
+    device = enrol(fleet_server.endpoints.api_url, reg["EnrolmentToken"], tmp_path / "gated-1")
+    try:
+        plan = op.create_plan(
+            {
+                "EdgeDeploymentPlanName": "gated-2",
+                "DeviceFleetName": "gated",
+                "ModelConfigs": [{"ModelHandle": "gated", "ModelName": "gated", "ModelVersion": "2"}],
+                "Stages": [
+                    {
+                        "StageName": "all",
+                        "DeviceSelectionConfig": {
+                            "DeviceSubsetType": "SELECTION",
+                            "DeviceNames": ["gated-1"],
+                        },
+                    }
+                ],
+                "HealthGate": {
+                    "MaxErrorRate": 0.05,
+                    "MaxP99LatencyMs": 20,
+                    "MinInferences": 5,
+                    "ObservationSeconds": 30,
+                },
+            }
+        )
+        assert plan["HealthGate"] == {
+            "MaxErrorRate": 0.05,
+            "MaxP99LatencyMs": 20.0,
+            "MinInferences": 5,
+            "ObservationSeconds": 30.0,
+        }
+        op.start_stage("gated-2", "all")
+        [deployment] = device.call("GetDeployments").json()["Deployments"]
+        assert deployment["HealthGate"]["MaxP99LatencyMs"] == 20.0
+        result = {"DeploymentResult": {"DeploymentName": "gated-2.all", "DeploymentStatus": "SUCCEEDED"}}
+        assert device.call("ReportDeploymentResult", result).json()["DeviceDeploymentStatus"] == "INPROGRESS"
+        health = {"DeploymentName": "gated-2.all", "Inferences": 2, "Errors": 0, "P99LatencyMs": 3.0}
+        assert device.call("ReportDeploymentHealth", health).json()["Verdict"] == "PENDING"
+        verdict = device.call(
+            "ReportDeploymentHealth", {**health, "Inferences": 50, "P99LatencyMs": 45.0}
+        ).json()
+        assert (verdict["Verdict"], verdict["Action"]) == ("FAIL", "ROLLBACK")
+        assert "p99 latency 45 ms > 20 ms" in verdict["Reason"]
+        [rollback] = device.call("GetDeployments").json()["Deployments"]
+        assert rollback["Action"] == "ROLLBACK" and rollback["Definitions"][0]["State"] == "UNDEPLOY"
+        rolled_back = {
+            "DeploymentResult": {"DeploymentName": "gated-2.all", "DeploymentStatus": "FAILED_ROLLED_BACK"}
+        }
+        assert device.call("ReportDeploymentResult", rolled_back).json()["DeviceDeploymentStatus"] == "FAILED"
+        assert device.call("GetDeployments").json() == {"Deployments": []}
+        [row] = op.stage_devices("gated-2", "all")
+        assert (row["DeviceDeploymentStatus"], row["Rollback"], row["Health"]["P99LatencyMs"]) == (
+            "FAILED",
+            "DONE",
+            45.0,
+        )
+        assert op.describe_plan("gated-2")["Stages"][0]["DeploymentStatus"]["StageStatus"] == "FAILED"
+        bad = device.call("ReportDeploymentHealth", {**health, "Errors": 9})
+        assert _error(bad)[:2] == (400, "INVALID_ARGUMENT")
+    finally:
+        device.close()

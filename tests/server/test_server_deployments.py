@@ -299,3 +299,59 @@ def test_device_timeout_and_deregistration(db: Db, clock: FakeClock) -> None:
             or ""
         )
         dp.delete_plan(s, "rollout")
+
+
+def test_concurrent_reports_settle_the_stage_exactly(db: Db) -> None:
+    """Results racing on one stage (threads, separate transactions) never leave a stale stage status."""
+    import threading
+
+    _setup(db, 8)
+    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5))
+    _start(db)
+    names = sorted(_rows(db))
+    barrier = threading.Barrier(len(names))
+    errors: list[BaseException] = []
+
+    def report(index: int, name: str) -> None:
+        try:
+            barrier.wait(timeout=30)
+            _report(db, name, "SUCCEEDED" if index % 2 else "FAILED_ROLLED_BACK")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report, args=(i, n)) for i, n in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert _stage(db) == ("DEPLOYED", dp.StageCounts(success=4, failed=4))
+
+
+def test_periodic_job_times_out_devices_and_generates_reports(
+    db: Db, clock: FakeClock, tmp_path: Any
+) -> None:
+    from edgefleet.server.api.state import AppState
+    from edgefleet.server.artifacts import open_artifact_store
+    from edgefleet.server.config import ServerConfig, Timing
+    from edgefleet.server.jobs import run_once
+
+    _setup(db, 2)
+    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.9), timeout=60)
+    _start(db)
+    _report(db, "dev-00", "SUCCEEDED")
+    state = AppState(
+        config=ServerConfig(data_dir=tmp_path, timing=Timing(report_interval=3600)),
+        db=db,
+        artifacts=open_artifact_store(str(tmp_path / "artifacts")),
+        ca=FleetCA.load_or_create(db),
+    )
+    assert run_once(state) == ["fleet"]
+    assert run_once(state) == []  # fresh report, nothing due
+    with db.session() as s:
+        assert dp.get_stage(dp.get_plan(s, "rollout"), "canary").status == "INPROGRESS"
+    clock.advance(3601)
+    assert run_once(state) == ["fleet"]
+    with db.session() as s:
+        stage = dp.get_stage(dp.get_plan(s, "rollout"), "canary")
+        assert (stage.status, dp.stage_counts(s, stage)) == ("DEPLOYED", dp.StageCounts(success=1, failed=1))
