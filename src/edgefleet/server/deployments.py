@@ -342,8 +342,10 @@ def _stage_row(stage: StageSpec, position: int, now: datetime) -> PlanStage:
             raise InvalidArgument(f"stage {stage.name!r}: SELECTION needs 1-{MAX_SELECTED_NAMES} DeviceNames")
         names = sorted({validate_name(n, "device name") for n in stage.device_names})
     elif subset == SubsetType.NAMECONTAINS:
-        if not stage.name_contains:
-            raise InvalidArgument(f"stage {stage.name!r}: NAMECONTAINS needs DeviceNameContains")
+        if not stage.name_contains or len(stage.name_contains) > 63:
+            raise InvalidArgument(
+                f"stage {stage.name!r}: NAMECONTAINS needs DeviceNameContains (1-63 characters)"
+            )
     elif not stage.tags:
         raise InvalidArgument(f"stage {stage.name!r}: TAGS needs DeviceTags")
     else:

@@ -127,6 +127,7 @@ def register_devices(
     registrations = []
     for spec in specs:
         _check_description(spec.description)
+        _check_thing(spec.iot_thing_name)
         device_tags = {**common, **validate_tags(spec.tags, f"tags of {spec.name}")}
         device = existing.get(spec.name)
         if device is None:
@@ -189,12 +190,13 @@ def update_device(
         _check_description(description)
         device.description = description
     if iot_thing_name is not None:
+        _check_thing(iot_thing_name)
         device.iot_thing_name = iot_thing_name
     if tags is not None:
         valid = validate_tags(tags)
         device.tags = [DeviceTag(key=k, value=v) for k, v in sorted(valid.items())]
     if platform is not None:
-        device.platform_os, device.platform_arch, device.platform_accelerator = platform
+        device.platform_os, device.platform_arch, device.platform_accelerator = check_platform(platform)
     device.updated_at = now
     return device
 
@@ -296,6 +298,13 @@ def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now
         raise InvalidArgument(f"a heartbeat lists at most {MAX_HEARTBEAT_MODELS} models")
     if len(heartbeat.agent_metrics) > MAX_METRICS:
         raise InvalidArgument(f"a heartbeat carries at most {MAX_METRICS} agent metrics")
+    if heartbeat.platform is not None:
+        check_platform(heartbeat.platform)
+    for model in heartbeat.models:
+        if not 1 <= len(model.name) <= 63 or not 1 <= len(model.version) <= 30:
+            raise InvalidArgument(
+                f"model {model.name!r} version {model.version!r}: names are 1-63, versions 1-30 characters"
+            )
     device.agent_version = heartbeat.agent_version
     device.agent_metrics = list(heartbeat.agent_metrics)
     device.last_heartbeat_at = now
@@ -349,6 +358,25 @@ def list_devices(
         tag = aliased(DeviceTag)
         stmt = stmt.join(tag, (tag.device_id == Device.id) & (tag.key == key) & (tag.value == value))
     return paginate(session, stmt, limit, next_token)
+
+
+def check_platform(platform: tuple[str, str, str]) -> tuple[str, str, str]:
+    """``(os, arch, accelerator)`` if each is a short non-empty word; INVALID_ARGUMENT otherwise."""
+    for value, what, limit in zip(platform, ("Os", "Arch", "Accelerator"), (32, 32, 64), strict=True):
+        if (
+            not value
+            or len(value) > limit
+            or not value.replace("_", "").replace("-", "").replace(".", "").isalnum()
+        ):
+            raise InvalidArgument(
+                f"Platform.{what} {value!r} must be 1-{limit} letters, digits, '_', '-' or '.'"
+            )
+    return platform
+
+
+def _check_thing(name: str | None) -> None:
+    if name is not None and not 1 <= len(name) <= 128:
+        raise InvalidArgument("IotThingName must be 1-128 characters")
 
 
 def _check_description(description: str | None) -> None:

@@ -32,6 +32,7 @@ def create_fleet(session: Session, spec: FleetSpec, now: datetime) -> Fleet:
     """Create a fleet; ALREADY_EXISTS if the name is taken."""
     validate_name(spec.name, "fleet name")
     _check_description(spec.description)
+    _check_arns(spec.role_arn, spec.kms_key_id)
     if session.scalar(select(Fleet.id).where(Fleet.name == spec.name)) is not None:
         raise AlreadyExists(f"fleet {spec.name!r} already exists")
     fleet = Fleet(
@@ -73,6 +74,7 @@ def update_fleet(
 ) -> Fleet:
     """Change the given fields of a fleet (None leaves a field as it is)."""
     fleet = get_fleet(session, name, lock=True)
+    _check_arns(role_arn, kms_key_id)
     if output_location is not None:
         fleet.output_location = validate_output_location(output_location)
     if description is not None:
@@ -127,6 +129,12 @@ def delete_fleet(session: Session, name: str) -> None:
     if plans:
         raise FailedPrecondition(f"fleet {name!r} still has {plans} deployment plan(s); delete them first")
     session.delete(fleet)
+
+
+def _check_arns(*values: str | None) -> None:
+    for value in values:
+        if value is not None and not 1 <= len(value) <= 2048:
+            raise InvalidArgument("RoleArn and KmsKeyId must be 1-2048 characters")
 
 
 def _check_description(description: str | None) -> None:

@@ -59,6 +59,7 @@ def create_model(
 ) -> Model:
     """Create a model; ALREADY_EXISTS if the name is taken."""
     validate_name(name, "model name")
+    _check_text(description, "Description")
     if session.scalar(select(Model.id).where(Model.name == name)) is not None:
         raise AlreadyExists(f"model {name!r} already exists")
     model = Model(name=name, description=description, created_at=now, created_by=actor)
@@ -111,6 +112,7 @@ def create_version(
     """Create an (empty, pending approval) version; ALREADY_EXISTS if it exists."""
     model = get_model(session, model_name)
     validate_version(version)
+    _check_text(description, "Description")
     if _find_version(session, model, version) is not None:
         raise AlreadyExists(f"model {model_name!r} already has a version {version!r}")
     row = ModelVersion(
@@ -194,6 +196,11 @@ def _check_unused(session: Session, version: ModelVersion) -> None:
         )
 
 
+def _check_text(value: str | None, what: str) -> None:
+    if value is not None and not 1 <= len(value) <= 1000:
+        raise InvalidArgument(f"{what} must be 1-1000 characters")
+
+
 def _approval(status: str) -> Approval:
     try:
         return Approval(status)
@@ -213,6 +220,7 @@ def set_approval(
 ) -> ModelVersion:
     """Set the approval status of a version, recording who and when. Approving needs a package."""
     approval = _approval(status)
+    _check_text(reason, "Reason")
     row = get_version(session, model_name, version)
     if approval is Approval.APPROVED and not row.packages:
         raise FailedPrecondition(f"version {version!r} of {model_name!r} has no package to approve")

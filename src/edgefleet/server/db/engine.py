@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.core.errors import AlreadyExists, EdgefleetError, InvalidArgument, Unavailable
@@ -93,8 +93,9 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on any error.
 
-        Database errors are translated: integrity violations to ALREADY_EXISTS, connectivity to
-        UNAVAILABLE; edgefleet errors pass through.
+        Database errors are translated: integrity violations to ALREADY_EXISTS, values the
+        database rejects to INVALID_ARGUMENT, connectivity to UNAVAILABLE; edgefleet errors pass
+        through.
         """
         session = self._sessions()
         try:
@@ -104,6 +105,9 @@ class Database:
             raise
         except IntegrityError as exc:
             raise AlreadyExists(f"conflicting write: {exc.orig}") from exc
+        except DataError as exc:
+            # The services check lengths and formats first; this is the backstop (e.g. a too-long string).
+            raise InvalidArgument(f"a value does not fit the database: {exc.orig}") from exc
         except OperationalError as exc:
             raise Unavailable(f"database {self.safe_url} is unavailable: {exc.orig}") from exc
         finally:
