@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,6 @@ class _Candidate:
     outputs: tuple[TensorSpec, ...] = ()
     within_tolerance: bool | None = None
     drop: float | None = None
-    extra_notes: list[str] = field(default_factory=list)
 
 
 class CompileJob:
@@ -307,7 +306,7 @@ class CompileJob:
         candidates.append(baseline)
         planned, plan_notes = self._plan(frontend, target, backend, quantize, calibration is not None)
         notes += plan_notes
-        graphs = self._prepare_graphs(frontend, work, planned, calibration, target, candidates)
+        graphs = self._prepare_graphs(frontend, work, planned, calibration, target)
         for backend_name, precision in planned:
             self._checkpoint()
             candidates.append(self._build(backend_name, precision, graphs, frontend, target, work))
@@ -328,7 +327,10 @@ class CompileJob:
 
         # 6. output
         artifact = selected.artifact
-        assert artifact is not None  # _select only picks built candidates
+        if artifact is None:  # _select only picks built candidates
+            raise EdgefleetError(
+                f"compile job {self.id}: selected candidate {selected.report.name} has no artifact"
+            )
         inputs = selected.inputs or frontend.inputs
         outputs = selected.outputs or frontend.outputs
         metadata = output_dir.package_metadata(artifact, target, inputs, outputs, source_sha)
@@ -449,7 +451,6 @@ class CompileJob:
         planned: Sequence[tuple[str, Quantization]],
         calibration: Dataset | None,
         target: TargetSpec,
-        candidates: list[_Candidate],
     ) -> dict[Quantization, Path | CandidateUnavailable]:
         """The input graph for each precision: simplified fp32, and (once) the calibrated int8 QDQ."""
         graphs: dict[Quantization, Path | CandidateUnavailable] = {}
@@ -586,21 +587,18 @@ class CompileJob:
     def _benchmark(
         self, candidates: list[_Candidate], validation: Dataset, on_host: bool, target: TargetSpec
     ) -> str:
-        models = {c.report.name: c.model for c in candidates if c.model is not None}
+        models: dict[str, LoadedModel] = {c.report.name: c.model for c in candidates if c.model is not None}
         if not models:
             return "no candidate could run on this host: latency not measured"
-        base = next(c for c in candidates if c.model is not None)
-        assert base.model is not None
-        fixed = [s.shape[0] for s in base.model.inputs if s.shape and s.shape[0] > 0]
+        first = next(iter(models.values()))  # the baseline: its batch dimension sets the feed
+        fixed = [s.shape[0] for s in first.inputs if s.shape and s.shape[0] > 0]
         batch = fixed[0] if fixed else 1
         feeds = {k: v[:batch] for k, v in validation.inputs.items()}
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
         self._emit(
             f"benchmarking {len(models)} candidate(s) for ~{self.request.benchmark_seconds:g} s each at {shapes}"
         )
-        measured = benchmark(
-            {name: m for name, m in models.items() if m is not None}, feeds, self.request.benchmark_seconds
-        )
+        measured = benchmark(models, feeds, self.request.benchmark_seconds)
         for cand in candidates:
             latency: Latency | None = measured.get(cand.report.name)
             if latency is not None:
