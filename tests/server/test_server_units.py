@@ -83,3 +83,17 @@ def test_page_tokens_and_filters() -> None:
         parse_tag_filters(["novalue"])
     with pytest.raises(InvalidArgument, match="names no bucket"):
         validate_output_location("s3:///prefix")
+
+
+def test_listening_sockets_say_tcp_so_responses_are_not_delayed() -> None:
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto is TCP (else ~40 ms per response)."""
+    import socket
+
+    from edgefleet.server.runner import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()
