@@ -66,7 +66,7 @@ def test_concurrent_runs_give_each_caller_its_own_result(
     artifact: CandidateArtifact, onnx_model: Path
 ) -> None:
     want = {seed: reference(onnx_model, inputs(seed))[0] for seed in range(16)}
-    model = load(artifact, threads=1, concurrency=3)
+    model = load(artifact, threads=2, concurrency=3)
     try:
         assert model.inputs == (TensorSpec("x", DataType.FLOAT32, CNN_SHAPE),)
         assert model.outputs == (TensorSpec("probs", DataType.FLOAT32, (1, 10)),)
@@ -93,6 +93,12 @@ def test_inputs_are_checked_and_converted(artifact: CandidateArtifact, onnx_mode
         ) as err:
             model.run({"x": np.zeros((1, 1, 9, 8), np.float32)})
         assert err.value.code is Code.INVALID_ARGUMENT
+        buffer = np.zeros(int(np.prod(CNN_SHAPE)) + 1, np.float32)
+        misaligned = buffer[1:].reshape(CNN_SHAPE)  # 4 bytes past an allocation: not 64-byte aligned
+        misaligned[...] = inputs(4)["x"]
+        np.testing.assert_allclose(
+            model.run({"x": misaligned})[0], reference(onnx_model, inputs(4))[0], rtol=1e-5, atol=1e-6
+        )
         x64 = inputs(5)["x"].astype(np.float64)  # converted to the compiled float32
         np.testing.assert_allclose(
             model.run({"x": x64})[0], reference(onnx_model, inputs(5))[0], rtol=1e-5, atol=1e-6
