@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgefleet.cli.deploy import parse_model, parse_stage
@@ -97,3 +99,13 @@ def test_listening_sockets_say_tcp_so_responses_are_not_delayed() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+def test_unusable_operator_tls_files_are_refused_up_front(tmp_path: Path) -> None:
+    from edgefleet.core.errors import FailedPrecondition
+    from edgefleet.server.tls import check_pair
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(FailedPrecondition, match=r"cannot use .* as the server certificate and key"):
+        check_pair(bad, bad)

@@ -45,11 +45,15 @@ def add_parser(sub: Any) -> None:
 
 
 def _database(args: argparse.Namespace) -> Any:
+    import logging
+
     from edgefleet.server.config import ServerConfig, default_data_dir
     from edgefleet.server.db.engine import Database
 
     config = ServerConfig(data_dir=args.data_dir or default_data_dir(), database_url=args.database)
     db = Database(config.resolved_database_url)
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     db.migrate()
     return db, config
 

@@ -80,9 +80,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from edgefleet.server.runner import Endpoints
     from edgefleet.server.runner import run as serve
 
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its start-up chatter is not news
     config = build_config(args)
 
     def ready(endpoints: Endpoints) -> None:

@@ -79,15 +79,19 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
         super().__init__(config)
         self._started_event = started
+        #: whether startup succeeded (meaningful once ``started`` is set)
+        self.up = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.should_exit:
-            self._started_event.set()
+        try:
+            await super().startup(sockets)
+            self.up = not self.should_exit
+        finally:
+            self._started_event.set()  # also on failure, so nobody waits for a server that is not coming
 
 
 class Replica:
@@ -146,7 +150,9 @@ class Replica:
 
     def wait_started(self, timeout: float) -> bool:
         """Whether both listeners came up within ``timeout`` seconds."""
-        return all(event.wait(timeout) for event in self._started)
+        return all(event.wait(timeout) for event in self._started) and all(
+            server.up for server in self._servers
+        )
 
 
 def run(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> None:

@@ -52,12 +52,24 @@ def prepare_tls(config: ServerConfig, ca: FleetCA, now: datetime) -> TLSFiles:
     if config.tls_cert is not None or config.tls_key is not None:
         if config.tls_cert is None or config.tls_key is None:
             raise FailedPrecondition("--tls-cert and --tls-key go together")
+        check_pair(config.tls_cert, config.tls_key)
         return TLSFiles(config.tls_cert, config.tls_key, ca_path)
     cert_pem, key_pem = ca.issue_server_certificate(server_names(config), now)
     cert_path, key_path = directory / "server.pem", directory / "server.key"
     _write(key_path, key_pem.encode(), 0o600)
     _write(cert_path, cert_pem.encode(), 0o644)
     return TLSFiles(cert_path, key_path, ca_path)
+
+
+def check_pair(cert: Path, key: Path) -> None:
+    """FAILED_PRECONDITION unless ``cert``/``key`` load as a TLS server certificate and its key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise FailedPrecondition(
+            f"cannot use {cert} / {key} as the server certificate and key: {exc}"
+        ) from exc
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
