@@ -79,7 +79,7 @@ def test_smoke_test_failure_rolls_back_and_the_old_version_keeps_serving(
     dev.executor.apply(deployment("p1.s1", ("detector", "1.0", v1)))
     outcome = dev.executor.apply(deployment("p2.s1", ("detector", "3.0", bad)))
     assert outcome.result is Result.FAILED_ROLLED_BACK
-    assert "smoke test of detector-3-0-g2 failed" in outcome.message
+    assert outcome.message.startswith("smoke detector-3-0-g2 failed: INVALID_ARGUMENT: ")
     assert dev.handles() == {"detector": "detector-1-0-g1"}
     assert dev.loaded() == {"detector-1-0-g1"}
     state = dev.store.state

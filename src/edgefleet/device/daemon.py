@@ -106,6 +106,7 @@ class Daemon:
         self._agent_version: str | None = None
         self._health_due: dict[str, float] = {}
         self._results_lock = threading.Lock()
+        self._reconcile_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -260,7 +261,18 @@ class Daemon:
 
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile_once(self) -> list[Outcome]:
-        """One pass of the reconcile loop; the outcomes of the deployments acted on."""
+        """One pass of the reconcile loop; the outcomes of the deployments acted on.
+
+        Passes never overlap: a call while another pass runs returns at once with no outcome.
+        """
+        if not self._reconcile_lock.acquire(blocking=False):
+            return []
+        try:
+            return self._reconcile()
+        finally:
+            self._reconcile_lock.release()
+
+    def _reconcile(self) -> list[Outcome]:
         if self._ensure_agent():
             log.warning("the agent was restarted; restoring the installed models")
         outcomes: list[Outcome] = []
@@ -382,11 +394,16 @@ class Daemon:
         """Run a reconcile pass now instead of at the next interval."""
         self._wake.set()
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Start, then run both loops until :meth:`stop` (or ``stop`` is set); blocks."""
+    def run(self, stop: threading.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, then run both loops until :meth:`stop` (or ``stop`` is set); blocks.
+
+        ``on_ready`` is called once start-up (recovery, restoring the models) is done.
+        """
         if stop is not None:
             self._stop = stop
         self.start()
+        if on_ready is not None:
+            on_ready()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="edgefleet-heartbeat", daemon=True)
         self._threads = [heartbeat]
         heartbeat.start()

@@ -343,10 +343,7 @@ class Executor:
         if not info.inputs:
             log.info("%s declares no inputs; smoke test skipped", model.alias)
             return
-        try:
-            self.agent.smoke.predict(model.alias, smoke_inputs(info))
-        except EdgefleetError as exc:
-            raise EdgefleetError(f"smoke test of {model.alias} failed: {exc.message}", exc.code) from exc
+        self.agent.smoke.predict(model.alias, smoke_inputs(info))
 
     def _write_handles(self) -> None:
         if self.handles_path is None:  # simulated devices serve no applications

@@ -21,15 +21,15 @@ import numpy as np
 from edgefleet import __version__
 from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
 from edgefleet.core.errors import AlreadyExists, InvalidArgument, NotFound
-from edgefleet.core.manifest import MANIFEST_FILE
+from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest
 
 
-def _null_config(path: Path) -> dict[str, object]:
+def null_config(data: bytes) -> dict[str, object]:
     """The JSON config of a null-runtime model file (``fail``, ``delay_ms`` ...); empty if unreadable."""
     try:
-        raw = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+        raw = json.loads(data)
+    except ValueError:
         return {}
     return raw if isinstance(raw, dict) else {}
 
@@ -54,7 +54,13 @@ class NullAgent:
         self.fail_models = set(fail_models or ())
         self.latency_ms = latency_ms
         self._slots: dict[str, _Slot] = {}
+        self._known: dict[str, tuple[Manifest, bool]] = {}
         self._lock = threading.Lock()
+
+    def register_package(self, url: str, manifest: Manifest, fail: bool) -> None:
+        """Describe the package a later ``load(url)`` gets (simulated devices stage nothing on disk)."""
+        with self._lock:
+            self._known[url] = (manifest, fail)
 
     def load(self, url: str, name: str) -> ModelInfo:
         with self._lock:
@@ -62,13 +68,19 @@ class NullAgent:
                 raise AlreadyExists(f"a model is already loaded (or loading) under the name {name!r}")
         model_name, model_version, info = name, "", ModelInfo(name=name, url=url, inputs=(), outputs=())
         fail = False
+        manifest: Manifest | None = None
         manifest_path = Path(url) / MANIFEST_FILE
-        if manifest_path.is_file():
+        with self._lock:
+            known = self._known.get(url)
+        if known is not None:
+            manifest, fail = known
+        elif manifest_path.is_file():
             manifest = parse_manifest(manifest_path.read_bytes())
+            if manifest.runtime.name == "null":
+                fail = bool(null_config((Path(url) / manifest.model_file).read_bytes()).get("fail", False))
+        if manifest is not None:
             model_name, model_version = manifest.name, manifest.version
             info = ModelInfo(name=name, url=url, inputs=manifest.inputs, outputs=manifest.outputs)
-            if manifest.runtime.name == "null":
-                fail = bool(_null_config(Path(url) / manifest.model_file).get("fail", False))
         with self._lock:
             self._slots[name] = _Slot(info, model_name, model_version, time.time(), fail)
         return info

@@ -16,23 +16,28 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import logging
 import random
+import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.manifest import MANIFEST_FILE, Manifest
+from edgefleet.core.package import parse_manifest
 from edgefleet.device.agentlink import AgentConnection
 from edgefleet.device.config import AgentSettings, DaemonConfig, DeploymentSettings, RetryPolicy, Timing
 from edgefleet.device.daemon import Daemon
 from edgefleet.device.executor import Executor
 from edgefleet.device.https import HttpsControlPlane, enroller, fetch_ca
 from edgefleet.device.identity import enroll
-from edgefleet.device.nullagent import NullAgent
+from edgefleet.device.nullagent import NullAgent, null_config
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import DigestMismatch
 from edgefleet.device.protocol import ControlPlane, PackageRef, Result
@@ -41,11 +46,43 @@ from edgefleet.device.state import StateStore
 log = logging.getLogger(__name__)
 
 
-class DiscardingPackages:
-    """A simulated package cache: downloads and digest-checks packages, keeps only their keys."""
+#: how much of an archive a simulated device keeps to read its manifest (the packager writes it first)
+HEAD_BYTES = 1024 * 1024
 
-    def __init__(self, chunk_bytes: int = 256 * 1024) -> None:
+
+def peek_package(head: bytes) -> tuple[Manifest, bool] | None:
+    """The manifest of a package archive from its first bytes, and whether it is a null model that
+    fails (its ``"fail": true``); None if the manifest is not within ``head``."""
+    manifest: Manifest | None = None
+    fail = False
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r|gz") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                if member.name == MANIFEST_FILE:
+                    manifest = parse_manifest(data)
+                elif manifest is not None and member.name == manifest.model_file:
+                    fail = manifest.runtime.name == "null" and bool(null_config(data).get("fail", False))
+                    break
+    except (tarfile.TarError, EOFError, OSError, zlib.error, EdgefleetError):
+        pass  # the head was cut inside the archive: use what was read
+    return None if manifest is None else (manifest, fail)
+
+
+class DiscardingPackages:
+    """A simulated package cache: downloads and digest-checks packages, keeps only their keys (and
+    tells ``on_package`` about each package's manifest, read from the archive's first bytes)."""
+
+    def __init__(
+        self,
+        chunk_bytes: int = 256 * 1024,
+        on_package: Callable[[str, Manifest, bool], None] | None = None,
+    ) -> None:
         self.chunk_bytes = chunk_bytes
+        self.on_package = on_package
         self._have: set[str] = set()
         #: bytes downloaded so far
         self.downloaded = 0
@@ -56,15 +93,21 @@ class DiscardingPackages:
         digest = hashlib.sha256() if package.sha256 else hashlib.sha1()  # SHA-1: the vendor's checksum
         body = plane.open_package(package, 0)
         size = 0
+        head = bytearray()
         try:
             for chunk in body.chunks(self.chunk_bytes):
                 digest.update(chunk)
                 size += len(chunk)
+                if len(head) < HEAD_BYTES:
+                    head += chunk[: HEAD_BYTES - len(head)]
         finally:
             body.close()
         self.downloaded += size
         if digest.hexdigest() != package.key:
             raise DigestMismatch(f"package {package.url}: digest {digest.hexdigest()} is not {package.key}")
+        peeked = peek_package(bytes(head))
+        if peeked is not None and self.on_package is not None:
+            self.on_package(str(self.staged_path(package)), *peeked)
         self._have.add(package.key)
 
     def stage(self, package: PackageRef) -> Path:
@@ -160,6 +203,7 @@ class Simulator:
         self.devices: list[SimulatedDevice] = []
         self.stats = Stats()
         self._lock = threading.Lock()
+        self._busy: set[tuple[int, str]] = set()
         self._ca_pem: str | None = None
 
     # -- enrolment ------------------------------------------------------------------------------
@@ -204,7 +248,7 @@ class Simulator:
         plane = HttpsControlPlane(identity, timeout=s.request_timeout_seconds)
         agent = NullAgent(fail_models=set(s.fail_models))
         connection = AgentConnection(agent, agent)
-        packages = DiscardingPackages()
+        packages = DiscardingPackages(on_package=agent.register_package)
         store = StateStore(state_dir if s.persist else None)
         executor = Executor(
             store=store,
@@ -261,7 +305,10 @@ class Simulator:
                         stop.wait(0.005)
                         continue
                 device = self.devices[index]
-                pending.add(pool.submit(self._tick, device, kind))
+                if (index, kind) not in self._busy:  # a pass still running is not started twice
+                    with self._lock:
+                        self._busy.add((index, kind))
+                    pending.add(pool.submit(self._tick, index, kind))
                 interval = (
                     s.heartbeat_interval_seconds if kind == "heartbeat" else self._reconcile_interval(device)
                 )
@@ -273,7 +320,8 @@ class Simulator:
             return min(self.settings.poll_interval_seconds, self.settings.health_interval_seconds)
         return self.settings.poll_interval_seconds
 
-    def _tick(self, device: SimulatedDevice, kind: str) -> None:
+    def _tick(self, index: int, kind: str) -> None:
+        device = self.devices[index]
         try:
             if kind == "heartbeat":
                 for model in device.daemon.store.state.installed.values():
@@ -302,6 +350,9 @@ class Simulator:
             with self._lock:
                 self.stats.errors += 1
             log.exception("device %s: %s crashed", device.name, kind)
+        finally:
+            with self._lock:
+                self._busy.discard((index, kind))
 
     def results(self) -> dict[str, dict[str, Result]]:
         """Per device, the latest result of each deployment it handled."""

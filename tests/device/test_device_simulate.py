@@ -1,0 +1,182 @@
+"""Simulated devices against a real server (TLS on loopback): enrolment, heartbeats, a rollout with
+a stage that fails and rolls back, and the ``edgefleet simulate`` command."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from device_testkit import null_package
+
+from edgefleet.device.protocol import Result
+
+pytest.importorskip("fastapi", reason="simulations need the server extra")
+
+FLEET = "sims"
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[tuple[Any, Any]]:
+    from edgefleet.opclient.client import FleetClient
+    from edgefleet.opclient.config import ClientConfig
+    from edgefleet.server import tokens
+    from edgefleet.server.config import ServerConfig, Timing
+    from edgefleet.server.runner import start_in_thread
+
+    config = ServerConfig(
+        data_dir=tmp_path_factory.mktemp("server"),
+        port=0,
+        device_port=0,
+        trust_dir=keys / "trust",
+        timing=Timing(shutdown_grace=1),
+    )
+    running = start_in_thread(config)
+    db = running.state.db
+    with db.session() as session:
+        token = tokens.create_token(session, "sim-ops", db.now())
+    op = FleetClient(ClientConfig(running.endpoints.api_url, token, Path(running.endpoints.ca_cert)))
+    op.request(
+        "POST",
+        "/api/v1/fleets",
+        json={"DeviceFleetName": FLEET, "OutputConfig": {"S3OutputLocation": "file:///tmp/s"}},
+    )
+    out = tmp_path_factory.mktemp("packages")
+    for version, config_ in (("1.0", {}), ("2.0", {"fail": True})):
+        op.upload_package(null_package(keys, out, version, **config_))
+        op.set_approval("det", version, "Approved")
+    try:
+        yield running, op
+    finally:
+        op.close()
+        running.stop()
+
+
+def stage_status(op: Any, plan: str) -> str:
+    return str(op.describe_plan(plan)["Stages"][0]["DeploymentStatus"]["StageStatus"])
+
+
+def test_simulated_devices_roll_out_and_roll_back(server: tuple[Any, Any], tmp_path: Path) -> None:
+    from edgefleet.device.simulator import SimulationSettings, Simulator
+
+    running, op = server
+    registered = op.register_devices(FLEET, [{"DeviceName": f"sim-{i:02d}"} for i in range(12)])
+    simulator = Simulator(
+        SimulationSettings(
+            server_url=running.endpoints.api_url,
+            work_dir=tmp_path,
+            heartbeat_interval_seconds=0.2,
+            poll_interval_seconds=0.2,
+            health_interval_seconds=0.2,
+            workers=4,
+            inferences_per_heartbeat=5,
+        )
+    )
+    simulator.enrol([(d["DeviceName"], d["EnrolmentToken"]) for d in registered])
+    stop = threading.Event()
+    runner = threading.Thread(target=simulator.run, args=(None, stop), daemon=True)
+    runner.start()
+    try:
+        wait_for(
+            lambda: op.fleet_report(FLEET, regenerate=True)["DeviceStats"]["ConnectedDeviceCount"] == 12,
+            "12 connected devices",
+        )
+        for plan, version in (("sim-good", "1.0"), ("sim-bad", "2.0")):
+            op.create_plan(
+                {
+                    "EdgeDeploymentPlanName": plan,
+                    "DeviceFleetName": FLEET,
+                    "ModelConfigs": [
+                        {"ModelHandle": "detector", "ModelName": "det", "ModelVersion": version}
+                    ],
+                    "Stages": [
+                        {
+                            "StageName": "all",
+                            "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
+                        }
+                    ],
+                }
+            )
+            op.start_stage(plan, "all")
+            wait_for(lambda p=plan: stage_status(op, p) in ("DEPLOYED", "FAILED"), f"plan {plan}")  # type: ignore[misc]
+        assert stage_status(op, "sim-good") == "DEPLOYED"
+        assert stage_status(op, "sim-bad") == "FAILED"
+        # the first failure fails the stage (threshold 0): devices that had started roll back, the
+        # others never start
+        rows = wait_for(
+            lambda: (r := list(op.stage_devices("sim-bad", "all")))
+            and {d["DeviceDeploymentStatus"] for d in r} <= {"FAILED", "STOPPED"}
+            and r,
+            "every simulated device to finish or stop",
+        )
+        assert {d["DeviceResult"] for d in rows} <= {"FAILED_ROLLED_BACK", "FAILED_NO_CHANGE", None}
+        assert "FAILED_ROLLED_BACK" in {d["DeviceResult"] for d in rows}
+
+        def active() -> bool:  # simulated inferences count as activity
+            report = op.fleet_report(FLEET, regenerate=True)
+            return any(
+                m["ModelVersion"] == "1.0" and m["ActiveDeviceCount"] == 12 for m in report["ModelStats"]
+            )
+
+        wait_for(active, "12 devices actively serving 1.0")
+    finally:
+        stop.set()
+        runner.join(60)
+        simulator.close()
+    results = simulator.results()
+    assert all(r["sim-good.all"] is Result.SUCCEEDED for r in results.values())
+    assert {r.get("sim-bad.all") for r in results.values()} <= {
+        Result.FAILED_ROLLED_BACK,
+        Result.FAILED_NO_CHANGE,
+        None,
+    }
+    assert all(d.agent.list()[0].name.startswith("detector-1-0-") for d in simulator.devices)
+    assert simulator.stats.errors == 0 and simulator.stats.heartbeats_sent > 0
+
+
+def test_the_simulate_command(
+    server: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgefleet.cli.main import main
+
+    running, op = server
+    registered = op.register_devices(FLEET, [{"DeviceName": f"cli-{i}"} for i in range(3)])
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"Devices": registered}))
+    code = main(
+        [
+            "simulate",
+            "--server",
+            running.endpoints.api_url,
+            "--devices",
+            "3",
+            "--tokens",
+            str(tokens),
+            "--duration",
+            "1",
+            "--heartbeat-interval",
+            "0.2",
+            "--poll-interval",
+            "0.2",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["heartbeats_sent"] >= 3 and summary["errors"] == 0
+    devices = {d["DeviceName"]: d for d in op.list_devices(fleet=FLEET)}
+    assert all(devices[f"cli-{i}"]["LatestHeartbeat"] for i in range(3))
