@@ -219,7 +219,7 @@ def test_heartbeats_and_list_filters(db: Db, clock: FakeClock) -> None:
         assert names(devices.list_devices(s, tags={"rack": "1"}, limit=10)) == ["cam-1", "cam-3"]
         assert names(devices.list_devices(s, fleet_name="line-1", tags={"rack": "0"}, limit=1)) == ["cam-0"]
     long_name = devices.Heartbeat("1.0", models=[devices.ModelReport("m" * 64, "1")])
-    with db.session() as s, pytest.raises(InvalidArgument, match="names are 1-63, versions 1-30 characters"):
+    with db.session() as s, pytest.raises(InvalidArgument, match="names are 1-63, versions 0-30 characters"):
         devices.record_heartbeat(s, devices.get_device(s, "cam-2"), long_name, db.now())
     with db.session() as s, pytest.raises(InvalidArgument, match=r"Platform\.Arch 'x86 64' must be"):
         devices.update_device(s, "cam-2", db.now(), platform=("linux", "x86 64", "none"))

@@ -301,9 +301,9 @@ def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now
     if heartbeat.platform is not None:
         check_platform(heartbeat.platform)
     for model in heartbeat.models:
-        if not 1 <= len(model.name) <= 63 or not 1 <= len(model.version) <= 30:
+        if not 1 <= len(model.name) <= 63 or len(model.version) > 30:
             raise InvalidArgument(
-                f"model {model.name!r} version {model.version!r}: names are 1-63, versions 1-30 characters"
+                f"model {model.name!r} version {model.version!r}: names are 1-63, versions 0-30 characters"
             )
     device.agent_version = heartbeat.agent_version
     device.agent_metrics = list(heartbeat.agent_metrics)

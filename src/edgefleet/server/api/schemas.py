@@ -417,7 +417,7 @@ class EdgeMetric(Lenient):
 
 class HeartbeatModel(Lenient):
     ModelName: str
-    ModelVersion: str
+    ModelVersion: str = ""
     LatestSampleTime: datetime | None = None
     LatestInference: datetime | None = None
     ModelMetrics: list[EdgeMetric] = Field(default_factory=list)
