@@ -79,6 +79,16 @@ def build_test_package(
     )
 
 
+def unsigned_package(archive: Path, out: Path) -> Path:
+    """A copy of ``archive`` without its signature file."""
+    with tarfile.open(archive, "r:gz") as tar, tarfile.open(out, "w:gz") as dest:
+        for info in tar.getmembers():
+            if info.name != "manifest.sig":
+                handle = tar.extractfile(info)
+                dest.addfile(info, io.BytesIO(handle.read() if handle else b""))
+    return out
+
+
 def tamper_package(archive: Path, out: Path) -> Path:
     """A copy of ``archive`` whose model file has one byte changed (same size, signature untouched)."""
     members = []

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_testkit import build_test_package, enrol, tamper_package
+from server_testkit import build_test_package, enrol, tamper_package, unsigned_package
 
 from edgefleet.core import signing
 from edgefleet.core.errors import Code, EdgefleetError
@@ -124,6 +124,10 @@ def test_package_upload_is_verified_against_the_trust_store(
     # Tampered after signing: refused, nothing stored.
     with pytest.raises(EdgefleetError, match="was modified") as info:
         op.upload_package(tamper_package(good, tmp_path / "tampered.tar.gz"))
+    assert info.value.code is Code.FAILED_PRECONDITION
+    # Not signed at all: refused.
+    with pytest.raises(EdgefleetError, match=r"manifest\.sig") as info:
+        op.upload_package(unsigned_package(good, tmp_path / "unsigned.tar.gz"))
     assert info.value.code is Code.FAILED_PRECONDITION
     # Signed by keys the server does not trust: refused.
     strangers = signing.init_keys(tmp_path / "strangers")
