@@ -45,7 +45,7 @@ from edgefleet.device.protocol import (
     Result,
     Verdict,
 )
-from edgefleet.device.state import JournalKind, StateStore, Watch
+from edgefleet.device.state import HistoryEntry, JournalKind, StateStore, Watch
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Daemon:
                     # refused for good (e.g. the plan was deleted): do not block the queue on it
                     log.warning("the server refused the result of %s: %s", entry.deployment, exc)
                 with self.store.change() as st:
-                    st.history = [replace(e, sent=True) if e is entry else e for e in st.history]
+                    st.history = [replace(e, sent=True) if _same(e, entry) else e for e in st.history]
                 sent += 1
         return sent
 
@@ -322,7 +322,7 @@ class Daemon:
         if entry is not None and entry.kind is JournalKind.ROLLBACK:
             # asked again after we answered: say it again rather than undo twice
             with self.store.change() as st:
-                st.history = [replace(e, sent=False) if e is entry else e for e in st.history]
+                st.history = [replace(e, sent=False) if _same(e, entry) else e for e in st.history]
             return None
         return self.executor.rollback(deployment)
 
@@ -448,6 +448,11 @@ class Daemon:
         self.plane.close()
         self.state = DaemonState.STOPPED
         log.info("device daemon stopped")
+
+
+def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
+    """Whether two history entries record the same event (entries are values, copied on every save)."""
+    return (a.deployment, a.kind, a.finished_at) == (b.deployment, b.kind, b.finished_at)
 
 
 def build_daemon(config: DaemonConfig, *, plane: ControlPlane | None = None) -> Daemon:

@@ -257,8 +257,13 @@ def enroller(
                 "or someone in the middle)"
             )
         context = ssl.create_default_context(cadata=ca_pem)
+        server_ca_pem = None
         if server_ca_file:
-            context.load_verify_locations(cafile=server_ca_file)
+            try:
+                server_ca_pem = Path(server_ca_file).read_text("ascii")
+                context.load_verify_locations(cadata=server_ca_pem)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise InvalidArgument(f"cannot use {server_ca_file} as the server's CA: {exc}") from exc
         connection = _Connection(server_url, context, timeout)
         try:
             answer = connection.call_json(
@@ -277,6 +282,7 @@ def enroller(
                 cert_pem=str(answer["Certificate"]),
                 ca_pem=str(chain[-1]),
                 device_url=str(answer.get("DeviceEndpoint") or server_url),
+                server_ca_pem=server_ca_pem,
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise EdgefleetError(f"the enrolment answer lacks {exc}: {answer}") from exc
@@ -288,12 +294,13 @@ def enroller(
 # the device data plane
 
 
-def device_context(identity: Identity, server_ca_file: Path | None = None) -> ssl.SSLContext:
-    """A TLS context that presents the device certificate and trusts the fleet CA."""
+def device_context(identity: Identity) -> ssl.SSLContext:
+    """A TLS context that presents the device certificate and trusts the fleet CA (and the server
+    certificate's CA given at enrolment, if any)."""
     try:
         context = ssl.create_default_context(cafile=str(identity.ca_path))
-        if server_ca_file is not None:
-            context.load_verify_locations(cafile=str(server_ca_file))
+        if identity.server_ca_path is not None:
+            context.load_verify_locations(cafile=str(identity.server_ca_path))
         context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
     except (OSError, ssl.SSLError) as exc:
         raise FailedPrecondition(f"cannot load the device identity in {identity.directory}: {exc}") from exc

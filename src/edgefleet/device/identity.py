@@ -6,6 +6,7 @@ Files under ``<state_dir>/identity/`` (directory mode 0700):
 - ``device.key`` — EC P-256 private key, PKCS#8 PEM, mode 0600;
 - ``device.crt`` — the client certificate the fleet CA issued at enrolment;
 - ``ca.crt`` — the fleet CA certificate (trust anchor for the server's TLS certificate);
+- ``server-ca.crt`` — only when the server presents an operator-supplied certificate: its CA;
 - ``identity.json`` — device name, fleet, server and device endpoint URLs; written last, so its
   presence means the enrolment completed.
 """
@@ -34,6 +35,7 @@ IDENTITY_DIR = "identity"
 KEY_FILE = "device.key"
 CERT_FILE = "device.crt"
 CA_FILE = "ca.crt"
+SERVER_CA_FILE = "server-ca.crt"
 IDENTITY_FILE = "identity.json"
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -72,6 +74,8 @@ class Enrolment:
     ca_pem: str
     #: the device (mutual TLS) endpoint
     device_url: str
+    #: CA of an operator-supplied server certificate, when the server does not use the fleet CA's
+    server_ca_pem: str | None = None
 
 
 #: ``(server_url, token, csr_pem) -> Enrolment``: the transport of one enrolment.
@@ -103,6 +107,12 @@ class Identity:
     def ca_path(self) -> Path:
         """The fleet CA certificate file."""
         return self.directory / CA_FILE
+
+    @property
+    def server_ca_path(self) -> Path | None:
+        """The CA of an operator-supplied server certificate, if enrolment was given one."""
+        path = self.directory / SERVER_CA_FILE
+        return path if path.is_file() else None
 
 
 def ca_fingerprint(ca_pem: str | bytes) -> str:
@@ -174,6 +184,10 @@ def enroll(
     write_bytes_atomic(directory / KEY_FILE, key_pem(key), mode=0o600)
     write_bytes_atomic(directory / CERT_FILE, enrolment.cert_pem.encode(), mode=0o644)
     write_bytes_atomic(directory / CA_FILE, enrolment.ca_pem.encode(), mode=0o644)
+    if enrolment.server_ca_pem:
+        write_bytes_atomic(directory / SERVER_CA_FILE, enrolment.server_ca_pem.encode(), mode=0o644)
+    else:
+        (directory / SERVER_CA_FILE).unlink(missing_ok=True)
     enrolled_at = now or datetime.now(UTC)
     write_json_atomic(
         directory / IDENTITY_FILE,

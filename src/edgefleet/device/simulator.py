@@ -293,7 +293,7 @@ class Simulator:
                 if end is not None and now >= end:
                     break
                 if due > now:
-                    stop.wait(min(due - now, 0.05 if end is None else max(0.0, min(due, end) - now)))
+                    stop.wait(min(due - now, 0.05))
                     continue
                 heapq.heappop(queue)
                 if len(pending) >= s.workers * 4:
