@@ -131,6 +131,12 @@ class PermissionDenied(EdgefleetError):
     code = Code.PERMISSION_DENIED
 
 
+class Unauthenticated(EdgefleetError):
+    """The caller did not prove who it is (missing, invalid or revoked credentials)."""
+
+    code = Code.UNAUTHENTICATED
+
+
 class Unavailable(EdgefleetError):
     """A dependency (server, agent) cannot be reached now; retrying may help."""
 
