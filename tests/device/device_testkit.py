@@ -194,3 +194,19 @@ class Hammer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(60)
+
+
+FLEET = "sims"
+
+
+@dataclass
+class LoopbackServer:
+    """A running control plane, an operator client of it, and the packages uploaded (det 1.0, 2.0 failing)."""
+
+    running: Any
+    op: Any
+    packages: dict[str, Path]
+
+    @property
+    def api_url(self) -> str:
+        return str(self.running.endpoints.api_url)

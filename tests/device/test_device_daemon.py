@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,31 @@ def test_start_up_restores_the_installed_models_without_a_server(
     rebooted.daemon.reconcile_once()
     assert rebooted.daemon.connectivity is Connectivity.OFFLINE
     assert rebooted.loaded() == {"detector-1-0-g1"}
+
+
+def test_the_status_command_shows_handles_and_queues(
+    tmp_path: Path, trust: Path, packages: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgefleet.cli.main import main
+
+    plane = FakeControlPlane()
+    dev = make_device(tmp_path / "state", trust, plane, NullAgent())
+    dev.daemon.start()
+    plane.set_deployments(deployment("p1.s1", ("detector", "1.0", plane.add_package(packages["1.0"]))))
+    dev.daemon.reconcile_once()
+    plane.online = False
+    dev.daemon.heartbeat_once()
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'[daemon]\ntrust_dir = "{trust}"\nstate_dir = "{tmp_path / "state"}"\n[agent]\naddress = "unix:///x.sock"\n'
+    )
+    assert main(["device", "status", "--config", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["handles"] == {
+        "detector": {"alias": "detector-1-0-g1", "model": "det", "version": "1.0", "deployment": "p1.s1"}
+    }
+    assert status["in_flight"] is None
+    assert status["queued_heartbeats"] == 1
+    assert status["history"][0]["result"] == "SUCCEEDED"
+    assert main(["device", "status", "--config", str(config)]) == 0
+    assert "detector-1-0-g1" in capsys.readouterr().out

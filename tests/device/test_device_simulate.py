@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from device_testkit import null_package
+from device_testkit import FLEET, LoopbackServer
 
 from edgefleet.device.protocol import Result
 
 pytest.importorskip("fastapi", reason="simulations need the server extra")
-
-FLEET = "sims"
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -29,50 +27,14 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> 
     return value
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[tuple[Any, Any]]:
-    from edgefleet.opclient.client import FleetClient
-    from edgefleet.opclient.config import ClientConfig
-    from edgefleet.server import tokens
-    from edgefleet.server.config import ServerConfig, Timing
-    from edgefleet.server.runner import start_in_thread
-
-    config = ServerConfig(
-        data_dir=tmp_path_factory.mktemp("server"),
-        port=0,
-        device_port=0,
-        trust_dir=keys / "trust",
-        timing=Timing(shutdown_grace=1),
-    )
-    running = start_in_thread(config)
-    db = running.state.db
-    with db.session() as session:
-        token = tokens.create_token(session, "sim-ops", db.now())
-    op = FleetClient(ClientConfig(running.endpoints.api_url, token, Path(running.endpoints.ca_cert)))
-    op.request(
-        "POST",
-        "/api/v1/fleets",
-        json={"DeviceFleetName": FLEET, "OutputConfig": {"S3OutputLocation": "file:///tmp/s"}},
-    )
-    out = tmp_path_factory.mktemp("packages")
-    for version, config_ in (("1.0", {}), ("2.0", {"fail": True})):
-        op.upload_package(null_package(keys, out, version, **config_))
-        op.set_approval("det", version, "Approved")
-    try:
-        yield running, op
-    finally:
-        op.close()
-        running.stop()
-
-
 def stage_status(op: Any, plan: str) -> str:
     return str(op.describe_plan(plan)["Stages"][0]["DeploymentStatus"]["StageStatus"])
 
 
-def test_simulated_devices_roll_out_and_roll_back(server: tuple[Any, Any], tmp_path: Path) -> None:
+def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_path: Path) -> None:
     from edgefleet.device.simulator import SimulationSettings, Simulator
 
-    running, op = server
+    running, op = server.running, server.op
     registered = op.register_devices(FLEET, [{"DeviceName": f"sim-{i:02d}"} for i in range(12)])
     simulator = Simulator(
         SimulationSettings(
@@ -148,11 +110,11 @@ def test_simulated_devices_roll_out_and_roll_back(server: tuple[Any, Any], tmp_p
 
 
 def test_the_simulate_command(
-    server: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edgefleet.cli.main import main
 
-    running, op = server
+    running, op = server.running, server.op
     registered = op.register_devices(FLEET, [{"DeviceName": f"cli-{i}"} for i in range(3)])
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"Devices": registered}))
