@@ -171,26 +171,30 @@ def benchmark(
     clock: Callable[[], float] = time.perf_counter,
     min_runs: int = 20,
     max_runs: int = 20000,
+    slice_seconds: float = 0.2,
 ) -> dict[str, Latency]:
-    """Latency of each model on ``feeds``, measured in alternating time slices.
+    """Latency of each model on ``feeds``, measured in short alternating time slices.
 
-    Models take turns (a few slices each), so drift in the machine's speed (other load, frequency
-    scaling) affects every candidate alike and a ratio measured in one call is meaningful even when
-    absolute figures drift between runs. Each turn starts with two unrecorded runs, so a previous
-    engine's spinning worker threads do not count against the next one.
+    Models take turns (``seconds_each / slice_seconds`` turns each, at most 25), so drift in the
+    machine's speed (other processes, frequency scaling) affects every candidate alike and a ratio
+    measured in one call is meaningful even when absolute figures drift between runs. Each turn
+    starts with one unrecorded run, so a previous engine's spinning worker threads and cold caches
+    do not count against the next one.
     """
     names = list(models)
     samples: dict[str, list[float]] = {n: [] for n in names}
-    turns = 4 if seconds_each >= 0.4 else 1
-    slice_seconds = seconds_each / turns
+    turns = max(1, min(25, round(seconds_each / slice_seconds)))
+    per_turn = seconds_each / turns
+    for name in names:  # first runs allocate arenas and pick kernels
+        for _ in range(2):
+            models[name].run(feeds)
     for _ in range(turns):
         for name in names:
             model, record = models[name], samples[name]
-            for _ in range(2):
-                model.run(feeds)
-            end = clock() + slice_seconds
+            model.run(feeds)
+            end = clock() + per_turn
             taken = 0
-            while taken < max_runs // turns and (clock() < end or taken < max(1, min_runs // turns)):
+            while taken < max_runs // turns and (clock() < end or taken < max(1, -(-min_runs // turns))):
                 t0 = clock()
                 model.run(feeds)
                 record.append(clock() - t0)
