@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Loo
     )
     out = tmp_path_factory.mktemp("packages")
     packages = {}
-    for version, extra in (("1.0", {}), ("2.0", {"fail": True})):
+    for version, extra in (("1.0", {}), ("2.0", {"fail": True}), ("3.0", {})):
         packages[version] = null_package(keys, out, version, **extra)
         op.upload_package(packages[version])
         op.set_approval("det", version, "Approved")

@@ -201,7 +201,8 @@ FLEET = "sims"
 
 @dataclass
 class LoopbackServer:
-    """A running control plane, an operator client of it, and the packages uploaded (det 1.0, 2.0 failing)."""
+    """A running control plane, an operator client of it, and the packages uploaded (det 1.0, 2.0
+    failing its smoke test, 3.0)."""
 
     running: Any
     op: Any

@@ -1,5 +1,5 @@
-"""Simulated devices against a real server (TLS on loopback): enrolment, heartbeats, a rollout with
-a stage that fails and rolls back, and the ``edgefleet simulate`` command."""
+"""Simulated devices against a real server (TLS on loopback): enrolment, heartbeats, a rollout, a
+stage whose smoke tests fail, a stage a health gate rolls back, and the ``edgefleet simulate`` command."""
 
 from __future__ import annotations
 
@@ -31,6 +31,24 @@ def stage_status(op: Any, plan: str) -> str:
     return str(op.describe_plan(plan)["Stages"][0]["DeploymentStatus"]["StageStatus"])
 
 
+def start_plan(op: Any, plan: str, version: str, gate: dict[str, float] | None = None) -> None:
+    op.create_plan(
+        {
+            "EdgeDeploymentPlanName": plan,
+            "DeviceFleetName": FLEET,
+            "ModelConfigs": [{"ModelHandle": "detector", "ModelName": "det", "ModelVersion": version}],
+            "Stages": [
+                {
+                    "StageName": "all",
+                    "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
+                }
+            ],
+            "HealthGate": gate,
+        }
+    )
+    op.start_stage(plan, "all")
+
+
 def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_path: Path) -> None:
     from edgefleet.device.simulator import SimulationSettings, Simulator
 
@@ -45,6 +63,7 @@ def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_pa
             health_interval_seconds=0.2,
             workers=4,
             inferences_per_heartbeat=5,
+            erroring_versions=frozenset({"3.0"}),
         )
     )
     simulator.enrol([(d["DeviceName"], d["EnrolmentToken"]) for d in registered])
@@ -57,22 +76,7 @@ def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_pa
             "12 connected devices",
         )
         for plan, version in (("sim-good", "1.0"), ("sim-bad", "2.0")):
-            op.create_plan(
-                {
-                    "EdgeDeploymentPlanName": plan,
-                    "DeviceFleetName": FLEET,
-                    "ModelConfigs": [
-                        {"ModelHandle": "detector", "ModelName": "det", "ModelVersion": version}
-                    ],
-                    "Stages": [
-                        {
-                            "StageName": "all",
-                            "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
-                        }
-                    ],
-                }
-            )
-            op.start_stage(plan, "all")
+            start_plan(op, plan, version)
             wait_for(lambda p=plan: stage_status(op, p) in ("DEPLOYED", "FAILED"), f"plan {plan}")  # type: ignore[misc]
         assert stage_status(op, "sim-good") == "DEPLOYED"
         assert stage_status(op, "sim-bad") == "FAILED"
@@ -94,6 +98,19 @@ def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_pa
             )
 
         wait_for(active, "12 devices actively serving 1.0")
+
+        # 3.0 passes its smoke test but every inference fails: the health gate rolls it back
+        gate = {"MaxErrorRate": 0.5, "MinInferences": 5, "ObservationSeconds": 0}
+        start_plan(op, "sim-gated", "3.0", gate)
+        gated = wait_for(
+            lambda: stage_status(op, "sim-gated") == "FAILED"
+            and (r := list(op.stage_devices("sim-gated", "all")))
+            and {d["DeviceDeploymentStatus"] for d in r} <= {"FAILED", "STOPPED"}
+            and r,
+            "the health gate to fail the stage",
+        )
+        assert any(d["Health"].get("ErrorRate", 0) > 0.5 for d in gated)
+        assert "FAILED_ROLLED_BACK" in {d["DeviceResult"] for d in gated}
     finally:
         stop.set()
         runner.join(60)
@@ -105,7 +122,9 @@ def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_pa
         Result.FAILED_NO_CHANGE,
         None,
     }
-    assert all(d.agent.list()[0].name.startswith("detector-1-0-") for d in simulator.devices)
+    assert all(
+        [m.name.rsplit("-", 1)[0] for m in d.agent.list()] == ["detector-1-0"] for d in simulator.devices
+    )
     assert simulator.stats.errors == 0 and simulator.stats.heartbeats_sent > 0
 
 

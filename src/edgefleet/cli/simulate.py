@@ -41,6 +41,12 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--inferences", type=int, default=0, help="simulated inferences per model between heartbeats"
     )
+    parser.add_argument(
+        "--erroring-version",
+        action="append",
+        default=[],
+        help="model version whose simulated inferences fail (passes its smoke test; trips health gates)",
+    )
     parser.add_argument("--work-dir", type=Path, help="where device identities go (default: a temp dir)")
     parser.add_argument("--persist", action="store_true", help="keep device state on disk, not in memory")
     parser.set_defaults(func=run)
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             fail_models=frozenset(args.fail_model),
             inferences_per_heartbeat=args.inferences,
+            erroring_versions=frozenset(args.erroring_version),
             persist=args.persist,
         )
     )

@@ -24,7 +24,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +141,9 @@ class SimulationSettings:
     fail_models: frozenset[str] = frozenset()
     #: simulated inferences counted per model between two heartbeats
     inferences_per_heartbeat: int = 0
+    #: model versions whose simulated inferences all fail (they pass their smoke test), to exercise
+    #: health gates
+    erroring_versions: frozenset[str] = frozenset()
     #: keep each device's state on disk (under ``work_dir``) instead of in memory
     persist: bool = False
 
@@ -285,7 +288,8 @@ class Simulator:
             heapq.heappush(queue, (now + rng.uniform(0, s.heartbeat_interval_seconds), index, 0, "heartbeat"))
             heapq.heappush(queue, (now + rng.uniform(0, s.poll_interval_seconds), index, 1, "reconcile"))
         self.stats = Stats()
-        pending: set[Future[None]] = set()
+        # never queue unboundedly behind a slow server: a pass that cannot start runs a little later
+        slots = threading.BoundedSemaphore(s.workers * 4)
         with ThreadPoolExecutor(s.workers) as pool:
             while not stop.is_set() and queue:
                 due, index, order, kind = queue[0]
@@ -296,23 +300,21 @@ class Simulator:
                     stop.wait(min(due - now, 0.05))
                     continue
                 heapq.heappop(queue)
-                if len(pending) >= s.workers * 4:
-                    # never queue unboundedly behind a slow server: run late rather than pile up
-                    done = {f for f in pending if f.done()}
-                    pending -= done
-                    if len(pending) >= s.workers * 4:
-                        heapq.heappush(queue, (now + 0.01, index, order, kind))
-                        stop.wait(0.005)
-                        continue
+                if not slots.acquire(blocking=False):
+                    heapq.heappush(queue, (now + 0.01, index, order, kind))
+                    stop.wait(0.005)
+                    continue
                 device = self.devices[index]
-                if (index, kind) not in self._busy:  # a pass still running is not started twice
+                if (index, kind) in self._busy:  # a pass still running is not started twice
+                    slots.release()
+                else:
                     with self._lock:
                         self._busy.add((index, kind))
-                    pending.add(pool.submit(self._tick, index, kind))
+                    pool.submit(self._tick, index, kind).add_done_callback(lambda _: slots.release())
                 interval = (
                     s.heartbeat_interval_seconds if kind == "heartbeat" else self._reconcile_interval(device)
                 )
-                heapq.heappush(queue, (due + interval, index, order, kind))
+                heapq.heappush(queue, (max(due + interval, now), index, order, kind))
         return self.stats
 
     def _reconcile_interval(self, device: SimulatedDevice) -> float:
@@ -326,7 +328,10 @@ class Simulator:
             if kind == "heartbeat":
                 for model in device.daemon.store.state.installed.values():
                     if self.settings.inferences_per_heartbeat:
-                        failing = model.model_name in self.settings.fail_models
+                        failing = (
+                            model.model_name in self.settings.fail_models
+                            or model.model_version in self.settings.erroring_versions
+                        )
                         n = self.settings.inferences_per_heartbeat
                         device.agent.simulate_traffic(model.alias, n, n if failing else 0)
                 ok = device.daemon.heartbeat_once()
