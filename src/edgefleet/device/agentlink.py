@@ -13,6 +13,7 @@ import enum
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -165,6 +166,26 @@ os.execv(sys.executable, [sys.executable, "-m", "edgefleet", "agent", *sys.argv[
 """
 
 
+def _socket_file(address: str) -> Path | None:
+    """The socket file of a ``unix://`` / ``unix:`` address (None for other kinds)."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return Path(address[len(prefix) :])
+    return None if "://" in address else Path(address)
+
+
+def _serving(path: Path) -> bool:
+    """Whether some process accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 class AgentSupervisor:
     """Runs ``edgefleet agent`` as a child process; :meth:`ensure_running` restarts it after a crash."""
 
@@ -205,6 +226,7 @@ class AgentSupervisor:
             if self._proc is not None:
                 log.warning("the agent exited with status %s; starting it again", self._proc.returncode)
                 self.state = ChildState.EXITED
+            self._wait_socket_free()
             self._start()
         try:
             wait_ready(api, self.ready_timeout, alive=self.alive)
@@ -212,6 +234,23 @@ class AgentSupervisor:
             raise Unavailable(f"{exc.message}; see {self.log_path}") from exc
         self.state = ChildState.RUNNING
         return True
+
+    def _wait_socket_free(self) -> None:
+        """Wait (up to ``ready_timeout``) while another agent still serves the socket.
+
+        After the daemon was killed, the agent it started gets SIGTERM and takes a moment to finish
+        its calls and unload; a new agent started meanwhile would find the socket busy and exit.
+        """
+        path = _socket_file(self.address)
+        if path is None:
+            return
+        deadline = time.monotonic() + self.ready_timeout
+        waited = False
+        while _serving(path) and time.monotonic() < deadline:
+            if not waited:
+                log.info("another agent still serves %s; waiting for it to stop", path)
+                waited = True
+            time.sleep(0.05)
 
     def _start(self) -> None:
         # a daemon killed with SIGKILL must not leave an orphan agent holding the socket
