@@ -320,3 +320,22 @@ def test_unavailable_agent_is_retried(
     outcome = dev.executor.apply(deployment("p1.s1", ("detector", "1.0", ref(plane, packages, "1.0"))))
     assert outcome.result is Result.SUCCEEDED
     assert calls["load"] == 2
+
+
+def test_the_result_queue_is_bounded(
+    tmp_path: Path,
+    trust: Path,
+    plane: FakeControlPlane,
+    packages: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dev = make_device(
+        tmp_path / "state", trust, plane, NullAgent(), settings=DeploymentSettings(keep_history=1)
+    )
+    dev.executor.max_unsent_results = 2
+    v1 = ref(plane, packages, "1.0")
+    for name in ("d1.s", "d2.s", "d3.s", "d4.s"):
+        assert dev.executor.apply(deployment(name, ("detector", "1.0", v1))).result is Result.SUCCEEDED
+    history = StateStore(tmp_path / "state").state.history
+    assert [e.deployment for e in history] == ["d3.s", "d4.s"]
+    assert "result queue full: dropping the unsent result of d2.s" in caplog.text
