@@ -48,6 +48,10 @@ def host_arch() -> str:
     return _ARCH_ALIASES.get(machine, machine)
 
 
+class ModelUnloading(NotFound):
+    """The model was unloaded while the request was on its way to it."""
+
+
 class ModelState(enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
@@ -93,7 +97,7 @@ class ModelSlot:
         """Run one inference within this model's concurrency limit (queueing beyond it)."""
         with self._cond:
             if self.state is not ModelState.READY:
-                raise NotFound(f"model {self.alias!r} is being unloaded")
+                raise ModelUnloading(f"model {self.alias!r} is being unloaded")
             if self.in_flight >= self.max_concurrent:
                 if self.queued >= self.max_queued:
                     self.stats.record(0.0, ok=False)
@@ -108,7 +112,7 @@ class ModelSlot:
                 finally:
                     self.queued -= 1
                 if self.state is not ModelState.READY:
-                    raise NotFound(f"model {self.alias!r} was unloaded while the request waited")
+                    raise ModelUnloading(f"model {self.alias!r} was unloaded while the request waited")
             self.in_flight += 1
         model = self.model
         start = time.perf_counter()
@@ -172,15 +176,52 @@ class ModelRegistry:
         self._runtime_options = runtime_options or RuntimeOptions(concurrency=limits.max_concurrent_per_model)
         self._lock = threading.Lock()  # guards _slots mutations and memory accounting
         self._slots: dict[str, ModelSlot] = {}
+        # stable handle -> alias (extension "model-handles"); lookups are lock-free dict reads
+        self._handles: dict[str, str] = {}
         self._reserved_bytes = 0
 
     # -- lookups (lock-free reads: dict get is atomic in CPython) --------------------------------
-    def get(self, alias: str) -> ModelSlot:
-        """The READY model under ``alias``; NOT_FOUND otherwise."""
-        slot = self._slots.get(alias)
+    def get(self, name: str) -> ModelSlot:
+        """The READY model under the alias or handle ``name``; NOT_FOUND otherwise."""
+        slot = self._slots.get(name)
+        if slot is None:
+            target = self._handles.get(name)
+            if target is not None:
+                slot = self._slots.get(target)
         if slot is None or slot.state is not ModelState.READY:
-            raise NotFound(f"no model is loaded under the name {alias!r}")
+            raise NotFound(f"no model is loaded under the name {name!r}")
         return slot
+
+    def is_handle(self, name: str) -> bool:
+        """True when ``name`` is a handle (not an alias)."""
+        return name in self._handles and name not in self._slots
+
+    # -- handles ---------------------------------------------------------------------------------
+    def set_handle(self, handle: str, target: str) -> str:
+        """Point ``handle`` at the loaded alias ``target`` atomically; returns the previous target or ''."""
+        validate_alias(handle)
+        with self._lock:
+            slot = self._slots.get(target)
+            if slot is None or slot.state is not ModelState.READY:
+                raise NotFound(f"handle target {target!r} is not a loaded model")
+            if handle in self._slots:
+                raise AlreadyExists(f"{handle!r} is a loaded model's name; a handle must not shadow it")
+            previous = self._handles.get(handle, "")
+            self._handles[handle] = target
+        log.info("handle %r -> %r (was %r)", handle, target, previous or None)
+        return previous
+
+    def remove_handle(self, handle: str) -> None:
+        """Forget ``handle``; NOT_FOUND if there is none."""
+        with self._lock:
+            if self._handles.pop(handle, None) is None:
+                raise NotFound(f"no handle named {handle!r}")
+        log.info("handle %r removed", handle)
+
+    def handles(self) -> dict[str, str]:
+        """A snapshot of handle -> alias."""
+        with self._lock:
+            return dict(self._handles)
 
     def list(self) -> list[ModelSlot]:
         return [s for s in list(self._slots.values()) if s.state is ModelState.READY]
@@ -205,6 +246,8 @@ class ModelRegistry:
         with self._lock:
             if alias in self._slots:
                 raise AlreadyExists(f"a model is already loaded (or loading) under the name {alias!r}")
+            if alias in self._handles:
+                raise AlreadyExists(f"{alias!r} is a model handle (pointing at {self._handles[alias]!r})")
             self._slots[alias] = placeholder
         try:
             slot = self._load_into(placeholder, source)
@@ -280,6 +323,11 @@ class ModelRegistry:
             slot = self._slots.get(alias)
             if slot is None or slot.state is not ModelState.READY:
                 raise NotFound(f"no model is loaded under the name {alias!r}")
+            pointing = sorted(h for h, t in self._handles.items() if t == alias)
+            if pointing:
+                raise FailedPrecondition(
+                    f"model {alias!r} is the target of handle(s) {', '.join(pointing)}; move or remove them first"
+                )
             with slot._cond:
                 slot.state = ModelState.UNLOADING
         if not slot.drain(self._limits.unload_drain_seconds):
@@ -302,6 +350,8 @@ class ModelRegistry:
 
     def close(self) -> None:
         """Unload everything (agent shutdown)."""
+        with self._lock:
+            self._handles.clear()
         for alias in [s.alias for s in self.list()]:
             try:
                 self.unload(alias)

@@ -19,11 +19,11 @@ import numpy as np
 
 from edgefleet import __version__
 from edgefleet.agent.codec import array_from_bytes, metadata_from_spec
-from edgefleet.agent.models import ModelRegistry, ModelSlot
+from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
-from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, grpc_status_number
+from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, NotFound, grpc_status_number
 from edgefleet.core.tensors import DataType, TensorSpec
 from edgefleet.runtimes.base import installed_backends
 
@@ -36,6 +36,7 @@ EXTENSIONS = (
     "model-statistics",
     "posix-shm",
     "load-tar-gz",
+    "model-handles",
 )
 _STATUS_BY_NUMBER = {s.value[0]: s for s in grpc.StatusCode}
 _CAPTURE_STATUS = {
@@ -164,22 +165,31 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     # -- inference ---------------------------------------------------------------------------
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            slot = self._models.get(request.name)
-        except EdgefleetError as exc:
-            return _abort(context, exc)
-        try:
+        # A call through a handle that races a hot swap (its old target is being unloaded) is
+        # resolved again once, so applications see no error during a swap.
+        attempts = 2 if self._models.is_handle(request.name) else 1
+        for attempt in range(attempts):
             try:
-                feeds = self.decode_inputs(slot, request.tensors)
-            except EdgefleetError:
-                slot.stats.record(0.0, ok=False)  # a refused request counts as an error of the model
-                raise
-            outputs = slot.run(feeds)
-            return agent_pb2.PredictResponse(tensors=encode_outputs(slot.outputs, outputs))
-        except EdgefleetError as exc:
-            if exc.code is Code.INVALID_ARGUMENT:
-                log.info("Predict on %r refused: %s", request.name, exc.message)
-            return _abort(context, exc)
+                slot = self._models.get(request.name)
+            except EdgefleetError as exc:
+                return _abort(context, exc)
+            try:
+                try:
+                    feeds = self.decode_inputs(slot, request.tensors)
+                except EdgefleetError:
+                    slot.stats.record(0.0, ok=False)  # a refused request counts as an error of the model
+                    raise
+                outputs = slot.run(feeds)
+                return agent_pb2.PredictResponse(tensors=encode_outputs(slot.outputs, outputs))
+            except ModelUnloading:
+                if attempt + 1 < attempts:
+                    continue
+                return _abort(context, NotFound(f"model {request.name!r} was unloaded during the call"))
+            except EdgefleetError as exc:
+                if exc.code is Code.INVALID_ARGUMENT:
+                    log.info("Predict on %r refused: %s", request.name, exc.message)
+                return _abort(context, exc)
+        raise AssertionError("unreachable")
 
     def decode_inputs(self, slot: ModelSlot, tensors: Sequence[Any]) -> dict[str, np.ndarray]:
         specs = slot.inputs
@@ -344,6 +354,28 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
                 )
             )
         return extensions_pb2.ModelStatisticsResponse(models=out)
+
+    def SetHandle(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            previous = self._models.set_handle(request.handle, request.target)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return extensions_pb2.SetHandleResponse(previous_target=previous)
+
+    def RemoveHandle(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self._models.remove_handle(request.handle)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return extensions_pb2.RemoveHandleResponse()
+
+    def ListHandles(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return extensions_pb2.ListHandlesResponse(
+            handles=[
+                extensions_pb2.ModelHandle(handle=h, target=t)
+                for h, t in sorted(self._models.handles().items())
+            ]
+        )
 
     def PredictExt(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Predict with POSIX named shared memory (or System V / inline) inputs."""

@@ -458,6 +458,24 @@ class AgentClient:
             for m in r.models
         ]
 
+    def set_handle(self, handle: str, target: str) -> str | None:
+        """Point the stable ``handle`` at the loaded alias ``target`` (extension ``model-handles``).
+
+        Every call taking a model name accepts the handle; the switch is atomic. Returns the
+        previous target, or None for a new handle.
+        """
+        r = self._call(self._ext.SetHandle, extensions_pb2.SetHandleRequest(handle=handle, target=target))
+        return r.previous_target or None
+
+    def remove_handle(self, handle: str) -> None:
+        """Forget ``handle`` (NotFound if there is none)."""
+        self._call(self._ext.RemoveHandle, extensions_pb2.RemoveHandleRequest(handle=handle))
+
+    def handles(self) -> dict[str, str]:
+        """handle -> alias for every handle the agent holds."""
+        r = self._call(self._ext.ListHandles, extensions_pb2.ListHandlesRequest())
+        return {h.handle: h.target for h in r.handles}
+
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the channel and the shared memory segments (idempotent)."""

@@ -24,37 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&edgefleet/agent/proto/extensions.proto\x12\x12\x65\x64gefleet.agent.v1\"\x17\n\x15ServerMetadataRequest\"o\n\x16ServerMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nextensions\x18\x03 \x03(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x10\n\x08runtimes\x18\x05 \x03(\t\"\x0f\n\rHealthRequest\"L\n\x0eHealthResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"&\n\x16ModelStatisticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x0cLatencyStats\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\"\xaf\x02\n\x0fModelStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rrequest_count\x18\x04 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x05 \x01(\x04\x12\x31\n\x07latency\x18\x06 \x01(\x0b\x32 .edgefleet.agent.v1.LatencyStats\x12\x1b\n\x13last_inference_time\x18\x07 \x01(\x01\x12\x19\n\x11last_capture_time\x18\x08 \x01(\x01\x12\x11\n\tin_flight\x18\t \x01(\x04\x12\x0e\n\x06queued\x18\n \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x04\x12\x13\n\x0bloaded_time\x18\x0c \x01(\x01\"N\n\x17ModelStatisticsResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32#.edgefleet.agent.v1.ModelStatistics\"<\n\x0ePosixShmHandle\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xca\x01\n\tTensorExt\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\x11\n\tdata_type\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x05\x12\x13\n\tbyte_data\x18\x04 \x01(\x0cH\x00\x12\x19\n\x0fsysv_segment_id\x18\x05 \x01(\x04H\x00\x12\x37\n\tposix_shm\x18\x06 \x01(\x0b\x32\".edgefleet.agent.v1.PosixShmHandleH\x00\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12\x0c\n\x04size\x18\x08 \x01(\x04\x42\x06\n\x04\x64\x61ta\"Q\n\x11PredictExtRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07tensors\x18\x02 \x03(\x0b\x32\x1d.edgefleet.agent.v1.TensorExt\"D\n\x12PredictExtResponse\x12.\n\x07tensors\x18\x01 \x03(\x0b\x32\x1d.edgefleet.agent.v1.TensorExt2\x9d\x03\n\x0f\x41gentExtensions\x12j\n\x11GetServerMetadata\x12).edgefleet.agent.v1.ServerMetadataRequest\x1a*.edgefleet.agent.v1.ServerMetadataResponse\x12R\n\tGetHealth\x12!.edgefleet.agent.v1.HealthRequest\x1a\".edgefleet.agent.v1.HealthResponse\x12m\n\x12GetModelStatistics\x12*.edgefleet.agent.v1.ModelStatisticsRequest\x1a+.edgefleet.agent.v1.ModelStatisticsResponse\x12[\n\nPredictExt\x12%.edgefleet.agent.v1.PredictExtRequest\x1a&.edgefleet.agent.v1.PredictExtResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&edgefleet/agent/proto/extensions.proto\x12\x12\x65\x64gefleet.agent.v1\"2\n\x10SetHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\",\n\x11SetHandleResponse\x12\x17\n\x0fprevious_target\x18\x01 \x01(\t\"%\n\x13RemoveHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"\x16\n\x14RemoveHandleResponse\"\x14\n\x12ListHandlesRequest\"-\n\x0bModelHandle\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"G\n\x13ListHandlesResponse\x12\x30\n\x07handles\x18\x01 \x03(\x0b\x32\x1f.edgefleet.agent.v1.ModelHandle\"\x17\n\x15ServerMetadataRequest\"o\n\x16ServerMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nextensions\x18\x03 \x03(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x10\n\x08runtimes\x18\x05 \x03(\t\"\x0f\n\rHealthRequest\"L\n\x0eHealthResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"&\n\x16ModelStatisticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x0cLatencyStats\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\"\xaf\x02\n\x0fModelStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rrequest_count\x18\x04 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x05 \x01(\x04\x12\x31\n\x07latency\x18\x06 \x01(\x0b\x32 .edgefleet.agent.v1.LatencyStats\x12\x1b\n\x13last_inference_time\x18\x07 \x01(\x01\x12\x19\n\x11last_capture_time\x18\x08 \x01(\x01\x12\x11\n\tin_flight\x18\t \x01(\x04\x12\x0e\n\x06queued\x18\n \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x0b \x01(\x04\x12\x13\n\x0bloaded_time\x18\x0c \x01(\x01\"N\n\x17ModelStatisticsResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32#.edgefleet.agent.v1.ModelStatistics\"<\n\x0ePosixShmHandle\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xca\x01\n\tTensorExt\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\x11\n\tdata_type\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x05\x12\x13\n\tbyte_data\x18\x04 \x01(\x0cH\x00\x12\x19\n\x0fsysv_segment_id\x18\x05 \x01(\x04H\x00\x12\x37\n\tposix_shm\x18\x06 \x01(\x0b\x32\".edgefleet.agent.v1.PosixShmHandleH\x00\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12\x0c\n\x04size\x18\x08 \x01(\x04\x42\x06\n\x04\x64\x61ta\"Q\n\x11PredictExtRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07tensors\x18\x02 \x03(\x0b\x32\x1d.edgefleet.agent.v1.TensorExt\"D\n\x12PredictExtResponse\x12.\n\x07tensors\x18\x01 \x03(\x0b\x32\x1d.edgefleet.agent.v1.TensorExt2\xba\x05\n\x0f\x41gentExtensions\x12j\n\x11GetServerMetadata\x12).edgefleet.agent.v1.ServerMetadataRequest\x1a*.edgefleet.agent.v1.ServerMetadataResponse\x12R\n\tGetHealth\x12!.edgefleet.agent.v1.HealthRequest\x1a\".edgefleet.agent.v1.HealthResponse\x12m\n\x12GetModelStatistics\x12*.edgefleet.agent.v1.ModelStatisticsRequest\x1a+.edgefleet.agent.v1.ModelStatisticsResponse\x12[\n\nPredictExt\x12%.edgefleet.agent.v1.PredictExtRequest\x1a&.edgefleet.agent.v1.PredictExtResponse\x12X\n\tSetHandle\x12$.edgefleet.agent.v1.SetHandleRequest\x1a%.edgefleet.agent.v1.SetHandleResponse\x12\x61\n\x0cRemoveHandle\x12\'.edgefleet.agent.v1.RemoveHandleRequest\x1a(.edgefleet.agent.v1.RemoveHandleResponse\x12^\n\x0bListHandles\x12&.edgefleet.agent.v1.ListHandlesRequest\x1a\'.edgefleet.agent.v1.ListHandlesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.agent.proto.extensions_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVERMETADATAREQUEST']._serialized_start=62
-  _globals['_SERVERMETADATAREQUEST']._serialized_end=85
-  _globals['_SERVERMETADATARESPONSE']._serialized_start=87
-  _globals['_SERVERMETADATARESPONSE']._serialized_end=198
-  _globals['_HEALTHREQUEST']._serialized_start=200
-  _globals['_HEALTHREQUEST']._serialized_end=215
-  _globals['_HEALTHRESPONSE']._serialized_start=217
-  _globals['_HEALTHRESPONSE']._serialized_end=293
-  _globals['_MODELSTATISTICSREQUEST']._serialized_start=295
-  _globals['_MODELSTATISTICSREQUEST']._serialized_end=333
-  _globals['_LATENCYSTATS']._serialized_start=335
-  _globals['_LATENCYSTATS']._serialized_end=397
-  _globals['_MODELSTATISTICS']._serialized_start=400
-  _globals['_MODELSTATISTICS']._serialized_end=703
-  _globals['_MODELSTATISTICSRESPONSE']._serialized_start=705
-  _globals['_MODELSTATISTICSRESPONSE']._serialized_end=783
-  _globals['_POSIXSHMHANDLE']._serialized_start=785
-  _globals['_POSIXSHMHANDLE']._serialized_end=845
-  _globals['_TENSOREXT']._serialized_start=848
-  _globals['_TENSOREXT']._serialized_end=1050
-  _globals['_PREDICTEXTREQUEST']._serialized_start=1052
-  _globals['_PREDICTEXTREQUEST']._serialized_end=1133
-  _globals['_PREDICTEXTRESPONSE']._serialized_start=1135
-  _globals['_PREDICTEXTRESPONSE']._serialized_end=1203
-  _globals['_AGENTEXTENSIONS']._serialized_start=1206
-  _globals['_AGENTEXTENSIONS']._serialized_end=1619
+  _globals['_SETHANDLEREQUEST']._serialized_start=62
+  _globals['_SETHANDLEREQUEST']._serialized_end=112
+  _globals['_SETHANDLERESPONSE']._serialized_start=114
+  _globals['_SETHANDLERESPONSE']._serialized_end=158
+  _globals['_REMOVEHANDLEREQUEST']._serialized_start=160
+  _globals['_REMOVEHANDLEREQUEST']._serialized_end=197
+  _globals['_REMOVEHANDLERESPONSE']._serialized_start=199
+  _globals['_REMOVEHANDLERESPONSE']._serialized_end=221
+  _globals['_LISTHANDLESREQUEST']._serialized_start=223
+  _globals['_LISTHANDLESREQUEST']._serialized_end=243
+  _globals['_MODELHANDLE']._serialized_start=245
+  _globals['_MODELHANDLE']._serialized_end=290
+  _globals['_LISTHANDLESRESPONSE']._serialized_start=292
+  _globals['_LISTHANDLESRESPONSE']._serialized_end=363
+  _globals['_SERVERMETADATAREQUEST']._serialized_start=365
+  _globals['_SERVERMETADATAREQUEST']._serialized_end=388
+  _globals['_SERVERMETADATARESPONSE']._serialized_start=390
+  _globals['_SERVERMETADATARESPONSE']._serialized_end=501
+  _globals['_HEALTHREQUEST']._serialized_start=503
+  _globals['_HEALTHREQUEST']._serialized_end=518
+  _globals['_HEALTHRESPONSE']._serialized_start=520
+  _globals['_HEALTHRESPONSE']._serialized_end=596
+  _globals['_MODELSTATISTICSREQUEST']._serialized_start=598
+  _globals['_MODELSTATISTICSREQUEST']._serialized_end=636
+  _globals['_LATENCYSTATS']._serialized_start=638
+  _globals['_LATENCYSTATS']._serialized_end=700
+  _globals['_MODELSTATISTICS']._serialized_start=703
+  _globals['_MODELSTATISTICS']._serialized_end=1006
+  _globals['_MODELSTATISTICSRESPONSE']._serialized_start=1008
+  _globals['_MODELSTATISTICSRESPONSE']._serialized_end=1086
+  _globals['_POSIXSHMHANDLE']._serialized_start=1088
+  _globals['_POSIXSHMHANDLE']._serialized_end=1148
+  _globals['_TENSOREXT']._serialized_start=1151
+  _globals['_TENSOREXT']._serialized_end=1353
+  _globals['_PREDICTEXTREQUEST']._serialized_start=1355
+  _globals['_PREDICTEXTREQUEST']._serialized_end=1436
+  _globals['_PREDICTEXTRESPONSE']._serialized_start=1438
+  _globals['_PREDICTEXTRESPONSE']._serialized_end=1506
+  _globals['_AGENTEXTENSIONS']._serialized_start=1509
+  _globals['_AGENTEXTENSIONS']._serialized_end=2207
 # @@protoc_insertion_point(module_scope)

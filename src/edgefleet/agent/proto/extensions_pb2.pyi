@@ -6,6 +6,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SetHandleRequest(_message.Message):
+    __slots__ = ("handle", "target")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    target: str
+    def __init__(self, handle: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class SetHandleResponse(_message.Message):
+    __slots__ = ("previous_target",)
+    PREVIOUS_TARGET_FIELD_NUMBER: _ClassVar[int]
+    previous_target: str
+    def __init__(self, previous_target: _Optional[str] = ...) -> None: ...
+
+class RemoveHandleRequest(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    def __init__(self, handle: _Optional[str] = ...) -> None: ...
+
+class RemoveHandleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListHandlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelHandle(_message.Message):
+    __slots__ = ("handle", "target")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    target: str
+    def __init__(self, handle: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class ListHandlesResponse(_message.Message):
+    __slots__ = ("handles",)
+    HANDLES_FIELD_NUMBER: _ClassVar[int]
+    handles: _containers.RepeatedCompositeFieldContainer[ModelHandle]
+    def __init__(self, handles: _Optional[_Iterable[_Union[ModelHandle, _Mapping]]] = ...) -> None: ...
+
 class ServerMetadataRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

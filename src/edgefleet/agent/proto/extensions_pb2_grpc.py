@@ -54,6 +54,21 @@ class AgentExtensionsStub:
                 request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.FromString,
                 _registered_method=True)
+        self.SetHandle = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/SetHandle',
+                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.FromString,
+                _registered_method=True)
+        self.RemoveHandle = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/RemoveHandle',
+                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.FromString,
+                _registered_method=True)
+        self.ListHandles = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/ListHandles',
+                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentExtensionsServicer:
@@ -87,6 +102,26 @@ class AgentExtensionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHandle(self, request, context):
+        """Stable model handles (extension "model-handles"): every RPC taking a model name also accepts a
+        handle, resolved to its target alias; switching a handle is atomic, so hot swaps need no client change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveHandle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHandles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentExtensionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +144,21 @@ def add_AgentExtensionsServicer_to_server(servicer, server):
                     servicer.PredictExt,
                     request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.FromString,
                     response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.SerializeToString,
+            ),
+            'SetHandle': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHandle,
+                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.FromString,
+                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.SerializeToString,
+            ),
+            'RemoveHandle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveHandle,
+                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.FromString,
+                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.SerializeToString,
+            ),
+            'ListHandles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHandles,
+                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.FromString,
+                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +269,87 @@ class AgentExtensions:
             '/edgefleet.agent.v1.AgentExtensions/PredictExt',
             edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.SerializeToString,
             edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHandle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/SetHandle',
+            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.SerializeToString,
+            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveHandle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/RemoveHandle',
+            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.SerializeToString,
+            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHandles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/ListHandles',
+            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
+            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
             options,
             channel_credentials,
             insecure,
