@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgefleet.compiler.job import CompileJob, CompileRequest
 from edgefleet.compiler.report import CandidateReport, CompileReport
+from edgefleet.compiler.signature import InputSpec
 from edgefleet.compiler.targets import host_target
 
 
@@ -41,6 +42,7 @@ class Case:
     onnx: Path
     calibration: Path
     validation: Path
+    inputs: tuple[InputSpec, ...] = ()
 
 
 def _export(module: object, path: Path, shape: tuple[int, ...], input_name: str) -> Path:
@@ -130,6 +132,9 @@ def imagenet_case(work: Path, name: str) -> Case:
         _export(net, work / f"{name}.onnx", (1, 3, 224, 224), "input"),
         work / f"{name}-cal.npz",
         work / f"{name}-val.npz",
+        # batch 1 pinned, as a device serving single images would: static shapes let every
+        # engine pick its fastest kernels (OpenVINO especially)
+        (InputSpec("input", (1, 3, 224, 224)),),
     )
 
 
@@ -142,6 +147,7 @@ def run_job(case: Case, out: Path, args: argparse.Namespace, **kwargs: object) -
         output_dir=out,
         calibration=case.calibration,
         validation=case.validation,
+        inputs=case.inputs,
         threads=args.threads,
         benchmark_seconds=args.bench_seconds,
         **kwargs,  # type: ignore[arg-type]
