@@ -90,6 +90,17 @@ class ScriptedAgent:
     def server_metadata(self) -> ServerMetadata:
         return self.inner.server_metadata()
 
+    def set_handle(self, handle: str, target: str) -> str | None:
+        self.before("set_handle", handle)
+        return self.inner.set_handle(handle, target)
+
+    def remove_handle(self, handle: str) -> None:
+        self.before("remove_handle", handle)
+        self.inner.remove_handle(handle)
+
+    def handles(self) -> dict[str, str]:
+        return self.inner.handles()
+
     def health(self) -> Health:
         return self.inner.health()
 

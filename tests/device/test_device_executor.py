@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from device_testkit import CrashHere, Device, ScriptedAgent, deployment, make_device, null_package
 
-from edgefleet.core.errors import FailedPrecondition, Unavailable
+from edgefleet.core.errors import FailedPrecondition, NotFound, Unavailable
 from edgefleet.core.signing import init_keys
 from edgefleet.device.config import DeploymentSettings
 from edgefleet.device.fake import FakeControlPlane
 from edgefleet.device.nullagent import NullAgent
-from edgefleet.device.protocol import FailurePolicy, PackageRef, Result
+from edgefleet.device.protocol import Definition, Deployment, DesiredState, FailurePolicy, PackageRef, Result
 from edgefleet.device.state import JournalKind, StateStore, StepStatus
 
 
@@ -231,6 +232,7 @@ def test_a_crash_mid_deployment_is_undone_then_applied_again(
     with pytest.raises(CrashHere):
         crashing.executor.apply(second)
     assert crashing.handles() == {"detector": "detector-2-0-g2"}  # it died after the switch
+    assert agent.handles() == {"detector": "detector-2-0-g2"}
 
     restarted = device(tmp_path, trust, plane, agent)  # a new process over the same state directory
     journal = restarted.store.state.journal
@@ -239,12 +241,14 @@ def test_a_crash_mid_deployment_is_undone_then_applied_again(
     assert outcome is not None and outcome.result is None
     assert "interrupted (attempt 1" in outcome.message
     assert restarted.handles() == {"detector": "detector-1-0-g1"}
+    assert agent.handles() == {"detector": "detector-1-0-g1"}  # the agent's handle moved back too
     assert restarted.loaded() == {"detector-1-0-g1"}
     assert restarted.store.state.interrupted == {"p2.s1": 1}
 
     again = restarted.executor.apply(second)
     assert again.result is Result.SUCCEEDED
     assert restarted.handles() == {"detector": "detector-2-0-g3"}
+    assert agent.handles() == {"detector": "detector-2-0-g3"}
     assert restarted.loaded() == {"detector-2-0-g3"}
     assert restarted.store.state.interrupted == {}
 
@@ -279,11 +283,14 @@ def test_converge_restores_the_installed_models_into_a_fresh_agent(
     dev = device(tmp_path, trust, plane)
     dev.executor.apply(deployment("p1.s1", ("detector", "1.0", ref(plane, packages, "1.0"))))
     plane.online = False  # restoring needs no server: the package is staged on disk
-    fresh = NullAgent()
+    fresh = NullAgent()  # a restarted agent: no models, no handles
+    fresh.load(str(next((tmp_path / "state" / "packages" / "staged").iterdir())), "someone-elses")
+    fresh.set_handle("theirs", "someone-elses")  # not the daemon's: left alone
     rebooted = device(tmp_path, trust, plane, fresh)
     assert rebooted.executor.converge() == []
-    assert rebooted.loaded() == {"detector-1-0-g1"}
+    assert rebooted.loaded() == {"detector-1-0-g1", "someone-elses"}
     assert rebooted.handles() == {"detector": "detector-1-0-g1"}
+    assert fresh.handles() == {"detector": "detector-1-0-g1", "theirs": "someone-elses"}
 
 
 def test_converge_reports_what_it_cannot_restore(
@@ -339,3 +346,113 @@ def test_the_result_queue_is_bounded(
     history = StateStore(tmp_path / "state").state.history
     assert [e.deployment for e in history] == ["d3.s", "d4.s"]
     assert "result queue full: dropping the unsent result of d2.s" in caplog.text
+
+
+X = {"x": np.ones((1, 4), dtype=np.float32)}
+
+
+def test_the_agent_resolves_the_handle_through_swaps_rollbacks_and_an_undeploy(
+    tmp_path: Path, trust: Path, plane: FakeControlPlane, packages: dict[str, Path]
+) -> None:
+    agent = NullAgent()  # implements model-handles, refuses to unload a handle's target like the agent
+    dev = device(tmp_path, trust, plane, agent)
+    v1, v2, bad = (ref(plane, packages, v) for v in ("1.0", "2.0", "bad"))
+
+    def served() -> str:
+        agent.predict("detector", X)  # what an unmodified application calls
+        return agent.describe("detector").name
+
+    dev.executor.apply(deployment("p1.s1", ("detector", "1.0", v1)))
+    assert agent.handles() == {"detector": "detector-1-0-g1"} and served() == "detector-1-0-g1"
+    second = deployment("p2.s1", ("detector", "2.0", v2))
+    assert dev.executor.apply(second).result is Result.SUCCEEDED
+    assert agent.handles() == {"detector": "detector-2-0-g2"} and served() == "detector-2-0-g2"
+    assert (
+        dev.executor.apply(deployment("p3.s1", ("detector", "3.0", bad))).result is Result.FAILED_ROLLED_BACK
+    )
+    assert agent.handles() == {"detector": "detector-2-0-g2"} and dev.loaded() == {"detector-2-0-g2"}
+    assert dev.executor.rollback(second).result is Result.FAILED_ROLLED_BACK
+    assert agent.handles() == {"detector": "detector-1-0-g4"} and served() == "detector-1-0-g4"
+
+    undeploy = Deployment("p5.s1", (Definition("detector", "det", "1.0", v1, state=DesiredState.UNDEPLOY),))
+    assert dev.executor.apply(undeploy).result is Result.SUCCEEDED
+    assert agent.handles() == {} and dev.loaded() == set() and dev.handles() == {}
+    with pytest.raises(NotFound, match="detector"):
+        agent.predict("detector", X)
+
+
+def test_an_agent_without_model_handles_gets_the_map_only(
+    tmp_path: Path, trust: Path, plane: FakeControlPlane, packages: dict[str, Path]
+) -> None:
+    agent = NullAgent(handles=False)
+    dev = device(tmp_path, trust, plane, agent)
+    v1, v2 = ref(plane, packages, "1.0"), ref(plane, packages, "2.0")
+    dev.executor.apply(deployment("p1.s1", ("detector", "1.0", v1)))
+    assert dev.executor.apply(deployment("p2.s1", ("detector", "2.0", v2))).result is Result.SUCCEEDED
+    assert dev.handles() == {"detector": "detector-2-0-g2"} and dev.loaded() == {"detector-2-0-g2"}
+    assert dev.executor.converge() == []
+    with pytest.raises(NotFound, match="'detector'"):
+        agent.predict("detector", X)  # applications resolve the handle through handles.json
+
+
+@pytest.mark.parametrize(
+    ("policy", "result", "handles", "loaded"),
+    [
+        (FailurePolicy.ROLLBACK_ON_FAILURE, Result.FAILED_ROLLED_BACK, {}, {"b"}),
+        (FailurePolicy.DO_NOTHING, Result.FAILED_NO_CHANGE, {"a": "a-1-0-g2"}, {"a-1-0-g2", "b"}),
+    ],
+)
+def test_a_switch_the_agent_refuses_is_undone_in_the_agent_and_the_map(
+    tmp_path: Path,
+    trust: Path,
+    plane: FakeControlPlane,
+    packages: dict[str, Path],
+    policy: FailurePolicy,
+    result: Result,
+    handles: dict[str, str],
+    loaded: set[str],
+) -> None:
+    agent = NullAgent()
+    v1, v2 = ref(plane, packages, "1.0"), ref(plane, packages, "2.0")
+    dev = device(tmp_path, trust, plane, agent)
+    dev.executor.apply(deployment("p0.s1", ("a", "1.0", v1)))  # stages the package for the foreign load
+    dev.executor.apply(Deployment("p0.s2", (Definition("a", "det", "1.0", v1, state=DesiredState.UNDEPLOY),)))
+    agent.load(str(next((tmp_path / "state" / "packages" / "staged").iterdir())), "b")  # not the daemon's
+
+    # handle "a" switches first, then "b" cannot: a handle may not shadow a loaded model
+    outcome = dev.executor.apply(deployment("p1.s1", ("a", "1.0", v1), ("b", "2.0", v2), policy=policy))
+    assert outcome.result is result
+    assert "switch b: nothing -> b-2-0-g3 failed: ALREADY_EXISTS" in outcome.message
+    assert agent.handles() == handles == dev.handles()
+    assert dev.loaded() == loaded
+    assert dev.store.state.journal is None
+
+
+def test_a_crash_in_the_middle_of_an_undo_leaves_no_handle_behind(
+    tmp_path: Path, trust: Path, plane: FakeControlPlane, packages: dict[str, Path]
+) -> None:
+    failed = {"unload": False}
+
+    def unload_fails_then_crash(call: str, name: str) -> None:
+        if call == "unload" and name == "detector-1-0-g1":
+            failed["unload"] = True
+            raise FailedPrecondition("cannot unload (simulated)")
+        if call == "set_handle" and failed["unload"]:
+            raise CrashHere  # the undo marked the switch UNDONE, then died before moving the handle
+
+    agent = NullAgent()
+    first = device(tmp_path, trust, plane, agent)
+    v1, v2 = ref(plane, packages, "1.0"), ref(plane, packages, "2.0")
+    first.executor.apply(deployment("p1.s1", ("detector", "1.0", v1)))
+    crashing = device(tmp_path, trust, plane, ScriptedAgent(agent, unload_fails_then_crash))
+    with pytest.raises(CrashHere):
+        crashing.executor.apply(deployment("p2.s1", ("detector", "2.0", v2)))
+    assert agent.handles() == {"detector": "detector-2-0-g2"}
+    journal = StateStore(tmp_path / "state").state.journal
+    assert journal is not None and journal.phase.value == "UNDOING"
+
+    restarted = device(tmp_path, trust, plane, agent)
+    outcome = restarted.executor.recover()
+    assert outcome is not None and outcome.result is Result.FAILED_ROLLED_BACK
+    assert agent.handles() == {"detector": "detector-1-0-g1"} == restarted.handles()
+    assert restarted.loaded() == {"detector-1-0-g1"}

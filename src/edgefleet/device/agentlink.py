@@ -60,7 +60,20 @@ class AgentApi(Protocol):
         ...
 
     def server_metadata(self) -> ServerMetadata:
-        """The agent's name and version."""
+        """The agent's name, version and extensions."""
+        ...
+
+    def set_handle(self, handle: str, target: str) -> str | None:
+        """Point ``handle`` at the loaded alias ``target`` atomically (extension ``model-handles``);
+        the previous target, or None."""
+        ...
+
+    def remove_handle(self, handle: str) -> None:
+        """Forget ``handle`` (NOT_FOUND if there is none; extension ``model-handles``)."""
+        ...
+
+    def handles(self) -> dict[str, str]:
+        """handle -> alias for every handle the agent holds (extension ``model-handles``)."""
         ...
 
     def health(self) -> Health:

@@ -274,7 +274,9 @@ class Daemon:
 
     def _reconcile(self) -> list[Outcome]:
         if self._ensure_agent():
-            log.warning("the agent was restarted; restoring the installed models")
+            # a new agent has no models and no handles: serve them again before anything else
+            log.warning("the agent was restarted; restoring the installed models and handles")
+            self.executor.converge()
         outcomes: list[Outcome] = []
         listed: dict[str, Deployment] | None = None
         self.check_registration()

@@ -2,11 +2,16 @@
 
 Every step is marked STARTED in the journal (on disk) before it runs and DONE after, so a crash
 at any point leaves a journal that says what may have happened. Undo is idempotent (unloading an
-alias that is gone, loading one that is there, rewriting the handle map), so recovery after a
-crash simply undoes every STARTED or DONE step in reverse order: the device is back where it was
-before the deployment, and the deployment is applied again when the server still asks for it
-(downloads resume, staged packages are reused). A deployment interrupted
-``max_interrupted_attempts`` times is given up.
+alias that is gone, loading one that is there, making the handle map and the agent's handles name
+what the journal says serves each handle), so recovery after a crash simply undoes every STARTED or
+DONE step in reverse order: the device is back where it was before the deployment, and the
+deployment is applied again when the server still asks for it (downloads resume, staged packages
+are reused). A deployment interrupted ``max_interrupted_attempts`` times is given up.
+
+Handles are state, not commands: a SWITCH step (and its undo) writes whatever
+:func:`serving_models` says now to ``handles.json`` and, when the agent implements
+``model-handles``, to the agent (:func:`~edgefleet.device.handles.sync_agent_handles`). Because the
+agent refuses to unload a handle's target, every unload here happens after the handle moved away.
 
 Results (the closed set of :class:`~edgefleet.device.protocol.Result`):
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +37,13 @@ from pathlib import Path
 from edgefleet.core.errors import AlreadyExists, Code, EdgefleetError, NotFound
 from edgefleet.device.agentlink import AgentConnection, smoke_inputs
 from edgefleet.device.config import DeploymentSettings, RetryPolicy
-from edgefleet.device.handles import HandleEntry, read_handles, write_handles
+from edgefleet.device.handles import (
+    HandleEntry,
+    agent_resolves_handles,
+    read_handles,
+    sync_agent_handles,
+    write_handles,
+)
 from edgefleet.device.packages import DigestMismatch, Packages
 from edgefleet.device.plan import Plan, plan_apply, plan_rollback
 from edgefleet.device.protocol import (
@@ -199,6 +210,11 @@ class Executor:
         if journal is None:
             return None
         name = journal.deployment.name
+        # The crash may have come between marking a step and acting on it (a SWITCH marked UNDONE
+        # whose handles were not moved back yet): first make the handles say what the journal says,
+        # or the agent would refuse to unload an alias a handle still points at.
+        for problem in self._try_sync_handles():
+            log.info("deployment %s: before the undo: %s", name, problem)
         if journal.phase is Phase.UNDOING:
             log.warning("deployment %s: finishing the undo a crash interrupted", name)
             return self._undo_and_finish(journal.failure)
@@ -262,6 +278,11 @@ class Executor:
                 self._mark(index, StepStatus.FAILED, exc.message)
                 failure = f"{step.describe()} failed: {exc}"
                 log.warning("deployment %s: %s", journal.deployment.name, failure)
+                if step.kind is StepKind.SWITCH:
+                    # the switch may have reached the map or the agent before failing (DO_NOTHING
+                    # undoes no switch): put the handles back where the journal says they are
+                    for problem in self._try_sync_handles():
+                        log.warning("deployment %s: %s", journal.deployment.name, problem)
                 if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED) and not self._changed():
                     return self._defer(failure)
                 return self._undo_and_finish(failure)
@@ -294,7 +315,8 @@ class Executor:
     def _do(self, step: Step) -> None:
         model = step.model
         if step.kind is StepKind.SWITCH:
-            self._write_handles()
+            for problem in self._sync_handles(strict=step.handle):
+                log.warning("%s: %s", step.describe(), problem)
             return
         assert model is not None
         if step.kind is StepKind.FETCH:
@@ -312,7 +334,8 @@ class Executor:
         if step.kind is StepKind.LOAD and step.model is not None:
             self._unload(step.model.alias)
         elif step.kind is StepKind.SWITCH:
-            self._write_handles()
+            for problem in self._sync_handles():
+                log.warning("undo %s: %s", step.describe(), problem)
         elif step.kind is StepKind.UNLOAD and step.model is not None:
             if not self.packages.is_staged(step.model.package):
                 self.packages.fetch(step.model.package, self.plane)
@@ -345,14 +368,41 @@ class Executor:
             return
         self.agent.smoke.predict(model.alias, smoke_inputs(info))
 
-    def _write_handles(self) -> None:
-        if self.handles_path is None:  # simulated devices serve no applications
-            return
+    def _sync_handles(self, *, strict: str | None = None, leave: Set[str] = frozenset()) -> list[str]:
+        """Make the handle map and the agent's handles name what :func:`serving_models` says.
+
+        The map is written first (a local file: an undo must not be held up by the agent). Agent
+        handles are set only when the agent implements ``model-handles``. A handle whose target the
+        agent does not have (it restarted: converge loads it and sets the handle later) is returned
+        as a problem, unless it is ``strict`` (the handle a SWITCH step moves), which raises.
+        Agent handles in ``leave`` are not touched.
+        """
         with self.store.locked() as st:
             serving = serving_models(st)
-        entries = {h: HandleEntry(m.alias, m.model_name, m.model_version) for h, m in serving.items()}
-        if read_handles(self.handles_path) != entries:
-            write_handles(self.handles_path, entries, self._now())
+            owned = set(st.managed)
+        if self.handles_path is not None:  # simulated devices keep no map
+            entries = {h: HandleEntry(m.alias, m.model_name, m.model_version) for h, m in serving.items()}
+            if read_handles(self.handles_path) != entries:
+                write_handles(self.handles_path, entries, self._now())
+        api = self.agent.api
+        if not agent_resolves_handles(api):
+            return []
+        problems = sync_agent_handles(
+            api,
+            {h: m.alias for h, m in serving.items()},
+            owned,
+            strict=frozenset() if strict is None else {strict},
+            leave=leave,
+        )
+        return problems
+
+    def _try_sync_handles(self, leave: Set[str] = frozenset()) -> list[str]:
+        """:meth:`_sync_handles` where a failure must not end the caller (converge retries it):
+        every failure is returned as a problem."""
+        try:
+            return self._sync_handles(leave=leave)
+        except EdgefleetError as exc:
+            return [f"cannot update the handles: {exc}"]
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _set_journal(self, journal: Journal) -> None:
@@ -466,7 +516,8 @@ class Executor:
                 st.watches[name] = watch
             if journal.kind is JournalKind.ROLLBACK:
                 st.watches.pop(name, None)
-        self._write_handles()
+        for problem in self._try_sync_handles():
+            log.warning("deployment %s: %s", name, problem)
         self.collect_garbage()
         log.info("deployment %s: %s (%s)", name, result.value, message)
         return Outcome(name, journal.kind, result, message, entry)
@@ -520,16 +571,18 @@ class Executor:
 
     # -- convergence ----------------------------------------------------------------------------
     def converge(self) -> list[str]:
-        """Make the agent serve exactly the installed models and the handle map name them.
+        """Make the agent serve exactly the installed models and the handles name them.
 
         Loads installed versions the agent lacks (after an agent restart or a reboot; the package
-        is fetched again if the cache lost it), unloads versions the daemon loaded that nothing
-        serves, rewrites the handle map if it differs. Returns the problems left (retried on the
-        next pass). Never called while a journal is open.
+        is fetched again if the cache lost it), points the handle map and the agent's handles at
+        them (an agent loses its handles when it restarts), then unloads versions the daemon loaded
+        that nothing serves. Returns the problems left (retried on the next pass). Never called
+        while a journal is open.
         """
         if self.store.state.journal is not None:
             return ["a deployment is in flight"]
         problems: list[str] = []
+        missing: set[str] = set()  # handles whose version could not be loaded
         try:
             loaded = {m.name for m in self.agent.api.list()}
         except EdgefleetError as exc:
@@ -553,7 +606,10 @@ class Executor:
                     model.handle,
                 )
             except EdgefleetError as exc:
+                missing.add(model.handle)
                 problems.append(f"cannot restore handle {model.handle} ({model.alias}): {exc}")
+        # handles before unloads: the agent refuses to unload an alias a handle points at
+        problems += self._try_sync_handles(leave=missing)
         for alias in sorted(stale):
             try:
                 if alias in loaded:
@@ -562,7 +618,6 @@ class Executor:
                     self._forget(alias)
             except EdgefleetError as exc:
                 problems.append(f"cannot unload {alias}: {exc}")
-        self._write_handles()
         for problem in problems:
             log.warning("%s", problem)
         return problems

@@ -4,6 +4,11 @@ It keeps aliases and per-alias counters like the real agent and answers Predict 
 like the model's outputs (taken from the staged package's manifest when there is one). Models can be
 made to fail (``fail_models``, or a null-runtime package whose model file says ``"fail": true``) so
 that rollbacks can be exercised at fleet scale.
+
+Like the real agent it implements the extension ``model-handles`` with the same rules (unless
+built with ``handles=False``, to stand for an agent without it): a handle names a loaded alias and
+is accepted wherever a model name is, the target must be loaded, a handle may not shadow a loaded
+alias nor a load take a handle's name, and a handle's target cannot be unloaded until it moves.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import numpy as np
 
 from edgefleet import __version__
 from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
-from edgefleet.core.errors import AlreadyExists, InvalidArgument, NotFound
+from edgefleet.core.errors import (
+    AlreadyExists,
+    Code,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest
 
@@ -50,10 +62,15 @@ class _Slot:
 class NullAgent:
     """Satisfies :class:`edgefleet.device.agentlink.AgentApi` without a process or a runtime."""
 
-    def __init__(self, *, fail_models: set[str] | None = None, latency_ms: float = 1.0) -> None:
+    def __init__(
+        self, *, fail_models: set[str] | None = None, latency_ms: float = 1.0, handles: bool = True
+    ) -> None:
         self.fail_models = set(fail_models or ())
         self.latency_ms = latency_ms
+        #: whether the extension ``model-handles`` is implemented (and advertised)
+        self.handles_extension = handles
         self._slots: dict[str, _Slot] = {}
+        self._handles: dict[str, str] = {}
         self._known: dict[str, tuple[Manifest, bool]] = {}
         self._lock = threading.Lock()
 
@@ -66,6 +83,8 @@ class NullAgent:
         with self._lock:
             if name in self._slots:
                 raise AlreadyExists(f"a model is already loaded (or loading) under the name {name!r}")
+            if name in self._handles:
+                raise AlreadyExists(f"{name!r} is a model handle (pointing at {self._handles[name]!r})")
         model_name, model_version, info = name, "", ModelInfo(name=name, url=url, inputs=(), outputs=())
         fail = False
         manifest: Manifest | None = None
@@ -87,8 +106,14 @@ class NullAgent:
 
     def unload(self, name: str) -> None:
         with self._lock:
-            if self._slots.pop(name, None) is None:
+            if name not in self._slots:
                 raise NotFound(f"no model is loaded under the name {name!r}")
+            pointing = sorted(h for h, t in self._handles.items() if t == name)
+            if pointing:
+                raise FailedPrecondition(
+                    f"model {name!r} is the target of handle(s) {', '.join(pointing)}; move or remove them first"
+                )
+            del self._slots[name]
 
     def list(self) -> builtins.list[ModelInfo]:
         with self._lock:
@@ -100,9 +125,41 @@ class NullAgent:
 
     def _slot(self, name: str) -> _Slot:
         slot = self._slots.get(name)
+        if slot is None and name in self._handles:
+            slot = self._slots.get(self._handles[name])
         if slot is None:
             raise NotFound(f"no model is loaded under the name {name!r}")
         return slot
+
+    # -- extension "model-handles" ----------------------------------------------------------------
+    def _require_handles(self) -> None:
+        if not self.handles_extension:
+            raise EdgefleetError("this agent does not implement model-handles", Code.UNIMPLEMENTED)
+
+    def set_handle(self, handle: str, target: str) -> str | None:
+        """Point ``handle`` at the loaded alias ``target``; the previous target or None."""
+        self._require_handles()
+        with self._lock:
+            if target not in self._slots:
+                raise NotFound(f"handle target {target!r} is not a loaded model")
+            if handle in self._slots:
+                raise AlreadyExists(f"{handle!r} is a loaded model's name; a handle must not shadow it")
+            previous = self._handles.get(handle)
+            self._handles[handle] = target
+        return previous
+
+    def remove_handle(self, handle: str) -> None:
+        """Forget ``handle`` (NOT_FOUND if there is none)."""
+        self._require_handles()
+        with self._lock:
+            if self._handles.pop(handle, None) is None:
+                raise NotFound(f"no handle named {handle!r}")
+
+    def handles(self) -> dict[str, str]:
+        """handle -> alias."""
+        self._require_handles()
+        with self._lock:
+            return dict(self._handles)
 
     def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
@@ -134,7 +191,7 @@ class NullAgent:
             slots = {name: self._slot(name)} if name else dict(self._slots)
             return [
                 ModelStatistics(
-                    name=alias,
+                    name=s.info.name,
                     model_name=s.model_name,
                     model_version=s.model_version,
                     request_count=s.requests,
@@ -149,7 +206,7 @@ class NullAgent:
                     memory_bytes=0,
                     loaded_time=s.loaded_time,
                 )
-                for alias, s in slots.items()
+                for s in slots.values()
             ]
 
     def server_metadata(self) -> ServerMetadata:
@@ -157,7 +214,8 @@ class NullAgent:
             name="edgefleet-null-agent",
             version=__version__,
             protocol="simulated",
-            extensions=("model-statistics", "health"),
+            extensions=("model-statistics", "health")
+            + (("model-handles",) if self.handles_extension else ()),
             runtimes=("null",),
         )
 
