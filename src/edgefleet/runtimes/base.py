@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import abc
 import importlib
+import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -48,6 +51,63 @@ class LoadedModel(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release every resource (memory, threads). The model is unusable afterwards."""
+
+
+T = TypeVar("T")
+
+
+class InstancePool(Generic[T]):
+    """Up to ``limit`` instances of an engine object that is not thread-safe (an interpreter, an
+    infer request, a VM), created on demand and lent to one inference at a time.
+
+    Engines that cannot run one instance from several threads get their parallelism this way:
+    concurrent calls each lease their own instance; past ``limit`` they wait for one to come back.
+    """
+
+    def __init__(self, factory: Callable[[], T], limit: int, first: T | None = None) -> None:
+        self._factory = factory
+        self._limit = max(1, limit)
+        self._lock = threading.Lock()
+        self._idle: queue.LifoQueue[T] = queue.LifoQueue()  # LIFO: the warmest instance first
+        self._created = 0
+        if first is not None:
+            self._idle.put(first)
+            self._created = 1
+
+    @contextmanager
+    def lease(self) -> Iterator[T]:
+        """Borrow an instance for the duration of the ``with`` block."""
+        instance = self._checkout()
+        try:
+            yield instance
+        finally:
+            self._idle.put(instance)
+
+    def _checkout(self) -> T:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            create = self._created < self._limit
+            if create:
+                self._created += 1
+        if create:
+            try:
+                return self._factory()
+            except BaseException:
+                with self._lock:
+                    self._created -= 1
+                raise
+        return self._idle.get()
+
+    def clear(self) -> None:
+        """Drop the idle instances (on unload); leased ones go when their holders return them."""
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                return
 
 
 class Backend(abc.ABC):

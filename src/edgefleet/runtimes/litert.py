@@ -7,8 +7,6 @@ the GIL, so pooled interpreters run in parallel.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from ai_edge_litert import interpreter as litert
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
 from edgefleet.core.tensors import DataType, TensorSpec
-from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions
+from edgefleet.runtimes.base import Backend, InstancePool, LoadedModel, RuntimeOptions
 
 _OVERHEAD_BYTES = 8 * 1024 * 1024
 
@@ -38,14 +36,10 @@ class LiteRTModel(LoadedModel):
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         self._path = path
         self._threads = options.intra_op_threads or None
-        self._max = max(1, options.concurrency)
-        self._created = 0
-        self._lock = threading.Lock()
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         first = self._new_interpreter()
         self.inputs = tuple(_spec(d) for d in first.get_input_details())
         self.outputs = tuple(_spec(d) for d in first.get_output_details())
-        self._pool.put(first)
+        self._pool: InstancePool[Any] = InstancePool(self._new_interpreter, options.concurrency, first)
         self._closed = False
 
     def _new_interpreter(self) -> Any:
@@ -54,46 +48,28 @@ class LiteRTModel(LoadedModel):
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise FailedPrecondition(f"LiteRT cannot load {self._path.name}: {exc}") from exc
-        self._created += 1
         return interp
-
-    def _checkout(self) -> Any:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._created < self._max:
-                return self._new_interpreter()
-        return self._pool.get()
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self._closed:
             raise FailedPrecondition("model was unloaded")
-        interp = self._checkout()
-        try:
-            details = interp.get_input_details()
-            for detail in details:
-                value = inputs[detail["name"]]
-                if tuple(detail["shape"]) != value.shape:
-                    interp.resize_tensor_input(detail["index"], list(value.shape))
-                    interp.allocate_tensors()
-            for detail in interp.get_input_details():
-                interp.set_tensor(detail["index"], np.ascontiguousarray(inputs[detail["name"]]))
-            interp.invoke()
-            return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
-        except (ValueError, RuntimeError) as exc:
-            raise InvalidArgument(f"LiteRT rejected the inputs: {exc}") from exc
-        finally:
-            self._pool.put(interp)
+        with self._pool.lease() as interp:
+            try:
+                for detail in interp.get_input_details():
+                    value = inputs[detail["name"]]
+                    if tuple(detail["shape"]) != value.shape:
+                        interp.resize_tensor_input(detail["index"], list(value.shape))
+                        interp.allocate_tensors()
+                for detail in interp.get_input_details():
+                    interp.set_tensor(detail["index"], np.ascontiguousarray(inputs[detail["name"]]))
+                interp.invoke()
+                return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
+            except (ValueError, RuntimeError) as exc:
+                raise InvalidArgument(f"LiteRT rejected the inputs: {exc}") from exc
 
     def close(self) -> None:
         self._closed = True
-        while True:
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                break
+        self._pool.clear()
 
 
 class LiteRTBackend(Backend):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import queue
 import struct
 import threading
 from collections.abc import Mapping
@@ -38,7 +37,7 @@ import tvm_ffi
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
 from edgefleet.core.tensors import TensorSpec
-from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions
+from edgefleet.runtimes.base import Backend, InstancePool, LoadedModel, RuntimeOptions
 
 #: Version of the sidecar format this backend reads and the compiler writes.
 ARTIFACT_FORMAT = 1
@@ -168,13 +167,10 @@ class TVMModel(LoadedModel):
         self.inputs = inputs
         self.outputs = outputs
         self._threads = options.intra_op_threads
-        self._max = max(1, options.concurrency)
-        self._created = 0
-        self._lock = threading.Lock()
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._configured = threading.local()
         # Create the first VM now so a library that cannot start fails at load, not at Predict.
-        self._pool.put(self._new_vm())
+        # A Relax VM is not thread-safe: one per concurrent call.
+        self._pool: InstancePool[Any] = InstancePool(self._new_vm, options.concurrency, self._new_vm())
 
     def _new_vm(self) -> Any:
         try:
@@ -182,18 +178,7 @@ class TVMModel(LoadedModel):
             function = vm[self._entry]
         except _TVM_ERRORS as exc:
             raise FailedPrecondition(f"TVM cannot start the model's VM: {exc}") from exc
-        self._created += 1
         return function
-
-    def _checkout(self) -> Any:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._created < self._max:
-                return self._new_vm()
-        return self._pool.get()
 
     def _configure_thread(self) -> None:
         # TVM's kernel thread pool belongs to the calling thread; size it once per thread.
@@ -223,14 +208,11 @@ class TVMModel(LoadedModel):
             raise FailedPrecondition("model was unloaded")
         arguments = self._arguments(inputs)
         self._configure_thread()
-        function = self._checkout()
-        try:
+        with self._pool.lease() as function:
             try:
                 result = function(*arguments)
             except _TVM_ERRORS as exc:
                 raise InvalidArgument(f"TVM inference failed: {exc}") from exc
-        finally:
-            self._pool.put(function)
         # The entry returns one tensor, or an array of them for several outputs. Outputs are copied
         # (cheaply, through DLPack): an output may alias a model constant the caller must not edit.
         values = [result] if isinstance(result, tvm_ffi.Tensor) else list(result)
@@ -238,11 +220,7 @@ class TVMModel(LoadedModel):
 
     def close(self) -> None:
         self._library = None
-        while True:
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                break
+        self._pool.clear()
 
 
 class TVMBackend(Backend):

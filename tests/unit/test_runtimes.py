@@ -1,0 +1,111 @@
+"""Runtime seam: the backend registry, the instance pool, and the LiteRT backend on a real .tflite."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest_package import make_tflite_add
+
+from edgefleet.core.errors import FailedPrecondition
+from edgefleet.core.package import build_package, unpack_package
+from edgefleet.runtimes.base import InstancePool, RuntimeOptions, get_backend, version_at_least
+
+
+def test_unknown_backend_lists_known_ones() -> None:
+    with pytest.raises(
+        FailedPrecondition, match=r"unknown runtime 'tensorrt': this agent knows .*onnxruntime"
+    ):
+        get_backend("tensorrt")
+
+
+@pytest.mark.parametrize(
+    ("installed", "minimum", "ok"),
+    [
+        ("1.31.1", "1.17", True),
+        ("1.17", "1.17.0", True),
+        ("1.9", "1.17", False),
+        ("2026.4.1", "2024.0", True),
+        ("2.13.0+cpu", "2.13", True),
+        ("0.27.0.post1", "0.28", False),
+    ],
+)
+def test_version_at_least(installed: str, minimum: str, ok: bool) -> None:
+    assert version_at_least(installed, minimum) is ok
+
+
+def test_instance_pool_lends_each_instance_to_one_caller_and_caps_creation() -> None:
+    created: list[object] = []
+    lock = threading.Lock()
+
+    def factory() -> object:
+        with lock:
+            created.append(object())
+            return created[-1]
+
+    pool: InstancePool[object] = InstancePool(factory, limit=3)
+    held: set[int] = set()
+    overlap = threading.Event()
+    barrier = threading.Barrier(3)
+
+    def work() -> None:
+        with pool.lease() as instance:
+            with lock:
+                assert id(instance) not in held  # never lent twice at once
+                held.add(id(instance))
+            try:
+                barrier.wait(timeout=30)  # three callers hold three instances at the same time
+                overlap.set()
+            finally:
+                with lock:
+                    held.discard(id(instance))
+
+    with ThreadPoolExecutor(max_workers=6) as executor:
+        for future in [executor.submit(work) for _ in range(6)]:
+            future.result()
+    assert overlap.is_set()
+    assert len(created) == 3
+
+
+def test_instance_pool_factory_failure_frees_its_slot() -> None:
+    calls = []
+
+    def factory() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("engine refused")
+        return len(calls)
+
+    pool: InstancePool[int] = InstancePool(factory, limit=1)
+    with pytest.raises(RuntimeError, match="engine refused"), pool.lease():
+        pass
+    with pool.lease() as instance:  # the failed creation did not use up the only slot
+        assert instance == 2
+
+
+def test_litert_backend_runs_a_tflite_package(tmp_path: Path, keys: Path) -> None:
+    model = make_tflite_add(tmp_path / "add.tflite")
+    package = build_package(model, name="add", version="1", key_dir=keys, out_dir=tmp_path)
+    directory = unpack_package(package, tmp_path / "unpacked", trust_dir=keys / "trust")
+    from edgefleet.core.package import verify_package_dir
+
+    manifest = verify_package_dir(directory, keys / "trust")
+    assert manifest.runtime.name == "litert"
+    backend = get_backend("litert")
+    loaded = backend.load(directory, manifest, RuntimeOptions(concurrency=2))
+    assert [(t.name, t.shape) for t in loaded.inputs] == [("a", (-1, 4)), ("b", (-1, 4))]
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)  # a batch of 3 resizes the interpreter
+    b = np.ones((3, 4), np.float32)
+
+    def run(_: int) -> np.ndarray:
+        return loaded.run({"a": a, "b": b})[0]
+
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        for out in executor.map(run, range(16)):
+            np.testing.assert_array_equal(out, a + b)
+    loaded.close()
+    with pytest.raises(FailedPrecondition, match="unloaded"):
+        loaded.run({"a": a, "b": b})
