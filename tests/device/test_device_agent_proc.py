@@ -1,8 +1,10 @@
-"""The daemon with real agent processes: hot swaps under load, a bad version, SIGKILL mid-deployment."""
+"""The daemon with real agent processes: hot swaps under load (applications using the agent's own
+handles or the handle map), a bad version, daemon and agent restarts, SIGKILL mid-deployment."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_testkit import Hammer, deployment, make_device, null_package
+from device_testkit import CrashHere, Hammer, ScriptedAgent, deployment, make_device, null_package
 from support import REPO, running_agent, short_socket_dir
+from support import start as start_agent
 
 from edgefleet.client import AgentClient
+from edgefleet.core.errors import EdgefleetError
 from edgefleet.device.agentlink import AgentConnection
 from edgefleet.device.fake import FakeControlPlane
 from edgefleet.device.handles import HandleClient
@@ -78,6 +82,89 @@ def test_applications_are_served_throughout_swaps_and_a_failed_smoke_test(
         connection.close()
 
 
+def test_an_unmodified_application_calling_the_handle_is_served_throughout(
+    tmp_path: Path, trust: Path, packages: dict[str, Path]
+) -> None:
+    """An Edge Manager application knows one model name and nothing of the daemon: no handle map."""
+    plane = FakeControlPlane()
+    v1, v2, bad = (plane.add_package(packages[v]) for v in ("1.0", "2.0", "bad"))
+    state = tmp_path / "state"
+    x = np.ones((1, 4), dtype=np.float32)
+    (tmp_path / "agent").mkdir()
+    with running_agent(tmp_path / "agent", trust) as agent, AgentClient(agent.address) as app:
+        connection = AgentConnection.connect(agent.address, call_timeout=60, smoke_timeout=30)
+        assert "model-handles" in connection.api.server_metadata().extensions
+        dev = make_device(state, trust, plane, connection.api)
+        dev.daemon.start()
+        assert dev.executor.apply(deployment("p1.s1", ("detector", "1.0", v1))).result is Result.SUCCEEDED
+
+        def predict() -> None:
+            (y,) = app.predict("detector", {"x": x}).values()
+            assert np.array_equal(y, x)
+
+        with Hammer(predict) as hammer:
+
+            def served_on() -> None:
+                ok = hammer.ok
+                wait_for(lambda: hammer.ok > ok + 5, "more calls served")
+
+            # a hot swap
+            assert dev.executor.apply(deployment("p2.s1", ("detector", "2.0", v2))).result is Result.SUCCEEDED
+            assert app.describe("detector").name == "detector-2-0-g2"
+            served_on()
+            # a version failing its smoke test: rolled back before the handle ever moved
+            failed = dev.executor.apply(deployment("p3.s1", ("detector", "3.0", bad)))
+            assert failed.result is Result.FAILED_ROLLED_BACK
+            assert app.handles() == {"detector": "detector-2-0-g2"}
+            served_on()
+            # the daemon stops and starts again (the agent keeps running and keeps the handle)
+            connection.close()
+            connection = AgentConnection.connect(agent.address, call_timeout=60, smoke_timeout=30)
+            make_device(state, trust, plane, connection.api).daemon.start()
+            assert app.handles() == {"detector": "detector-2-0-g2"}
+            served_on()
+
+            # the daemon dies after switching to 1.0, before unloading 2.0: the agent serves 1.0 ...
+            def crash_at_unload(call: str, name: str) -> None:
+                if call == "unload" and name == "detector-2-0-g2":
+                    raise CrashHere
+
+            crashing = make_device(state, trust, plane, ScriptedAgent(connection.api, crash_at_unload))
+            with pytest.raises(CrashHere):
+                crashing.executor.apply(deployment("p4.s1", ("detector", "1.0", v1)))
+            assert app.handles() == {"detector": "detector-1-0-g4"}
+            served_on()
+            # ... and when it starts again it undoes the interrupted deployment: the handle moves back
+            restarted = make_device(state, trust, plane, connection.api)
+            restarted.daemon.start()
+            assert app.handles() == {"detector": "detector-2-0-g2"} == restarted.handles()
+            assert restarted.loaded() == {"detector-2-0-g2"}
+            served_on()
+        assert hammer.errors == []
+
+        # the agent restarts (handles live in its memory): one reconcile pass serves the handle again
+        agent.stop()
+        again = start_agent(tmp_path / "agent", trust, config_path=agent.config_path, socket=agent.socket)
+        try:
+            wait_for(lambda: _answers(connection.api), "the restarted agent")
+            plane.online = False  # restoring needs no server
+            restarted.daemon.reconcile_once()
+            assert app.handles() == {"detector": "detector-2-0-g2"}
+            (y,) = app.predict("detector", {"x": x}).values()
+            assert np.array_equal(y, x)
+        finally:
+            connection.close()
+            again.stop()
+
+
+def _answers(api: object) -> bool:
+    try:
+        api.health()  # type: ignore[attr-defined]
+    except EdgefleetError:
+        return False
+    return True
+
+
 @pytest.fixture
 def device_dir(tmp_path: Path) -> Iterator[Path]:
     sockets = short_socket_dir()
@@ -136,6 +223,21 @@ class DeviceProcess:
         with AgentClient(self.address, timeout=10) as client:
             return {m.name for m in client.list()}
 
+    def agent_handles(self) -> dict[str, str] | None:
+        """The handles the agent resolves itself (None while no agent answers)."""
+        try:
+            with AgentClient(self.address, timeout=10) as client:
+                return client.handles()
+        except EdgefleetError:
+            return None
+
+    def kill_agent(self) -> None:
+        """SIGKILL the agent child process (the daemon stays up)."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGKILL)
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -165,12 +267,14 @@ def test_a_device_killed_mid_deployment_restores_offline_then_resumes(
         device.set_deployments(deployment("p2.s1", ("detector", "2.0", v2)))
         wait_for(lambda: (device.plane / "blocked").exists(), "the unload of 1.0")
         assert device.handles() == {"detector": "detector-2-0-g2"}
+        assert device.agent_handles() == {"detector": "detector-2-0-g2"}  # as the journal says: switched
         device.kill()
 
         # reboot with the server unreachable: the interrupted deployment is undone, 1.0 serves again
         (device.plane / "offline").touch()
         device.start()
         assert device.handles() == {"detector": "detector-1-0-g1"}
+        assert device.agent_handles() == {"detector": "detector-1-0-g1"}  # the new agent got the handle
         assert device.loaded() == {"detector-1-0-g1"}
         state = json.loads((device.state / "state.json").read_text())
         assert state["journal"] is None and state["interrupted"] == {"p2.s1": 1}
@@ -180,6 +284,39 @@ def test_a_device_killed_mid_deployment_restores_offline_then_resumes(
         wait_for(lambda: len(device.results()) == 2, "the result of p2.s1")
         assert [r["DeploymentStatus"] for r in device.results()] == ["SUCCEEDED", "SUCCEEDED"]
         assert device.handles() == {"detector": "detector-2-0-g3"}
+        assert device.agent_handles() == {"detector": "detector-2-0-g3"}
+        assert device.loaded() == {"detector-2-0-g3"}
+
+        # the agent alone dies: the daemon starts it again and sets the handle again
+        device.kill_agent()
+        wait_for(lambda: device.agent_handles() is None, "the agent to go")
+        wait_for(lambda: device.agent_handles() == {"detector": "detector-2-0-g3"}, "the handle back")
         assert device.loaded() == {"detector-2-0-g3"}
     finally:
         device.stop()
+
+
+def test_a_new_daemon_waits_for_the_agent_its_crashed_predecessor_started(tmp_path: Path) -> None:
+    """That agent is still stopping (it got SIGTERM); it removes the socket file as it exits, so a new
+    agent started meanwhile would serve an unlinked socket no application can reach."""
+    from edgefleet.device.agentlink import AgentSupervisor, _process_start
+    from edgefleet.device.durable import write_json_atomic
+
+    lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        supervisor = AgentSupervisor(
+            "unix:///nonexistent.sock", tmp_path / "agent.json", tmp_path / "agent.log", ready_timeout=0.5
+        )
+        # a recorded pid whose start time differs names another process (recycled pid): left alone
+        started = _process_start(lingering.pid)
+        assert started is not None
+        write_json_atomic(supervisor.pid_path, {"pid": lingering.pid, "start": started + 1})
+        supervisor._wait_previous_gone()
+        assert lingering.poll() is None
+        # the previous agent itself: waited for, then killed when it does not stop in time
+        write_json_atomic(supervisor.pid_path, {"pid": lingering.pid, "start": started})
+        supervisor._wait_previous_gone()
+        assert lingering.wait(30) == -signal.SIGKILL
+    finally:
+        lingering.kill()
+        lingering.wait()

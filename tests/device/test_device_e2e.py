@@ -2,7 +2,8 @@
 
 Covers: register, enrol (CLI), heartbeats and the fleet report, a staged rollout (a percentage
 stage, then the rest), a package that fails its smoke test rolling back while the old version keeps
-serving an application, a device rebooted (SIGKILL) mid-deployment, devices offline while the
+serving two applications (one through the handle map, one calling the agent's own handle the way
+an unmodified Edge Manager application does), every agent's handles matching the map, a device rebooted (SIGKILL) mid-deployment, devices offline while the
 server is down and reconnecting, a device reading another device's deployments (refused), a
 tampered package upload (refused) and bad API input (a 4xx with an error code).
 """
@@ -135,6 +136,15 @@ class DeviceDaemon:
         if not path.exists():
             return {}
         return {h: e["model_version"] for h, e in json.loads(path.read_text())["handles"].items()}
+
+    def handles_consistent(self) -> bool:
+        """Whether the agent resolves every handle to the alias the handle map names."""
+        from edgefleet.client import AgentClient
+
+        path = self.state / "handles.json"
+        mapped = {h: e["alias"] for h, e in json.loads(path.read_text())["handles"].items()}
+        with AgentClient(f"unix://{self.socket}", timeout=30) as client:
+            return client.handles() == mapped
 
     def state_json(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads((self.state / "state.json").read_text())
@@ -281,13 +291,22 @@ def test_a_fleet_end_to_end(fleet: Fleet) -> None:
         "heartbeats listing det 1.0",
     )
 
-    # a package that fails its smoke test: every device rolls back, an application never notices
+    assert all(d.handles_consistent() for d in devices)
+
+    # a package that fails its smoke test: every device rolls back, applications never notice
+    from edgefleet.client import AgentClient
     from edgefleet.device.handles import HandleClient
 
     first = devices[0]
     x = np.ones((1, 4), dtype=np.float32)
-    with HandleClient(f"unix://{first.socket}", first.state / "handles.json") as app:
-        with Hammer(lambda: app.predict("detector", {"x": x})) as hammer:
+    with (
+        HandleClient(f"unix://{first.socket}", first.state / "handles.json") as app,
+        AgentClient(f"unix://{first.socket}") as vendor_app,
+    ):
+        with (
+            Hammer(lambda: app.predict("detector", {"x": x})) as hammer,
+            Hammer(lambda: vendor_app.predict("detector", {"x": x})) as vendor_hammer,
+        ):
             op.create_plan(plan_body("broken", "3.0", [("all", 100)]))
             assert roll_out(fleet, "broken", "all", until=("FAILED",)) == "FAILED"
             results = wait_for(
@@ -298,7 +317,9 @@ def test_a_fleet_end_to_end(fleet: Fleet) -> None:
             )
             assert results == {"FAILED_ROLLED_BACK"}
         assert hammer.errors == [] and hammer.ok > 0
+        assert vendor_hammer.errors == [] and vendor_hammer.ok > 0
     assert all(d.handles() == {"detector": "1.0"} for d in devices)
+    assert all(d.handles_consistent() for d in devices)
 
     # a device rebooted mid-deployment (SIGKILL while smoke-testing 2.0) resumes and finishes
     victim = devices[2]
@@ -317,6 +338,7 @@ def test_a_fleet_end_to_end(fleet: Fleet) -> None:
     assert wait_for(lambda: stage_status(op, "upgrade", "all") in ("DEPLOYED", "FAILED") and True, "upgrade")
     assert stage_status(op, "upgrade", "all") == "DEPLOYED"
     assert all(d.handles() == {"detector": "2.0"} for d in devices)
+    assert all(d.handles_consistent() for d in devices)
     assert victim.state_json()["interrupted"] == {}
 
     # the server goes away: devices queue heartbeats; when it is back they are sent

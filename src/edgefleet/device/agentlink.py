@@ -27,7 +27,7 @@ import numpy as np
 
 from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
-from edgefleet.device.durable import write_json_atomic
+from edgefleet.device.durable import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,24 @@ def _socket_file(address: str) -> Path | None:
     return None if "://" in address else Path(address)
 
 
+def _process_start(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of process ``pid``; None if there is no such process.
+
+    A pid and its start time name one process for good: a recycled pid has another start time.
+    """
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    try:
+        # fields after "(comm)" begin with the state (field 3); the start time is field 22;
+        # a zombie has exited (its parent died without reaping it): count it as gone
+        return None if fields[0] == "Z" else int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def _serving(path: Path) -> bool:
     """Whether some process accepts connections on the Unix socket ``path``."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -200,7 +218,13 @@ def _serving(path: Path) -> bool:
 
 
 class AgentSupervisor:
-    """Runs ``edgefleet agent`` as a child process; :meth:`ensure_running` restarts it after a crash."""
+    """Runs ``edgefleet agent`` as a child process; :meth:`ensure_running` restarts it after a crash.
+
+    The child's pid (and start time) is kept in ``pid_path`` (default: next to the log), so that a
+    daemon started after a crash of the previous one waits for the agent that one started to finish
+    shutting down (it got SIGTERM when its parent died) before starting a new agent on the socket:
+    an agent removes its socket file when it stops, which would otherwise be the new agent's.
+    """
 
     def __init__(
         self,
@@ -210,10 +234,12 @@ class AgentSupervisor:
         *,
         ready_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
+        pid_path: Path | None = None,
     ) -> None:
         self.address = address
         self.config_path = config_path
         self.log_path = log_path
+        self.pid_path = pid_path or log_path.with_name("agent.pid")
         self.ready_timeout = ready_timeout
         self._env = dict(env) if env is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -239,6 +265,7 @@ class AgentSupervisor:
             if self._proc is not None:
                 log.warning("the agent exited with status %s; starting it again", self._proc.returncode)
                 self.state = ChildState.EXITED
+            self._wait_previous_gone()
             self._wait_socket_free()
             self._start()
         try:
@@ -247,6 +274,38 @@ class AgentSupervisor:
             raise Unavailable(f"{exc.message}; see {self.log_path}") from exc
         self.state = ChildState.RUNNING
         return True
+
+    def _wait_previous_gone(self) -> None:
+        """Wait (up to ``ready_timeout``) for the agent a previous daemon started to exit; kill it after."""
+        try:
+            recorded = read_json(self.pid_path)
+        except EdgefleetError as exc:
+            log.warning("ignoring the agent pid file: %s", exc)
+            return
+        if not isinstance(recorded, dict):
+            return
+        pid, started = recorded.get("pid"), recorded.get("start")
+        if not isinstance(pid, int) or not isinstance(started, int) or pid <= 0:
+            return
+        if self._proc is not None and self._proc.pid == pid:
+            return  # our own child, already reaped by poll()
+        if _process_start(pid) != started:
+            return  # gone (or the pid now names another process)
+        log.info("the agent a previous daemon started (pid %d) is still stopping; waiting for it", pid)
+        deadline = time.monotonic() + self.ready_timeout
+        while _process_start(pid) == started:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "the previous agent (pid %d) did not stop within %g s; killing it",
+                    pid,
+                    self.ready_timeout,
+                )
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                return
+            time.sleep(0.05)
 
     def _wait_socket_free(self) -> None:
         """Wait (up to ``ready_timeout``) while another agent still serves the socket.
@@ -292,6 +351,7 @@ class AgentSupervisor:
             raise FailedPrecondition(f"cannot start the agent ({sys.executable}): {exc}") from exc
         self.state = ChildState.STARTING
         self.starts += 1
+        write_json_atomic(self.pid_path, {"pid": self._proc.pid, "start": _process_start(self._proc.pid)})
         log.info("started the agent (pid %d) on %s", self._proc.pid, self.address)
 
     def stop(self, timeout: float = 30.0) -> None:
