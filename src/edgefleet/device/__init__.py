@@ -9,7 +9,8 @@ Layout, one module per concept:
 - ``https`` — the control plane over HTTPS with mutual TLS (stdlib only);
 - ``fake`` — an in-process control plane for tests and offline demos;
 - ``state`` — installed models, deployment history and the in-flight journal, persisted on disk;
-- ``handles`` — the handle map applications read (stable handle -> loaded agent alias) and a client for it;
+- ``handles`` — stable handle -> loaded agent alias: the map applications may read, the agent's own
+  handles (extension ``model-handles``) kept in step with it, and a client following the map;
 - ``packages`` — download with resume and digest check, signature verification, staging, clean-up;
 - ``plan`` — the planner: desired deployment vs installed state -> undoable steps;
 - ``executor`` — runs a plan with retries, journals every step, rolls back, yields a closed result;

@@ -1,8 +1,9 @@
 """The device daemon: start-up recovery, the heartbeat loop and the reconcile loop.
 
 Start-up needs no server: the agent is started (or waited for), a journal left by a crash is undone
-(:meth:`Executor.recover`), and the installed models are loaded again (:meth:`Executor.converge`),
-so a device that reboots while offline serves its last desired models.
+(:meth:`Executor.recover`), and the installed models are loaded again and their handles set, in the
+handle map and in the agent (:meth:`Executor.converge`), so a device that reboots while offline
+serves its last desired models under their handles.
 
 Two loops then run until stopped:
 
@@ -10,7 +11,8 @@ Two loops then run until stopped:
   server is unreachable the heartbeat is queued (bounded, on disk) and the queue is sent oldest
   first once the server answers again; unsent deployment results go out with it.
 - **reconcile** (``timing.poll_interval_seconds``, or the health interval while a health gate
-  observes the device): make sure the agent runs, fetch the deployments, act on each (apply,
+  observes the device): make sure the agent runs (a restarted agent child gets its models and
+  handles back at once: handles live in the agent's memory), fetch the deployments, act on each (apply,
   roll back, or wait for the server to take our last result), send results, report health
   figures for observed deployments (rolling back when the server says so), converge the agent.
 
