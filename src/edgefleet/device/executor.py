@@ -387,14 +387,13 @@ class Executor:
         api = self.agent.api
         if not agent_resolves_handles(api):
             return []
-        problems = sync_agent_handles(
+        return sync_agent_handles(
             api,
             {h: m.alias for h, m in serving.items()},
             owned,
             strict=frozenset() if strict is None else {strict},
             leave=leave,
         )
-        return problems
 
     def _try_sync_handles(self, leave: Set[str] = frozenset()) -> list[str]:
         """:meth:`_sync_handles` where a failure must not end the caller (converge retries it):
