@@ -187,3 +187,15 @@ def test_unload_frees_memory(tmp_path: Path, trust: Path, keys: Path) -> None:
             cycle()
         after = _rss(proc)
         assert after - baseline < 20 * 1024 * 1024, (baseline >> 20, loaded >> 20, after >> 20)
+
+
+def test_stop_leaves_a_newer_agents_socket_alone(tmp_path: Path, trust: Path) -> None:
+    proc = start(tmp_path, trust)
+    proc.socket.unlink()  # a newer agent took over the path while this one shuts down
+    newer = socket.socket(socket.AF_UNIX)
+    newer.bind(str(proc.socket))
+    try:
+        assert proc.stop() == 0
+        assert proc.socket.exists()
+    finally:
+        newer.close()

@@ -109,3 +109,21 @@ def test_litert_backend_runs_a_tflite_package(tmp_path: Path, keys: Path) -> Non
     loaded.close()
     with pytest.raises(FailedPrecondition, match="unloaded"):
         loaded.run({"a": a, "b": b})
+
+
+def test_installed_backends_does_not_import_engines() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from edgefleet.runtimes.base import installed_backends\n"
+        "names = installed_backends()\n"
+        "print(json.dumps([names, [m for m in ('tvm', 'openvino', 'ai_edge_litert') if m in sys.modules]]))\n"
+    )
+    names, imported = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert {"onnxruntime", "null"} <= set(names)
+    assert imported == []

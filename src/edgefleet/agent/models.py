@@ -188,6 +188,9 @@ class ModelRegistry:
             target = self._handles.get(name)
             if target is not None:
                 slot = self._slots.get(target)
+                if slot is None or slot.state is not ModelState.READY:
+                    # The handle moved and its old target is going away: the caller may resolve again.
+                    raise ModelUnloading(f"handle {name!r} is being switched")
         if slot is None or slot.state is not ModelState.READY:
             raise NotFound(f"no model is loaded under the name {name!r}")
         return slot

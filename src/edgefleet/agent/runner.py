@@ -83,6 +83,9 @@ class RunningAgent:
     shm: SharedMemoryReader
     state: AgentState
     housekeeping: Housekeeping
+    #: (device, inode) of the socket this agent created: on stop it removes that file only, never
+    #: one a newer agent has bound at the same path since.
+    socket_identity: tuple[int, int]
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -96,7 +99,9 @@ class RunningAgent:
         self.registry.close()
         self.shm.close()
         try:
-            self.path.unlink()
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self.socket_identity:
+                self.path.unlink()
         except FileNotFoundError:
             pass
         self.state.set("STOPPED")
@@ -207,14 +212,21 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     extensions_pb2_grpc.add_AgentExtensionsServicer_to_server(  # type: ignore[no-untyped-call]
         ExtensionsService(registry, agent, shm, state), server
     )
+    # gRPC unlinks the path it bound when it shuts down, even if another agent owns that path by
+    # then. So it binds a private name, which is renamed into place atomically: gRPC only ever
+    # removes the private name, and stop() removes the public one only if it is still ours.
+    bound = path.with_name(f".ef{os.getpid()}.sock")
     # The socket is created by server.start(); a restrictive umask closes the window before chmod.
     old_umask = os.umask(0o777 & ~config.socket_mode)
     try:
-        server.add_insecure_port(f"unix://{path}")
+        if server.add_insecure_port(f"unix://{bound}") == 0:
+            raise FailedPrecondition(f"cannot listen on {bound} (path too long or directory not writable?)")
         server.start()
     finally:
         os.umask(old_umask)
-    os.chmod(path, config.socket_mode)
+    os.chmod(bound, config.socket_mode)
+    os.replace(bound, path)
+    st = path.lstat()
     state.set("SERVING")
     log.info(
         "agent serving on unix://%s (device %s, fleet %s, mode %o)",
@@ -223,7 +235,9 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         config.fleet_name,
         config.socket_mode,
     )
-    return RunningAgent(config, path, server, registry, capture, shm, state, Housekeeping(shm))
+    return RunningAgent(
+        config, path, server, registry, capture, shm, state, Housekeeping(shm), (st.st_dev, st.st_ino)
+    )
 
 
 def run_until_signal(agent: RunningAgent) -> None:

@@ -171,6 +171,10 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         for attempt in range(attempts):
             try:
                 slot = self._models.get(request.name)
+            except ModelUnloading:
+                if attempt + 1 < attempts:
+                    continue
+                return _abort(context, NotFound(f"no model is loaded under the name {request.name!r}"))
             except EdgefleetError as exc:
                 return _abort(context, exc)
             try:

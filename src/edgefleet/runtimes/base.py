@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -174,15 +175,27 @@ def get_backend(name: str) -> Backend:
         return backend
 
 
+# backend -> the engine's top-level module (None: no engine needed)
+_ENGINES = {
+    "onnxruntime": "onnxruntime",
+    "litert": "ai_edge_litert",
+    "openvino": "openvino",
+    "tvm": "tvm",
+    "null": None,
+}
+
+
 def installed_backends() -> list[str]:
-    """Names of the backends whose engines import on this machine."""
+    """Names of the backends whose engines are installed on this machine.
+
+    Found without importing the engines (TVM alone takes seconds and hundreds of MiB to import);
+    an engine that is installed but broken still fails its first load with FAILED_PRECONDITION.
+    """
     names = []
     for name in known_backends():
-        try:
-            get_backend(name)
-        except FailedPrecondition:
-            continue
-        names.append(name)
+        engine = _ENGINES.get(name)
+        if engine is None or importlib.util.find_spec(engine) is not None:
+            names.append(name)
     return names
 
 
