@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest_package import make_tflite_add
 
-from edgefleet.core.errors import FailedPrecondition
+from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.package import build_package, unpack_package
 from edgefleet.runtimes.base import InstancePool, RuntimeOptions, get_backend, version_at_least
 
@@ -127,3 +127,30 @@ def test_installed_backends_does_not_import_engines() -> None:
     )
     assert {"onnxruntime", "null"} <= set(names)
     assert imported == []
+
+
+def test_onnxruntime_errors_become_invalid_argument(tmp_path: Path, keys: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["row"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("row", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "lookup.onnx"
+    onnx.save(model, path)
+    package = build_package(path, name="lookup", version="1", key_dir=keys, out_dir=tmp_path)
+    directory = unpack_package(package, tmp_path / "unpacked", trust_dir=keys / "trust")
+    from edgefleet.core.package import verify_package_dir
+
+    manifest = verify_package_dir(directory, keys / "trust")
+    loaded = get_backend("onnxruntime").load(directory, manifest, RuntimeOptions())
+    np.testing.assert_array_equal(loaded.run({"index": np.array([2])})[0], [[8, 9, 10, 11]])
+    with pytest.raises(InvalidArgument, match="ONNX Runtime rejected the inputs"):
+        loaded.run({"index": np.array([7])})
+    loaded.close()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from edgefleet.core.errors import FailedPrecondition
+from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
 from edgefleet.core.tensors import DataType, TensorSpec
 from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions
@@ -52,7 +53,12 @@ class OnnxRuntimeModel(LoadedModel):
         session = self._session
         if session is None:
             raise FailedPrecondition("model was unloaded")
-        result: list[np.ndarray] = session.run(self._output_names, dict(inputs))
+        try:
+            result: list[np.ndarray] = session.run(self._output_names, dict(inputs))
+        except (ort_errors.InvalidArgument, ort_errors.Fail, ort_errors.RuntimeException) as exc:
+            # e.g. a value the graph cannot compute on (out-of-range index, shape the model's
+            # reshapes reject): the request's fault as far as the agent can tell
+            raise InvalidArgument(f"ONNX Runtime rejected the inputs: {exc}") from exc
         return result
 
     def close(self) -> None:

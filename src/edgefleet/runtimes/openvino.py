@@ -8,8 +8,6 @@ OpenVINO computes, so pooled requests run in parallel.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import openvino as ov  # type: ignore[import-untyped, unused-ignore]
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
 from edgefleet.core.tensors import DataType, TensorSpec
-from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions
+from edgefleet.runtimes.base import Backend, InstancePool, LoadedModel, RuntimeOptions
 
 # Compiled-model working memory on top of the weights: plugin caches, intermediate buffers, threads.
 _OVERHEAD_BYTES = 64 * 1024 * 1024
@@ -46,25 +44,11 @@ class OpenVINOModel(LoadedModel):
         self.inputs = tuple(_spec(p) for p in compiled.inputs)
         self.outputs = tuple(_spec(p) for p in compiled.outputs)
         self._output_ports = list(compiled.outputs)
-        self._max = max(1, concurrency)
-        self._created = 0
-        self._lock = threading.Lock()
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._pool.put(self._new_request())
+        # An infer request is not thread-safe: one per concurrent call.
+        self._pool: InstancePool[Any] = InstancePool(self._new_request, concurrency, self._new_request())
 
     def _new_request(self) -> Any:
-        self._created += 1
         return self._compiled.create_infer_request()
-
-    def _checkout(self) -> Any:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._created < self._max:
-                return self._new_request()
-        return self._pool.get()
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self._compiled is None:
@@ -72,8 +56,7 @@ class OpenVINOModel(LoadedModel):
         missing = [s.name for s in self.inputs if s.name not in inputs]
         if missing:
             raise InvalidArgument(f"missing input tensor(s) {', '.join(missing)}")
-        request = self._checkout()
-        try:
+        with self._pool.lease() as request:
             feeds = {s.name: np.ascontiguousarray(inputs[s.name]) for s in self.inputs}
             try:
                 # share_outputs=False copies the results out of the request's buffers, which the
@@ -82,16 +65,10 @@ class OpenVINOModel(LoadedModel):
             except RuntimeError as exc:
                 raise InvalidArgument(f"OpenVINO inference failed: {exc}") from exc
             return [np.asarray(result[port]) for port in self._output_ports]
-        finally:
-            self._pool.put(request)
 
     def close(self) -> None:
         self._compiled = None
-        while True:
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                break
+        self._pool.clear()
 
 
 class OpenVINOBackend(Backend):
