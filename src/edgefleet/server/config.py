@@ -50,6 +50,11 @@ class Timing:
     token_touch_interval: float = 60.0
     #: on shutdown, how long open connections may finish their requests
     shutdown_grace: float = 5.0
+    #: idle device connections stay open this long: longer than the daemon's 30 s heartbeat period,
+    #: so devices reuse their connection instead of paying a mutual-TLS handshake per call
+    device_keep_alive: float = 75.0
+    #: idle operator connections stay open this long
+    api_keep_alive: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,10 @@ class ServerConfig:
     tls_names: tuple[str, ...] = ()
     #: device endpoint URL handed to devices at enrolment (set it behind a load balancer)
     device_url: str | None = None
+    #: server processes sharing the listeners (``edgefleet server --workers``); each is a full replica
+    workers: int = 1
+    #: event loop: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``
+    event_loop: str = "auto"
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
 

@@ -290,8 +290,8 @@ def check_identity(device: Device, device_name: str, fleet_name: str) -> None:
         raise PermissionDenied(f"device {device.name!r} is not in fleet {fleet_name!r}")
 
 
-def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:
-    """Store a heartbeat: agent version and metrics, the models loaded now (replacing the last list)."""
+def check_heartbeat(heartbeat: Heartbeat) -> None:
+    """INVALID_ARGUMENT unless every field of ``heartbeat`` fits (lengths, counts, platform words)."""
     if not heartbeat.agent_version or len(heartbeat.agent_version) > 64:
         raise InvalidArgument("AgentVersion must be 1-64 characters")
     if len(heartbeat.models) > MAX_HEARTBEAT_MODELS:
@@ -305,6 +305,13 @@ def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now
             raise InvalidArgument(
                 f"model {model.name!r} version {model.version!r}: names are 1-63, versions 0-30 characters"
             )
+        if len(model.metrics) > MAX_METRICS:
+            raise InvalidArgument(f"model {model.name!r}: at most {MAX_METRICS} metrics")
+
+
+def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:
+    """Store a heartbeat: agent version and metrics, the models loaded now (replacing the last list)."""
+    check_heartbeat(heartbeat)
     device.agent_version = heartbeat.agent_version
     device.agent_metrics = list(heartbeat.agent_metrics)
     device.last_heartbeat_at = now
@@ -316,8 +323,6 @@ def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now
         if model_name not in reported:
             device.models.remove(row)
     for model_name, report in reported.items():
-        if len(report.metrics) > MAX_METRICS:
-            raise InvalidArgument(f"model {model_name!r}: at most {MAX_METRICS} metrics")
         existing = current.get(model_name)
         if existing is None:
             row = DeviceModel(model_name=model_name)

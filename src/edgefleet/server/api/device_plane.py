@@ -15,8 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
-from edgefleet.core.errors import NotFound, PermissionDenied
+from edgefleet.core.errors import InvalidArgument, NotFound, PermissionDenied
 from edgefleet.server import deployments as dp
 from edgefleet.server import devices
 from edgefleet.server.api import render
@@ -24,6 +25,7 @@ from edgefleet.server.api import schemas as s
 from edgefleet.server.api.auth import DeviceIdentity, app_state, check_device, device_identity
 from edgefleet.server.api.errors import ERROR_RESPONSES
 from edgefleet.server.api.ranges import serve_artifact
+from edgefleet.server.api.state import AppState
 from edgefleet.server.db.schema import ModelPackage, PlanModel, PlanStage, StageDevice
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,22 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def _metric(metric: s.EdgeMetric) -> dict[str, Any]:
-    stamp = _aware(metric.Timestamp)
+def _metric(metric: s.EdgeMetric, stamps: dict[tuple[datetime, Any], str]) -> dict[str, Any]:
+    """A metric as stored; ``stamps`` memoises formatted times (a heartbeat's metrics usually share one)."""
+    stamp = metric.Timestamp
+    text = None
+    if stamp is not None:
+        key = (stamp, stamp.tzinfo)  # equal instants in other zones are written in their own zone
+        text = stamps.get(key)
+        if text is None:
+            aware = _aware(stamp)
+            assert aware is not None
+            text = stamps[key] = aware.isoformat()
     return {
         "Dimension": metric.Dimension,
         "MetricName": metric.MetricName,
         "Value": metric.Value,
-        "Timestamp": stamp.isoformat() if stamp else None,
+        "Timestamp": text,
     }
 
 
@@ -59,25 +70,69 @@ def get_registration(body: s.DeviceRef, request: Request, identity: Identity) ->
         )
 
 
-@router.post("/SendHeartbeat", response_model=dict[str, Any], summary="SendHeartbeat")
-def send_heartbeat(body: s.HeartbeatRequest, request: Request, identity: Identity) -> dict[str, Any]:
-    """Agent version and metrics, loaded models; optionally a DeploymentResult (applied like ReportDeploymentResult)."""
-    st = app_state(request)
-    heartbeat = devices.Heartbeat(
+#: set in the ASGI scope by :mod:`edgefleet.server.api.fastpath` when it handed a heartbeat on
+FAST_PATH_DECLINED = "edgefleet.fastpath_declined"
+
+
+def heartbeat_of(body: s.HeartbeatRequest) -> devices.Heartbeat:
+    """The service-layer heartbeat of a SendHeartbeat body (its DeploymentResult is handled apart)."""
+    stamps: dict[tuple[datetime, Any], str] = {}
+    return devices.Heartbeat(
         agent_version=body.AgentVersion,
-        agent_metrics=[_metric(m) for m in body.AgentMetrics],
+        agent_metrics=[_metric(m, stamps) for m in body.AgentMetrics],
         models=[
             devices.ModelReport(
                 name=m.ModelName,
                 version=m.ModelVersion,
                 latest_sample=_aware(m.LatestSampleTime),
                 latest_inference=_aware(m.LatestInference),
-                metrics=[_metric(x) for x in m.ModelMetrics],
+                metrics=[_metric(x, stamps) for x in m.ModelMetrics],
             )
             for m in body.Models
         ],
         platform=(body.Platform.Os, body.Platform.Arch, body.Platform.Accelerator) if body.Platform else None,
     )
+
+
+def group_commit_eligible(
+    body: s.HeartbeatRequest, identity: DeviceIdentity, heartbeat: devices.Heartbeat
+) -> bool:
+    """Whether a heartbeat may be group-committed: no result to apply, own name, valid fields.
+
+    Everything else takes the ordinary path, which reports errors in the documented order
+    (identity first, then the fields).
+    """
+    return body.DeploymentResult is None and body.DeviceName == identity.name and _valid(heartbeat)
+
+
+@router.post("/SendHeartbeat", response_model=dict[str, Any], summary="SendHeartbeat")
+async def send_heartbeat(body: s.HeartbeatRequest, request: Request, identity: Identity) -> dict[str, Any]:
+    """Agent version and metrics, loaded models; optionally a DeploymentResult (applied like ReportDeploymentResult).
+
+    Answered once the heartbeat is committed. Plain heartbeats (the bulk of a fleet's traffic) are
+    group-committed with other devices' (:mod:`edgefleet.server.heartbeats`); one carrying a
+    result, and any that the group commit cannot vouch for, go through one transaction of their own.
+    """
+    st = app_state(request)
+    heartbeat = heartbeat_of(body)
+    grouped = not request.scope.get(FAST_PATH_DECLINED) and group_commit_eligible(body, identity, heartbeat)
+    if grouped and await st.heartbeats.write(identity.name, identity.serial, body.DeviceFleetName, heartbeat):
+        return {}
+    await run_in_threadpool(_store_heartbeat, st, body, identity, heartbeat)
+    return {}
+
+
+def _valid(heartbeat: devices.Heartbeat) -> bool:
+    try:
+        devices.check_heartbeat(heartbeat)
+    except InvalidArgument:
+        return False  # the ordinary path reports it, after the identity checks that come first
+    return True
+
+
+def _store_heartbeat(
+    st: AppState, body: s.HeartbeatRequest, identity: DeviceIdentity, heartbeat: devices.Heartbeat
+) -> None:
     with st.db.session() as session:
         device = check_device(session, identity)
         devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
@@ -98,7 +153,6 @@ def send_heartbeat(body: s.HeartbeatRequest, request: Request, identity: Identit
                 log.warning(
                     "device %s: ignoring the result for %s: %s", device.name, result.DeploymentName, exc
                 )
-    return {}
 
 
 @router.post("/GetDeployments", response_model=s.DeploymentsOut, summary="GetDeployments")

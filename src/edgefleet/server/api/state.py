@@ -11,6 +11,7 @@ from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.config import ServerConfig
 from edgefleet.server.db.engine import Database
+from edgefleet.server.heartbeats import HeartbeatWriter
 
 
 @dataclass
@@ -25,6 +26,11 @@ class AppState:
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     #: the URL devices use for the data plane (given to them at enrolment)
     device_url: str = ""
+    #: group commit of heartbeats (its thread starts on first use; closed with the replica)
+    heartbeats: HeartbeatWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeats = HeartbeatWriter(self.db)
 
     @property
     def connected_window(self) -> timedelta:

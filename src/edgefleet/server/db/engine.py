@@ -93,14 +93,21 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on any error.
 
-        Database errors are translated: integrity violations to ALREADY_EXISTS, values the
-        database rejects to INVALID_ARGUMENT, connectivity to UNAVAILABLE; edgefleet errors pass
-        through.
+        Database errors are translated as by :meth:`translated_errors`.
         """
         session = self._sessions()
         try:
-            with session.begin():
+            with self.translated_errors(), session.begin():
                 yield session
+        finally:
+            session.close()
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Translate database errors raised inside: integrity violations to ALREADY_EXISTS, values the
+        database rejects to INVALID_ARGUMENT, connectivity to UNAVAILABLE; edgefleet errors pass."""
+        try:
+            yield
         except EdgefleetError:
             raise
         except IntegrityError as exc:
@@ -110,8 +117,6 @@ class Database:
             raise InvalidArgument(f"a value does not fit the database: {exc.orig}") from exc
         except OperationalError as exc:
             raise Unavailable(f"database {self.safe_url} is unavailable: {exc.orig}") from exc
-        finally:
-            session.close()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent; safe with several replicas)."""

@@ -1,0 +1,434 @@
+"""Group commit for heartbeats: many devices' heartbeats stored in one transaction, none lost.
+
+Heartbeats are the bulk of a fleet's traffic (every device, every 30 s) and each one is tiny, so
+their cost is almost all per-transaction overhead: a connection checkout, BEGIN, a few statements
+through the ORM, COMMIT (an fsync on PostgreSQL). :class:`HeartbeatWriter` takes heartbeats from
+request handlers, and one writer thread per replica stores whatever has queued up meanwhile as
+one batch: one UPDATE of ``devices`` (executemany), one DELETE and one INSERT of ``device_models``,
+one COMMIT. While a batch is written the next one queues, so batches grow with the load and
+nothing waits on a timer.
+
+Nothing is acknowledged before it is committed: a handler awaits its heartbeat's batch, so a
+device only gets ``200`` for a stored heartbeat, and a failed batch answers every heartbeat in it
+with the error (the device keeps it queued and sends it again). There is no write-behind loss.
+
+Authentication stays exact: a device's row id and fleet are cached per *certificate* (a serial is
+issued once, to one registration, so that mapping never changes), while revocation is checked by
+the UPDATE itself (``cert_serial`` must still be the device's and the device registered), in the
+same transaction that stores the heartbeat. Anything unusual — an unknown or revoked certificate,
+a body naming another device or fleet — is handed back to the caller to take the ordinary path,
+which produces the exact error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
+
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.server.db.engine import Database
+from edgefleet.server.db.schema import Device, DeviceModel, Fleet
+from edgefleet.server.devices import Heartbeat
+
+log = logging.getLogger(__name__)
+
+#: certificates whose device id and fleet are remembered (an entry is ~200 bytes)
+IDENTITY_CACHE_SIZE = 200_000
+
+# Portable statements (SQLite): executemany runs in the driver's C loop, one statement per row.
+_UPDATE_DEVICE = (
+    update(Device)
+    .where(
+        Device.id == bindparam("b_id"),
+        Device.cert_serial == bindparam("b_serial"),
+        Device.deregistered_at.is_(None),
+    )
+    .values(
+        agent_version=bindparam("b_agent_version"),
+        agent_metrics=bindparam("b_agent_metrics"),
+        last_heartbeat_at=bindparam("b_now"),
+        platform_os=func.coalesce(bindparam("b_os", type_=String), Device.platform_os),
+        platform_arch=func.coalesce(bindparam("b_arch", type_=String), Device.platform_arch),
+        platform_accelerator=func.coalesce(
+            bindparam("b_accelerator", type_=String), Device.platform_accelerator
+        ),
+    )
+)
+
+# PostgreSQL: one set-based statement per table for the whole batch, its rows passed as one JSON
+# document (one json.dumps in C, parsed by the server) instead of a statement or an array per row.
+# Models are upserted in place rather than deleted and inserted again, which keeps index churn
+# (and vacuum work) down.
+_PG_UPDATE_DEVICES = text(
+    """
+    UPDATE devices AS d SET
+        agent_version = v.agent_version,
+        agent_metrics = v.agent_metrics,
+        last_heartbeat_at = :now,
+        platform_os = COALESCE(v.platform_os, d.platform_os),
+        platform_arch = COALESCE(v.platform_arch, d.platform_arch),
+        platform_accelerator = COALESCE(v.platform_accelerator, d.platform_accelerator)
+    FROM json_to_recordset(CAST(:rows AS JSON)) AS v(
+        id INTEGER, serial VARCHAR, agent_version VARCHAR, agent_metrics JSON,
+        platform_os VARCHAR, platform_arch VARCHAR, platform_accelerator VARCHAR)
+    WHERE d.id = v.id AND d.cert_serial = v.serial AND d.deregistered_at IS NULL
+    RETURNING d.id
+    """
+)
+_PG_DELETE_STALE_MODELS = text(
+    """
+    DELETE FROM device_models AS m
+    WHERE m.device_id = ANY(CAST(:ids AS INTEGER[]))
+      AND NOT EXISTS (
+        SELECT 1 FROM json_to_recordset(CAST(:models AS JSON)) AS r(device_id INTEGER, model_name VARCHAR)
+        WHERE r.device_id = m.device_id AND r.model_name = m.model_name)
+    """
+)
+_PG_UPSERT_MODELS = text(
+    """
+    INSERT INTO device_models
+        (device_id, model_name, model_version, latest_sample_at, latest_inference_at, metrics, updated_at)
+    SELECT r.device_id, r.model_name, r.model_version, r.latest_sample_at, r.latest_inference_at,
+           r.metrics, :now
+    FROM json_to_recordset(CAST(:models AS JSON)) AS r(
+        device_id INTEGER, model_name VARCHAR, model_version VARCHAR,
+        latest_sample_at TIMESTAMPTZ, latest_inference_at TIMESTAMPTZ, metrics JSON)
+    ON CONFLICT (device_id, model_name) DO UPDATE SET
+        model_version = EXCLUDED.model_version,
+        latest_sample_at = EXCLUDED.latest_sample_at,
+        latest_inference_at = EXCLUDED.latest_inference_at,
+        metrics = EXCLUDED.metrics,
+        updated_at = EXCLUDED.updated_at
+    """
+)
+
+
+@dataclass(frozen=True)
+class QueuedHeartbeat:
+    """A validated heartbeat and who sent it: the certificate's device name and serial, and the
+    fleet the body names."""
+
+    device_name: str
+    serial: str
+    fleet_name: str
+    heartbeat: Heartbeat
+
+
+@dataclass
+class _Pending:
+    """A heartbeat waiting for its batch, and the future its handler awaits."""
+
+    item: QueuedHeartbeat
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[bool]
+
+
+class HeartbeatWriter:
+    """Stores heartbeats in group-committed batches on one writer thread (see the module doc).
+
+    ``await write(...)`` returns True once the heartbeat is committed, False when the caller must
+    take the ordinary path (unknown, revoked or foreign identity), and raises the batch's error
+    (e.g. UNAVAILABLE) if the transaction failed. Thread-safe; the writer thread starts on first
+    use and :meth:`close` stops it after the queue is drained.
+    """
+
+    def __init__(self, db: Database, *, max_batch: int = 500) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._store_lock = threading.Lock()
+        self._conn: Connection | None = None  # under _store_lock
+        # (device name, certificate serial) -> (device id, fleet name); LRU-bounded
+        self._identities: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
+        #: batches written and heartbeats stored (for logs and tests)
+        self.batches = 0
+        self.stored = 0
+
+    async def write(self, device_name: str, serial: str, fleet_name: str, heartbeat: Heartbeat) -> bool:
+        """Queue a (validated) heartbeat of the device whose certificate is ``serial``; see the class doc."""
+        loop = asyncio.get_running_loop()
+        item = QueuedHeartbeat(device_name, serial, fleet_name, heartbeat)
+        pending = _Pending(item, loop, loop.create_future())
+        with self._cond:
+            if self._closed:
+                return False
+            self._queue.append(pending)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="edgefleet-heartbeats", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return await pending.future
+
+    def store(self, items: Sequence[QueuedHeartbeat]) -> list[bool]:
+        """Store ``items`` in one transaction (what the writer thread does with each batch).
+
+        Per item: True if stored, False if its identity is not a registered device of that fleet
+        with that certificate (the caller must take the ordinary path). Raises UNAVAILABLE (or
+        another translated error) when the transaction fails; then nothing was stored.
+        """
+        with self._store_lock:
+            # The writer keeps one connection; if the database dropped it while idle, the first
+            # statement fails and nothing was written, so the batch is tried once more on a new one.
+            for attempt in (1, 2):
+                fresh = self._conn is None
+                try:
+                    with self.db.translated_errors():
+                        return self._store(self._connection(), items)
+                except EdgefleetError as exc:
+                    self._drop_connection()
+                    cause = exc.__cause__
+                    stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
+                    if attempt == 2 or fresh or not stale:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def forget(self, device_name: str) -> None:
+        """Drop cached identities of ``device_name`` (not needed for correctness; frees memory)."""
+        with self._cond:
+            for key in [k for k in self._identities if k[0] == device_name]:
+                del self._identities[key]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer thread and release its connection."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._store_lock:
+            self._drop_connection()
+
+    # -- the writer thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue and self._closed:
+                    return
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                outcome = self.store([p.item for p in batch])
+            except Exception as exc:  # the handlers see it; the writer thread must live on
+                if isinstance(exc, EdgefleetError):
+                    log.warning("a batch of %d heartbeats failed: %s", len(batch), exc)
+                else:
+                    log.exception("a batch of %d heartbeats failed", len(batch))
+                _settle(batch, error=exc)
+            else:
+                _settle(batch, outcome=outcome)
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.db.engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken: nothing to give back
+                log.debug("closing a broken writer connection failed", exc_info=True)
+            self._conn = None
+
+    def _store(self, conn: Connection, batch: Sequence[QueuedHeartbeat]) -> list[bool]:
+        now = self.db.now()
+        with conn.begin():
+            ids = self._resolve(conn, batch)
+            # The newest heartbeat of a device wins when it sent several; rows are written in id
+            # order so that concurrent batches (other workers) lock device rows in the same order.
+            latest: dict[int, QueuedHeartbeat] = {}
+            for item, device_id in zip(batch, ids, strict=True):
+                if device_id is not None:
+                    latest[device_id] = item
+            order = sorted(latest)
+            stored: set[int] = set()
+            if order:
+                if conn.dialect.name == "postgresql":
+                    stored = _store_postgresql(conn, order, latest, now)
+                else:
+                    stored = _store_portable(conn, order, latest, now)
+            lost = [latest[i] for i in order if i not in stored]
+            if lost:  # revoked (or deregistered) since their identity was cached
+                self._evict(lost)
+        self.batches += 1
+        self.stored += len(stored)
+        # an item counts as stored if its device's row was written with the item's own certificate
+        return [
+            device_id is not None and device_id in stored and latest[device_id].serial == item.serial
+            for item, device_id in zip(batch, ids, strict=True)
+        ]
+
+    def _resolve(self, conn: Connection, batch: Sequence[QueuedHeartbeat]) -> list[int | None]:
+        """Device id per item, or None when the identity is not a registered device of that fleet."""
+        with self._cond:
+            known = {key: self._identities.get(key) for key in {(p.device_name, p.serial) for p in batch}}
+        missing = sorted({key[0] for key, value in known.items() if value is None})
+        if missing:
+            rows = conn.execute(
+                select(Device.id, Device.name, Device.cert_serial, Fleet.name)
+                .join(Fleet, Fleet.id == Device.fleet_id)
+                .where(Device.name.in_(missing), Device.deregistered_at.is_(None))
+            )
+            found = {(name, serial): (device_id, fleet) for device_id, name, serial, fleet in rows if serial}
+            with self._cond:
+                for key, value in found.items():
+                    if key in known:
+                        known[key] = value
+                        self._identities[key] = value
+                while len(self._identities) > IDENTITY_CACHE_SIZE:
+                    self._identities.popitem(last=False)
+        ids: list[int | None] = []
+        for item in batch:
+            entry = known[(item.device_name, item.serial)]
+            ids.append(entry[0] if entry is not None and entry[1] == item.fleet_name else None)
+        return ids
+
+    def _evict(self, items: Sequence[QueuedHeartbeat]) -> None:
+        with self._cond:
+            for item in items:
+                self._identities.pop((item.device_name, item.serial), None)
+
+
+def _store_postgresql(
+    conn: Connection, order: list[int], latest: dict[int, QueuedHeartbeat], now: datetime
+) -> set[int]:
+    rows = []
+    for device_id in order:
+        beat = latest[device_id].heartbeat
+        platform = beat.platform or (None, None, None)
+        rows.append(
+            {
+                "id": device_id,
+                "serial": latest[device_id].serial,
+                "agent_version": beat.agent_version,
+                "agent_metrics": beat.agent_metrics,
+                "platform_os": platform[0],
+                "platform_arch": platform[1],
+                "platform_accelerator": platform[2],
+            }
+        )
+    stored: set[int] = set(conn.execute(_PG_UPDATE_DEVICES, {"now": now, "rows": json.dumps(rows)}).scalars())
+    written = [i for i in order if i in stored]
+    if not written:
+        return stored
+    models = json.dumps(
+        [
+            {
+                "device_id": device_id,
+                "model_name": m.name,
+                "model_version": m.version,
+                "latest_sample_at": _iso(m.latest_sample),
+                "latest_inference_at": _iso(m.latest_inference),
+                "metrics": m.metrics,
+            }
+            for device_id in written
+            for m in _latest_models(latest[device_id].heartbeat)
+        ]
+    )
+    conn.execute(_PG_DELETE_STALE_MODELS, {"ids": written, "models": models})
+    conn.execute(_PG_UPSERT_MODELS, {"now": now, "models": models})
+    return stored
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _store_portable(
+    conn: Connection, order: list[int], latest: dict[int, QueuedHeartbeat], now: datetime
+) -> set[int]:
+    params = [_device_params(device_id, latest[device_id], now) for device_id in order]
+    result = conn.execute(_UPDATE_DEVICE, params)
+    if result.rowcount == len(order):
+        stored = set(order)
+    else:  # some certificate was revoked meanwhile: find out which rows were written
+        stored = set(
+            conn.scalars(
+                select(Device.id).where(
+                    Device.id.in_(order),
+                    Device.deregistered_at.is_(None),
+                    Device.cert_serial.in_([latest[i].serial for i in order]),
+                )
+            )
+        )
+    written = [i for i in order if i in stored]
+    if written:
+        conn.execute(delete(DeviceModel).where(DeviceModel.device_id.in_(written)))
+        rows = [row for device_id in written for row in _model_rows(device_id, latest[device_id], now)]
+        if rows:
+            conn.execute(insert(DeviceModel), rows)
+    return stored
+
+
+def _latest_models(heartbeat: Heartbeat) -> list[Any]:
+    # the last report of a model name wins, as in devices.record_heartbeat
+    return list({m.name: m for m in heartbeat.models}.values())
+
+
+def _device_params(device_id: int, item: QueuedHeartbeat, now: datetime) -> dict[str, Any]:
+    heartbeat = item.heartbeat
+    platform = heartbeat.platform or (None, None, None)
+    return {
+        "b_id": device_id,
+        "b_serial": item.serial,
+        "b_agent_version": heartbeat.agent_version,
+        "b_agent_metrics": list(heartbeat.agent_metrics),
+        "b_now": now,
+        "b_os": platform[0],
+        "b_arch": platform[1],
+        "b_accelerator": platform[2],
+    }
+
+
+def _model_rows(device_id: int, item: QueuedHeartbeat, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "device_id": device_id,
+            "model_name": m.name,
+            "model_version": m.version,
+            "latest_sample_at": m.latest_sample,
+            "latest_inference_at": m.latest_inference,
+            "metrics": list(m.metrics),
+            "updated_at": now,
+        }
+        for m in _latest_models(item.heartbeat)
+    ]
+
+
+def _settle(
+    batch: list[_Pending], *, outcome: list[bool] | None = None, error: BaseException | None = None
+) -> None:
+    """Resolve the futures of a batch on their event loops (one wake-up per loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, bool]]] = {}
+    for index, item in enumerate(batch):
+        by_loop.setdefault(item.loop, []).append((item, bool(outcome[index]) if outcome else False))
+
+    def resolve(items: list[tuple[_Pending, bool]]) -> None:
+        for item, ok in items:
+            if item.future.done():
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(ok)
+
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(resolve, items)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
