@@ -89,6 +89,9 @@ class AgentConfig:
     max_queued_per_model: int = 256
     #: Threads one inference may use (0 = the runtime's default).
     intra_op_threads: int = 0
+    #: Let idle inference threads spin: lower latency for one request at a time, less throughput
+    #: when requests overlap.
+    intra_op_spinning: bool = False
     #: gRPC worker threads (bounds concurrent RPCs of all kinds).
     grpc_workers: int = 32
     #: Permission bits of the Unix socket (default owner and group only).

@@ -178,7 +178,9 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         verifier=verify,
         unpacker=unpack,
         runtime_options=RuntimeOptions(
-            intra_op_threads=config.intra_op_threads, concurrency=config.max_concurrent_per_model
+            intra_op_threads=config.intra_op_threads,
+            concurrency=config.max_concurrent_per_model,
+            spin_wait=config.intra_op_spinning,
         ),
     )
     if config.capture.destination != "Disk":

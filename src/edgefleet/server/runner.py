@@ -3,6 +3,13 @@
 Both listeners serve the same application (one event loop, two uvicorn servers); device routes
 accept only connections that presented a client certificate, which only the device listener asks
 for. ``run`` blocks until SIGINT/SIGTERM; ``start_in_thread`` is for tests and simulations.
+
+With ``workers > 1`` the process binds both listening sockets, migrates the database and writes the
+TLS files once, then starts that many worker processes that inherit the sockets and each serve a
+full replica (the kernel hands each new connection to whichever worker accepts it first, so busy
+workers take fewer). Workers keep nothing in memory that matters (everything durable is in the
+database and the artifact store), so this is the same as several replicas behind a balancer.
+Only the first worker runs the periodic jobs. A worker that dies is started again.
 """
 
 from __future__ import annotations
@@ -10,18 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
+import queue
 import signal
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from edgefleet.core.errors import FailedPrecondition, Unavailable
+from edgefleet.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from edgefleet.server.api.app import create_app
+from edgefleet.server.api.fastpath import DeviceFastPath
 from edgefleet.server.api.state import AppState
 from edgefleet.server.artifacts import open_artifact_store
 from edgefleet.server.ca import FleetCA
@@ -30,6 +43,10 @@ from edgefleet.server.db.engine import Clock, Database, utc_now
 from edgefleet.server.tls import TLSFiles, client_cert_protocol, prepare_tls
 
 log = logging.getLogger(__name__)
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: a worker that keeps dying is restarted at most this often (seconds)
+_RESTART_BACKOFF = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,14 +58,35 @@ class Endpoints:
     ca_cert: str
 
 
-def open_state(config: ServerConfig, *, clock: Clock = utc_now) -> AppState:
-    """Database (migrated), fleet CA and artifact store of a replica."""
+def open_state(config: ServerConfig, *, clock: Clock = utc_now, migrate: bool = True) -> AppState:
+    """Database (migrated unless ``migrate`` is False), fleet CA and artifact store of a replica."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.resolved_database_url, clock=clock)
-    db.migrate()
+    if migrate:
+        db.migrate()
     ca = FleetCA.load_or_create(db)
     artifacts = open_artifact_store(config.resolved_artifacts_uri, s3_endpoint_url=config.s3_endpoint_url)
     return AppState(config=config, db=db, artifacts=artifacts, ca=ca)
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """An event loop of ``kind``: uvloop (much cheaper TLS and I/O) when asked or, for ``auto``, installed."""
+    if kind not in EVENT_LOOPS:
+        raise InvalidArgument(f"event loop {kind!r} is not known (known: {', '.join(EVENT_LOOPS)})")
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError as exc:
+            if kind == "uvloop":
+                raise FailedPrecondition("event loop 'uvloop' asked for but uvloop is not installed") from exc
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
+        runner.run(main)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -94,21 +132,44 @@ class _Server(uvicorn.Server):
             self._started_event.set()  # also on failure, so nobody waits for a server that is not coming
 
 
+@dataclass(frozen=True)
+class _Listeners:
+    """What a supervisor prepares once and hands to every worker."""
+
+    api_sock: socket.socket
+    device_sock: socket.socket
+    tls: TLSFiles
+    device_url: str
+
+
 class Replica:
     """One control-plane replica: state, application and its two listeners."""
 
-    def __init__(self, config: ServerConfig, *, clock: Clock = utc_now, run_jobs: bool = True) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        clock: Clock = utc_now,
+        run_jobs: bool = True,
+        listeners: _Listeners | None = None,
+    ) -> None:
         self.config = config
-        self.state = open_state(config, clock=clock)
-        self.tls: TLSFiles = prepare_tls(config, self.state.ca, self.state.db.now())
-        self._api_sock = _bind(config.host, config.port)
-        self._device_sock = _bind(config.host, config.device_port)
+        self.state = open_state(config, clock=clock, migrate=listeners is None)
+        if listeners is None:
+            self.tls: TLSFiles = prepare_tls(config, self.state.ca, self.state.db.now())
+            self._api_sock = _bind(config.host, config.port)
+            self._device_sock = _bind(config.host, config.device_port)
+            device_port = self._device_sock.getsockname()[1]
+            self.state.device_url = config.device_url or _url(config.host, device_port)
+        else:
+            self.tls = listeners.tls
+            self._api_sock, self._device_sock = listeners.api_sock, listeners.device_sock
+            self.state.device_url = listeners.device_url
         api_port = self._api_sock.getsockname()[1]
-        device_port = self._device_sock.getsockname()[1]
-        self.state.device_url = config.device_url or _url(config.host, device_port)
         self.endpoints = Endpoints(_url(config.host, api_port), self.state.device_url, str(self.tls.ca))
         app = create_app(self.state, run_jobs=run_jobs)
-        common = {
+        device_app = DeviceFastPath(app, self.state)
+        common: dict[str, Any] = {
             "ssl_certfile": str(self.tls.cert),
             "ssl_keyfile": str(self.tls.key),
             "log_config": None,
@@ -117,15 +178,21 @@ class Replica:
         }
         self._started = [threading.Event(), threading.Event()]
         self._servers = [
-            _Server(uvicorn.Config(app, lifespan="on", **common), self._started[0]),  # type: ignore[arg-type]
             _Server(
                 uvicorn.Config(
-                    app,
+                    app, lifespan="on", timeout_keep_alive=int(config.timing.api_keep_alive), **common
+                ),
+                self._started[0],
+            ),
+            _Server(
+                uvicorn.Config(
+                    device_app,
                     lifespan="off",
                     ssl_cert_reqs=ssl.CERT_REQUIRED,
                     ssl_ca_certs=str(self.tls.ca),
                     http=client_cert_protocol(AutoHTTPProtocol),
-                    **common,  # type: ignore[arg-type]
+                    timeout_keep_alive=int(config.timing.device_keep_alive),
+                    **common,
                 ),
                 self._started[1],
             ),
@@ -141,6 +208,7 @@ class Replica:
         finally:
             self._api_sock.close()
             self._device_sock.close()
+            self.state.heartbeats.close()
             self.state.db.close()
 
     def request_stop(self) -> None:
@@ -156,7 +224,15 @@ class Replica:
 
 
 def run(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> None:
-    """Run a replica until SIGINT/SIGTERM; ``on_ready`` is called once both listeners accept."""
+    """Run a replica until SIGINT/SIGTERM; ``on_ready`` is called once both listeners accept.
+
+    With ``config.workers > 1`` this process supervises that many worker processes instead.
+    """
+    if config.workers < 1:
+        raise InvalidArgument(f"workers must be at least 1, got {config.workers}")
+    if config.workers > 1:
+        _supervise(config, on_ready)
+        return
     replica = Replica(config)
 
     async def main() -> None:
@@ -169,7 +245,105 @@ def run(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> None:
             on_ready(replica.endpoints)
         await serving
 
-    asyncio.run(main())
+    _run_loop(main(), config.event_loop)
+
+
+# ---------------------------------------------------------------------------------------------
+# several worker processes
+
+
+def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> None:
+    """Prepare database, TLS files and sockets once; run and watch ``config.workers`` workers."""
+    state = open_state(config)  # migrates and creates the CA once, before any worker starts
+    try:
+        tls = prepare_tls(config, state.ca, state.db.now())
+    finally:
+        state.db.close()
+    api_sock = _bind(config.host, config.port)
+    device_sock = _bind(config.host, config.device_port)
+    device_url = config.device_url or _url(config.host, device_sock.getsockname()[1])
+    listeners = _Listeners(api_sock, device_sock, tls, device_url)
+    endpoints = Endpoints(_url(config.host, api_sock.getsockname()[1]), device_url, str(tls.ca))
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
+    ready = context.Queue()
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def start(index: int) -> Any:
+        process = context.Process(
+            target=_worker_main,
+            args=(config, listeners, index, os.getpid(), ready, logging.getLogger().getEffectiveLevel()),
+            name=f"edgefleet-worker-{index}",
+            daemon=False,
+        )
+        process.start()
+        return process
+
+    workers = [start(i) for i in range(config.workers)]
+    try:
+        up: set[int] = set()
+        deadline = time.monotonic() + 120.0
+        while len(up) < config.workers and not stopping.is_set():
+            if time.monotonic() > deadline or any(not w.is_alive() for w in workers):
+                raise FailedPrecondition("the server workers did not start (see the log above)")
+            with contextlib.suppress(queue.Empty):
+                up.add(ready.get(timeout=0.2))
+        if not stopping.is_set():
+            on_ready(endpoints)
+        last_restart = 0.0
+        while not stopping.wait(0.5):
+            for index, worker in enumerate(workers):
+                if worker.is_alive():
+                    continue
+                wait = _RESTART_BACKOFF - (time.monotonic() - last_restart)
+                if wait > 0 and stopping.wait(wait):
+                    break
+                log.error("server worker %d exited with code %s; starting it again", index, worker.exitcode)
+                last_restart = time.monotonic()
+                workers[index] = start(index)
+    finally:
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
+        grace = time.monotonic() + config.timing.shutdown_grace + 10.0
+        for worker in workers:
+            worker.join(max(0.0, grace - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join(5.0)
+        api_sock.close()
+        device_sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker_main(
+    config: ServerConfig, listeners: _Listeners, index: int, parent: int, ready: Any, log_level: int
+) -> None:
+    """A worker process: one full replica on the inherited sockets; stops with its supervisor."""
+    # a spawned process starts with no logging set up: log like the supervisor, marked by worker
+    logging.basicConfig(level=log_level, format=f"worker-{index} %(levelname)s %(name)s: %(message)s")
+    replica = Replica(replace(config, workers=1), run_jobs=index == 0, listeners=listeners)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, replica.request_stop)
+
+        async def watch_parent() -> None:
+            # a supervisor killed with SIGKILL cannot stop its workers: they notice and stop themselves
+            while os.getppid() == parent:
+                await asyncio.sleep(1.0)
+            replica.request_stop()
+
+        watcher = asyncio.create_task(watch_parent())
+        serving = asyncio.create_task(replica.serve())
+        if await loop.run_in_executor(None, replica.wait_started, 60.0):
+            ready.put(index)
+        await serving
+        watcher.cancel()
+
+    _run_loop(main(), config.event_loop)
 
 
 @dataclass
@@ -199,7 +373,7 @@ def start_in_thread(
     """Start a replica on a daemon thread and return once both listeners accept connections."""
     replica = Replica(config, clock=clock, run_jobs=run_jobs)
     thread = threading.Thread(
-        target=asyncio.run, args=(replica.serve(),), name="edgefleet-server", daemon=True
+        target=_run_loop, args=(replica.serve(), config.event_loop), name="edgefleet-server", daemon=True
     )
     thread.start()
     if not replica.wait_started(60.0):
