@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--spinning", action="store_true", help="let the agent's ONNX Runtime threads spin-wait")
     args = parser.parse_args()
 
     from edgefleet.client import AgentClient
@@ -127,7 +128,7 @@ def main() -> int:
     config = work / "agent.toml"
     config.write_text(
         f'[device]\nname = "bench"\nfleet = "bench"\n[agent]\ntrust_dir = "{work / "keys" / "trust"}"\n'
-        f'data_dir = "{work / "data"}"\n'
+        f'data_dir = "{work / "data"}"\nintra_op_spinning = {str(args.spinning).lower()}\n'
     )
     sock = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp")) / "agent.sock"
     agent = subprocess.Popen(
@@ -152,7 +153,7 @@ def main() -> int:
 
         print(
             f"edgefleet agent Predict benchmark — {os.cpu_count()} CPUs, onnxruntime {ort.__version__}, "
-            f"{args.iterations} iterations per variant, interleaved"
+            f"{args.iterations} iterations per variant, interleaved; agent spin-wait {args.spinning}"
         )
         so = ort.SessionOptions()
         so.inter_op_num_threads = 1
