@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.errors import InvalidArgument
+
 
 def add_parser(subparsers: Any) -> None:
     """Register ``package`` and its sub-commands."""
@@ -19,7 +21,12 @@ def add_parser(subparsers: Any) -> None:
         description="Read the model's tensor metadata (ONNX or TFLite), write and sign the package, "
         "and print its path on the last line.",
     )
-    build.add_argument("model", metavar="MODEL", type=Path, help="model file (.onnx, .tflite)")
+    build.add_argument(
+        "model",
+        metavar="MODEL",
+        type=Path,
+        help="model file (.onnx, .tflite) or an `edgefleet compile` output directory",
+    )
     build.add_argument(
         "--name", required=True, help="model name: 1-63 of [a-zA-Z0-9-], starting and ending alnum"
     )
@@ -62,6 +69,21 @@ def _build(args: argparse.Namespace) -> int:
     from edgefleet.core.manifest import Target
     from edgefleet.core.package import build_package
 
+    if args.model.is_dir():
+        # An `edgefleet compile` output directory: runtime, target and tensors come from its metadata.
+        from edgefleet.compiler.output import PACKAGE_METADATA_FILE, build_package_from_output
+
+        if not (args.model / PACKAGE_METADATA_FILE).is_file():
+            raise InvalidArgument(
+                f"{args.model} is a directory without {PACKAGE_METADATA_FILE}: give a model file, or the "
+                "output directory of `edgefleet compile`"
+            )
+        print(
+            build_package_from_output(
+                args.model, name=args.name, version=args.version, key_dir=args.key, out_dir=args.output
+            )
+        )
+        return 0
     path = build_package(
         args.model,
         name=args.name,
