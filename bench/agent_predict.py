@@ -99,7 +99,9 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--skip-resnet", action="store_true")
-    parser.add_argument("--spinning", action="store_true", help="let the agent's ONNX Runtime threads spin-wait")
+    parser.add_argument(
+        "--spinning", action="store_true", help="let the agent's ONNX Runtime threads spin-wait"
+    )
     args = parser.parse_args()
 
     from edgefleet.client import AgentClient
@@ -125,31 +127,32 @@ def main() -> int:
         except ImportError as exc:
             print(f"(ResNet-18 skipped: {exc}; install torch==2.13.0)")
 
-    config = work / "agent.toml"
-    config.write_text(
-        f'[device]\nname = "bench"\nfleet = "bench"\n[agent]\ntrust_dir = "{work / "keys" / "trust"}"\n'
-        f'data_dir = "{work / "data"}"\nintra_op_spinning = {str(args.spinning).lower()}\n'
-    )
-    sock = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp")) / "agent.sock"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet", "agent", "-a", f"unix://{sock}", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    address = f"unix://{sock}"
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start_agent(label: str, extra: str) -> str:
+        """Start an agent with extra [agent] settings, load the packages; return its address."""
+        config = work / f"agent-{label}.toml"
+        config.write_text(
+            f'[device]\nname = "bench"\nfleet = "bench"\n[agent]\ntrust_dir = "{work / "keys" / "trust"}"\n'
+            f'data_dir = "{work / ("data-" + label)}"\nintra_op_spinning = {str(args.spinning).lower()}\n{extra}'
+        )
+        sock = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp")) / "agent.sock"
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edgefleet", "agent", "-a", f"unix://{sock}", "-c", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        with AgentClient(f"unix://{sock}", timeout=60) as c:
+            c.wait_ready(60)
+            for model_name, pkg in packages.items():
+                c.load(str(pkg), model_name)
+        return f"unix://{sock}"
+
     try:
+        address = start_agent("default", "")
         client = AgentClient(address, timeout=60)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.health()
-                break
-            except Exception:
-                if time.monotonic() > deadline or agent.poll() is not None:
-                    raise SystemExit("agent did not start") from None
-                time.sleep(0.05)
-        for name, pkg in packages.items():
-            client.load(str(pkg), name)
 
         print(
             f"edgefleet agent Predict benchmark — {os.cpu_count()} CPUs, onnxruntime {ort.__version__}, "
@@ -195,21 +198,25 @@ def main() -> int:
         for label, ms in res.items():
             print(row(label, ms, None if ms is base else base))
 
-        for model, inputs in [("digits", {name: x})] + (
-            [("resnet18", {"input": np.zeros((1, 3, 224, 224), np.float32)})]
-            if resnet_onnx is not None
-            else []
-        ):
-            print(f"\nthroughput, {model}, concurrent client processes ({args.seconds:.0f} s each):")
+        def scaling(label: str, addr: str, model: str, inputs: dict[str, np.ndarray]) -> None:
+            print(f"\nthroughput, {model}, {label} ({args.seconds:.0f} s per point, client processes):")
             one = None
             for clients in (1, 2, 4):
-                rate = throughput(address, model, inputs, clients, args.seconds)
+                rate = throughput(addr, model, inputs, clients, args.seconds)
                 one = one or rate
                 print(f"  {clients} client(s): {rate:9.1f} req/s   {rate / one:5.2f}x one client")
+
+        scaling("default config", address, "digits", {name: x})
+        if resnet_onnx is not None:
+            image0 = {"input": np.zeros((1, 3, 224, 224), np.float32)}
+            scaling("default config (each request may use every core)", address, "resnet18", image0)
+            tuned = start_agent("throughput", "intra_op_threads = 1\n")
+            scaling("agent.intra_op_threads = 1 (one core per request)", tuned, "resnet18", image0)
         client.close()
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=60)
+        for agent in started:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=60)
     return 0
 
 
