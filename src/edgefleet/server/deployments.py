@@ -408,7 +408,7 @@ def delete_plan(session: Session, name: str) -> None:
         select(func.count())
         .select_from(StageDevice)
         .join(PlanStage, PlanStage.id == StageDevice.stage_id)
-        .where(PlanStage.plan_id == plan.id, _outstanding())
+        .where(PlanStage.plan_id == plan.id, outstanding())
     )
     if busy:
         raise FailedPrecondition(
@@ -417,7 +417,8 @@ def delete_plan(session: Session, name: str) -> None:
     session.delete(plan)
 
 
-def _outstanding() -> ColumnElement[bool]:
+def outstanding() -> ColumnElement[bool]:
+    """Rows a device still has to act on: not yet fetched, in progress, to roll back."""
     return StageDevice.status.in_(
         [DeviceStatus.READYTODEPLOY.value, DeviceStatus.INPROGRESS.value, DeviceStatus.STOPPING.value]
     ) | (StageDevice.rollback == Rollback.REQUESTED.value)
@@ -691,30 +692,28 @@ def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: 
                 observing=False,
             )
         )
-    counts = stage_counts(session, stage)
-    total = counts.success + counts.pending + counts.failed + counts.stopped
+    # Each device report refreshes its stage, so this must not count the whole stage every time
+    # (quadratic over a rollout): it asks the (stage_id, status) index small questions instead,
+    # and counts everything once, when the stage finishes.
     previous = stage.status
     if stage.status == StageStatus.STOPPING:
-        if counts.pending == 0:
+        if not _any_in(session, stage, _PENDING):
             stage.status = StageStatus.STOPPED.value
             stage.finished_at = now
     elif stage.status in (StageStatus.STARTING, StageStatus.INPROGRESS):
-        if total and counts.failed / total > stage.failure_threshold:
-            _fail_stage(session, stage, counts, total, now)
-        elif counts.pending == 0:
+        failed = _count_in(session, stage, [DeviceStatus.FAILED])
+        total = _count_in(session, stage, None) if failed else 0  # only the threshold needs it
+        if total and failed / total > stage.failure_threshold:
+            _fail_stage(session, stage, failed, total, now)
+        elif not _any_in(session, stage, _PENDING):
+            counts = stage_counts(session, stage)
             stage.status = StageStatus.DEPLOYED.value
             stage.status_message = (
                 f"{counts.success} device(s) deployed, {counts.failed} failed, {counts.stopped} stopped"
             )
             stage.finished_at = now
-        else:
-            fetched = session.scalar(
-                select(func.count())
-                .select_from(StageDevice)
-                .where(
-                    StageDevice.stage_id == stage.id, StageDevice.status != DeviceStatus.READYTODEPLOY.value
-                )
-            )
+        elif stage.status == StageStatus.STARTING:
+            fetched = _any_in(session, stage, [s for s in DeviceStatus if s != DeviceStatus.READYTODEPLOY])
             stage.status = (StageStatus.INPROGRESS if fetched else StageStatus.STARTING).value
     if stage.status != previous:
         stage.updated_at = now
@@ -722,10 +721,33 @@ def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: 
     return stage
 
 
-def _fail_stage(session: Session, stage: PlanStage, counts: StageCounts, total: int, now: datetime) -> None:
+_PENDING = [DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING]
+
+
+def _any_in(session: Session, stage: PlanStage, statuses: Sequence[DeviceStatus]) -> bool:
+    """Whether any device of ``stage`` is in one of ``statuses`` (an index probe, not a count)."""
+    return (
+        session.scalar(
+            select(StageDevice.device_id)
+            .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([x.value for x in statuses]))
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def _count_in(session: Session, stage: PlanStage, statuses: Sequence[DeviceStatus] | None) -> int:
+    """How many devices of ``stage`` are in ``statuses`` (all of them for None)."""
+    stmt = select(func.count()).select_from(StageDevice).where(StageDevice.stage_id == stage.id)
+    if statuses is not None:
+        stmt = stmt.where(StageDevice.status.in_([x.value for x in statuses]))
+    return session.scalar(stmt) or 0
+
+
+def _fail_stage(session: Session, stage: PlanStage, failed: int, total: int, now: datetime) -> None:
     stage.status = StageStatus.FAILED.value
     stage.finished_at = now
-    share = f"{counts.failed}/{total} device(s) failed, above the threshold of {stage.failure_threshold:.0%}"
+    share = f"{failed}/{total} device(s) failed, above the threshold of {stage.failure_threshold:.0%}"
     if stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE:
         stage.status_message = share + "; rolling the stage back"
         _set_rows(
@@ -790,7 +812,7 @@ def device_deployments(session: Session, device: Device, now: datetime) -> list[
         session.scalars(
             select(StageDevice)
             .join(PlanStage, PlanStage.id == StageDevice.stage_id)
-            .where(StageDevice.device_id == device.id, _outstanding())
+            .where(StageDevice.device_id == device.id, outstanding())
             .order_by(StageDevice.assigned_at, PlanStage.id)
         )
     )
@@ -817,7 +839,12 @@ def device_deployments(session: Session, device: Device, now: datetime) -> list[
                 )
             )
         if row.status == DeviceStatus.READYTODEPLOY:
-            stage = _lock_stage(session, stage)
+            # A fetch changes the stage's status only while it is STARTING (-> INPROGRESS) or when
+            # it fails the device; otherwise the conditional row update alone is race-free, and
+            # not locking the stage lets the devices of a large stage fetch in parallel.
+            lock = missing or stage.status != StageStatus.INPROGRESS
+            if lock:
+                stage = _lock_stage(session, stage)
             if missing:
                 platform = f"{device.platform_os or '?'}/{device.platform_arch or '?'}/{device.platform_accelerator or '?'}"
                 _transition(
@@ -842,7 +869,8 @@ def device_deployments(session: Session, device: Device, now: datetime) -> list[
                 fetched=True,
             ):
                 continue
-            refresh_stage(session, stage, now, locked=True)
+            if lock:
+                refresh_stage(session, stage, now, locked=True)
         elif missing and not rolling_back:
             continue
         gate = _gate(plan)
@@ -887,7 +915,11 @@ def _transition(
     return bool(getattr(result, "rowcount", 0))
 
 
-def _locate(session: Session, device: Device, name: str) -> tuple[PlanStage, StageDevice]:
+def _locate(
+    session: Session, device: Device, name: str, *, lock_stage: bool = True
+) -> tuple[PlanStage, StageDevice]:
+    """The stage and the device's row of deployment ``name``: the stage locked (every transition of
+    the stage serialises on it), or with ``lock_stage=False`` only the device's row."""
     plan_name, dot, stage_name = name.partition(".")
     if not dot:
         raise InvalidArgument(f"DeploymentName {name!r} is not of the form <plan>.<stage>")
@@ -895,21 +927,30 @@ def _locate(session: Session, device: Device, name: str) -> tuple[PlanStage, Sta
     stage = None if plan is None else next((s for s in plan.stages if s.name == stage_name), None)
     if stage is None:
         raise NotFound(f"deployment {name!r} does not exist")
-    stage = _lock_stage(session, stage)
-    row = session.scalar(
-        select(StageDevice)
-        .where(StageDevice.stage_id == stage.id, StageDevice.device_id == device.id)
-        .execution_options(populate_existing=True)
-    )
+    stmt = select(StageDevice).where(StageDevice.stage_id == stage.id, StageDevice.device_id == device.id)
+    if lock_stage:
+        stage = _lock_stage(session, stage)
+    else:
+        stmt = stmt.with_for_update(of=StageDevice)
+    row = session.scalar(stmt.execution_options(populate_existing=True))
     if row is None:
         raise NotFound(f"deployment {name!r} does not include device {device.name!r}")
     return stage, row
 
 
-def record_result(session: Session, device: Device, report: ResultReport, now: datetime) -> StageDevice:
-    """Apply a device's DeploymentResult to its row and the stage."""
+def record_result(
+    session: Session, device: Device, report: ResultReport, now: datetime, *, refresh: bool = True
+) -> StageDevice:
+    """Apply a device's DeploymentResult to its row and the stage.
+
+    With ``refresh=False`` only the device's row is locked and written, and the stage is not
+    refreshed: the caller commits, then calls :func:`settle_stage` in a new transaction. Thousands
+    of devices of one stage then report in parallel instead of queueing on the stage's lock (and
+    on each other's commits); the refresh that follows a commit sees every report committed before
+    it, so the last report of a stage always finishes it.
+    """
     result = DeviceResult(_enum(DeviceResult, report.status, "DeploymentStatus"))
-    stage, row = _locate(session, device, report.deployment_name)
+    stage, row = _locate(session, device, report.deployment_name, lock_stage=refresh)
     plan = stage.plan
     status = DeviceStatus(row.status)
     row.device_result = result.value
@@ -957,8 +998,21 @@ def record_result(session: Session, device: Device, report: ResultReport, now: d
         row.status = DeviceStatus.FAILED.value
         row.message = message
     session.flush()
-    refresh_stage(session, stage, now, locked=True)
+    if refresh:
+        refresh_stage(session, stage, now, locked=True)
     return row
+
+
+def settle_stage(session: Session, stage_id: int, now: datetime, *, device_failed: bool) -> None:
+    """After a result was committed with ``record_result(refresh=False)``: refresh the stage if the
+    result may have changed its status (the stage is starting, the device failed, or no device
+    is pending any more)."""
+    stage = session.get(PlanStage, stage_id)
+    if stage is None or stage.status not in _ACTIVE_STAGE:
+        return
+    if stage.status != StageStatus.STARTING and not device_failed and _any_in(session, stage, _PENDING):
+        return  # devices are still at work: nothing about the stage can change yet
+    refresh_stage(session, stage, now)
 
 
 def record_health(session: Session, device: Device, report: HealthReport, now: datetime) -> HealthVerdict:
@@ -1034,7 +1088,7 @@ def on_device_deregistered(session: Session, device: Device, now: datetime) -> N
     stage_ids = list(
         session.scalars(
             select(StageDevice.stage_id)
-            .where(StageDevice.device_id == device.id, _outstanding())
+            .where(StageDevice.device_id == device.id, outstanding())
             .order_by(StageDevice.stage_id)
         )
     )

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, lazyload
 
 from edgefleet.core.errors import (
     AlreadyExists,
@@ -273,8 +273,13 @@ def enrol(
 
 
 def authenticate_device(session: Session, cert_name: str, serial: str) -> Device:
-    """The device a verified client certificate belongs to; UNAUTHENTICATED if revoked or replaced."""
-    device = session.scalar(select(Device).where(Device.name == cert_name))
+    """The device a verified client certificate belongs to; UNAUTHENTICATED if revoked or replaced.
+
+    Tags and models are loaded only if used (most device calls need neither).
+    """
+    device = session.scalar(
+        select(Device).where(Device.name == cert_name).options(lazyload(Device.tags), lazyload(Device.models))
+    )
     if device is None or device.deregistered_at is not None:
         raise Unauthenticated(f"device {cert_name!r} is not registered; its certificate is revoked")
     if device.cert_serial != serial:

@@ -3,10 +3,12 @@
 Heartbeats are the bulk of a fleet's traffic (every device, every 30 s) and each one is tiny, so
 their cost is almost all per-transaction overhead: a connection checkout, BEGIN, a few statements
 through the ORM, COMMIT (an fsync on PostgreSQL). :class:`HeartbeatWriter` takes heartbeats from
-request handlers, and one writer thread per replica stores whatever has queued up meanwhile as
-one batch: one UPDATE of ``devices`` (executemany), one DELETE and one INSERT of ``device_models``,
-one COMMIT. While a batch is written the next one queues, so batches grow with the load and
-nothing waits on a timer.
+request handlers, and one writer thread per replica (a :class:`~edgefleet.server.batching.Batcher`
+on a connection of its own) stores whatever has queued up meanwhile as one batch. On PostgreSQL a
+batch is three set-based statements whatever its size (devices updated from one JSON document,
+stale models deleted, models upserted) and one COMMIT; on SQLite an executemany UPDATE and a
+DELETE + INSERT of the models. While a batch is written the next one queues, so batches grow with
+the load and nothing waits on a timer.
 
 Nothing is acknowledged before it is committed: a handler awaits its heartbeat's batch, so a
 device only gets ``200`` for a stored heartbeat, and a failed batch answers every heartbeat in it
@@ -22,7 +24,6 @@ which produces the exact error.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -33,10 +34,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
-from sqlalchemy.exc import DBAPIError
 
-from edgefleet.core.errors import EdgefleetError
-from edgefleet.server.db.engine import Database
+from edgefleet.server.batching import Batcher
+from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
 from edgefleet.server.devices import Heartbeat
 
@@ -124,33 +124,22 @@ class QueuedHeartbeat:
     heartbeat: Heartbeat
 
 
-@dataclass
-class _Pending:
-    """A heartbeat waiting for its batch, and the future its handler awaits."""
-
-    item: QueuedHeartbeat
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[bool]
-
-
 class HeartbeatWriter:
     """Stores heartbeats in group-committed batches on one writer thread (see the module doc).
 
     ``await write(...)`` returns True once the heartbeat is committed, False when the caller must
-    take the ordinary path (unknown, revoked or foreign identity), and raises the batch's error
-    (e.g. UNAVAILABLE) if the transaction failed. Thread-safe; the writer thread starts on first
-    use and :meth:`close` stops it after the queue is drained.
+    take the ordinary path (unknown, revoked or foreign identity, or the writer is closed), and
+    raises the batch's error (e.g. UNAVAILABLE) if the transaction failed. :meth:`close` stores
+    what is queued, then stops the thread.
     """
 
     def __init__(self, db: Database, *, max_batch: int = 500) -> None:
         self.db = db
-        self.max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._store_lock = threading.Lock()
-        self._conn: Connection | None = None  # under _store_lock
+        self._batcher: Batcher[QueuedHeartbeat, bool] = Batcher(
+            "edgefleet-heartbeats", self.store, max_batch=max_batch
+        )
+        self._held = HeldConnection(db)
+        self._lock = threading.Lock()  # guards the identity cache
         # (device name, certificate serial) -> (device id, fleet name); LRU-bounded
         self._identities: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
         #: batches written and heartbeats stored (for logs and tests)
@@ -159,18 +148,9 @@ class HeartbeatWriter:
 
     async def write(self, device_name: str, serial: str, fleet_name: str, heartbeat: Heartbeat) -> bool:
         """Queue a (validated) heartbeat of the device whose certificate is ``serial``; see the class doc."""
-        loop = asyncio.get_running_loop()
-        item = QueuedHeartbeat(device_name, serial, fleet_name, heartbeat)
-        pending = _Pending(item, loop, loop.create_future())
-        with self._cond:
-            if self._closed:
-                return False
-            self._queue.append(pending)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="edgefleet-heartbeats", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return await pending.future
+        if self._batcher.closed:
+            return False
+        return await self._batcher.submit(QueuedHeartbeat(device_name, serial, fleet_name, heartbeat))
 
     def store(self, items: Sequence[QueuedHeartbeat]) -> list[bool]:
         """Store ``items`` in one transaction (what the writer thread does with each batch).
@@ -179,94 +159,35 @@ class HeartbeatWriter:
         with that certificate (the caller must take the ordinary path). Raises UNAVAILABLE (or
         another translated error) when the transaction fails; then nothing was stored.
         """
-        with self._store_lock:
-            # The writer keeps one connection; if the database dropped it while idle, the first
-            # statement fails and nothing was written, so the batch is tried once more on a new one.
-            for attempt in (1, 2):
-                fresh = self._conn is None
-                try:
-                    with self.db.translated_errors():
-                        return self._store(self._connection(), items)
-                except EdgefleetError as exc:
-                    self._drop_connection()
-                    cause = exc.__cause__
-                    stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
-                    if attempt == 2 or fresh or not stale:
-                        raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def forget(self, device_name: str) -> None:
-        """Drop cached identities of ``device_name`` (not needed for correctness; frees memory)."""
-        with self._cond:
-            for key in [k for k in self._identities if k[0] == device_name]:
-                del self._identities[key]
+        outcome = self._held.run(lambda conn: self._store(conn, items))
+        self.batches += 1
+        self.stored += sum(outcome)
+        return outcome
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer thread and release its connection."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        with self._store_lock:
-            self._drop_connection()
-
-    # -- the writer thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue and self._closed:
-                    return
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                outcome = self.store([p.item for p in batch])
-            except Exception as exc:  # the handlers see it; the writer thread must live on
-                if isinstance(exc, EdgefleetError):
-                    log.warning("a batch of %d heartbeats failed: %s", len(batch), exc)
-                else:
-                    log.exception("a batch of %d heartbeats failed", len(batch))
-                _settle(batch, error=exc)
-            else:
-                _settle(batch, outcome=outcome)
-
-    def _connection(self) -> Connection:
-        if self._conn is None:
-            self._conn = self.db.engine.connect()
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # already broken: nothing to give back
-                log.debug("closing a broken writer connection failed", exc_info=True)
-            self._conn = None
+        self._batcher.close(timeout)
+        self._held.close()
 
     def _store(self, conn: Connection, batch: Sequence[QueuedHeartbeat]) -> list[bool]:
         now = self.db.now()
-        with conn.begin():
-            ids = self._resolve(conn, batch)
-            # The newest heartbeat of a device wins when it sent several; rows are written in id
-            # order so that concurrent batches (other workers) lock device rows in the same order.
-            latest: dict[int, QueuedHeartbeat] = {}
-            for item, device_id in zip(batch, ids, strict=True):
-                if device_id is not None:
-                    latest[device_id] = item
-            order = sorted(latest)
-            stored: set[int] = set()
-            if order:
-                if conn.dialect.name == "postgresql":
-                    stored = _store_postgresql(conn, order, latest, now)
-                else:
-                    stored = _store_portable(conn, order, latest, now)
-            lost = [latest[i] for i in order if i not in stored]
-            if lost:  # revoked (or deregistered) since their identity was cached
-                self._evict(lost)
-        self.batches += 1
-        self.stored += len(stored)
+        ids = self._resolve(conn, batch)
+        # The newest heartbeat of a device wins when it sent several; rows are written in id
+        # order so that concurrent batches (other workers) lock device rows in the same order.
+        latest: dict[int, QueuedHeartbeat] = {}
+        for item, device_id in zip(batch, ids, strict=True):
+            if device_id is not None:
+                latest[device_id] = item
+        order = sorted(latest)
+        stored: set[int] = set()
+        if order:
+            if conn.dialect.name == "postgresql":
+                stored = _store_postgresql(conn, order, latest, now)
+            else:
+                stored = _store_portable(conn, order, latest, now)
+        lost = [latest[i] for i in order if i not in stored]
+        if lost:  # revoked (or deregistered) since their identity was cached
+            self._evict(lost)
         # an item counts as stored if its device's row was written with the item's own certificate
         return [
             device_id is not None and device_id in stored and latest[device_id].serial == item.serial
@@ -275,7 +196,7 @@ class HeartbeatWriter:
 
     def _resolve(self, conn: Connection, batch: Sequence[QueuedHeartbeat]) -> list[int | None]:
         """Device id per item, or None when the identity is not a registered device of that fleet."""
-        with self._cond:
+        with self._lock:
             known = {key: self._identities.get(key) for key in {(p.device_name, p.serial) for p in batch}}
         missing = sorted({key[0] for key, value in known.items() if value is None})
         if missing:
@@ -285,7 +206,7 @@ class HeartbeatWriter:
                 .where(Device.name.in_(missing), Device.deregistered_at.is_(None))
             )
             found = {(name, serial): (device_id, fleet) for device_id, name, serial, fleet in rows if serial}
-            with self._cond:
+            with self._lock:
                 for key, value in found.items():
                     if key in known:
                         known[key] = value
@@ -299,7 +220,7 @@ class HeartbeatWriter:
         return ids
 
     def _evict(self, items: Sequence[QueuedHeartbeat]) -> None:
-        with self._cond:
+        with self._lock:
             for item in items:
                 self._identities.pop((item.device_name, item.serial), None)
 
@@ -408,27 +329,3 @@ def _model_rows(device_id: int, item: QueuedHeartbeat, now: datetime) -> list[di
         }
         for m in _latest_models(item.heartbeat)
     ]
-
-
-def _settle(
-    batch: list[_Pending], *, outcome: list[bool] | None = None, error: BaseException | None = None
-) -> None:
-    """Resolve the futures of a batch on their event loops (one wake-up per loop)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, bool]]] = {}
-    for index, item in enumerate(batch):
-        by_loop.setdefault(item.loop, []).append((item, bool(outcome[index]) if outcome else False))
-
-    def resolve(items: list[tuple[_Pending, bool]]) -> None:
-        for item, ok in items:
-            if item.future.done():
-                continue
-            if error is not None:
-                item.future.set_exception(error)
-            else:
-                item.future.set_result(ok)
-
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(resolve, items)
-        except RuntimeError:  # that loop is closed: nobody is waiting any more
-            pass

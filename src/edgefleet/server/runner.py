@@ -208,8 +208,7 @@ class Replica:
         finally:
             self._api_sock.close()
             self._device_sock.close()
-            self.state.heartbeats.close()
-            self.state.db.close()
+            self.state.close()
 
     def request_stop(self) -> None:
         """Ask both listeners to finish (thread-safe)."""
@@ -258,7 +257,7 @@ def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> N
     try:
         tls = prepare_tls(config, state.ca, state.db.now())
     finally:
-        state.db.close()
+        state.close()
     api_sock = _bind(config.host, config.port)
     device_sock = _bind(config.host, config.device_port)
     device_url = config.device_url or _url(config.host, device_sock.getsockname()[1])

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.core.errors import InvalidArgument, NotFound, PermissionDenied
+from edgefleet.core.errors import EdgefleetError, InvalidArgument, NotFound, PermissionDenied
 from edgefleet.server import deployments as dp
 from edgefleet.server import devices
 from edgefleet.server.api import render
@@ -168,6 +168,8 @@ def get_deployments(body: s.DeviceRef, request: Request, identity: Identity) -> 
 
 @router.post("/ReportDeploymentResult", response_model=s.ResultOut, summary="Report a deployment result")
 def report_result(body: s.ResultRequest, request: Request, identity: Identity) -> s.ResultOut:
+    """The device's row is written and committed first; its stage is refreshed in a second
+    transaction only if the result may change it (so a large stage's reports run in parallel)."""
     st = app_state(request)
     result = body.DeploymentResult
     with st.db.session() as session:
@@ -178,8 +180,16 @@ def report_result(body: s.ResultRequest, request: Request, identity: Identity) -
             device,
             dp.ResultReport(result.DeploymentName, result.DeploymentStatus, result.DeploymentStatusMessage),
             st.db.now(),
+            refresh=False,
         )
-        return s.ResultOut(DeploymentName=result.DeploymentName, DeviceDeploymentStatus=row.status)
+        answer = s.ResultOut(DeploymentName=result.DeploymentName, DeviceDeploymentStatus=row.status)
+        stage_id, failed = row.stage_id, row.status == dp.DeviceStatus.FAILED
+    try:
+        with st.db.session() as session:
+            dp.settle_stage(session, stage_id, st.db.now(), device_failed=failed)
+    except EdgefleetError as exc:  # the result is stored; the periodic stage refresh settles the stage
+        log.warning("device %s: stage refresh after its result failed: %s", identity.name, exc)
+    return answer
 
 
 @router.post("/ReportDeploymentHealth", response_model=s.HealthOut, summary="Report post-activation health")

@@ -1,19 +1,22 @@
-"""SendHeartbeat served without the web framework's per-request machinery.
+"""The device plane's two routine calls served without the web framework's per-request machinery.
 
-Heartbeats are most of a fleet's requests, and for such a small request the framework is most of
-the cost: routing through every route, dependency solving, a JSON parse then a model validation,
-exception middlewares, telemetry hooks. :class:`DeviceFastPath` sits in front of the application
-on the device listener and serves exactly one case itself: ``POST /device/v1/SendHeartbeat`` from
-a device certificate, with a JSON body that validates, that the group commit
-(:mod:`edgefleet.server.heartbeats`) stores. It uses the same request model, conversion and
-checks as the framework route (:func:`edgefleet.server.api.device_plane.send_heartbeat`) and
-answers the same ``200 {}``.
+Heartbeats and idle deployment polls are nearly all of a fleet's requests, and for such small
+requests the framework is most of the cost: routing through every route, dependency solving, a
+JSON parse then a model validation, exception middlewares, telemetry hooks. :class:`DeviceFastPath`
+sits in front of the application on the device listener and serves exactly two cases itself, from
+a device certificate with a JSON body that validates:
+
+* ``POST /device/v1/SendHeartbeat`` that the group commit (:mod:`edgefleet.server.heartbeats`)
+  stores: ``200 {}``, as :func:`edgefleet.server.api.device_plane.send_heartbeat` answers (same
+  request model, conversion and checks);
+* ``POST /device/v1/GetDeployments`` of a device with nothing outstanding
+  (:mod:`edgefleet.server.polls`): ``200 {"Deployments":[]}``, as the route answers.
 
 Everything else — other paths, no or foreign certificates, bodies that do not validate, results,
-identities the group commit does not vouch for, database errors — is handed to the application
-unchanged (the body already read is replayed), so every error keeps its documented shape and
-order. The route then skips the group commit (it was just tried) and stores the heartbeat in a
-transaction of its own.
+identities the fast path cannot vouch for, deployments to hand out, database errors — is passed to
+the application unchanged (the body already read is replayed), so every error keeps its
+documented shape and order. A heartbeat route called that way skips the group commit (it was just
+tried) and stores the heartbeat in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -39,20 +42,26 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEARTBEAT_PATH = "/device/v1/SendHeartbeat"
+POLL_PATH = "/device/v1/GetDeployments"
 #: bodies larger than this go to the application (a daemon's heartbeat is a few KiB)
 MAX_FAST_BODY = 256 * 1024
-_OK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+_EMPTY_DEPLOYMENTS = b'{"Deployments":[]}'
 
 
 class DeviceFastPath:
-    """ASGI middleware serving plain heartbeats directly (see the module doc)."""
+    """ASGI middleware serving plain heartbeats and idle polls directly (see the module doc)."""
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
+        self._handlers: dict[str, Callable[[Scope, bytes], Awaitable[bytes | None]]] = {
+            HEARTBEAT_PATH: self._heartbeat,
+            POLL_PATH: self._poll,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
+        handler = self._handlers.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -67,32 +76,44 @@ class DeviceFastPath:
             chunks.append(chunk)
             size += len(chunk)
             more = bool(message.get("more_body", False))
-        if not more and await self._serve(scope, b"".join(chunks)):
-            await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS})
-            await send({"type": "http.response.body", "body": b"{}"})
+        answer = None
+        if not more and _is_json(scope):
+            try:
+                answer = await handler(scope, b"".join(chunks))
+            except Exception:  # the application path reports it (UNAVAILABLE, ...) in the documented shape
+                log.debug("the fast path failed; the request takes the ordinary path", exc_info=True)
+        if answer is not None:
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
             return
         scope[FAST_PATH_DECLINED] = True
         await self.app(scope, _replay(chunks, not more, None, receive), send)
 
-    async def _serve(self, scope: Scope, body: bytes) -> bool:
-        """Whether the heartbeat was stored here (False: the application must handle the request)."""
-        if not _is_json(scope):
-            return False
+    async def _heartbeat(self, scope: Scope, body: bytes) -> bytes | None:
         try:
             identity = identity_from_scope(scope)
             request = s.HeartbeatRequest.model_validate_json(body)
         except (EdgefleetError, ValidationError):
-            return False
+            return None
         heartbeat = heartbeat_of(request)
         if not group_commit_eligible(request, identity, heartbeat):
-            return False
+            return None
+        stored = await self.state.heartbeats.write(
+            identity.name, identity.serial, request.DeviceFleetName, heartbeat
+        )
+        return b"{}" if stored else None
+
+    async def _poll(self, scope: Scope, body: bytes) -> bytes | None:
         try:
-            return await self.state.heartbeats.write(
-                identity.name, identity.serial, request.DeviceFleetName, heartbeat
-            )
-        except Exception:  # the application path reports it (UNAVAILABLE, ...) in the documented shape
-            log.debug("group commit failed; the request takes the ordinary path", exc_info=True)
-            return False
+            identity = identity_from_scope(scope)
+            request = s.DeviceRef.model_validate_json(body)
+        except (EdgefleetError, ValidationError):
+            return None
+        if request.DeviceName != identity.name:
+            return None
+        idle = await self.state.polls.is_idle(identity.name, identity.serial, request.DeviceFleetName)
+        return _EMPTY_DEPLOYMENTS if idle else None
 
 
 def _is_json(scope: Scope) -> bool:

@@ -12,6 +12,7 @@ from edgefleet.server.ca import FleetCA
 from edgefleet.server.config import ServerConfig
 from edgefleet.server.db.engine import Database
 from edgefleet.server.heartbeats import HeartbeatWriter
+from edgefleet.server.polls import IdlePolls
 
 
 @dataclass
@@ -28,9 +29,18 @@ class AppState:
     device_url: str = ""
     #: group commit of heartbeats (its thread starts on first use; closed with the replica)
     heartbeats: HeartbeatWriter = field(init=False)
+    #: batched checks of idle deployment polls (thread starts on first use; closed with the replica)
+    polls: IdlePolls = field(init=False)
 
     def __post_init__(self) -> None:
         self.heartbeats = HeartbeatWriter(self.db)
+        self.polls = IdlePolls(self.db)
+
+    def close(self) -> None:
+        """Stop the batching threads (after finishing what they hold), then close the database."""
+        self.heartbeats.close()
+        self.polls.close()
+        self.db.close()
 
     @property
     def connected_window(self) -> timedelta:

@@ -9,15 +9,23 @@ starting together do not race (an advisory lock on PostgreSQL; SQLite's own file
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.core.errors import AlreadyExists, EdgefleetError, InvalidArgument, Unavailable
@@ -25,6 +33,9 @@ from edgefleet.core.errors import AlreadyExists, EdgefleetError, InvalidArgument
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+R = TypeVar("R")
+#: execution option: this connection only reads (SQLite then begins DEFERRED, not IMMEDIATE)
+READ_ONLY = "edgefleet_read_only"
 
 # URL scheme -> SQLAlchemy driver name used for it.
 KNOWN_SCHEMES: dict[str, str] = {
@@ -154,4 +165,58 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (no failed lock upgrades); readers need no lock in WAL.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class HeldConnection:
+    """One connection kept across transactions by a single thread (a batcher's), so that a batch
+    costs no pool checkout and no liveness ping; re-opened when the database dropped it."""
+
+    def __init__(self, db: Database, *, read_only: bool = False) -> None:
+        self.db = db
+        self.read_only = read_only
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[Connection], R]) -> R:
+        """``work(connection)`` in one transaction, errors translated as by :meth:`Database.session`.
+
+        A held connection that the database closed meanwhile (restart, idle reaper) fails on its
+        first statement with nothing done: it is replaced and ``work`` runs once more.
+        """
+        with self._lock:
+            for attempt in (1, 2):
+                fresh = self._conn is None
+                try:
+                    with self.db.translated_errors():
+                        conn = self._connection()
+                        with conn.begin():
+                            return work(conn)
+                except EdgefleetError as exc:
+                    self._drop()
+                    cause = exc.__cause__
+                    stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
+                    if attempt == 2 or fresh or not stale:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Give the connection back."""
+        with self._lock:
+            self._drop()
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self.db.engine.connect()
+            self._conn = conn.execution_options(**{READ_ONLY: True}) if self.read_only else conn
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except SQLAlchemyError:  # already broken: nothing to give back
+                log.debug("closing a broken held connection failed", exc_info=True)
+            self._conn = None

@@ -110,7 +110,8 @@ class Device(Base):
     cert_serial: Mapped[str | None] = mapped_column(String(64))
     cert_not_after: Mapped[datetime | None]
     agent_version: Mapped[str | None] = mapped_column(String(64))
-    last_heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
+    # not indexed: every heartbeat rewrites it (see migration 0002)
+    last_heartbeat_at: Mapped[datetime | None]
     agent_metrics: Mapped[list[Any]]
     platform_os: Mapped[str | None] = mapped_column(String(32))
     platform_arch: Mapped[str | None] = mapped_column(String(32))
@@ -316,7 +317,10 @@ class StageDevice(Base):
     observing: Mapped[bool] = mapped_column(Boolean, default=False)
 
     device: Mapped[Device] = relationship(lazy="joined")
-    __table_args__ = (Index("ix_stage_devices_device_status", "device_id", "status"),)
+    __table_args__ = (
+        Index("ix_stage_devices_device_status", "device_id", "status"),
+        Index("ix_stage_devices_stage_status", "stage_id", "status"),
+    )
 
 
 class FleetReport(Base):
