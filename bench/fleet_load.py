@@ -373,6 +373,8 @@ class _Stats:
     results: Counter[str] = field(default_factory=Counter)
     downloaded: int = 0
     report_times: list[float] = field(default_factory=list)
+    #: per operation, seconds each call took (for latency percentiles)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
 
 
 def rollout_worker(job: RolloutJob, ready: Any, stop: Any, results: Any) -> None:
@@ -394,11 +396,14 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
 
     async def call(conn: Connection, op: str, body: dict[str, Any]) -> Any:
         stats.calls[op] += 1
+        started = time.perf_counter()
         try:
             return await conn.call(op, body)
         except HttpError as exc:
             stats.errors[str(exc)[:160]] += 1
             return None
+        finally:
+            stats.latencies.setdefault(op, []).append(time.perf_counter() - started)
 
     async def download(conn: Connection, url: str, sha256: str) -> bool:
         path = urlsplit(url).path if "://" in url else url
@@ -418,12 +423,14 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
                 stats.errors[str(exc)[:160]] += 1
                 return False
         else:
+            started = time.perf_counter()
             try:
                 data = await _get(conn, path)
             except HttpError as exc:
                 stats.errors[str(exc)[:160]] += 1
                 return False
             stats.calls["package"] += 1
+            stats.latencies.setdefault("package", []).append(time.perf_counter() - started)
         stats.downloaded += len(data)
         return hashlib.sha256(data).hexdigest() == sha256
 
@@ -488,6 +495,7 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
         "results": dict(stats.results),
         "downloaded": stats.downloaded,
         "report_times": stats.report_times,
+        "latencies": stats.latencies,
     }
 
 

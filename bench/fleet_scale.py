@@ -72,6 +72,12 @@ class Figure:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _pct(values: list[float], pct: float) -> float:
+    """The ``pct`` percentile of ``values`` (seconds) in milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000 if ordered else float("nan")
+
+
 def _split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
@@ -184,7 +190,7 @@ def _profile(server: BenchServer, args: argparse.Namespace, name: str, seconds: 
         return None
     out = Path(args.profile) / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [spy, "record", "--subprocesses", "--format", "raw", "--nonblocking", "--rate", "200"]
+    command = [spy, "record", "--subprocesses", "--format", "raw", "--nonblocking", "--gil", "--rate", "200"]
     command += [
         "--duration",
         str(max(1, int(seconds))),
@@ -314,13 +320,21 @@ def rollout_phase(
         for src, dst in ((a["calls"], calls), (a["errors"], errors), (a["results"], outcomes)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
+    latency: dict[str, list[float]] = {}
+    for a in answers:
+        for op, values in a["latencies"].items():
+            latency.setdefault(op, []).extend(values)
+    latency_text = ", ".join(
+        f"{op} p50 {_pct(v, 50):.0f}/p99 {_pct(v, 99):.0f}/max {max(v) * 1000:.0f} ms"
+        for op, v in sorted(latency.items())
+    )
     deployed = final["EdgeDeploymentSuccess"]
     detail = (
         f"{status}: {deployed}/{len(devices)} devices deployed; stages "
         + " / ".join(f"{t:.1f} s" for t in stage_times)
         + f"; heartbeat and poll every {args.heartbeat_interval:.0f}/{args.poll_interval:.0f} s; "
         f"server CPU {cpu1 - cpu0:.0f} s ({(cpu1 - cpu0) / elapsed:.2f} cores); "
-        f"device calls {calls}; results {outcomes}; errors {sum(errors.values())}"
+        f"device calls {calls}; latency {latency_text}; results {outcomes}; errors {sum(errors.values())}"
     )
     print(f"  rollout to {len(devices)}: {elapsed:.1f} s  ({detail})", flush=True)
     for message, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:

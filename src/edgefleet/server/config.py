@@ -26,6 +26,8 @@ class Limits:
     max_page_size: int = 1000
     #: most devices in one register call
     max_register_batch: int = 1000
+    #: threads per worker process for blocking request handlers (more only add GIL contention)
+    request_threads: int = 8
 
 
 @dataclass(frozen=True)

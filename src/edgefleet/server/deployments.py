@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, lazyload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.server.db.paging import paginate
@@ -653,10 +654,20 @@ def _set_rows(
     )
 
 
+def _stage_only() -> tuple[ORMOption, ...]:
+    """Loader options: a stage with its plan's columns, but not the plan's collections (stages,
+    model configs with their versions and packages), which most stage transitions never read."""
+    return (
+        joinedload(PlanStage.plan).lazyload(DeploymentPlan.stages),
+        joinedload(PlanStage.plan).lazyload(DeploymentPlan.model_configs),
+    )
+
+
 def _lock_stage(session: Session, stage: PlanStage) -> PlanStage:
     locked = session.scalar(
         select(PlanStage)
         .where(PlanStage.id == stage.id)
+        .options(*_stage_only())
         .with_for_update(of=PlanStage)
         .execution_options(populate_existing=True)
     )
@@ -814,11 +825,15 @@ def device_deployments(session: Session, device: Device, now: datetime) -> list[
             .join(PlanStage, PlanStage.id == StageDevice.stage_id)
             .where(StageDevice.device_id == device.id, outstanding())
             .order_by(StageDevice.assigned_at, PlanStage.id)
+            .options(lazyload(StageDevice.device))  # that is ``device``
         )
     )
     deployments: list[DeviceDeployment] = []
     for row in rows:
-        stage = session.get(PlanStage, row.stage_id)
+        # the plan's model configs (with versions and packages) are needed, its other stages not
+        stage = session.get(
+            PlanStage, row.stage_id, options=[joinedload(PlanStage.plan).lazyload(DeploymentPlan.stages)]
+        )
         assert stage is not None
         plan = stage.plan
         rolling_back = row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED
@@ -923,11 +938,19 @@ def _locate(
     plan_name, dot, stage_name = name.partition(".")
     if not dot:
         raise InvalidArgument(f"DeploymentName {name!r} is not of the form <plan>.<stage>")
-    plan = session.scalar(select(DeploymentPlan).where(DeploymentPlan.name == plan_name))
-    stage = None if plan is None else next((s for s in plan.stages if s.name == stage_name), None)
+    stage = session.scalar(
+        select(PlanStage)
+        .join(DeploymentPlan, DeploymentPlan.id == PlanStage.plan_id)
+        .where(DeploymentPlan.name == plan_name, PlanStage.name == stage_name)
+        .options(*_stage_only())
+    )
     if stage is None:
         raise NotFound(f"deployment {name!r} does not exist")
-    stmt = select(StageDevice).where(StageDevice.stage_id == stage.id, StageDevice.device_id == device.id)
+    stmt = (
+        select(StageDevice)
+        .where(StageDevice.stage_id == stage.id, StageDevice.device_id == device.id)
+        .options(lazyload(StageDevice.device))  # that is ``device``
+    )
     if lock_stage:
         stage = _lock_stage(session, stage)
     else:
@@ -1007,7 +1030,7 @@ def settle_stage(session: Session, stage_id: int, now: datetime, *, device_faile
     """After a result was committed with ``record_result(refresh=False)``: refresh the stage if the
     result may have changed its status (the stage is starting, the device failed, or no device
     is pending any more)."""
-    stage = session.get(PlanStage, stage_id)
+    stage = session.get(PlanStage, stage_id, options=_stage_only())
     if stage is None or stage.status not in _ACTIVE_STAGE:
         return
     if stage.status != StageStatus.STARTING and not device_failed and _any_in(session, stage, _PENDING):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from sqlalchemy import text
 
@@ -30,6 +31,9 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from edgefleet.server.jobs import run_periodic
 
+        # Blocking handlers run on a thread pool; every thread of it competes with the event loop
+        # (which serves the routine device calls) for the GIL, so the pool is kept small.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = state.config.limits.request_threads
         stop = asyncio.Event()
         task = asyncio.create_task(run_periodic(state, stop)) if run_jobs else None
         try:
