@@ -63,3 +63,74 @@ def test_declined_requests_get_the_applications_answers(
             assert (status, code) == (401, "UNAUTHENTICATED") and "revoked" in message
     finally:
         cam.close()
+
+
+def test_a_rollout_through_the_fast_path_answers_like_the_application(
+    fleet_server: Server, op: Client, signing_keys: Any, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from server_testkit import build_test_package
+
+    op.create_fleet("fast-roll", "s3://bucket/fast-roll")
+    registered = op.register_devices("fast-roll", [{"DeviceName": f"roll-{i}"} for i in range(3)])
+    cams = [
+        enrol(fleet_server.endpoints.api_url, r["EnrolmentToken"], tmp_path / r["DeviceName"])
+        for r in registered
+    ]
+    try:
+        package = build_test_package(signing_keys.directory, tmp_path / "pkg", "fast-model", "1")
+        op.upload_package(package)
+        op.set_approval("fast-model", "1", "Approved")
+        op.create_plan(
+            {
+                "EdgeDeploymentPlanName": "fast-roll",
+                "DeviceFleetName": "fast-roll",
+                "ModelConfigs": [{"ModelHandle": "m", "ModelName": "fast-model", "ModelVersion": "1"}],
+                "Stages": [
+                    {
+                        "StageName": "all",
+                        "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
+                    }
+                ],
+            }
+        )
+        op.start_stage("fast-roll", "all")
+        # The first poll starts the stage (the application); the others are plain fetches (fast path):
+        # both answer the same deployment.
+        answers = [cam.call("GetDeployments").json()["Deployments"] for cam in cams]
+        assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 1
+        [definition] = answers[0][0]["Definitions"]
+        # A whole download (fast path) and a ranged one (the application): same archive, same headers.
+        whole = cams[1].http.get(definition["PackageUrl"])
+        ranged = cams[1].http.get(definition["PackageUrl"], headers={"Range": "bytes=0-"})
+        assert (whole.status_code, ranged.status_code) == (200, 206)
+        assert whole.content == ranged.content == package.read_bytes()
+        assert hashlib.sha256(whole.content).hexdigest() == definition["Sha256"]
+        for header in ("ETag", "Accept-Ranges", "Content-Disposition", "Content-Type", "Content-Length"):
+            assert whole.headers[header] == ranged.headers[header], header
+        outsider_pkg = definition["PackageUrl"].rsplit("/", 1)[0] + "/999999"
+        assert _error(cams[1].http.get(outsider_pkg))[:2] == (403, "PERMISSION_DENIED")
+        # Results: a plain success (fast path) and a failure (the application).
+        result = {"DeploymentName": "fast-roll.all", "DeploymentStatus": "SUCCEEDED"}
+        assert cams[0].call("ReportDeploymentResult", {"DeploymentResult": result}).json() == {
+            "DeploymentName": "fast-roll.all",
+            "DeviceDeploymentStatus": "DEPLOYED",
+        }
+        assert (
+            cams[1]
+            .call("ReportDeploymentResult", {"DeploymentResult": result})
+            .json()["DeviceDeploymentStatus"]
+            == "DEPLOYED"
+        )
+        assert (
+            cams[2].call("GetDeployments").json()["Deployments"] == answers[0]
+        )  # asked again before reporting
+        assert op.describe_plan("fast-roll")["Stages"][0]["DeploymentStatus"]["StageStatus"] == "INPROGRESS"
+        assert cams[2].call("ReportDeploymentResult", {"DeploymentResult": result}).status_code == 200
+        status = op.describe_plan("fast-roll")["Stages"][0]["DeploymentStatus"]
+        assert (status["StageStatus"], status["EdgeDeploymentSuccessInStage"]) == ("DEPLOYED", 3)
+        assert [cam.call("GetDeployments").json() for cam in cams] == [{"Deployments": []}] * 3
+    finally:
+        for cam in cams:
+            cam.close()

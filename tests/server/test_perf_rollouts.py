@@ -1,5 +1,6 @@
-"""Rollouts at scale: device results committed without the stage lock and the stage settled after,
-idle polls checked in batches. SQLite, and PostgreSQL when reachable."""
+"""Rollouts at scale: results committed without the stage lock and the stage settled after; polls,
+plain results and downloads handled in batches, equal to the ordinary path. SQLite, and PostgreSQL
+when reachable."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import threading
 from typing import Any
 
 from server_testkit import TOKEN_TTL, make_csr, record_package_row
+from sqlalchemy import select
 
 from edgefleet.server import deployments as dp
 from edgefleet.server import devices, fleets, registry
 from edgefleet.server.ca import FleetCA
-from edgefleet.server.polls import IdlePolls, Poll
+from edgefleet.server.downloads import PackageGrants, _Ask
+from edgefleet.server.polls import DeploymentPolls, Poll
+from edgefleet.server.results import Report, ResultRecorder
 
 Db = Any  # the db fixture yields a Database
 
 
-def _fleet(db: Db, n: int) -> dict[str, str]:
+def _fleet(db: Db, n: int, *, arch: str = "any") -> dict[str, str]:
     """A fleet of ``n`` enrolled devices, an approved package and a one-stage plan; name -> serial."""
     ca = FleetCA.load_or_create(db)
     names = [f"dev-{i:02d}" for i in range(n)]
@@ -28,7 +32,7 @@ def _fleet(db: Db, n: int) -> dict[str, str]:
             s, "fleet", [devices.DeviceSpec(x) for x in names], ca, db.now(), TOKEN_TTL
         )
         tokens = [r.enrolment_token for r in registrations]
-        record_package_row(s, "detector", "2")
+        record_package_row(s, "detector", "2", arch=arch)
         registry.set_approval(s, "detector", "2", "Approved", "bob", db.now())
         dp.create_plan(
             s,
@@ -135,40 +139,258 @@ def test_a_failed_device_fails_the_stage_when_settled(db: Db) -> None:
     assert all(statuses[n] == ("STOPPING", "REQUESTED") for n in names[1:])
 
 
-def test_idle_polls_are_checked_in_one_query(db: Db) -> None:
-    serials = _fleet(db, 4)
+def _rendered(items: list[dp.DeviceDeployment] | None) -> Any:
+    from edgefleet.server.api import render
+    from edgefleet.server.artifacts import open_artifact_store
+
+    assert items is not None
+    store = open_artifact_store("file:///tmp/edgefleet-unused-artifacts")
+    return [render.deployment(item, store).model_dump() for item in items]
+
+
+def test_polls_answered_in_batches_match_the_ordinary_path(db: Db) -> None:
+    serials = _fleet(db, 5)
     names = list(serials)
-    polls = IdlePolls(db)
+    polls = DeploymentPolls(db)
     try:
         everyone = [Poll(n, serials[n], "fleet") for n in names]
-        assert polls.check(everyone) == [True] * 4
+        assert polls.answer(everyone) == [[]] * 5  # nothing to do
         with db.session() as s:
             dp.start_stage(s, "rollout", "all", db.now())
-        assert polls.check(everyone) == [False] * 4  # READYTODEPLOY: the ordinary path hands it out
-        _start_and_fetch_one(db, names[0])
-        _report(db, names[0])
-        assert polls.check(everyone) == [True, False, False, False]
-        assert polls.check(
+        assert polls.answer(everyone) == [None] * 5  # a STARTING stage: the ordinary path starts it
+        _fetch_ordinary(db, names[0])  # -> the stage is INPROGRESS
+        # dev-01 through the batch, dev-02 through the ordinary path: the same deployment, both INPROGRESS
+        [batched] = polls.answer([everyone[1]])
+        ordinary = _fetch_ordinary(db, names[2])
+        assert _rendered(batched) == _rendered(ordinary) and len(ordinary) == 1
+        with db.session() as s:
+            page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
+            statuses = {row.device.name: row.status for row in page.items}
+        assert [statuses[n] for n in names] == [
+            "INPROGRESS",
+            "INPROGRESS",
+            "INPROGRESS",
+            "READYTODEPLOY",
+            "READYTODEPLOY",
+        ]
+        assert _rendered(polls.answer([everyone[1]])[0]) == _rendered(
+            ordinary
+        )  # asked again before reporting
+        _report(db, names[1])
+        answers = polls.answer(everyone)
+        assert answers[1] == [] and all(a is not None and len(a) == 1 for a in answers[2:])
+        assert polls.answer(
             [
-                Poll(names[0], serials[names[0]], "elsewhere"),  # names another fleet
-                Poll(names[0], "ffff", "fleet"),  # not its certificate
+                Poll(names[3], serials[names[3]], "elsewhere"),  # names another fleet
+                Poll(names[3], "ffff", "fleet"),  # not its certificate
                 Poll("ghost", "abcd", "fleet"),  # not registered
             ]
-        ) == [False, False, False]
+        ) == [None, None, None]
         with db.session() as s:
-            devices.deregister_devices(s, None, [names[0]], db.now())
-        assert polls.check([Poll(names[0], serials[names[0]], "fleet")]) == [False]  # revoked at once
+            dp.stop_stage(s, "rollout", "all", db.now())
+        assert polls.answer([everyone[0]]) == [None]  # a rollback to ask for: the ordinary path does it
+        with db.session() as s:
+            devices.deregister_devices(s, None, [names[1]], db.now())
+        assert polls.answer([everyone[1]]) == [None]  # revoked at once
 
-        async def through_the_queue() -> list[bool]:
+        async def through_the_queue() -> list[Any]:
             return await asyncio.gather(
-                *(polls.is_idle(p.device_name, p.serial, p.fleet_name) for p in everyone)
+                *(polls.poll(p.device_name, p.serial, p.fleet_name) for p in everyone)
             )
 
-        assert asyncio.run(through_the_queue()) == [False] * 4
+        assert asyncio.run(through_the_queue()) == [None] * 5
     finally:
         polls.close()
 
 
-def _start_and_fetch_one(db: Db, name: str) -> None:
+def test_a_device_without_a_package_for_its_platform_takes_the_ordinary_path(db: Db) -> None:
+    serials = _fleet(db, 2, arch="x86_64")
+    names = list(serials)
     with db.session() as s:
-        assert dp.device_deployments(s, devices.get_device(s, name), db.now())
+        devices.update_device(s, names[0], db.now(), platform=("linux", "x86_64", "none"))
+        devices.update_device(s, names[1], db.now(), platform=("linux", "aarch64", "none"))
+    polls = DeploymentPolls(db)
+    try:
+        with db.session() as s:
+            dp.start_stage(s, "rollout", "all", db.now())
+        _fetch_ordinary(db, names[0])
+        assert polls.answer([Poll(names[1], serials[names[1]], "fleet")]) == [None]
+        assert _fetch_ordinary(db, names[1], expect=0) == []  # the ordinary path fails it
+        with db.session() as s:
+            page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
+            assert {row.device.name: row.status for row in page.items}[names[1]] == "FAILED"
+    finally:
+        polls.close()
+
+
+def _fetch_ordinary(db: Db, name: str, expect: int = 1) -> list[dp.DeviceDeployment]:
+    with db.session() as s:
+        found = dp.device_deployments(s, devices.get_device(s, name), db.now())
+    assert len(found) == expect
+    return found
+
+
+def _row_state(db: Db, name: str, deployment: str = "all") -> tuple[Any, ...]:
+    with db.session() as s:
+        page = dp.list_stage_devices(s, "rollout", deployment, limit=100, next_token=None)
+        row = next(r for r in page.items if r.device.name == name)
+        return (
+            row.status,
+            row.device_result,
+            row.message,
+            row.rollback,
+            row.observing,
+            row.reported_at,
+            row.activated_at,
+            row.fetched_at is not None,
+        )
+
+
+def test_plain_results_recorded_in_batches_match_the_ordinary_path(db: Db) -> None:
+    serials = _fleet(db, 5)
+    names = list(serials)
+    recorder = ResultRecorder(db)
+    try:
+        _start_and_fetch(db, names)
+
+        def report(name: str, status: str = "SUCCEEDED", **changes: str) -> Report:
+            fields = {
+                "fleet_name": "fleet",
+                "deployment_name": "rollout.all",
+                "serial": serials.get(name, "abcd"),
+                **changes,
+            }
+            return Report(
+                name, fields["serial"], fields["fleet_name"], fields["deployment_name"], status, "ok"
+            )
+
+        outcome = recorder.record_many(
+            [
+                report(names[0]),
+                report(names[1], "FAILED_ROLLED_BACK"),  # not plain: the ordinary path
+                report(names[1], fleet_name="elsewhere"),
+                report(names[1], serial="ffff"),
+                report(names[1], deployment_name="rollout.nope"),
+                report(names[1], deployment_name="no-dot"),
+                report("ghost"),
+            ]
+        )
+        assert outcome == ["DEPLOYED", None, None, None, None, None, None]
+        with db.session() as s:  # the reference: dev-04 through the ordinary path
+            dp.record_result(
+                s,
+                devices.get_device(s, names[4]),
+                dp.ResultReport("rollout.all", "SUCCEEDED", "ok"),
+                db.now(),
+            )
+        assert _row_state(db, names[0]) == _row_state(db, names[4])
+        assert _stage(db) == "INPROGRESS"
+        # The batch that records the last pending devices finishes the stage.
+        assert (
+            recorder.record_many([report(names[1]), report(names[2]), report(names[3])]) == ["DEPLOYED"] * 3
+        )
+        assert _stage(db) == "DEPLOYED"
+        assert recorder.record_many([report(names[0])]) == [None]  # already DEPLOYED: the ordinary path
+    finally:
+        recorder.close()
+
+
+def test_results_of_stopped_or_gated_deployments_take_the_ordinary_path(db: Db) -> None:
+    serials = _fleet(db, 2)
+    names = list(serials)
+    with db.session() as s:
+        dp.create_plan(
+            s,
+            dp.PlanSpec(
+                name="gated",
+                fleet_name="fleet",
+                model_configs=[dp.ModelConfigSpec("detector", "detector", version="2")],
+                stages=[dp.StageSpec("all", "PERCENTAGE", percentage=100)],
+                health_gate=dp.HealthGate(max_error_rate=0.1),
+            ),
+            "alice",
+            db.now(),
+        )
+        dp.start_stage(s, "gated", "all", db.now())
+    recorder = ResultRecorder(db)
+    try:
+        _fetch_ordinary(db, names[0])  # the gated deployment: -> INPROGRESS
+        gated = Report(names[0], serials[names[0]], "fleet", "gated.all", "SUCCEEDED", None)
+        assert recorder.record_many([gated]) == [None]
+        with db.session() as s:
+            dp.start_stage(s, "rollout", "all", db.now())
+        _fetch_ordinary(db, names[1], expect=2)  # both deployments
+        with db.session() as s:
+            dp.stop_stage(s, "rollout", "all", db.now())
+        stopped = Report(names[1], serials[names[1]], "fleet", "rollout.all", "SUCCEEDED", None)
+        assert recorder.record_many([stopped]) == [None]  # STOPPING: the device must roll back
+        assert _row_state(db, names[1])[0] == "STOPPING"
+    finally:
+        recorder.close()
+
+
+def test_concurrent_result_batches_finish_the_stage(db: Db) -> None:
+    serials = _fleet(db, 12)
+    names = list(serials)
+    _start_and_fetch(db, names)
+    recorders = [ResultRecorder(db), ResultRecorder(db)]  # as two workers
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def worker(recorder: ResultRecorder, part: list[str]) -> None:
+        try:
+            barrier.wait(30)
+            reports = [Report(n, serials[n], "fleet", "rollout.all", "SUCCEEDED", None) for n in part]
+            assert recorder.record_many(reports) == ["DEPLOYED"] * len(part)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(recorders[i], names[i::2])) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for recorder in recorders:
+            recorder.close()
+    assert failures == []
+    assert _stage(db) == "DEPLOYED"
+
+
+def test_downloads_are_granted_only_for_assigned_packages(db: Db, tmp_path: Any) -> None:
+    import hashlib
+
+    from edgefleet.server.artifacts import open_artifact_store
+    from edgefleet.server.db.schema import ModelPackage
+
+    serials = _fleet(db, 3)
+    names = list(serials)
+    store = open_artifact_store(tmp_path.as_uri())
+    archive = b"not really a tar.gz, but content-addressed all the same"
+    with db.session() as s:
+        package = s.scalar(select(ModelPackage))
+        assert package is not None
+        package.sha256, package.size = hashlib.sha256(archive).hexdigest(), len(archive)
+        package_id, key = package.id, package.artifact_key
+    store.put_bytes(key, archive)
+    grants = PackageGrants(db, store)
+    try:
+        asks = [_Ask(n, serials[n], package_id) for n in names]
+        assert grants.check(asks) == [None] * 3  # no stage started: nobody may download
+        with db.session() as s:
+            dp.start_stage(s, "rollout", "all", db.now())
+        granted = grants.check(
+            [*asks, _Ask(names[0], "ffff", package_id), _Ask(names[0], serials[names[0]], package_id + 1)]
+        )
+        assert [g is not None for g in granted] == [True, True, True, False, False]
+        grant = granted[0]
+        assert grant is not None and (grant.artifact_key, grant.size) == (key, len(archive))
+        assert asyncio.run(grants.content(grant)) == archive
+        store.delete(key)
+        assert asyncio.run(grants.content(grant)) == archive  # served from memory now
+        with db.session() as s:
+            devices.deregister_devices(s, None, [names[1]], db.now())
+        assert grants.check([asks[1]]) == [None]  # revoked at once
+    finally:
+        grants.close()

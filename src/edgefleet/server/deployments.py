@@ -25,7 +25,7 @@ import enum
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -792,19 +792,28 @@ def choose_package(version: ModelVersion, device: Device) -> ModelPackage | None
     A device that has not reported its platform is taken to run Linux on an unknown CPU with no
     accelerator, so only portable (``any``) packages match it.
     """
-    os_name = device.platform_os or "linux"
+    return best_package(
+        version.packages, device.platform_os, device.platform_arch, device.platform_accelerator
+    )
+
+
+def best_package(
+    packages: Iterable[ModelPackage], os: str | None, arch: str | None, accelerator: str | None
+) -> ModelPackage | None:
+    """:func:`choose_package` over ``packages`` (in target order) for a platform given field by field."""
+    os_name = os or "linux"
     best: tuple[int, ModelPackage] | None = None
-    for package in version.packages:
+    for package in packages:
         if package.target_os not in (os_name, "any"):
             continue
-        if package.target_arch not in (device.platform_arch, "any"):
+        if package.target_arch not in (arch, "any"):
             continue
-        if package.target_accelerator not in (device.platform_accelerator, "none"):
+        if package.target_accelerator not in (accelerator, "none"):
             continue
         score = (
             (package.target_os == os_name)
-            + 2 * (package.target_arch == device.platform_arch)
-            + 4 * (package.target_accelerator == device.platform_accelerator)
+            + 2 * (package.target_arch == arch)
+            + 4 * (package.target_accelerator == accelerator)
         )
         if best is None or score > best[0]:
             best = (score, package)

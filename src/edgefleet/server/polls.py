@@ -1,25 +1,59 @@
-"""Idle deployment polls, checked in batches.
+"""Deployment polls (GetDeployments) answered in batches.
 
-Every device polls GetDeployments (the daemon every 30 s); almost always the answer is "nothing to
-do". Answering that through the ordinary path costs a transaction and several ORM queries (the
-device with its fleet, tags and models; then its outstanding deployments). :class:`IdlePolls`
-checks many devices' polls with one query on a read-only connection of its own: is this
-certificate still the device's (revocation is read now, as on the ordinary path), is the device in
-the fleet the body names, and has it nothing outstanding? Only then is the empty answer given;
-any other poll takes the ordinary path, which fetches (and so starts) deployments.
+Every device polls GetDeployments (the daemon every 30 s). Almost always the answer is "nothing to
+do"; during a rollout it is "this deployment", once per device and stage. Through the ordinary path
+either costs a transaction and half a dozen ORM queries per device. :class:`DeploymentPolls` takes
+many devices' polls at once:
+
+1. one query on a read-only connection finds, for every polling device, whether this certificate
+   is still the device's (revocation is read now, as on the ordinary path), its fleet and platform,
+   and its outstanding stage rows with their stage and plan;
+2. devices with nothing outstanding get the empty list; devices whose rows are all *plain* — not
+   yet fetched in a stage that is already INPROGRESS, or fetched and not rolling back, every model
+   having a package for the device's platform — get their deployments: one query loads the plans'
+   model configs and packages, one conditional UPDATE marks the unfetched rows INPROGRESS (only rows
+   still READYTODEPLOY, so a concurrent stop wins), one COMMIT;
+3. anything else (a starting stage, a rollback, a missing package, an unknown or revoked
+   certificate, another fleet, a row changed meanwhile) is handed back: the caller takes the
+   ordinary path (:func:`edgefleet.server.deployments.device_deployments`), which handles every case.
+
+The answers are exactly what the ordinary path answers for these cases.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, select, tuple_, update
 
 from edgefleet.server.batching import Batcher
 from edgefleet.server.db.engine import Database, HeldConnection
-from edgefleet.server.db.schema import Device, Fleet, StageDevice
-from edgefleet.server.deployments import outstanding
+from edgefleet.server.db.schema import (
+    DeploymentPlan,
+    Device,
+    Fleet,
+    Model,
+    ModelPackage,
+    ModelVersion,
+    PlanModel,
+    PlanStage,
+    StageDevice,
+)
+from edgefleet.server.deployments import (
+    Action,
+    Definition,
+    DeviceDeployment,
+    DeviceStatus,
+    HealthGate,
+    Rollback,
+    StageStatus,
+    best_package,
+    outstanding,
+)
 
 
 @dataclass(frozen=True)
@@ -31,36 +65,233 @@ class Poll:
     fleet_name: str
 
 
-class IdlePolls:
-    """Answers "may this poll get the empty list?" for many polls at a time (see the module doc)."""
+@dataclass
+class _Row:
+    """An outstanding stage row of a polling device, with its stage and plan."""
+
+    stage_id: int
+    status: str
+    rollback: str
+    stage_name: str
+    stage_status: str
+    failure_policy: str
+    plan_id: int
+    plan_name: str
+    gate: HealthGate
+
+
+@dataclass
+class _Device:
+    id: int
+    serial: str
+    fleet: str
+    platform: tuple[str | None, str | None, str | None]
+    rows: list[_Row] = field(default_factory=list)
+
+
+class DeploymentPolls:
+    """Answers GetDeployments for many devices at a time (see the module doc)."""
 
     def __init__(self, db: Database, *, max_batch: int = 500) -> None:
-        self._held = HeldConnection(db, read_only=True)
-        self._batcher: Batcher[Poll, bool] = Batcher("edgefleet-polls", self.check, max_batch=max_batch)
+        self.db = db
+        self._reader = HeldConnection(db, read_only=True)
+        self._writer = HeldConnection(db)
+        self._batcher: Batcher[Poll, list[DeviceDeployment] | None] = Batcher(
+            "edgefleet-polls", self.answer, max_batch=max_batch
+        )
 
-    async def is_idle(self, device_name: str, serial: str, fleet_name: str) -> bool:
-        """True if the device (with this certificate, in that fleet) has nothing outstanding."""
+    async def poll(self, device_name: str, serial: str, fleet_name: str) -> list[DeviceDeployment] | None:
+        """The device's deployments (empty: nothing to do), or None: take the ordinary path."""
         if self._batcher.closed:
-            return False
+            return None
         return await self._batcher.submit(Poll(device_name, serial, fleet_name))
 
-    def check(self, polls: Sequence[Poll]) -> list[bool]:
-        """One query for all ``polls``; per poll whether the empty answer is the right one."""
-        return self._held.run(lambda conn: _check(conn, polls))
+    def answer(self, polls: Sequence[Poll]) -> list[list[DeviceDeployment] | None]:
+        """Answers for ``polls`` (what the batcher thread does with each batch)."""
+        found = self._reader.run(lambda conn: _outstanding_rows(conn, polls))
+        answers: dict[Poll, list[DeviceDeployment] | None] = {}
+        work: dict[Poll, _Device] = {}
+        for poll in polls:
+            device = found.get(poll.device_name)
+            if device is None or device.serial != poll.serial or device.fleet != poll.fleet_name:
+                answers[poll] = None
+            elif not device.rows:
+                answers[poll] = []
+            elif all(_plain(row) for row in device.rows):
+                work[poll] = device
+            else:
+                answers[poll] = None
+        if work:
+            answers.update(self._writer.run(lambda conn: _fetch(conn, work, self.db.now())))
+        return [answers[poll] for poll in polls]
 
     def close(self, timeout: float = 10.0) -> None:
-        """Answer what is queued, then stop the thread and release the connection."""
+        """Answer what is queued, then stop the thread and release the connections."""
         self._batcher.close(timeout)
-        self._held.close()
+        self._reader.close()
+        self._writer.close()
 
 
-def _check(conn: Connection, polls: Sequence[Poll]) -> list[bool]:
+def _plain(row: _Row) -> bool:
+    if row.rollback == Rollback.REQUESTED or row.status == DeviceStatus.STOPPING:
+        return False  # a rollback to ask for
+    if row.status == DeviceStatus.READYTODEPLOY:
+        return row.stage_status == StageStatus.INPROGRESS  # a first fetch changes a STARTING stage
+    return row.status == DeviceStatus.INPROGRESS
+
+
+def _outstanding_rows(conn: Connection, polls: Sequence[Poll]) -> dict[str, _Device]:
     names = sorted({p.device_name for p in polls})
-    busy = select(StageDevice.device_id).where(StageDevice.device_id == Device.id, outstanding()).exists()
-    rows = conn.execute(
-        select(Device.name, Device.cert_serial, Fleet.name, busy)
+    result = conn.execute(
+        select(
+            Device.id,
+            Device.name,
+            Device.cert_serial,
+            Fleet.name,
+            Device.platform_os,
+            Device.platform_arch,
+            Device.platform_accelerator,
+            StageDevice.stage_id,
+            StageDevice.status,
+            StageDevice.rollback,
+            PlanStage.name,
+            PlanStage.status,
+            PlanStage.failure_policy,
+            DeploymentPlan.id,
+            DeploymentPlan.name,
+            DeploymentPlan.max_error_rate,
+            DeploymentPlan.max_p99_latency_ms,
+            DeploymentPlan.min_inferences,
+            DeploymentPlan.observation_seconds,
+        )
+        .select_from(Device)
         .join(Fleet, Fleet.id == Device.fleet_id)
+        .outerjoin(StageDevice, and_(StageDevice.device_id == Device.id, outstanding()))
+        .outerjoin(PlanStage, PlanStage.id == StageDevice.stage_id)
+        .outerjoin(DeploymentPlan, DeploymentPlan.id == PlanStage.plan_id)
         .where(Device.name.in_(names), Device.deregistered_at.is_(None))
+        .order_by(Device.name, StageDevice.assigned_at, PlanStage.id)  # the ordinary path's order
     )
-    idle = {(name, serial, fleet) for name, serial, fleet, has_work in rows if serial and not has_work}
-    return [(p.device_name, p.serial, p.fleet_name) in idle for p in polls]
+    devices: dict[str, _Device] = {}
+    rows: list[Any] = list(result)  # wider than the typed tuples go
+    for r in rows:
+        device = devices.get(r[1])
+        if device is None:
+            device = devices[r[1]] = _Device(r[0], r[2] or "", r[3], (r[4], r[5], r[6]))
+        if r[7] is not None:
+            gate = HealthGate(r[15], r[16], r[17], r[18])
+            device.rows.append(_Row(r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], gate))
+    return devices
+
+
+Definitions = dict[int, list[tuple[str, str, str, list[Any]]]]
+
+
+def _fetch(
+    conn: Connection, work: dict[Poll, _Device], now: datetime
+) -> dict[Poll, list[DeviceDeployment] | None]:
+    plans = _definitions(conn, sorted({row.plan_id for d in work.values() for row in d.rows}))
+    answers: dict[Poll, list[DeviceDeployment] | None] = {}
+    for poll, device in work.items():
+        deployments = [_deployment(row, device, plans) for row in device.rows]
+        complete = [d for d in deployments if d is not None]
+        answers[poll] = complete if len(complete) == len(deployments) else None
+    wanted = [
+        (row.stage_id, d.id)
+        for poll, d in work.items()
+        if answers[poll] is not None
+        for row in d.rows
+        if row.status == DeviceStatus.READYTODEPLOY
+    ]
+    if wanted:
+        fetched: set[tuple[int, int]] = {
+            (stage_id, device_id)
+            for stage_id, device_id in conn.execute(
+                update(StageDevice)
+                .where(
+                    tuple_(StageDevice.stage_id, StageDevice.device_id).in_(wanted),
+                    StageDevice.status == DeviceStatus.READYTODEPLOY.value,
+                )
+                .values(status=DeviceStatus.INPROGRESS.value, message=None, fetched_at=now, updated_at=now)
+                .returning(StageDevice.stage_id, StageDevice.device_id)
+            )
+        }
+        for poll, device in work.items():  # a row that changed meanwhile (e.g. a stop): ordinary path
+            unfetched = [r for r in device.rows if r.status == DeviceStatus.READYTODEPLOY]
+            if any((row.stage_id, device.id) not in fetched for row in unfetched):
+                answers[poll] = None
+    return answers
+
+
+def _deployment(row: _Row, device: _Device, plans: Definitions) -> DeviceDeployment | None:
+    """The deployment of ``row`` for ``device``; None if a model has no package for its platform
+    (the ordinary path then fails the device, or leaves the row out)."""
+    definitions = []
+    for handle, model_name, version, packages in plans.get(row.plan_id, []):
+        package = best_package(packages, *device.platform)
+        if package is None:
+            return None
+        definitions.append(Definition(handle, model_name, version, package, "DEPLOY"))
+    return DeviceDeployment(
+        name=f"{row.plan_name}.{row.stage_name}",
+        failure_policy=row.failure_policy,
+        action=Action.DEPLOY,
+        definitions=definitions,
+        health_gate=row.gate if row.gate.enabled else None,
+        status=DeviceStatus.INPROGRESS.value,
+    )
+
+
+def _definitions(conn: Connection, plan_ids: list[int]) -> Definitions:
+    """Per plan, its model configs by handle: (handle, model name, version, packages by target)."""
+    if not plan_ids:
+        return {}
+    result = conn.execute(
+        select(
+            PlanModel.plan_id,
+            PlanModel.handle,
+            Model.name,
+            ModelVersion.version,
+            ModelPackage.id,
+            ModelPackage.target,
+            ModelPackage.target_os,
+            ModelPackage.target_arch,
+            ModelPackage.target_accelerator,
+            ModelPackage.artifact_key,
+            ModelPackage.size,
+            ModelPackage.sha256,
+            ModelPackage.sha1,
+        )
+        .join(ModelVersion, ModelVersion.id == PlanModel.model_version_id)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .outerjoin(ModelPackage, ModelPackage.model_version_id == ModelVersion.id)
+        .where(PlanModel.plan_id.in_(plan_ids))
+        .order_by(PlanModel.plan_id, PlanModel.handle, ModelPackage.target)
+    )
+    configs: dict[tuple[int, str], tuple[str, str, list[Any]]] = {}
+    order: dict[int, list[str]] = defaultdict(list)
+    rows: list[Any] = list(result)  # wider than the typed tuples go
+    for r in rows:
+        key = (r[0], r[1])
+        if key not in configs:
+            configs[key] = (r[2], r[3], [])
+            order[r[0]].append(r[1])
+        if r[4] is not None:
+            # a transient row object: what rendering and package choice read of a package
+            configs[key][2].append(
+                ModelPackage(
+                    id=r[4],
+                    target=r[5],
+                    target_os=r[6],
+                    target_arch=r[7],
+                    target_accelerator=r[8],
+                    artifact_key=r[9],
+                    size=r[10],
+                    sha256=r[11],
+                    sha1=r[12],
+                )
+            )
+    return {
+        plan_id: [(handle, *configs[(plan_id, handle)]) for handle in handles]
+        for plan_id, handles in order.items()
+    }

@@ -11,8 +11,10 @@ from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.config import ServerConfig
 from edgefleet.server.db.engine import Database
+from edgefleet.server.downloads import PackageGrants
 from edgefleet.server.heartbeats import HeartbeatWriter
-from edgefleet.server.polls import IdlePolls
+from edgefleet.server.polls import DeploymentPolls
+from edgefleet.server.results import ResultRecorder
 
 
 @dataclass
@@ -29,17 +31,23 @@ class AppState:
     device_url: str = ""
     #: group commit of heartbeats (its thread starts on first use; closed with the replica)
     heartbeats: HeartbeatWriter = field(init=False)
-    #: batched checks of idle deployment polls (thread starts on first use; closed with the replica)
-    polls: IdlePolls = field(init=False)
+    #: GetDeployments answered in batches (thread starts on first use; closed with the replica)
+    polls: DeploymentPolls = field(init=False)
+    #: plain successful deployment results recorded in batches
+    results: ResultRecorder = field(init=False)
+    #: package downloads authorised in batches, small archives served from memory
+    downloads: PackageGrants = field(init=False)
 
     def __post_init__(self) -> None:
         self.heartbeats = HeartbeatWriter(self.db)
-        self.polls = IdlePolls(self.db)
+        self.polls = DeploymentPolls(self.db)
+        self.results = ResultRecorder(self.db)
+        self.downloads = PackageGrants(self.db, self.artifacts)
 
     def close(self) -> None:
         """Stop the batching threads (after finishing what they hold), then close the database."""
-        self.heartbeats.close()
-        self.polls.close()
+        for batching in (self.heartbeats, self.polls, self.results, self.downloads):
+            batching.close()
         self.db.close()
 
     @property
