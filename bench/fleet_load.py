@@ -361,7 +361,8 @@ class RolloutJob:
     poll_interval: float
     #: hard stop (time.time()) even if nobody says stop
     deadline: float
-    #: "device": every device downloads the package; "shared": one download per process
+    #: "device": every device downloads the package; "shared": one download per process (each
+    #: device still fetches its deployment and reports its result)
     download: str = "device"
     seed: int = 0
 
@@ -375,24 +376,27 @@ class _Stats:
     report_times: list[float] = field(default_factory=list)
     #: per operation, seconds each call took (for latency percentiles)
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    #: (wall-clock start, operation, seconds) of calls that took over a second
+    slow: list[tuple[float, str, float]] = field(default_factory=list)
 
 
-def rollout_worker(job: RolloutJob, ready: Any, stop: Any, results: Any) -> None:
-    """Run devices until ``stop`` (a multiprocessing Event) is set or the deadline passes."""
+def rollout_worker(job: RolloutJob, ready: Any, warmed: Any, stop: Any, results: Any) -> None:
+    """Run devices until ``stop`` (a multiprocessing Event) is set or the deadline passes; ``ready``
+    gets this pid once the devices run, ``warmed`` once each has sent a heartbeat and polled."""
     use_uvloop()
-    results.put(asyncio.run(_rollout(job, stop, ready)))
+    results.put(asyncio.run(_rollout(job, stop, ready, warmed)))
 
 
-async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
+async def _rollout(job: RolloutJob, stop: Any, ready: Any, warmed: Any) -> dict[str, Any]:
     stats = _Stats()
     rng = random.Random(job.seed)
     shared: dict[str, asyncio.Future[bytes]] = {}
-    finished = asyncio.Event()
+
+    warm_devices: list[str] = []  # devices that have sent a heartbeat and polled once
 
     async def watch_stop() -> None:
         while not stop.is_set() and time.time() < job.deadline:
             await asyncio.sleep(0.2)
-        finished.set()
 
     async def call(conn: Connection, op: str, body: dict[str, Any]) -> Any:
         stats.calls[op] += 1
@@ -403,22 +407,19 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
             stats.errors[str(exc)[:160]] += 1
             return None
         finally:
-            stats.latencies.setdefault(op, []).append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            stats.latencies.setdefault(op, []).append(took)
+            if took > 1.0:
+                stats.slow.append((time.time() - took, op, took))
 
     async def download(conn: Connection, url: str, sha256: str) -> bool:
         path = urlsplit(url).path if "://" in url else url
-        if job.download == "shared":
+        if job.download == "shared":  # one download per process, shared by its devices
             if sha256 not in shared:
                 shared[sha256] = asyncio.ensure_future(_get(conn, path))
-            future = shared[sha256]
-            # every device still asks for the last byte (Range), so the server checks its assignment
-            status, _, _ = await conn.request("GET", path, headers={"Range": "bytes=-1"})
-            stats.calls["package-range"] += 1
-            if status != 206:
-                stats.errors[f"package range: HTTP {status}"] += 1
-                return False
+                stats.calls["package"] += 1
             try:
-                data = await asyncio.shield(future)
+                data = await asyncio.shield(shared[sha256])
             except HttpError as exc:
                 stats.errors[str(exc)[:160]] += 1
                 return False
@@ -442,18 +443,22 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         next_hb = loop.time() + rng.uniform(0, job.heartbeat_interval)
         next_poll = loop.time() + rng.uniform(0, job.poll_interval)
+        beat = polled = False
         try:
-            while not finished.is_set():
-                due = min(next_hb, next_poll)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finished.wait(), max(0.0, due - loop.time()))
-                    return
+            while True:
+                await asyncio.sleep(max(0.0, min(next_hb, next_poll) - loop.time()))
                 if loop.time() >= next_hb:
                     next_hb += job.heartbeat_interval
-                    await call(conn, "SendHeartbeat", heartbeat_body(device, models, rng))
+                    sent = await call(conn, "SendHeartbeat", heartbeat_body(device, models, rng))
+                    beat = beat or sent is not None
                 if loop.time() >= next_poll:
                     next_poll += job.poll_interval
                     answer = await call(conn, "GetDeployments", ref)
+                    if not polled and answer is not None and beat:
+                        polled = True
+                        warm_devices.append(device.name)
+                        if len(warm_devices) == len(job.devices):
+                            warmed.put(os.getpid())
                     for deployment in (answer or {}).get("Deployments", []):
                         key = (deployment["DeploymentName"], deployment.get("Action", "DEPLOY"))
                         if key in done:
@@ -485,10 +490,12 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
         finally:
             conn.close()
 
-    watcher = asyncio.ensure_future(watch_stop())
     ready.put(os.getpid())
-    await asyncio.gather(*(device_loop(d) for d in job.devices))
-    await watcher
+    tasks = [asyncio.ensure_future(device_loop(d)) for d in job.devices]
+    await watch_stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return {
         "calls": dict(stats.calls),
         "errors": dict(stats.errors),
@@ -496,6 +503,7 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any) -> dict[str, Any]:
         "downloaded": stats.downloaded,
         "report_times": stats.report_times,
         "latencies": stats.latencies,
+        "slow": stats.slow,
     }
 
 

@@ -235,7 +235,7 @@ def rollout_phase(
         uploaded = client.upload_package(package)
         client.set_approval(uploaded["ModelName"], uploaded["ModelVersion"], "Approved")
     ctx = mp.get_context("spawn")
-    ready, stop, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+    ready, warmed, stop, results = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Queue()
     deadline = time.time() + args.poll_interval + args.rollout_timeout + 120
     jobs = [
         RolloutJob(
@@ -250,12 +250,21 @@ def rollout_phase(
         )
         for i, part in enumerate(_split(devices, args.clients))
     ]
-    procs = [ctx.Process(target=rollout_worker, args=(job, ready, stop, results)) for job in jobs]
+    procs = [ctx.Process(target=rollout_worker, args=(job, ready, warmed, stop, results)) for job in jobs]
     for proc in procs:
         proc.start()
     for _ in procs:
         ready.get(timeout=600)
-    print(f"  {len(devices)} devices running; steady state for {args.poll_interval:.0f} s", flush=True)
+    # A fleet in steady state: every device connected (its mutual-TLS handshake done), has sent a
+    # heartbeat and polled once; then one more poll interval of routine traffic.
+    warming = time.monotonic()
+    for _ in procs:
+        warmed.get(timeout=args.rollout_timeout)
+    print(
+        f"  {len(devices)} devices connected, heartbeating and polling after {time.monotonic() - warming:.0f} s; "
+        f"steady state for {args.poll_interval:.0f} s more",
+        flush=True,
+    )
     time.sleep(args.poll_interval)
     plan_name = f"rollout-{len(devices)}"
     stages = [("canary", 10), ("wave", 40), ("rest", 100)]
@@ -277,8 +286,9 @@ def rollout_phase(
             }
         )
         spy = _profile(server, args, f"rollout-{len(devices)}-{backend}", args.rollout_timeout)
-        cpu0 = server.cpu_seconds()
+        cpu0, pg0, busy0 = server.cpu_seconds(), postgres_cpu_seconds(), machine_busy_seconds()
         started = time.monotonic()
+        started_wall = time.time()
         stage_started = started
         index = 0
         client.start_stage(plan_name, stages[0][0])
@@ -304,7 +314,7 @@ def rollout_phase(
                 stage_started = now
                 client.start_stage(plan_name, stages[index][0])
         elapsed = time.monotonic() - started
-        cpu1 = server.cpu_seconds()
+        cpu1, pg1, busy1 = server.cpu_seconds(), postgres_cpu_seconds(), machine_busy_seconds()
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far
             spy.wait(60)
@@ -333,12 +343,24 @@ def rollout_phase(
         f"{status}: {deployed}/{len(devices)} devices deployed; stages "
         + " / ".join(f"{t:.1f} s" for t in stage_times)
         + f"; heartbeat and poll every {args.heartbeat_interval:.0f}/{args.poll_interval:.0f} s; "
-        f"server CPU {cpu1 - cpu0:.0f} s ({(cpu1 - cpu0) / elapsed:.2f} cores); "
+        f"CPU cores busy: server {(cpu1 - cpu0) / elapsed:.2f}, PostgreSQL {(pg1 - pg0) / elapsed:.2f}, "
+        f"whole machine {(busy1 - busy0) / elapsed:.2f}; "
         f"device calls {calls}; latency {latency_text}; results {outcomes}; errors {sum(errors.values())}"
     )
     print(f"  rollout to {len(devices)}: {elapsed:.1f} s  ({detail})", flush=True)
     for message, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"    error x{count}: {message}", flush=True)
+    slow = sorted(x for a in answers for x in a["slow"])
+    if slow:
+        buckets: dict[int, int] = {}
+        for at, _, _ in slow:
+            second = int((at - started_wall) // 5 * 5)
+            buckets[second] = buckets.get(second, 0) + 1
+        print(
+            f"    {len(slow)} calls took over 1 s; started at (s after the first stage started: count) "
+            + ", ".join(f"{k:+d}: {v}" for k, v in sorted(buckets.items())[:12]),
+            flush=True,
+        )
     target = ""
     if len(devices) >= 10000:
         met = status == "DEPLOYED" and elapsed <= ROLLOUT_TARGET_SECONDS
@@ -430,7 +452,7 @@ def main() -> int:
         choices=("device", "shared"),
         default="device",
         help="device: every device downloads the package; shared: one download per client process "
-        "(every device still fetches a Range of it)",
+        "(every device still fetches its deployment and reports its result)",
     )
     parser.add_argument(
         "--profile", type=Path, help="write py-spy profiles of the server's measured windows here"
