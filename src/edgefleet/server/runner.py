@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -82,6 +83,21 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def _freeze_startup_objects() -> None:
+    """Tune the cyclic garbage collector for a server.
+
+    Everything allocated during start-up (modules, the app, ORM mappers) is moved out of its reach,
+    so no collection walks it again. And the youngest generation is collected after 50,000 net
+    allocations instead of 700: with hundreds of requests in flight, each holding a few hundred
+    short-lived containers, the default ran a collection every couple of requests (a seventh of a
+    busy replica's CPU). Request objects are freed by reference counting; cycles are rare.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(50_000, middle, old)
 
 
 def _run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
@@ -241,6 +257,7 @@ def run(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> None:
         serving = asyncio.create_task(replica.serve())
         ready = await loop.run_in_executor(None, replica.wait_started, 60.0)
         if ready:
+            _freeze_startup_objects()
             on_ready(replica.endpoints)
         await serving
 
@@ -338,6 +355,7 @@ def _worker_main(
         watcher = asyncio.create_task(watch_parent())
         serving = asyncio.create_task(replica.serve())
         if await loop.run_in_executor(None, replica.wait_started, 60.0):
+            _freeze_startup_objects()
             ready.put(index)
         await serving
         watcher.cancel()
