@@ -26,8 +26,6 @@ class Limits:
     max_page_size: int = 1000
     #: most devices in one register call
     max_register_batch: int = 1000
-    #: threads per worker process for blocking request handlers (more only add GIL contention)
-    request_threads: int = 8
 
 
 @dataclass(frozen=True)
@@ -90,6 +88,8 @@ class ServerConfig:
     workers: int = 1
     #: event loop: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``
     event_loop: str = "auto"
+    #: threads per worker for blocking request handlers (more only add GIL contention)
+    request_threads: int = 8
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
 

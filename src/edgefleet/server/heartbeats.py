@@ -140,7 +140,7 @@ class HeartbeatWriter:
         )
         self._held = HeldConnection(db)
         self._lock = threading.Lock()  # guards the identity cache
-        # (device name, certificate serial) -> (device id, fleet name); LRU-bounded
+        # (device name, certificate serial) -> (device id, fleet name); bounded, oldest out first
         self._identities: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
         #: batches written and heartbeats stored (for logs and tests)
         self.batches = 0

@@ -33,7 +33,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
 
         # Blocking handlers run on a thread pool; every thread of it competes with the event loop
         # (which serves the routine device calls) for the GIL, so the pool is kept small.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = state.config.limits.request_threads
+        anyio.to_thread.current_default_thread_limiter().total_tokens = state.config.request_threads
         stop = asyncio.Event()
         task = asyncio.create_task(run_periodic(state, stop)) if run_jobs else None
         try:
