@@ -374,8 +374,8 @@ class _Stats:
     results: Counter[str] = field(default_factory=Counter)
     downloaded: int = 0
     report_times: list[float] = field(default_factory=list)
-    #: per operation, seconds each call took (for latency percentiles)
-    latencies: dict[str, list[float]] = field(default_factory=dict)
+    #: per operation, (wall-clock start, seconds) of each call (for latency percentiles)
+    latencies: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     #: (wall-clock start, operation, seconds) of calls that took over a second
     slow: list[tuple[float, str, float]] = field(default_factory=list)
 
@@ -408,7 +408,7 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any, warmed: Any) -> dict[
             return None
         finally:
             took = time.perf_counter() - started
-            stats.latencies.setdefault(op, []).append(took)
+            stats.latencies.setdefault(op, []).append((time.time() - took, took))
             if took > 1.0:
                 stats.slow.append((time.time() - took, op, took))
 
@@ -431,7 +431,8 @@ async def _rollout(job: RolloutJob, stop: Any, ready: Any, warmed: Any) -> dict[
                 stats.errors[str(exc)[:160]] += 1
                 return False
             stats.calls["package"] += 1
-            stats.latencies.setdefault("package", []).append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            stats.latencies.setdefault("package", []).append((time.time() - took, took))
         stats.downloaded += len(data)
         return hashlib.sha256(data).hexdigest() == sha256
 

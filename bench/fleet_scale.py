@@ -330,13 +330,14 @@ def rollout_phase(
         for src, dst in ((a["calls"], calls), (a["errors"], errors), (a["results"], outcomes)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
-    latency: dict[str, list[float]] = {}
+    latency: dict[str, list[float]] = {}  # calls made while the rollout ran
     for a in answers:
         for op, values in a["latencies"].items():
-            latency.setdefault(op, []).extend(values)
+            latency.setdefault(op, []).extend(t for at, t in values if at >= started_wall)
     latency_text = ", ".join(
         f"{op} p50 {_pct(v, 50):.0f}/p99 {_pct(v, 99):.0f}/max {max(v) * 1000:.0f} ms"
         for op, v in sorted(latency.items())
+        if v
     )
     deployed = final["EdgeDeploymentSuccess"]
     detail = (
@@ -345,7 +346,7 @@ def rollout_phase(
         + f"; heartbeat and poll every {args.heartbeat_interval:.0f}/{args.poll_interval:.0f} s; "
         f"CPU cores busy: server {(cpu1 - cpu0) / elapsed:.2f}, PostgreSQL {(pg1 - pg0) / elapsed:.2f}, "
         f"whole machine {(busy1 - busy0) / elapsed:.2f}; "
-        f"device calls {calls}; latency {latency_text}; results {outcomes}; errors {sum(errors.values())}"
+        f"device calls {calls}; latency during the rollout: {latency_text}; results {outcomes}; errors {sum(errors.values())}"
     )
     print(f"  rollout to {len(devices)}: {elapsed:.1f} s  ({detail})", flush=True)
     for message, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:

@@ -17,12 +17,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from sqlalchemy import ColumnElement, Connection, SQLColumnExpression, any_, inspect, literal
+from sqlalchemy.dialects.postgresql import ARRAY
+
 from edgefleet.core.errors import EdgefleetError, Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+V = TypeVar("V")
+
+
+def one_of(conn: Connection, column: SQLColumnExpression[V], values: Sequence[V]) -> ColumnElement[bool]:
+    """``column IN (values)`` for a batch's values, as the database handles it best.
+
+    On PostgreSQL ``column = ANY(:array)``: one parameter, so the statement text is the same
+    whatever the batch size and psycopg prepares it once (an IN list of a new length is a new
+    statement, planned again: that costs more than running it). Elsewhere a plain IN list.
+    """
+    if conn.dialect.name == "postgresql":
+        element_type = inspect(column).type  # the column's own type, whether mapped attribute or column
+        return column == any_(literal(list(values), ARRAY(element_type)))
+    return column.in_(values)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, literal, select, update
 from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.interfaces import ORMOption
 
@@ -419,10 +419,15 @@ def delete_plan(session: Session, name: str) -> None:
 
 
 def outstanding() -> ColumnElement[bool]:
-    """Rows a device still has to act on: not yet fetched, in progress, to roll back."""
-    return StageDevice.status.in_(
-        [DeviceStatus.READYTODEPLOY.value, DeviceStatus.INPROGRESS.value, DeviceStatus.STOPPING.value]
-    ) | (StageDevice.rollback == Rollback.REQUESTED.value)
+    """Rows a device still has to act on: not yet fetched, in progress, to roll back.
+
+    The values are written into the SQL (not bound), so that the database can match the condition
+    to the partial index ``ix_stage_devices_outstanding`` even in a prepared, generic plan.
+    """
+    pending = [DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING]
+    return StageDevice.status.in_([literal(x.value, literal_execute=True) for x in pending]) | (
+        StageDevice.rollback == literal(Rollback.REQUESTED.value, literal_execute=True)
+    )
 
 
 def stage_counts(session: Session, stage: PlanStage) -> StageCounts:

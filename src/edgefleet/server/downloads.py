@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from edgefleet.server.artifacts import ArtifactStore
-from edgefleet.server.batching import Batcher
+from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import Device, ModelPackage, PlanModel, PlanStage, StageDevice
 
@@ -120,7 +120,11 @@ def _grants(conn: Connection, asks: Sequence[_Ask]) -> dict[tuple[str, str, int]
         .join(PlanStage, PlanStage.id == StageDevice.stage_id)
         .join(PlanModel, PlanModel.plan_id == PlanStage.plan_id)
         .join(ModelPackage, ModelPackage.model_version_id == PlanModel.model_version_id)
-        .where(Device.name.in_(names), Device.deregistered_at.is_(None), ModelPackage.id.in_(package_ids))
+        .where(
+            one_of(conn, Device.name, names),
+            Device.deregistered_at.is_(None),
+            one_of(conn, ModelPackage.id, package_ids),
+        )
         .distinct()
     )
     return {

@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
-from edgefleet.server.batching import Batcher
+from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
 from edgefleet.server.devices import Heartbeat
@@ -203,7 +203,7 @@ class HeartbeatWriter:
             rows = conn.execute(
                 select(Device.id, Device.name, Device.cert_serial, Fleet.name)
                 .join(Fleet, Fleet.id == Device.fleet_id)
-                .where(Device.name.in_(missing), Device.deregistered_at.is_(None))
+                .where(one_of(conn, Device.name, missing), Device.deregistered_at.is_(None))
             )
             found = {(name, serial): (device_id, fleet) for device_id, name, serial, fleet in rows if serial}
             with self._lock:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, tuple_, update
+from sqlalchemy import Connection, and_, select, update
 
-from edgefleet.server.batching import Batcher
+from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import (
     DeploymentPlan,
@@ -169,7 +169,7 @@ def _outstanding_rows(conn: Connection, polls: Sequence[Poll]) -> dict[str, _Dev
         .outerjoin(StageDevice, and_(StageDevice.device_id == Device.id, outstanding()))
         .outerjoin(PlanStage, PlanStage.id == StageDevice.stage_id)
         .outerjoin(DeploymentPlan, DeploymentPlan.id == PlanStage.plan_id)
-        .where(Device.name.in_(names), Device.deregistered_at.is_(None))
+        .where(one_of(conn, Device.name, names), Device.deregistered_at.is_(None))
         .order_by(Device.name, StageDevice.assigned_at, PlanStage.id)  # the ordinary path's order
     )
     devices: dict[str, _Device] = {}
@@ -203,19 +203,25 @@ def _fetch(
         for row in d.rows
         if row.status == DeviceStatus.READYTODEPLOY
     ]
-    if wanted:
-        fetched: set[tuple[int, int]] = {
+    fetched: set[tuple[int, int]] = set()
+    by_stage: dict[int, list[int]] = defaultdict(list)
+    for stage_id, device_id in sorted(wanted):  # a batch's devices are mostly in one stage
+        by_stage[stage_id].append(device_id)
+    for stage_id, device_ids in by_stage.items():
+        fetched.update(
             (stage_id, device_id)
-            for stage_id, device_id in conn.execute(
+            for device_id in conn.execute(
                 update(StageDevice)
                 .where(
-                    tuple_(StageDevice.stage_id, StageDevice.device_id).in_(wanted),
+                    StageDevice.stage_id == stage_id,
+                    one_of(conn, StageDevice.device_id, device_ids),
                     StageDevice.status == DeviceStatus.READYTODEPLOY.value,
                 )
                 .values(status=DeviceStatus.INPROGRESS.value, message=None, fetched_at=now, updated_at=now)
-                .returning(StageDevice.stage_id, StageDevice.device_id)
-            )
-        }
+                .returning(StageDevice.device_id)
+            ).scalars()
+        )
+    if wanted:
         for poll, device in work.items():  # a row that changed meanwhile (e.g. a stop): ordinary path
             unfetched = [r for r in device.rows if r.status == DeviceStatus.READYTODEPLOY]
             if any((row.stage_id, device.id) not in fetched for row in unfetched):
@@ -265,7 +271,7 @@ def _definitions(conn: Connection, plan_ids: list[int]) -> Definitions:
         .join(ModelVersion, ModelVersion.id == PlanModel.model_version_id)
         .join(Model, Model.id == ModelVersion.model_id)
         .outerjoin(ModelPackage, ModelPackage.model_version_id == ModelVersion.id)
-        .where(PlanModel.plan_id.in_(plan_ids))
+        .where(one_of(conn, PlanModel.plan_id, plan_ids))
         .order_by(PlanModel.plan_id, PlanModel.handle, ModelPackage.target)
     )
     configs: dict[tuple[int, str], tuple[str, str, list[Any]]] = {}

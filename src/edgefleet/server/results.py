@@ -27,7 +27,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select, update
 
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.server.batching import Batcher
+from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
 from edgefleet.server.deployments import (
@@ -105,7 +105,7 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
         for device_id, name, serial, fleet in conn.execute(
             select(Device.id, Device.name, Device.cert_serial, Fleet.name)
             .join(Fleet, Fleet.id == Device.fleet_id)
-            .where(Device.name.in_(names), Device.deregistered_at.is_(None))
+            .where(one_of(conn, Device.name, names), Device.deregistered_at.is_(None))
         )
     }
     stages: dict[str, int | None] = {}
@@ -146,7 +146,7 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
             update(StageDevice)
             .where(
                 StageDevice.stage_id == stage_id,
-                StageDevice.device_id.in_(sorted(by_device)),
+                one_of(conn, StageDevice.device_id, sorted(by_device)),
                 StageDevice.status == DeviceStatus.INPROGRESS.value,
                 StageDevice.rollback == Rollback.NONE.value,
                 StageDevice.observing.is_(False),

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -47,6 +48,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+#: SQL of "a device still has to act on this stage row" (deployments.outstanding), for the partial index
+OUTSTANDING_SQL = "status IN ('READYTODEPLOY', 'INPROGRESS', 'STOPPING') OR rollback = 'REQUESTED'"
 
 
 class Base(DeclarativeBase):
@@ -320,6 +325,14 @@ class StageDevice(Base):
     __table_args__ = (
         Index("ix_stage_devices_device_status", "device_id", "status"),
         Index("ix_stage_devices_stage_status", "stage_id", "status"),
+        # The rows a device still has to act on (deployments.outstanding), indexed by themselves:
+        # every poll asks for them, and almost every device has none.
+        Index(
+            "ix_stage_devices_outstanding",
+            "device_id",
+            postgresql_where=text(OUTSTANDING_SQL),
+            sqlite_where=text(OUTSTANDING_SQL),
+        ),
     )
 
 
