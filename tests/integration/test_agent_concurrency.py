@@ -71,7 +71,10 @@ def test_calls_overlap_on_one_model_and_across_models(
         for future in futures:
             assert len(future.result().tensors) == 1
     final = stats(agent)
-    assert (final["slow-a"].request_count, final["slow-a"].error_count) == (6, 1)  # the refused call is an error
+    assert (final["slow-a"].request_count, final["slow-a"].error_count) == (
+        6,
+        1,
+    )  # the refused call is an error
     assert final["slow-a"].in_flight == 0
     assert final["slow-b"].request_count == 1
 
