@@ -315,26 +315,27 @@ def check_heartbeat(heartbeat: Heartbeat) -> None:
 
 
 def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:
-    """Store a heartbeat: agent version and metrics, the models loaded now (replacing the last list)."""
+    """Store a heartbeat: agent version and metrics, the model versions loaded now (replacing the list)."""
     check_heartbeat(heartbeat)
     device.agent_version = heartbeat.agent_version
     device.agent_metrics = list(heartbeat.agent_metrics)
     device.last_heartbeat_at = now
     if heartbeat.platform is not None:
         device.platform_os, device.platform_arch, device.platform_accelerator = heartbeat.platform
-    current = {m.model_name: m for m in device.models}
-    reported = {m.name: m for m in heartbeat.models}
-    for model_name, row in current.items():
-        if model_name not in reported:
+    # Keyed by name and version: a device may serve several versions of one model at once (an A/B
+    # test under two handles). The last report of the same name and version wins.
+    current = {(m.model_name, m.model_version): m for m in device.models}
+    reported = {(m.name, m.version): m for m in heartbeat.models}
+    for key, row in current.items():
+        if key not in reported:
             device.models.remove(row)
-    for model_name, report in reported.items():
-        existing = current.get(model_name)
+    for (model_name, model_version), report in reported.items():
+        existing = current.get((model_name, model_version))
         if existing is None:
-            row = DeviceModel(model_name=model_name)
+            row = DeviceModel(model_name=model_name, model_version=model_version)
             device.models.append(row)
         else:
             row = existing
-        row.model_version = report.version
         row.latest_sample_at = report.latest_sample
         row.latest_inference_at = report.latest_inference
         row.metrics = list(report.metrics)
@@ -357,6 +358,7 @@ def list_devices(
         fleet = get_fleet(session, fleet_name)
         stmt = stmt.where(Device.fleet_id == fleet.id)
     if model_name is not None:
+        # EXISTS rather than a join: a device serving several versions of the model is listed once
         stmt = stmt.where(
             select(DeviceModel.device_id)
             .where(DeviceModel.device_id == Device.id, DeviceModel.model_name == model_name)

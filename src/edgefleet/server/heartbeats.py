@@ -38,7 +38,7 @@ from sqlalchemy import Connection, String, bindparam, delete, func, insert, sele
 from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
-from edgefleet.server.devices import Heartbeat
+from edgefleet.server.devices import Heartbeat, ModelReport
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ _UPDATE_DEVICE = (
 # PostgreSQL: one set-based statement per table for the whole batch, its rows passed as one JSON
 # document (one json.dumps in C, parsed by the server) instead of a statement or an array per row.
 # Models are upserted in place rather than deleted and inserted again, which keeps index churn
-# (and vacuum work) down.
+# (and vacuum work) down. A device's models are keyed by (device, name, version): it may serve two
+# versions of one model at once (an A/B test), and both are kept.
 _PG_UPDATE_DEVICES = text(
     """
     UPDATE devices AS d SET
@@ -90,8 +91,10 @@ _PG_DELETE_STALE_MODELS = text(
     DELETE FROM device_models AS m
     WHERE m.device_id = ANY(CAST(:ids AS INTEGER[]))
       AND NOT EXISTS (
-        SELECT 1 FROM json_to_recordset(CAST(:models AS JSON)) AS r(device_id INTEGER, model_name VARCHAR)
-        WHERE r.device_id = m.device_id AND r.model_name = m.model_name)
+        SELECT 1 FROM json_to_recordset(CAST(:models AS JSON))
+            AS r(device_id INTEGER, model_name VARCHAR, model_version VARCHAR)
+        WHERE r.device_id = m.device_id AND r.model_name = m.model_name
+          AND r.model_version = m.model_version)
     """
 )
 _PG_UPSERT_MODELS = text(
@@ -103,8 +106,7 @@ _PG_UPSERT_MODELS = text(
     FROM json_to_recordset(CAST(:models AS JSON)) AS r(
         device_id INTEGER, model_name VARCHAR, model_version VARCHAR,
         latest_sample_at TIMESTAMPTZ, latest_inference_at TIMESTAMPTZ, metrics JSON)
-    ON CONFLICT (device_id, model_name) DO UPDATE SET
-        model_version = EXCLUDED.model_version,
+    ON CONFLICT (device_id, model_name, model_version) DO UPDATE SET
         latest_sample_at = EXCLUDED.latest_sample_at,
         latest_inference_at = EXCLUDED.latest_inference_at,
         metrics = EXCLUDED.metrics,
@@ -296,9 +298,10 @@ def _store_portable(
     return stored
 
 
-def _latest_models(heartbeat: Heartbeat) -> list[Any]:
-    # the last report of a model name wins, as in devices.record_heartbeat
-    return list({m.name: m for m in heartbeat.models}.values())
+def _latest_models(heartbeat: Heartbeat) -> list[ModelReport]:
+    # One row per (name, version), the last report of it winning, as in devices.record_heartbeat;
+    # a batch must not name a row twice (PostgreSQL refuses an upsert that updates a row twice).
+    return list({(m.name, m.version): m for m in heartbeat.models}.values())
 
 
 def _device_params(device_id: int, item: QueuedHeartbeat, now: datetime) -> dict[str, Any]:

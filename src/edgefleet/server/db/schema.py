@@ -128,7 +128,9 @@ class Device(Base):
         cascade="all, delete-orphan", lazy="selectin", order_by="DeviceTag.key"
     )
     models: Mapped[list[DeviceModel]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin", order_by="DeviceModel.model_name"
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="[DeviceModel.model_name, DeviceModel.model_version]",
     )
 
 
@@ -143,16 +145,22 @@ class DeviceTag(Base):
 
 
 class DeviceModel(Base):
-    """A model a device reported in its latest heartbeat."""
+    """A model version a device reported in its latest heartbeat.
+
+    Keyed by name *and* version: a device may serve several versions of one model at once (an A/B
+    test under two handles), and each counts (fleet report, DescribeDevice, ListDevices).
+    """
 
     __tablename__ = "device_models"
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(30))
+    model_version: Mapped[str] = mapped_column(String(30), primary_key=True)
     latest_sample_at: Mapped[datetime | None]
     latest_inference_at: Mapped[datetime | None]
     metrics: Mapped[list[Any]]
     updated_at: Mapped[datetime]
+    # The primary key serves a device's own rows (loading, replacing, the heartbeat upsert); this
+    # index the other direction, the devices that report a model (version).
     __table_args__ = (Index("ix_device_models_model", "model_name", "model_version"),)
 
 
