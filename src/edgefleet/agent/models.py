@@ -126,7 +126,12 @@ class ModelSlot:
             self.stats.record(time.perf_counter() - start, ok)
             with self._cond:
                 self.in_flight -= 1
-                self._cond.notify()
+                # Wake a queued request, or the unload waiting for the model to drain; nobody
+                # waits in the common case, and skipping the notify keeps the call cheap.
+                if self.state is not ModelState.READY:
+                    self._cond.notify_all()
+                elif self.queued:
+                    self._cond.notify()
 
     def drain(self, timeout: float) -> bool:
         """Wait until no request is running or queued; True if drained in time."""
