@@ -100,7 +100,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument(
-        "--spinning", action="store_true", help="let the agent's ONNX Runtime threads spin-wait"
+        "--no-spinning",
+        dest="spinning",
+        action="store_false",
+        help="agent.intra_op_spinning = false (ONNX Runtime threads sleep instead of spin-waiting)",
     )
     args = parser.parse_args()
 

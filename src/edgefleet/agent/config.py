@@ -89,9 +89,10 @@ class AgentConfig:
     max_queued_per_model: int = 256
     #: Threads one inference may use (0 = the runtime's default).
     intra_op_threads: int = 0
-    #: Let idle inference threads spin: lower latency for one request at a time, less throughput
-    #: when requests overlap.
-    intra_op_spinning: bool = False
+    #: Let idle inference threads spin between the parallel parts of one inference (ONNX Runtime's
+    #: own default): the lowest latency per request. Off gives some throughput back when many
+    #: requests overlap on few cores (see docs/agent-config.md, "Latency or throughput").
+    intra_op_spinning: bool = True
     #: gRPC worker threads (bounds concurrent RPCs of all kinds).
     grpc_workers: int = 32
     #: Permission bits of the Unix socket (default owner and group only).

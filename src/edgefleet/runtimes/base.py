@@ -33,13 +33,13 @@ class RuntimeOptions:
     ``intra_op_threads``: threads one inference may use (0 = the backend's default).
     ``concurrency``: how many inferences the agent may run at once on one model; backends that
     cannot run one model concurrently create that many independent instances.
-    ``spin_wait``: let idle engine threads spin for the next piece of work (lower latency for a
-    lone request; wasted CPU that concurrent requests need when several run at once).
+    ``spin_wait``: let idle engine threads spin for the next piece of work (the engines' default:
+    lower latency per request; CPU that concurrent requests could use when several run at once).
     """
 
     intra_op_threads: int = 0
     concurrency: int = 4
-    spin_wait: bool = False
+    spin_wait: bool = True
 
 
 class LoadedModel(abc.ABC):
