@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_testkit import FakeClock
-
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from server_testkit import FakeClock, scratch_pg_database
 
 
 @pytest.fixture
@@ -21,30 +18,13 @@ def clock() -> FakeClock:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (dropped at the end), migrated once."""
-    pytest.importorskip("psycopg")
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as postgres (db 'test'): {exc.orig}")
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
     from edgefleet.server.db.engine import Database
 
-    setup = Database(url)
-    setup.migrate()
-    setup.close()
-    try:
+    with scratch_pg_database("edgefleet_test") as url:
+        setup = Database(url)
+        setup.migrate()
+        setup.close()
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

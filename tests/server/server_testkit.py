@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,6 +18,8 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy.orm import Session
 
 TOKEN_TTL = timedelta(days=7)
+#: PostgreSQL on loopback as the tests reach it (trust auth); the server tests skip when it is absent
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 class FakeClock:
@@ -217,3 +222,61 @@ def enrol(api_url: str, token: str, workdir: Path) -> DeviceClient:
         key,
         workdir,
     )
+
+
+def enrol_tokens(db: Any, tokens: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """Enrol each device with its one-time token and a fresh key; name -> certificate serial."""
+    from edgefleet.server import devices
+    from edgefleet.server.ca import FleetCA
+
+    ca = FleetCA.load_or_create(db)
+    serials = {}
+    for name, token in zip(names, tokens, strict=True):
+        with db.session() as s:
+            device, _ = devices.enrol(s, token, make_csr()[1], ca, db.now(), 365)
+            assert device.cert_serial is not None
+            serials[name] = device.cert_serial
+    return serials
+
+
+def enrolled_fleet(db: Any, fleet: str, names: Sequence[str]) -> dict[str, str]:
+    """Create ``fleet``, register ``names`` in it and enrol them; name -> certificate serial."""
+    from edgefleet.server import devices, fleets
+    from edgefleet.server.ca import FleetCA
+
+    with db.session() as s:
+        fleets.create_fleet(s, fleets.FleetSpec(name=fleet, output_location="s3://bucket/p"), db.now())
+    ca = FleetCA.load_or_create(db)
+    with db.session() as s:
+        registrations = devices.register_devices(
+            s, fleet, [devices.DeviceSpec(n) for n in names], ca, db.now(), TOKEN_TTL
+        )
+        tokens = [r.enrolment_token for r in registrations]
+    return enrol_tokens(db, tokens, names)
+
+
+@contextmanager
+def scratch_pg_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); yields its URL, or skips the test."""
+    import uuid
+
+    import pytest
+
+    pytest.importorskip("psycopg")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as postgres (db 'test'): {exc.orig}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -6,7 +6,6 @@ SQLite, and PostgreSQL when reachable."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,39 +16,18 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from server_testkit import TOKEN_TTL, FakeClock, make_csr
-from sqlalchemy import create_engine, func, insert, inspect, select, text
+from server_testkit import FakeClock, enrolled_fleet, scratch_pg_database
+from sqlalchemy import func, insert, inspect, select
 
-from edgefleet.server import devices, fleets, reports
+from edgefleet.server import devices, reports
 from edgefleet.server.api import render
-from edgefleet.server.ca import FleetCA
 from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
 from edgefleet.server.db.schema import Base, Device, DeviceModel, Fleet
 from edgefleet.server.heartbeats import HeartbeatWriter, QueuedHeartbeat
 
 Db = Any  # the db fixture yields a Database
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 WINDOW = timedelta(minutes=10)
-
-
-def _enrolled(db: Db, fleet: str, names: list[str]) -> dict[str, str]:
-    """Register and enrol ``names`` in a new ``fleet``; name -> certificate serial."""
-    with db.session() as s:
-        fleets.create_fleet(s, fleets.FleetSpec(name=fleet, output_location="s3://bucket/p"), db.now())
-    ca = FleetCA.load_or_create(db)
-    with db.session() as s:
-        registrations = devices.register_devices(
-            s, fleet, [devices.DeviceSpec(n) for n in names], ca, db.now(), TOKEN_TTL
-        )
-        tokens = [r.enrolment_token for r in registrations]
-    serials = {}
-    for name, token in zip(names, tokens, strict=True):
-        with db.session() as s:
-            device, _ = devices.enrol(s, token, make_csr()[1], ca, db.now(), 365)
-            assert device.cert_serial is not None
-            serials[name] = device.cert_serial
-    return serials
 
 
 def _model(
@@ -121,7 +99,7 @@ def _stat(
 
 
 def test_two_versions_of_a_model_are_kept_shown_and_counted(db: Db, clock: FakeClock) -> None:
-    _enrolled(db, "line-1", ["cam-a", "cam-b", "cam-c"])
+    enrolled_fleet(db, "line-1", ["cam-a", "cam-b", "cam-c"])
     # cam-c reported det 2.0 an hour ago and went quiet: offline under 2.0.
     _record(db, "cam-c", _beat(_model("det", "2.0")))
     clock.advance(3600)
@@ -161,7 +139,7 @@ def test_two_versions_of_a_model_are_kept_shown_and_counted(db: Db, clock: FakeC
 
 
 def test_a_version_listed_twice_keeps_its_last_entry(db: Db, clock: FakeClock) -> None:
-    _enrolled(db, "line-1", ["cam-a"])
+    enrolled_fleet(db, "line-1", ["cam-a"])
     first, last = db.now() - timedelta(seconds=20), db.now() - timedelta(seconds=5)
     _record(
         db,
@@ -183,7 +161,7 @@ def test_a_version_listed_twice_keeps_its_last_entry(db: Db, clock: FakeClock) -
 
 
 def test_the_group_commit_stores_every_version_like_the_ordinary_path(db: Db, clock: FakeClock) -> None:
-    serials = _enrolled(db, "line-1", ["cam-a", "cam-b", "ref-a", "ref-b"])
+    serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b", "ref-a", "ref-b"])
     writer = HeartbeatWriter(db)
     now = db.now()
     a_b_test = _beat(_model("det", "2.0"), _model("det", "3.0", inference=now), _model("counter", "1"))
@@ -271,25 +249,12 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -
         finally:
             database.close()
         return
-    pytest.importorskip("psycopg")
-    from sqlalchemy.exc import OperationalError
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"edgefleet_migration_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as postgres (db 'test'): {exc.orig}")
-    database = Database(f"postgresql://postgres@127.0.0.1:5432/{name}", clock=clock, pool_size=1)
-    try:
-        yield database
-    finally:
-        database.close()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_pg_database("edgefleet_migration") as url:
+        database = Database(url, clock=clock, pool_size=1)
+        try:
+            yield database
+        finally:
+            database.close()
 
 
 def _migrate(db: Database, revision: str, *, down: bool = False) -> None:

@@ -8,34 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from server_testkit import TOKEN_TTL, FakeClock, make_csr
+from server_testkit import TOKEN_TTL, FakeClock, enrolled_fleet, make_csr
 from sqlalchemy import text
 
 from edgefleet.core.errors import Code, EdgefleetError
-from edgefleet.server import devices, fleets
+from edgefleet.server import devices
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.heartbeats import HeartbeatWriter, QueuedHeartbeat
 
 Db = Any  # the db fixture yields a Database
-
-
-def _enrolled(db: Db, fleet: str, names: list[str]) -> dict[str, str]:
-    """Register and enrol ``names`` in ``fleet``; name -> certificate serial."""
-    with db.session() as s:
-        fleets.create_fleet(s, fleets.FleetSpec(name=fleet, output_location="s3://bucket/p"), db.now())
-    ca = FleetCA.load_or_create(db)
-    with db.session() as s:
-        registrations = devices.register_devices(
-            s, fleet, [devices.DeviceSpec(n) for n in names], ca, db.now(), TOKEN_TTL
-        )
-        tokens = [r.enrolment_token for r in registrations]
-    serials = {}
-    for name, token in zip(names, tokens, strict=True):
-        with db.session() as s:
-            device, _ = devices.enrol(s, token, make_csr()[1], ca, db.now(), 365)
-            assert device.cert_serial is not None
-            serials[name] = device.cert_serial
-    return serials
 
 
 def _beat(version: str, models: dict[str, str], *, platform: tuple[str, str, str] | None = None) -> Any:
@@ -81,7 +62,7 @@ def _snapshot(db: Db, name: str) -> dict[str, Any]:
 
 
 def test_a_batch_stores_what_the_ordinary_path_stores(db: Db, clock: FakeClock) -> None:
-    serials = _enrolled(db, "line-1", ["cam-a", "cam-b", "cam-c"])
+    serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b", "cam-c"])
     writer = HeartbeatWriter(db)
     try:
         first = _beat("1.0", {"detector": "1", "counter": "4"}, platform=("linux", "x86_64", "none"))
@@ -115,8 +96,8 @@ def test_a_batch_stores_what_the_ordinary_path_stores(db: Db, clock: FakeClock) 
 
 
 def test_unknown_foreign_and_revoked_identities_are_handed_back(db: Db) -> None:
-    serials = _enrolled(db, "line-1", ["cam-a", "cam-b"])
-    _enrolled(db, "line-2", ["cam-z"])
+    serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b"])
+    enrolled_fleet(db, "line-2", ["cam-z"])
     writer = HeartbeatWriter(db)
     beat = _beat("1.0", {})
     try:
@@ -158,7 +139,7 @@ def test_unknown_foreign_and_revoked_identities_are_handed_back(db: Db) -> None:
 
 def test_concurrent_writes_are_acknowledged_only_once_stored(db: Db) -> None:
     names = [f"cam-{i}" for i in range(40)]
-    serials = _enrolled(db, "line-1", names)
+    serials = enrolled_fleet(db, "line-1", names)
     writer = HeartbeatWriter(db, max_batch=7)
 
     async def send_all() -> list[bool]:
@@ -189,7 +170,7 @@ def test_concurrent_writes_are_acknowledged_only_once_stored(db: Db) -> None:
 def test_a_failed_transaction_fails_every_heartbeat_of_the_batch(db: Db) -> None:
     if db.dialect != "postgresql":
         pytest.skip("needs a database that enforces column lengths (PostgreSQL) to make a batch fail")
-    serials = _enrolled(db, "line-1", ["cam-a", "cam-b"])
+    serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b"])
     writer = HeartbeatWriter(db)
     oversized = devices.Heartbeat(agent_version="v" * 65)  # skips the checks: the database refuses it
     try:
@@ -223,7 +204,7 @@ def test_a_failed_transaction_fails_every_heartbeat_of_the_batch(db: Db) -> None
 def test_the_writer_survives_its_connection_being_dropped(db: Db) -> None:
     if db.dialect != "postgresql":
         pytest.skip("needs a database server that can drop a client's connection (PostgreSQL)")
-    serials = _enrolled(db, "line-1", ["cam-a"])
+    serials = enrolled_fleet(db, "line-1", ["cam-a"])
     writer = HeartbeatWriter(db)
     try:
         assert writer.store([QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", _beat("1.0", {}))]) == [

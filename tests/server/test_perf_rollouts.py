@@ -8,7 +8,7 @@ import asyncio
 import threading
 from typing import Any
 
-from server_testkit import TOKEN_TTL, make_csr, record_package_row
+from server_testkit import TOKEN_TTL, enrol_tokens, record_package_row
 from sqlalchemy import select
 
 from edgefleet.server import deployments as dp
@@ -45,13 +45,7 @@ def _fleet(db: Db, n: int, *, arch: str = "any") -> dict[str, str]:
             "alice",
             db.now(),
         )
-    serials = {}
-    for name, token in zip(names, tokens, strict=True):
-        with db.session() as s:
-            device, _ = devices.enrol(s, token, make_csr()[1], ca, db.now(), 365)
-            assert device.cert_serial is not None
-            serials[name] = device.cert_serial
-    return serials
+    return enrol_tokens(db, tokens, names)
 
 
 def _start_and_fetch(db: Db, names: list[str]) -> None:
