@@ -2,16 +2,76 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from edgefleet.compiler.signature import InputSpec
+from edgefleet.compiler.types import UnsupportedModel
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.core.tensors import DataType
 
 DEFAULT_INPUT = "input"
+#: The highest ai.onnx opset onnxmltools' tree converters accept.
+ONNXMLTOOLS_OPSET = 15
+
+
+def load_booster_or_pickle(
+    path: Path,
+    booster_suffixes: Sequence[str],
+    load_booster: Callable[[str], object],
+    errors: tuple[type[BaseException], ...],
+    framework: str,
+) -> object:
+    """A gradient-boosting model: the framework's own file format by suffix, else a pickle/joblib file.
+
+    INVALID_ARGUMENT (naming ``framework``) when the file is missing or unreadable.
+    """
+    if path.suffix.lower() not in booster_suffixes:
+        return load_pickle(path)
+    if not path.is_file():
+        raise InvalidArgument(f"model file {path} does not exist or is not a file")
+    try:
+        return load_booster(str(path))
+    except errors as exc:
+        raise InvalidArgument(f"model file {path.name} is not a readable {framework} model: {exc}") from exc
+
+
+def onnxmltools_convert(
+    convert: Callable[..., Any],
+    model: object,
+    declared: Sequence[InputSpec],
+    features: int | None,
+    framework: str,
+    log: Callable[[str], None],
+    **options: Any,
+) -> onnx.ModelProto:
+    """Convert a tree model with an onnxmltools converter (``convert_xgboost``, ``convert_lightgbm``).
+
+    One 2-D input (declared or ``input``, float32 or float64) of ``features`` columns and a dynamic
+    batch; UNSUPPORTED when the converter refuses the model.
+    """
+    from onnxmltools.convert.common.data_types import (  # type: ignore[import-untyped, unused-ignore]
+        DoubleTensorType,
+        FloatTensorType,
+    )
+
+    name, count, dtype = tabular_input(declared, features)
+    tensor_type = FloatTensorType if dtype == DataType.FLOAT32 else DoubleTensorType
+    log(f"converting {framework} {type(model).__name__} ({count} features) with onnxmltools")
+    try:
+        onnx_model: onnx.ModelProto = convert(
+            model,
+            initial_types=[(name, tensor_type([None, count]))],
+            target_opset=ONNXMLTOOLS_OPSET,
+            **options,
+        )
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        raise UnsupportedModel(f"onnxmltools cannot convert this {framework} model: {exc}") from exc
+    fix_batch_dims(onnx_model)
+    return onnx_model
 
 
 def load_pickle(path: Path) -> object:
