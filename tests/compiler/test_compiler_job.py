@@ -297,12 +297,16 @@ def test_tvm_candidate_when_available(tmp_path: Path) -> None:
     pytest.importorskip("tvm", reason="pip install 'edgefleet[tvm]'")
     pytest.importorskip("edgefleet.compiler.tvm_backend", reason="the TVM builder is not in this tree yet")
     model = make_mlp_onnx(tmp_path / "mlp.onnx")
-    result = compile_model(
-        model, tmp_path / "out", backend="tvm", quantize="none", inputs=(InputSpec("x", (1, 4)),)
+    job = CompileJob(
+        request(model, tmp_path / "out", backend="tvm", quantize="none", inputs=(InputSpec("x", (1, 4)),))
     )
+    result = job.run()
     assert result.metadata["runtime"]["name"] == "tvm"
     cand = result.report.candidate(result.report.selected)
     assert cand.runtime == "tvm" and cand.optimised is False, "an untuned TVM build is never called optimised"
+    # asked for by name, it ships, and says plainly that it is not optimised
+    assert cand.reason == "not optimised (e.g. untuned): shipped only because --backend tvm asked for it"
+    assert any(line.message == f"warning: {cand.name} is {cand.reason}" for line in job.log)
 
 
 class TestBadInputs:

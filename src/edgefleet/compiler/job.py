@@ -656,10 +656,16 @@ class CompileJob:
                     "--quantize/--backend"
                 )
             chosen = fallback[0]
-            self._emit(
-                f"warning: shipping {chosen.report.name} without a full check: "
-                f"{chosen.report.reason or 'it was not measured on this host'}"
-            )
+            if chosen.artifact is not None and not chosen.artifact.optimised:
+                chosen.report.reason = (
+                    f"not optimised (e.g. untuned): shipped only because --backend {backend} asked for it"
+                )
+                self._emit(f"warning: {chosen.report.name} is {chosen.report.reason}")
+            else:
+                self._emit(
+                    f"warning: shipping {chosen.report.name} without a full check: "
+                    f"{chosen.report.reason or 'it was not measured on this host'}"
+                )
         chosen.report.status = CandidateStatus.SELECTED
         chosen.report.reason = "" if chosen in passing else chosen.report.reason
         for c in candidates:
