@@ -100,3 +100,33 @@ def test_unloadable_ir_is_failed_precondition(tmp_path: Path) -> None:
     with pytest.raises(EdgefleetError, match=r"OpenVINO cannot load model.xml") as info:
         get_backend("openvino").load(tmp_path, manifest_for(tmp_path, ["model.xml"]), RuntimeOptions())
     assert info.value.code is Code.FAILED_PRECONDITION
+
+
+def test_precision_follows_the_ir(ir: tuple[Path, Path], tmp_path: Path) -> None:
+    """An fp32 IR computes in fp32 even where the CPU plugin would default to bf16; an IR saved with
+    fp16 weights leaves the precision to the plugin (f16/bf16 where the CPU has it)."""
+    from edgefleet.runtimes.openvino import has_fp16_weights
+
+    directory, onnx_path = ir
+    backend = get_backend("openvino")
+    fp32 = backend.load(directory, manifest_for(directory, ["model.xml", "model.bin"]), RuntimeOptions())
+    try:
+        assert not has_fp16_weights(ov.Core().read_model(str(directory / "model.xml")))
+        assert fp32._compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # type: ignore[attr-defined]
+    finally:
+        fp32.close()
+
+    half = tmp_path / "fp16"
+    half.mkdir()
+    ov.save_model(ov.convert_model(str(onnx_path)), str(half / "model.xml"), compress_to_fp16=True)
+    assert has_fp16_weights(ov.Core().read_model(str(half / "model.xml")))
+    model = backend.load(half, manifest_for(half, ["model.xml", "model.bin"]), RuntimeOptions())
+    try:
+        plugin_default = (
+            ov.Core().compile_model(str(half / "model.xml"), "CPU").get_property("INFERENCE_PRECISION_HINT")
+        )
+        assert model._compiled.get_property("INFERENCE_PRECISION_HINT") == plugin_default  # type: ignore[attr-defined]
+        x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+        np.testing.assert_allclose(model.run({"x": x})[0], expected(onnx_path, x), rtol=0.05, atol=0.05)
+    finally:
+        model.close()
