@@ -84,9 +84,9 @@ class OnnxRuntimeBackend(Backend):
             so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        # Spinning idle intra-op threads cut each request's latency (measured through the agent:
-        # ResNet-18 1.01x in-process with spinning, 1.24x without) but take CPU that concurrent
-        # requests could use (see RuntimeOptions.spin_wait).
+        # Spinning idle intra-op threads cut each request's latency (ResNet-18 through the agent on
+        # 2 cores: 1.01-1.18x in-process with spinning, 1.16-1.41x without) but take CPU that
+        # overlapping requests could use (see RuntimeOptions.spin_wait, docs/agent-config.md).
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
         try:
             session = ort.InferenceSession(
