@@ -1,8 +1,10 @@
-"""``edgefleet demo``: the whole device story on the embedded default, offline.
+"""``edgefleet demo``: the whole story on the embedded default, offline.
 
-Trains a digits classifier, creates signing keys, builds and signs a package, starts a real agent
-process on a Unix socket, loads the package, runs predictions through the client, captures some of
-them to disk in the Edge Manager record format, and shuts the agent down cleanly.
+Part 1 (the device): trains a digits classifier, creates signing keys, builds and signs a package,
+starts a real agent process on a Unix socket, loads the package, runs predictions through the
+client, captures some of them to disk in the Edge Manager record format, and shuts the agent down
+cleanly. Part 2 (:mod:`edgefleet.demo_fleet`): compiles the model, runs the control plane and two
+device daemons, and rolls versions out in stages with a hot swap under load.
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ def train_digits(out_dir: Path, say: Say) -> tuple[Path, np.ndarray, np.ndarray,
     return path, x_test, y_test, accuracy
 
 
-def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> int:
-    """Run the story in ``workdir`` (created); returns a process exit code."""
+def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fleet: bool = True) -> int:
+    """Run the story in ``workdir`` (created); returns a process exit code.
+
+    ``fleet``: also the second part (compiler, control plane, device daemons, staged rollouts).
+    """
     from edgefleet.client import AgentClient
     from edgefleet.core.package import build_package, inspect_package
     from edgefleet.core.signing import init_keys
@@ -212,5 +217,19 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False) -> 
                 agent.wait()
         say(f"    agent exited with code {agent.returncode}; its log is {log_path}")
     ok = agent.returncode == 0 and accuracy > 0.9 and all(s == "SUCCESS" for s in statuses)
+    if fleet and ok:
+        from edgefleet.demo_fleet import run_fleet_demo
+
+        say("\nPart 2: compiler, control plane and device daemons")
+        ok = run_fleet_demo(
+            workdir,
+            say,
+            model_path=model_path,
+            x_test=x_test,
+            y_test=y_test,
+            keys=keys,
+            package_v1=pkg,
+            first_step=10,
+        )
     say("\ndemo finished: " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1
