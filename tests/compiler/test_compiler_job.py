@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -289,6 +290,41 @@ def test_tabular_model_without_quantisable_operators(tmp_path: Path) -> None:
     base = result.report.candidate("onnxruntime-original")
     assert base.accuracy == pytest.approx(clf.score(x.astype(np.float32), y) * 100)
     assert [o["name"] for o in result.metadata["outputs"]] == ["label", "probabilities"]
+
+
+def test_scikit_learn_mlp_quantises_and_unconvertible_candidates_are_skipped(tmp_path: Path) -> None:
+    """A scikit-learn MLP (ONNX Runtime's per-channel bias-scale adjustment fails on its Gemm graph,
+    and OpenVINO cannot convert its ai.onnx.ml operators): the int8 candidate is still built and
+    checked, OpenVINO candidates are unavailable with the reason, and the job succeeds."""
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=0).fit(
+        x[:1200], digits.target[:1200]
+    )
+    (tmp_path / "mlp.pkl").write_bytes(pickle.dumps(clf))
+    np.savez(tmp_path / "cal.npz", input=x[1200:1400])
+    np.savez(tmp_path / "val.npz", input=x[1200:], labels=digits.target[1200:])
+    job = CompileJob(
+        request(
+            tmp_path / "mlp.pkl",
+            tmp_path / "out",
+            framework="sklearn",
+            calibration=tmp_path / "cal.npz",
+            validation=tmp_path / "val.npz",
+        )
+    )
+    result = job.run()
+    int8 = result.report.candidate("onnxruntime-int8")
+    assert int8.status is not CandidateStatus.UNAVAILABLE, int8.reason
+    assert int8.accuracy is not None and int8.accuracy > 90
+    assert any("quantising without it" in line.message for line in job.log)
+    if importlib.util.find_spec("openvino") is not None:
+        openvino = result.report.candidate("openvino")
+        assert openvino.status is CandidateStatus.UNAVAILABLE
+        assert "OpenVINO cannot convert the model" in openvino.reason
 
 
 @pytest.mark.slow

@@ -165,7 +165,9 @@ def quantize_int8(src: Path, dst: Path, calibration: Dataset, reduce_range: bool
         raise InvalidArgument(
             f"calibration data {calibration.source}: {calibration.size} sample(s) do not fill one batch of {batch}"
         )
-    try:
+
+    def quantize(**extra: object) -> None:
+        reader.set_range(0, len(reader))
         quantize_static(
             str(prepared),
             str(dst),
@@ -176,8 +178,20 @@ def quantize_int8(src: Path, dst: Path, calibration: Dataset, reduce_range: bool
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibStridedMinMax": _stride(len(reader))},
+            extra_options={"CalibStridedMinMax": _stride(len(reader)), **extra},
         )
+
+    try:
+        try:
+            quantize()
+        except ValueError as exc:
+            # ONNX Runtime's per-channel weight-scale adjustment for int32 biases compares whole
+            # arrays on some Gemm graphs (e.g. scikit-learn MLPs) and raises "truth value of an
+            # array is ambiguous"; without that adjustment the graph quantises correctly.
+            if "truth value of an array" not in str(exc):
+                raise
+            log("int8: ONNX Runtime's bias-scale adjustment failed on this graph; quantising without it")
+            quantize(QDQDisableWeightAdjustForInt32Bias=True)
     except (UnsupportedModel, InvalidArgument):
         raise
     except Exception as exc:  # onnxruntime's quantiser raises ValueError/RuntimeError/KeyError

@@ -477,6 +477,13 @@ class CompileJob:
                 if self.request.quantize == "int8":
                     raise
                 graphs[Quantization.INT8] = CandidateUnavailable(exc.message)
+            except EdgefleetError as exc:
+                # the quantiser failed on this graph: with --quantize int8 that is the job's failure;
+                # otherwise only the int8 candidates are unavailable and the others go on
+                if self.request.quantize == "int8" or exc.code is not Code.INTERNAL:
+                    raise
+                self._emit(f"int8 candidates unavailable: {exc.message}")
+                graphs[Quantization.INT8] = CandidateUnavailable(exc.message)
         return graphs
 
     def _build(
