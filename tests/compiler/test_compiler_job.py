@@ -496,3 +496,27 @@ def test_offline_optimised_graph_stays_portable(tmp_path: Path) -> None:
     optimised = onnx.load(str(graph_passes.ort_offline_optimise(model, tmp_path / "opt.onnx")))
     assert [(o.domain, o.version) for o in optimised.opset_import] == [("", 17)]
     assert onnx_graph.ort_min_version(optimised, "1.31.1") == "1.13"
+
+
+def test_a_failed_openvino_conversion_leaves_the_root_logger_alone(tmp_path: Path) -> None:
+    """OpenVINO's convert_model sets the root logger to ERROR and keeps it so when it fails."""
+    pytest.importorskip("openvino", reason="pip install 'edgefleet[openvino]'")
+    import logging
+
+    from edgefleet.compiler.openvino_backend import build_openvino
+    from edgefleet.compiler.targets import get_target
+    from edgefleet.compiler.types import BuildOptions, CandidateUnavailable, Quantization
+
+    broken = make_custom_op_onnx(tmp_path / "custom.onnx")
+    root = logging.getLogger()
+    before = (root.level, list(root.filters), list(root.handlers))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(CandidateUnavailable, match="OpenVINO cannot convert the model"):
+        build_openvino(
+            broken,
+            get_target("linux-x86_64"),
+            BuildOptions(work_dir=work, input_shapes={}, quantize=Quantization.NONE),
+            print,
+        )
+    assert (root.level, list(root.filters), list(root.handlers)) == before

@@ -1,9 +1,11 @@
 """OpenVINO candidates for Intel/AMD x86_64 CPUs: IR converted from the fp32 graph, from the int8
-QDQ graph (executed with int8 kernels), or with fp16-compressed weights (half the size; the CPU
-plugin computes in fp32, or bf16 where the CPU has it)."""
+QDQ graph (executed with int8 kernels), or with fp16-compressed weights (half the size). The device
+backend (edgefleet.runtimes.openvino) computes fp32 and int8 IRs in fp32, and lets the CPU plugin
+choose the precision of an fp16 IR (bf16 or f16 where the CPU has them)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edgefleet.compiler.types import (
@@ -31,6 +33,10 @@ def build_openvino(
     if target.arch != "x86_64":
         raise CandidateUnavailable(f"OpenVINO candidates are built for x86_64 CPUs, not {target.arch}")
     log(f"converting to OpenVINO IR ({options.quantize.value})")
+    # convert_model sets the root logger to ERROR (and adds a handler and a filter) and does not put
+    # it back when the conversion fails: that would silence the logs of whatever process compiles.
+    root = logging.getLogger()
+    saved = (root.level, list(root.filters), list(root.handlers))
     try:
         model = ov.convert_model(str(onnx_path))
         ov.save_model(
@@ -38,6 +44,9 @@ def build_openvino(
         )
     except Exception as exc:  # OpConversionFailure (its base class differs between releases) and others
         raise CandidateUnavailable(f"OpenVINO cannot convert the model: {str(exc).strip()[:500]}") from exc
+    finally:
+        root.setLevel(saved[0])
+        root.filters, root.handlers = saved[1], saved[2]
     version = str(ov.__version__).split("-")[0]
     notes = {
         Quantization.NONE: "OpenVINO IR, fp32",
