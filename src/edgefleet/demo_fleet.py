@@ -141,11 +141,29 @@ def run_fleet_demo(
     first_step: int,
 ) -> bool:
     """The fleet half of the demo; True when every check held."""
+    step = iter(range(first_step, first_step + 20))
+    http_log = logging.getLogger("httpx")  # one INFO line per operator request: noise in a demo
+    http_level = http_log.level
+    http_log.setLevel(logging.WARNING)
+    try:
+        return _run(workdir, say, step, model_path, x_test, y_test, keys, package_v1)
+    finally:
+        http_log.setLevel(http_level)
+
+
+def _run(
+    workdir: Path,
+    say: Say,
+    step: Any,
+    model_path: Path,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    keys: Path,
+    package_v1: Path,
+) -> bool:
     from edgefleet.compiler.output import build_package_from_output
     from edgefleet.opclient.client import FleetClient
     from edgefleet.opclient.config import ClientConfig
-
-    step = iter(range(first_step, first_step + 20))
 
     def heading(text: str) -> None:
         say(f"\n[{next(step)}] {text}")
