@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def run_fleet_demo(
 def _run(
     workdir: Path,
     say: Say,
-    step: Any,
+    step: Iterator[int],
     model_path: Path,
     x_test: np.ndarray,
     y_test: np.ndarray,
