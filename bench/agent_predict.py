@@ -4,7 +4,14 @@
 
 Prints p50/p99 latency of: in-process ONNX Runtime (the baseline), the agent with inline tensors,
 the agent with System V shared memory (ResNet-18 224x224 batch 1 and a digits classifier), and
-requests/second with 1, 2 and 4 concurrent client processes. Needs torch==2.13.0 for ResNet-18.
+requests/second with 1, 2 and 4 concurrent client processes (median of --repeat runs per point).
+Needs torch==2.13.0 for ResNet-18.
+
+A second reference, the "bare grpcio floor", is measured in the same run: the least a Python gRPC
+server can do, a grpcio server on a Unix socket whose one method takes the raw input bytes, runs the
+same ONNX Runtime session with the same options as the agent and returns the raw output bytes (no
+protobuf tensors, no checks, no shared memory, no statistics). What the agent costs beyond that is
+edgefleet's; the rest is grpcio and the machine's thread wake-ups.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -56,12 +64,85 @@ def row(name: str, ms: np.ndarray, base: np.ndarray | None) -> str:
     return f"  {name:<34} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms   p50 ratio {ratio}"
 
 
+BARE_METHOD = "/bench.Bare/Run"
+
+
+def floor_line(res: dict[str, np.ndarray], agent: str) -> str:
+    """What the agent adds over the bare grpcio floor, and how much of the gap to in-process that is."""
+    p50 = {k: float(np.percentile(v, 50)) for k, v in res.items()}
+    base, floor, ours = p50["in-process ONNX Runtime"], p50["bare grpcio floor (raw bytes)"], p50[agent]
+    return (
+        f"  {agent} / bare grpcio floor: {ours / floor:.3f}x (gRPC transport alone costs {floor - base:+.3f} ms "
+        f"over in-process; the agent's protocol, checks and shared memory {ours - floor:+.3f} ms)"
+    )
+
+
+def _bare_server(path: str, models: dict[str, str], spinning: bool, ready: Any) -> None:
+    """The bare grpcio floor: method ``/bench.Bare/Run`` with metadata ``model`` runs that model on the
+    request's raw float32 bytes (shape from the model) and answers its first output's raw bytes."""
+    from concurrent import futures
+
+    import grpc
+
+    sessions = {}
+    for name, onnx_path in models.items():
+        so = ort.SessionOptions()  # the agent's options (runtimes/onnxruntime.py)
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        first = session.get_inputs()[0]
+        shape = tuple(d if isinstance(d, int) else 1 for d in first.shape)
+        sessions[name] = (session, first.name, shape)
+
+    def run(request: bytes, context: Any) -> bytes:
+        session, input_name, shape = sessions[dict(context.invocation_metadata())["model"]]
+        x = np.frombuffer(request, dtype=np.float32).reshape(shape)
+        return bytes(np.ascontiguousarray(session.run(None, {input_name: x})[-1]).tobytes())
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))  # the agent's default grpc_workers
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Bare", {"Run": grpc.unary_unary_rpc_method_handler(run)}
+            ),
+        )
+    )
+    server.add_insecure_port(f"unix://{path}")
+    server.start()
+    ready.set()
+    server.wait_for_termination()
+
+
+class BareClient:
+    """Calls the bare grpcio floor server; ``predict`` mirrors AgentClient.predict's signature."""
+
+    def __init__(self, address: str) -> None:
+        import grpc
+
+        self._channel = grpc.insecure_channel(address)
+        self._run = self._channel.unary_unary(BARE_METHOD)
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> bytes:
+        (x,) = inputs.values()
+        return self._run(np.ascontiguousarray(x, dtype=np.float32).tobytes(), metadata=(("model", model),))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 def _client_proc(
-    address: str, model: str, inputs: dict[str, np.ndarray], seconds: float, start_at: float, queue: mp.Queue
-) -> None:  # type: ignore[type-arg]
+    address: str,
+    bare: bool,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    seconds: float,
+    start_at: float,
+    queue: mp.Queue,  # type: ignore[type-arg]
+) -> None:
     from edgefleet.client import AgentClient
 
-    client = AgentClient(address)
+    client = BareClient(address) if bare else AgentClient(address)
     client.predict(model, inputs)
     while time.time() < start_at:
         time.sleep(0.001)
@@ -75,13 +156,19 @@ def _client_proc(
 
 
 def throughput(
-    address: str, model: str, inputs: dict[str, np.ndarray], clients: int, seconds: float
+    address: str,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    clients: int,
+    seconds: float,
+    *,
+    bare: bool = False,
 ) -> float:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    start_at = time.time() + 3.0
+    start_at = time.time() + 2.5
     procs = [
-        ctx.Process(target=_client_proc, args=(address, model, inputs, seconds, start_at, queue))
+        ctx.Process(target=_client_proc, args=(address, bare, model, inputs, seconds, start_at, queue))
         for _ in range(clients)
     ]
     for p in procs:
@@ -89,7 +176,7 @@ def throughput(
     total = sum(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join()
-    return total / seconds
+    return float(total) / seconds
 
 
 def main() -> int:
@@ -97,7 +184,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each throughput run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="throughput runs per point; the median is printed (default 3)"
+    )
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument(
         "--no-spinning",
@@ -153,9 +243,21 @@ def main() -> int:
                 c.load(str(pkg), model_name)
         return f"unix://{sock}"
 
+    ctx = mp.get_context("spawn")
+    bare_path = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp")) / "bare.sock"
+    bare_models = {"digits": str(digits_onnx)} | ({"resnet18": str(resnet_onnx)} if resnet_onnx else {})
+    ready = ctx.Event()
+    bare_proc = ctx.Process(
+        target=_bare_server, args=(str(bare_path), bare_models, args.spinning, ready), daemon=True
+    )
+    bare_proc.start()
     try:
         address = start_agent("default", "")
         client = AgentClient(address, timeout=60)
+        if not ready.wait(60):
+            raise SystemExit("the bare grpcio server did not start")
+        bare_address = f"unix://{bare_path}"
+        bare = BareClient(bare_address)
 
         print(
             f"edgefleet agent Predict benchmark — {os.cpu_count()} CPUs, onnxruntime {ort.__version__}, "
@@ -176,6 +278,7 @@ def main() -> int:
                     "in-process ONNX Runtime": lambda: session.run(None, {"input": image}),
                     "agent, inline tensor": lambda: inline.predict("resnet18", {"input": image}),
                     "agent, System V shared memory": lambda: shm.predict("resnet18", {"input": image}),
+                    "bare grpcio floor (raw bytes)": lambda: bare.predict("resnet18", {"input": image}),
                 },
                 args.iterations,
             )
@@ -183,6 +286,7 @@ def main() -> int:
             print(f"\nResNet-18, 1x3x224x224 float32 ({image.nbytes / 1024:.0f} KiB) batch 1:")
             for name, ms in res.items():
                 print(row(name, ms, None if ms is base else base))
+            print(floor_line(res, "agent, System V shared memory"))
             inline.close()
             shm.close()
 
@@ -193,6 +297,7 @@ def main() -> int:
             {
                 "in-process ONNX Runtime": lambda: session.run(None, {name: x}),
                 "agent (inline)": lambda: client.predict("digits", {name: x}),
+                "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
             },
             args.iterations * 5,
         )
@@ -200,23 +305,37 @@ def main() -> int:
         print("\ndigits MLP, 1x64 float32 batch 1:")
         for label, ms in res.items():
             print(row(label, ms, None if ms is base else base))
+        print(floor_line(res, "agent (inline)"))
 
-        def scaling(label: str, addr: str, model: str, inputs: dict[str, np.ndarray]) -> None:
-            print(f"\nthroughput, {model}, {label} ({args.seconds:.0f} s per point, client processes):")
+        def scaling(
+            label: str, addr: str, model: str, inputs: dict[str, np.ndarray], bare: bool = False
+        ) -> None:
+            print(
+                f"\nthroughput, {model}, {label} (client processes; median of {args.repeat} runs of "
+                f"{args.seconds:g} s per point):"
+            )
             one = None
             for clients in (1, 2, 4):
-                rate = throughput(addr, model, inputs, clients, args.seconds)
+                runs = [
+                    throughput(addr, model, inputs, clients, args.seconds, bare=bare)
+                    for _ in range(args.repeat)
+                ]
+                rate = float(np.median(runs))
                 one = one or rate
-                print(f"  {clients} client(s): {rate:9.1f} req/s   {rate / one:5.2f}x one client")
+                spread = f"runs {min(runs):.0f}-{max(runs):.0f}" if len(runs) > 1 else ""
+                print(f"  {clients} client(s): {rate:9.1f} req/s   {rate / one:5.2f}x one client   {spread}")
 
-        scaling("default config", address, "digits", {name: x})
+        scaling("agent, default config", address, "digits", {name: x})
+        scaling("bare grpcio floor", bare_address, "digits", {name: x}, bare=True)
         if resnet_onnx is not None:
             image0 = {"input": np.zeros((1, 3, 224, 224), np.float32)}
             scaling("default config (each request may use every core)", address, "resnet18", image0)
             tuned = start_agent("throughput", "intra_op_threads = 1\n")
             scaling("agent.intra_op_threads = 1 (one core per request)", tuned, "resnet18", image0)
         client.close()
+        bare.close()
     finally:
+        bare_proc.kill()
         for agent in started:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)
