@@ -332,6 +332,14 @@ def main() -> int:
             scaling("default config (each request may use every core)", address, "resnet18", image0)
             tuned = start_agent("throughput", "intra_op_threads = 1\n")
             scaling("agent.intra_op_threads = 1 (one core per request)", tuned, "resnet18", image0)
+            adaptive = start_agent("adaptive", "adaptive_threads = true\n")
+            with AgentClient(adaptive, timeout=60) as lone:
+                lone_ms = measure(lambda: lone.predict("resnet18", image0), args.iterations // 2)
+            print(
+                f"\nagent.adaptive_threads = true: a lone ResNet-18 request p50 {np.percentile(lone_ms, 50):.3f} ms "
+                f"(every core; overlapping requests get one core each)"
+            )
+            scaling("agent.adaptive_threads = true", adaptive, "resnet18", image0)
         client.close()
         bare.close()
     finally:

@@ -96,6 +96,30 @@ SPEC_IN = (TensorSpec("x", DataType.FLOAT32, (-1, 4)),)
 SPEC_OUT = (TensorSpec("y", DataType.FLOAT32, (-1, 4)),)
 
 
+def make_slow_onnx(path: Path, *, size: int = 1024, depth: int = 24) -> Path:
+    """``y = x @ W @ W ... (depth times)``: about 0.2-0.5 s per run on 2 cores."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weight = numpy_helper.from_array(
+        (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32), "W"
+    )
+    names = ["x", *[f"h{i}" for i in range(1, depth)], "y"]
+    nodes = [helper.make_node("MatMul", [names[i], "W"], [names[i + 1]]) for i in range(depth)]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def build(
     model: Path,
     key_dir: Path,

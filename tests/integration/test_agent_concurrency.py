@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support import AgentProcess, build_null, running_agent, tensor
+from support import AgentProcess, build, build_null, make_slow_onnx, running_agent, tensor
 
 from edgefleet.agent.proto import agent_pb2, extensions_pb2
 
@@ -98,3 +98,30 @@ def test_unload_waits_for_running_calls(agent: AgentProcess, keys: Path, tmp_pat
     with pytest.raises(grpc.RpcError, match=r".") as info:
         stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]))
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_adaptive_threads_config_serves_overlapping_calls(tmp_path: Path, trust: Path, keys: Path) -> None:
+    """`adaptive_threads = true`: overlapping Predicts on an ONNX model give the lone call's answer,
+    and the model's memory estimate counts the single-threaded twin."""
+    model = make_slow_onnx(tmp_path / "slow.onnx")
+    pkg = build(model, keys, tmp_path / "pkgs", name="slow-onnx")
+    x = np.random.default_rng(3).standard_normal((1024, 1024)).astype(np.float32)
+    with running_agent(tmp_path, trust, agent={"adaptive_threads": True, "intra_op_threads": 2}) as proc:
+        stub = proc.stub()
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="m"))
+        request = agent_pb2.PredictRequest(name="m", tensors=[tensor("x", x)])
+        lone = stub.Predict(request, timeout=60).tensors[0].byte_data
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(stub.Predict, request, timeout=120) for _ in range(3)]
+            wait_for(lambda: stats(proc)["m"].in_flight >= 2, "two calls to overlap")
+            answers = [f.result().tensors[0].byte_data for f in futures]
+        expected = np.frombuffer(lone, np.float32)
+        scale = float(np.abs(expected).max())
+        for answer in answers:
+            np.testing.assert_allclose(
+                np.frombuffer(answer, np.float32), expected, rtol=1e-4, atol=1e-4 * scale
+            )
+        final = stats(proc)["m"]
+        assert (final.request_count, final.error_count) == (4, 0)
+        # the wide session (weights counted twice while it is optimised) plus the twin
+        assert final.memory_bytes >= 3 * model.stat().st_size

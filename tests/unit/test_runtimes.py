@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest_package import make_tflite_add
+from support import make_slow_onnx
 
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
+from edgefleet.core.manifest import Manifest
 from edgefleet.core.package import build_package, unpack_package
 from edgefleet.runtimes.base import InstancePool, RuntimeOptions, get_backend, version_at_least
+from edgefleet.runtimes.onnxruntime import OnnxRuntimeModel
 
 
 def test_unknown_backend_lists_known_ones() -> None:
@@ -154,3 +158,59 @@ def test_onnxruntime_errors_become_invalid_argument(tmp_path: Path, keys: Path) 
     with pytest.raises(InvalidArgument, match="ONNX Runtime rejected the inputs"):
         loaded.run({"index": np.array([7])})
     loaded.close()
+
+
+def _unpacked(tmp_path: Path, keys: Path, model: Path, name: str) -> tuple[Path, Manifest]:
+    from edgefleet.core.package import verify_package_dir
+
+    package = build_package(model, name=name, version="1", key_dir=keys, out_dir=tmp_path)
+    directory = unpack_package(package, tmp_path / f"unpacked-{name}", trust_dir=keys / "trust")
+    return directory, verify_package_dir(directory, keys / "trust")
+
+
+def test_onnxruntime_adaptive_threads_runs_overlapping_requests_single_threaded(
+    tmp_path: Path, keys: Path
+) -> None:
+    directory, manifest = _unpacked(tmp_path, keys, make_slow_onnx(tmp_path / "slow.onnx"), "slow")
+    backend = get_backend("onnxruntime")
+    model = backend.load(directory, manifest, RuntimeOptions(intra_op_threads=2, adaptive_threads=True))
+    assert isinstance(model, OnnxRuntimeModel) and model.adaptive
+    x = np.random.default_rng(2).standard_normal((1024, 1024)).astype(np.float32)
+    lone = model.run({"x": x})[0]
+    assert (model.lone_runs, model.overlapping_runs) == (1, 0)
+
+    results: list[np.ndarray] = []
+    first = threading.Thread(target=lambda: results.append(model.run({"x": x})[0]))
+    first.start()
+    deadline = time.monotonic() + 30
+    while model.lone_runs < 2:  # the first call has started (an event, not a timing assumption)
+        assert time.monotonic() < deadline, "the first call never started"
+        time.sleep(0.001)
+    overlapping = model.run({"x": x})[0]  # starts while the first one runs: the single-threaded twin
+    first.join()
+    assert (model.lone_runs, model.overlapping_runs) == (2, 1)
+    # both sessions compute the same function (summation order may differ between thread counts)
+    scale = float(np.abs(lone).max())
+    np.testing.assert_allclose(overlapping, lone, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(results[0], lone, rtol=1e-4, atol=1e-4 * scale)
+    model.close()
+    with pytest.raises(FailedPrecondition, match="unloaded"):
+        model.run({"x": x})
+
+
+def test_onnxruntime_adaptive_threads_memory_estimate_and_when_it_applies(tmp_path: Path, keys: Path) -> None:
+    directory, manifest = _unpacked(tmp_path, keys, make_slow_onnx(tmp_path / "slow.onnx", depth=2), "est")
+    backend = get_backend("onnxruntime")
+    weights = (directory / manifest.model_file).stat().st_size
+    plain = backend.estimate_memory(directory, manifest, RuntimeOptions())
+    assert backend.estimate_memory(directory, manifest) == plain
+    adaptive = RuntimeOptions(intra_op_threads=2, adaptive_threads=True)
+    assert backend.estimate_memory(directory, manifest, adaptive) >= plain + weights  # the twin's weights
+    # one thread per request already: no twin, no extra memory
+    one = RuntimeOptions(intra_op_threads=1, adaptive_threads=True)
+    assert backend.estimate_memory(directory, manifest, one) == plain
+    model = backend.load(directory, manifest, one)
+    assert isinstance(model, OnnxRuntimeModel) and not model.adaptive
+    model.run({"x": np.ones((1024, 1024), np.float32)})
+    assert (model.lone_runs, model.overlapping_runs) == (0, 0)  # counted in adaptive mode only
+    model.close()

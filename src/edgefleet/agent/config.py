@@ -93,6 +93,10 @@ class AgentConfig:
     #: own default): the lowest latency per request. Off gives some throughput back when many
     #: requests overlap on few cores (see docs/agent-config.md, "Latency or throughput").
     intra_op_spinning: bool = True
+    #: ONNX Runtime models: a request that runs alone may use every core, requests that overlap
+    #: others run on one core each. Each model is held twice (a second, single-threaded session):
+    #: lone-request latency and concurrent throughput, for that memory.
+    adaptive_threads: bool = False
     #: gRPC worker threads (bounds concurrent RPCs of all kinds).
     grpc_workers: int = 32
     #: Permission bits of the Unix socket (default owner and group only).

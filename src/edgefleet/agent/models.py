@@ -295,7 +295,7 @@ class ModelRegistry:
                 f"package needs {manifest.runtime.name} >= {manifest.runtime.min_version}, this device has "
                 f"{backend.version()}"
             )
-        estimate = backend.estimate_memory(slot.package_dir, manifest)
+        estimate = backend.estimate_memory(slot.package_dir, manifest, self._runtime_options)
         with self._lock:
             budget = self._limits.memory_budget_bytes
             if self._reserved_bytes + estimate > budget:

@@ -181,6 +181,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
             intra_op_threads=config.intra_op_threads,
             concurrency=config.max_concurrent_per_model,
             spin_wait=config.intra_op_spinning,
+            adaptive_threads=config.adaptive_threads,
         ),
     )
     if config.capture.destination != "Disk":

@@ -35,11 +35,15 @@ class RuntimeOptions:
     cannot run one model concurrently create that many independent instances.
     ``spin_wait``: let idle engine threads spin for the next piece of work (the engines' default:
     lower latency per request; CPU that concurrent requests could use when several run at once).
+    ``adaptive_threads``: a request that runs alone may use ``intra_op_threads`` threads, requests
+    that overlap others run on one thread each (backends that support it hold a second, single-threaded
+    instance of the model for that, and count it in their memory estimate).
     """
 
     intra_op_threads: int = 0
     concurrency: int = 4
     spin_wait: bool = True
+    adaptive_threads: bool = False
 
 
 class LoadedModel(abc.ABC):
@@ -126,8 +130,11 @@ class Backend(abc.ABC):
         """The installed engine's version."""
 
     @abc.abstractmethod
-    def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
-        """Bytes the model is expected to use once loaded (checked against the agent's budget)."""
+    def estimate_memory(
+        self, package_dir: Path, manifest: Manifest, options: RuntimeOptions | None = None
+    ) -> int:
+        """Bytes the model is expected to use once loaded with ``options`` (checked against the
+        agent's budget)."""
 
     @abc.abstractmethod
     def load(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> LoadedModel:

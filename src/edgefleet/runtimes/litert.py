@@ -81,7 +81,9 @@ class LiteRTBackend(Backend):
 
         return str(getattr(ai_edge_litert, "__version__", "0"))
 
-    def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
+    def estimate_memory(
+        self, package_dir: Path, manifest: Manifest, options: RuntimeOptions | None = None
+    ) -> int:
         return (package_dir / manifest.model_file).stat().st_size * 2 + _OVERHEAD_BYTES
 
     def load(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> LoadedModel:

@@ -66,7 +66,9 @@ class NullBackend(Backend):
     def version(self) -> str:
         return "1.0"
 
-    def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
+    def estimate_memory(
+        self, package_dir: Path, manifest: Manifest, options: RuntimeOptions | None = None
+    ) -> int:
         declared = _config(package_dir, manifest).get("memory_bytes", 0)
         return (declared if isinstance(declared, int) else 0) + 64 * 1024
 

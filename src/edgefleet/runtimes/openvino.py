@@ -91,7 +91,9 @@ class OpenVINOBackend(Backend):
         # e.g. "2026.4.1-22982-e213a147257-releases/2026/4" -> "2026.4.1"
         return str(ov.__version__).split("-")[0]
 
-    def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
+    def estimate_memory(
+        self, package_dir: Path, manifest: Manifest, options: RuntimeOptions | None = None
+    ) -> int:
         model = package_dir / manifest.model_file
         weights = model.with_suffix(".bin")
         size = weights.stat().st_size if weights.exists() else model.stat().st_size

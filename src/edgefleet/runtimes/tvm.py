@@ -232,7 +232,9 @@ class TVMBackend(Backend):
     def version(self) -> str:
         return tvm_version()
 
-    def estimate_memory(self, package_dir: Path, manifest: Manifest) -> int:
+    def estimate_memory(
+        self, package_dir: Path, manifest: Manifest, options: RuntimeOptions | None = None
+    ) -> int:
         library = (package_dir / manifest.model_file).stat().st_size
         # The mapped library (weights included) plus the VMs' copies of the constants.
         return 2 * library + _OVERHEAD_BYTES
