@@ -206,9 +206,11 @@ def test_onnxruntime_adaptive_threads_memory_estimate_and_when_it_applies(tmp_pa
     assert backend.estimate_memory(directory, manifest) == plain
     adaptive = RuntimeOptions(intra_op_threads=2, adaptive_threads=True)
     assert backend.estimate_memory(directory, manifest, adaptive) >= plain + weights  # the twin's weights
-    # one thread per request already: no twin, no extra memory
+    # one thread per request already, or one request at a time: no twin, no extra memory
     one = RuntimeOptions(intra_op_threads=1, adaptive_threads=True)
     assert backend.estimate_memory(directory, manifest, one) == plain
+    serial = RuntimeOptions(intra_op_threads=2, concurrency=1, adaptive_threads=True)
+    assert backend.estimate_memory(directory, manifest, serial) == plain
     model = backend.load(directory, manifest, one)
     assert isinstance(model, OnnxRuntimeModel) and not model.adaptive
     model.run({"x": np.ones((1024, 1024), np.float32)})

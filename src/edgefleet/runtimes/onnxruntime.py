@@ -129,8 +129,9 @@ class OnnxRuntimeBackend(Backend):
 
 
 def _wants_single_twin(options: RuntimeOptions) -> bool:
-    """Adaptive threads only mean something when a lone request may use more than one thread."""
-    if not options.adaptive_threads or options.intra_op_threads == 1:
+    """Adaptive threads only mean something when requests may overlap and a lone one may use more
+    than one thread."""
+    if not options.adaptive_threads or options.intra_op_threads == 1 or options.concurrency < 2:
         return False
     return options.intra_op_threads > 1 or (os.cpu_count() or 1) > 1
 
