@@ -79,7 +79,7 @@ def floor_line(res: dict[str, np.ndarray], agent: str) -> str:
 
 def _bare_server(path: str, models: dict[str, str], spinning: bool, ready: Any) -> None:
     """The bare grpcio floor: method ``/bench.Bare/Run`` with metadata ``model`` runs that model on the
-    request's raw float32 bytes (shape from the model) and answers its first output's raw bytes."""
+    request's raw float32 bytes (shape from the model) and answers its last output's raw bytes."""
     from concurrent import futures
 
     import grpc
