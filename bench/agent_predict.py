@@ -68,12 +68,12 @@ BARE_METHOD = "/bench.Bare/Run"
 
 
 def floor_line(res: dict[str, np.ndarray], agent: str) -> str:
-    """What the agent adds over the bare grpcio floor, and how much of the gap to in-process that is."""
+    """``agent``'s p50 against the bare grpcio floor's, and what each costs over in-process."""
     p50 = {k: float(np.percentile(v, 50)) for k, v in res.items()}
     base, floor, ours = p50["in-process ONNX Runtime"], p50["bare grpcio floor (raw bytes)"], p50[agent]
     return (
-        f"  {agent} / bare grpcio floor: {ours / floor:.3f}x (gRPC transport alone costs {floor - base:+.3f} ms "
-        f"over in-process; the agent's protocol, checks and shared memory {ours - floor:+.3f} ms)"
+        f"  {agent} / bare grpcio floor: {ours / floor:.3f}x (over in-process: the floor "
+        f"{floor - base:+.3f} ms, {agent} {ours - base:+.3f} ms)"
     )
 
 
@@ -133,7 +133,7 @@ class BareClient:
 
 def _client_proc(
     address: str,
-    bare: bool,
+    transport: str,
     model: str,
     inputs: dict[str, np.ndarray],
     seconds: float,
@@ -142,7 +142,9 @@ def _client_proc(
 ) -> None:
     from edgefleet.client import AgentClient
 
-    client = BareClient(address) if bare else AgentClient(address)
+    client = (
+        BareClient(address) if transport == "bare" else AgentClient(address, fast_path=transport == "fast")
+    )
     client.predict(model, inputs)
     while time.time() < start_at:
         time.sleep(0.001)
@@ -162,13 +164,13 @@ def throughput(
     clients: int,
     seconds: float,
     *,
-    bare: bool = False,
+    transport: str = "fast",
 ) -> float:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start_at = time.time() + 2.5
     procs = [
-        ctx.Process(target=_client_proc, args=(address, bare, model, inputs, seconds, start_at, queue))
+        ctx.Process(target=_client_proc, args=(address, transport, model, inputs, seconds, start_at, queue))
         for _ in range(clients)
     ]
     for p in procs:
@@ -253,7 +255,8 @@ def main() -> int:
     bare_proc.start()
     try:
         address = start_agent("default", "")
-        client = AgentClient(address, timeout=60)
+        client = AgentClient(address, timeout=60, fast_path=False)
+        fast = AgentClient(address, timeout=60)
         if not ready.wait(60):
             raise SystemExit("the bare grpcio server did not start")
         bare_address = f"unix://{bare_path}"
@@ -268,8 +271,10 @@ def main() -> int:
         if resnet_onnx is not None:
             session = ort.InferenceSession(str(resnet_onnx), so, providers=["CPUExecutionProvider"])
             image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-            inline = AgentClient(address, shm_threshold=1 << 62)
-            shm = AgentClient(address, shm_threshold=0)
+            inline = AgentClient(address, shm_threshold=1 << 62, fast_path=False)
+            shm = AgentClient(address, shm_threshold=0, fast_path=False)
+            fast_inline = AgentClient(address, shm_threshold=1 << 62)
+            fast_shm = AgentClient(address, shm_threshold=0)
             ref = session.run(None, {"input": image})[0]
             got = shm.predict("resnet18", {"input": image})["logits"]
             assert np.allclose(ref, got, atol=1e-4), "agent output differs from in-process ONNX Runtime"
@@ -278,6 +283,10 @@ def main() -> int:
                     "in-process ONNX Runtime": lambda: session.run(None, {"input": image}),
                     "agent, inline tensor": lambda: inline.predict("resnet18", {"input": image}),
                     "agent, System V shared memory": lambda: shm.predict("resnet18", {"input": image}),
+                    "agent fast path, inline tensor": lambda: fast_inline.predict(
+                        "resnet18", {"input": image}
+                    ),
+                    "agent fast path, System V shm": lambda: fast_shm.predict("resnet18", {"input": image}),
                     "bare grpcio floor (raw bytes)": lambda: bare.predict("resnet18", {"input": image}),
                 },
                 args.iterations,
@@ -287,8 +296,10 @@ def main() -> int:
             for name, ms in res.items():
                 print(row(name, ms, None if ms is base else base))
             print(floor_line(res, "agent, System V shared memory"))
-            inline.close()
-            shm.close()
+            print(floor_line(res, "agent fast path, System V shm"))
+            assert fast_shm.fast_path_calls > 0 and shm.fast_path_calls == 0, "fast path not used as labelled"
+            for c in (inline, shm, fast_inline, fast_shm):
+                c.close()
 
         session = ort.InferenceSession(str(digits_onnx), so, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -297,6 +308,7 @@ def main() -> int:
             {
                 "in-process ONNX Runtime": lambda: session.run(None, {name: x}),
                 "agent (inline)": lambda: client.predict("digits", {name: x}),
+                "agent fast path (inline)": lambda: fast.predict("digits", {name: x}),
                 "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
             },
             args.iterations * 5,
@@ -306,9 +318,10 @@ def main() -> int:
         for label, ms in res.items():
             print(row(label, ms, None if ms is base else base))
         print(floor_line(res, "agent (inline)"))
+        print(floor_line(res, "agent fast path (inline)"))
 
         def scaling(
-            label: str, addr: str, model: str, inputs: dict[str, np.ndarray], bare: bool = False
+            label: str, addr: str, model: str, inputs: dict[str, np.ndarray], transport: str = "grpc"
         ) -> None:
             print(
                 f"\nthroughput, {model}, {label} (client processes; median of {args.repeat} runs of "
@@ -317,7 +330,7 @@ def main() -> int:
             one = None
             for clients in (1, 2, 4):
                 runs = [
-                    throughput(addr, model, inputs, clients, args.seconds, bare=bare)
+                    throughput(addr, model, inputs, clients, args.seconds, transport=transport)
                     for _ in range(args.repeat)
                 ]
                 rate = float(np.median(runs))
@@ -325,22 +338,24 @@ def main() -> int:
                 spread = f"runs {min(runs):.0f}-{max(runs):.0f}" if len(runs) > 1 else ""
                 print(f"  {clients} client(s): {rate:9.1f} req/s   {rate / one:5.2f}x one client   {spread}")
 
-        scaling("agent, default config", address, "digits", {name: x})
-        scaling("bare grpcio floor", bare_address, "digits", {name: x}, bare=True)
+        scaling("agent over gRPC, default config", address, "digits", {name: x})
+        scaling("agent over its fast path, default config", address, "digits", {name: x}, "fast")
+        scaling("bare grpcio floor", bare_address, "digits", {name: x}, "bare")
         if resnet_onnx is not None:
             image0 = {"input": np.zeros((1, 3, 224, 224), np.float32)}
             scaling("default config (each request may use every core)", address, "resnet18", image0)
             tuned = start_agent("throughput", "intra_op_threads = 1\n")
             scaling("agent.intra_op_threads = 1 (one core per request)", tuned, "resnet18", image0)
             adaptive = start_agent("adaptive", "adaptive_threads = true\n")
-            with AgentClient(adaptive, timeout=60) as lone:
+            with AgentClient(adaptive, timeout=60, fast_path=False) as lone:
                 lone_ms = measure(lambda: lone.predict("resnet18", image0), args.iterations // 2)
             print(
                 f"\nagent.adaptive_threads = true: a lone ResNet-18 request p50 {np.percentile(lone_ms, 50):.3f} ms "
-                f"(every core; overlapping requests get one core each)"
+                f"(over gRPC; every core; overlapping requests get one core each)"
             )
             scaling("agent.adaptive_threads = true", adaptive, "resnet18", image0)
         client.close()
+        fast.close()
         bare.close()
     finally:
         bare_proc.kill()

@@ -97,6 +97,10 @@ class AgentConfig:
     #: others run on one core each. Each model is held twice (a second, single-threaded session):
     #: lone-request latency and concurrent throughput, for that memory.
     adaptive_threads: bool = False
+    #: Also serve Predict on ``<socket>.fast``, a plain Unix socket with one thread per connection
+    #: (extension ``fast-predict``, docs/agent-protocol.md): far fewer thread wake-ups per call
+    #: than gRPC. edgefleet's client uses it when it is there; gRPC clients are unaffected.
+    fast_path: bool = True
     #: gRPC worker threads (bounds concurrent RPCs of all kinds).
     grpc_workers: int = 32
     #: Permission bits of the Unix socket (default owner and group only).

@@ -17,6 +17,7 @@ from types import FrameType
 import grpc
 
 from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.fastpath import MAX_SOCKET_PATH, FastPathServer, fast_path_for
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.proto import agent_pb2_grpc, extensions_pb2_grpc
 from edgefleet.agent.server import AgentService, AgentState, ExtensionsService
@@ -86,6 +87,8 @@ class RunningAgent:
     #: (device, inode) of the socket this agent created: on stop it removes that file only, never
     #: one a newer agent has bound at the same path since.
     socket_identity: tuple[int, int]
+    #: The fast-path Predict socket beside the gRPC one (None when disabled or unavailable).
+    fast_path: FastPathServer | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -94,6 +97,8 @@ class RunningAgent:
         self.state.set("STOPPING")
         log.info("agent stopping")
         self.server.stop(grace).wait()
+        if self.fast_path is not None:
+            self.fast_path.stop()
         self.housekeeping.stop()
         self.capture.close()
         self.registry.close()
@@ -213,7 +218,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     agent = AgentService(registry, capture, shm)
     agent_pb2_grpc.add_AgentServicer_to_server(agent, server)  # type: ignore[no-untyped-call]
     extensions_pb2_grpc.add_AgentExtensionsServicer_to_server(  # type: ignore[no-untyped-call]
-        ExtensionsService(registry, agent, shm, state), server
+        ExtensionsService(registry, agent, shm, state, fast_path=config.fast_path), server
     )
     # gRPC unlinks the path it bound when it shuts down, even if another agent owns that path by
     # then. So it binds a private name, which is renamed into place atomically: gRPC only ever
@@ -230,6 +235,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     os.chmod(bound, config.socket_mode)
     os.replace(bound, path)
     st = path.lstat()
+    fast = start_fast_path(config, path, agent) if config.fast_path else None
     state.set("SERVING")
     log.info(
         "agent serving on unix://%s (device %s, fleet %s, mode %o)",
@@ -239,8 +245,29 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         config.socket_mode,
     )
     return RunningAgent(
-        config, path, server, registry, capture, shm, state, Housekeeping(shm), (st.st_dev, st.st_ino)
+        config, path, server, registry, capture, shm, state, Housekeeping(shm), (st.st_dev, st.st_ino), fast
     )
+
+
+def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> FastPathServer | None:
+    """The fast-path socket beside ``path`` (docs/agent-protocol.md); None, with a warning, if it
+    cannot be created: gRPC serves every client anyway."""
+    fast_path = fast_path_for(path)
+    if len(os.fsencode(fast_path)) > MAX_SOCKET_PATH:
+        log.warning("fast path disabled: %s is longer than a Unix socket path may be", fast_path)
+        return None
+    old_umask = os.umask(0o777 & ~config.socket_mode)
+    try:
+        server = FastPathServer(
+            fast_path, agent.predict, mode=config.socket_mode, max_message_bytes=config.max_message_bytes
+        )
+    except OSError as exc:
+        log.warning("fast path disabled: cannot listen on %s: %s", fast_path, exc)
+        return None
+    finally:
+        os.umask(old_umask)
+    log.info("fast path (Predict over a plain socket) on %s", fast_path)
+    return server
 
 
 def run_until_signal(agent: RunningAgent) -> None:

@@ -165,6 +165,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     # -- inference ---------------------------------------------------------------------------
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.predict(request)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+
+    def predict(self, request: Any) -> Any:
+        """One Predict, for any transport: the PredictResponse, or an EdgefleetError with its code."""
         # A call through a handle that races a hot swap (its old target is being unloaded) is
         # resolved again once, so applications see no error during a swap.
         attempts = 2 if self._models.is_handle(request.name) else 1
@@ -174,9 +181,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             except ModelUnloading:
                 if attempt + 1 < attempts:
                     continue
-                return _abort(context, NotFound(f"no model is loaded under the name {request.name!r}"))
-            except EdgefleetError as exc:
-                return _abort(context, exc)
+                raise NotFound(f"no model is loaded under the name {request.name!r}") from None
             try:
                 try:
                     feeds = self.decode_inputs(slot, request.tensors)
@@ -188,11 +193,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             except ModelUnloading:
                 if attempt + 1 < attempts:
                     continue
-                return _abort(context, NotFound(f"model {request.name!r} was unloaded during the call"))
+                raise NotFound(f"model {request.name!r} was unloaded during the call") from None
             except EdgefleetError as exc:
                 if exc.code is Code.INVALID_ARGUMENT:
                     log.info("Predict on %r refused: %s", request.name, exc.message)
-                return _abort(context, exc)
+                raise
         raise AssertionError("unreachable")
 
     def decode_inputs(self, slot: ModelSlot, tensors: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -306,18 +311,25 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
     """edgefleet's own RPCs (package ``edgefleet.agent.v1``)."""
 
     def __init__(
-        self, registry: ModelRegistry, agent: AgentService, shm: SharedMemoryReader, state: AgentState
+        self,
+        registry: ModelRegistry,
+        agent: AgentService,
+        shm: SharedMemoryReader,
+        state: AgentState,
+        *,
+        fast_path: bool = False,
     ) -> None:
         self._models = registry
         self._agent = agent
         self._shm = shm
         self._state = state
+        self._extensions = [*EXTENSIONS, *(["fast-predict"] if fast_path else [])]
 
     def GetServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return extensions_pb2.ServerMetadataResponse(
             name="edgefleet-agent",
             version=__version__,
-            extensions=list(EXTENSIONS),
+            extensions=list(self._extensions),
             protocol=PROTOCOL,
             runtimes=installed_backends(),
         )

@@ -14,12 +14,15 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import socket
+import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +37,7 @@ from edgefleet.agent.codec import (
     spec_from_metadata,
     tensor_to_proto,
 )
+from edgefleet.agent.fastpath import MAGIC, fast_path_for, recv_exact
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
@@ -224,6 +228,8 @@ class AgentClient:
     ``timeout``: seconds each call may take (None: no deadline). ``shm_threshold``: input tensors
     larger than this many bytes go through System V shared memory (None: always inline, e.g. for an
     agent on another machine). ``shm_mode``: permission bits of those segments as the agent sees them.
+    ``fast_path``: send Predict over the agent's fast-path socket (``<socket>.fast``, one connection
+    per calling thread) when the agent has one, gRPC otherwise; every other call uses gRPC.
     """
 
     def __init__(
@@ -233,9 +239,18 @@ class AgentClient:
         timeout: float | None = None,
         shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
         shm_mode: int = 0o444,
+        fast_path: bool = True,
     ) -> None:
         self.address = address
         self._target = grpc_target(address)
+        unix = _unix_socket_path(self._target)
+        self._fast_path = fast_path_for(Path(unix)) if fast_path and unix else None
+        self._fast_local = threading.local()
+        self._fast_conns: set[socket.socket] = set()
+        self._fast_retry_at = 0.0
+        #: Predict calls answered over the fast path / over gRPC
+        self.fast_path_calls = 0
+        self.grpc_predict_calls = 0
         self._timeout = timeout
         self._shm_threshold = shm_threshold
         self._pool = SegmentPool(mode=shm_mode)
@@ -340,7 +355,7 @@ class AgentClient:
         def build(segments: builtins.list[OwnedSegment]) -> agent_pb2.PredictRequest:
             return agent_pb2.PredictRequest(name=name, tensors=self._encode(pairs, segments))
 
-        response = self._leased_call(build, self._agent.Predict)
+        response = self._leased_call(build, self._predict_call)
         outputs: dict[str, np.ndarray] = {}
         for index, tensor in enumerate(response.tensors):
             out_name, array = array_from_proto(tensor, f"output tensor {index}")
@@ -350,6 +365,77 @@ class AgentClient:
         return outputs
 
     # -- capture --------------------------------------------------------------------------------
+    # -- fast path ------------------------------------------------------------------------------
+    def _predict_call(self, request: agent_pb2.PredictRequest, timeout: float | None = None) -> Any:
+        """Predict over this thread's fast-path connection; over gRPC when there is none, or when the
+        connection fails before an answer (Predict has no side effects to repeat)."""
+        conn = self._fast_connection()
+        if conn is not None:
+            try:
+                response = self._fast_call(conn, request)
+                self.fast_path_calls += 1
+                return response
+            except TimeoutError:
+                self._drop_fast_connection(conn)
+                raise EdgefleetError(
+                    f"Predict on {request.name!r} took longer than {self._timeout} s", Code.DEADLINE_EXCEEDED
+                ) from None
+            except (OSError, ConnectionError) as exc:
+                log.info("fast path to %s failed (%s); using gRPC", self._fast_path, exc)
+                self._drop_fast_connection(conn)
+        self.grpc_predict_calls += 1
+        return self._agent.Predict(request, timeout=timeout)
+
+    def _fast_connection(self) -> socket.socket | None:
+        conn: socket.socket | None = getattr(self._fast_local, "conn", None)
+        if conn is not None or self._fast_path is None or time.monotonic() < self._fast_retry_at:
+            return conn
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.settimeout(self._timeout if self._timeout is not None else 10.0)
+            conn.connect(str(self._fast_path))
+            conn.sendall(MAGIC)
+            hello = recv_exact(conn, len(MAGIC))
+            if hello is None or bytes(hello) != MAGIC:
+                raise ConnectionError("the peer did not answer the fast-path greeting")
+            conn.settimeout(self._timeout)
+        except (OSError, ConnectionError):
+            conn.close()
+            self._fast_retry_at = time.monotonic() + 5.0  # no fast path there (yet): gRPC meanwhile
+            return None
+        self._fast_local.conn = conn
+        with self._lock:
+            if self._closed:
+                conn.close()
+                self._fast_local.conn = None
+                return None
+            self._fast_conns.add(conn)
+        return conn
+
+    def _drop_fast_connection(self, conn: socket.socket) -> None:
+        self._fast_local.conn = None
+        with self._lock:
+            self._fast_conns.discard(conn)
+        conn.close()
+
+    def _fast_call(self, conn: socket.socket, request: agent_pb2.PredictRequest) -> Any:
+        body = request.SerializeToString()
+        conn.sendall(_FRAME_LENGTH.pack(len(body)) + body)
+        header = recv_exact(conn, _FRAME_LENGTH.size)
+        if header is None:
+            raise ConnectionError("the agent closed the fast-path connection")
+        (length,) = _FRAME_LENGTH.unpack(header)
+        reply = recv_exact(conn, length) if length else None
+        if not reply:
+            raise ConnectionError("the agent sent an empty fast-path reply")
+        status, payload = reply[0], memoryview(reply)[1:]
+        if status == 0:
+            return agent_pb2.PredictResponse.FromString(payload)
+        code = code_from_grpc_number(status)
+        cls = _ERRORS.get(code)
+        message = bytes(payload).decode("utf-8", "replace")
+        raise cls(message) if cls is not None else EdgefleetError(message, code)
+
     def capture(
         self,
         model: str,
@@ -483,6 +569,10 @@ class AgentClient:
             if self._closed:
                 return
             self._closed = True
+            connections = list(self._fast_conns)
+            self._fast_conns.clear()
+        for conn in connections:
+            conn.close()
         self._channel.close()
         self._pool.close()
 
@@ -493,6 +583,18 @@ class AgentClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+_FRAME_LENGTH = struct.Struct("<I")
+
+
+def _unix_socket_path(target: str) -> str | None:
+    """The filesystem path of a ``unix:`` gRPC target, else None."""
+    if target.startswith("unix://"):
+        return target[len("unix://") :] or None
+    if target.startswith("unix:"):
+        return target[len("unix:") :] or None
+    return None
 
 
 def _aux_bytes(name: str, value: object) -> bytes:

@@ -1,0 +1,215 @@
+"""The fast path: Predict over a plain Unix socket beside the gRPC one (extension ``fast-predict``).
+
+gRPC hands every call through several threads on each side (poller, completion queue, worker),
+and each hand-off costs a wake-up; on small machines that is most of a Predict's overhead. The
+fast path carries the same ``PredictRequest``/``PredictResponse`` messages over a socket that one
+agent thread per connection reads, runs and answers, so a call wakes one thread on each side. The
+contract is in docs/agent-protocol.md ("Fast path"):
+
+- The socket is the agent's socket path with ``.fast`` appended, with the same permission bits.
+- The client opens with the 4 bytes ``EFP1``; the agent answers ``EFP1``.
+- A request is a frame: a little-endian u32 length, then a serialized ``PredictRequest``.
+- A reply is a frame: a little-endian u32 length, then one status byte (the gRPC status number,
+  0 = OK), then a serialized ``PredictResponse`` (OK) or the UTF-8 error message.
+- Calls on one connection are sequential; open several connections for concurrent calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from edgefleet.agent.proto import agent_pb2
+from edgefleet.core.errors import Code, EdgefleetError, grpc_status_number
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"EFP1"
+SUFFIX = ".fast"
+_LENGTH = struct.Struct("<I")
+#: Longest path a Unix socket can bind (sun_path holds 108 bytes with the terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
+def fast_path_for(agent_socket: Path) -> Path:
+    """Where the fast-path socket of the agent listening on ``agent_socket`` lives."""
+    return agent_socket.with_name(agent_socket.name + SUFFIX)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray | None:
+    """``n`` bytes from ``sock``, or None when the peer closed the connection before the first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            if got == 0:
+                return None
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += k
+    return buf
+
+
+def reply_frame(status: int, payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload) + 1) + bytes((status,)) + payload
+
+
+class FastPathServer:
+    """Listens on ``path`` and serves Predict with ``predict`` (raising EdgefleetError on refusal)."""
+
+    def __init__(
+        self,
+        path: Path,
+        predict: Callable[[Any], Any],
+        *,
+        mode: int,
+        max_message_bytes: int,
+        max_connections: int = 64,
+    ) -> None:
+        self.path = path
+        self._predict = predict
+        self._max_message = max_message_bytes
+        self._max_connections = max_connections
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._closed = False
+        if path.is_socket():
+            path.unlink()  # the agent has already checked that its main socket is free to take
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        os.chmod(path, mode)
+        self._identity = (path.lstat().st_dev, path.lstat().st_ino)
+        self._listener.listen(16)
+        self._thread = threading.Thread(target=self._accept_loop, name="agent-fast-path", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed by stop()
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                if len(self._connections) >= self._max_connections:
+                    full = True
+                else:
+                    full = False
+                    self._connections.add(conn)
+            if full:
+                log.warning(
+                    "fast path: refusing a connection, %d are open (the limit)", self._max_connections
+                )
+                self._refuse(
+                    conn,
+                    Code.RESOURCE_EXHAUSTED,
+                    f"the agent's fast path has {self._max_connections} "
+                    "connections open (its limit); use gRPC or close idle connections",
+                )
+                continue
+            threading.Thread(
+                target=self._serve, args=(conn,), name="agent-fast-path-conn", daemon=True
+            ).start()
+
+    def _refuse(self, conn: socket.socket, code: Code, message: str) -> None:
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(MAGIC + reply_frame(grpc_status_number(code), message.encode()))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            hello = recv_exact(conn, len(MAGIC))
+            if hello is None or bytes(hello) != MAGIC:
+                if hello is not None:
+                    log.info("fast path: a client opened with %r, not %r; closing", bytes(hello), MAGIC)
+                    conn.sendall(
+                        reply_frame(
+                            grpc_status_number(Code.INVALID_ARGUMENT),
+                            f"the fast path expects the greeting {MAGIC.decode()}".encode(),
+                        )
+                    )
+                return
+            conn.sendall(MAGIC)
+            while True:
+                header = recv_exact(conn, _LENGTH.size)
+                if header is None:
+                    return
+                (length,) = _LENGTH.unpack(header)
+                if length > self._max_message:
+                    # The frame cannot be skipped safely without reading it all: answer, then close.
+                    conn.sendall(
+                        reply_frame(
+                            grpc_status_number(Code.RESOURCE_EXHAUSTED),
+                            f"request of {length} bytes is larger than the agent's "
+                            f"max_message_bytes ({self._max_message})".encode(),
+                        )
+                    )
+                    return
+                body = recv_exact(conn, length) if length else bytearray()
+                if body is None:
+                    return
+                conn.sendall(self._answer(bytes(body)))
+        except (OSError, ConnectionError) as exc:
+            if not self._closed:
+                log.debug("fast path connection ended: %s", exc)
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _answer(self, body: bytes) -> bytes:
+        try:
+            request = agent_pb2.PredictRequest.FromString(body)
+        except DecodeError as exc:
+            return reply_frame(
+                grpc_status_number(Code.INVALID_ARGUMENT),
+                f"the frame is not a PredictRequest: {exc}".encode(),
+            )
+        try:
+            response = self._predict(request)
+        except EdgefleetError as exc:
+            return reply_frame(grpc_status_number(exc.code), exc.message.encode("utf-8", "replace"))
+        except Exception:  # a bug: answer INTERNAL like gRPC would, and keep serving
+            log.exception("fast path Predict on %r failed", request.name)
+            return reply_frame(
+                grpc_status_number(Code.INTERNAL), b"internal error in the agent (see its log)"
+            )
+        return reply_frame(0, response.SerializeToString())
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection (calls in progress finish first), remove the socket."""
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections)
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RD)  # the serving thread sees end-of-stream after its call
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+        try:
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self._identity:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
