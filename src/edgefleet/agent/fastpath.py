@@ -125,7 +125,7 @@ class FastPathServer:
     def _refuse(self, conn: socket.socket, code: Code, message: str) -> None:
         try:
             conn.settimeout(1.0)
-            conn.sendall(MAGIC + reply_frame(grpc_status_number(code), message.encode()))
+            conn.sendall(reply_frame(grpc_status_number(code), message.encode()))  # instead of the greeting
         except OSError:
             pass
         finally:

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -410,7 +411,15 @@ class AgentClient:
                 self._fast_local.conn = None
                 return None
             self._fast_conns.add(conn)
+        # The connection belongs to this thread: when the thread is gone, so is the connection (a
+        # client shared by short-lived threads must not pile up connections at the agent).
+        weakref.finalize(threading.current_thread(), _close_fast_connection, conn, self._fast_conns)
         return conn
+
+    @property
+    def fast_path_connections(self) -> int:
+        """Open fast-path connections (one per thread that has called predict and still runs)."""
+        return len(self._fast_conns)
 
     def _drop_fast_connection(self, conn: socket.socket) -> None:
         self._fast_local.conn = None
@@ -576,6 +585,11 @@ class AgentClient:
         self._channel.close()
         self._pool.close()
 
+    def __del__(self) -> None:
+        # A client dropped without close(): its fast-path sockets go with it, without a ResourceWarning.
+        for conn in list(getattr(self, "_fast_conns", ())):
+            conn.close()
+
     def __enter__(self) -> AgentClient:
         return self
 
@@ -586,6 +600,11 @@ class AgentClient:
 
 
 _FRAME_LENGTH = struct.Struct("<I")
+
+
+def _close_fast_connection(conn: socket.socket, connections: set[socket.socket]) -> None:
+    connections.discard(conn)
+    conn.close()
 
 
 def _unix_socket_path(target: str) -> str | None:
