@@ -207,9 +207,15 @@ class FastPathServer:
             except OSError:
                 pass
         self._thread.join(timeout=5)
-        try:
-            st = self.path.lstat()
-            if (st.st_dev, st.st_ino) == self._identity:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
+        unlink_if_ours(self.path, self._identity)
+
+
+def unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the socket at ``path`` if it is still the one with ``identity`` (device, inode) that we
+    bound, never one a newer agent has bound at the same path since."""
+    try:
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) == identity:
+            path.unlink()
+    except FileNotFoundError:
+        pass

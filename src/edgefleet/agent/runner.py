@@ -17,7 +17,7 @@ from types import FrameType
 import grpc
 
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.fastpath import MAX_SOCKET_PATH, FastPathServer, fast_path_for
+from edgefleet.agent.fastpath import MAX_SOCKET_PATH, FastPathServer, fast_path_for, unlink_if_ours
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.proto import agent_pb2_grpc, extensions_pb2_grpc
 from edgefleet.agent.server import AgentService, AgentState, ExtensionsService
@@ -103,12 +103,7 @@ class RunningAgent:
         self.capture.close()
         self.registry.close()
         self.shm.close()
-        try:
-            st = self.path.lstat()
-            if (st.st_dev, st.st_ino) == self.socket_identity:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
+        unlink_if_ours(self.path, self.socket_identity)
         self.state.set("STOPPED")
         log.info("agent stopped")
 
