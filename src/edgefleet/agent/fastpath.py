@@ -163,7 +163,7 @@ class FastPathServer:
                 body = recv_exact(conn, length) if length else bytearray()
                 if body is None:
                     return
-                conn.sendall(self._answer(bytes(body)))
+                conn.sendall(self._answer(body))
         except (OSError, ConnectionError) as exc:
             if not self._closed:
                 log.debug("fast path connection ended: %s", exc)
@@ -172,7 +172,7 @@ class FastPathServer:
                 self._connections.discard(conn)
             conn.close()
 
-    def _answer(self, body: bytes) -> bytes:
+    def _answer(self, body: bytearray) -> bytes:
         try:
             request = agent_pb2.PredictRequest.FromString(body)
         except DecodeError as exc:
