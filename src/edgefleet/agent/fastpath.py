@@ -111,21 +111,25 @@ class FastPathServer:
                 log.warning(
                     "fast path: refusing a connection, %d are open (the limit)", self._max_connections
                 )
-                self._refuse(
-                    conn,
-                    Code.RESOURCE_EXHAUSTED,
-                    f"the agent's fast path has {self._max_connections} "
-                    "connections open (its limit); use gRPC or close idle connections",
+                message = (
+                    f"the agent's fast path has {self._max_connections} connections open (its limit); "
+                    "use gRPC or close idle connections"
                 )
+                threading.Thread(
+                    target=self._refuse, args=(conn, Code.RESOURCE_EXHAUSTED, message), daemon=True
+                ).start()
                 continue
             threading.Thread(
                 target=self._serve, args=(conn,), name="agent-fast-path-conn", daemon=True
             ).start()
 
     def _refuse(self, conn: socket.socket, code: Code, message: str) -> None:
+        """Read the client's greeting (so that its write is not cut off), answer the error frame
+        instead of ours, close."""
         try:
             conn.settimeout(1.0)
-            conn.sendall(reply_frame(grpc_status_number(code), message.encode()))  # instead of the greeting
+            recv_exact(conn, len(MAGIC))
+            conn.sendall(reply_frame(grpc_status_number(code), message.encode()))
         except OSError:
             pass
         finally:
