@@ -275,5 +275,8 @@ def run_until_signal(agent: RunningAgent) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, handler)
-    stop.wait()
+    # Wake up now and then: a signal the kernel delivers to another thread is only run by the main
+    # thread when it next runs Python code, and an untimed wait might never return to it.
+    while not stop.wait(0.5):
+        pass
     agent.stop()
