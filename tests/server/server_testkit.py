@@ -255,6 +255,11 @@ def enrolled_fleet(db: Any, fleet: str, names: Sequence[str]) -> dict[str, str]:
     return enrol_tokens(db, tokens, names)
 
 
+def stored_model(m: Any) -> tuple[Any, ...]:
+    """Everything the server stores of one model a device reported (a ``DeviceModel`` row)."""
+    return (m.model_name, m.model_version, m.latest_sample_at, m.latest_inference_at, m.metrics, m.updated_at)
+
+
 @contextmanager
 def scratch_pg_database(prefix: str) -> Iterator[str]:
     """A new, empty PostgreSQL database (dropped afterwards); yields its URL, or skips the test."""

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from server_testkit import FakeClock, enrolled_fleet, scratch_pg_database
+from server_testkit import FakeClock, enrolled_fleet, scratch_pg_database, stored_model
 from sqlalchemy import func, insert, inspect, select
 
 from edgefleet.server import devices, reports
@@ -60,17 +60,7 @@ def _record(db: Db, name: str, heartbeat: devices.Heartbeat) -> None:
 def _models(db: Db, name: str) -> list[tuple[Any, ...]]:
     """Everything stored of a device's models, in the order DescribeDevice shows them."""
     with db.session() as s:
-        return [
-            (
-                m.model_name,
-                m.model_version,
-                m.latest_sample_at,
-                m.latest_inference_at,
-                m.metrics,
-                m.updated_at,
-            )
-            for m in devices.get_device(s, name).models
-        ]
+        return [stored_model(m) for m in devices.get_device(s, name).models]
 
 
 def _versions(db: Db, name: str) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from server_testkit import TOKEN_TTL, FakeClock, enrolled_fleet, make_csr
+from server_testkit import TOKEN_TTL, FakeClock, enrolled_fleet, make_csr, stored_model
 from sqlalchemy import text
 
 from edgefleet.core.errors import Code, EdgefleetError
@@ -47,17 +47,7 @@ def _snapshot(db: Db, name: str) -> dict[str, Any]:
             "agent_metrics": d.agent_metrics,
             "last_heartbeat_at": d.last_heartbeat_at,
             "platform": (d.platform_os, d.platform_arch, d.platform_accelerator),
-            "models": [
-                (
-                    m.model_name,
-                    m.model_version,
-                    m.latest_sample_at,
-                    m.latest_inference_at,
-                    m.metrics,
-                    m.updated_at,
-                )
-                for m in d.models
-            ],
+            "models": [stored_model(m) for m in d.models],
         }
 
 

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"EFP1"
 SUFFIX = ".fast"
-_LENGTH = struct.Struct("<I")
+#: The length prefix of every frame (little-endian u32).
+FRAME_LENGTH = struct.Struct("<I")
 #: Longest path a Unix socket can bind (sun_path holds 108 bytes with the terminating NUL).
 MAX_SOCKET_PATH = 107
 
@@ -60,7 +61,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytearray | None:
 
 
 def reply_frame(status: int, payload: bytes) -> bytes:
-    return _LENGTH.pack(len(payload) + 1) + bytes((status,)) + payload
+    return FRAME_LENGTH.pack(len(payload) + 1) + bytes((status,)) + payload
 
 
 class FastPathServer:
@@ -87,7 +88,8 @@ class FastPathServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(path))
         os.chmod(path, mode)
-        self._identity = (path.lstat().st_dev, path.lstat().st_ino)
+        st = path.lstat()
+        self._identity = (st.st_dev, st.st_ino)
         self._listener.listen(16)
         self._thread = threading.Thread(target=self._accept_loop, name="agent-fast-path", daemon=True)
         self._thread.start()
@@ -150,10 +152,10 @@ class FastPathServer:
                 return
             conn.sendall(MAGIC)
             while True:
-                header = recv_exact(conn, _LENGTH.size)
+                header = recv_exact(conn, FRAME_LENGTH.size)
                 if header is None:
                     return
-                (length,) = _LENGTH.unpack(header)
+                (length,) = FRAME_LENGTH.unpack(header)
                 if length > self._max_message:
                     # The frame cannot be skipped safely without reading it all: answer, then close.
                     conn.sendall(
@@ -168,7 +170,7 @@ class FastPathServer:
                 if body is None:
                     return
                 conn.sendall(self._answer(body))
-        except (OSError, ConnectionError) as exc:
+        except OSError as exc:  # ConnectionError included
             if not self._closed:
                 log.debug("fast path connection ended: %s", exc)
         finally:

@@ -15,7 +15,6 @@ import builtins
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from edgefleet.agent.codec import (
     spec_from_metadata,
     tensor_to_proto,
 )
-from edgefleet.agent.fastpath import MAGIC, fast_path_for, recv_exact
+from edgefleet.agent.fastpath import FRAME_LENGTH, MAGIC, fast_path_for, recv_exact
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
@@ -188,6 +187,11 @@ def error_from_rpc(exc: grpc.RpcError, address: str) -> EdgefleetError:
         message = f"agent at {address} is unavailable: {message}"
     elif code is Code.INTERNAL and status is not grpc.StatusCode.INTERNAL:
         message = f"{message} (gRPC {status.name})"
+    return typed_error(code, message)
+
+
+def typed_error(code: Code, message: str) -> EdgefleetError:
+    """The :class:`EdgefleetError` subclass for ``code`` (the base class for codes without one)."""
     cls = _ERRORS.get(code)
     return cls(message) if cls is not None else EdgefleetError(message, code)
 
@@ -365,7 +369,6 @@ class AgentClient:
             outputs[out_name] = array
         return outputs
 
-    # -- capture --------------------------------------------------------------------------------
     # -- fast path ------------------------------------------------------------------------------
     def _predict_call(self, request: agent_pb2.PredictRequest, timeout: float | None = None) -> Any:
         """Predict over this thread's fast-path connection; over gRPC when there is none, or when the
@@ -374,17 +377,19 @@ class AgentClient:
         if conn is not None:
             try:
                 response = self._fast_call(conn, request)
-                self.fast_path_calls += 1
+                with self._lock:
+                    self.fast_path_calls += 1
                 return response
             except TimeoutError:
                 self._drop_fast_connection(conn)
-                raise EdgefleetError(
-                    f"Predict on {request.name!r} took longer than {self._timeout} s", Code.DEADLINE_EXCEEDED
+                raise typed_error(
+                    Code.DEADLINE_EXCEEDED, f"Predict on {request.name!r} took longer than {self._timeout} s"
                 ) from None
-            except (OSError, ConnectionError) as exc:
+            except OSError as exc:  # ConnectionError included
                 log.info("fast path to %s failed (%s); using gRPC", self._fast_path, exc)
                 self._drop_fast_connection(conn)
-        self.grpc_predict_calls += 1
+        with self._lock:
+            self.grpc_predict_calls += 1
         return self._agent.Predict(request, timeout=timeout)
 
     def _fast_connection(self) -> socket.socket | None:
@@ -400,7 +405,7 @@ class AgentClient:
             if hello is None or bytes(hello) != MAGIC:
                 raise ConnectionError("the peer did not answer the fast-path greeting")
             conn.settimeout(self._timeout)
-        except (OSError, ConnectionError):
+        except OSError:  # ConnectionError included
             conn.close()
             self._fast_retry_at = time.monotonic() + 5.0  # no fast path there (yet): gRPC meanwhile
             return None
@@ -429,22 +434,20 @@ class AgentClient:
 
     def _fast_call(self, conn: socket.socket, request: agent_pb2.PredictRequest) -> Any:
         body = request.SerializeToString()
-        conn.sendall(_FRAME_LENGTH.pack(len(body)) + body)
-        header = recv_exact(conn, _FRAME_LENGTH.size)
+        conn.sendall(FRAME_LENGTH.pack(len(body)) + body)
+        header = recv_exact(conn, FRAME_LENGTH.size)
         if header is None:
             raise ConnectionError("the agent closed the fast-path connection")
-        (length,) = _FRAME_LENGTH.unpack(header)
+        (length,) = FRAME_LENGTH.unpack(header)
         reply = recv_exact(conn, length) if length else None
         if not reply:
             raise ConnectionError("the agent sent an empty fast-path reply")
         status, payload = reply[0], memoryview(reply)[1:]
         if status == 0:
             return agent_pb2.PredictResponse.FromString(payload)
-        code = code_from_grpc_number(status)
-        cls = _ERRORS.get(code)
-        message = bytes(payload).decode("utf-8", "replace")
-        raise cls(message) if cls is not None else EdgefleetError(message, code)
+        raise typed_error(code_from_grpc_number(status), bytes(payload).decode("utf-8", "replace"))
 
+    # -- capture --------------------------------------------------------------------------------
     def capture(
         self,
         model: str,
@@ -597,9 +600,6 @@ class AgentClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-_FRAME_LENGTH = struct.Struct("<I")
 
 
 def _close_fast_connection(conn: socket.socket, connections: set[socket.socket]) -> None:
