@@ -1,10 +1,12 @@
 """Agent Predict overhead and throughput against in-process ONNX Runtime, measured in one run.
 
-    .venv/bin/python bench/agent_predict.py [--iterations 200] [--seconds 5]
+    .venv/bin/python bench/agent_predict.py [--iterations 200] [--seconds 2] [--repeat 7]
 
 Prints p50/p99 latency of: in-process ONNX Runtime (the baseline), the agent with inline tensors,
 the agent with System V shared memory (ResNet-18 224x224 batch 1 and a digits classifier), and
-requests/second with 1, 2 and 4 concurrent client processes (median of --repeat runs per point).
+requests/second with 1, 2 and 4 concurrent client processes. The throughput runs go in rounds (1, 2,
+4 clients, then again), so a ratio compares runs seconds apart; the figures are medians over
+--repeat rounds, the ratio to one client the median of each round's ratio.
 Needs torch==2.13.0 for ResNet-18.
 
 A second reference, the "bare grpcio floor", is measured in the same run: the least a Python gRPC
@@ -136,49 +138,73 @@ def _client_proc(
     transport: str,
     model: str,
     inputs: dict[str, np.ndarray],
-    seconds: float,
-    start_at: float,
-    queue: mp.Queue,  # type: ignore[type-arg]
+    commands: mp.Queue,  # type: ignore[type-arg]
+    results: mp.Queue,  # type: ignore[type-arg]
 ) -> None:
+    """A client process: connects once, then for each ``(start_at, seconds)`` command calls Predict
+    in a loop from ``start_at`` for ``seconds`` and reports the count; ``None`` ends it."""
     from edgefleet.client import AgentClient
 
     client = (
         BareClient(address) if transport == "bare" else AgentClient(address, fast_path=transport == "fast")
     )
     client.predict(model, inputs)
-    while time.time() < start_at:
-        time.sleep(0.001)
-    count = 0
-    end = start_at + seconds
-    while time.time() < end:
-        client.predict(model, inputs)
-        count += 1
+    results.put(0)  # connected and warmed up
+    while (command := commands.get()) is not None:
+        start_at, seconds = command
+        while time.time() < start_at:
+            time.sleep(0.0005)
+        count = 0
+        end = start_at + seconds
+        while time.time() < end:
+            client.predict(model, inputs)
+            count += 1
+        results.put(count)
     client.close()
-    queue.put(count)
 
 
-def throughput(
+def scaling_runs(
     address: str,
     model: str,
     inputs: dict[str, np.ndarray],
-    clients: int,
+    counts: tuple[int, ...],
     seconds: float,
+    rounds: int,
     *,
     transport: str = "fast",
-) -> float:
+) -> dict[int, list[float]]:
+    """Requests/second with each number of concurrent clients in ``counts``, ``rounds`` times.
+
+    The client processes start once and stay connected; each round runs every count in turn, so
+    the runs that a ratio compares are seconds apart and slow drifts of the machine hit them alike.
+    """
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    start_at = time.time() + 2.5
+    results = ctx.Queue()
+    commands = [ctx.Queue() for _ in range(max(counts))]
     procs = [
-        ctx.Process(target=_client_proc, args=(address, transport, model, inputs, seconds, start_at, queue))
-        for _ in range(clients)
+        ctx.Process(target=_client_proc, args=(address, transport, model, inputs, q, results))
+        for q in commands
     ]
     for p in procs:
         p.start()
-    total = sum(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join()
-    return float(total) / seconds
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    try:
+        for _ in procs:
+            results.get(timeout=120)
+        for _ in range(rounds):
+            for n in counts:
+                start_at = time.time() + 0.2
+                for q in commands[:n]:
+                    q.put((start_at, seconds))
+                rates[n].append(sum(results.get(timeout=120 + seconds) for _ in range(n)) / seconds)
+    finally:
+        for q in commands:
+            q.put(None)
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return rates
 
 
 def main() -> int:
@@ -186,9 +212,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each throughput run")
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each throughput run")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="throughput runs per point; the median is printed (default 3)"
+        "--repeat",
+        type=int,
+        default=7,
+        help="interleaved rounds of throughput runs (1, 2, 4 clients each); medians are printed (default 7)",
     )
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument(
@@ -324,19 +353,24 @@ def main() -> int:
             label: str, addr: str, model: str, inputs: dict[str, np.ndarray], transport: str = "grpc"
         ) -> None:
             print(
-                f"\nthroughput, {model}, {label} (client processes; median of {args.repeat} runs of "
-                f"{args.seconds:g} s per point):"
+                f"\nthroughput, {model}, {label} (client processes; {args.repeat} interleaved rounds of "
+                f"{args.seconds:g} s per point; medians):"
             )
-            one = None
-            for clients in (1, 2, 4):
-                runs = [
-                    throughput(addr, model, inputs, clients, args.seconds, transport=transport)
-                    for _ in range(args.repeat)
-                ]
+            rates = scaling_runs(
+                addr, model, inputs, (1, 2, 4), args.seconds, args.repeat, transport=transport
+            )
+            for clients, runs in rates.items():
                 rate = float(np.median(runs))
-                one = one or rate
-                spread = f"runs {min(runs):.0f}-{max(runs):.0f}" if len(runs) > 1 else ""
-                print(f"  {clients} client(s): {rate:9.1f} req/s   {rate / one:5.2f}x one client   {spread}")
+                # each round's ratio compares runs seconds apart; their median is the figure
+                ratios = [r / one for r, one in zip(runs, rates[1], strict=True)]
+                spread = (
+                    f"runs {min(runs):.0f}-{max(runs):.0f}, ratios {min(ratios):.2f}-{max(ratios):.2f}"
+                    if len(runs) > 1
+                    else ""
+                )
+                print(
+                    f"  {clients} client(s): {rate:9.1f} req/s   {float(np.median(ratios)):5.2f}x one client   {spread}"
+                )
 
         scaling("agent over gRPC, default config", address, "digits", {name: x})
         scaling("agent over its fast path, default config", address, "digits", {name: x}, "fast")
@@ -346,6 +380,7 @@ def main() -> int:
             scaling("default config (each request may use every core)", address, "resnet18", image0)
             tuned = start_agent("throughput", "intra_op_threads = 1\n")
             scaling("agent.intra_op_threads = 1 (one core per request)", tuned, "resnet18", image0)
+            scaling("agent.intra_op_threads = 1, fast path", tuned, "resnet18", image0, "fast")
             adaptive = start_agent("adaptive", "adaptive_threads = true\n")
             with AgentClient(adaptive, timeout=60, fast_path=False) as lone:
                 lone_ms = measure(lambda: lone.predict("resnet18", image0), args.iterations // 2)

@@ -60,6 +60,54 @@ def recv_exact(sock: socket.socket, n: int) -> bytearray | None:
     return buf
 
 
+class FrameReader:
+    """Reads the length-prefixed frames of one connection, usually with one ``recv`` per frame.
+
+    A frame and its header mostly arrive together, so the reader asks for up to ``chunk`` bytes
+    at once and keeps what follows the current frame for the next one (a peer may send the next
+    frame early). A body longer than what has arrived is read straight into its own buffer.
+    """
+
+    def __init__(self, sock: socket.socket, chunk: int = 64 * 1024) -> None:
+        self._sock = sock
+        self._chunk = chunk
+        self._buf = b""
+        self._pos = 0
+
+    def next_length(self) -> int | None:
+        """The length of the next frame, or None when the peer closed the connection between frames."""
+        while len(self._buf) - self._pos < FRAME_LENGTH.size:
+            chunk = self._sock.recv(self._chunk)
+            if not chunk:
+                if len(self._buf) == self._pos:
+                    return None
+                raise ConnectionError("connection closed inside a frame header")
+            self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
+            self._pos = 0
+        (length,) = FRAME_LENGTH.unpack_from(self._buf, self._pos)
+        self._pos += FRAME_LENGTH.size
+        return int(length)
+
+    def body(self, length: int) -> memoryview | bytearray:
+        """The next ``length`` bytes (the frame's body, after :meth:`next_length`)."""
+        start = self._pos
+        have = len(self._buf) - start
+        if have >= length:
+            self._pos += length
+            return memoryview(self._buf)[start : start + length]
+        out = bytearray(length)
+        out[:have] = memoryview(self._buf)[start:]
+        self._buf, self._pos = b"", 0
+        view = memoryview(out)
+        got = have
+        while got < length:
+            k = self._sock.recv_into(view[got:])
+            if k == 0:
+                raise ConnectionError(f"connection closed after {got} of {length} bytes of a frame")
+            got += k
+        return out
+
+
 def reply_frame(status: int, payload: bytes) -> bytes:
     return FRAME_LENGTH.pack(len(payload) + 1) + bytes((status,)) + payload
 
@@ -151,11 +199,11 @@ class FastPathServer:
                     )
                 return
             conn.sendall(MAGIC)
+            frames = FrameReader(conn)
             while True:
-                header = recv_exact(conn, FRAME_LENGTH.size)
-                if header is None:
+                length = frames.next_length()
+                if length is None:
                     return
-                (length,) = FRAME_LENGTH.unpack(header)
                 if length > self._max_message:
                     # The frame cannot be skipped safely without reading it all: answer, then close.
                     conn.sendall(
@@ -166,10 +214,7 @@ class FastPathServer:
                         )
                     )
                     return
-                body = recv_exact(conn, length) if length else bytearray()
-                if body is None:
-                    return
-                conn.sendall(self._answer(body))
+                conn.sendall(self._answer(frames.body(length)))
         except OSError as exc:  # ConnectionError included
             if not self._closed:
                 log.debug("fast path connection ended: %s", exc)
@@ -178,7 +223,7 @@ class FastPathServer:
                 self._connections.discard(conn)
             conn.close()
 
-    def _answer(self, body: bytearray) -> bytes:
+    def _answer(self, body: memoryview | bytearray) -> bytes:
         try:
             request = agent_pb2.PredictRequest.FromString(body)
         except DecodeError as exc:

@@ -37,7 +37,7 @@ from edgefleet.agent.codec import (
     spec_from_metadata,
     tensor_to_proto,
 )
-from edgefleet.agent.fastpath import FRAME_LENGTH, MAGIC, fast_path_for, recv_exact
+from edgefleet.agent.fastpath import FRAME_LENGTH, MAGIC, FrameReader, fast_path_for, recv_exact
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
@@ -410,6 +410,7 @@ class AgentClient:
             self._fast_retry_at = time.monotonic() + 5.0  # no fast path there (yet): gRPC meanwhile
             return None
         self._fast_local.conn = conn
+        self._fast_local.frames = FrameReader(conn)
         with self._lock:
             if self._closed:
                 conn.close()
@@ -435,13 +436,13 @@ class AgentClient:
     def _fast_call(self, conn: socket.socket, request: agent_pb2.PredictRequest) -> Any:
         body = request.SerializeToString()
         conn.sendall(FRAME_LENGTH.pack(len(body)) + body)
-        header = recv_exact(conn, FRAME_LENGTH.size)
-        if header is None:
+        frames: FrameReader = self._fast_local.frames
+        length = frames.next_length()
+        if length is None:
             raise ConnectionError("the agent closed the fast-path connection")
-        (length,) = FRAME_LENGTH.unpack(header)
-        reply = recv_exact(conn, length) if length else None
-        if not reply:
+        if not length:
             raise ConnectionError("the agent sent an empty fast-path reply")
+        reply = frames.body(length)
         status, payload = reply[0], memoryview(reply)[1:]
         if status == 0:
             return agent_pb2.PredictResponse.FromString(payload)
