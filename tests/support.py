@@ -86,6 +86,37 @@ def make_big_onnx(path: Path, *, megabytes: int = 40) -> Path:
     return make_linear_onnx(path, in_features=side, out_features=side, seed=3)
 
 
+def make_conv_onnx(path: Path, *, layers: int = 4, channels: int = 512) -> Path:
+    """``layers`` 3x3 convolutions with ReLU (float32 weights, 9.4 MiB each at 512 channels): a model
+    whose loading, like a real CNN's, rewrites its weights (ONNX Runtime's layout optimisation).
+    Input ``x`` [1, channels, 8, 8], output ``y`` of the same shape."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    nodes, weights, current = [], [], "x"
+    for i in range(layers):
+        weight = (rng.standard_normal((channels, channels, 3, 3)) * 0.01).astype(np.float32)
+        weights.append(numpy_helper.from_array(weight, f"W{i}"))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("Conv", [current, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [out]))
+        current = out
+    shape = [1, channels, 8, 8]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def null_model_file(path: Path, **config: Any) -> Path:
     """A model file for the null runtime (see edgefleet.runtimes.null)."""
     path.write_text(json.dumps({"op": "identity", **config}))

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from support import (
     big_side,
     build,
     make_big_onnx,
+    make_conv_onnx,
     make_linear_onnx,
     running_agent,
     short_socket_dir,
@@ -187,6 +189,31 @@ def test_unload_frees_memory(tmp_path: Path, trust: Path, keys: Path) -> None:
             cycle()
         after = _rss(proc)
         assert after - baseline < 20 * 1024 * 1024, (baseline >> 20, loaded >> 20, after >> 20)
+
+
+def test_a_loaded_model_stays_within_its_memory_reservation(tmp_path: Path, trust: Path, keys: Path) -> None:
+    """What the agent reserves against its budget for a model covers what loading it and running
+    4 requests at once adds to the agent's RSS (load-time scratch memory is given back)."""
+    pkg = build(make_conv_onnx(tmp_path / "conv.onnx"), keys, tmp_path / "pkgs", name="conv", version="1")
+    with running_agent(tmp_path, trust) as proc:
+        stub = proc.stub()
+        x = tensor("x", np.ones((1, 512, 8, 8), np.float32))
+        # first use of the runtime (its libraries, thread pools) is the agent's, not the model's
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="conv"))
+        stub.Predict(agent_pb2.PredictRequest(name="conv", tensors=[x]))
+        stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="conv"))
+        baseline = _rss(proc)
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="conv"))
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda _: stub.Predict(agent_pb2.PredictRequest(name="conv", tensors=[x])), range(16)
+                )
+            )
+        grown = _rss(proc) - baseline
+        (stats,) = proc.ext().GetModelStatistics(extensions_pb2.ModelStatisticsRequest(name="conv")).models
+        assert grown > 20 * 1024 * 1024, "a loaded model must show in RSS for this test to mean much"
+        assert grown <= stats.memory_bytes, (grown >> 20, stats.memory_bytes >> 20)
 
 
 def test_stop_leaves_a_newer_agents_socket_alone(tmp_path: Path, trust: Path) -> None:

@@ -315,6 +315,9 @@ class ModelRegistry:
         slot.model = model
         slot.loaded_time = time.time()
         slot.state = ModelState.READY
+        # Loading leaves freed scratch memory in the heap (ONNX Runtime's graph optimisation: for
+        # ResNet-18, 94 MiB on top of the 52 MiB the session keeps); return it to the OS now.
+        release_free_memory()
         return slot
 
     def _unpack_destination(self, archive: Path) -> Path:
