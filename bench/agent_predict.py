@@ -13,7 +13,9 @@ A second reference, the "bare grpcio floor", is measured in the same run: the le
 server can do, a grpcio server on a Unix socket whose one method takes the raw input bytes, runs the
 same ONNX Runtime session with the same options as the agent and returns the raw output bytes (no
 protobuf tensors, no checks, no shared memory, no statistics). What the agent costs beyond that is
-edgefleet's; the rest is grpcio and the machine's thread wake-ups.
+edgefleet's; the rest is grpcio and the machine's thread wake-ups. The "bare socket floor" does the
+same for the agent's fast path: a Python server on a plain Unix socket, one thread per connection,
+length-prefixed raw bytes in and out, the same session.
 """
 
 from __future__ import annotations
@@ -66,26 +68,23 @@ def row(name: str, ms: np.ndarray, base: np.ndarray | None) -> str:
     return f"  {name:<34} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms   p50 ratio {ratio}"
 
 
-BARE_METHOD = "/bench.Bare/Run"
-
-
-def floor_line(res: dict[str, np.ndarray], agent: str) -> str:
-    """``agent``'s p50 against the bare grpcio floor's, and what each costs over in-process."""
+def floor_line(res: dict[str, np.ndarray], agent: str, floor: str = "bare grpcio floor (raw bytes)") -> str:
+    """``agent``'s p50 against a floor's (same transport, nothing but the model), and what each
+    costs over in-process."""
     p50 = {k: float(np.percentile(v, 50)) for k, v in res.items()}
-    base, floor, ours = p50["in-process ONNX Runtime"], p50["bare grpcio floor (raw bytes)"], p50[agent]
+    base, least, ours = p50["in-process ONNX Runtime"], p50[floor], p50[agent]
+    short = floor.removesuffix(" (raw bytes)")
     return (
-        f"  {agent} / bare grpcio floor: {ours / floor:.3f}x (over in-process: the floor "
-        f"{floor - base:+.3f} ms, {agent} {ours - base:+.3f} ms)"
+        f"  {agent} / {short}: {ours / least:.3f}x (over in-process: the floor "
+        f"{least - base:+.3f} ms, {agent} {ours - base:+.3f} ms)"
     )
 
 
-def _bare_server(path: str, models: dict[str, str], spinning: bool, ready: Any) -> None:
-    """The bare grpcio floor: method ``/bench.Bare/Run`` with metadata ``model`` runs that model on the
-    request's raw float32 bytes (shape from the model) and answers its last output's raw bytes."""
-    from concurrent import futures
+BARE_METHOD = "/bench.Bare/Run"
 
-    import grpc
 
+def _bare_sessions(models: dict[str, str], spinning: bool) -> dict[str, tuple[Any, str, tuple[int, ...]]]:
+    """model name -> (session, input name, input shape) with the agent's session options."""
     sessions = {}
     for name, onnx_path in models.items():
         so = ort.SessionOptions()  # the agent's options (runtimes/onnxruntime.py)
@@ -96,6 +95,17 @@ def _bare_server(path: str, models: dict[str, str], spinning: bool, ready: Any) 
         first = session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else 1 for d in first.shape)
         sessions[name] = (session, first.name, shape)
+    return sessions
+
+
+def _bare_server(path: str, models: dict[str, str], spinning: bool, ready: Any) -> None:
+    """The bare grpcio floor: method ``/bench.Bare/Run`` with metadata ``model`` runs that model on the
+    request's raw float32 bytes (shape from the model) and answers its last output's raw bytes."""
+    from concurrent import futures
+
+    import grpc
+
+    sessions = _bare_sessions(models, spinning)
 
     def run(request: bytes, context: Any) -> bytes:
         session, input_name, shape = sessions[dict(context.invocation_metadata())["model"]]
@@ -133,6 +143,79 @@ class BareClient:
         self._channel.close()
 
 
+def _socket_server(path: str, models: dict[str, str], spinning: bool, ready: Any) -> None:
+    """The bare socket floor: the least a Python server can do over a plain Unix socket, the fast
+    path's transport. One thread per connection; a request is a u32 length, the model name's
+    length byte and name, then the raw float32 input; the reply is a u32 length and the last
+    output's raw bytes. Same sessions and options as the agent; no protobuf, checks or statistics."""
+    import socket
+    import struct
+    import threading
+
+    sessions = _bare_sessions(models, spinning)
+    length = struct.Struct("<I")
+
+    def exact(conn: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError
+            data += chunk
+        return data
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while True:
+                    (n,) = length.unpack(exact(conn, 4))
+                    body = exact(conn, n)
+                    session, input_name, shape = sessions[body[1 : 1 + body[0]].decode()]
+                    x = np.frombuffer(body, dtype=np.float32, offset=1 + body[0]).reshape(shape)
+                    out = np.ascontiguousarray(session.run(None, {input_name: x})[-1]).tobytes()
+                    conn.sendall(length.pack(len(out)) + out)
+            except (ConnectionError, OSError):
+                return
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    ready.set()
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+class SocketClient:
+    """Calls the bare socket floor server; ``predict`` mirrors AgentClient.predict's signature."""
+
+    def __init__(self, address: str) -> None:
+        import socket
+
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(address.removeprefix("unix://"))
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> bytes:
+        (x,) = inputs.values()
+        name = model.encode()
+        body = bytes((len(name),)) + name + np.ascontiguousarray(x, dtype=np.float32).tobytes()
+        self._sock.sendall(len(body).to_bytes(4, "little") + body)
+        n = int.from_bytes(self._exact(4), "little")
+        return self._exact(n)
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self._sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the bare socket server closed the connection")
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 def _client_proc(
     address: str,
     transport: str,
@@ -145,9 +228,13 @@ def _client_proc(
     in a loop from ``start_at`` for ``seconds`` and reports the count; ``None`` ends it."""
     from edgefleet.client import AgentClient
 
-    client = (
-        BareClient(address) if transport == "bare" else AgentClient(address, fast_path=transport == "fast")
-    )
+    client: Any
+    if transport == "bare":
+        client = BareClient(address)
+    elif transport == "socket":
+        client = SocketClient(address)
+    else:
+        client = AgentClient(address, fast_path=transport == "fast")
     client.predict(model, inputs)
     results.put(0)  # connected and warmed up
     while (command := commands.get()) is not None:
@@ -282,6 +369,14 @@ def main() -> int:
         target=_bare_server, args=(str(bare_path), bare_models, args.spinning, ready), daemon=True
     )
     bare_proc.start()
+    socket_path = bare_path.with_name("socket.sock")
+    socket_ready = ctx.Event()
+    socket_proc = ctx.Process(
+        target=_socket_server,
+        args=(str(socket_path), bare_models, args.spinning, socket_ready),
+        daemon=True,
+    )
+    socket_proc.start()
     try:
         address = start_agent("default", "")
         client = AgentClient(address, timeout=60, fast_path=False)
@@ -290,6 +385,10 @@ def main() -> int:
             raise SystemExit("the bare grpcio server did not start")
         bare_address = f"unix://{bare_path}"
         bare = BareClient(bare_address)
+        if not socket_ready.wait(60):
+            raise SystemExit("the bare socket server did not start")
+        socket_address = f"unix://{socket_path}"
+        raw = SocketClient(socket_address)
 
         print(
             f"edgefleet agent Predict benchmark — {os.cpu_count()} CPUs, onnxruntime {ort.__version__}, "
@@ -317,6 +416,7 @@ def main() -> int:
                     ),
                     "agent fast path, System V shm": lambda: fast_shm.predict("resnet18", {"input": image}),
                     "bare grpcio floor (raw bytes)": lambda: bare.predict("resnet18", {"input": image}),
+                    "bare socket floor (raw bytes)": lambda: raw.predict("resnet18", {"input": image}),
                 },
                 args.iterations,
             )
@@ -325,7 +425,7 @@ def main() -> int:
             for name, ms in res.items():
                 print(row(name, ms, None if ms is base else base))
             print(floor_line(res, "agent, System V shared memory"))
-            print(floor_line(res, "agent fast path, System V shm"))
+            print(floor_line(res, "agent fast path, System V shm", "bare socket floor (raw bytes)"))
             assert fast_shm.fast_path_calls > 0 and shm.fast_path_calls == 0, "fast path not used as labelled"
             for c in (inline, shm, fast_inline, fast_shm):
                 c.close()
@@ -339,6 +439,7 @@ def main() -> int:
                 "agent (inline)": lambda: client.predict("digits", {name: x}),
                 "agent fast path (inline)": lambda: fast.predict("digits", {name: x}),
                 "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
+                "bare socket floor (raw bytes)": lambda: raw.predict("digits", {name: x}),
             },
             args.iterations * 5,
         )
@@ -347,7 +448,7 @@ def main() -> int:
         for label, ms in res.items():
             print(row(label, ms, None if ms is base else base))
         print(floor_line(res, "agent (inline)"))
-        print(floor_line(res, "agent fast path (inline)"))
+        print(floor_line(res, "agent fast path (inline)", "bare socket floor (raw bytes)"))
 
         def scaling(
             label: str, addr: str, model: str, inputs: dict[str, np.ndarray], transport: str = "grpc"
@@ -375,6 +476,7 @@ def main() -> int:
         scaling("agent over gRPC, default config", address, "digits", {name: x})
         scaling("agent over its fast path, default config", address, "digits", {name: x}, "fast")
         scaling("bare grpcio floor", bare_address, "digits", {name: x}, "bare")
+        scaling("bare socket floor", socket_address, "digits", {name: x}, "socket")
         if resnet_onnx is not None:
             image0 = {"input": np.zeros((1, 3, 224, 224), np.float32)}
             scaling("default config (each request may use every core)", address, "resnet18", image0)
@@ -392,8 +494,10 @@ def main() -> int:
         client.close()
         fast.close()
         bare.close()
+        raw.close()
     finally:
         bare_proc.kill()
+        socket_proc.kill()
         for agent in started:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)

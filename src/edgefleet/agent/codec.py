@@ -12,6 +12,7 @@ server and the client must agree on the limit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -138,26 +139,32 @@ def expected_nbytes(dtype: DataType, shape: Sequence[int], what: str = "tensor")
 
 
 def array_from_bytes(
-    data: bytes | bytearray | memoryview, dtype: DataType, shape: Sequence[int], what: str = "tensor"
+    data: bytes | bytearray | memoryview,
+    dtype: DataType,
+    shape: Sequence[int],
+    what: str = "tensor",
+    *,
+    checked: bool = False,
 ) -> np.ndarray:
     """A read-only array of ``dtype`` and ``shape`` over ``data`` (zero-copy when aligned).
 
     The byte length must be exactly what ``dtype`` x ``shape`` needs, else INVALID_ARGUMENT. The
     array references ``data`` (so a shared-memory lease stays held while the array lives). Data at
     an address not aligned for ``dtype`` (e.g. a shared-memory offset of 1) is copied, so runtimes
-    never see unaligned arrays.
+    never see unaligned arrays. ``checked``: the caller has made ``shape`` a tuple of dims >= 0.
     """
-    want = expected_nbytes(dtype, shape, what)
+    dims = shape if checked else tuple(int(d) for d in shape)
+    want = math.prod(dims) * dtype.itemsize if checked else expected_nbytes(dtype, dims, what)
     view = memoryview(data)
     got = view.nbytes
     if got != want:
         raise InvalidArgument(
-            f"{what}: {got} bytes of data, but {dtype.name} {list(shape)} needs {want} "
+            f"{what}: {got} bytes of data, but {dtype.name} {list(dims)} needs {want} "
             f"({want // dtype.itemsize} elements x {dtype.itemsize} bytes)"
         )
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
-    arr = np.frombuffer(view, dtype=dtype.numpy).reshape(tuple(int(d) for d in shape))
+    arr = np.frombuffer(view, dtype=dtype.numpy).reshape(dims)
     if not arr.flags.aligned:
         arr = arr.copy()
         arr.flags.writeable = False

@@ -70,11 +70,16 @@ class TensorDecoder:
     def __init__(self, shm: SharedMemoryReader) -> None:
         self._shm = shm
 
-    def data(self, holder: Any, what: str, shm_field: str, expected: int | None) -> memoryview | bytes:
-        """The bytes of a Tensor/AuxilaryData, inline or from shared memory."""
+    def data(
+        self, holder: Any, what: str, shm_field: str, expected: int | None, name: str | None = None
+    ) -> memoryview | bytes:
+        """The bytes of a Tensor/AuxilaryData, inline or from shared memory. ``what`` (followed by
+        ``name`` when given) names the holder in error messages."""
         which = holder.WhichOneof("data")
         if which == "byte_data":
             return holder.byte_data  # type: ignore[no-any-return]
+        if name is not None:
+            what = f"{what} {name!r}"
         if which == shm_field:
             handle = holder.shared_memory_handle
             size = handle.size
@@ -92,41 +97,51 @@ class TensorDecoder:
 
     def tensor(self, tensor: Any, spec: TensorSpec | None, what: str) -> tuple[str, np.ndarray]:
         """Decode one Tensor; with ``spec`` (Predict) dtype and shape must fit the model input."""
-        md = tensor.tensor_metadata if tensor.HasField("tensor_metadata") else None
-        name = (
-            md.name.decode("utf-8", "replace") if md is not None and md.name else (spec.name if spec else "")
-        )
-        if spec is None and md is None:
-            raise InvalidArgument(f"{what} needs tensor_metadata (name, data_type, shape)")
-        if md is not None:
-            if md.data_type not in DataType._value2member_map_:
+        # Every Predict input passes here: the common case (metadata matching a static input)
+        # takes few steps, and error messages are only formatted on error.
+        if tensor.HasField("tensor_metadata"):
+            md = tensor.tensor_metadata
+            raw_name = md.name
+            name = raw_name.decode("utf-8", "replace") if raw_name else (spec.name if spec else "")
+            dtype = _DATA_TYPES.get(md.data_type)
+            if dtype is None:
                 raise InvalidArgument(f"{what} {name!r}: unknown data_type {md.data_type}")
-            dtype = DataType(md.data_type)
+            if spec is not None and dtype is not spec.dtype:
+                raise InvalidArgument(
+                    f"{what} {name!r}: data_type {dtype.name}, the model expects {spec.dtype.name}"
+                )
+            shape: tuple[int, ...] = tuple(md.shape)
+            if not shape:
+                if spec is None:
+                    raise InvalidArgument(f"{what} {name!r}: shape is required")
+                shape = self._shape_from_spec(spec, what, name)  # () for a scalar input
+        elif spec is None:
+            raise InvalidArgument(f"{what} needs tensor_metadata (name, data_type, shape)")
         else:
-            assert spec is not None
-            dtype = spec.dtype
-        if spec is not None and dtype is not spec.dtype:
-            raise InvalidArgument(
-                f"{what} {name!r}: data_type {dtype.name}, the model expects {spec.dtype.name}"
-            )
-        shape: tuple[int, ...]
-        if md is not None and (len(md.shape) or (spec is not None and len(spec.shape) == 0)):
-            shape = tuple(md.shape)
-        elif spec is not None and all(d >= 0 for d in spec.shape):
-            shape = spec.shape
-        else:
-            raise InvalidArgument(
-                f"{what} {name!r}: shape is required (the model's input has dynamic dimensions)"
-            )
-        if any(d < 0 for d in shape):
+            name, dtype = spec.name, spec.dtype
+            shape = self._shape_from_spec(spec, what, name)
+        if shape and min(shape) < 0:
             raise InvalidArgument(f"{what} {name!r}: shape {list(shape)} has a negative dimension")
-        if spec is not None and not spec.accepts_shape(shape):
+        if spec is not None and shape != spec.shape and not spec.accepts_shape(shape):
             raise InvalidArgument(
                 f"{what} {name!r}: shape {list(shape)} does not fit the model's {list(spec.shape)} (-1 = any)"
             )
         expected = math.prod(shape) * dtype.itemsize
-        data = self.data(tensor, f"{what} {name!r}", "shared_memory_handle", expected)
-        return name, array_from_bytes(data, dtype, shape)
+        data = self.data(tensor, what, "shared_memory_handle", expected, name)
+        return name, array_from_bytes(data, dtype, shape, checked=True)
+
+    @staticmethod
+    def _shape_from_spec(spec: TensorSpec, what: str, name: str) -> tuple[int, ...]:
+        """The model input's own shape, for a tensor that gives none; it must be fully static."""
+        if min(spec.shape, default=0) < 0:
+            raise InvalidArgument(
+                f"{what} {name!r}: shape is required (the model's input has dynamic dimensions)"
+            )
+        return spec.shape
+
+
+#: wire data_type number -> DataType
+_DATA_TYPES = {t.value: t for t in DataType}
 
 
 class AgentService(agent_pb2_grpc.AgentServicer):
