@@ -34,6 +34,9 @@ GRPC_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 _INT32_MAX = (1 << 31) - 1
 
+#: wire data_type number -> DataType
+DATA_TYPES = {t.value: t for t in DataType}
+
 
 def encode_name(name: str | bytes) -> bytes:
     """A tensor name as the wire carries it (UTF-8 bytes)."""
@@ -113,9 +116,16 @@ def data_type(number: int, what: str = "tensor") -> DataType:
 
 def tensor_to_proto(name: str | bytes, array: npt.ArrayLike) -> agent_pb2.Tensor:
     """An inline ``Tensor`` (full metadata + ``byte_data``) holding ``array``."""
-    what = f"tensor {name!r}"
-    dtype, arr = wire_array(array, what)
-    return agent_pb2.Tensor(tensor_metadata=tensor_metadata(name, dtype, arr.shape), byte_data=arr.tobytes())
+    dtype, arr = wire_array(array, f"tensor {name!r}")
+    tensor = agent_pb2.Tensor()
+    metadata = tensor.tensor_metadata  # filled in place: cheaper than building messages to copy in
+    metadata.name = encode_name(name)
+    metadata.data_type = agent_pb2.DataType.ValueType(dtype.value)
+    if arr.shape and max(arr.shape) > _INT32_MAX:
+        wire_shape(arr.shape, f"tensor {name!r}")  # raises, naming the dimension
+    metadata.shape.extend(arr.shape)
+    tensor.byte_data = arr.tobytes()
+    return tensor
 
 
 def shm_tensor_proto(
@@ -175,8 +185,14 @@ def array_from_proto(tensor: agent_pb2.Tensor, what: str = "tensor") -> tuple[st
     """``(name, array)`` of an inline ``Tensor`` with full metadata (e.g. a Predict output)."""
     if not tensor.HasField("tensor_metadata"):
         raise InvalidArgument(f"{what} has no tensor_metadata")
-    spec = spec_from_metadata(tensor.tensor_metadata)
-    label = f"{what} {spec.name!r}"
+    metadata = tensor.tensor_metadata
+    name = decode_name(metadata.name)
+    dtype = DATA_TYPES.get(metadata.data_type)
+    if dtype is None:
+        dtype = data_type(int(metadata.data_type), f"tensor {name!r}")  # raises, listing the known types
+    shape = tuple(metadata.shape)
     if tensor.WhichOneof("data") != "byte_data":
-        raise InvalidArgument(f"{label} carries no inline byte_data")
-    return spec.name, array_from_bytes(tensor.byte_data, spec.dtype, spec.shape, label)
+        raise InvalidArgument(f"{what} {name!r} carries no inline byte_data")
+    if shape and min(shape) < 0:
+        raise InvalidArgument(f"{what} {name!r}: shape {list(shape)} has a negative dimension")
+    return name, array_from_bytes(tensor.byte_data, dtype, shape, f"{what} {name!r}", checked=True)

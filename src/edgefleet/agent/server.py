@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from edgefleet import __version__
-from edgefleet.agent.codec import array_from_bytes, metadata_from_spec
+from edgefleet.agent.codec import DATA_TYPES, array_from_bytes, metadata_from_spec
 from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.agent.shm import SharedMemoryReader
@@ -103,7 +103,7 @@ class TensorDecoder:
             md = tensor.tensor_metadata
             raw_name = md.name
             name = raw_name.decode("utf-8", "replace") if raw_name else (spec.name if spec else "")
-            dtype = _DATA_TYPES.get(md.data_type)
+            dtype = DATA_TYPES.get(md.data_type)
             if dtype is None:
                 raise InvalidArgument(f"{what} {name!r}: unknown data_type {md.data_type}")
             if spec is not None and dtype is not spec.dtype:
@@ -138,10 +138,6 @@ class TensorDecoder:
                 f"{what} {name!r}: shape is required (the model's input has dynamic dimensions)"
             )
         return spec.shape
-
-
-#: wire data_type number -> DataType
-_DATA_TYPES = {t.value: t for t in DataType}
 
 
 class AgentService(agent_pb2_grpc.AgentServicer):
