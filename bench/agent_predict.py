@@ -143,6 +143,16 @@ class BareClient:
         self._channel.close()
 
 
+def _read(sock: Any, n: int) -> bytearray:
+    """Exactly ``n`` bytes from ``sock`` (the agent's own helper); ConnectionError at end of stream."""
+    from edgefleet.agent.fastpath import recv_exact
+
+    data = recv_exact(sock, n)
+    if data is None:
+        raise ConnectionError("the peer closed the connection")
+    return data
+
+
 def _socket_server(path: str, models: dict[str, str], spinning: bool, ready: Any) -> None:
     """The bare socket floor: the least a Python server can do over a plain Unix socket, the fast
     path's transport. One thread per connection; a request is a u32 length, the model name's
@@ -155,21 +165,12 @@ def _socket_server(path: str, models: dict[str, str], spinning: bool, ready: Any
     sessions = _bare_sessions(models, spinning)
     length = struct.Struct("<I")
 
-    def exact(conn: socket.socket, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError
-            data += chunk
-        return data
-
     def serve(conn: socket.socket) -> None:
         with conn:
             try:
                 while True:
-                    (n,) = length.unpack(exact(conn, 4))
-                    body = exact(conn, n)
+                    (n,) = length.unpack(_read(conn, 4))
+                    body = bytes(_read(conn, n))
                     session, input_name, shape = sessions[body[1 : 1 + body[0]].decode()]
                     x = np.frombuffer(body, dtype=np.float32, offset=1 + body[0]).reshape(shape)
                     out = np.ascontiguousarray(session.run(None, {input_name: x})[-1]).tobytes()
@@ -200,17 +201,8 @@ class SocketClient:
         name = model.encode()
         body = bytes((len(name),)) + name + np.ascontiguousarray(x, dtype=np.float32).tobytes()
         self._sock.sendall(len(body).to_bytes(4, "little") + body)
-        n = int.from_bytes(self._exact(4), "little")
-        return self._exact(n)
-
-    def _exact(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("the bare socket server closed the connection")
-            data += chunk
-        return data
+        n = int.from_bytes(_read(self._sock, 4), "little")
+        return bytes(_read(self._sock, n))
 
     def close(self) -> None:
         self._sock.close()

@@ -35,7 +35,7 @@ GRPC_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 _INT32_MAX = (1 << 31) - 1
 
 #: wire data_type number -> DataType
-DATA_TYPES = {t.value: t for t in DataType}
+_DATA_TYPES = {t.value: t for t in DataType}
 
 
 def encode_name(name: str | bytes) -> bytes:
@@ -79,14 +79,23 @@ def wire_array(array: npt.ArrayLike, what: str = "tensor") -> tuple[DataType, np
     return dtype, np.asarray(arr, dtype=dtype.numpy, order="C")
 
 
+def fill_metadata(
+    metadata: agent_pb2.TensorMetadata, name: str | bytes, dtype: DataType, shape: Sequence[int]
+) -> None:
+    """Set an empty ``TensorMetadata`` in place (cheaper than building one to copy in);
+    INVALID_ARGUMENT for dims outside the wire's int32."""
+    if shape and (min(shape) < 0 or max(shape) > _INT32_MAX):
+        wire_shape(shape, f"tensor {name!r}")  # raises, naming the dimension
+    metadata.name = encode_name(name)
+    metadata.data_type = agent_pb2.DataType.ValueType(dtype.value)
+    metadata.shape.extend(shape)
+
+
 def tensor_metadata(name: str | bytes, dtype: DataType, shape: Sequence[int]) -> agent_pb2.TensorMetadata:
     """A ``TensorMetadata`` message."""
-    label = f"tensor {name!r}"
-    return agent_pb2.TensorMetadata(
-        name=encode_name(name),
-        data_type=agent_pb2.DataType.Value(dtype.name),
-        shape=wire_shape(shape, label),
-    )
+    metadata = agent_pb2.TensorMetadata()
+    fill_metadata(metadata, name, dtype, shape)
+    return metadata
 
 
 def metadata_from_spec(spec: TensorSpec) -> agent_pb2.TensorMetadata:
@@ -107,23 +116,18 @@ def spec_from_metadata(metadata: agent_pb2.TensorMetadata) -> TensorSpec:
 
 def data_type(number: int, what: str = "tensor") -> DataType:
     """The :class:`DataType` for a wire enum number; INVALID_ARGUMENT for unknown numbers."""
-    try:
-        return DataType(number)
-    except ValueError:
+    dtype = _DATA_TYPES.get(number)
+    if dtype is None:
         known = ", ".join(f"{t.name}={t.value}" for t in DataType)
-        raise InvalidArgument(f"{what}: unknown data_type {number} (known: {known})") from None
+        raise InvalidArgument(f"{what}: unknown data_type {number} (known: {known})")
+    return dtype
 
 
 def tensor_to_proto(name: str | bytes, array: npt.ArrayLike) -> agent_pb2.Tensor:
     """An inline ``Tensor`` (full metadata + ``byte_data``) holding ``array``."""
     dtype, arr = wire_array(array, f"tensor {name!r}")
     tensor = agent_pb2.Tensor()
-    metadata = tensor.tensor_metadata  # filled in place: cheaper than building messages to copy in
-    metadata.name = encode_name(name)
-    metadata.data_type = agent_pb2.DataType.ValueType(dtype.value)
-    if arr.shape and max(arr.shape) > _INT32_MAX:
-        wire_shape(arr.shape, f"tensor {name!r}")  # raises, naming the dimension
-    metadata.shape.extend(arr.shape)
+    fill_metadata(tensor.tensor_metadata, name, dtype, arr.shape)
     tensor.byte_data = arr.tobytes()
     return tensor
 
@@ -132,10 +136,11 @@ def shm_tensor_proto(
     name: str | bytes, dtype: DataType, shape: Sequence[int], segment_id: int, offset: int, size: int
 ) -> agent_pb2.Tensor:
     """A ``Tensor`` whose bytes live in System V shared memory segment ``segment_id``."""
-    return agent_pb2.Tensor(
-        tensor_metadata=tensor_metadata(name, dtype, shape),
-        shared_memory_handle=agent_pb2.SharedMemoryHandle(segment_id=segment_id, offset=offset, size=size),
+    tensor = agent_pb2.Tensor(
+        shared_memory_handle=agent_pb2.SharedMemoryHandle(segment_id=segment_id, offset=offset, size=size)
     )
+    fill_metadata(tensor.tensor_metadata, name, dtype, shape)
+    return tensor
 
 
 def expected_nbytes(dtype: DataType, shape: Sequence[int], what: str = "tensor") -> int:
@@ -187,9 +192,7 @@ def array_from_proto(tensor: agent_pb2.Tensor, what: str = "tensor") -> tuple[st
         raise InvalidArgument(f"{what} has no tensor_metadata")
     metadata = tensor.tensor_metadata
     name = decode_name(metadata.name)
-    dtype = DATA_TYPES.get(metadata.data_type)
-    if dtype is None:
-        dtype = data_type(int(metadata.data_type), f"tensor {name!r}")  # raises, listing the known types
+    dtype = data_type(metadata.data_type, f"tensor {name!r}")
     shape = tuple(metadata.shape)
     if tensor.WhichOneof("data") != "byte_data":
         raise InvalidArgument(f"{what} {name!r} carries no inline byte_data")

@@ -28,7 +28,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from edgefleet.agent.proto import agent_pb2
-from edgefleet.core.errors import Code, EdgefleetError, grpc_status_number
+from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, grpc_status_number
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ SUFFIX = ".fast"
 FRAME_LENGTH = struct.Struct("<I")
 #: Longest path a Unix socket can bind (sun_path holds 108 bytes with the terminating NUL).
 MAX_SOCKET_PATH = 107
+
+
+def socket_path(address: str) -> Path:
+    """``unix:///run/agent.sock`` / ``unix:/run/agent.sock`` / a plain path -> the socket's path."""
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+    elif address.startswith("unix:"):
+        path = address[len("unix:") :]
+    elif "://" in address:
+        raise InvalidArgument(f"agent address {address!r} must be a Unix socket: unix:///path/to/agent.sock")
+    else:
+        path = address
+    if not path:
+        raise InvalidArgument("agent address has an empty socket path")
+    return Path(path)
 
 
 def fast_path_for(agent_socket: Path) -> Path:
@@ -69,7 +84,7 @@ class FrameReader:
     """
 
     def __init__(self, sock: socket.socket, chunk: int = 64 * 1024) -> None:
-        self._sock = sock
+        self.sock = sock
         self._chunk = chunk
         self._buf = b""
         self._pos = 0
@@ -77,7 +92,7 @@ class FrameReader:
     def next_length(self) -> int | None:
         """The length of the next frame, or None when the peer closed the connection between frames."""
         while len(self._buf) - self._pos < FRAME_LENGTH.size:
-            chunk = self._sock.recv(self._chunk)
+            chunk = self.sock.recv(self._chunk)
             if not chunk:
                 if len(self._buf) == self._pos:
                     return None
@@ -101,7 +116,7 @@ class FrameReader:
         view = memoryview(out)
         got = have
         while got < length:
-            k = self._sock.recv_into(view[got:])
+            k = self.sock.recv_into(view[got:])
             if k == 0:
                 raise ConnectionError(f"connection closed after {got} of {length} bytes of a frame")
             got += k

@@ -17,35 +17,26 @@ from types import FrameType
 import grpc
 
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.fastpath import MAX_SOCKET_PATH, FastPathServer, fast_path_for, unlink_if_ours
+from edgefleet.agent.fastpath import (
+    MAX_SOCKET_PATH,
+    FastPathServer,
+    fast_path_for,
+    socket_path,
+    unlink_if_ours,
+)
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.proto import agent_pb2_grpc, extensions_pb2_grpc
 from edgefleet.agent.server import AgentService, AgentState, ExtensionsService
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureConfig, CaptureService
 from edgefleet.capture.sinks import DiskSink
-from edgefleet.core.errors import FailedPrecondition, InvalidArgument
+from edgefleet.core.errors import FailedPrecondition
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest, unpack_package, verify_package_dir
 from edgefleet.core.signing import check_trust_dir
 from edgefleet.runtimes.base import RuntimeOptions
 
 log = logging.getLogger(__name__)
-
-
-def socket_path(address: str) -> Path:
-    """``unix:///run/agent.sock`` / ``unix:/run/agent.sock`` / a plain path -> the socket's path."""
-    if address.startswith("unix://"):
-        path = address[len("unix://") :]
-    elif address.startswith("unix:"):
-        path = address[len("unix:") :]
-    elif "://" in address:
-        raise InvalidArgument(f"agent address {address!r} must be a Unix socket: unix:///path/to/agent.sock")
-    else:
-        path = address
-    if not path:
-        raise InvalidArgument("agent address has an empty socket path")
-    return Path(path)
 
 
 def prepare_socket(path: Path, *, force: bool) -> None:

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from edgefleet import __version__
-from edgefleet.agent.codec import DATA_TYPES, array_from_bytes, metadata_from_spec
+from edgefleet.agent.codec import array_from_bytes, data_type, fill_metadata, metadata_from_spec
 from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.agent.shm import SharedMemoryReader
@@ -103,9 +103,7 @@ class TensorDecoder:
             md = tensor.tensor_metadata
             raw_name = md.name
             name = raw_name.decode("utf-8", "replace") if raw_name else (spec.name if spec else "")
-            dtype = DATA_TYPES.get(md.data_type)
-            if dtype is None:
-                raise InvalidArgument(f"{what} {name!r}: unknown data_type {md.data_type}")
+            dtype = data_type(md.data_type, f"{what} {name!r}")
             if spec is not None and dtype is not spec.dtype:
                 raise InvalidArgument(
                     f"{what} {name!r}: data_type {dtype.name}, the model expects {spec.dtype.name}"
@@ -295,10 +293,7 @@ def encode_outputs(specs: Sequence[TensorSpec], outputs: Sequence[np.ndarray]) -
         array = np.asarray(array, order="C")  # keeps 0-d outputs 0-d, unlike ascontiguousarray
         # Filled in place: half the cost of building Tensor and TensorMetadata objects to copy in.
         tensor = response.tensors.add()
-        metadata = tensor.tensor_metadata
-        metadata.name = name.encode("utf-8")
-        metadata.data_type = DataType.from_numpy(array.dtype)
-        metadata.shape.extend(array.shape)
+        fill_metadata(tensor.tensor_metadata, name, DataType.from_numpy(array.dtype), array.shape)
         tensor.byte_data = array.tobytes()
     return response
 

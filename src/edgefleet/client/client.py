@@ -22,7 +22,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -37,7 +36,7 @@ from edgefleet.agent.codec import (
     spec_from_metadata,
     tensor_to_proto,
 )
-from edgefleet.agent.fastpath import FRAME_LENGTH, MAGIC, FrameReader, fast_path_for, recv_exact
+from edgefleet.agent.fastpath import FRAME_LENGTH, MAGIC, FrameReader, fast_path_for, recv_exact, socket_path
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
@@ -248,8 +247,8 @@ class AgentClient:
     ) -> None:
         self.address = address
         self._target = grpc_target(address)
-        unix = _unix_socket_path(self._target)
-        self._fast_path = fast_path_for(Path(unix)) if fast_path and unix else None
+        unix = fast_path and self._target.startswith("unix:")  # grpc_target() made socket paths unix:
+        self._fast_path = fast_path_for(socket_path(self._target)) if unix else None
         self._fast_local = threading.local()
         self._fast_conns: set[socket.socket] = set()
         self._fast_retry_at = 0.0
@@ -373,29 +372,30 @@ class AgentClient:
     def _predict_call(self, request: agent_pb2.PredictRequest, timeout: float | None = None) -> Any:
         """Predict over this thread's fast-path connection; over gRPC when there is none, or when the
         connection fails before an answer (Predict has no side effects to repeat)."""
-        conn = self._fast_connection()
-        if conn is not None:
+        frames = self._fast_connection()
+        if frames is not None:
             try:
-                response = self._fast_call(conn, request)
+                response = self._fast_call(frames, request)
                 with self._lock:
                     self.fast_path_calls += 1
                 return response
             except TimeoutError:
-                self._drop_fast_connection(conn)
+                self._drop_fast_connection(frames.sock)
                 raise typed_error(
                     Code.DEADLINE_EXCEEDED, f"Predict on {request.name!r} took longer than {self._timeout} s"
                 ) from None
             except OSError as exc:  # ConnectionError included
                 log.info("fast path to %s failed (%s); using gRPC", self._fast_path, exc)
-                self._drop_fast_connection(conn)
+                self._drop_fast_connection(frames.sock)
         with self._lock:
             self.grpc_predict_calls += 1
         return self._agent.Predict(request, timeout=timeout)
 
-    def _fast_connection(self) -> socket.socket | None:
-        conn: socket.socket | None = getattr(self._fast_local, "conn", None)
-        if conn is not None or self._fast_path is None or time.monotonic() < self._fast_retry_at:
-            return conn
+    def _fast_connection(self) -> FrameReader | None:
+        """This thread's fast-path connection (opened on first use), or None when there is none."""
+        frames: FrameReader | None = getattr(self._fast_local, "frames", None)
+        if frames is not None or self._fast_path is None or time.monotonic() < self._fast_retry_at:
+            return frames
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.settimeout(self._timeout if self._timeout is not None else 10.0)
@@ -409,18 +409,17 @@ class AgentClient:
             conn.close()
             self._fast_retry_at = time.monotonic() + 5.0  # no fast path there (yet): gRPC meanwhile
             return None
-        self._fast_local.conn = conn
-        self._fast_local.frames = FrameReader(conn)
+        frames = FrameReader(conn)
         with self._lock:
             if self._closed:
                 conn.close()
-                self._fast_local.conn = None
                 return None
             self._fast_conns.add(conn)
         # The connection belongs to this thread: when the thread is gone, so is the connection (a
         # client shared by short-lived threads must not pile up connections at the agent).
         weakref.finalize(threading.current_thread(), _close_fast_connection, conn, self._fast_conns)
-        return conn
+        self._fast_local.frames = frames
+        return frames
 
     @property
     def fast_path_connections(self) -> int:
@@ -428,15 +427,14 @@ class AgentClient:
         return len(self._fast_conns)
 
     def _drop_fast_connection(self, conn: socket.socket) -> None:
-        self._fast_local.conn = None
+        self._fast_local.frames = None
         with self._lock:
             self._fast_conns.discard(conn)
         conn.close()
 
-    def _fast_call(self, conn: socket.socket, request: agent_pb2.PredictRequest) -> Any:
+    def _fast_call(self, frames: FrameReader, request: agent_pb2.PredictRequest) -> Any:
         body = request.SerializeToString()
-        conn.sendall(FRAME_LENGTH.pack(len(body)) + body)
-        frames: FrameReader = self._fast_local.frames
+        frames.sock.sendall(FRAME_LENGTH.pack(len(body)) + body)
         length = frames.next_length()
         if length is None:
             raise ConnectionError("the agent closed the fast-path connection")
@@ -606,15 +604,6 @@ class AgentClient:
 def _close_fast_connection(conn: socket.socket, connections: set[socket.socket]) -> None:
     connections.discard(conn)
     conn.close()
-
-
-def _unix_socket_path(target: str) -> str | None:
-    """The filesystem path of a ``unix:`` gRPC target, else None."""
-    if target.startswith("unix://"):
-        return target[len("unix://") :] or None
-    if target.startswith("unix:"):
-        return target[len("unix:") :] or None
-    return None
 
 
 def _aux_bytes(name: str, value: object) -> bytes:
