@@ -120,7 +120,7 @@ def test_register_enrol_authenticate_deregister(db: Db, clock: FakeClock) -> Non
     with db.session() as s, pytest.raises(EdgefleetError, match="unknown or already used enrolment token"):
         devices.enrol(s, token, csr, ca, db.now(), 365)
     with db.session() as s:
-        assert devices.authenticate_device(s, "cam-1", serial).name == "cam-1"
+        assert devices.authenticate_device(s, "cam-1", serial, db.now()).name == "cam-1"
         d = devices.get_device(s, "cam-1")
         assert {t.key: t.value for t in d.tags} == {"env": "prod", "site": "a"}
     with db.session() as s:
@@ -129,7 +129,7 @@ def test_register_enrol_authenticate_deregister(db: Db, clock: FakeClock) -> Non
         db.session() as s,
         pytest.raises(EdgefleetError, match="not registered; its certificate is revoked") as info,
     ):
-        devices.authenticate_device(s, "cam-1", serial)
+        devices.authenticate_device(s, "cam-1", serial, db.now())
     assert info.value.code is Code.UNAUTHENTICATED
     # Registering the name again starts afresh; the old certificate stays revoked.
     with db.session() as s:
@@ -137,7 +137,7 @@ def test_register_enrol_authenticate_deregister(db: Db, clock: FakeClock) -> Non
     with db.session() as s:
         devices.enrol(s, again[0].enrolment_token, make_csr()[1], ca, db.now(), 365)
     with db.session() as s, pytest.raises(EdgefleetError, match="certificate of device 'cam-1' was revoked"):
-        devices.authenticate_device(s, "cam-1", serial)
+        devices.authenticate_device(s, "cam-1", serial, db.now())
 
 
 def test_enrolment_token_expires_and_bad_csr_is_refused(db: Db, clock: FakeClock) -> None:

@@ -193,6 +193,24 @@ class FleetCA:
         return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
 
 
+def check_new_key(csr_pem: str, cert_pem: str) -> None:
+    """INVALID_ARGUMENT if the CSR is for the key of ``cert_pem`` (a renewal needs a new key)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        requested = csr.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise InvalidArgument(f"the CSR is not a valid PEM certificate signing request: {exc}") from exc
+    current = (
+        x509.load_pem_x509_certificate(cert_pem.encode())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    if requested == current:
+        raise InvalidArgument("a renewal needs a new key: the CSR is for the key of the current certificate")
+
+
 def device_name_from_certificate(cert_der: bytes) -> tuple[str, str]:
     """(device name, serial hex) from a verified client certificate issued by :class:`FleetCA`."""
     cert = x509.load_der_x509_certificate(cert_der)

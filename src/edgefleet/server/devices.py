@@ -5,6 +5,11 @@ authorises one certificate signing, the CA fingerprint lets the device pin the f
 trusts the server's TLS certificate. Only the secret's SHA-256 is stored. Deregistration revokes the
 device's certificate; every device request checks that the presented certificate is the device's
 current one.
+
+Renewal: a device asks for a new certificate for a new key over mutual TLS with its current one
+(:func:`renew_certificate`). The current certificate stays valid until the device first uses the
+renewed one; that request makes the renewed certificate current and revokes the old one
+(:func:`authenticate_device`). A renewal that is never used is replaced by the next one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from edgefleet.core.errors import (
     NotFound,
     PermissionDenied,
 )
-from edgefleet.server.ca import FleetCA
+from edgefleet.server.ca import FleetCA, IssuedCertificate, check_new_key
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import Device, DeviceModel, DeviceTag, RevokedCertificate
 from edgefleet.server.fleets import get_fleet
@@ -153,6 +158,8 @@ def _reset(device: Device) -> None:
     device.enrolled_at = None
     device.cert_serial = None
     device.cert_not_after = None
+    device.renewed_cert_serial = None
+    device.renewed_cert_not_after = None
     device.agent_version = None
     device.last_heartbeat_at = None
     device.agent_metrics = []
@@ -209,8 +216,7 @@ def deregister_devices(
 
     devices = [get_device(session, name, fleet_name, lock=True) for name in names]
     for device in devices:
-        if device.cert_serial is not None:
-            _revoke(session, device, now, "device deregistered")
+        _revoke(session, device, now, "device deregistered")
         device.deregistered_at = now
         device.updated_at = now
         device.enrolment_token_hash = None
@@ -220,15 +226,19 @@ def deregister_devices(
 
 
 def _revoke(session: Session, device: Device, now: datetime, reason: str) -> None:
-    assert device.cert_serial is not None
-    if session.get(RevokedCertificate, device.cert_serial) is None:
-        session.add(
-            RevokedCertificate(
-                serial=device.cert_serial, device_name=device.name, revoked_at=now, reason=reason
-            )
-        )
+    """Revoke the device's current certificate and a renewed one it has not used yet."""
+    for serial in (device.cert_serial, device.renewed_cert_serial):
+        if serial is not None:
+            _record_revoked(session, device.name, serial, now, reason)
     device.cert_serial = None
     device.cert_not_after = None
+    device.renewed_cert_serial = None
+    device.renewed_cert_not_after = None
+
+
+def _record_revoked(session: Session, device_name: str, serial: str, now: datetime, reason: str) -> None:
+    if session.get(RevokedCertificate, serial) is None:
+        session.add(RevokedCertificate(serial=serial, device_name=device_name, revoked_at=now, reason=reason))
 
 
 def new_enrolment_token(
@@ -260,8 +270,7 @@ def enrol(
     if device.enrolment_expires_at is None or device.enrolment_expires_at <= now:
         raise Unauthenticated(f"the enrolment token of device {device.name!r} expired; ask for a new one")
     issued = ca.issue_device_certificate(csr_pem, device.name, now, cert_days)
-    if device.cert_serial is not None:
-        _revoke(session, device, now, "replaced by a new enrolment")
+    _revoke(session, device, now, "replaced by a new enrolment")
     device.cert_serial = issued.serial
     device.cert_not_after = issued.not_after
     device.enrolled_at = now
@@ -272,19 +281,88 @@ def enrol(
     return device, issued.cert_pem
 
 
-def authenticate_device(session: Session, cert_name: str, serial: str) -> Device:
+def authenticate_device(session: Session, cert_name: str, serial: str, now: datetime) -> Device:
     """The device a verified client certificate belongs to; UNAUTHENTICATED if revoked or replaced.
 
-    Tags and models are loaded only if used (most device calls need neither).
+    The first request with a renewed certificate makes it the device's current one and revokes the
+    certificate it replaces (see :func:`renew_certificate`). Tags and models are loaded only if used
+    (most device calls need neither).
     """
     device = session.scalar(
         select(Device).where(Device.name == cert_name).options(lazyload(Device.tags), lazyload(Device.models))
     )
     if device is None or device.deregistered_at is not None:
         raise Unauthenticated(f"device {cert_name!r} is not registered; its certificate is revoked")
+    if device.cert_serial != serial and device.renewed_cert_serial == serial:
+        device = _lock(session, device)  # two first requests at once: one switches, the other sees it
+        if device.renewed_cert_serial == serial:
+            _switch_to_renewed(session, device, now)
     if device.cert_serial != serial:
         raise Unauthenticated(f"this certificate of device {cert_name!r} was revoked")
     return device
+
+
+def _lock(session: Session, device: Device) -> Device:
+    locked = session.scalar(
+        select(Device)
+        .where(Device.id == device.id)
+        .with_for_update(of=Device)
+        .execution_options(populate_existing=True)
+        .options(lazyload(Device.tags), lazyload(Device.models))
+    )
+    assert locked is not None
+    return locked
+
+
+def _switch_to_renewed(session: Session, device: Device, now: datetime) -> None:
+    assert device.renewed_cert_serial is not None
+    if device.cert_serial is not None:
+        _record_revoked(session, device.name, device.cert_serial, now, "replaced by its renewal")
+    log.info(
+        "device %s uses its renewed certificate %s; %s is revoked",
+        device.name,
+        device.renewed_cert_serial,
+        device.cert_serial,
+    )
+    device.cert_serial = device.renewed_cert_serial
+    device.cert_not_after = device.renewed_cert_not_after
+    device.renewed_cert_serial = None
+    device.renewed_cert_not_after = None
+    device.updated_at = now
+
+
+def renew_certificate(
+    session: Session,
+    device: Device,
+    presented_cert_pem: str,
+    csr_pem: str,
+    ca: FleetCA,
+    now: datetime,
+    cert_days: int,
+) -> IssuedCertificate:
+    """A new certificate for a new key of an authenticated ``device`` (:func:`authenticate_device`).
+
+    ``presented_cert_pem`` is the certificate the request was made with (the device's current one);
+    the CSR's key must differ from it (INVALID_ARGUMENT). The current certificate stays valid until
+    the renewed one is first used; a renewed certificate not used yet is revoked and replaced by
+    this one. UNAUTHENTICATED if the current certificate has expired (by the server's clock): the
+    device must enrol again with a new token.
+    """
+    device = _lock(session, device)
+    if device.cert_not_after is not None and device.cert_not_after <= now:
+        raise Unauthenticated(
+            f"the certificate of device {device.name!r} expired at {device.cert_not_after.isoformat()}; "
+            "it cannot be renewed: enrol the device again with a new enrolment token"
+        )
+    check_new_key(csr_pem, presented_cert_pem)
+    issued = ca.issue_device_certificate(csr_pem, device.name, now, cert_days)
+    if device.renewed_cert_serial is not None:
+        _record_revoked(session, device.name, device.renewed_cert_serial, now, "superseded before use")
+    device.renewed_cert_serial = issued.serial
+    device.renewed_cert_not_after = issued.not_after
+    device.updated_at = now
+    log.info("device %s renewed its certificate (new serial %s, not used yet)", device.name, issued.serial)
+    return issued
 
 
 def check_identity(device: Device, device_name: str, fleet_name: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
@@ -63,13 +63,19 @@ async def device_identity(request: Request) -> DeviceIdentity:
     return identity_from_scope(request.scope)
 
 
-def identity_from_scope(scope: Mapping[str, Any]) -> DeviceIdentity:
-    """The device identity of an ASGI request's client certificate; UNAUTHENTICATED without one."""
+def client_certificate(scope: Mapping[str, Any]) -> str:
+    """The verified client certificate (PEM) of an ASGI request; UNAUTHENTICATED without one."""
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
     if not chain:
         raise Unauthenticated("device endpoints need a client certificate: use the device port (mutual TLS)")
     pem: str = chain[0]
+    return pem
+
+
+def identity_from_scope(scope: Mapping[str, Any]) -> DeviceIdentity:
+    """The device identity of an ASGI request's client certificate; UNAUTHENTICATED without one."""
+    pem = client_certificate(scope)
     identity = _identities.get(pem)
     if identity is None:
         try:
@@ -90,6 +96,9 @@ _identities: dict[str, DeviceIdentity] = {}
 _IDENTITY_CACHE_SIZE = 100_000
 
 
-def check_device(session: Session, identity: DeviceIdentity) -> Device:
-    """The device row for ``identity``; UNAUTHENTICATED when its certificate was revoked."""
-    return devices.authenticate_device(session, identity.name, identity.serial)
+def check_device(session: Session, identity: DeviceIdentity, now: datetime) -> Device:
+    """The device row for ``identity``; UNAUTHENTICATED when its certificate was revoked.
+
+    ``now`` time-stamps the revocation of the certificate a renewed one replaces on its first use.
+    """
+    return devices.authenticate_device(session, identity.name, identity.serial, now)

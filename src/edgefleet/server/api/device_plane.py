@@ -4,7 +4,7 @@ Every call is authenticated by the connection's client certificate (issued at en
 for revocation; the DeviceName/DeviceFleetName in a body must be the caller's own, so a device can
 only read its own deployments and write its own heartbeats and results. Operation names and fields
 are those of the Edge Manager device API (``fleet-api.md``); ``ReportDeploymentResult``,
-``ReportDeploymentHealth`` and package download are edgefleet extensions.
+``ReportDeploymentHealth``, ``RenewCertificate`` and package download are edgefleet extensions.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from edgefleet.server import deployments as dp
 from edgefleet.server import devices
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
-from edgefleet.server.api.auth import DeviceIdentity, app_state, check_device, device_identity
+from edgefleet.server.api.auth import (
+    DeviceIdentity,
+    app_state,
+    check_device,
+    client_certificate,
+    device_identity,
+)
 from edgefleet.server.api.errors import ERROR_RESPONSES
 from edgefleet.server.api.ranges import serve_artifact
 from edgefleet.server.api.state import AppState
@@ -63,10 +69,36 @@ def _metric(metric: s.EdgeMetric, stamps: dict[tuple[datetime, Any], str]) -> di
 def get_registration(body: s.DeviceRef, request: Request, identity: Identity) -> s.RegistrationOut:
     st = app_state(request)
     with st.db.session() as session:
-        device = check_device(session, identity)
+        device = check_device(session, identity, st.db.now())
         devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
         return s.RegistrationOut(
             DeviceRegistration="REGISTERED", CacheTTL=str(st.config.timing.registration_cache_ttl)
+        )
+
+
+@router.post("/RenewCertificate", response_model=s.RenewResponse, summary="Renew the client certificate")
+def renew_certificate(body: s.RenewRequest, request: Request, identity: Identity) -> s.RenewResponse:
+    """A certificate for the device's new key (*extension*). The certificate this request was made
+    with stays valid until the renewed one is first used; from then on only the renewed one is."""
+    st = app_state(request)
+    with st.db.session() as session:
+        device = check_device(session, identity, st.db.now())
+        devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
+        issued = devices.renew_certificate(
+            session,
+            device,
+            client_certificate(request.scope),
+            body.CertificateSigningRequest,
+            st.ca,
+            st.db.now(),
+            st.config.timing.device_cert_days,
+        )
+        return s.RenewResponse(
+            DeviceName=device.name,
+            DeviceFleetName=device.fleet.name,
+            Certificate=issued.cert_pem,
+            CertificateChain=[st.ca.cert_pem],
+            CertificateExpiresAt=issued.not_after,
         )
 
 
@@ -134,7 +166,7 @@ def _store_heartbeat(
     st: AppState, body: s.HeartbeatRequest, identity: DeviceIdentity, heartbeat: devices.Heartbeat
 ) -> None:
     with st.db.session() as session:
-        device = check_device(session, identity)
+        device = check_device(session, identity, st.db.now())
         devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
         devices.record_heartbeat(session, device, heartbeat, st.db.now())
         if body.DeploymentResult is not None:
@@ -160,7 +192,7 @@ def get_deployments(body: s.DeviceRef, request: Request, identity: Identity) -> 
     """The deployments this device must act on, oldest first; fetching one marks it INPROGRESS."""
     st = app_state(request)
     with st.db.session() as session:
-        device = check_device(session, identity)
+        device = check_device(session, identity, st.db.now())
         devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
         items = dp.device_deployments(session, device, st.db.now())
         return s.DeploymentsOut(Deployments=[render.deployment(item, st.artifacts) for item in items])
@@ -173,7 +205,7 @@ def report_result(body: s.ResultRequest, request: Request, identity: Identity) -
     st = app_state(request)
     result = body.DeploymentResult
     with st.db.session() as session:
-        device = check_device(session, identity)
+        device = check_device(session, identity, st.db.now())
         devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
         row = dp.record_result(
             session,
@@ -197,7 +229,7 @@ def report_health(body: s.HealthRequest, request: Request, identity: Identity) -
     """Error rate and p99 latency of the new model; the answer says whether to keep it or roll back."""
     st = app_state(request)
     with st.db.session() as session:
-        device = check_device(session, identity)
+        device = check_device(session, identity, st.db.now())
         devices.check_identity(device, body.DeviceName, body.DeviceFleetName)
         verdict = dp.record_health(
             session,
@@ -213,7 +245,7 @@ def download_package(package_id: int, request: Request, identity: Identity) -> R
     """Only packages of deployments assigned to this device can be downloaded."""
     st = app_state(request)
     with st.db.session() as session:
-        device = check_device(session, identity)
+        device = check_device(session, identity, st.db.now())
         package = session.get(ModelPackage, package_id)
         assigned = session.scalar(
             select(StageDevice.stage_id)

@@ -403,6 +403,18 @@ class DeviceRef(Lenient):
     DeviceFleetName: str
 
 
+class RenewRequest(DeviceRef):
+    CertificateSigningRequest: str = Field(description="PEM PKCS#10 request for the device's NEW key")
+
+
+class RenewResponse(Out):
+    DeviceName: str
+    DeviceFleetName: str
+    Certificate: str = Field(description="the renewed client certificate (PEM); valid once first used")
+    CertificateChain: list[str] = Field(description="the fleet CA certificate(s) (PEM)")
+    CertificateExpiresAt: datetime
+
+
 class RegistrationOut(Out):
     DeviceRegistration: str
     CacheTTL: str

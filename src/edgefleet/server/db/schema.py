@@ -114,6 +114,9 @@ class Device(Base):
     enrolled_at: Mapped[datetime | None]
     cert_serial: Mapped[str | None] = mapped_column(String(64))
     cert_not_after: Mapped[datetime | None]
+    # a renewed certificate issued but not used yet: the current one stays valid until it is
+    renewed_cert_serial: Mapped[str | None] = mapped_column(String(64))
+    renewed_cert_not_after: Mapped[datetime | None]
     agent_version: Mapped[str | None] = mapped_column(String(64))
     # not indexed: every heartbeat rewrites it (see migration 0002)
     last_heartbeat_at: Mapped[datetime | None]
