@@ -42,14 +42,16 @@ def _renew(db: Database, ca: FleetCA, serial: str, cert_pem: str, csr: str) -> s
 
 
 def _accepts(db: Database, serial: str) -> bool:
+    """Whether the server accepts certificate ``serial`` of cam-1 (else it is refused as revoked)."""
     try:
         with db.session() as s:
             devices.authenticate_device(s, "cam-1", serial, db.now())
     except EdgefleetError as exc:
-        assert exc.code is Code.UNAUTHENTICATED
-        assert "was revoked" in str(exc)
-        return False
-    return True
+        refused = exc
+    else:
+        return True
+    assert refused.code is Code.UNAUTHENTICATED and "was revoked" in str(refused)
+    return False
 
 
 def test_the_old_certificate_is_valid_until_the_renewed_one_is_used(db: Database, clock: FakeClock) -> None:
@@ -87,7 +89,9 @@ def test_a_renewal_not_used_is_superseded_by_the_next(db: Database, clock: FakeC
     assert reasons == {first: "superseded before use", old: "replaced by its renewal"}
 
 
-def test_renewal_needs_a_new_key_and_a_certificate_that_has_not_expired(db: Database, clock: FakeClock) -> None:
+def test_renewal_needs_a_new_key_and_a_certificate_that_has_not_expired(
+    db: Database, clock: FakeClock
+) -> None:
     from edgefleet.device.identity import make_csr as device_csr
 
     ca, cert_pem, old, key = _enrolled(db)

@@ -123,6 +123,22 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """When the device certificate is renewed (see docs/device-daemon.md §1)."""
+
+    #: Renew once this fraction of the certificate's lifetime has passed (0 < fraction < 1).
+    renew_after_fraction: float = 2 / 3
+    #: After the server refused a renewal, wait this long before asking again.
+    retry_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_after_fraction < 1:
+            raise InvalidArgument("certificate.renew_after_fraction must be between 0 and 1")
+        if self.retry_seconds <= 0:
+            raise InvalidArgument("certificate.retry_seconds must be positive")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything ``edgefleet device run`` reads at start-up."""
 
@@ -140,6 +156,7 @@ class DaemonConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     queue: QueueLimits = field(default_factory=QueueLimits)
     deployment: DeploymentSettings = field(default_factory=DeploymentSettings)
+    certificate: CertificateSettings = field(default_factory=CertificateSettings)
 
     def __post_init__(self) -> None:
         if not self.agent.address and not self.agent.spawn:
@@ -159,6 +176,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "retry": RetryPolicy,
     "queue": QueueLimits,
     "deployment": DeploymentSettings,
+    "certificate": CertificateSettings,
 }
 _TOP = ("trust_dir", "state_dir", "server_url", "accelerator")
 

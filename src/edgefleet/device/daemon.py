@@ -47,6 +47,7 @@ from edgefleet.device.protocol import (
     Result,
     Verdict,
 )
+from edgefleet.device.renewal import CertificateRenewal, RenewalState
 from edgefleet.device.state import HistoryEntry, JournalKind, StateStore, Watch
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,11 @@ class Daemon:
         platform: tuple[str, str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
+        renewal: CertificateRenewal | None = None,
     ) -> None:
         self.config = config
+        #: renews the device certificate before it expires (None: this daemon's plane has none)
+        self.renewal = renewal
         self.store = store
         self.outbox = outbox
         self.executor = executor
@@ -190,6 +194,19 @@ class Daemon:
             log.info("the device is registered again")
         self._registration_due = self._monotonic() + max(registration.cache_ttl_seconds, 1.0)
 
+    def renew_certificate(self) -> RenewalState | None:
+        """Renew the device certificate if it is due (see :mod:`edgefleet.device.renewal`)."""
+        if self.renewal is None:
+            return None
+        try:
+            state = self.renewal.check()
+        except EdgefleetError as exc:  # e.g. the disk refused the new files: the current pair stays
+            log.error("certificate renewal failed: %s", exc)
+            return None
+        if state is RenewalState.RENEWED:
+            self._registration_due = 0.0  # the server just took the new certificate: ask again now
+        return state
+
     # -- heartbeats -----------------------------------------------------------------------------
     def build_heartbeat(self) -> Heartbeat:
         """A heartbeat with the agent's and the models' figures now."""
@@ -281,6 +298,7 @@ class Daemon:
             self.executor.converge()
         outcomes: list[Outcome] = []
         listed: dict[str, Deployment] | None = None
+        self.renew_certificate()
         self.check_registration()
         if self.registered:
             listed = self._poll()  # also while offline: that is how the daemon notices the server is back
@@ -459,8 +477,11 @@ def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
     return (a.deployment, a.kind, a.finished_at) == (b.deployment, b.kind, b.finished_at)
 
 
-def build_daemon(config: DaemonConfig, *, plane: ControlPlane | None = None) -> Daemon:
-    """A daemon with the real parts: the enrolled identity over HTTPS, the agent, the package cache."""
+def build_daemon(
+    config: DaemonConfig, *, plane: ControlPlane | None = None, now: Callable[[], datetime] = utcnow
+) -> Daemon:
+    """A daemon with the real parts: the enrolled identity over HTTPS (renewing its certificate),
+    the agent, the package cache. ``now`` is the daemon's clock."""
     from edgefleet.agent.models import host_arch
     from edgefleet.device.agentlink import write_agent_config
     from edgefleet.device.https import HttpsControlPlane
@@ -470,10 +491,19 @@ def build_daemon(config: DaemonConfig, *, plane: ControlPlane | None = None) -> 
     state_dir = config.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     identity = load_identity(state_dir)
+    renewal = None
     if plane is None:
-        plane = HttpsControlPlane(
+        https = HttpsControlPlane(
             identity, url=config.server_url or None, timeout=config.timing.request_timeout_seconds
         )
+        renewal = CertificateRenewal(
+            identity,
+            https,
+            renew_after_fraction=config.certificate.renew_after_fraction,
+            retry_seconds=config.certificate.retry_seconds,
+            now=now,
+        )
+        plane = https
     address = config.agent_address
     agent = AgentConnection.connect(
         address,
@@ -519,4 +549,6 @@ def build_daemon(config: DaemonConfig, *, plane: ControlPlane | None = None) -> 
         supervisor=supervisor,
         metrics=DeviceMetrics(agent_pid=lambda: supervisor.pid if supervisor is not None else None),
         platform=("linux", host_arch(), config.accelerator),
+        now=now,
+        renewal=renewal,
     )

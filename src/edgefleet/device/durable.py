@@ -36,6 +36,15 @@ def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+def move_atomic(source: Path, target: Path) -> None:
+    """Rename ``source`` over ``target`` (same directory) and make the rename durable."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        raise EdgefleetError(f"cannot move {source} to {target}: {exc}") from exc
+    fsync_dir(target.parent)
+
+
 def write_json_atomic(path: Path, value: Any, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``value`` as JSON atomically."""
     write_bytes_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode("utf-8"), mode=mode)

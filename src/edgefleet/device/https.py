@@ -10,12 +10,14 @@ code; a server that cannot be reached (refused, reset, timed out, 502/503/504) i
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
 import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -26,9 +28,18 @@ from edgefleet.core.errors import (
     EdgefleetError,
     FailedPrecondition,
     InvalidArgument,
+    Unauthenticated,
     Unavailable,
 )
-from edgefleet.device.identity import Enroller, Enrolment, EnrolmentToken, Identity, ca_fingerprint
+from edgefleet.device.identity import (
+    REENROL_HINT,
+    Enroller,
+    Enrolment,
+    EnrolmentToken,
+    Identity,
+    ca_fingerprint,
+    certificate_validity,
+)
 from edgefleet.device.protocol import (
     Deployment,
     DeploymentResult,
@@ -46,6 +57,9 @@ ENROL_CA_PATH = "/enrol/v1/ca.pem"
 ENROL_PATH = "/enrol/v1/enrol"
 DEVICE_PREFIX = "/device/v1/"
 USER_AGENT = f"edgefleet-device/{__version__}"
+
+#: the default clock of expiry checks (injected by tests)
+_CLOCK: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 # HTTP statuses that mean "try again later" rather than "you asked for something wrong"
 _RETRYABLE_STATUS = {502, 503, 504}
@@ -133,11 +147,20 @@ class _Response:
 class _Connection:
     """One keep-alive HTTPS connection, re-opened when it breaks (one request at a time)."""
 
-    def __init__(self, url: str, context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        context: ssl.SSLContext,
+        timeout: float,
+        *,
+        certificate_problem: Callable[[], str | None] | None = None,
+    ) -> None:
         self.host, self.port, self.base_path = _split(url)
         self.url = url
-        self._context = context
+        self.context = context
         self._timeout = timeout
+        #: what is wrong with the client certificate presented (e.g. it expired), if anything
+        self._certificate_problem = certificate_problem
         self._conn: http.client.HTTPSConnection | None = None
         self.lock = threading.Lock()
 
@@ -163,7 +186,7 @@ class _Connection:
             fresh = self._conn is None
             if self._conn is None:
                 self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, context=self._context, timeout=self._timeout
+                    self.host, self.port, context=self.context, timeout=self._timeout
                 )
             try:
                 self._conn.request(method, self.base_path + path, body=body, headers=all_headers)
@@ -175,6 +198,13 @@ class _Connection:
                 ) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.reset()
+                refused = _refused_certificate(exc)
+                if refused is None and self._certificate_problem is not None:
+                    # a server refusing an expired client certificate under TLS 1.3 often just
+                    # closes the connection: that is a refusal, not an outage, when ours has expired
+                    refused = self._certificate_problem()
+                if refused is not None:
+                    raise Unauthenticated(f"{what}: {refused}") from exc
                 retry = attempt == 1 and not fresh and _stale_connection(exc)
                 if retry:
                     continue
@@ -201,6 +231,31 @@ class _Connection:
     def close(self) -> None:
         with self.lock:
             self.reset()
+
+
+#: TLS alerts by which a server refuses the client certificate (OpenSSL reason -> what it means)
+_CERTIFICATE_ALERTS = {
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the server refused this device's certificate: it has expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the server refused this device's certificate: it is revoked",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused this device's certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the server refused this device's certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the server refused this device's certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not know the CA of this device's certificate (another fleet?)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a device certificate",
+}
+
+
+def _refused_certificate(exc: BaseException) -> str | None:
+    """What a TLS alert refusing the client certificate means, with the way out; None for others.
+
+    Such a refusal is not an outage: the device would wait for a server that never accepts it.
+    """
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    meaning = _CERTIFICATE_ALERTS.get(str(exc.reason or ""))
+    if meaning is None:
+        return None
+    return f"{meaning} ({exc.reason}); {REENROL_HINT}"
 
 
 def _stale_connection(exc: BaseException) -> bool:
@@ -294,14 +349,16 @@ def enroller(
 # the device data plane
 
 
-def device_context(identity: Identity) -> ssl.SSLContext:
-    """A TLS context that presents the device certificate and trusts the fleet CA (and the server
-    certificate's CA given at enrolment, if any)."""
+def device_context(
+    identity: Identity, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A TLS context that presents the device certificate (or ``cert``/``key``, a renewed pair) and
+    trusts the fleet CA (and the server certificate's CA given at enrolment, if any)."""
     try:
         context = ssl.create_default_context(cafile=str(identity.ca_path))
         if identity.server_ca_path is not None:
             context.load_verify_locations(cafile=str(identity.server_ca_path))
-        context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+        context.load_cert_chain(str(cert or identity.cert_path), str(key or identity.key_path))
     except (OSError, ssl.SSLError) as exc:
         raise FailedPrecondition(f"cannot load the device identity in {identity.directory}: {exc}") from exc
     return context
@@ -346,12 +403,15 @@ class HttpsControlPlane:
         url: str | None = None,
         timeout: float = 30.0,
         context: ssl.SSLContext | None = None,
+        now: Callable[[], datetime] = _CLOCK,
     ) -> None:
         self.identity = identity
         self.url = url or identity.device_url
+        self._now = now
         self._context = context or device_context(identity)
-        self._api = _Connection(self.url, self._context, timeout)
-        self._downloads = _Connection(self.url, self._context, timeout)
+        self._presented = identity.cert_path
+        self._api = _Connection(self.url, self._context, timeout, certificate_problem=self._expired)
+        self._downloads = _Connection(self.url, self._context, timeout, certificate_problem=self._expired)
         self._ref = {"DeviceName": identity.device_name, "DeviceFleetName": identity.fleet_name}
 
     def _call(self, operation: str, payload: Mapping[str, Any]) -> Any:
@@ -372,6 +432,38 @@ class HttpsControlPlane:
 
     def report_health(self, report: HealthReport) -> HealthVerdict:
         return HealthVerdict.from_wire(self._call("ReportDeploymentHealth", report.to_wire()))
+
+    def renew_certificate(self, csr_pem: str) -> str:
+        """A certificate (PEM) for the new key of ``csr_pem``, asked for with the current one (*extension*)."""
+        answer = self._call("RenewCertificate", {"CertificateSigningRequest": csr_pem})
+        try:
+            return str(answer["Certificate"])
+        except (KeyError, TypeError) as exc:
+            raise EdgefleetError(f"the RenewCertificate answer lacks {exc}: {answer}") from exc
+
+    def use_certificate(self, cert: Path | None = None, key: Path | None = None) -> None:
+        """Present ``cert``/``key`` (default: the identity's current pair, read again) from the next
+        request on; open connections are closed, since TLS fixes the certificate per connection."""
+        context = device_context(self.identity, cert=cert, key=key)
+        self._context = context
+        self._presented = cert or self.identity.cert_path
+        for connection in (self._api, self._downloads):
+            with connection.lock:
+                connection.reset()
+                connection.context = context
+
+    def _expired(self) -> str | None:
+        """Why the server refuses the certificate presented, if it has expired (else None)."""
+        try:
+            validity = certificate_validity(self._presented)
+        except EdgefleetError:
+            return None
+        if not validity.expired(self._now()):
+            return None
+        return (
+            f"the server refused this device's certificate: it expired at "
+            f"{validity.not_after.isoformat()}; {REENROL_HINT}"
+        )
 
     def open_package(self, package: PackageRef, offset: int = 0) -> PackageBody:
         path = package.url

@@ -8,7 +8,15 @@ Files under ``<state_dir>/identity/`` (directory mode 0700):
 - ``ca.crt`` — the fleet CA certificate (trust anchor for the server's TLS certificate);
 - ``server-ca.crt`` — only when the server presents an operator-supplied certificate: its CA;
 - ``identity.json`` — device name, fleet, server and device endpoint URLs; written last, so its
-  presence means the enrolment completed.
+  presence means the enrolment completed;
+- ``renewal.key`` / ``renewal.crt`` — only while a certificate renewal is in progress: the new key
+  and the certificate the fleet CA issued for it (see :mod:`edgefleet.device.renewal`).
+
+A renewal replaces ``device.key`` then ``device.crt`` by renaming the renewal files over them
+(each rename atomic and fsynced). A crash between the two renames leaves ``renewal.crt`` alone,
+which :func:`load_identity` installs; a crash while the renewal files are written leaves
+``renewal.key`` alone, which it removes. So the device always has a key and a certificate that
+belong together, and the current pair stays in use until the new one is installed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgefleet.core.errors import AlreadyExists, EdgefleetError, FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.device.durable import private_dir, read_json, write_bytes_atomic, write_json_atomic
+from edgefleet.device.durable import (
+    fsync_dir,
+    move_atomic,
+    private_dir,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +52,16 @@ CERT_FILE = "device.crt"
 CA_FILE = "ca.crt"
 SERVER_CA_FILE = "server-ca.crt"
 IDENTITY_FILE = "identity.json"
+RENEWAL_KEY_FILE = "renewal.key"
+RENEWAL_CERT_FILE = "renewal.crt"
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+#: how a device whose certificate can no longer be used gets a new one (docs/device-daemon.md §1)
+REENROL_HINT = (
+    "enrol the device again: an operator runs `edgefleet device new-token DEVICE`, then on the device "
+    "`edgefleet device enroll --force --server URL --token TOKEN --config FILE`"
+)
 
 
 @dataclass(frozen=True)
@@ -109,10 +132,48 @@ class Identity:
         return self.directory / CA_FILE
 
     @property
+    def renewal_key_path(self) -> Path:
+        """The new key of a renewal in progress."""
+        return self.directory / RENEWAL_KEY_FILE
+
+    @property
+    def renewal_cert_path(self) -> Path:
+        """The renewed certificate of a renewal in progress."""
+        return self.directory / RENEWAL_CERT_FILE
+
+    @property
     def server_ca_path(self) -> Path | None:
         """The CA of an operator-supplied server certificate, if enrolment was given one."""
         path = self.directory / SERVER_CA_FILE
         return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class CertificateValidity:
+    """When a device certificate is valid, read from the certificate itself."""
+
+    serial: str
+    not_before: datetime
+    not_after: datetime
+
+    def renew_from(self, fraction: float) -> datetime:
+        """The time ``fraction`` of the certificate's lifetime has passed (when renewal is due)."""
+        return self.not_before + (self.not_after - self.not_before) * fraction
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the certificate is past its end at ``now``."""
+        return now >= self.not_after
+
+
+def certificate_validity(path: Path) -> CertificateValidity:
+    """The validity of the PEM certificate in ``path``; FAILED_PRECONDITION if it is unreadable."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"cannot read the device certificate {path}: {exc}; enrol again") from exc
+    return CertificateValidity(
+        format(cert.serial_number, "x"), cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
 
 
 def ca_fingerprint(ca_pem: str | bytes) -> str:
@@ -181,6 +242,9 @@ def enroll(
     private_dir(directory)
     # the marker file goes last: a crash before it leaves an incomplete, ignored identity
     (directory / IDENTITY_FILE).unlink(missing_ok=True)
+    # a renewal of the identity being replaced must not be installed over the new one
+    (directory / RENEWAL_CERT_FILE).unlink(missing_ok=True)
+    (directory / RENEWAL_KEY_FILE).unlink(missing_ok=True)
     write_bytes_atomic(directory / KEY_FILE, key_pem(key), mode=0o600)
     write_bytes_atomic(directory / CERT_FILE, enrolment.cert_pem.encode(), mode=0o644)
     write_bytes_atomic(directory / CA_FILE, enrolment.ca_pem.encode(), mode=0o644)
@@ -204,7 +268,61 @@ def enroll(
     return load_identity(state_dir)
 
 
-def _check_certificate(cert_pem: str, key: ec.EllipticCurvePrivateKey) -> None:
+def store_renewal(identity: Identity, key: ec.EllipticCurvePrivateKey, cert_pem: str) -> None:
+    """Put a renewed certificate and its new key on disk beside the current pair (still the one in
+    use): the key first, then the certificate, each written atomically and fsynced."""
+    cert = _check_certificate(cert_pem, key)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or names[0].value != identity.device_name:
+        raise EdgefleetError(f"the renewed certificate is not for device {identity.device_name!r}")
+    write_bytes_atomic(identity.renewal_key_path, key_pem(key), mode=0o600)
+    write_bytes_atomic(identity.renewal_cert_path, cert_pem.encode(), mode=0o644)
+
+
+def has_renewal(identity: Identity) -> bool:
+    """Whether a renewed key and certificate wait on disk to be confirmed and installed."""
+    return identity.renewal_key_path.is_file() and identity.renewal_cert_path.is_file()
+
+
+def install_renewal(identity: Identity) -> None:
+    """Make the renewed pair the current one: rename the key, then the certificate, over the old ones."""
+    move_atomic(identity.renewal_key_path, identity.key_path)
+    move_atomic(identity.renewal_cert_path, identity.cert_path)
+
+
+def discard_renewal(identity: Identity) -> None:
+    """Forget a renewal (the server refused its certificate): the current pair stays."""
+    try:
+        identity.renewal_cert_path.unlink(missing_ok=True)
+        identity.renewal_key_path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise EdgefleetError(f"cannot remove the renewal files in {identity.directory}: {exc}") from exc
+    fsync_dir(identity.directory)
+
+
+def _finish_renewal(directory: Path) -> None:
+    """Settle what a crash in the middle of a renewal left behind (see the module doc)."""
+    key_file, cert_file = directory / RENEWAL_KEY_FILE, directory / RENEWAL_CERT_FILE
+    if cert_file.is_file() and not key_file.exists():
+        # the new key is installed already, its certificate not yet: finish the install
+        try:
+            key = serialization.load_pem_private_key((directory / KEY_FILE).read_bytes(), password=None)
+            cert_pem = cert_file.read_text("ascii")
+        except (OSError, ValueError) as exc:
+            raise FailedPrecondition(f"cannot finish the renewal in {directory}: {exc}; enrol again") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise FailedPrecondition(f"{directory / KEY_FILE} is not an EC key; enrol again")
+        _check_certificate(cert_pem, key)
+        move_atomic(cert_file, directory / CERT_FILE)
+        log.warning("finished installing the renewed device certificate (interrupted by a crash)")
+    elif key_file.is_file() and not cert_file.exists():
+        # the certificate never reached the disk: the current pair is still the one the server accepts
+        key_file.unlink()
+        fsync_dir(directory)
+        log.warning("removed the key of an unfinished certificate renewal; the current certificate stays")
+
+
+def _check_certificate(cert_pem: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
     except ValueError as exc:
@@ -217,16 +335,21 @@ def _check_certificate(cert_pem: str, key: ec.EllipticCurvePrivateKey) -> None:
     )
     if mine != theirs:
         raise EdgefleetError("the server's certificate is not for this device's key")
+    return cert
 
 
 def load_identity(state_dir: Path) -> Identity:
-    """The stored identity; NOT_FOUND if the device has not been enrolled."""
+    """The stored identity; NOT_FOUND if the device has not been enrolled.
+
+    A renewal that a crash interrupted is settled first (see the module doc).
+    """
     directory = identity_dir(state_dir)
     raw = read_json(directory / IDENTITY_FILE)
     if raw is None:
         raise NotFound(
             f"this device is not enrolled (no {directory / IDENTITY_FILE}); run `edgefleet device enroll`"
         )
+    _finish_renewal(directory)
     try:
         identity = Identity(
             directory=directory,
