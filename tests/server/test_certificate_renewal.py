@@ -281,7 +281,10 @@ def test_an_expired_certificate_says_how_to_enrol_again(
         assert len(said) == 1, said  # once, not every pass
         assert "expired at" in said[0] and "edgefleet device enroll --force" in said[0]
         # the server's TLS refuses the certificate: a refusal with the way out, not an outage
-        with pytest.raises(Unauthenticated, match=r"refused this device.s certificate: it expired at .*edgefleet device new-token") as refused:
+        with pytest.raises(
+            Unauthenticated,
+            match=r"refused this device.s certificate: it expired at .*edgefleet device new-token",
+        ) as refused:
             plane.get_registration()
         assert refused.value.code is Code.UNAUTHENTICATED
     finally:
