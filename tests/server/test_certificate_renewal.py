@@ -10,6 +10,7 @@ where a test needs a certificate that expired.
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from collections.abc import Iterator
@@ -263,8 +264,10 @@ def test_renewal_is_refused_for_the_same_key_and_for_a_deregistered_device(env: 
 
 
 def test_an_expired_certificate_says_how_to_enrol_again(
-    env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from edgefleet.cli.main import main
+
     state = tmp_path / "state"
     env.clock.offset = -timedelta(days=CERT_DAYS + 1)  # issued long enough ago to have expired now
     try:
@@ -289,6 +292,14 @@ def test_an_expired_certificate_says_how_to_enrol_again(
         assert refused.value.code is Code.UNAUTHENTICATED
     finally:
         plane.close()
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'[daemon]\ntrust_dir = "{tmp_path}"\nstate_dir = "{state}"\n[agent]\naddress = "unix:///x.sock"\n'
+    )
+    capsys.readouterr()
+    assert main(["device", "status", "--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "certificate: EXPIRED at" in shown and "edgefleet device enroll --force" in shown
     # the documented way back: a new token from the operator, then enrol again with --force
     token = env.op.new_enrolment_token("renew-expired")["EnrolmentToken"]
     again = enroll(state, env.api_url, token, enroller(), force=True)
@@ -298,6 +309,9 @@ def test_an_expired_certificate_says_how_to_enrol_again(
         assert not certificate_validity(again.cert_path).expired(datetime.now(UTC))
     finally:
         plane.close()
+    assert main(["device", "status", "--config", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)["certificate"]
+    assert status["expired"] is False and status["serial"] == certificate_validity(again.cert_path).serial
 
 
 def test_a_renewal_interrupted_by_a_crash_leaves_a_working_identity(env: Env, tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ def show_status(args: argparse.Namespace) -> int:
     state = StateStore(config.state_dir).state
     outbox = Outbox(config.state_dir, config.queue.max_heartbeats)
     summary: dict[str, Any] = {
+        "certificate": _certificate_status(config.state_dir, config.certificate.renew_after_fraction),
         "handles": {
             h: {
                 "alias": m.alias,
@@ -151,6 +152,16 @@ def show_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    cert = summary["certificate"]
+    if cert is None:
+        print("certificate: none (not enrolled: run `edgefleet device enroll`)")
+    elif cert["expired"]:
+        print(f"certificate: EXPIRED at {cert['not_after']} (serial {cert['serial']}); {cert['action']}")
+    else:
+        print(
+            f"certificate: valid until {cert['not_after']}, renewed from {cert['renew_from']} "
+            f"(serial {cert['serial']})"
+        )
     print("handles:")
     for handle, info in summary["handles"].items():
         print(
@@ -171,3 +182,24 @@ def show_status(args: argparse.Namespace) -> int:
     for entry in summary["history"]:
         print(f"  {entry['deployment']:30} {entry['kind']:8} {entry['result']:24} {entry['message']}")
     return 0
+
+
+def _certificate_status(state_dir: Path, renew_after_fraction: float) -> dict[str, Any] | None:
+    """The device certificate's validity and renewal time; None when the device is not enrolled."""
+    from datetime import UTC, datetime
+
+    from edgefleet.device.identity import CERT_FILE, REENROL_HINT, certificate_validity, identity_dir
+    from edgefleet.device.protocol import timestamp
+
+    path = identity_dir(state_dir) / CERT_FILE
+    if not path.is_file():
+        return None
+    validity = certificate_validity(path)
+    expired = validity.expired(datetime.now(UTC))
+    return {
+        "serial": validity.serial,
+        "not_after": timestamp(validity.not_after),
+        "renew_from": timestamp(validity.renew_from(renew_after_fraction)),
+        "expired": expired,
+        "action": REENROL_HINT if expired else None,
+    }
