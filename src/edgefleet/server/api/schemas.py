@@ -386,12 +386,17 @@ class EnrolRequest(Lenient):
     CertificateSigningRequest: str = Field(description="PEM PKCS#10 request for the device's own key")
 
 
-class EnrolResponse(Out):
+class CertificateOut(Out):
+    """A client certificate issued to a device (at enrolment or renewal)."""
+
     DeviceName: str
     DeviceFleetName: str
     Certificate: str = Field(description="the device's client certificate (PEM)")
     CertificateChain: list[str] = Field(description="the fleet CA certificate(s) (PEM)")
     CertificateExpiresAt: datetime
+
+
+class EnrolResponse(CertificateOut):
     DeviceEndpoint: str = Field(description="base URL of the device data plane (mutual TLS)")
 
 
@@ -407,12 +412,8 @@ class RenewRequest(DeviceRef):
     CertificateSigningRequest: str = Field(description="PEM PKCS#10 request for the device's NEW key")
 
 
-class RenewResponse(Out):
-    DeviceName: str
-    DeviceFleetName: str
-    Certificate: str = Field(description="the renewed client certificate (PEM); valid once first used")
-    CertificateChain: list[str] = Field(description="the fleet CA certificate(s) (PEM)")
-    CertificateExpiresAt: datetime
+class RenewResponse(CertificateOut):
+    """The renewed certificate: the one the request was made with stays valid until this one is used."""
 
 
 class RegistrationOut(Out):
