@@ -1,20 +1,24 @@
 """Certificate renewal in the device service (SQLite and PostgreSQL): the old certificate stays
 valid until the renewed one is used, then only the renewed one is; unused renewals are superseded;
-expired certificates, reused keys and revoked devices are refused."""
+expired certificates, reused keys and revoked devices are refused; migration 0005 both ways."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from server_testkit import TOKEN_TTL, FakeClock, make_csr
-from sqlalchemy import select
+from alembic import command
+from alembic.config import Config
+from server_testkit import TOKEN_TTL, FakeClock, make_csr, scratch_pg_database
+from sqlalchemy import func, insert, inspect, select
 
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument
 from edgefleet.server import devices, fleets
 from edgefleet.server.ca import FleetCA
-from edgefleet.server.db.engine import Database
-from edgefleet.server.db.schema import RevokedCertificate
+from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
+from edgefleet.server.db.schema import Device, DeviceModel, Fleet, RevokedCertificate
 
 CERT_DAYS = 3
 
@@ -129,3 +133,76 @@ def test_deregistration_and_re_enrolment_revoke_an_unused_renewal(db: Database, 
         devices.authenticate_device(s, "cam-1", again, db.now())
     with db.session() as s:
         assert s.get(RevokedCertificate, again) is not None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Database]:
+    """An empty database of its own, no migration run yet."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'edgefleet.db'}", clock=clock)
+        try:
+            yield database
+        finally:
+            database.close()
+        return
+    with scratch_pg_database("edgefleet_migration") as url:
+        database = Database(url, clock=clock, pool_size=1)
+        try:
+            yield database
+        finally:
+            database.close()
+
+
+def _migrate(db: Database, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_migration_0005_keeps_devices_and_their_rows_both_ways(unmigrated: Database) -> None:
+    db = unmigrated
+    _migrate(db, "0004")
+    t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    devices_table, models_table = Device.__table__, DeviceModel.__table__
+    with db.engine.begin() as conn:
+        fleet_id = conn.execute(
+            insert(Fleet.__table__)
+            .values(name="line-1", output_location="s3://b/p", tags={}, created_at=t0, updated_at=t0)
+            .returning(Fleet.__table__.c.id)
+        ).scalar_one()
+        device_id = conn.execute(
+            insert(devices_table)
+            .values(
+                name="cam-1",
+                fleet_id=fleet_id,
+                registered_at=t0,
+                updated_at=t0,
+                agent_metrics=[],
+                cert_serial="abc",
+                cert_not_after=t0,
+            )
+            .returning(devices_table.c.id)
+        ).scalar_one()
+        conn.execute(
+            insert(models_table).values(
+                device_id=device_id, model_name="det", model_version="1", metrics=[], updated_at=t0
+            )
+        )
+    _migrate(db, "head")
+    with db.session() as s:
+        device = devices.get_device(s, "cam-1")
+        assert (device.cert_serial, device.renewed_cert_serial, device.renewed_cert_not_after) == (
+            "abc",
+            None,
+            None,
+        )
+        device.renewed_cert_serial, device.renewed_cert_not_after = "def", t0
+    _migrate(db, "0004", down=True)  # an unused renewal is forgotten; nothing else is
+    with db.engine.connect() as conn:
+        assert conn.execute(select(devices_table.c.name, devices_table.c.cert_serial)).all() == [
+            ("cam-1", "abc")
+        ]
+        assert "renewed_cert_serial" not in {c["name"] for c in inspect(conn).get_columns("devices")}
+        assert conn.execute(select(func.count()).select_from(models_table)).scalar_one() == 1
