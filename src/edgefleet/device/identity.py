@@ -317,7 +317,10 @@ def _finish_renewal(directory: Path) -> None:
         log.warning("finished installing the renewed device certificate (interrupted by a crash)")
     elif key_file.is_file() and not cert_file.exists():
         # the certificate never reached the disk: the current pair is still the one the server accepts
-        key_file.unlink()
+        try:
+            key_file.unlink()
+        except OSError as exc:
+            raise EdgefleetError(f"cannot remove {key_file}: {exc}") from exc
         fsync_dir(directory)
         log.warning("removed the key of an unfinished certificate renewal; the current certificate stays")
 
