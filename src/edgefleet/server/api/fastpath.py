@@ -19,7 +19,10 @@ Everything else — other paths, no or foreign certificates, bodies that do not 
 identities or states the batched paths cannot vouch for, database errors — is passed to the
 application unchanged (the body already read is replayed), so every error keeps its documented
 shape and order. A heartbeat route called that way skips the group commit (it was just tried) and
-stores the heartbeat in a transaction of its own.
+stores the heartbeat in a transaction of its own. ``RenewCertificate`` always goes to the
+application, and so does the first call made with a renewed certificate (its serial is not yet the
+device's current one): the route's authentication makes it current
+(:func:`edgefleet.server.devices.authenticate_device`).
 """
 
 from __future__ import annotations
