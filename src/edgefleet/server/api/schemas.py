@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.server.validation import MAX_ID, MAX_INT32
+
 
 class Strict(BaseModel):
     """An operator request body: unknown fields are errors."""
@@ -263,7 +265,7 @@ class AliasRequest(Strict):
 
 class SelectionModel(Strict):
     DeviceSubsetType: str = Field(description="PERCENTAGE | SELECTION | NAMECONTAINS | TAGS")
-    Percentage: int | None = None
+    Percentage: int | None = Field(default=None, le=MAX_INT32)
     DeviceNames: list[str] | None = None
     DeviceNameContains: str | None = None
     DeviceTags: dict[str, str] | None = None
@@ -294,7 +296,7 @@ class ModelConfigIn(Strict):
 class HealthGateIn(Strict):
     MaxErrorRate: float | None = None
     MaxP99LatencyMs: float | None = None
-    MinInferences: int = 10
+    MinInferences: int = Field(default=10, le=MAX_INT32)
     ObservationSeconds: float = 60.0
 
 
@@ -513,8 +515,8 @@ class HealthRequest(Lenient):
     DeviceName: str
     DeviceFleetName: str
     DeploymentName: str
-    Inferences: int
-    Errors: int
+    Inferences: int = Field(le=MAX_ID)
+    Errors: int = Field(le=MAX_ID)
     P99LatencyMs: float | None = None
 
 
