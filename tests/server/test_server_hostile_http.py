@@ -311,6 +311,8 @@ def test_bad_device_input_is_a_4xx_on_a_connection_that_stays_usable(served: Ser
             heartbeat(NUL),
             b'{"DeviceName": "cam-h", "DeviceFleetName": "hostile", "x\\udfff": 1}',
             json.dumps({**ref, "DeploymentName": "d", "Inferences": 10**30, "Errors": 0}).encode(),
+            heartbeat(b'"1.0", "AgentMetrics": [{"MetricName": "cpu", "Value": NaN}]'),
+            heartbeat(b'"1.0", "AgentMetrics": [{"MetricName": "cpu", "Value": 1e999}]'),
         ):
             path = (
                 "/device/v1/ReportDeploymentHealth" if b"Inferences" in body else "/device/v1/SendHeartbeat"
@@ -339,6 +341,8 @@ def test_bad_operator_input_is_a_4xx_on_a_connection_that_stays_usable(served: S
             fleet % (SURROGATE, b""),
             b'{"EdgeDeploymentPlanName": "p", "DeviceFleetName": "hostile", "ModelConfigs": [], "Stages": [],'
             b' "HealthGate": {"MinInferences": 1000000000000000000000000000000}}',
+            b'{"EdgeDeploymentPlanName": "p", "DeviceFleetName": "hostile", "ModelConfigs": [], "Stages": [],'
+            b' "DeviceTimeoutSeconds": Infinity}',
         ):
             path = "/api/v1/deployment-plans" if b"Stages" in body else "/api/v1/fleets"
             answer = _exchange(sock, "POST", path, body, **token)

@@ -1,7 +1,9 @@
 """Request and response bodies. Field names follow the SageMaker Edge Manager shapes (PascalCase).
 
 Operator requests reject unknown fields (typos fail loudly); device requests ignore them so that
-newer daemons can talk to older servers.
+newer daemons can talk to older servers. No request number may be NaN or infinite (JSON has no
+such numbers, PostgreSQL's JSON refuses them, SQLite stores them as NULL), and integers that reach
+the database are bounded by its column types.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from edgefleet.server.validation import MAX_ID, MAX_INT32
 class Strict(BaseModel):
     """An operator request body: unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Lenient(BaseModel):
     """A device request body: unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Out(BaseModel):
