@@ -481,3 +481,49 @@ def test_server_workers_option(tmp_path: Path, signing_keys: Any) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "--workers: must be a whole number of at least 1, got '0'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- configured caps
+
+
+def test_the_caps_are_server_settings(tmp_path: Path, signing_keys: Any) -> None:
+    """Small caps set in ``ServerConfig.limits``: a JSON body and a streamed (chunked) upload over
+    them are refused, and the upload leaves nothing behind."""
+    from edgefleet.server import tokens
+    from edgefleet.server.config import Limits, ServerConfig, Timing
+    from edgefleet.server.runner import start_in_thread
+
+    config = ServerConfig(
+        data_dir=tmp_path / "data",
+        port=0,
+        device_port=0,
+        trust_dir=signing_keys.trust_dir,
+        limits=Limits(max_json_body_bytes=4096, max_package_bytes=300_000),
+        timing=Timing(shutdown_grace=1),
+    )
+    server = start_in_thread(config)
+    try:
+        db = server.state.db
+        with db.session() as session:
+            token = tokens.create_token(session, "ops-caps", db.now())
+        context = ssl.create_default_context(cafile=server.endpoints.ca_cert)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.endpoints.api_url, verify=context, headers=headers) as http:
+            fleet = {"DeviceFleetName": "caps", "OutputConfig": {"S3OutputLocation": "s3://b/p"}}
+            too_big = http.post("/api/v1/fleets", json={**fleet, "Description": "d" * 5000})
+            assert too_big.status_code == 413 and "at most 4096 bytes" in too_big.json()["error"]["message"]
+            assert http.post("/api/v1/fleets", json={**fleet, "Description": "d" * 500}).status_code == 201
+
+            def archive() -> Iterator[bytes]:  # no Content-Length: sent chunked, counted as it arrives
+                for _ in range(10):
+                    yield b"\x1f\x8b" + b"\0" * 65534
+
+            upload = http.post(
+                "/api/v1/packages", content=archive(), headers={"Content-Type": "application/gzip"}
+            )
+            status, code = upload.status_code, upload.json()["error"]["code"]
+            assert (status, code) == (413, "RESOURCE_EXHAUSTED"), upload.text
+            assert "300000" in upload.json()["error"]["message"]
+        assert server.state.artifacts.list() == []
+    finally:
+        server.stop()

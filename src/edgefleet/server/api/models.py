@@ -194,7 +194,8 @@ DEFAULT_UPLOAD_NAME = "uploaded-package.tar.gz"
 def upload_file_name(name: str | None) -> str:
     """A safe local file name for an upload called ``name`` by its client (its last path part)."""
     base = PurePosixPath((name or "").replace("\\", "/")).name
-    base = "".join(c for c in base if c.isprintable())[:200]
+    # at most 200 bytes: file systems allow 255 bytes, not characters
+    base = "".join(c for c in base if c.isprintable()).encode()[:200].decode(errors="ignore")
     return base if base.strip(". ") else DEFAULT_UPLOAD_NAME
 
 
