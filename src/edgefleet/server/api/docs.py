@@ -2,8 +2,9 @@
 
 FastAPI's own pages load their scripts and styles from a public CDN, so on a network without
 internet access they stay blank. Here the pages load them from this server: the files come from the
-``fastapi-offline`` package (a dependency of the ``server`` extra), which ships Swagger UI and ReDoc.
-Swagger UI's online spec validator is switched off for the same reason.
+``fastapi-offline`` package (MIT; a dependency of the ``server`` extra), which ships the built
+bundles of Swagger UI (Apache-2.0, SmartBear Software) and ReDoc (MIT, Redocly). Swagger UI's
+online spec validator is switched off for the same reason.
 """
 
 from __future__ import annotations
