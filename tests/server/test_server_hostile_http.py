@@ -471,9 +471,7 @@ def test_server_workers_option(tmp_path: Path, signing_keys: Any) -> None:
     deadline = time.monotonic() + 60
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(
-        Path(f"/proc/{w}/cmdline").exists() and Path(f"/proc/{w}/cmdline").read_bytes() for w in workers
-    )
+    assert not any(Path(f"/proc/{w}").exists() for w in workers), "SIGTERM left workers running"
     bad = subprocess.run(
         [sys.executable, "-m", "edgefleet", "server", "--workers", "0", "--data-dir", str(tmp_path / "x")],
         capture_output=True,
