@@ -47,6 +47,12 @@ def add_parser(sub: Any) -> None:
         "--device-url", help="device endpoint URL given to devices (set it behind a load balancer)"
     )
     parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="server processes sharing both ports, each a full replica (default: 1; about one per core)",
+    )
+    parser.add_argument(
         "--report-interval", type=float, default=86400.0, help="seconds between fleet report regenerations"
     )
     parser.add_argument(
@@ -56,6 +62,16 @@ def add_parser(sub: Any) -> None:
         help="heartbeat age (s) under which a device is connected",
     )
     parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -75,6 +91,7 @@ def build_config(args: argparse.Namespace) -> Any:
         tls_key=args.tls_key,
         tls_names=tuple(args.tls_name),
         device_url=args.device_url,
+        workers=args.workers,
         timing=Timing(report_interval=args.report_interval, connected_window=args.connected_window),
     )
 

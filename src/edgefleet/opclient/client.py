@@ -220,7 +220,10 @@ class FleetClient:
                         progress(sent, total)
 
         headers = {"Content-Type": "application/gzip", "Content-Length": str(total)}
-        result: Json = self.request("POST", "/api/v1/packages", content=chunks(), headers=headers)
+        # the file name lets the server's messages name the package the user uploaded
+        result: Json = self.request(
+            "POST", "/api/v1/packages", content=chunks(), headers=headers, params={"FileName": path.name}
+        )
         return result
 
     def download_package(self, name: str, version: str, target: str, dest: Path) -> Path:

@@ -22,6 +22,10 @@ class Limits:
 
     #: largest package archive accepted on upload, in bytes
     max_package_bytes: int = 4 * 1024**3
+    #: largest JSON request body (operator and device calls), in bytes; larger ones get 413 unread
+    max_json_body_bytes: int = 1024 * 1024
+    #: largest enrolment request (a token and a CSR: a few KiB), in bytes
+    max_enrol_body_bytes: int = 64 * 1024
     #: largest page a list call returns
     max_page_size: int = 1000
     #: most devices in one register call

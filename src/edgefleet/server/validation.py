@@ -1,4 +1,5 @@
-"""Input checks shared by the control plane's services: names, tags, output locations, page tokens."""
+"""Input checks shared by the control plane's services: names, tags, output locations, page tokens,
+and text that no database can store."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+from urllib.parse import unquote_to_bytes
 
 from edgefleet.core.errors import InvalidArgument
 
@@ -19,6 +21,13 @@ _TAG_KEY_RE = re.compile(r"^[\w.:/=+@ -]{1,128}$")
 _TAG_VALUE_RE = re.compile(r"^[\w.:/=+@ -]{0,256}$")
 MAX_TAGS = 50
 OUTPUT_SCHEMES = ("s3", "file")
+#: the largest row id or count a request may carry: SQLite and PostgreSQL integers are 64-bit
+MAX_ID = 2**63 - 1
+#: the largest count stored in an ``INTEGER`` column (32-bit in PostgreSQL)
+MAX_INT32 = 2**31 - 1
+# NUL (PostgreSQL refuses it in text; SQLite cuts LIKE patterns at it) and UTF-16 surrogates that
+# are not part of a pair (they cannot be encoded as UTF-8, so no database, log or response takes them)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def validate_name(name: object, what: str) -> str:
@@ -71,6 +80,54 @@ def validate_output_location(location: object) -> str:
     if len(location) > 1024:
         raise InvalidArgument("output location is longer than 1024 characters")
     return location
+
+
+def check_url(path: str, query_string: bytes) -> None:
+    """INVALID_ARGUMENT when the request path or a query parameter holds a NUL character.
+
+    Checked once for every request, before routing: a NUL in a filter (``?NameContains=%00``)
+    would otherwise reach the database (PostgreSQL refuses it, SQLite's LIKE stops at it).
+    """
+    if "\x00" in path:
+        raise InvalidArgument("the request path holds a NUL character (%00)")
+    if b"%00" in query_string and b"\x00" in unquote_to_bytes(query_string):
+        raise InvalidArgument("a query parameter holds a NUL character (%00)")
+
+
+def check_json_text(body: bytes) -> None:
+    """INVALID_ARGUMENT when a string (or key) of the JSON document ``body`` holds a NUL or a lone
+    UTF-16 surrogate. Bodies that are not JSON are left to the route, which reports them."""
+    # In JSON both can only be written as \u escapes: a body without one is clean (nearly all are).
+    if b"\\u" not in body:
+        return
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return
+    where = _unstorable(document, "")
+    if where is not None:
+        raise InvalidArgument(
+            f"{where[:200] or 'the body'}: text may not hold a NUL character or an unpaired UTF-16 surrogate"
+        )
+
+
+def _unstorable(value: Any, where: str) -> str | None:
+    """The location of the first unstorable string in a parsed JSON value, or None."""
+    if isinstance(value, str):
+        return where if _UNSTORABLE.search(value) else None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _UNSTORABLE.search(key):
+                return f"{where}.(a key)" if where else "(a key)"
+            found = _unstorable(item, f"{where}.{key}" if where else key)
+            if found is not None:
+                return found
+    return None
 
 
 @dataclass(frozen=True)

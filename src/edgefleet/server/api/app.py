@@ -13,14 +13,17 @@ from sqlalchemy import text
 from edgefleet import __version__
 from edgefleet.server.api import deployments, device_plane, devices, enrolment, fleets, models
 from edgefleet.server.api.auth import app_state
+from edgefleet.server.api.docs import install_docs
 from edgefleet.server.api.errors import install_error_handlers
+from edgefleet.server.api.guard import RequestGuard
 from edgefleet.server.api.state import AppState
 
 DESCRIPTION = """\
 The edgefleet control plane. Operator API under `/api/v1` (bearer tokens from
 `edgefleet admin create-token`), device enrolment under `/enrol/v1` (one-time tokens), device data
 plane under `/device/v1` (mutual TLS on the device port only). Errors are
-`{"error": {"code": "INVALID_ARGUMENT", "message": "..."}}`. See docs/fleet-api.md.
+`{"error": {"code": "INVALID_ARGUMENT", "message": "..."}}`. Interactive documentation: `/docs`
+(Swagger UI) and `/redoc`, served by this server. See docs/fleet-api.md.
 """
 
 
@@ -44,10 +47,18 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
                 await task
 
     app = FastAPI(
-        title="edgefleet control plane", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="edgefleet control plane",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.edgefleet = state
     install_error_handlers(app)
+    # inside the framework's crash handler, outside routing: refusals happen before a body is read
+    app.add_middleware(RequestGuard, state=state)
     for router in (
         fleets.router,
         devices.router,

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.server import devices, tokens
@@ -31,19 +32,38 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def operator(request: Request) -> str:
-    """FastAPI dependency: the name of the operator token in ``Authorization: Bearer``."""
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
+#: ASGI scope key of the operator token name, set by :class:`~edgefleet.server.api.guard.RequestGuard`
+OPERATOR_SCOPE_KEY = "edgefleet.operator"
+
+
+def authenticate_operator(state: AppState, authorization: str) -> str:
+    """The name of the operator token in an ``Authorization: Bearer`` header value (blocking: one query)."""
+    scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthenticated(
             "missing API token: send 'Authorization: Bearer <token>' (edgefleet admin create-token)"
         )
-    st = app_state(request)
-    with st.db.session() as session:
+    with state.db.session() as session:
         return tokens.authenticate(
-            session, secret.strip(), st.db.now(), timedelta(seconds=st.config.timing.token_touch_interval)
+            session,
+            secret.strip(),
+            state.db.now(),
+            timedelta(seconds=state.config.timing.token_touch_interval),
         )
+
+
+async def operator(request: Request) -> str:
+    """FastAPI dependency: the name of the operator token in ``Authorization: Bearer``.
+
+    The request guard has normally checked the token already, before the body was read; this only
+    checks it itself for a route it did not guard.
+    """
+    name: str | None = request.scope.get(OPERATOR_SCOPE_KEY)
+    if name is None:
+        name = await run_in_threadpool(
+            authenticate_operator, app_state(request), request.headers.get("authorization", "")
+        )
+    return name
 
 
 @dataclass(frozen=True)

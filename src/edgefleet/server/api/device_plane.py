@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -33,6 +34,7 @@ from edgefleet.server.api.errors import ERROR_RESPONSES
 from edgefleet.server.api.ranges import serve_artifact
 from edgefleet.server.api.state import AppState
 from edgefleet.server.db.schema import ModelPackage, PlanModel, PlanStage, StageDevice
+from edgefleet.server.validation import MAX_ID
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +243,9 @@ def report_health(body: s.HealthRequest, request: Request, identity: Identity) -
 
 
 @router.get("/packages/{package_id}", summary="Download a package (HTTP Range supported)")
-def download_package(package_id: int, request: Request, identity: Identity) -> Response:
+def download_package(
+    package_id: Annotated[int, PathParam(ge=0, le=MAX_ID)], request: Request, identity: Identity
+) -> Response:
     """Only packages of deployments assigned to this device can be downloaded."""
     st = app_state(request)
     with st.db.session() as session:

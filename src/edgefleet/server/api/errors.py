@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.core.errors import Code, EdgefleetError, http_status
+from edgefleet.core.errors import Code, EdgefleetError, ResourceExhausted, http_status
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,30 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "NOT_FOUND"),
         (409, "ALREADY_EXISTS / ABORTED"),
         (412, "FAILED_PRECONDITION"),
+        (413, "RESOURCE_EXHAUSTED: the request body is larger than the server accepts"),
     )
 }
 
 
-def error_response(code: Code, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """A JSON error response for ``code``."""
+class BodyTooLarge(ResourceExhausted):
+    """A request body over its cap: RESOURCE_EXHAUSTED, answered ``413 Content Too Large`` (not the
+    code's usual 429: sending it again will not help)."""
+
+    @property
+    def http_status(self) -> int:
+        return 413
+
+
+def error_response(
+    code: Code, message: str, headers: dict[str, str] | None = None, *, status: int | None = None
+) -> JSONResponse:
+    """A JSON error response for ``code`` (with the code's HTTP status unless ``status`` is given)."""
+    # a message quoting client text must still encode as UTF-8 (an unpaired surrogate would not)
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(
-        {"error": {"code": code.value, "message": message}}, status_code=http_status(code), headers=headers
+        {"error": {"code": code.value, "message": message}},
+        status_code=status or http_status(code),
+        headers=headers,
     )
 
 
@@ -77,7 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.code is Code.INTERNAL:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.code is Code.UNAUTHENTICATED else None
-        return error_response(exc.code, exc.message, headers)
+        return error_response(exc.code, exc.message, headers, status=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -28,26 +28,21 @@ device's current one): the route's authentication makes it current
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
+from edgefleet.server.api.asgi import ASGIApp, Receive, Scope, Send, content_length, header, replay
 from edgefleet.server.api.auth import identity_from_scope
 from edgefleet.server.api.device_plane import FAST_PATH_DECLINED, group_commit_eligible, heartbeat_of
 from edgefleet.server.api.state import AppState
 from edgefleet.server.results import Report
+from edgefleet.server.validation import MAX_ID, check_json_text
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEARTBEAT_PATH = "/device/v1/SendHeartbeat"
 POLL_PATH = "/device/v1/GetDeployments"
@@ -83,13 +78,18 @@ class DeviceFastPath:
         if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        declared = content_length(scope)
+        if declared is not None and declared > MAX_FAST_BODY:  # not read here: the app caps it
+            scope[FAST_PATH_DECLINED] = True
+            await self.app(scope, receive, send)
+            return
         chunks: list[bytes] = []
         size = 0
         more = True
         while more and size <= MAX_FAST_BODY:
             message = await receive()
             if message["type"] != "http.request":  # the client went away: let the app see it
-                await self.app(scope, _replay(chunks, False, message, receive), send)
+                await self.app(scope, replay(chunks, False, message, receive), send)
                 return
             chunk = message.get("body", b"")
             chunks.append(chunk)
@@ -98,21 +98,24 @@ class DeviceFastPath:
         answer = None
         if not more and _is_json(scope):
             try:
-                answer = await handler(scope, b"".join(chunks))
+                body = b"".join(chunks)
+                check_json_text(body)  # text a database cannot store: the app path says 400
+                answer = await handler(scope, body)
             except Exception:  # the application path reports it (UNAVAILABLE, ...) in the documented shape
                 log.debug("the fast path failed; the request takes the ordinary path", exc_info=True)
         if answer is not None:
             await _send_ok(send, answer, [(b"content-type", b"application/json")])
             return
         scope[FAST_PATH_DECLINED] = True
-        await self.app(scope, _replay(chunks, not more, None, receive), send)
+        await self.app(scope, replay(chunks, not more, None, receive), send)
 
     async def _download(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A whole, small archive of one of the device's deployments (ranges go to the application)."""
         answer = None
         package = scope["path"][len(PACKAGE_PREFIX) :]
         ranged = any(name in (b"range", b"if-range") for name, _ in scope.get("headers", ()))
-        if package.isdigit() and not ranged:
+        # ids beyond the databases' 64-bit integers are refused by the app path (400)
+        if package.isascii() and package.isdigit() and int(package) <= MAX_ID and not ranged:
             try:
                 answer = await self._archive(scope, int(package))
             except Exception:  # the application path reports it in the documented shape
@@ -205,27 +208,5 @@ async def _send_ok(send: Send, body: bytes, headers: list[tuple[bytes, bytes]]) 
 
 
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            return bool(value.split(b";", 1)[0].strip().lower() == b"application/json")
-    return False
-
-
-def _replay(chunks: list[bytes], complete: bool, tail: Message | None, receive: Receive) -> Receive:
-    """A ``receive`` that first hands back the body chunks already read, then ``tail`` (a message
-    already received, e.g. a disconnect), then continues with ``receive``."""
-    replayed: list[Message] = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
-    if complete:
-        if replayed:
-            replayed[-1]["more_body"] = False
-        else:
-            replayed.append({"type": "http.request", "body": b"", "more_body": False})
-    if tail is not None:
-        replayed.append(tail)
-
-    async def next_message() -> Message:
-        if replayed:
-            return replayed.pop(0)
-        return await receive()
-
-    return next_message
+    value = header(scope, b"content-type")
+    return value is not None and value.split(b";", 1)[0].strip().lower() == b"application/json"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.core.errors import EdgefleetError, InvalidArgument, ResourceExhausted
+from edgefleet.core.errors import EdgefleetError, InvalidArgument
 from edgefleet.server import registry
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
@@ -163,32 +162,41 @@ def delete_alias(name: str, alias: str, request: Request, actor: Actor) -> s.Mod
         }
     },
 )
-async def upload_package(request: Request, actor: Actor) -> s.VersionOut:
+async def upload_package(
+    request: Request,
+    actor: Actor,
+    FileName: Annotated[
+        str | None, Query(description="the archive's file name, used in messages about it")
+    ] = None,
+) -> s.VersionOut:
     """The body is a package archive (``edgefleet package build``). It is verified against the server's
     trust store before it is stored; model and version come from its manifest and are created when
-    missing. One package per target (os-arch-accelerator) per version."""
+    missing. One package per target (os-arch-accelerator) per version. The body's size is capped by
+    the request guard (``Limits.max_package_bytes``)."""
     st = app_state(request)
-    limit = st.config.limits.max_package_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ResourceExhausted(f"the package is {declared} bytes; this server accepts at most {limit}")
-    fd, name = tempfile.mkstemp(prefix="edgefleet-upload-", suffix=".tar.gz")
-    path = Path(name)
-    try:
+    with tempfile.TemporaryDirectory(prefix="edgefleet-upload-") as directory:
+        # named like the uploaded file, so that what the checks say about it names the user's file
+        path = Path(directory) / upload_file_name(FileName)
         size = 0
-        with os.fdopen(fd, "wb") as out:
+        with path.open("wb") as out:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > limit:
-                    raise ResourceExhausted(
-                        f"the package is larger than {limit} bytes, the most this server accepts"
-                    )
                 await run_in_threadpool(out.write, chunk)
         if size == 0:
             raise InvalidArgument("the request body is empty: send the package archive as the body")
         return await run_in_threadpool(_store_package, st, path, actor)
-    finally:
-        path.unlink(missing_ok=True)
+
+
+#: the name an upload is known by when the client sends none
+DEFAULT_UPLOAD_NAME = "uploaded-package.tar.gz"
+
+
+def upload_file_name(name: str | None) -> str:
+    """A safe local file name for an upload called ``name`` by its client (its last path part)."""
+    base = PurePosixPath((name or "").replace("\\", "/")).name
+    # at most 200 bytes: file systems allow 255 bytes, not characters
+    base = "".join(c for c in base if c.isprintable()).encode()[:200].decode(errors="ignore")
+    return base if base.strip(". ") else DEFAULT_UPLOAD_NAME
 
 
 def _store_package(st: AppState, path: Path, actor: str) -> s.VersionOut:

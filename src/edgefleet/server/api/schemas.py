@@ -1,7 +1,9 @@
 """Request and response bodies. Field names follow the SageMaker Edge Manager shapes (PascalCase).
 
 Operator requests reject unknown fields (typos fail loudly); device requests ignore them so that
-newer daemons can talk to older servers.
+newer daemons can talk to older servers. No request number may be NaN or infinite (JSON has no
+such numbers, PostgreSQL's JSON refuses them, SQLite stores them as NULL), and integers that reach
+the database are bounded by its column types.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.server.validation import MAX_ID, MAX_INT32
+
 
 class Strict(BaseModel):
     """An operator request body: unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Lenient(BaseModel):
     """A device request body: unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Out(BaseModel):
@@ -263,7 +267,7 @@ class AliasRequest(Strict):
 
 class SelectionModel(Strict):
     DeviceSubsetType: str = Field(description="PERCENTAGE | SELECTION | NAMECONTAINS | TAGS")
-    Percentage: int | None = None
+    Percentage: int | None = Field(default=None, le=MAX_INT32)
     DeviceNames: list[str] | None = None
     DeviceNameContains: str | None = None
     DeviceTags: dict[str, str] | None = None
@@ -294,7 +298,7 @@ class ModelConfigIn(Strict):
 class HealthGateIn(Strict):
     MaxErrorRate: float | None = None
     MaxP99LatencyMs: float | None = None
-    MinInferences: int = 10
+    MinInferences: int = Field(default=10, le=MAX_INT32)
     ObservationSeconds: float = 60.0
 
 
@@ -526,8 +530,8 @@ class HealthRequest(Lenient):
     DeviceName: str
     DeviceFleetName: str
     DeploymentName: str
-    Inferences: int
-    Errors: int
+    Inferences: int = Field(le=MAX_ID)
+    Errors: int = Field(le=MAX_ID)
     P99LatencyMs: float | None = None
 
 
