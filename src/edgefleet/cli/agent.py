@@ -94,23 +94,7 @@ def add_parser(sub: Any) -> None:
     legacy = parser.add_argument_group(
         "running the agent without a subcommand (the same as 'agent run'; kept for existing scripts)"
     )
-    legacy.add_argument(
-        "-c",
-        "--config",
-        dest="legacy_config",
-        metavar="CONFIG",
-        type=Path,
-        help="vendor JSON or native TOML config file",
-    )
-    legacy.add_argument(
-        "-f", "--force", dest="legacy_force", action="store_true", help="remove a stale socket file first"
-    )
-    legacy.add_argument(
-        "--log-format",
-        dest="legacy_log_format",
-        choices=["text", "json"],
-        help="override the config's log format",
-    )
+    _run_arguments(legacy, dest_prefix="legacy_", required=False)
     # The agent's log is its output: INFO by default (read by the CLI's logging set-up).
     parser.set_defaults(func=_dispatch, agent_parser=parser, agent_command=None, log_level=logging.INFO)
     actions = parser.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", title="subcommands")
@@ -121,56 +105,45 @@ def add_parser(sub: Any) -> None:
         description="Run the device agent on a Unix socket until SIGTERM, SIGINT or SIGHUP.",
     )
     _address_argument(run_parser)
-    run_parser.add_argument(
-        "-c", "--config", required=True, type=Path, help="vendor JSON or native TOML config file"
-    )
-    run_parser.add_argument("-f", "--force", action="store_true", help="remove a stale socket file first")
-    run_parser.add_argument("--log-format", choices=["text", "json"], help="override the config's log format")
-    run_parser.set_defaults(func=_dispatch, log_level=logging.INFO)
+    _run_arguments(run_parser, dest_prefix="", required=True)
 
-    list_parser = actions.add_parser(
-        "list", help="list the loaded models", description="List the models the agent has loaded."
+    _operator(
+        actions, "list", "list the loaded models", "List the models the agent has loaded.", "the models"
     )
-    _client_arguments(list_parser, "print the models as JSON")
-    list_parser.set_defaults(func=_dispatch, log_level=logging.WARNING)
 
-    describe = actions.add_parser(
+    describe = _operator(
+        actions,
         "describe",
-        help="show a loaded model's inputs and outputs",
-        description="Show a loaded model's package and its input and output tensors.",
+        "show a loaded model's inputs and outputs",
+        "Show a loaded model's package and its input and output tensors.",
+        "the model",
     )
     describe.add_argument("name", metavar="NAME", help="the model's name (alias) or a handle")
-    _client_arguments(describe, "print the model as JSON")
-    describe.set_defaults(func=_dispatch, log_level=logging.WARNING)
 
-    load = actions.add_parser(
+    load = _operator(
+        actions,
         "load",
-        help="load a package under a name",
-        description=(
-            "Load a signed package (a .tar.gz or an unpacked package directory) under NAME. A local path is "
-            "made absolute here, so it means the same as in your shell."
-        ),
+        "load a package under a name",
+        "Load a signed package (a .tar.gz or an unpacked package directory) under NAME. A local path is "
+        "made absolute here, so it means the same as in your shell.",
+        "the loaded model",
     )
     load.add_argument("path", metavar="PATH", help="package file (.tar.gz), package directory or file:// URL")
     load.add_argument("name", metavar="NAME", help="the name to load it under (letters, digits and dashes)")
-    _client_arguments(load, "print the loaded model as JSON")
-    load.set_defaults(func=_dispatch, log_level=logging.WARNING)
 
-    unload = actions.add_parser("unload", help="unload a model", description="Unload the model NAME.")
+    unload = _operator(actions, "unload", "unload a model", "Unload the model NAME.", "the answer")
     unload.add_argument("name", metavar="NAME", help="the model's name (alias)")
-    _client_arguments(unload, "print the answer as JSON")
-    unload.set_defaults(func=_dispatch, log_level=logging.WARNING)
 
-    predict = actions.add_parser(
+    predict = _operator(
+        actions,
         "predict",
-        help="run a model on inputs from an .npy or .npz file",
-        description=(
-            "Run model NAME on the inputs in INPUT: an .npy file for a model with one input, or an .npz file "
-            "with one array per input, named like the model's inputs (see 'agent describe NAME'). Names, "
-            "dtypes and shapes are checked before anything is sent. Prints each output's name, dtype and "
-            f"shape, with its values (outputs of up to {SMALL_OUTPUT} elements) or min/max/mean, and the "
-            "argmax over the last axis."
-        ),
+        "run a model on inputs from an .npy or .npz file",
+        "Run model NAME on the inputs in INPUT: an .npy file for a model with one input, or an .npz file "
+        "with one array per input, named like the model's inputs (see 'agent describe NAME'). Names, "
+        "dtypes and shapes are checked before anything is sent. Prints each output's name, dtype and "
+        f"shape, with its values (outputs of up to {SMALL_OUTPUT} elements) or min/max/mean, and the "
+        "argmax over the last axis.",
+        "the outputs (with all their values)",
     )
     predict.add_argument("name", metavar="NAME", help="the model's name (alias) or a handle")
     predict.add_argument(
@@ -188,19 +161,62 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="convert inputs to the model's dtypes where numpy calls it safe or same-kind (e.g. float64 to float32)",
     )
-    _client_arguments(predict, "print the outputs (with all their values) as JSON")
-    predict.set_defaults(func=_dispatch, log_level=logging.WARNING)
 
-    stats = actions.add_parser(
+    stats = _operator(
+        actions,
         "stats",
-        help="show request counts, latency and memory per model",
-        description="Show request and error counts, latency percentiles, queue and memory of one or every model.",
+        "show request counts, latency and memory per model",
+        "Show request and error counts, latency percentiles, queue and memory of one or every model.",
+        "the statistics",
     )
     stats.add_argument(
         "name", metavar="NAME", nargs="?", help="only this model (default: every loaded model)"
     )
-    _client_arguments(stats, "print the statistics as JSON")
-    stats.set_defaults(func=_dispatch, log_level=logging.WARNING)
+
+
+def _run_arguments(container: Any, *, dest_prefix: str, required: bool) -> None:
+    """The options of running the agent: for 'agent run', and for the legacy form without a subcommand."""
+    container.add_argument(
+        "-c",
+        "--config",
+        dest=f"{dest_prefix}config",
+        metavar="CONFIG",
+        type=Path,
+        required=required,
+        help="vendor JSON or native TOML config file",
+    )
+    container.add_argument(
+        "-f",
+        "--force",
+        dest=f"{dest_prefix}force",
+        action="store_true",
+        help="remove a stale socket file first",
+    )
+    container.add_argument(
+        "--log-format",
+        dest=f"{dest_prefix}log_format",
+        choices=["text", "json"],
+        help="override the config's log format",
+    )
+
+
+def _operator(
+    actions: Any, name: str, help_text: str, description: str, answer: str
+) -> argparse.ArgumentParser:
+    """A subcommand that talks to a running agent: -a, --timeout and --json (printing ``answer``)."""
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text, description=description)
+    _address_argument(parser)
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        default=DEFAULT_TIMEOUT,
+        help="seconds the call may take (default: %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help=f"print {answer} as JSON")
+    # the answer is the output: logs only from WARNING up (the agent parser's INFO is for 'run')
+    parser.set_defaults(log_level=logging.WARNING)
+    return parser
 
 
 def _address_argument(parser: argparse.ArgumentParser) -> None:
@@ -211,18 +227,6 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=f"agent socket: unix:///path/agent.sock or a path (default: {DEFAULT_ADDRESS})",
     )
-
-
-def _client_arguments(parser: argparse.ArgumentParser, json_help: str) -> None:
-    _address_argument(parser)
-    parser.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        metavar="SECONDS",
-        default=DEFAULT_TIMEOUT,
-        help="seconds the call may take (default: %(default)s)",
-    )
-    parser.add_argument("--json", action="store_true", help=json_help)
 
 
 def _positive_seconds(text: str) -> float:
