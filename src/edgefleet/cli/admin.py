@@ -78,7 +78,7 @@ def create_token(args: argparse.Namespace) -> int:
 
 
 def list_tokens(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import table
+    from edgefleet.cli.output import table
     from edgefleet.server import tokens
 
     db, _ = _database(args)

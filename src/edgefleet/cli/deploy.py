@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 _SELECTORS = {"percent": "PERCENTAGE", "names": "SELECTION", "contains": "NAMECONTAINS", "tags": "TAGS"}
 _FINISHED = {"DEPLOYED", "FAILED", "STOPPED"}
@@ -185,7 +185,7 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
-    from edgefleet.opclient.output import fields, table
+    from edgefleet.cli.output import fields, table
 
     fields(
         plan,
@@ -244,7 +244,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 
 def create_plan(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     body = plan_body(args)
     with client_from_args(args) as client:
@@ -254,7 +254,7 @@ def create_plan(args: argparse.Namespace) -> int:
 
 
 def list_plans(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_plans(fleet=args.fleet))
@@ -269,7 +269,7 @@ def list_plans(args: argparse.Namespace) -> int:
 
 
 def describe_plan(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         plan = client.describe_plan(args.name)
@@ -312,7 +312,7 @@ def _follow(client: Any, plan_name: str, stage: str, poll: float) -> int:
 
 
 def start_stage(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         plan = client.start_stage(args.name, args.stage)
@@ -326,7 +326,7 @@ def start_stage(args: argparse.Namespace) -> int:
 
 
 def watch_stage(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         try:
@@ -337,7 +337,7 @@ def watch_stage(args: argparse.Namespace) -> int:
 
 
 def stop_stage(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         plan = client.stop_stage(args.name, args.stage)
@@ -346,7 +346,7 @@ def stop_stage(args: argparse.Namespace) -> int:
 
 
 def stage_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.stage_devices(args.name, args.stage, status=args.status))
@@ -368,7 +368,7 @@ def stage_devices(args: argparse.Namespace) -> int:
 
 
 def delete_plan(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         client.delete_plan(args.name)

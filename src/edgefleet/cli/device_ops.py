@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 DEVICE_FIELDS = [
     ("Name", "DeviceName"),
@@ -69,7 +69,7 @@ def add_operator_commands(commands: Any) -> None:
 
 
 def register_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, parse_key_values, table
+    from edgefleet.cli.output import client_from_args, dump_json, parse_key_values, table
 
     devices = [{"DeviceName": name, "Description": args.description} for name in args.names]
     with client_from_args(args) as client:
@@ -89,7 +89,7 @@ def register_devices(args: argparse.Namespace) -> int:
 
 
 def update_device(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
 
     changes: dict[str, Any] = {}
     if args.description is not None:
@@ -106,7 +106,7 @@ def update_device(args: argparse.Namespace) -> int:
 
 
 def deregister_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         for name in args.names:
@@ -116,7 +116,7 @@ def deregister_devices(args: argparse.Namespace) -> int:
 
 
 def describe_device(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, table
+    from edgefleet.cli.output import client_from_args, dump_json, fields, table
 
     with client_from_args(args) as client:
         device = client.describe_device(args.name)
@@ -138,7 +138,7 @@ def describe_device(args: argparse.Namespace) -> int:
 
 
 def list_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(
@@ -165,7 +165,7 @@ def list_devices(args: argparse.Namespace) -> int:
 
 
 def new_token(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         result = client.new_enrolment_token(args.name)

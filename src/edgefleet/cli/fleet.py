@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 FLEET_FIELDS = [
     ("Name", "DeviceFleetName"),
@@ -67,7 +67,7 @@ def _flat(fleet: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
 
     with client_from_args(args) as client:
         fleet = client.create_fleet(
@@ -82,7 +82,7 @@ def create_fleet(args: argparse.Namespace) -> int:
 
 
 def update_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
 
     changes: dict[str, Any] = {}
     if args.output is not None or args.kms_key_id is not None:
@@ -103,7 +103,7 @@ def update_fleet(args: argparse.Namespace) -> int:
 
 
 def list_fleets(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_fleets(name_contains=args.name_contains))
@@ -117,7 +117,7 @@ def list_fleets(args: argparse.Namespace) -> int:
 
 
 def describe_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         fleet = client.describe_fleet(args.name)
@@ -126,7 +126,7 @@ def describe_fleet(args: argparse.Namespace) -> int:
 
 
 def delete_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         client.delete_fleet(args.name)
@@ -135,7 +135,7 @@ def delete_fleet(args: argparse.Namespace) -> int:
 
 
 def show_report(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         report = client.fleet_report(args.name, regenerate=args.regenerate)

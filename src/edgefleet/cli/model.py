@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 VERSION_FIELDS = [
     ("Model", "ModelName"),
@@ -85,11 +85,23 @@ def add_parser(sub: Any) -> None:
     delete.add_argument("version", nargs="?")
     delete.set_defaults(func=delete_entry)
 
-    download = commands.add_parser("download", help="download a version's package for a target (resumes)")
-    download.add_argument("name")
-    download.add_argument("version")
+    download = commands.add_parser(
+        "download",
+        help="download a version's package for a target into a directory (resumes, checks SHA-256)",
+        description="Write OUTDIR/NAME-VERSION-TARGET.tar.gz. Bytes go to a .part file first; running the "
+        "command again resumes it. The file gets its name only once its size and SHA-256 match the registry.",
+    )
+    download.add_argument("name", help="model name")
+    download.add_argument("version", help="model version")
     download.add_argument("target", help="os-arch-accelerator, e.g. linux-x86_64-none")
-    download.add_argument("-o", "--output", type=Path, required=True)
+    download.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUTDIR",
+        help="output directory (created if missing)",
+    )
     download.set_defaults(func=download_package)
 
     for command in (upload, create, listing, versions, describe, alias, unalias, delete, download):
@@ -97,7 +109,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _show_version(version: dict[str, Any]) -> None:
-    from edgefleet.opclient.output import fields, table
+    from edgefleet.cli.output import fields, table
 
     fields(version, VERSION_FIELDS)
     print()
@@ -105,7 +117,7 @@ def _show_version(version: dict[str, Any]) -> None:
 
 
 def upload_packages(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import ProgressBar, client_from_args, dump_json
+    from edgefleet.cli.output import ProgressBar, client_from_args, dump_json
 
     with client_from_args(args) as client:
         for path in args.packages:
@@ -119,7 +131,7 @@ def upload_packages(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         model = client.create_model(args.name, description=args.description)
@@ -128,7 +140,7 @@ def create_model(args: argparse.Namespace) -> int:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_models(name_contains=args.name_contains))
@@ -148,7 +160,7 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def list_versions(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_versions(args.name, approval_status=args.status))
@@ -171,7 +183,7 @@ def list_versions(args: argparse.Namespace) -> int:
 
 
 def describe_entry(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         if args.version is None:
@@ -197,7 +209,7 @@ def describe_entry(args: argparse.Namespace) -> int:
 
 
 def set_approval(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         version = client.set_approval(args.name, args.version, args.status, reason=args.reason)
@@ -206,7 +218,7 @@ def set_approval(args: argparse.Namespace) -> int:
 
 
 def set_alias(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         model = client.set_alias(args.name, args.alias, args.version)
@@ -215,7 +227,7 @@ def set_alias(args: argparse.Namespace) -> int:
 
 
 def delete_alias(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         client.delete_alias(args.name, args.alias)
@@ -224,7 +236,7 @@ def delete_alias(args: argparse.Namespace) -> int:
 
 
 def delete_entry(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         if args.version is None:
@@ -237,9 +249,21 @@ def delete_entry(args: argparse.Namespace) -> int:
 
 
 def download_package(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    import hashlib
 
-    with client_from_args(args) as client:
-        path = client.download_package(args.name, args.version, args.target, args.output)
-    print(f"saved {path} ({path.stat().st_size} bytes)")
+    from edgefleet.cli.output import ProgressBar, client_from_args, dump_json, human_size
+
+    bar = ProgressBar(f"downloading {args.name} {args.version}")
+    try:
+        with client_from_args(args) as client:
+            path = client.download_package(args.name, args.version, args.target, args.output, progress=bar)
+    finally:
+        bar.close()
+    with path.open("rb") as handle:  # what is on disk now, read back: that is what the line claims
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    record = {"Path": str(path), "Size": path.stat().st_size, "Sha256": sha256}
+    if args.json:
+        dump_json(record)
+    else:
+        print(f"saved {path} ({human_size(record['Size'])}, SHA-256 {record['Sha256']} verified)")
     return 0
