@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     listing.set_defaults(func=list_tokens)
 
     revoke = commands.add_parser("revoke-token", help="revoke an operator API token")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name (as in list-tokens)")
     _add_db_args(revoke)
     revoke.set_defaults(func=revoke_token)
 

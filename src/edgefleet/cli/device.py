@@ -35,7 +35,9 @@ def add_parser(sub: Any) -> None:
         ),
     )
     enroll.add_argument("--server", required=True, help="server URL, e.g. https://fleet.example.com:8443")
-    enroll.add_argument("--token", required=True, help="the token `edgefleet device register` printed")
+    enroll.add_argument(
+        "--token", required=True, help="the one-time token that edgefleet device register printed"
+    )
     where = enroll.add_mutually_exclusive_group()
     where.add_argument("--config", type=Path, help="daemon config file (its daemon.state_dir is used)")
     where.add_argument("--state-dir", type=Path, help="daemon state directory (default: the standard one)")

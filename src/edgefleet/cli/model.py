@@ -35,26 +35,32 @@ def add_parser(sub: Any) -> None:
     upload = commands.add_parser(
         "upload", help="upload signed packages (model and version come from the manifest)"
     )
-    upload.add_argument("packages", nargs="+", type=Path, metavar="PACKAGE")
+    upload.add_argument(
+        "packages",
+        nargs="+",
+        type=Path,
+        metavar="PACKAGE",
+        help="signed package files (edgefleet package build)",
+    )
     upload.set_defaults(func=upload_packages)
 
     create = commands.add_parser("create", help="create an empty model")
-    create.add_argument("name")
-    create.add_argument("--description")
+    create.add_argument("name", help="model name: 1-63 of [a-zA-Z0-9-], starting and ending alnum")
+    create.add_argument("--description", help="free text shown with the model")
     create.set_defaults(func=create_model)
 
     listing = commands.add_parser("list", help="list models")
-    listing.add_argument("--name-contains")
+    listing.add_argument("--name-contains", metavar="TEXT", help="only models whose name contains TEXT")
     listing.set_defaults(func=list_models)
 
     versions = commands.add_parser("versions", help="list a model's versions, newest first")
-    versions.add_argument("name")
+    versions.add_argument("name", help="model name")
     versions.add_argument("--status", help="only PendingManualApproval / Approved / Rejected")
     versions.set_defaults(func=list_versions)
 
     describe = commands.add_parser("describe", help="show a model, or one version with its packages")
-    describe.add_argument("name")
-    describe.add_argument("version", nargs="?")
+    describe.add_argument("name", help="model name")
+    describe.add_argument("version", nargs="?", help="a version (default: show the model)")
     describe.set_defaults(func=describe_entry)
 
     for status, verb in (
@@ -63,26 +69,26 @@ def add_parser(sub: Any) -> None:
         ("PendingManualApproval", "unapprove"),
     ):
         command = commands.add_parser(verb, help=f"set a version's approval status to {status}")
-        command.add_argument("name")
-        command.add_argument("version")
-        command.add_argument("--reason")
+        command.add_argument("name", help="model name")
+        command.add_argument("version", help="model version")
+        command.add_argument("--reason", help="why (recorded with the approval status)")
         command.set_defaults(func=set_approval, status=status)
         add_client_arguments(command)
 
     alias = commands.add_parser("alias", help="point an alias (e.g. champion) at a version")
-    alias.add_argument("name")
-    alias.add_argument("alias")
-    alias.add_argument("version")
+    alias.add_argument("name", help="model name")
+    alias.add_argument("alias", help="alias name, e.g. champion")
+    alias.add_argument("version", help="the version the alias points at")
     alias.set_defaults(func=set_alias)
 
     unalias = commands.add_parser("unalias", help="remove an alias")
-    unalias.add_argument("name")
-    unalias.add_argument("alias")
+    unalias.add_argument("name", help="model name")
+    unalias.add_argument("alias", help="alias name")
     unalias.set_defaults(func=delete_alias)
 
     delete = commands.add_parser("delete", help="delete a model, or one version of it, with its packages")
-    delete.add_argument("name")
-    delete.add_argument("version", nargs="?")
+    delete.add_argument("name", help="model name")
+    delete.add_argument("version", nargs="?", help="only this version (default: the whole model)")
     delete.set_defaults(func=delete_entry)
 
     download = commands.add_parser(
@@ -119,14 +125,20 @@ def _show_version(version: dict[str, Any]) -> None:
 def upload_packages(args: argparse.Namespace) -> int:
     from edgefleet.cli.output import ProgressBar, client_from_args, dump_json
 
+    stored = []
     with client_from_args(args) as client:
         for path in args.packages:
-            version = client.upload_package(path, progress=ProgressBar(f"uploading {path.name}"))
-            if args.json:
-                dump_json(version)
-            else:
+            bar = ProgressBar(f"uploading {path.name}")
+            try:
+                version = client.upload_package(path, progress=bar)
+            finally:
+                bar.close()
+            stored.append(version)
+            if not args.json:
                 print(f"{path}: stored as {version['ModelName']} version {version['ModelVersion']}")
                 _show_version(version)
+    if args.json:
+        dump_json(stored)  # one document: the stored version of each package, in order
     return 0
 
 
@@ -227,24 +239,28 @@ def set_alias(args: argparse.Namespace) -> int:
 
 
 def delete_alias(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
-        client.delete_alias(args.name, args.alias)
-    print(f"alias {args.alias} of {args.name} removed")
+        model = client.delete_alias(args.name, args.alias)
+    dump_json(model) if args.json else print(f"alias {args.alias} of {args.name} removed")
     return 0
 
 
 def delete_entry(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         if args.version is None:
             client.delete_model(args.name)
-            print(f"model {args.name} deleted")
+            message = f"model {args.name} deleted"
         else:
             client.delete_version(args.name, args.version)
-            print(f"version {args.version} of {args.name} deleted")
+            message = f"version {args.version} of {args.name} deleted"
+    if args.json:
+        dump_json({"Deleted": {"ModelName": args.name, "ModelVersion": args.version}})
+    else:
+        print(message)
     return 0
 
 

@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
         "model",
         metavar="MODEL",
         type=Path,
-        help="model file (.onnx, .tflite) or an `edgefleet compile` output directory",
+        help="model file (.onnx, .tflite) or an output directory of edgefleet compile",
     )
     build.add_argument(
         "--name", required=True, help="model name: 1-63 of [a-zA-Z0-9-], starting and ending alnum"

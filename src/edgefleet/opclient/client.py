@@ -17,7 +17,7 @@ import httpx
 
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, NotFound, Unavailable
 from edgefleet.device.durable import fsync_dir
-from edgefleet.opclient.config import ClientConfig
+from edgefleet.opclient.config import ENV_CA_CERT, ClientConfig
 
 Json = dict[str, Any]
 Progress = Callable[[int, int], None]
@@ -34,6 +34,16 @@ def _error(response: httpx.Response) -> EdgefleetError:
         code = Code.UNAVAILABLE if response.status_code >= 500 else Code.INVALID_ARGUMENT
         message = f"HTTP {response.status_code}: {response.text[:200]}"
     return EdgefleetError(message, code)
+
+
+def _verify_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a TLS certificate verification failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _sha256_of(path: Path) -> str:
@@ -86,12 +96,28 @@ class FleetClient:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _unreachable(self, exc: httpx.TransportError) -> Unavailable:
+        """UNAVAILABLE for a failed connection; a certificate that did not verify says with which CA."""
+        if not _verify_failed(exc):
+            return Unavailable(f"cannot reach the edgefleet server at {self.config.server}: {exc}")
+        ca = self.config.ca_cert
+        used = (
+            f"the CA file {ca} ({self.config.ca_cert_source})"
+            if ca is not None
+            else "the system trust store (no CA file was given)"
+        )
+        return Unavailable(
+            f"the certificate of {self.config.server} did not verify against {used}: {exc}. Give the CA "
+            f"that signed it with --ca-cert FILE or ${ENV_CA_CERT}=FILE; a server started with "
+            "--data-dir DATA keeps its CA in DATA/tls/ca.pem"
+        )
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One call; the decoded JSON body (None for 204)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise Unavailable(f"cannot reach the edgefleet server at {self.config.server}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if response.status_code >= 400:
             raise _error(response)
         if response.status_code == 204 or not response.content:
@@ -335,6 +361,8 @@ class FleetClient:
                         if progress is not None:
                             progress(done, size)
         except httpx.TransportError as exc:
+            if _verify_failed(exc):
+                raise self._unreachable(exc) from exc
             raise Unavailable(
                 f"download from {self.config.server} broke off: {exc}; run it again to resume"
             ) from exc
