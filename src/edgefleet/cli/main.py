@@ -131,6 +131,21 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgefleet ARGS``; returns the exit code."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe is found here, inside the handler below
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except SystemExit:  # argparse's --help, --version and usage errors
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+        raise
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # a long-running command (server, daemon) sets log_level=logging.INFO: its log is its output
@@ -140,11 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = int(func(args))
-        sys.stdout.flush()  # a closed pipe is found here, inside the handler below
-        return code
-    except BrokenPipeError:
-        return _quiet_broken_pipe()
+        return int(func(args))
     except EdgefleetError as exc:
         print(f"edgefleet: error: {exc}", file=sys.stderr)
         return 1
