@@ -90,6 +90,25 @@ def test_a_command_that_needs_an_extra_names_it(args: list[str], extra: str, tmp
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("command", "module", "extra"),
+    [
+        ("server", "httpx", "server"),  # the server extra has httpx: say the extra the command needs
+        ("fleet", "httpx", "cli"),
+        ("compile", "onnx", "compiler"),
+        ("compile", "openvino.runtime", "openvino"),  # an extra of its own, not in compiler
+        ("agent", "ai_edge_litert.interpreter", "litert"),
+    ],
+)
+def test_the_extra_named_is_the_one_that_installs_the_module(command: str, module: str, extra: str) -> None:
+    from edgefleet.cli.main import missing_extra_message
+
+    message = missing_extra_message(command, ModuleNotFoundError("missing", name=module))
+    assert message is not None and f"pip install 'edgefleet[{extra}]'" in message
+    # a module of edgefleet itself is a bug, not a missing extra
+    assert missing_extra_message(command, ModuleNotFoundError("missing", name="edgefleet.nothing")) is None
+
+
 def test_the_device_install_still_lists_and_runs_every_command(tmp_path: Path) -> None:
     result = run_cli(["--help"], blocked=SERVER_AND_CLI_EXTRAS)
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("-f", "--force", action="store_true", help="remove a stale socket file first")
     parser.add_argument("--log-format", choices=["text", "json"], help="override the config's log format")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
 def run(args: argparse.Namespace) -> int:

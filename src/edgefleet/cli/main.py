@@ -65,6 +65,13 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "ai_edge_litert": "litert",
 }
 
+#: extra -> the extras whose modules it installs too (pyproject.toml's optional-dependencies)
+_CONTAINS: dict[str, set[str]] = {
+    "server": {"server", "cli"},
+    "compiler": {"compiler"},
+    "demo": {"demo", "compiler", "server", "cli", "litert"},
+}
+
 # Libraries whose INFO records are per-request chatter (httpx logs every HTTP request at INFO).
 _CHATTY = ("httpx", "httpcore", "alembic", "urllib3")
 
@@ -108,8 +115,9 @@ def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str 
     if extra is None:
         return None
     declared = COMMANDS.get(command or "", ("", None))[1]
-    # a command that needs a whole extra names it, even when the missing module is also in another one
-    extra = declared or extra
+    if declared is not None and extra in _CONTAINS.get(declared, {declared}):
+        # `edgefleet server` without httpx needs the server extra (which has it), not the cli one
+        extra = declared
     return (
         f"`edgefleet {command}` needs the '{extra}' extra, which is not installed here "
         f"(no module named {top!r}): pip install 'edgefleet[{extra}]'"
