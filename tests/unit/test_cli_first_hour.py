@@ -333,3 +333,25 @@ def test_scripts_install_shows_pips_progress_and_stops_on_a_failed_step(tmp_path
     assert result.returncode != 0, shown
     assert not list((project / ".venv").glob(".edgefleet-*")), "a failed install was stamped as done"
     assert re.search(r"ERROR|error", shown)
+
+
+def test_compile_steps_are_lines_in_a_log_and_a_spinner_on_a_terminal() -> None:
+    from edgefleet.cli.output import StepStatus
+
+    ticks = iter([100.0, 101.5, 103.25])
+    log = io.StringIO()
+    with StepStatus(out=log, clock=lambda: next(ticks)) as progress:
+        progress("loading model")
+        progress("candidate onnxruntime-fp32")
+    assert log.getvalue().splitlines() == ["[   1.5s] loading model", "[   3.2s] candidate onnxruntime-fp32"]
+
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=True) as terminal:
+            with StepStatus(out=terminal) as progress:
+                progress("simplifying the graph")
+            terminal.flush()
+            drawn = os.read(master, 65536)
+    finally:
+        os.close(master)
+    assert b"simplifying the graph" in drawn

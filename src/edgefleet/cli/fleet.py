@@ -138,7 +138,7 @@ def delete_fleet(args: argparse.Namespace) -> int:
 
 
 def show_report(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import cell, client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         report = client.fleet_report(args.name, regenerate=args.regenerate)
@@ -146,7 +146,7 @@ def show_report(args: argparse.Namespace) -> int:
         dump_json(report)
         return 0
     stats = report["DeviceStats"]
-    print(f"Fleet {report['DeviceFleetName']}  (report generated {report['ReportGenerated']})")
+    print(f"Fleet {report['DeviceFleetName']}  (report generated {cell(report['ReportGenerated'])})")
     print(
         f"Devices: {stats['RegisteredDeviceCount']} registered, {stats['ConnectedDeviceCount']} connected\n"
     )
