@@ -381,3 +381,19 @@ def tensor(name: str, array: np.ndarray) -> agent_pb2.Tensor:
 def output_array(t: agent_pb2.Tensor) -> np.ndarray:
     md = t.tensor_metadata
     return np.frombuffer(t.byte_data, dtype=DataType(md.data_type).numpy).reshape(tuple(md.shape))
+
+
+def assert_quiet_on_closed_pipe(command: list[str], env: dict[str, str] | None = None) -> None:
+    """Run ``command`` with stdout a pipe whose reader is gone before it writes (``| head`` that
+    exited): it must end without a word on stderr."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the only reader: every write of the command now fails with EPIPE
+    err = process.stderr.read()
+    process.stderr.close()
+    code = process.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert err == ""
+    # 141 as a tool stopped by SIGPIPE (what a shell's pipefail reports); argparse's help printer
+    # ignores a failed write itself and exits 0
+    assert code == (0 if "--help" in command else 141)

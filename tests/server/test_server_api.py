@@ -171,11 +171,13 @@ def test_package_upload_is_verified_against_the_trust_store(
     with pytest.raises(EdgefleetError, match="packages can only be added while it is PendingManualApproval"):
         op.upload_package(late)
     assert op.set_alias("uploads", "champion", "1")["Aliases"] == {"champion": "1"}
-    # Operators can download what they uploaded, resuming with Range.
-    dest = tmp_path / "download.tar.gz"
-    dest.write_bytes(good.read_bytes()[:100])
-    op.download_package("uploads", "1", "linux-x86_64-none", dest)
-    assert dest.read_bytes() == good.read_bytes()
+    # Operators can download what they uploaded into a directory, resuming a partial with Range.
+    dest = tmp_path / "download"
+    dest.mkdir()
+    (dest / "uploads-1-linux-x86_64-none.tar.gz.part").write_bytes(good.read_bytes()[:100])
+    path = op.download_package("uploads", "1", "linux-x86_64-none", dest)
+    assert path == dest / "uploads-1-linux-x86_64-none.tar.gz"
+    assert path.read_bytes() == good.read_bytes()
 
 
 def test_enrolment_mutual_tls_isolation_and_revocation(

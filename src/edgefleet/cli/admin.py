@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     listing.set_defaults(func=list_tokens)
 
     revoke = commands.add_parser("revoke-token", help="revoke an operator API token")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name (as in list-tokens)")
     _add_db_args(revoke)
     revoke.set_defaults(func=revoke_token)
 
@@ -78,7 +78,7 @@ def create_token(args: argparse.Namespace) -> int:
 
 
 def list_tokens(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import table
+    from edgefleet.cli.output import table
     from edgefleet.server import tokens
 
     db, _ = _database(args)

@@ -323,7 +323,7 @@ def _unreachable(address: str, exc: Unavailable) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import dump_json, table
+    from edgefleet.cli.output import dump_json, table
 
     with _connect(args) as client:
         models = client.list()
@@ -363,7 +363,7 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _unload(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import dump_json
+    from edgefleet.cli.output import dump_json
 
     with _connect(args) as client:
         client.unload(args.name)
@@ -375,7 +375,7 @@ def _unload(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import dump_json, table
+    from edgefleet.cli.output import dump_json, table
 
     with _connect(args) as client:
         stats = client.model_stats(args.name)
@@ -407,7 +407,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import dump_json, table
+    from edgefleet.cli.output import dump_json, table
 
     output_path: Path | None = args.output
     if output_path is not None and output_path.is_dir():
@@ -569,7 +569,7 @@ def _model_dict(model: ModelInfo) -> dict[str, Any]:
 
 
 def _show_model(model: ModelInfo, as_json: bool) -> None:
-    from edgefleet.opclient.output import dump_json, fields, table
+    from edgefleet.cli.output import dump_json, fields, table
 
     if as_json:
         dump_json(_model_dict(model))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +96,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The job's progress is printed below; its log records would repeat it.
         logging.getLogger("edgefleet.compiler").setLevel(logging.WARNING)
-    start = time.monotonic()
+    from edgefleet.cli.output import StepStatus
 
-    def progress(message: str) -> None:
-        print(f"[{time.monotonic() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-    job = CompileJob(request, on_log=progress)
-    result = job.run()
+    # each step as a line on stderr; on a terminal a spinner shows the step in progress
+    with StepStatus() as progress:
+        result = CompileJob(request, on_log=progress).run()
     if args.json:
         import json
 

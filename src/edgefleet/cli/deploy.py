@@ -1,9 +1,6 @@
 """``edgefleet deploy``: staged OTA deployment plans (create, start/stop stages, watch, per-device status).
 
-Stages are given as one quoted argument each: ``NAME SELECTOR [policy=...] [threshold=...]`` where
-SELECTOR is ``percent=N``, ``names=a,b``, ``contains=TEXT`` or ``tags=key:value,key:value``, e.g.
-``--stage "canary percent=10" --stage "rest percent=100"``. Models are ``HANDLE=MODEL:VERSION`` or
-``HANDLE=MODEL@ALIAS`` (``MODEL:VERSION`` alone uses the model name as handle).
+See :data:`CREATE_HELP` for how stages and models are written on the command line.
 """
 
 from __future__ import annotations
@@ -15,7 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments, dump_json
+
+CREATE_HELP = """Create a deployment plan.
+
+Stages are given as one quoted argument each: NAME SELECTOR [policy=...] [threshold=...] where
+SELECTOR is percent=N, names=a,b, contains=TEXT or tags=key:value,key:value, e.g.
+--stage "canary percent=10" --stage "rest percent=100". Models are HANDLE=MODEL:VERSION or
+HANDLE=MODEL@ALIAS (MODEL:VERSION alone uses the model name as handle).
+"""
 
 _SELECTORS = {"percent": "PERCENTAGE", "names": "SELECTION", "contains": "NAMECONTAINS", "tags": "TAGS"}
 _FINISHED = {"DEPLOYED", "FAILED", "STOPPED"}
@@ -25,15 +30,23 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("deploy", help="staged deployments of model versions to fleets")
     commands = parser.add_subparsers(dest="deploy_command", metavar="COMMAND", required=True)
 
-    create = commands.add_parser("create", help="create a deployment plan", description=__doc__)
+    create = commands.add_parser("create", help="create a deployment plan", description=CREATE_HELP)
     create.add_argument("name", nargs="?", help="plan name (not needed with --file)")
     create.add_argument("--file", type=Path, help="a CreateEdgeDeploymentPlan JSON body instead of the flags")
-    create.add_argument("--fleet")
+    create.add_argument("--fleet", help="the fleet to deploy to")
     create.add_argument(
-        "--model", action="append", default=[], metavar="HANDLE=MODEL:VERSION|HANDLE=MODEL@ALIAS"
+        "--model",
+        action="append",
+        default=[],
+        metavar="HANDLE=MODEL:VERSION|HANDLE=MODEL@ALIAS",
+        help="a model version to deploy (repeatable)",
     )
     create.add_argument(
-        "--stage", action="append", default=[], metavar='"NAME SELECTOR [policy=P] [threshold=F]"'
+        "--stage",
+        action="append",
+        default=[],
+        metavar='"NAME SELECTOR [policy=P] [threshold=F]"',
+        help="a stage, in order (repeatable); SELECTOR is percent=N, names=a,b, contains=TEXT or tags=k:v",
     )
     create.add_argument(
         "--max-error-rate", type=float, help="health gate: highest error rate (0-1) after activation"
@@ -51,16 +64,16 @@ def add_parser(sub: Any) -> None:
     create.set_defaults(func=create_plan)
 
     listing = commands.add_parser("list", help="list deployment plans")
-    listing.add_argument("--fleet")
+    listing.add_argument("--fleet", help="only plans of this fleet")
     listing.set_defaults(func=list_plans)
 
     describe = commands.add_parser("describe", help="show a plan with per-stage status")
-    describe.add_argument("name")
+    describe.add_argument("name", help="plan name")
     describe.set_defaults(func=describe_plan)
 
     start = commands.add_parser("start", help="start a stage")
-    start.add_argument("name")
-    start.add_argument("stage")
+    start.add_argument("name", help="plan name")
+    start.add_argument("stage", help="stage name")
     start.add_argument(
         "--wait", action="store_true", help="follow the stage until it is DEPLOYED, FAILED or STOPPED"
     )
@@ -68,26 +81,26 @@ def add_parser(sub: Any) -> None:
     start.set_defaults(func=start_stage)
 
     watch = commands.add_parser("watch", help="follow a stage until it finishes")
-    watch.add_argument("name")
-    watch.add_argument("stage")
-    watch.add_argument("--poll", type=float, default=2.0)
+    watch.add_argument("name", help="plan name")
+    watch.add_argument("stage", help="stage name")
+    watch.add_argument("--poll", type=float, default=2.0, help="seconds between status checks (default 2)")
     watch.set_defaults(func=watch_stage)
 
     stop = commands.add_parser("stop", help="stop a stage (devices not yet finished roll back)")
-    stop.add_argument("name")
-    stop.add_argument("stage")
+    stop.add_argument("name", help="plan name")
+    stop.add_argument("stage", help="stage name")
     stop.set_defaults(func=stop_stage)
 
     devices = commands.add_parser("devices", help="per-device status of a stage")
-    devices.add_argument("name")
-    devices.add_argument("stage")
+    devices.add_argument("name", help="plan name")
+    devices.add_argument("stage", help="stage name")
     devices.add_argument(
         "--status", help="only READYTODEPLOY / INPROGRESS / DEPLOYED / FAILED / STOPPING / STOPPED"
     )
     devices.set_defaults(func=stage_devices)
 
     delete = commands.add_parser("delete", help="delete a plan with nothing in flight")
-    delete.add_argument("name")
+    delete.add_argument("name", help="plan name")
     delete.set_defaults(func=delete_plan)
 
     for command in (create, listing, describe, start, watch, stop, devices, delete):
@@ -185,7 +198,7 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
-    from edgefleet.opclient.output import fields, table
+    from edgefleet.cli.output import fields, table
 
     fields(
         plan,
@@ -244,7 +257,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 
 def create_plan(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     body = plan_body(args)
     with client_from_args(args) as client:
@@ -254,7 +267,7 @@ def create_plan(args: argparse.Namespace) -> int:
 
 
 def list_plans(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_plans(fleet=args.fleet))
@@ -269,7 +282,7 @@ def list_plans(args: argparse.Namespace) -> int:
 
 
 def describe_plan(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         plan = client.describe_plan(args.name)
@@ -299,45 +312,48 @@ def _stage_line(plan: dict[str, Any], stage_name: str) -> tuple[str, str]:
     return status["StageStatus"], line
 
 
-def _follow(client: Any, plan_name: str, stage: str, poll: float) -> int:
+def _follow(client: Any, plan_name: str, stage: str, poll: float, *, as_json: bool = False) -> int:
+    """Poll until the stage finishes; a line per change (or, as JSON, the finished plan alone)."""
     last = ""
     while True:
-        status, line = _stage_line(client.describe_plan(plan_name), stage)
-        if line != last:
+        plan = client.describe_plan(plan_name)
+        status, line = _stage_line(plan, stage)
+        if line != last and not as_json:
             print(line, flush=True)
             last = line
         if status in _FINISHED:
+            if as_json:
+                dump_json(plan)
             return 0 if status == "DEPLOYED" else 1
         time.sleep(poll)
 
 
 def start_stage(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         plan = client.start_stage(args.name, args.stage)
-        if args.json:
-            dump_json(plan)
-            return 0
-        print(_stage_line(plan, args.stage)[1], flush=True)
         if args.wait:
-            return _follow(client, args.name, args.stage, args.poll)
+            if not args.json:
+                print(_stage_line(plan, args.stage)[1], flush=True)
+            return _follow(client, args.name, args.stage, args.poll, as_json=args.json)
+        dump_json(plan) if args.json else print(_stage_line(plan, args.stage)[1], flush=True)
     return 0
 
 
 def watch_stage(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         try:
-            return _follow(client, args.name, args.stage, args.poll)
+            return _follow(client, args.name, args.stage, args.poll, as_json=args.json)
         except KeyboardInterrupt:
             print("", file=sys.stderr)
             return 130
 
 
 def stop_stage(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         plan = client.stop_stage(args.name, args.stage)
@@ -346,7 +362,7 @@ def stop_stage(args: argparse.Namespace) -> int:
 
 
 def stage_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.stage_devices(args.name, args.stage, status=args.status))
@@ -368,9 +384,12 @@ def stage_devices(args: argparse.Namespace) -> int:
 
 
 def delete_plan(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         client.delete_plan(args.name)
-    print(f"deployment plan {args.name} deleted")
+    if args.json:
+        dump_json({"Deleted": {"EdgeDeploymentPlanName": args.name}})
+    else:
+        print(f"deployment plan {args.name} deleted")
     return 0

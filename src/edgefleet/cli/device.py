@@ -1,8 +1,8 @@
 """``edgefleet device``: the device daemon's commands (``enroll``, ``run``, ``status``).
 
 The operator's device commands (register, update, deregister, describe, list) live in
-``edgefleet.cli.device_ops`` and are added here when that module is installed (it needs the
-operator client; a device install may lack it).
+``edgefleet.cli.device_ops`` and are always added here; they need the ``edgefleet[cli]`` extra
+when they run.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ def add_parser(sub: Any) -> None:
         ),
     )
     enroll.add_argument("--server", required=True, help="server URL, e.g. https://fleet.example.com:8443")
-    enroll.add_argument("--token", required=True, help="the token `edgefleet device register` printed")
+    enroll.add_argument(
+        "--token", required=True, help="the one-time token that edgefleet device register printed"
+    )
     where = enroll.add_mutually_exclusive_group()
     where.add_argument("--config", type=Path, help="daemon config file (its daemon.state_dir is used)")
     where.add_argument("--state-dir", type=Path, help="daemon state directory (default: the standard one)")
@@ -50,18 +53,15 @@ def add_parser(sub: Any) -> None:
         description="Run the device daemon until SIGTERM/SIGINT. See docs/device-daemon.md.",
     )
     run.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
-    run.set_defaults(func=run_daemon)
+    run.set_defaults(func=run_daemon, log_level=logging.INFO)  # a service: its log is its output
 
     status = commands.add_parser("status", help="show what the daemon serves and what is in flight")
     status.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=show_status)
 
-    try:
-        ops = importlib.import_module("edgefleet.cli.device_ops")
-    except ImportError:
-        return  # a device install without the operator client
-    ops.add_operator_commands(commands)
+    # always added: they import the operator client only when they run, and say which extra it needs
+    importlib.import_module("edgefleet.cli.device_ops").add_operator_commands(commands)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

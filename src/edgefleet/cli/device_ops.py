@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 DEVICE_FIELDS = [
     ("Name", "DeviceName"),
@@ -30,38 +30,38 @@ def add_operator_commands(commands: Any) -> None:
     register = commands.add_parser(
         "register", help="register devices in a fleet and print their enrolment tokens"
     )
-    register.add_argument("names", nargs="+", metavar="NAME")
-    register.add_argument("--fleet", required=True)
-    register.add_argument("--description")
-    register.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    register.add_argument("names", nargs="+", metavar="NAME", help="device names to register")
+    register.add_argument("--fleet", required=True, help="the fleet the devices join")
+    register.add_argument("--description", help="free text shown with each device")
+    register.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag (repeatable)")
     register.set_defaults(func=register_devices)
 
     update = commands.add_parser("update", help="change a device's description, tags or platform")
-    update.add_argument("name")
-    update.add_argument("--description")
+    update.add_argument("name", help="device name")
+    update.add_argument("--description", help="new description")
     update.add_argument("--tag", action="append", metavar="KEY=VALUE", help="replaces all tags")
     update.add_argument("--arch", help="CPU architecture (x86_64, aarch64, armv7l); picks packages")
-    update.add_argument("--os", default="linux")
-    update.add_argument("--accelerator", default="none")
+    update.add_argument("--os", default="linux", help="operating system, with --arch (default linux)")
+    update.add_argument("--accelerator", default="none", help="accelerator, with --arch (default none)")
     update.set_defaults(func=update_device)
 
     deregister = commands.add_parser("deregister", help="deregister devices (revokes their certificates)")
-    deregister.add_argument("names", nargs="+", metavar="NAME")
+    deregister.add_argument("names", nargs="+", metavar="NAME", help="device names to deregister")
     deregister.set_defaults(func=deregister_devices)
 
     describe = commands.add_parser("describe", help="show a device, its models and last heartbeat")
-    describe.add_argument("name")
+    describe.add_argument("name", help="device name")
     describe.set_defaults(func=describe_device)
 
     listing = commands.add_parser("list", help="list devices")
-    listing.add_argument("--fleet")
+    listing.add_argument("--fleet", help="only devices of this fleet")
     listing.add_argument("--model", help="only devices running this model")
     listing.add_argument("--heartbeat-after", help="only devices heard from after this ISO 8601 time")
     listing.add_argument("--tag", action="append", metavar="KEY=VALUE", help="repeat to require several")
     listing.set_defaults(func=list_devices)
 
     token = commands.add_parser("new-token", help="issue a fresh one-time enrolment token for a device")
-    token.add_argument("name")
+    token.add_argument("name", help="device name")
     token.set_defaults(func=new_token)
 
     for command in (register, update, deregister, describe, listing, token):
@@ -69,7 +69,7 @@ def add_operator_commands(commands: Any) -> None:
 
 
 def register_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, parse_key_values, table
+    from edgefleet.cli.output import client_from_args, dump_json, parse_key_values, table
 
     devices = [{"DeviceName": name, "Description": args.description} for name in args.names]
     with client_from_args(args) as client:
@@ -89,7 +89,7 @@ def register_devices(args: argparse.Namespace) -> int:
 
 
 def update_device(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
 
     changes: dict[str, Any] = {}
     if args.description is not None:
@@ -106,17 +106,20 @@ def update_device(args: argparse.Namespace) -> int:
 
 
 def deregister_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         for name in args.names:
             client.deregister_device(name)
-            print(f"device {name} deregistered; its certificate is revoked")
+            if not args.json:
+                print(f"device {name} deregistered; its certificate is revoked")
+    if args.json:
+        dump_json({"Deregistered": list(args.names)})
     return 0
 
 
 def describe_device(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, table
+    from edgefleet.cli.output import client_from_args, dump_json, fields, table
 
     with client_from_args(args) as client:
         device = client.describe_device(args.name)
@@ -138,7 +141,7 @@ def describe_device(args: argparse.Namespace) -> int:
 
 
 def list_devices(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(
@@ -165,7 +168,7 @@ def list_devices(args: argparse.Namespace) -> int:
 
 
 def new_token(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         result = client.new_enrolment_token(args.name)

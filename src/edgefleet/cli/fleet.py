@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 FLEET_FIELDS = [
     ("Name", "DeviceFleetName"),
@@ -23,35 +23,35 @@ def add_parser(sub: Any) -> None:
     commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
 
     create = commands.add_parser("create", help="create a fleet")
-    create.add_argument("name")
+    create.add_argument("name", help="fleet name: 1-63 of [a-zA-Z0-9-], starting and ending alnum")
     create.add_argument("--output", required=True, help="capture output location, e.g. s3://bucket/prefix")
-    create.add_argument("--kms-key-id")
-    create.add_argument("--description")
-    create.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    create.add_argument("--kms-key-id", help="KMS key that encrypts the captured data")
+    create.add_argument("--description", help="free text shown with the fleet")
+    create.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag (repeatable)")
     create.set_defaults(func=create_fleet)
 
     update = commands.add_parser("update", help="change a fleet's output config, description or tags")
-    update.add_argument("name")
-    update.add_argument("--output")
-    update.add_argument("--kms-key-id")
-    update.add_argument("--description")
+    update.add_argument("name", help="fleet name")
+    update.add_argument("--output", help="new capture output location, e.g. s3://bucket/prefix")
+    update.add_argument("--kms-key-id", help="new KMS key for the captured data")
+    update.add_argument("--description", help="new description")
     update.add_argument("--tag", action="append", metavar="KEY=VALUE", help="replaces all tags")
     update.set_defaults(func=update_fleet)
 
     listing = commands.add_parser("list", help="list fleets")
-    listing.add_argument("--name-contains")
+    listing.add_argument("--name-contains", metavar="TEXT", help="only fleets whose name contains TEXT")
     listing.set_defaults(func=list_fleets)
 
     describe = commands.add_parser("describe", help="show a fleet")
-    describe.add_argument("name")
+    describe.add_argument("name", help="fleet name")
     describe.set_defaults(func=describe_fleet)
 
     delete = commands.add_parser("delete", help="delete a fleet (no devices or plans may remain)")
-    delete.add_argument("name")
+    delete.add_argument("name", help="fleet name")
     delete.set_defaults(func=delete_fleet)
 
     report = commands.add_parser("report", help="show the fleet report (device, agent and model counts)")
-    report.add_argument("name")
+    report.add_argument("name", help="fleet name")
     report.add_argument(
         "--regenerate", action="store_true", help="regenerate it now instead of showing the last one"
     )
@@ -67,7 +67,7 @@ def _flat(fleet: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
 
     with client_from_args(args) as client:
         fleet = client.create_fleet(
@@ -82,7 +82,7 @@ def create_fleet(args: argparse.Namespace) -> int:
 
 
 def update_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
 
     changes: dict[str, Any] = {}
     if args.output is not None or args.kms_key_id is not None:
@@ -103,7 +103,7 @@ def update_fleet(args: argparse.Namespace) -> int:
 
 
 def list_fleets(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_fleets(name_contains=args.name_contains))
@@ -117,7 +117,7 @@ def list_fleets(args: argparse.Namespace) -> int:
 
 
 def describe_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         fleet = client.describe_fleet(args.name)
@@ -126,16 +126,19 @@ def describe_fleet(args: argparse.Namespace) -> int:
 
 
 def delete_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         client.delete_fleet(args.name)
-    print(f"fleet {args.name} deleted")
+    if args.json:
+        dump_json({"Deleted": {"DeviceFleetName": args.name}})
+    else:
+        print(f"fleet {args.name} deleted")
     return 0
 
 
 def show_report(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import cell, client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         report = client.fleet_report(args.name, regenerate=args.regenerate)
@@ -143,7 +146,7 @@ def show_report(args: argparse.Namespace) -> int:
         dump_json(report)
         return 0
     stats = report["DeviceStats"]
-    print(f"Fleet {report['DeviceFleetName']}  (report generated {report['ReportGenerated']})")
+    print(f"Fleet {report['DeviceFleetName']}  (report generated {cell(report['ReportGenerated'])})")
     print(
         f"Devices: {stats['RegisteredDeviceCount']} registered, {stats['ConnectedDeviceCount']} connected\n"
     )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgefleet.opclient.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments
 
 VERSION_FIELDS = [
     ("Model", "ModelName"),
@@ -35,26 +35,32 @@ def add_parser(sub: Any) -> None:
     upload = commands.add_parser(
         "upload", help="upload signed packages (model and version come from the manifest)"
     )
-    upload.add_argument("packages", nargs="+", type=Path, metavar="PACKAGE")
+    upload.add_argument(
+        "packages",
+        nargs="+",
+        type=Path,
+        metavar="PACKAGE",
+        help="signed package files (edgefleet package build)",
+    )
     upload.set_defaults(func=upload_packages)
 
     create = commands.add_parser("create", help="create an empty model")
-    create.add_argument("name")
-    create.add_argument("--description")
+    create.add_argument("name", help="model name: 1-63 of [a-zA-Z0-9-], starting and ending alnum")
+    create.add_argument("--description", help="free text shown with the model")
     create.set_defaults(func=create_model)
 
     listing = commands.add_parser("list", help="list models")
-    listing.add_argument("--name-contains")
+    listing.add_argument("--name-contains", metavar="TEXT", help="only models whose name contains TEXT")
     listing.set_defaults(func=list_models)
 
     versions = commands.add_parser("versions", help="list a model's versions, newest first")
-    versions.add_argument("name")
+    versions.add_argument("name", help="model name")
     versions.add_argument("--status", help="only PendingManualApproval / Approved / Rejected")
     versions.set_defaults(func=list_versions)
 
     describe = commands.add_parser("describe", help="show a model, or one version with its packages")
-    describe.add_argument("name")
-    describe.add_argument("version", nargs="?")
+    describe.add_argument("name", help="model name")
+    describe.add_argument("version", nargs="?", help="a version (default: show the model)")
     describe.set_defaults(func=describe_entry)
 
     for status, verb in (
@@ -63,33 +69,45 @@ def add_parser(sub: Any) -> None:
         ("PendingManualApproval", "unapprove"),
     ):
         command = commands.add_parser(verb, help=f"set a version's approval status to {status}")
-        command.add_argument("name")
-        command.add_argument("version")
-        command.add_argument("--reason")
+        command.add_argument("name", help="model name")
+        command.add_argument("version", help="model version")
+        command.add_argument("--reason", help="why (recorded with the approval status)")
         command.set_defaults(func=set_approval, status=status)
         add_client_arguments(command)
 
     alias = commands.add_parser("alias", help="point an alias (e.g. champion) at a version")
-    alias.add_argument("name")
-    alias.add_argument("alias")
-    alias.add_argument("version")
+    alias.add_argument("name", help="model name")
+    alias.add_argument("alias", help="alias name, e.g. champion")
+    alias.add_argument("version", help="the version the alias points at")
     alias.set_defaults(func=set_alias)
 
     unalias = commands.add_parser("unalias", help="remove an alias")
-    unalias.add_argument("name")
-    unalias.add_argument("alias")
+    unalias.add_argument("name", help="model name")
+    unalias.add_argument("alias", help="alias name")
     unalias.set_defaults(func=delete_alias)
 
     delete = commands.add_parser("delete", help="delete a model, or one version of it, with its packages")
-    delete.add_argument("name")
-    delete.add_argument("version", nargs="?")
+    delete.add_argument("name", help="model name")
+    delete.add_argument("version", nargs="?", help="only this version (default: the whole model)")
     delete.set_defaults(func=delete_entry)
 
-    download = commands.add_parser("download", help="download a version's package for a target (resumes)")
-    download.add_argument("name")
-    download.add_argument("version")
+    download = commands.add_parser(
+        "download",
+        help="download a version's package for a target into a directory (resumes, checks SHA-256)",
+        description="Write OUTDIR/NAME-VERSION-TARGET.tar.gz. Bytes go to a .part file first; running the "
+        "command again resumes it. The file gets its name only once its size and SHA-256 match the registry.",
+    )
+    download.add_argument("name", help="model name")
+    download.add_argument("version", help="model version")
     download.add_argument("target", help="os-arch-accelerator, e.g. linux-x86_64-none")
-    download.add_argument("-o", "--output", type=Path, required=True)
+    download.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUTDIR",
+        help="output directory (created if missing)",
+    )
     download.set_defaults(func=download_package)
 
     for command in (upload, create, listing, versions, describe, alias, unalias, delete, download):
@@ -97,7 +115,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _show_version(version: dict[str, Any]) -> None:
-    from edgefleet.opclient.output import fields, table
+    from edgefleet.cli.output import fields, table
 
     fields(version, VERSION_FIELDS)
     print()
@@ -105,21 +123,27 @@ def _show_version(version: dict[str, Any]) -> None:
 
 
 def upload_packages(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import ProgressBar, client_from_args, dump_json
+    from edgefleet.cli.output import ProgressBar, client_from_args, dump_json
 
+    stored = []
     with client_from_args(args) as client:
         for path in args.packages:
-            version = client.upload_package(path, progress=ProgressBar(f"uploading {path.name}"))
-            if args.json:
-                dump_json(version)
-            else:
+            bar = ProgressBar(f"uploading {path.name}")
+            try:
+                version = client.upload_package(path, progress=bar)
+            finally:
+                bar.close()
+            stored.append(version)
+            if not args.json:
                 print(f"{path}: stored as {version['ModelName']} version {version['ModelVersion']}")
                 _show_version(version)
+    if args.json:
+        dump_json(stored)  # one document: the stored version of each package, in order
     return 0
 
 
 def create_model(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         model = client.create_model(args.name, description=args.description)
@@ -128,7 +152,7 @@ def create_model(args: argparse.Namespace) -> int:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_models(name_contains=args.name_contains))
@@ -148,7 +172,7 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def list_versions(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args, dump_json, table
 
     with client_from_args(args) as client:
         rows = list(client.list_versions(args.name, approval_status=args.status))
@@ -171,7 +195,7 @@ def list_versions(args: argparse.Namespace) -> int:
 
 
 def describe_entry(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         if args.version is None:
@@ -197,7 +221,7 @@ def describe_entry(args: argparse.Namespace) -> int:
 
 
 def set_approval(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args, dump_json, fields
 
     with client_from_args(args) as client:
         version = client.set_approval(args.name, args.version, args.status, reason=args.reason)
@@ -206,7 +230,7 @@ def set_approval(args: argparse.Namespace) -> int:
 
 
 def set_alias(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args, dump_json
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         model = client.set_alias(args.name, args.alias, args.version)
@@ -215,31 +239,47 @@ def set_alias(args: argparse.Namespace) -> int:
 
 
 def delete_alias(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
-        client.delete_alias(args.name, args.alias)
-    print(f"alias {args.alias} of {args.name} removed")
+        model = client.delete_alias(args.name, args.alias)
+    dump_json(model) if args.json else print(f"alias {args.alias} of {args.name} removed")
     return 0
 
 
 def delete_entry(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    from edgefleet.cli.output import client_from_args, dump_json
 
     with client_from_args(args) as client:
         if args.version is None:
             client.delete_model(args.name)
-            print(f"model {args.name} deleted")
+            message = f"model {args.name} deleted"
         else:
             client.delete_version(args.name, args.version)
-            print(f"version {args.version} of {args.name} deleted")
+            message = f"version {args.version} of {args.name} deleted"
+    if args.json:
+        dump_json({"Deleted": {"ModelName": args.name, "ModelVersion": args.version}})
+    else:
+        print(message)
     return 0
 
 
 def download_package(args: argparse.Namespace) -> int:
-    from edgefleet.opclient.output import client_from_args
+    import hashlib
 
-    with client_from_args(args) as client:
-        path = client.download_package(args.name, args.version, args.target, args.output)
-    print(f"saved {path} ({path.stat().st_size} bytes)")
+    from edgefleet.cli.output import ProgressBar, client_from_args, dump_json, human_size
+
+    bar = ProgressBar(f"downloading {args.name} {args.version}")
+    try:
+        with client_from_args(args) as client:
+            path = client.download_package(args.name, args.version, args.target, args.output, progress=bar)
+    finally:
+        bar.close()
+    with path.open("rb") as handle:  # what is on disk now, read back: that is what the line claims
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    record = {"Path": str(path), "Size": path.stat().st_size, "Sha256": sha256}
+    if args.json:
+        dump_json(record)
+    else:
+        print(f"saved {path} ({human_size(record['Size'])}, SHA-256 {record['Sha256']} verified)")
     return 0

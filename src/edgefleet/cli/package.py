@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
         "model",
         metavar="MODEL",
         type=Path,
-        help="model file (.onnx, .tflite) or an `edgefleet compile` output directory",
+        help="model file (.onnx, .tflite) or an output directory of edgefleet compile",
     )
     build.add_argument(
         "--name", required=True, help="model name: 1-63 of [a-zA-Z0-9-], starting and ending alnum"
@@ -111,6 +111,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from edgefleet.cli.output import cell
     from edgefleet.core.package import inspect_package
 
     info = inspect_package(args.package)
@@ -124,7 +125,7 @@ def _inspect(args: argparse.Namespace) -> int:
         f"runtime:     {m.runtime.name} >= {m.runtime.min_version}",
         f"target:      os={m.target.os} arch={m.target.arch} accelerator={m.target.accelerator}",
         f"model file:  {m.model_file}",
-        f"created:     {m.created}",
+        f"created:     {cell(m.created)}",
     ]
     for role, tensors in (("input", m.inputs), ("output", m.outputs)):
         for t in tensors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def add_parser(sub: Any) -> None:
         default=600.0,
         help="heartbeat age (s) under which a device is connected",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
 def _positive_int(text: str) -> int:

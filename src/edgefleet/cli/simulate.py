@@ -33,9 +33,15 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--ca-cert", type=Path, help="CA certificate of the server (with --fleet)")
     parser.add_argument("--prefix", default="sim-", help="device name prefix with --fleet (default: sim-)")
     parser.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
-    parser.add_argument("--heartbeat-interval", type=float, default=30.0)
-    parser.add_argument("--poll-interval", type=float, default=30.0)
-    parser.add_argument("--health-interval", type=float, default=10.0)
+    parser.add_argument(
+        "--heartbeat-interval", type=float, default=30.0, help="seconds between heartbeats (default 30)"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=30.0, help="seconds between deployment polls (default 30)"
+    )
+    parser.add_argument(
+        "--health-interval", type=float, default=10.0, help="seconds between health reports (default 10)"
+    )
     parser.add_argument("--workers", type=int, default=16, help="worker threads shared by all devices")
     parser.add_argument("--fail-model", action="append", default=[], help="model whose smoke tests fail")
     parser.add_argument(

@@ -6,6 +6,8 @@ server that cannot be reached is UNAVAILABLE. List methods follow ``NextToken`` 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from edgefleet.core.errors import Code, EdgefleetError, Unavailable
-from edgefleet.opclient.config import ClientConfig
+from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, NotFound, Unavailable
+from edgefleet.device.durable import fsync_dir
+from edgefleet.opclient.config import ENV_CA_CERT, ClientConfig
 
 Json = dict[str, Any]
 Progress = Callable[[int, int], None]
@@ -31,6 +34,35 @@ def _error(response: httpx.Response) -> EdgefleetError:
         code = Code.UNAVAILABLE if response.status_code >= 500 else Code.INVALID_ARGUMENT
         message = f"HTTP {response.status_code}: {response.text[:200]}"
     return EdgefleetError(message, code)
+
+
+def _verify_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a TLS certificate verification failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _range_start(value: str | None) -> int:
+    """START of ``Content-Range: bytes START-END/TOTAL`` (-1 when malformed)."""
+    unit, _, spec = (value or "").partition(" ")
+    try:
+        return int(spec.split("-", 1)[0]) if unit == "bytes" else -1
+    except ValueError:
+        return -1
 
 
 class FleetClient:
@@ -61,12 +93,28 @@ class FleetClient:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _unreachable(self, exc: httpx.TransportError) -> Unavailable:
+        """UNAVAILABLE for a failed connection; a certificate that did not verify says with which CA."""
+        if not _verify_failed(exc):
+            return Unavailable(f"cannot reach the edgefleet server at {self.config.server}: {exc}")
+        ca = self.config.ca_cert
+        used = (
+            f"the CA file {ca} ({self.config.ca_cert_source})"
+            if ca is not None
+            else "the system trust store (no CA file was given)"
+        )
+        return Unavailable(
+            f"the certificate of {self.config.server} did not verify against {used}: {exc}. Give the CA "
+            f"that signed it with --ca-cert FILE or ${ENV_CA_CERT}=FILE; a server started with "
+            "--data-dir DATA keeps its CA in DATA/tls/ca.pem"
+        )
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One call; the decoded JSON body (None for 204)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise Unavailable(f"cannot reach the edgefleet server at {self.config.server}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if response.status_code >= 400:
             raise _error(response)
         if response.status_code == 204 or not response.content:
@@ -226,25 +274,101 @@ class FleetClient:
         )
         return result
 
-    def download_package(self, name: str, version: str, target: str, dest: Path) -> Path:
-        """Download a package to ``dest``, resuming a partial file with a Range request."""
-        offset = dest.stat().st_size if dest.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+    def download_package(
+        self, name: str, version: str, target: str, dest_dir: Path, *, progress: Progress | None = None
+    ) -> Path:
+        """Download a version's package for ``target`` into the directory ``dest_dir``; its path.
+
+        The file is ``NAME-VERSION-TARGET.tar.gz``; bytes arrive in ``… .tar.gz.part`` first, which a
+        later call resumes with a Range request (If-Range: a partial of other bytes starts over). The
+        file gets its final name only after its size and SHA-256 match the registry's.
+        """
+        if dest_dir.exists() and not dest_dir.is_dir():
+            raise InvalidArgument(f"{dest_dir} is a file: give the directory to download into")
+        packages = self.describe_version(name, version)["Packages"]
+        package = next((p for p in packages if p["Target"] == target), None)
+        if package is None:
+            known = ", ".join(sorted(p["Target"] for p in packages)) or "none"
+            raise NotFound(
+                f"version {version!r} of {name!r} has no package for target {target!r} (it has: {known})"
+            )
+        expected, size = str(package["Sha256"]), int(package["Size"])
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot create the directory {dest_dir}: {exc}") from exc
+        final = dest_dir / f"{name}-{version}-{target}.tar.gz"
         url = f"/api/v1/models/{name}/versions/{version}/packages/{target}"
+        if final.is_file() and final.stat().st_size == size and _sha256_of(final) == expected:
+            if progress is not None:
+                progress(size, size)
+            return final  # already here, verified
+        part = final.with_name(final.name + ".part")
+        for attempt in range(2):
+            offset = part.stat().st_size if part.is_file() else 0
+            if offset > size:
+                offset = 0  # longer than the package: not a partial of it
+            if offset == size:
+                got = _sha256_of(part)  # complete, but not yet renamed (interrupted just before)
+            else:
+                got = self._download_to(url, part, offset, size, expected, progress)
+            written = part.stat().st_size
+            if written == size and got == expected:
+                _fsync_file(part)
+                os.replace(part, final)
+                fsync_dir(dest_dir)
+                return final
+            part.unlink()
+            if offset == 0 or attempt:
+                raise Unavailable(
+                    f"the download of {name} {version} for {target} is damaged ({written} of {size} bytes, "
+                    f"SHA-256 {got} where the registry has {expected}); nothing was kept, try again"
+                )
+            # the resumed partial held other bytes than this package's: start over once, from zero
+        raise AssertionError("unreachable")
+
+    def _download_to(
+        self, url: str, part: Path, offset: int, size: int, sha256: str, progress: Progress | None
+    ) -> str:
+        """Fetch the package into ``part`` from ``offset`` (appending to what is there); the file's SHA-256."""
+        digest = hashlib.sha256()
+        headers: dict[str, str] = {}
+        if offset:
+            headers = {"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'}
         try:
             with self._http.stream("GET", url, headers=headers) as response:
-                if response.status_code == 416:
-                    return dest  # already complete
+                if response.status_code == 416 and offset:
+                    response.close()
+                    return self._download_to(url, part, 0, size, sha256, progress)  # start over
                 if response.status_code >= 400:
                     response.read()
                     raise _error(response)
-                mode = "ab" if response.status_code == 206 else "wb"
-                with dest.open(mode) as out:
+                if response.status_code == 206:
+                    start = _range_start(response.headers.get("Content-Range"))
+                    if start != offset:
+                        raise Unavailable(f"the server resumed at byte {start}, not {offset}: {url}")
+                    with part.open("rb") as existing:
+                        while block := existing.read(_CHUNK):
+                            digest.update(block)
+                    mode, done = "ab", offset
+                else:
+                    mode, done = "wb", 0
+                with part.open(mode) as out:
                     for chunk in response.iter_bytes(_CHUNK):
                         out.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, size)
         except httpx.TransportError as exc:
-            raise Unavailable(f"download from {self.config.server} broke off: {exc}") from exc
-        return dest
+            if _verify_failed(exc):
+                raise self._unreachable(exc) from exc
+            raise Unavailable(
+                f"download from {self.config.server} broke off: {exc}; run it again to resume"
+            ) from exc
+        except OSError as exc:
+            raise InvalidArgument(f"cannot write {part}: {exc}") from exc
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------ deployments
 

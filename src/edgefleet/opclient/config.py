@@ -50,6 +50,9 @@ class ClientConfig:
     ca_cert: Path | None = None
     #: seconds to wait for a response (uploads get longer through streaming)
     timeout: float = 60.0
+    #: where ``ca_cert`` came from (a flag, the environment, the client file, the default data
+    #: directory), said when the server's certificate does not verify
+    ca_cert_source: str = "given by the caller"
 
     def save(self, path: Path | None = None) -> Path:
         """Write this configuration (mode 0600: it holds the token) and return the path."""
@@ -82,8 +85,16 @@ def load_client_config(
             saved = {k: v for k, v in raw.items() if isinstance(v, str) or v is None}
     resolved_server = server or os.environ.get(ENV_SERVER) or saved.get("server") or DEFAULT_SERVER
     resolved_token = token or os.environ.get(ENV_TOKEN) or saved.get("token")
-    ca_text = os.environ.get(ENV_CA_CERT) or saved.get("ca_cert")
-    resolved_ca = ca_cert or (Path(ca_text) if ca_text else None) or default_ca_cert()
+    resolved_ca: Path | None
+    if ca_cert is not None:
+        resolved_ca, source = ca_cert, "from --ca-cert"
+    elif os.environ.get(ENV_CA_CERT):
+        resolved_ca, source = Path(os.environ[ENV_CA_CERT]), f"from ${ENV_CA_CERT}"
+    elif saved.get("ca_cert"):
+        resolved_ca, source = Path(str(saved["ca_cert"])), f"from the client file {path}"
+    else:
+        resolved_ca = default_ca_cert()
+        source = "from the default data directory" if resolved_ca is not None else "none given"
     if not resolved_server.startswith(("https://", "http://")):
         raise InvalidArgument(f"server URL {resolved_server!r} must start with https://")
-    return ClientConfig(resolved_server.rstrip("/"), resolved_token, resolved_ca, timeout)
+    return ClientConfig(resolved_server.rstrip("/"), resolved_token, resolved_ca, timeout, source)
