@@ -368,7 +368,9 @@ def test_tables_print_plain_columns_on_a_device_install_without_rich() -> None:
         print(count, "rich" in sys.modules)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["NAME", "SIZE", "SHA256"]
     assert lines[1].split() == ["digits", "3.0", "MiB", "ab" * 6 + "…"]

@@ -147,9 +147,13 @@ def table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: TextIO
         from rich.text import Text
     except ModuleNotFoundError:
         cells = [[fmt(row.get(key)) for _, key, fmt in specs] for row in rows]
-        widths = [max([len(header)] + [len(line[i]) for line in cells]) for i, (header, _, _) in enumerate(specs)]
+        widths = [
+            max([len(header)] + [len(line[i]) for line in cells]) for i, (header, _, _) in enumerate(specs)
+        ]
         for line in [[header for header, _, _ in specs], *cells]:
-            out.write("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip() + "\n")
+            out.write(
+                "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip() + "\n"
+            )
         if not cells:
             out.write("(none)\n")
         return len(cells)
