@@ -171,6 +171,11 @@ def _json_commands() -> set[tuple[str, ...]]:
 JSON_TESTED_ELSEWHERE = {
     ("compile",): "tests/compiler/test_compiler_cli.py",
     ("device", "status"): "tests/device/test_device_daemon.py",
+    # the agent's operator subcommands talk to a running agent, not to the server
+    **{
+        ("agent", sub): "tests/integration/test_agent_cli.py"
+        for sub in ("list", "describe", "load", "unload", "predict", "stats")
+    },
 }
 
 
