@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -350,38 +351,63 @@ def test_int8_keeps_the_most_sensitive_nodes_in_float_to_stay_within_the_toleran
 # -- third-party noise ------------------------------------------------------------------------------
 
 
-def test_third_party_noise_stays_out_of_the_cli_output(tmp_path: Path) -> None:
-    """A tree ensemble: onnxsim cannot handle it and OpenVINO refuses it with a many-line C++ error;
-    an MLP quantised to int8: ONNX Runtime's quantiser logs warnings. The user sees progress lines and
-    the table with one line per candidate; the full error is in report.json."""
-    from sklearn.tree import DecisionTreeClassifier
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((200, 6)).astype(np.float32)
-    tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, (x[:, 0] > 0).astype(int))
-    import pickle
-
-    (tmp_path / "tree.pkl").write_bytes(pickle.dumps(tree))
+def _compile_cli(
+    model: Path, out: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "edgefleet", "compile", str(tmp_path / "tree.pkl"), "--framework", "sklearn",
-         "--input", "X:-1x6:float32", "--target", "linux-x86_64", "--bench-seconds", "0.05",
-         "-o", str(tmp_path / "out")],
+        [sys.executable, "-m", "edgefleet", "compile", str(model), *extra, "--target", "linux-x86_64",
+         "--bench-seconds", "0.05", "-o", str(out)],
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    return proc, json.loads((out / "report.json").read_text())
+
+
+def _assert_quiet(proc: subprocess.CompletedProcess[str], report: dict[str, Any]) -> None:
+    """Progress lines only on stderr; on stdout the table has one line per candidate."""
     for line in proc.stderr.splitlines():
         assert re.match(r"\[ *\d+\.\ds\] ", line), f"noise on stderr: {line!r}"
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("candidate "))
     rows = lines[header + 1 : header + 1 + len(report["candidates"])]
     assert [r.split()[0] for r in rows] == [c["name"] for c in report["candidates"]]
-    assert lines[header + 1 + len(report["candidates"])].startswith(("note: ", "warning: ", ""))
-    assert all(
-        not line.startswith(("FrontEnd", "Model wasn't", "Summary", "--", "WARNING", "INFO"))
-        for line in lines
+    after = lines[header + 1 + len(report["candidates"]) :]
+    assert all(line.startswith(("note: ", "warning: ", "wrote ")) or not line for line in after), after
+    for line in lines:
+        assert not line.startswith(("FrontEnd", "Model wasn't", "Summary", "WARNING", "INFO")), line
+
+
+def test_third_party_noise_stays_out_of_the_cli_output(tmp_path: Path) -> None:
+    """A tree ensemble: onnxsim cannot handle it and OpenVINO refuses it with a many-line C++ error.
+    The user sees progress lines and the table with one line per candidate; the full error is in
+    report.json."""
+    import pickle
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, (x[:, 0] > 0).astype(int))
+    (tmp_path / "tree.pkl").write_bytes(pickle.dumps(tree))
+    proc, report = _compile_cli(
+        tmp_path / "tree.pkl", tmp_path / "out", "--framework", "sklearn", "--input", "X:-1x6:float32"
     )
+    _assert_quiet(proc, report)
     openvino = next(c for c in report["candidates"] if c["name"] == "openvino")
     assert openvino["status"] == "unavailable" and "\n" not in openvino["reason"]
     assert "TreeEnsembleClassifier" in openvino["detail"] and "\n" in openvino["detail"]
+
+
+def test_litert_native_output_stays_out_of_the_cli_output(tmp_path: Path) -> None:
+    """LiteRT's C++ side prints "INFO: Created TensorFlow Lite XNNPACK delegate" when it loads a model."""
+    pytest.importorskip("ai_edge_litert", reason="pip install 'edgefleet[litert]'")
+    from compiler_support import make_tflite_fc
+
+    rng = np.random.default_rng(0)
+    model = make_tflite_fc(
+        tmp_path / "fc.tflite", rng.standard_normal((3, 4)).astype(np.float32), np.zeros(3, np.float32)
+    )
+    proc, report = _compile_cli(model, tmp_path / "out", "--framework", "tflite")
+    _assert_quiet(proc, report)
+    assert "XNNPACK" not in proc.stderr + proc.stdout
