@@ -124,7 +124,12 @@ def test_auto_honours_the_accuracy_tolerance(
     assert base.accuracy is not None and int8.accuracy is not None
     assert int8.accuracy < base.accuracy - 5.0, "the bad calibration must really hurt int8"
     measured = [c for c in report.candidates if c.latency is not None]
-    assert {c.name for c in measured} == {"onnxruntime-original", "onnxruntime", "onnxruntime-int8"}
+    # (an accuracy-aware "-mixed" int8 candidate may join them when full int8 misses the tolerance)
+    assert {c.name for c in measured} - {"onnxruntime-int8-mixed"} == {
+        "onnxruntime-original",
+        "onnxruntime",
+        "onnxruntime-int8",
+    }
     selected = report.candidate(report.selected)
     assert selected.latency is not None and base.latency is not None
     # Never slower than plain ONNX Runtime on the original, in the same measurement.

@@ -411,3 +411,22 @@ def test_litert_native_output_stays_out_of_the_cli_output(tmp_path: Path) -> Non
     proc, report = _compile_cli(model, tmp_path / "out", "--framework", "tflite")
     _assert_quiet(proc, report)
     assert "XNNPACK" not in proc.stderr + proc.stdout
+
+
+def test_output_written_below_python_is_captured_into_the_job_log(capfd: pytest.CaptureFixture[str]) -> None:
+    """What native code writes straight to fds 1/2 (and C stdio's buffer) goes to the detail sink."""
+    import ctypes
+
+    from edgefleet.compiler.noise import captured_output, detail_sink, short_reason
+
+    seen: list[str] = []
+    with detail_sink(seen.append), captured_output("tool"):
+        os.write(2, b'WARNING: failed to run "Concat" op\n')
+        ctypes.CDLL(None).printf(b"INFO: from C stdio\n")
+        print("from python")
+    assert capfd.readouterr() == ("", "")
+    (text,) = seen
+    assert text.startswith("tool output:\n")
+    assert 'failed to run "Concat"' in text and "INFO: from C stdio" in text and "from python" in text
+    assert short_reason("Check 'x' failed at a.cpp:1:\nmore\nlines") == "Check 'x' failed at a.cpp:1: …"
+    assert len(short_reason("y" * 500)) == 160

@@ -84,7 +84,15 @@ def captured_output(tool: str) -> Iterator[None]:
     with _lock, tempfile.TemporaryFile() as sink:
         python_side = io.StringIO()
         _flush_all()
-        saved = (os.dup(1), os.dup(2))
+        try:
+            saved = (os.dup(1), os.dup(2))
+        except OSError:  # a daemon with fds 1/2 closed: nothing reaches a terminal anyway
+            with contextlib.redirect_stdout(python_side), contextlib.redirect_stderr(python_side):
+                yield
+            record_detail(
+                f"{tool} output:\n{python_side.getvalue().rstrip()}" if python_side.getvalue().strip() else ""
+            )
+            return
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
