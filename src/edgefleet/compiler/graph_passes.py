@@ -389,4 +389,8 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     except Exception as exc:  # the converter raises ValueError/AssertionError on graphs it cannot handle
         raise UnsupportedModel(f"fp16 conversion failed: {exc}") from exc
     onnx_graph.save(converted, dst)
+    try:
+        check_loadable(dst)
+    except EdgefleetError as exc:
+        raise CandidateUnavailable(f"the fp16 graph does not load in ONNX Runtime: {exc.message}") from exc
     return dst
