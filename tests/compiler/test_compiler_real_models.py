@@ -213,6 +213,7 @@ def test_an_rnn_state_is_batched_on_the_axis_the_graph_says(tmp_path: Path) -> N
         model, tmp_path / "out", backend="onnxruntime", quantize="none", validation=tmp_path / "val.npz"
     )
     assert any(line.message.startswith("batch axes: x 1, h0 1") for line in job.log)
+    assert result.report.validation["batch_axes"] == {"x": 1, "h0": 1}
     for cand in result.report.candidates:
         assert cand.status is not CandidateStatus.UNAVAILABLE, cand.reason
         assert cand.agreement == 100.0

@@ -398,6 +398,8 @@ class CompileJob:
                 "samples": validation.size,
                 "metric": metric,
                 "max_accuracy_drop": req.max_accuracy_drop,
+                # inputs whose samples are not on axis 0 (None: no batch axis), see docs/compiler.md
+                "batch_axes": {name: axis for name, axis in axes.items() if axis != 0},
             },
             latency_measured_on=(
                 f"this host ({host_arch()})"
@@ -703,7 +705,9 @@ class CompileJob:
             f"int8 loses {full.drop:.2f} points: searching which of {len(nodes)} quantisable nodes to keep in float"
         )
         try:
-            order = graph_passes.node_sensitivity(self._fp32_graph, full.graph, validation.head(16).sample(0))
+            size, _ = validation.batch_size(frontend.inputs, 8)
+            probe = validation.feeds(slice(0, min(size, validation.size)))
+            order = graph_passes.node_sensitivity(self._fp32_graph, full.graph, probe)
         except Exception as exc:  # ranking is a heuristic: fall back to the last layers first
             self._detail(f"int8 sensitivity ranking failed ({type(exc).__name__}: {exc}); last layers first")
             order = list(reversed(nodes))
