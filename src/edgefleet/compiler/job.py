@@ -10,7 +10,9 @@ and the control plane can run it in a worker and read ``status``/``log`` meanwhi
    fp16, OpenVINO IR, TVM (``edgefleet.compiler.tvm_backend``), LiteRT;
 4. verification: every candidate this host can run is loaded with the device runtime backend and
    compared with the baseline on the validation data (top-1 accuracy with labels, otherwise output
-   agreement), then benchmarked in interleaved rounds;
+   agreement); when every int8 candidate misses the tolerance, accuracy-aware int8 keeps the most
+   sensitive nodes in float (``-int8-mixed`` candidates); then all are benchmarked in interleaved
+   rounds. A candidate that fails to build, load or run is unavailable, never selected;
 5. selection: the fastest candidate within ``max_accuracy_drop`` (the baseline always qualifies,
    so ``auto`` is never slower than plain ONNX Runtime in the same measurement);
 6. output: artifact + ``edgefleet-package.json`` + ``report.json``, renamed into place atomically.
