@@ -77,6 +77,7 @@ def test_int8_quantisation_keeps_digits_accuracy(
         "samples": 397,
         "metric": "top1_accuracy",
         "max_accuracy_drop": 1.0,
+        "batch_axes": {},  # every input batched on axis 0
     }
     meta = json.loads((tmp_path / "out" / PACKAGE_METADATA_FILE).read_text())
     assert set(meta) == METADATA_KEYS
