@@ -46,7 +46,7 @@ def test_parse_input_spec(text: str, expected: InputSpec) -> None:
         ("x:1x2.5", r"dimension '2.5' is not a positive integer"),
         ("x:1x4:complex64", r"unknown data type 'complex64' \(known: UINT8"),
         ("x:1x4:float32:extra", r"malformed"),
-        ("x:[]", r"shape '\[\]' is empty"),
+        ("x:[ ]", r"shape '\[ \]' is empty"),
     ],
 )
 def test_bad_input_spec_is_invalid_argument(text: str, message: str) -> None:

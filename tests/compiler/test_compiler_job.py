@@ -77,6 +77,7 @@ def test_int8_quantisation_keeps_digits_accuracy(
         "samples": 397,
         "metric": "top1_accuracy",
         "max_accuracy_drop": 1.0,
+        "batch_axes": {},  # every input batched on axis 0
     }
     meta = json.loads((tmp_path / "out" / PACKAGE_METADATA_FILE).read_text())
     assert set(meta) == METADATA_KEYS
@@ -124,7 +125,12 @@ def test_auto_honours_the_accuracy_tolerance(
     assert base.accuracy is not None and int8.accuracy is not None
     assert int8.accuracy < base.accuracy - 5.0, "the bad calibration must really hurt int8"
     measured = [c for c in report.candidates if c.latency is not None]
-    assert {c.name for c in measured} == {"onnxruntime-original", "onnxruntime", "onnxruntime-int8"}
+    # (an accuracy-aware "-mixed" int8 candidate may join them when full int8 misses the tolerance)
+    assert {c.name for c in measured} - {"onnxruntime-int8-mixed"} == {
+        "onnxruntime-original",
+        "onnxruntime",
+        "onnxruntime-int8",
+    }
     selected = report.candidate(report.selected)
     assert selected.latency is not None and base.latency is not None
     # Never slower than plain ONNX Runtime on the original, in the same measurement.
@@ -446,7 +452,9 @@ def test_job_lifecycle_and_log(tmp_path: Path) -> None:
     assert job.id == "job-1" and job.status is JobStatus.PENDING and job.result is None
     result = job.run()
     assert job.status is JobStatus.SUCCEEDED and job.result is result
-    assert [line.message for line in job.log] == seen
+    # the log holds every progress line, in order, and also the full text of tools' output
+    remaining = iter(line.message for line in job.log)
+    assert all(message in remaining for message in seen)
     assert seen[0].startswith("compiling mlp.onnx (onnx) for linux-x86_64")
     assert any(m.startswith("benchmarking ") for m in seen) and seen[-1] == f"succeeded: {tmp_path / 'out'}"
     assert [line.time for line in job.log][:2] == [1000, 1001]

@@ -29,8 +29,12 @@ def add_parser(sub: Any) -> None:
         "--input",
         action="append",
         default=[],
-        metavar="NAME:SHAPE[:DTYPE]",
-        help="declare an input, e.g. x:1x3x224x224:float32 (-1 = dynamic); repeat for each input",
+        metavar="NAME:SHAPE[:DTYPE][:batch=AXIS|none]",
+        help=(
+            "declare an input, e.g. x:1x3x224x224:float32 (-1 = dynamic), rate:[]:int64 (a scalar), "
+            "h0:2x-1x64:float32:batch=1 (the batch axis, or batch=none; inferred from the graph otherwise); "
+            "repeat for each input"
+        ),
     )
     parser.add_argument("--target", help="target device class (see --list-targets)")
     parser.add_argument("--backend", default="auto", help=f"{' | '.join(_BACKENDS)} (default: auto)")

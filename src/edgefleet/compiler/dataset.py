@@ -1,7 +1,11 @@
 """Calibration and validation data: ``.npz``, ``.npy`` or a folder of images, checked against the model.
 
 Every array holds N samples along its first axis; the remaining axes must match the model input's
-shape after its first (batch) dimension. In an ``.npz``, arrays are keyed by input name (a
+shape without its batch axis: for the usual input batched on axis 0 that is the shape after the
+first dimension; for an input batched on another axis (an RNN state ``[layers, batch, hidden]``
+holds ``(N, layers, hidden)``) that axis is left out, and the compiler moves the samples to it when
+it feeds the model; an input with no batch axis (a scalar, a per-call setting) holds one full value
+per sample, ``(N, *shape)``, and a model with such an input is run one sample at a time. In an ``.npz``, arrays are keyed by input name (a
 single-input model also accepts any one array) and optional labels are stored under ``labels``,
 ``label`` or ``y``. An ``.npy`` holds the one input of a single-input model. An image folder holds
 images directly (no labels) or one sub-folder per class (labels are the sorted sub-folder indices);
@@ -11,8 +15,8 @@ images are resized to the input's height and width and scaled to [0, 1] for floa
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +35,52 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    #: input name -> the model input's batch axis (None: no batch axis); unlisted inputs: axis 0
+    axes: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         """Number of samples."""
         return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
 
+    @property
+    def batched_on_first_axis(self) -> bool:
+        """True when every input takes its samples on axis 0 (batches are plain slices and outputs
+        come back with the samples on axis 0)."""
+        return all(self.axes.get(name, 0) == 0 for name in self.inputs)
+
     def head(self, n: int) -> Dataset:
         """The first ``n`` samples."""
         labels = None if self.labels is None else self.labels[:n]
-        return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels, self.source)
+        return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels, self.source, self.axes)
+
+    def feeds(self, window: slice) -> dict[str, np.ndarray]:
+        """The samples of ``window`` laid out as the model takes them (samples moved to each input's
+        batch axis; an input without one gets the window's first sample's value)."""
+        feeds: dict[str, np.ndarray] = {}
+        for name, array in self.inputs.items():
+            axis = self.axes.get(name, 0)
+            if axis is None:
+                feeds[name] = np.asarray(array[window.start])
+            elif axis == 0:
+                feeds[name] = array[window]
+            else:
+                feeds[name] = np.ascontiguousarray(np.moveaxis(array[window], 0, axis))
+        return feeds
 
     def sample(self, index: int) -> dict[str, np.ndarray]:
         """One sample as a batch of 1."""
-        return {k: v[index : index + 1] for k, v in self.inputs.items()}
+        return self.feeds(slice(index, index + 1))
+
+    def batch_size(self, specs: Sequence[TensorSpec], preferred: int) -> tuple[int, bool]:
+        """(samples per run, whether the model fixes it) for a model with inputs ``specs``: a fixed
+        batch dimension wins; a model with an input that has no batch axis, or batched on another
+        axis than the first, runs one sample at a time; otherwise ``preferred``."""
+        for spec in specs:
+            axis = self.axes.get(spec.name, 0)
+            if axis is not None and axis < len(spec.shape) and spec.shape[axis] > 0:
+                return spec.shape[axis], True
+        return (preferred if self.batched_on_first_axis else 1), False
 
     def batches(self, size: int, partial: bool) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
         """Consecutive batches of ``size`` samples with the slice each covers; a trailing shorter
@@ -52,11 +88,14 @@ class Dataset:
         stop = self.size if partial else self.size - self.size % size
         for start in range(0, stop, size):
             window = slice(start, min(start + size, stop))
-            yield window, {k: v[window] for k, v in self.inputs.items()}
+            yield window, self.feeds(window)
 
 
-def load_dataset(path: Path, specs: Sequence[TensorSpec], what: str) -> Dataset:
-    """Read ``path`` (``.npz``/``.npy``/image folder) as data for a model with inputs ``specs``.
+def load_dataset(
+    path: Path, specs: Sequence[TensorSpec], what: str, axes: Mapping[str, int | None] | None = None
+) -> Dataset:
+    """Read ``path`` (``.npz``/``.npy``/image folder) as data for a model with inputs ``specs``
+    batched on ``axes`` (input name -> batch axis or None; unlisted: axis 0).
 
     ``what`` ("calibration", "validation") prefixes error messages. INVALID_ARGUMENT on data whose
     shape or type does not fit the model, NOT_FOUND if ``path`` does not exist.
@@ -71,7 +110,11 @@ def load_dataset(path: Path, specs: Sequence[TensorSpec], what: str) -> Dataset:
         arrays, labels = _read_npy(path, specs, what)
     else:
         raise InvalidArgument(f"{what} data {path.name}: expected a .npz or .npy file or a folder of images")
-    inputs = {spec.name: _check_array(arrays[spec.name], spec, path.name, what) for spec in specs}
+    axes = dict(axes or {})
+    inputs = {
+        spec.name: _check_array(arrays[spec.name], spec, axes.get(spec.name, 0), path.name, what)
+        for spec in specs
+    }
     sizes = {name: a.shape[0] for name, a in inputs.items()}
     if len(set(sizes.values())) > 1:
         raise InvalidArgument(f"{what} data {path.name}: inputs have different sample counts {sizes}")
@@ -80,20 +123,30 @@ def load_dataset(path: Path, specs: Sequence[TensorSpec], what: str) -> Dataset:
         raise InvalidArgument(f"{what} data {path.name} holds no samples")
     if labels is not None:
         labels = _check_labels(labels, count, path.name, what)
-    return Dataset(inputs, labels, str(path))
+    return Dataset(inputs, labels, str(path), axes)
 
 
-def synthetic_dataset(specs: Sequence[TensorSpec], count: int, seed: int = 0) -> Dataset:
+def synthetic_dataset(
+    specs: Sequence[TensorSpec], count: int, seed: int = 0, axes: Mapping[str, int | None] | None = None
+) -> Dataset:
     """Random inputs (standard normal floats, small non-negative integers), for output agreement only."""
     rng = np.random.default_rng(seed)
+    axes = dict(axes or {})
     inputs: dict[str, np.ndarray] = {}
     for spec in specs:
-        shape = (count, *(d if d > 0 else 1 for d in spec.shape[1:]))
+        shape = (count, *(d if d > 0 else 1 for d in _per_sample(spec.shape, axes.get(spec.name, 0))))
         if spec.dtype in (DataType.FLOAT16, DataType.FLOAT32, DataType.FLOAT64):
             inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype.numpy)
         else:
             inputs[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype.numpy)
-    return Dataset(inputs, None, "random")
+    return Dataset(inputs, None, "random", axes)
+
+
+def _per_sample(shape: Sequence[int], axis: int | None) -> tuple[int, ...]:
+    """The shape of one sample of an input of ``shape`` batched on ``axis``."""
+    if axis is None:
+        return tuple(shape)
+    return tuple(d for i, d in enumerate(shape) if i != axis) if shape else ()
 
 
 def _read_npz(
@@ -183,15 +236,22 @@ def _read_image_folder(
     return {spec.name: batch}, labels
 
 
-def _check_array(array: np.ndarray, spec: TensorSpec, source: str, what: str) -> np.ndarray:
-    expected = "(N, " + ", ".join(str(d) if d > 0 else "?" for d in spec.shape[1:]) + ")"
-    if spec.shape and (
-        array.ndim != len(spec.shape)
-        or any(want > 0 and got != want for want, got in zip(spec.shape[1:], array.shape[1:], strict=True))
+def _check_array(array: np.ndarray, spec: TensorSpec, axis: int | None, source: str, what: str) -> np.ndarray:
+    sample = _per_sample(spec.shape, axis)
+    expected = "(" + ", ".join(["N", *(str(d) if d > 0 else "?" for d in sample)]) + ")"
+    where = (
+        "one value per sample: the input has no batch axis"
+        if axis is None
+        else "N samples along the first axis"
+        + (f"; the model's batch axis {axis} is left out" if axis else "")
+    )
+    if (spec.shape or axis is None) and (
+        array.ndim != len(sample) + 1
+        or any(want > 0 and got != want for want, got in zip(sample, array.shape[1:], strict=True))
     ):
         raise InvalidArgument(
             f"{what} data {source}: input {spec.name!r} has shape {tuple(array.shape)} but the model expects "
-            f"{expected} (N samples along the first axis)"
+            f"{expected} ({where})"
         )
     want = spec.dtype.numpy
     if array.dtype.kind in "fc" and want.kind in "iu":

@@ -91,13 +91,13 @@ def load_candidate(
 
 
 def predict(model: LoadedModel, data: Dataset) -> tuple[list[np.ndarray], int]:
-    """Outputs for the samples of ``data`` (concatenated along the first axis) and how many were run.
+    """Outputs for the samples of ``data`` (samples along the first axis) and how many were run.
 
-    A fixed batch dimension larger than 1 drops the trailing samples that do not fill a batch.
+    A fixed batch dimension larger than 1 drops the trailing samples that do not fill a batch. A
+    model run one sample at a time (an input without a batch axis, or batched on another axis) has
+    its outputs stacked on a new first axis, so sample ``i``'s outputs are ``outputs[k][i]``.
     """
-    batch_dims = [s.shape[0] for s in model.inputs if s.shape]
-    fixed = [d for d in batch_dims if d > 0]
-    size = fixed[0] if fixed else EVAL_BATCH
+    size, fixed = data.batch_size(model.inputs, EVAL_BATCH)
     chunks: list[list[np.ndarray]] = []
     used = 0
     for window, feeds in data.batches(size, partial=not fixed):
@@ -105,6 +105,8 @@ def predict(model: LoadedModel, data: Dataset) -> tuple[list[np.ndarray], int]:
         used = window.stop
     if not chunks:
         return [], 0
+    if size == 1 and not data.batched_on_first_axis:
+        return [np.stack([np.asarray(c[i]) for c in chunks]) for i in range(len(chunks[0]))], used
     outputs = [
         np.concatenate(
             [np.asarray(c[i]).reshape(-1) if np.ndim(c[i]) == 0 else np.asarray(c[i]) for c in chunks]

@@ -10,7 +10,9 @@ and the control plane can run it in a worker and read ``status``/``log`` meanwhi
    fp16, OpenVINO IR, TVM (``edgefleet.compiler.tvm_backend``), LiteRT;
 4. verification: every candidate this host can run is loaded with the device runtime backend and
    compared with the baseline on the validation data (top-1 accuracy with labels, otherwise output
-   agreement), then benchmarked in interleaved rounds;
+   agreement); when every int8 candidate misses the tolerance, accuracy-aware int8 keeps the most
+   sensitive nodes in float (``-int8-mixed`` candidates); then all are benchmarked in interleaved
+   rounds. A candidate that fails to build, load or run is unavailable, never selected;
 5. selection: the fastest candidate within ``max_accuracy_drop`` (the baseline always qualifies,
    so ``auto`` is never slower than plain ONNX Runtime in the same measurement);
 6. output: artifact + ``edgefleet-package.json`` + ``report.json``, renamed into place atomically.
@@ -18,6 +20,7 @@ and the control plane can run it in a worker and read ``status``/``log`` meanwhi
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import logging
@@ -46,6 +49,7 @@ from edgefleet.compiler.evaluate import (
     top1_accuracy,
 )
 from edgefleet.compiler.frontends import FrontendResult, canonical_framework, get_frontend
+from edgefleet.compiler.noise import captured_output, detail_sink, short_reason
 from edgefleet.compiler.report import CandidateReport, CandidateStatus, CompileReport
 from edgefleet.compiler.signature import InputSpec, concrete_shape
 from edgefleet.compiler.targets import get_target, host_arch, matches_host
@@ -56,7 +60,6 @@ from edgefleet.compiler.types import (
     CandidateUnavailable,
     Quantization,
     TargetSpec,
-    UnsupportedModel,
 )
 from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.core.tensors import TensorSpec
@@ -124,7 +127,12 @@ class CompileRequest:
             "target": self.target,
             "output_dir": str(self.output_dir),
             "inputs": [
-                {"name": i.name, "shape": list(i.shape), "dtype": i.dtype.name if i.dtype else None}
+                {
+                    "name": i.name,
+                    "shape": list(i.shape),
+                    "dtype": i.dtype.name if i.dtype else None,
+                    **({"batch_axis": i.batch_axis} if i.batch_declared else {}),
+                }
                 for i in self.inputs
             ],
             "backend": self.backend,
@@ -167,6 +175,9 @@ class _Candidate:
     outputs: tuple[TensorSpec, ...] = ()
     within_tolerance: bool | None = None
     drop: float | None = None
+    graph: Path | None = None  # the ONNX graph it was built from (int8: the QDQ graph)
+    shippable: bool = True  # False once it failed to build, load or run here
+    excluded: tuple[str, ...] = ()  # int8: nodes kept in float
 
 
 class CompileJob:
@@ -193,6 +204,12 @@ class CompileJob:
         self._work_root = work_root
         self._cancel = threading.Event()
         self._tool_versions: dict[str, str] = {}
+        self._warnings: list[str] = []
+        # set by the steps, read by later ones
+        self._reference: tuple[list[np.ndarray], int, float | None] | None = None
+        self._fp32_graph: Path | None = None
+        self._int8_notes: tuple[str, ...] = ()
+        self._reduce_range = False
 
     # -- public -----------------------------------------------------------------------------
 
@@ -226,7 +243,8 @@ class CompileJob:
         work = Path(tempfile.mkdtemp(prefix=f"edgefleet-compile-{self.id}-", dir=self._work_root))
         candidates: list[_Candidate] = []
         try:
-            self.result = self._run(work, candidates, started)
+            with detail_sink(self._detail):
+                self.result = self._run(work, candidates, started)
         except EdgefleetError as exc:
             self.error = exc
             self.status = JobStatus.CANCELLED if exc.code is Code.ABORTED else JobStatus.FAILED
@@ -255,6 +273,18 @@ class CompileJob:
         if self._on_log is not None:
             self._on_log(message)
 
+    def _detail(self, text: str) -> None:
+        """Full text for the job log only (tools' output, whole error messages), not the progress."""
+        with self._lines_lock:
+            self._lines.append(LogLine(self._clock(), text))
+        _log.debug("compile %s: %s", self.id, text)
+
+    def _warn(self, message: str) -> None:
+        """A pass skipped or a fallback taken: in the report's warnings and the progress output."""
+        if message not in self._warnings:
+            self._warnings.append(message)
+            self._emit(f"warning: {message}")
+
     def _checkpoint(self) -> None:
         if self._cancel.is_set():
             raise EdgefleetError(f"compile job {self.id} was cancelled", Code.ABORTED)
@@ -279,22 +309,30 @@ class CompileJob:
         front_dir.mkdir()
         frontend = get_frontend(framework)(req.model, req.inputs, front_dir, self._emit)
         _check_format(frontend, backend, quantize)
-        if frontend.format == "onnx":
-            from edgefleet.compiler.graph_passes import check_loadable
-
-            check_loadable(frontend.path)
+        for warning in frontend.warnings:
+            self._warn(warning)
+        axes = _batch_axes(frontend, req.inputs)
+        unbatched = [n for n, a in axes.items() if a != 0]
+        if unbatched:
+            self._emit(
+                "batch axes: "
+                + ", ".join(f"{n} {'none' if axes[n] is None else axes[n]}" for n in unbatched)
+                + " (others 0)"
+            )
         source_sha = sha256_file(req.model)
         self._checkpoint()
 
         # 2. data, checked before anything slow
-        calibration = self._load_data(req.calibration, frontend, "calibration", req.max_calibration_samples)
-        validation = self._load_data(req.validation, frontend, "validation", req.max_validation_samples)
+        calibration = self._load_data(
+            req.calibration, frontend, axes, "calibration", req.max_calibration_samples
+        )
+        validation = self._load_data(req.validation, frontend, axes, "validation", req.max_validation_samples)
         notes: list[str] = list(frontend.notes)
         if validation is None and calibration is not None:
             validation = calibration
             notes.append("no --validation data: candidates were checked on the calibration data")
         if validation is None:
-            validation = synthetic_dataset(frontend.inputs, 64, req.seed)
+            validation = synthetic_dataset(frontend.inputs, 64, req.seed, axes)
             notes.append("no validation data: candidates were checked for output agreement on random inputs")
         if quantize is Quantization.INT8 and calibration is None:
             raise InvalidArgument(
@@ -314,9 +352,13 @@ class CompileJob:
         # 4. verification on the host
         self._verify(candidates, validation, target, frontend)
         self._checkpoint()
+        if calibration is not None:
+            candidates += self._mixed_precision(candidates, calibration, validation, frontend, target, work)
+            self._checkpoint()
         latency_note = self._benchmark(candidates, validation, on_host, target)
         if not on_host:
             notes.append(latency_note)
+        _note_mixed_cost(candidates)
 
         # 5. selection
         # Labels give top-1 accuracy only when the outputs are class scores or labels.
@@ -358,6 +400,8 @@ class CompileJob:
                 "samples": validation.size,
                 "metric": metric,
                 "max_accuracy_drop": req.max_accuracy_drop,
+                # inputs whose samples are not on axis 0 (None: no batch axis), see docs/compiler.md
+                "batch_axes": {name: axis for name, axis in axes.items() if axis != 0},
             },
             latency_measured_on=(
                 f"this host ({host_arch()})"
@@ -370,14 +414,22 @@ class CompileJob:
             compile_seconds=round(time.monotonic() - started, 2),
             tool_versions=tool_versions,
             notes=notes,
+            warnings=list(self._warnings),
         )
         output_dir.write_output_dir(req.output_dir, artifact, metadata, report, self.id)
         return CompileResult(output_dir=req.output_dir, metadata=metadata, report=report)
 
-    def _load_data(self, path: Path | None, frontend: FrontendResult, what: str, cap: int) -> Dataset | None:
+    def _load_data(
+        self,
+        path: Path | None,
+        frontend: FrontendResult,
+        axes: dict[str, int | None],
+        what: str,
+        cap: int,
+    ) -> Dataset | None:
         if path is None:
             return None
-        data = load_dataset(path, frontend.inputs, what)
+        data = load_dataset(path, frontend.inputs, what, axes)
         if data.size > cap:
             data = data.head(cap)
         self._emit(
@@ -460,29 +512,37 @@ class CompileJob:
 
         passes = work / "graphs"
         passes.mkdir()
-        simplified = graph_passes.simplify(frontend.path, passes / "simplified.onnx", self._emit)
+        try:
+            simplified = graph_passes.simplify(frontend.path, passes / "simplified.onnx", self._emit)
+        except graph_passes.PassSkipped as exc:
+            self._warn(exc.warning)
+            self._detail(exc.message)
+            simplified = frontend.path
+        # named nodes, so that accuracy-aware int8 can keep some of them in float by name
+        simplified = graph_passes.name_nodes(simplified, passes / "named.onnx")
         self._tool_versions.update(graph_passes.tool_versions())
+        self._fp32_graph = simplified
         graphs[Quantization.NONE] = simplified
         graphs[Quantization.FP16] = simplified
         if any(q is Quantization.INT8 for _, q in planned) and calibration is not None:
             self._checkpoint()
-            reduce_range = target.arch == "x86_64" and not {"avx512_vnni", "avx_vnni"} & set(
+            self._reduce_range = target.arch == "x86_64" and not {"avx512_vnni", "avx_vnni"} & set(
                 target.cpu_features
             )
             try:
-                graphs[Quantization.INT8] = graph_passes.quantize_int8(
-                    simplified, passes / "int8.onnx", calibration, reduce_range, self._emit
+                int8 = graph_passes.quantize_int8(
+                    simplified, passes / "int8.onnx", calibration, self._reduce_range, self._emit
                 )
-            except UnsupportedModel as exc:
+                graphs[Quantization.INT8] = int8.path
+                self._int8_notes = int8.notes
+            except InvalidArgument:
+                raise  # the calibration data does not fit: the user's to fix
+            except EdgefleetError as exc:
+                # the quantiser cannot serve this graph: with --quantize int8 that is the job's failure;
+                # otherwise only the int8 candidates are unavailable and the others go on
                 if self.request.quantize == "int8":
                     raise
-                graphs[Quantization.INT8] = CandidateUnavailable(exc.message)
-            except EdgefleetError as exc:
-                # the quantiser failed on this graph: with --quantize int8 that is the job's failure;
-                # otherwise only the int8 candidates are unavailable and the others go on
-                if self.request.quantize == "int8" or exc.code is not Code.INTERNAL:
-                    raise
-                self._emit(f"int8 candidates unavailable: {exc.message}")
+                self._detail(f"int8 quantisation: {exc.message}")
                 graphs[Quantization.INT8] = CandidateUnavailable(exc.message)
         return graphs
 
@@ -494,9 +554,10 @@ class CompileJob:
         frontend: FrontendResult,
         target: TargetSpec,
         work: Path,
+        variant: str = "",
     ) -> _Candidate:
         suffix = "" if precision is Quantization.NONE else f"-{precision.value}"
-        cand = _Candidate(CandidateReport(f"{backend}{suffix}", backend, precision))
+        cand = _Candidate(CandidateReport(f"{backend}{suffix}{variant}", backend, precision))
         directory = work / "candidates" / cand.report.name
         directory.mkdir(parents=True)
         options = BuildOptions(
@@ -517,29 +578,47 @@ class CompileJob:
                 raise graph
             if graph is None:
                 raise CandidateUnavailable(f"no {precision.value} graph was prepared")
+            cand.graph = graph
             artifact = _builder(backend)(graph, target, options, self._emit)
-        except CandidateUnavailable as exc:
-            if explicit:
+        except Exception as exc:  # a builder's failure is its candidate's, unless it was asked for alone
+            if isinstance(exc, EdgefleetError) and (explicit or exc.code is Code.ABORTED):
                 raise
-            cand.report.status = CandidateStatus.UNAVAILABLE
-            cand.report.reason = exc.message
-            self._emit(f"candidate {cand.report.name} unavailable: {exc.message}")
+            if explicit:
+                raise EdgefleetError(
+                    f"building {cand.report.name} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            message = exc.message if isinstance(exc, EdgefleetError) else f"{type(exc).__name__}: {exc}"
+            self._unavailable(cand, message)
             return cand
+        if variant:
+            artifact = dataclasses.replace(artifact, name=cand.report.name)
         cand.artifact = artifact
         cand.report.name = artifact.name
         cand.report.build_seconds = round(time.monotonic() - t0, 2)
         cand.report.size_bytes = _size(artifact)
         cand.report.optimised = artifact.optimised
         cand.report.notes = list(artifact.notes)
+        if precision is Quantization.INT8:
+            cand.report.notes += [n for n in self._int8_notes if n not in cand.report.notes]
+        for warning in artifact.warnings:
+            self._warn(f"{artifact.name}: {warning}")
         return cand
+
+    def _unavailable(self, cand: _Candidate, message: str, prefix: str = "") -> None:
+        """Mark ``cand`` unavailable: one line in the table and the progress, all of it in the log."""
+        cand.report.status = CandidateStatus.UNAVAILABLE
+        cand.report.reason = prefix + short_reason(message)
+        cand.report.detail = prefix + message
+        cand.shippable = False
+        self._emit(f"candidate {cand.report.name} unavailable: {cand.report.reason}")
+        if cand.report.detail != cand.report.reason:
+            self._detail(f"candidate {cand.report.name} unavailable: {cand.report.detail}")
 
     def _verify(
         self, candidates: list[_Candidate], validation: Dataset, target: TargetSpec, frontend: FrontendResult
     ) -> None:
-        """Load every runnable candidate; compute accuracy and agreement with the baseline."""
-        reference: list[np.ndarray] | None = None
-        used = 0
-        base_accuracy: float | None = None
+        """Load every runnable candidate; compute accuracy and agreement with the baseline (the
+        first candidate of the first call)."""
         for cand in candidates:
             artifact = cand.artifact
             if artifact is None:
@@ -551,33 +630,33 @@ class CompileJob:
             self._checkpoint()
             self._emit(f"checking {cand.report.name} on {validation.size} validation samples")
             try:
-                model = load_candidate(
-                    artifact, target, frontend.inputs, frontend.outputs, self.request.threads
-                )
-            except FailedPrecondition as exc:
-                if reference is None:
+                with captured_output(artifact.runtime):
+                    model = load_candidate(
+                        artifact, target, frontend.inputs, frontend.outputs, self.request.threads
+                    )
+            except EdgefleetError as exc:
+                if self._reference is None:
                     raise FailedPrecondition(f"the original model does not load: {exc.message}") from exc
-                cand.report.status = CandidateStatus.UNAVAILABLE
-                cand.report.reason = f"cannot be loaded here: {exc.message}"
-                self._emit(f"candidate {cand.report.name} unavailable: {exc.message}")
+                self._unavailable(cand, exc.message, "cannot be loaded here: ")
                 continue
             cand.model = model
             cand.inputs, cand.outputs = model.inputs, model.outputs
             try:
-                outputs, count = predict(model, validation)
+                with captured_output(artifact.runtime):
+                    outputs, count = predict(model, validation)
             except Exception as exc:  # engines' own errors may reach here untranslated
                 message = exc.message if isinstance(exc, EdgefleetError) else f"{type(exc).__name__}: {exc}"
-                if reference is None:
+                if self._reference is None:
                     raise InvalidArgument(
                         f"the original model fails on the validation data: {message}"
                     ) from exc
-                cand.report.status = CandidateStatus.UNAVAILABLE
-                cand.report.reason = f"failed on the validation data: {message}"
+                self._unavailable(cand, message, "failed on the validation data: ")
                 continue
             labels = validation.labels[:count] if validation.labels is not None else None
-            if reference is None:  # the baseline comes first
-                reference, used = outputs, count
+            if self._reference is None:  # the baseline comes first
                 base_accuracy = top1_accuracy(outputs, labels) if labels is not None else None
+                self._reference = (outputs, count, base_accuracy)
+            reference, used, base_accuracy = self._reference
             n = min(used, count)
             cand.report.accuracy = (
                 top1_accuracy([o[:n] for o in outputs], labels[:n]) if labels is not None else None
@@ -591,6 +670,107 @@ class CompileJob:
                 cand.drop = 100.0 - cand.report.agreement
             cand.within_tolerance = cand.drop <= self.request.max_accuracy_drop + 1e-9
 
+    def _mixed_precision(
+        self,
+        candidates: list[_Candidate],
+        calibration: Dataset,
+        validation: Dataset,
+        frontend: FrontendResult,
+        target: TargetSpec,
+        work: Path,
+    ) -> list[_Candidate]:
+        """Accuracy-aware int8: when every int8 candidate loses more than the tolerance, keep the most
+        sensitive nodes in float and quantise the rest, searched against the tolerance.
+
+        Nodes are ranked by the error int8 adds at their own output (the error at the output minus
+        the largest error at its inputs, on a few validation samples); the k most sensitive stay in
+        float for k = 1, 2, 4, ... until a graph is within the tolerance (each try is quantised,
+        loaded with the device runtime and checked like a candidate). The candidates built from the
+        result are named ``<backend>-int8-mixed``; their notes say what was kept in float.
+        """
+        from edgefleet.compiler import graph_passes
+        from edgefleet.compiler.ort_backend import original_candidate
+
+        int8 = [
+            c for c in candidates if c.artifact is not None and c.artifact.quantization is Quantization.INT8
+        ]
+        verified = [c for c in int8 if c.within_tolerance is not None]
+        if not verified or any(c.within_tolerance for c in verified) or self._fp32_graph is None:
+            return []
+        full = next((c for c in verified if c.artifact and c.artifact.runtime == "onnxruntime"), verified[0])
+        if full.graph is None:
+            return []
+        nodes = graph_passes.quantizable_nodes(self._fp32_graph)
+        if len(nodes) < 2:
+            return []
+        self._emit(
+            f"int8 loses {full.drop:.2f} points: searching which of {len(nodes)} quantisable nodes to keep in float"
+        )
+        try:
+            size, _ = validation.batch_size(frontend.inputs, 8)
+            probe = validation.feeds(slice(0, min(size, validation.size)))
+            order = graph_passes.node_sensitivity(self._fp32_graph, full.graph, probe)
+        except Exception as exc:  # ranking is a heuristic: fall back to the last layers first
+            self._detail(f"int8 sensitivity ranking failed ({type(exc).__name__}: {exc}); last layers first")
+            order = list(reversed(nodes))
+        search = work / "graphs" / "mixed"
+        search.mkdir(parents=True, exist_ok=True)
+        found: tuple[Path, tuple[str, ...], float] | None = None
+        k = 1
+        while k < len(order):
+            self._checkpoint()
+            keep = tuple(order[:k])
+            trial_dir = search / f"k{k}"
+            (trial_dir / "artifact").mkdir(parents=True)
+            try:
+                graph = graph_passes.quantize_int8(
+                    self._fp32_graph,
+                    trial_dir / "int8.onnx",
+                    calibration,
+                    self._reduce_range,
+                    self._detail,
+                    keep,
+                )
+                trial = _Candidate(
+                    CandidateReport(f"int8 keeping {k} in float", "onnxruntime", Quantization.INT8),
+                    original_candidate(graph.path, trial_dir / "artifact"),
+                )
+                self._verify([trial], validation, target, frontend)
+            except EdgefleetError as exc:
+                if exc.code is Code.ABORTED:
+                    raise
+                self._detail(f"int8 with {k} node(s) in float failed: {exc.message}")
+                break
+            if trial.model is not None:
+                trial.model.close()
+            if trial.drop is None:  # did not load or run: the search cannot go on
+                break
+            self._emit(f"int8 with {k} node(s) in float: loses {trial.drop:.2f} points")
+            if trial.within_tolerance:
+                found = (graph.path, keep, trial.drop or 0.0)
+                break
+            k *= 2
+        if found is None:
+            self._emit("accuracy-aware int8: no partial int8 graph is within the tolerance")
+            return []
+        path, keep, drop = found
+        note = (
+            f"kept in float: {', '.join(keep)} ({len(keep)} of {len(nodes)} quantisable nodes, chosen by "
+            f"int8 sensitivity); full int8 lost {full.drop:.2f} points, this loses {drop:.2f}"
+        )
+        self._int8_notes = (*self._int8_notes, note)
+        graphs: dict[Quantization, Path | CandidateUnavailable] = {Quantization.INT8: path}
+        built = []
+        for cand in int8:
+            assert cand.artifact is not None
+            mixed = self._build(
+                cand.artifact.runtime, Quantization.INT8, graphs, frontend, target, work, "-mixed"
+            )
+            mixed.excluded = keep
+            built.append(mixed)
+        self._verify(built, validation, target, frontend)
+        return built
+
     def _benchmark(
         self, candidates: list[_Candidate], validation: Dataset, on_host: bool, target: TargetSpec
     ) -> str:
@@ -598,10 +778,21 @@ class CompileJob:
         if not models:
             return "no candidate could run on this host: latency not measured"
         first = next(iter(models.values()))  # the baseline: its batch dimension sets the feed
-        fixed = [s.shape[0] for s in first.inputs if s.shape and s.shape[0] > 0]
-        batch = fixed[0] if fixed else 1
-        feeds = {k: v[:batch] for k, v in validation.inputs.items()}
+        batch, _ = validation.batch_size(first.inputs, 1)
+        feeds = validation.feeds(slice(0, batch))
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+        for cand in candidates:  # one candidate failing on the benchmark feed must not stop the others
+            if cand.model is None or cand is candidates[0]:
+                continue
+            try:
+                with captured_output(cand.report.runtime):
+                    cand.model.run(feeds)
+            except Exception as exc:  # engines' own errors may reach here untranslated
+                message = exc.message if isinstance(exc, EdgefleetError) else f"{type(exc).__name__}: {exc}"
+                self._unavailable(cand, message, f"failed on a batch of {shapes}: ")
+                models.pop(cand.report.name, None)
+                cand.model.close()
+                cand.model = None
         self._emit(
             f"benchmarking {len(models)} candidate(s) for ~{self.request.benchmark_seconds:g} s each at {shapes}"
         )
@@ -625,7 +816,7 @@ class CompileJob:
         metric: str,
     ) -> _Candidate:
         def requested(c: _Candidate) -> bool:
-            if c.artifact is None:
+            if c.artifact is None or not c.shippable:
                 return False
             if c is baseline and self._is_tflite(c):
                 return True
@@ -642,7 +833,10 @@ class CompileJob:
                 c.report.reason = "not optimised (e.g. untuned): never chosen automatically"
         if not eligible:
             reasons = "; ".join(f"{c.report.name}: {c.report.reason}" for c in candidates if c.report.reason)
-            raise FailedPrecondition(f"no candidate matching --backend {backend} could be built ({reasons})")
+            raise FailedPrecondition(
+                f"no candidate matching --backend {backend} --quantize {self.request.quantize} could be built "
+                f"and loaded ({reasons})"
+            )
         passing = [
             c
             for c in eligible
@@ -654,13 +848,29 @@ class CompileJob:
                 if c is not chosen and not c.report.reason:
                     c.report.reason = "slower than the selected candidate"
         else:
-            fallback = [c for c in eligible if c.within_tolerance is not False]
+            # Without a measured, optimised candidate within the tolerance: an unoptimised one that was
+            # checked, or -- asked for by --backend -- one built for another machine that this host
+            # cannot run. Never one that failed to load or run here.
+            fallback = [c for c in eligible if c.within_tolerance is True] + [
+                c for c in eligible if c.report.status is CandidateStatus.UNVERIFIED and backend != "auto"
+            ]
             if not fallback:
-                worst = ", ".join(f"{c.report.name} loses {c.drop:.2f} points" for c in eligible)
+                if any(c.within_tolerance is False for c in eligible):
+                    worst = ", ".join(
+                        f"{c.report.name} loses {c.drop:.2f} points" for c in eligible if c.drop is not None
+                    )
+                    raise FailedPrecondition(
+                        f"every requested candidate exceeds --max-accuracy-drop {limit:g} on {metric} ({worst}); "
+                        "raise the tolerance, give more representative --calibration data, or choose another "
+                        "--quantize/--backend"
+                    )
+                reasons = "; ".join(
+                    f"{c.report.name}: {c.report.reason}" for c in eligible if c.report.reason
+                )
                 raise FailedPrecondition(
-                    f"every requested candidate exceeds --max-accuracy-drop {limit:g} on {metric} ({worst}); "
-                    "raise the tolerance, give more representative --calibration data, or choose another "
-                    "--quantize/--backend"
+                    "no requested candidate could be checked on this host"
+                    + (f" ({reasons})" if reasons else "")
+                    + "; a candidate this host cannot run is shipped only when --backend names its runtime"
                 )
             chosen = fallback[0]
             if chosen.artifact is not None and not chosen.artifact.optimised:
@@ -688,6 +898,25 @@ class CompileJob:
         return c.artifact is not None and c.artifact.runtime == "litert"
 
 
+def _note_mixed_cost(candidates: Sequence[_Candidate]) -> None:
+    """On each ``-int8-mixed`` candidate: what keeping nodes in float cost against full int8."""
+    full = {c.report.name: c for c in candidates}
+    for cand in candidates:
+        if not cand.excluded:
+            continue
+        base = full.get(cand.report.name.removesuffix("-mixed"))
+        if base is None or base.report.latency is None or cand.report.latency is None:
+            continue
+        cand.report.notes.append(
+            f"cost of the float nodes: p50 {cand.report.latency.p50_ms:.3f} ms against {base.report.latency.p50_ms:.3f} ms "
+            f"for full int8, {_size_text(cand.report.size_bytes)} against {_size_text(base.report.size_bytes)}"
+        )
+
+
+def _size_text(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1024:.1f} KiB"
+
+
 def _builder(backend: str) -> BuildFn:
     module_name, func_name = BUILDERS[backend]
     try:
@@ -696,6 +925,21 @@ def _builder(backend: str) -> BuildFn:
         raise CandidateUnavailable(f"the {backend} builder is not available here ({exc})") from exc
     func: BuildFn = getattr(module, func_name)
     return func
+
+
+def _batch_axes(frontend: FrontendResult, declared: Sequence[InputSpec]) -> dict[str, int | None]:
+    """Each input's batch axis: as declared (``batch=``), as the front-end inferred from the graph,
+    else none for a rank-0 input and axis 0 for the others."""
+    given = {d.name: d.batch_axis for d in declared if d.batch_declared}
+    axes: dict[str, int | None] = {}
+    for spec in frontend.inputs:
+        if spec.name in given:
+            axes[spec.name] = given[spec.name]
+        elif spec.name in frontend.batch_axes:
+            axes[spec.name] = frontend.batch_axes[spec.name]
+        else:
+            axes[spec.name] = 0 if spec.shape else None
+    return axes
 
 
 def _shapes(frontend: FrontendResult) -> dict[str, tuple[int, ...]]:

@@ -168,6 +168,58 @@ def reconcile_and_set_inputs(model: onnx.ModelProto, declared: Sequence[InputSpe
     return specs
 
 
+# Recurrent operators: input index -> batch axis for layout 0 (ONNX's default, [seq, batch, ...]
+# for X and [directions, batch, hidden] for the states); layout 1 puts the batch first.
+_RECURRENT_BATCH_INPUTS = {"LSTM": (0, 5, 6), "GRU": (0, 5), "RNN": (0, 5)}
+
+
+def batch_axes(model: onnx.ModelProto, declared: Sequence[InputSpec] = ()) -> dict[str, int | None]:
+    """Which axis of each graph input is the batch (samples) axis; None for an input without one.
+
+    A declaration with ``batch=`` wins. Otherwise: a rank-0 input has none; an input fed to a
+    recurrent operator (LSTM/GRU/RNN, also inside If/Loop bodies) as its sequence or initial state
+    is batched where that operator's ``layout`` says (axis 1 by default); an input sharing a
+    symbolic dimension name with another input's batch axis is batched on that dimension; anything
+    else is batched on axis 0 (the common case, and what data files are assumed to follow).
+    """
+    weights = {i.name for i in model.graph.initializer}
+    values = [v for v in model.graph.input if v.name not in weights]
+    given = {d.name: d.batch_axis for d in declared if d.batch_declared}
+    axes: dict[str, int | None] = {}
+    for value in values:
+        tensor = value.type.tensor_type
+        if value.name in given:
+            axes[value.name] = given[value.name]
+        elif tensor.HasField("shape") and len(tensor.shape.dim) == 0:
+            axes[value.name] = None
+    for node in _all_nodes(model.graph):
+        positions = (
+            _RECURRENT_BATCH_INPUTS.get(node.op_type) if (node.domain or "") in ("", "ai.onnx") else None
+        )
+        if not positions:
+            continue
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        names = {v.name for v in values}
+        for index in positions:
+            if index < len(node.input) and node.input[index] in names and node.input[index] not in axes:
+                axes[node.input[index]] = 0 if layout else 1
+    symbols = {
+        value.type.tensor_type.shape.dim[axis].dim_param
+        for value in values
+        if (axis := axes.get(value.name)) is not None and axis < len(value.type.tensor_type.shape.dim)
+    } - {""}
+    pending = [v for v in values if v.name not in axes]
+    if not symbols:  # nothing said yet: the batch is whatever name leads the other inputs' shapes
+        symbols = {
+            v.type.tensor_type.shape.dim[0].dim_param for v in pending if v.type.tensor_type.shape.dim
+        } - {""}
+    for value in pending:
+        dims = value.type.tensor_type.shape.dim
+        shared = [i for i, d in enumerate(dims) if d.dim_param and d.dim_param in symbols]
+        axes[value.name] = shared[0] if len(shared) == 1 else 0
+    return axes
+
+
 def elem_type(dtype: DataType) -> int:
     """The ONNX element type for a wire data type."""
     return _TO_ELEM[dtype]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgefleet.compiler.noise import captured_output
 from edgefleet.compiler.types import (
     BuildOptions,
     CandidateArtifact,
@@ -38,12 +39,17 @@ def build_openvino(
     root = logging.getLogger()
     saved = (root.level, list(root.filters), list(root.handlers))
     try:
-        model = ov.convert_model(str(onnx_path))
-        ov.save_model(
-            model, str(options.work_dir / MODEL_FILE), compress_to_fp16=options.quantize is Quantization.FP16
-        )
+        # the converter's C++ side prints to fds 1/2; its errors are many lines long (the job keeps
+        # them whole in its log and the report, and shows their first line)
+        with captured_output("openvino"):
+            model = ov.convert_model(str(onnx_path))
+            ov.save_model(
+                model,
+                str(options.work_dir / MODEL_FILE),
+                compress_to_fp16=options.quantize is Quantization.FP16,
+            )
     except Exception as exc:  # OpConversionFailure (its base class differs between releases) and others
-        raise CandidateUnavailable(f"OpenVINO cannot convert the model: {str(exc).strip()[:500]}") from exc
+        raise CandidateUnavailable(f"OpenVINO cannot convert the model: {str(exc).strip()}") from exc
     finally:
         root.setLevel(saved[0])
         root.filters, root.handlers = saved[1], saved[2]

@@ -28,9 +28,9 @@ def build_onnxruntime(
     """An ONNX Runtime artifact for ``target`` at ``options.quantize`` precision."""
     out = options.work_dir / MODEL_FILE
     notes: list[str] = []
+    warnings: list[str] = []
     if options.quantize is Quantization.INT8:
         shutil.copyfile(onnx_path, out)
-        notes.append("static int8 QDQ, per-channel weights")
         name = f"{RUNTIME}-int8"
     elif options.quantize is Quantization.FP16:
         if not target.fp16_compute:
@@ -44,8 +44,15 @@ def build_onnxruntime(
         name = f"{RUNTIME}-fp16"
     else:
         log("ONNX Runtime offline graph optimisation")
-        graph_passes.ort_offline_optimise(onnx_path, out)
-        notes.append("ONNX Runtime offline graph optimisation (basic level)")
+        try:
+            graph_passes.ort_offline_optimise(onnx_path, out)
+            notes.append("ONNX Runtime offline graph optimisation (basic level)")
+        except graph_passes.PassSkipped as exc:
+            # e.g. shape inference through If/Loop bodies failing on the optimised graph: the
+            # graph as given still loads, and ONNX Runtime optimises it at load time on the device
+            log(f"warning: {exc.warning}")
+            warnings.append(exc.warning)
+            shutil.copyfile(onnx_path, out)
         name = RUNTIME
     model = onnx.load(str(out), load_external_data=False)
     return CandidateArtifact(
@@ -57,6 +64,7 @@ def build_onnxruntime(
         quantization=options.quantize,
         tool_versions={"onnxruntime": str(ort.__version__)},
         notes=tuple(notes),
+        warnings=tuple(warnings),
     )
 
 

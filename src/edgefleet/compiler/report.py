@@ -34,7 +34,8 @@ class CandidateReport:
     runtime: str
     quantization: Quantization
     status: CandidateStatus = CandidateStatus.REJECTED
-    reason: str = ""
+    reason: str = ""  # one line, for the table and the progress output
+    detail: str = ""  # the whole message behind ``reason`` when it was shortened
     size_bytes: int | None = None
     latency: Latency | None = None
     accuracy: float | None = None
@@ -51,6 +52,7 @@ class CandidateReport:
             "quantization": self.quantization.value,
             "status": self.status.value,
             "reason": self.reason,
+            "detail": self.detail or self.reason,
             "size_bytes": self.size_bytes,
             "latency": self.latency.to_dict() if self.latency else None,
             "accuracy": self.accuracy,
@@ -78,6 +80,8 @@ class CompileReport:
     compile_seconds: float
     tool_versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    #: passes skipped because they broke this model, fallbacks taken
+    warnings: list[str] = field(default_factory=list)
 
     def candidate(self, name: str) -> CandidateReport:
         """The report of candidate ``name``."""
@@ -121,6 +125,7 @@ class CompileReport:
             "compile_seconds": self.compile_seconds,
             "tool_versions": dict(sorted(self.tool_versions.items())),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
 
     def render_table(self) -> str:
@@ -171,6 +176,8 @@ class CompileReport:
         lines += _columns(table)
         for note in self.notes:
             lines.append(f"note: {note}")
+        for warning in self.warnings:
+            lines.append(f"warning: {warning}")
         return "\n".join(lines)
 
 

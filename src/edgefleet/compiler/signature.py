@@ -1,8 +1,12 @@
-"""Model input declarations: the ``--input NAME:SHAPE[:DTYPE]`` syntax and reconciling it with a model.
+"""Model input declarations: the ``--input NAME:SHAPE[:DTYPE][:batch=AXIS]`` syntax and reconciling
+it with a model.
 
 A shape is written ``1x3x224x224`` or ``1,3,224,224`` (optionally in brackets); ``-1``, ``?`` or a
-symbolic name such as ``N`` mark a dynamic dimension. The data type is a wire type name
-(``float32``, ``uint8``, ``int64``... case-insensitive; ``float`` means ``float32``).
+symbolic name such as ``N`` mark a dynamic dimension; ``[]`` (or ``scalar``) is a rank-0 input.
+The data type is a wire type name (``float32``, ``uint8``, ``int64``... case-insensitive; ``float``
+means ``float32``). ``batch=AXIS`` says which axis of the input is the batch (samples) axis, and
+``batch=none`` that it has none (a scalar, a per-call setting); without it the compiler infers the
+axis from the graph (see :func:`edgefleet.compiler.onnx_graph.batch_axes`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from edgefleet.core.tensors import DataType, TensorSpec
 
 _DTYPE_ALIASES = {"float": "FLOAT32", "double": "FLOAT64", "half": "FLOAT16", "int": "INT32", "long": "INT64"}
 _SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SYNTAX = "NAME:SHAPE[:DTYPE], e.g. input:1x3x224x224:float32 (use -1 for a dynamic dimension)"
+_SYNTAX = (
+    "NAME:SHAPE[:DTYPE][:batch=AXIS|none], e.g. input:1x3x224x224:float32, state:2x-1x64:float32:batch=1 "
+    "or rate:[]:int64 (use -1 for a dynamic dimension, [] for a scalar)"
+)
+_SCALAR = ("[]", "()", "scalar")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,9 @@ class InputSpec:
     name: str
     shape: tuple[int, ...]
     dtype: DataType | None = None
+    #: the batch axis the user gave (``None`` with ``batch_declared``: the input has none)
+    batch_axis: int | None = None
+    batch_declared: bool = False
 
     def to_tensor_spec(self, default_dtype: DataType = DataType.FLOAT32) -> TensorSpec:
         """The TensorSpec this declaration describes."""
@@ -40,10 +51,14 @@ def parse_dtype(text: str) -> DataType:
 def parse_shape(text: str) -> tuple[int, ...]:
     """``1x3x224x224`` / ``1,3,224,224`` / ``[N,3,224,224]`` -> ``(1, 3, 224, 224)`` (dynamic = -1)."""
     body = text.strip()
+    if body.lower() in _SCALAR:
+        return ()
     if body.startswith(("[", "(")) and body.endswith(("]", ")")):
         body = body[1:-1]
     if not body.strip():
-        raise InvalidArgument(f"shape {text!r} is empty; write dimensions like 1x3x224x224")
+        raise InvalidArgument(
+            f"shape {text!r} is empty; write dimensions like 1x3x224x224, or [] for a scalar"
+        )
     dims: list[int] = []
     for raw in body.split(",") if "," in body else body.split("x"):
         piece = raw.strip()
@@ -65,15 +80,44 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def parse_input_spec(text: str) -> InputSpec:
     """Parse one ``--input`` value (see the module docstring); INVALID_ARGUMENT with the syntax on error."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0].strip() or not parts[1].strip():
+    if len(parts) not in (2, 3, 4) or not parts[0].strip() or not parts[1].strip():
         raise InvalidArgument(f"--input {text!r} is malformed: expected {_SYNTAX}")
     name = parts[0].strip()
+    dtype: DataType | None = None
+    batch: int | None = None
+    declared = False
     try:
         shape = parse_shape(parts[1])
-        dtype = parse_dtype(parts[2].strip()) if len(parts) == 3 else None
+        for extra in (p.strip() for p in parts[2:]):
+            if extra.lower().startswith("batch="):
+                if declared:
+                    raise InvalidArgument("batch= is given twice")
+                batch, declared = _parse_batch(extra[len("batch=") :], shape), True
+            elif dtype is None and extra:
+                dtype = parse_dtype(extra)
+            else:
+                raise InvalidArgument(f"unexpected field {extra!r}")
     except InvalidArgument as exc:
         raise InvalidArgument(f"--input {text!r} is malformed: {exc.message}; expected {_SYNTAX}") from exc
-    return InputSpec(name=name, shape=shape, dtype=dtype)
+    return InputSpec(name=name, shape=shape, dtype=dtype, batch_axis=batch, batch_declared=declared)
+
+
+def _parse_batch(text: str, shape: tuple[int, ...]) -> int | None:
+    """``none`` -> None; an axis index (negative counts from the end) checked against ``shape``'s rank."""
+    value = text.strip().lower()
+    if value in ("none", "-"):
+        return None
+    try:
+        axis = int(value)
+    except ValueError:
+        raise InvalidArgument(f"batch={text!r} is not an axis index or 'none'") from None
+    rank = len(shape)
+    if not -rank <= axis < rank:
+        raise InvalidArgument(
+            f"batch={axis} is outside the shape's {rank} axes"
+            + (" (a scalar has no batch axis: batch=none)" if rank == 0 else "")
+        )
+    return axis % rank
 
 
 def reconcile_inputs(model_inputs: Sequence[TensorSpec], declared: Sequence[InputSpec]) -> list[TensorSpec]:

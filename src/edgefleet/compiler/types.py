@@ -94,6 +94,7 @@ class CandidateArtifact:
     ``runs_on_host``: False for cross-compiled artifacts that this machine cannot execute.
     ``tool_versions``: tool name -> version used for the build (goes into the report).
     ``notes``: short remarks for the report (tuning trials done, fallbacks taken...).
+    ``warnings``: passes skipped because they broke this model (they go to the report's warnings).
     """
 
     name: str
@@ -107,6 +108,7 @@ class CandidateArtifact:
     runs_on_host: bool = True
     tool_versions: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def files(self) -> list[str]:
         """The model file followed by the extra files (relative paths)."""

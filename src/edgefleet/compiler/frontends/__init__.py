@@ -58,6 +58,10 @@ class FrontendResult:
     outputs: tuple[TensorSpec, ...]
     tool_versions: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: input name -> its batch axis (None: the input has none); inputs not listed are batched on axis 0
+    batch_axes: dict[str, int | None] = field(default_factory=dict)
+    #: passes skipped because they broke the model, and similar (they go to the report's warnings)
+    warnings: tuple[str, ...] = ()
 
 
 FrontendFn = Callable[[Path, Sequence[InputSpec], Path, LogFn], FrontendResult]

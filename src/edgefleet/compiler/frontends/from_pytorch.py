@@ -99,7 +99,14 @@ def convert(model_path: Path, declared: Sequence[InputSpec], work_dir: Path, log
     model = onnx.load(str(exported))
     exported.unlink()
     log(f"exported to ONNX opset {OPSET}: {len(model.graph.node)} nodes")
-    return finish(model, [], work_dir, {"torch": str(torch.__version__)}, (f"exported from PyTorch {kind}",))
+    return finish(
+        model,
+        [],
+        work_dir,
+        {"torch": str(torch.__version__)},
+        (f"exported from PyTorch {kind}",),
+        batch_declared=declared,
+    )
 
 
 def _load(path: Path) -> tuple[torch.nn.Module, str]:

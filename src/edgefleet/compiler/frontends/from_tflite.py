@@ -16,6 +16,7 @@ from ai_edge_litert import interpreter as litert
 from ai_edge_litert import schema_py_generated as schema
 
 from edgefleet.compiler.frontends import FrontendResult
+from edgefleet.compiler.noise import captured_output
 from edgefleet.compiler.signature import InputSpec, reconcile_inputs
 from edgefleet.compiler.types import LogFn, UnsupportedModel
 from edgefleet.core.errors import InvalidArgument
@@ -36,8 +37,10 @@ def convert(model_path: Path, declared: Sequence[InputSpec], work_dir: Path, log
         )
     notes = _metadata_notes(data)
     try:
-        interp = litert.Interpreter(model_content=data)
-        interp.allocate_tensors()
+        # LiteRT's C++ side prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+        with captured_output("litert"):
+            interp = litert.Interpreter(model_content=data)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         message = str(exc)
         if "Didn't find op" in message or "Encountered unresolved custom op" in message:
