@@ -28,7 +28,7 @@ FRAME = struct.Struct("<I")
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path, keys: Path) -> Iterator[AgentProcess]:
     workdir = tmp_path_factory.mktemp("fast-path")
-    with running_agent(workdir, trust, agent={"max_message_bytes": 1 << 20}) as proc:
+    with running_agent(workdir, trust, agent={"fast_path_max_frame_bytes": 1 << 20}) as proc:
         stub = proc.stub()
         linear = build(make_linear_onnx(workdir / "m.onnx"), keys, workdir / "pkgs", name="linear")
         stub.LoadModel(agent_pb2.LoadModelRequest(url=str(linear), name="linear"))
@@ -132,12 +132,12 @@ def test_fast_path_refuses_malformed_frames(agent: AgentProcess) -> None:
     assert status == 3 and b"not a PredictRequest" in message
     empty_name = agent_pb2.PredictRequest(name="", tensors=[]).SerializeToString()
     conn.sendall(FRAME.pack(len(empty_name)) + empty_name)
-    status, _ = reply(conn)
-    assert status == 5  # NOT_FOUND: no model has the empty name
-    # a frame longer than max_message_bytes: RESOURCE_EXHAUSTED, then closed (nothing is read)
+    status, message = reply(conn)
+    assert status == 3 and b"model name '' is invalid" in message  # INVALID_ARGUMENT, as on gRPC
+    # a frame longer than fast_path_max_frame_bytes: RESOURCE_EXHAUSTED, then closed (nothing is read)
     conn.sendall(FRAME.pack((1 << 20) + 1))
     status, message = reply(conn)
-    assert status == 8 and b"max_message_bytes" in message and closed(conn)
+    assert status == 8 and b"fast_path_max_frame_bytes (1048576)" in message and closed(conn)
     conn.close()
     # a frame cut short by the client: the agent drops that connection and keeps serving others
     conn = connect(agent)

@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,14 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from edgefleet.agent.proto import agent_pb2
-from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, grpc_status_number
+from edgefleet.core.errors import (
+    Code,
+    EdgefleetError,
+    InvalidArgument,
+    grpc_status_number,
+    quoted,
+    wire_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,12 @@ MAGIC = b"EFP1"
 SUFFIX = ".fast"
 #: The length prefix of every frame (little-endian u32).
 FRAME_LENGTH = struct.Struct("<I")
+#: Longest length a frame header can declare (its u32).
+MAX_FRAME_LENGTH = (1 << 32) - 1
+#: Default of ``agent.fast_path_max_frame_bytes``: far above a Predict's usual inline tensors
+#: (edgefleet's client puts tensors over 256 KiB in shared memory) and far below gRPC's 1 GiB, so
+#: 64 connections cannot make the agent hold more than a few GiB even if they send every byte.
+FAST_PATH_MAX_FRAME_BYTES = 64 << 20
 #: Longest path a Unix socket can bind (sun_path holds 108 bytes with the terminating NUL).
 MAX_SOCKET_PATH = 107
 
@@ -47,7 +61,9 @@ def socket_path(address: str) -> Path:
     elif address.startswith("unix:"):
         path = address[len("unix:") :]
     elif "://" in address:
-        raise InvalidArgument(f"agent address {address!r} must be a Unix socket: unix:///path/to/agent.sock")
+        raise InvalidArgument(
+            f"agent address {quoted(address)} must be a Unix socket: unix:///path/to/agent.sock"
+        )
     else:
         path = address
     if not path:
@@ -80,23 +96,79 @@ class FrameReader:
 
     A frame and its header mostly arrive together, so the reader asks for up to ``chunk`` bytes
     at once and keeps what follows the current frame for the next one (a peer may send the next
-    frame early). A body longer than what has arrived is read straight into its own buffer.
+    frame early). A body longer than what has arrived is read into its own buffer, which grows
+    with the bytes that arrive, never ahead of them: a header may declare any length, and a peer
+    that declares 1 GiB and sends nothing costs nothing.
+
+    ``idle_timeout``: seconds to wait for the first byte of a frame; ``frame_timeout``: seconds a
+    frame may take from its first byte to its last. Past either, ``TimeoutError``. Without them
+    (None) the socket's own timeout applies, as the caller set it.
     """
 
-    def __init__(self, sock: socket.socket, chunk: int = 64 * 1024) -> None:
+    #: The buffer of a long body starts at up to this many bytes and then doubles as bytes arrive.
+    GROWTH_STEP = 1 << 20
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        chunk: int = 64 * 1024,
+        *,
+        idle_timeout: float | None = None,
+        frame_timeout: float | None = None,
+    ) -> None:
         self.sock = sock
         self._chunk = chunk
         self._buf = b""
         self._pos = 0
+        self._idle = idle_timeout
+        self._frame = frame_timeout
+        self._deadline = 0.0  # of the frame being read, when frame_timeout is set
+        self._timeout: float | None = sock.gettimeout()
+
+    def settimeout(self, seconds: float | None) -> None:
+        """Set the socket's timeout (a no-op when it already has that one: each change is a syscall)."""
+        if seconds != self._timeout:
+            self.sock.settimeout(seconds)
+            self._timeout = seconds
+
+    def _frame_started(self) -> None:
+        if self._frame is not None:
+            self._deadline = time.monotonic() + self._frame
+
+    def _wait_in_frame(self, got: int, length: int | str) -> None:
+        """Before a recv inside a frame: the time left of the frame's deadline as the socket's timeout."""
+        if self._frame is None:
+            return
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"a frame stalled: {got} of {length} bytes arrived within {self._frame:g} s")
+        self.settimeout(left)
 
     def next_length(self) -> int | None:
         """The length of the next frame, or None when the peer closed the connection between frames."""
+        if len(self._buf) > self._pos:
+            self._frame_started()  # the frame's first bytes are already here
         while len(self._buf) - self._pos < FRAME_LENGTH.size:
-            chunk = self.sock.recv(self._chunk)
+            waiting = len(self._buf) == self._pos
+            if waiting:
+                if self._idle is not None:
+                    self.settimeout(self._idle)
+            else:
+                self._wait_in_frame(len(self._buf) - self._pos, "a frame header's 4")
+            try:
+                chunk = self.sock.recv(self._chunk)
+            except TimeoutError:
+                if waiting and self._idle is not None:
+                    raise TimeoutError(f"no request for {self._idle:g} s") from None
+                if not waiting and self._frame is not None:
+                    raise TimeoutError(f"a frame header stalled for {self._frame:g} s") from None
+                raise
             if not chunk:
                 if len(self._buf) == self._pos:
                     return None
                 raise ConnectionError("connection closed inside a frame header")
+            if waiting:
+                self._frame_started()
             self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
             self._pos = 0
         (length,) = FRAME_LENGTH.unpack_from(self._buf, self._pos)
@@ -110,13 +182,24 @@ class FrameReader:
         if have >= length:
             self._pos += length
             return memoryview(self._buf)[start : start + length]
-        out = bytearray(length)
+        # Sized for what has arrived plus one step, grown (doubling) only when full: memory
+        # follows the bytes that really arrive, whatever the header declared.
+        out = bytearray(min(length, have + self.GROWTH_STEP))
         out[:have] = memoryview(self._buf)[start:]
         self._buf, self._pos = b"", 0
-        view = memoryview(out)
         got = have
         while got < length:
-            k = self.sock.recv_into(view[got:])
+            if got == len(out):
+                out.extend(bytes(min(length, 2 * len(out)) - len(out)))
+            self._wait_in_frame(got, length)
+            try:
+                k = self.sock.recv_into(memoryview(out)[got:])
+            except TimeoutError:
+                if self._frame is None:
+                    raise
+                raise TimeoutError(
+                    f"a frame stalled: {got} of {length} bytes arrived within {self._frame:g} s"
+                ) from None
             if k == 0:
                 raise ConnectionError(f"connection closed after {got} of {length} bytes of a frame")
             got += k
@@ -136,12 +219,16 @@ class FastPathServer:
         predict: Callable[[Any], Any],
         *,
         mode: int,
-        max_message_bytes: int,
+        max_frame_bytes: int = FAST_PATH_MAX_FRAME_BYTES,
+        idle_seconds: float = 60.0,
+        frame_seconds: float = 10.0,
         max_connections: int = 64,
     ) -> None:
         self.path = path
         self._predict = predict
-        self._max_message = max_message_bytes
+        self._max_frame = max_frame_bytes
+        self._idle_seconds = idle_seconds
+        self._frame_seconds = frame_seconds
         self._max_connections = max_connections
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -202,6 +289,7 @@ class FastPathServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            conn.settimeout(self._frame_seconds)  # a greeting that does not come closes the connection
             hello = recv_exact(conn, len(MAGIC))
             if hello is None or bytes(hello) != MAGIC:
                 if hello is not None:
@@ -214,22 +302,32 @@ class FastPathServer:
                     )
                 return
             conn.sendall(MAGIC)
-            frames = FrameReader(conn)
+            frames = FrameReader(conn, idle_timeout=self._idle_seconds, frame_timeout=self._frame_seconds)
             while True:
                 length = frames.next_length()
                 if length is None:
                     return
-                if length > self._max_message:
+                if length > self._max_frame:
                     # The frame cannot be skipped safely without reading it all: answer, then close.
+                    frames.settimeout(self._frame_seconds)
                     conn.sendall(
                         reply_frame(
                             grpc_status_number(Code.RESOURCE_EXHAUSTED),
-                            f"request of {length} bytes is larger than the agent's "
-                            f"max_message_bytes ({self._max_message})".encode(),
+                            f"request of {length} bytes is larger than the agent's fast-path limit, "
+                            f"fast_path_max_frame_bytes ({self._max_frame}): send it over gRPC or put "
+                            "its tensors in shared memory".encode(),
                         )
                     )
                     return
-                conn.sendall(self._answer(frames.body(length)))
+                body = frames.body(length)
+                reply = self._answer(body)
+                del body  # not held while the client takes its time to read the reply
+                # A reply the client does not read within the frame time closes the connection
+                # instead of holding this thread forever.
+                frames.settimeout(self._frame_seconds)
+                conn.sendall(reply)
+        except TimeoutError as exc:
+            log.info("fast path: closing a connection: %s", exc)
         except OSError as exc:  # ConnectionError included
             if not self._closed:
                 log.debug("fast path connection ended: %s", exc)
@@ -249,9 +347,9 @@ class FastPathServer:
         try:
             response = self._predict(request)
         except EdgefleetError as exc:
-            return reply_frame(grpc_status_number(exc.code), exc.message.encode("utf-8", "replace"))
+            return reply_frame(grpc_status_number(exc.code), wire_message(exc).encode("utf-8", "replace"))
         except Exception:  # a bug: answer INTERNAL like gRPC would, and keep serving
-            log.exception("fast path Predict on %r failed", request.name)
+            log.exception("fast path Predict on %s failed", quoted(request.name))
             return reply_frame(
                 grpc_status_number(Code.INTERNAL), b"internal error in the agent (see its log)"
             )
