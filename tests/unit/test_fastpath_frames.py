@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -89,3 +90,78 @@ def test_the_peer_closing_inside_a_body_is_an_error(pair: tuple[socket.socket, s
     assert reader.next_length() == 10
     with pytest.raises(ConnectionError, match="after 5 of 10 bytes"):
         reader.body(10)
+
+
+def test_a_declared_length_costs_only_the_bytes_that_arrive(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A header declaring 1 GiB followed by 3 MiB: the reader's memory follows the 3 MiB."""
+    a, b = pair
+    arrived = 3 << 20
+    writer = threading.Thread(target=lambda: (b.sendall(LENGTH.pack(1 << 30) + bytes(arrived)), b.close()))
+    writer.start()
+    reader = FrameReader(a)
+    tracemalloc.start()
+    try:
+        assert reader.next_length() == 1 << 30
+        with pytest.raises(ConnectionError, match=f"after {arrived} of {1 << 30} bytes"):
+            reader.body(1 << 30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        writer.join()
+    assert peak < 3 * arrived  # the buffer doubles as bytes arrive: never the declared 1 GiB
+
+
+def test_an_idle_connection_times_out(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, _ = pair
+    reader = FrameReader(a, idle_timeout=0.2, frame_timeout=30)
+    with pytest.raises(TimeoutError, match=r"no request for 0\.2 s"):
+        reader.next_length()
+
+
+def trickling(sock: socket.socket, first: bytes, stop: threading.Event, every: float) -> threading.Thread:
+    """Send ``first``, then a byte every ``every`` seconds until ``stop``."""
+
+    def run() -> None:
+        sock.sendall(first)
+        while not stop.wait(every):
+            try:
+                sock.sendall(b"\x00")
+            except OSError:
+                return
+
+    writer = threading.Thread(target=run)
+    writer.start()
+    return writer
+
+
+def test_a_header_that_trickles_past_its_deadline_times_out(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    stop = threading.Event()
+    writer = trickling(b, b"\x10", stop, every=1.0)  # whole after 3 s, due after 0.5 s
+    reader = FrameReader(a, idle_timeout=30, frame_timeout=0.5)
+    try:
+        with pytest.raises(TimeoutError, match="a frame header stalled"):
+            reader.next_length()
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_a_body_that_trickles_past_its_deadline_times_out(pair: tuple[socket.socket, socket.socket]) -> None:
+    """The deadline runs from the frame's first byte: a byte now and then does not keep it alive."""
+    a, b = pair
+    stop = threading.Event()
+    writer = trickling(b, LENGTH.pack(1000) + b"abc", stop, every=0.05)
+    reader = FrameReader(a, idle_timeout=30, frame_timeout=0.5)
+    try:
+        length = reader.next_length()
+        assert length == 1000
+        with pytest.raises(TimeoutError, match=r"a frame stalled: \d+ of 1000 bytes arrived within 0\.5 s"):
+            reader.body(length)
+    finally:
+        stop.set()
+        writer.join()
