@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -381,3 +383,21 @@ def tensor(name: str, array: np.ndarray) -> agent_pb2.Tensor:
 def output_array(t: agent_pb2.Tensor) -> np.ndarray:
     md = t.tensor_metadata
     return np.frombuffer(t.byte_data, dtype=DataType(md.data_type).numpy).reshape(tuple(md.shape))
+
+
+def read_exact(conn: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``conn``; ConnectionError if the peer closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def frame_reply(conn: socket.socket) -> tuple[int, bytes]:
+    """One fast-path reply frame from ``conn``: (status byte, payload)."""
+    (length,) = struct.unpack("<I", read_exact(conn, 4))
+    body = read_exact(conn, length)
+    return body[0], body[1:]

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import psutil
 import pytest
-from support import REPO, AgentProcess, build_null, running_agent, tensor
+from support import REPO, AgentProcess, build_null, frame_reply, read_exact, running_agent, tensor
 
 from edgefleet.agent.fastpath import MAGIC, fast_path_for
 from edgefleet.agent.proto import agent_pb2, extensions_pb2
@@ -60,16 +60,6 @@ def peak_rss(proc: AgentProcess, seconds: float) -> int:
     return peak
 
 
-def read_exact(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
 def greeted(proc: AgentProcess) -> socket.socket:
     """A fast-path connection past the greeting."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -78,12 +68,6 @@ def greeted(proc: AgentProcess) -> socket.socket:
     conn.sendall(MAGIC)
     assert read_exact(conn, 4) == MAGIC
     return conn
-
-
-def reply(conn: socket.socket) -> tuple[int, bytes]:
-    (length,) = FRAME.unpack(read_exact(conn, 4))
-    body = read_exact(conn, length)
-    return body[0], body[1:]
 
 
 def closed_by_agent(conn: socket.socket, timeout: float = 60) -> bool:
@@ -121,7 +105,7 @@ def test_fast_path_headers_declaring_1_gib_cost_nothing(agent: AgentProcess) -> 
             for conn in conns:
                 conn.sendall(FRAME.pack(1 << 30))  # a 5-byte-ish header declaring 1 GiB, no body
             for conn in conns:
-                status, message = reply(conn)
+                status, message = frame_reply(conn)
                 assert status == grpc_status_number(Code.RESOURCE_EXHAUSTED)
                 assert b"fast_path_max_frame_bytes (67108864)" in message
                 assert closed_by_agent(conn)
@@ -351,7 +335,7 @@ def test_unbounded_client_strings_are_quoted_shortened(agent: AgentProcess) -> N
     conn = greeted(agent)
     body = agent_pb2.PredictRequest(name=long).SerializeToString()
     conn.sendall(FRAME.pack(len(body)) + body)
-    status, message = reply(conn)
+    status, message = frame_reply(conn)
     conn.close()
     assert status == 3 and ("n" * 100 + "…").encode() in message and len(message) < 500
     with AgentClient(agent.address, timeout=60) as client:
@@ -391,7 +375,7 @@ def test_an_invalid_model_name_is_invalid_argument_from_every_rpc(agent: AgentPr
     conn = greeted(agent)
     body = agent_pb2.PredictRequest(name=name, tensors=[tensor("x", x)]).SerializeToString()
     conn.sendall(FRAME.pack(len(body)) + body)
-    status, message = reply(conn)
+    status, message = frame_reply(conn)
     conn.close()
     assert status == 3 and b"is invalid" in message, message
     # A valid name that nothing has is NOT_FOUND everywhere (docs/agent-protocol.md, Errors).
