@@ -17,6 +17,7 @@ contract is in docs/agent-protocol.md ("Fast path"):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -100,9 +101,12 @@ class FrameReader:
     with the bytes that arrive, never ahead of them: a header may declare any length, and a peer
     that declares 1 GiB and sends nothing costs nothing.
 
-    ``idle_timeout``: seconds to wait for the first byte of a frame; ``frame_timeout``: seconds a
-    frame may take from its first byte to its last. Past either, ``TimeoutError``. Without them
-    (None) the socket's own timeout applies, as the caller set it.
+    Deadlines: with ``idle_timeout`` (seconds to wait for the first byte of a frame) and
+    ``frame_timeout`` (seconds a frame may take from its first byte to its last), the reader keeps
+    :attr:`deadline` and :attr:`overdue` up to date; whoever owns the connection closes it once
+    the deadline has passed (the agent's fast path does, from one watchdog thread). That costs the
+    reads nothing: a socket timeout would add a ``poll`` to every ``recv`` and a syscall to every
+    change of timeout. Without them (None) the deadline stays infinite.
     """
 
     #: The buffer of a long body starts at up to this many bytes and then doubles as bytes arrive.
@@ -122,47 +126,31 @@ class FrameReader:
         self._pos = 0
         self._idle = idle_timeout
         self._frame = frame_timeout
-        self._deadline = 0.0  # of the frame being read, when frame_timeout is set
-        self._timeout: float | None = sock.gettimeout()
+        #: ``time.monotonic()`` by which what the connection waits for must have happened.
+        self.deadline = math.inf
+        #: What is overdue once :attr:`deadline` has passed, for the log.
+        self.overdue = ""
 
-    def settimeout(self, seconds: float | None) -> None:
-        """Set the socket's timeout (a no-op when it already has that one: each change is a syscall)."""
-        if seconds != self._timeout:
-            self.sock.settimeout(seconds)
-            self._timeout = seconds
+    def expect(self, seconds: float | None, overdue: str) -> None:
+        """Set the deadline ``seconds`` from now (None: no deadline) and what will then be overdue."""
+        self.deadline = math.inf if seconds is None else time.monotonic() + seconds
+        self.overdue = overdue
 
     def _frame_started(self) -> None:
         if self._frame is not None:
-            self._deadline = time.monotonic() + self._frame
-
-    def _wait_in_frame(self, got: int, length: int | str) -> None:
-        """Before a recv inside a frame: the time left of the frame's deadline as the socket's timeout."""
-        if self._frame is None:
-            return
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"a frame stalled: {got} of {length} bytes arrived within {self._frame:g} s")
-        self.settimeout(left)
+            self.expect(
+                self._frame, f"a frame did not arrive whole within {self._frame:g} s of its first byte"
+            )
 
     def next_length(self) -> int | None:
         """The length of the next frame, or None when the peer closed the connection between frames."""
         if len(self._buf) > self._pos:
             self._frame_started()  # the frame's first bytes are already here
+        elif self._idle is not None:
+            self.expect(self._idle, f"no request for {self._idle:g} s")
         while len(self._buf) - self._pos < FRAME_LENGTH.size:
             waiting = len(self._buf) == self._pos
-            if waiting:
-                if self._idle is not None:
-                    self.settimeout(self._idle)
-            else:
-                self._wait_in_frame(len(self._buf) - self._pos, "a frame header's 4")
-            try:
-                chunk = self.sock.recv(self._chunk)
-            except TimeoutError:
-                if waiting and self._idle is not None:
-                    raise TimeoutError(f"no request for {self._idle:g} s") from None
-                if not waiting and self._frame is not None:
-                    raise TimeoutError(f"a frame header stalled for {self._frame:g} s") from None
-                raise
+            chunk = self.sock.recv(self._chunk)
             if not chunk:
                 if len(self._buf) == self._pos:
                     return None
@@ -191,15 +179,7 @@ class FrameReader:
         while got < length:
             if got == len(out):
                 out.extend(bytes(min(length, 2 * len(out)) - len(out)))
-            self._wait_in_frame(got, length)
-            try:
-                k = self.sock.recv_into(memoryview(out)[got:])
-            except TimeoutError:
-                if self._frame is None:
-                    raise
-                raise TimeoutError(
-                    f"a frame stalled: {got} of {length} bytes arrived within {self._frame:g} s"
-                ) from None
+            k = self.sock.recv_into(memoryview(out)[got:])
             if k == 0:
                 raise ConnectionError(f"connection closed after {got} of {length} bytes of a frame")
             got += k
@@ -231,8 +211,10 @@ class FastPathServer:
         self._frame_seconds = frame_seconds
         self._max_connections = max_connections
         self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
+        # every open connection and its reader, whose deadline the watchdog checks
+        self._connections: dict[socket.socket, FrameReader] = {}
         self._closed = False
+        self._stopped = threading.Event()
         if path.is_socket():
             path.unlink()  # the agent has already checked that its main socket is free to take
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -243,6 +225,25 @@ class FastPathServer:
         self._listener.listen(16)
         self._thread = threading.Thread(target=self._accept_loop, name="agent-fast-path", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name="agent-fast-path-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Close the connections whose deadline has passed: idle ones, frames that stall or trickle,
+        replies the client does not take. The serving thread sees its connection end and exits."""
+        # Checked a few times per timeout: a connection is closed at most a quarter late.
+        tick = min(1.0, max(0.05, min(self._idle_seconds, self._frame_seconds) / 4))
+        while not self._stopped.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [(c, r) for c, r in self._connections.items() if r.deadline < now]
+            for conn, reader in overdue:
+                log.info("fast path: closing a connection: %s", reader.overdue)
+                reader.expect(None, "")
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
 
     def _accept_loop(self) -> None:
         while True:
@@ -258,7 +259,11 @@ class FastPathServer:
                     full = True
                 else:
                     full = False
-                    self._connections.add(conn)
+                    frames = FrameReader(
+                        conn, idle_timeout=self._idle_seconds, frame_timeout=self._frame_seconds
+                    )
+                    frames.expect(self._frame_seconds, f"no greeting within {self._frame_seconds:g} s")
+                    self._connections[conn] = frames
             if full:
                 log.warning(
                     "fast path: refusing a connection, %d are open (the limit)", self._max_connections
@@ -272,7 +277,7 @@ class FastPathServer:
                 ).start()
                 continue
             threading.Thread(
-                target=self._serve, args=(conn,), name="agent-fast-path-conn", daemon=True
+                target=self._serve, args=(conn, frames), name="agent-fast-path-conn", daemon=True
             ).start()
 
     def _refuse(self, conn: socket.socket, code: Code, message: str) -> None:
@@ -287,9 +292,8 @@ class FastPathServer:
         finally:
             conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, frames: FrameReader) -> None:
         try:
-            conn.settimeout(self._frame_seconds)  # a greeting that does not come closes the connection
             hello = recv_exact(conn, len(MAGIC))
             if hello is None or bytes(hello) != MAGIC:
                 if hello is not None:
@@ -302,14 +306,14 @@ class FastPathServer:
                     )
                 return
             conn.sendall(MAGIC)
-            frames = FrameReader(conn, idle_timeout=self._idle_seconds, frame_timeout=self._frame_seconds)
+            taking = f"the client did not take its reply within {self._frame_seconds:g} s"
             while True:
                 length = frames.next_length()
                 if length is None:
                     return
                 if length > self._max_frame:
                     # The frame cannot be skipped safely without reading it all: answer, then close.
-                    frames.settimeout(self._frame_seconds)
+                    frames.expect(self._frame_seconds, taking)
                     conn.sendall(
                         reply_frame(
                             grpc_status_number(Code.RESOURCE_EXHAUSTED),
@@ -320,20 +324,19 @@ class FastPathServer:
                     )
                     return
                 body = frames.body(length)
+                frames.expect(None, "")  # the inference takes what it takes
                 reply = self._answer(body)
                 del body  # not held while the client takes its time to read the reply
                 # A reply the client does not read within the frame time closes the connection
                 # instead of holding this thread forever.
-                frames.settimeout(self._frame_seconds)
+                frames.expect(self._frame_seconds, taking)
                 conn.sendall(reply)
-        except TimeoutError as exc:
-            log.info("fast path: closing a connection: %s", exc)
         except OSError as exc:  # ConnectionError included
             if not self._closed:
                 log.debug("fast path connection ended: %s", exc)
         finally:
             with self._lock:
-                self._connections.discard(conn)
+                self._connections.pop(conn, None)
             conn.close()
 
     def _answer(self, body: memoryview | bytearray) -> bytes:
@@ -370,7 +373,9 @@ class FastPathServer:
                 conn.shutdown(socket.SHUT_RD)  # the serving thread sees end-of-stream after its call
             except OSError:
                 pass
+        self._stopped.set()
         self._thread.join(timeout=5)
+        self._watchdog.join(timeout=5)
         unlink_if_ours(self.path, self._identity)
 
 
