@@ -109,8 +109,8 @@ class AgentConfig:
     #: A fast-path connection with no request for this many seconds is closed (the Python client
     #: opens a new one on its next call); idle connections count against the limit of 64.
     fast_path_idle_seconds: float = 60.0
-    #: Seconds a fast-path greeting or request frame may take to arrive from its first byte to its
-    #: last, and a reply to be taken by the client; a connection that stalls longer is closed.
+    #: Seconds a fast-path client has to send its greeting after connecting, to send a request frame
+    #: whole after its first byte, and to take its reply; a connection that stalls longer is closed.
     fast_path_frame_seconds: float = 10.0
     #: gRPC worker threads (bounds concurrent RPCs of all kinds).
     grpc_workers: int = 32
