@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -397,3 +399,21 @@ def assert_quiet_on_closed_pipe(command: list[str], env: dict[str, str] | None =
     # 141 as a tool stopped by SIGPIPE (what a shell's pipefail reports); argparse's help printer
     # ignores a failed write itself and exits 0
     assert code == (0 if "--help" in command else 141)
+
+
+def read_exact(conn: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``conn``; ConnectionError if the peer closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def frame_reply(conn: socket.socket) -> tuple[int, bytes]:
+    """One fast-path reply frame from ``conn``: (status byte, payload)."""
+    (length,) = struct.unpack("<I", read_exact(conn, 4))
+    body = read_exact(conn, length)
+    return body[0], body[1:]

@@ -15,7 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import AgentProcess, build, build_null, make_linear_onnx, running_agent, start, tensor
+from support import (
+    AgentProcess,
+    build,
+    build_null,
+    frame_reply,
+    make_linear_onnx,
+    read_exact,
+    running_agent,
+    start,
+    tensor,
+)
 
 from edgefleet.agent.fastpath import MAGIC, fast_path_for
 from edgefleet.agent.proto import agent_pb2, extensions_pb2
@@ -28,7 +38,7 @@ FRAME = struct.Struct("<I")
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path, keys: Path) -> Iterator[AgentProcess]:
     workdir = tmp_path_factory.mktemp("fast-path")
-    with running_agent(workdir, trust, agent={"max_message_bytes": 1 << 20}) as proc:
+    with running_agent(workdir, trust, agent={"fast_path_max_frame_bytes": 1 << 20}) as proc:
         stub = proc.stub()
         linear = build(make_linear_onnx(workdir / "m.onnx"), keys, workdir / "pkgs", name="linear")
         stub.LoadModel(agent_pb2.LoadModelRequest(url=str(linear), name="linear"))
@@ -43,22 +53,6 @@ def connect(proc: AgentProcess, greeting: bytes = MAGIC) -> socket.socket:
     conn.connect(str(fast_path_for(proc.socket)))
     conn.sendall(greeting)
     return conn
-
-
-def read_exact(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-def reply(conn: socket.socket) -> tuple[int, bytes]:
-    (length,) = FRAME.unpack(read_exact(conn, 4))
-    body = read_exact(conn, length)
-    return body[0], body[1:]
 
 
 def closed(conn: socket.socket) -> bool:
@@ -108,12 +102,12 @@ def test_fast_path_errors_carry_their_codes_and_keep_the_connection(agent: Agent
     )
     body = agent_pb2.PredictRequest(name="linear", tensors=[bad]).SerializeToString()
     conn.sendall(FRAME.pack(len(body)) + body)
-    status, message = reply(conn)
+    status, message = frame_reply(conn)
     assert status == 3 and b"shared memory segment" in message  # INVALID_ARGUMENT
     good = agent_pb2.PredictRequest(name="linear", tensors=[tensor("x", np.ones((1, 4), np.float32))])
     body = good.SerializeToString()
     conn.sendall(FRAME.pack(len(body)) + body)
-    status, payload = reply(conn)
+    status, payload = frame_reply(conn)
     assert status == 0 and len(agent_pb2.PredictResponse.FromString(payload).tensors) == 1
     conn.close()
 
@@ -121,23 +115,23 @@ def test_fast_path_errors_carry_their_codes_and_keep_the_connection(agent: Agent
 def test_fast_path_refuses_malformed_frames(agent: AgentProcess) -> None:
     # wrong greeting: an INVALID_ARGUMENT frame, then the agent closes the connection
     conn = connect(agent, b"HTTP")
-    status, message = reply(conn)
+    status, message = frame_reply(conn)
     assert status == 3 and b"EFP1" in message and closed(conn)
     conn.close()
     # a body that is not a PredictRequest: INVALID_ARGUMENT; the connection stays usable
     conn = connect(agent)
     assert read_exact(conn, 4) == MAGIC
     conn.sendall(FRAME.pack(5) + b"\xff\xff\xff\xff\xff")
-    status, message = reply(conn)
+    status, message = frame_reply(conn)
     assert status == 3 and b"not a PredictRequest" in message
     empty_name = agent_pb2.PredictRequest(name="", tensors=[]).SerializeToString()
     conn.sendall(FRAME.pack(len(empty_name)) + empty_name)
-    status, _ = reply(conn)
-    assert status == 5  # NOT_FOUND: no model has the empty name
-    # a frame longer than max_message_bytes: RESOURCE_EXHAUSTED, then closed (nothing is read)
+    status, message = frame_reply(conn)
+    assert status == 3 and b"model name '' is invalid" in message  # INVALID_ARGUMENT, as on gRPC
+    # a frame longer than fast_path_max_frame_bytes: RESOURCE_EXHAUSTED, then closed (nothing is read)
     conn.sendall(FRAME.pack((1 << 20) + 1))
-    status, message = reply(conn)
-    assert status == 8 and b"max_message_bytes" in message and closed(conn)
+    status, message = frame_reply(conn)
+    assert status == 8 and b"fast_path_max_frame_bytes (1048576)" in message and closed(conn)
     conn.close()
     # a frame cut short by the client: the agent drops that connection and keeps serving others
     conn = connect(agent)

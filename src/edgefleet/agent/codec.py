@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.agent.proto import agent_pb2
-from edgefleet.core.errors import InvalidArgument
+from edgefleet.core.errors import InvalidArgument, shorten
 from edgefleet.core.tensors import DataType, TensorSpec
 
 #: Largest gRPC message either side sends or accepts (1 GiB; gRPC caps at 2 GiB - 1).
@@ -148,7 +148,7 @@ def expected_nbytes(dtype: DataType, shape: Sequence[int], what: str = "tensor")
     count = 1
     for d in shape:
         if d < 0:
-            raise InvalidArgument(f"{what}: shape {list(shape)} has a negative dimension")
+            raise InvalidArgument(f"{what}: shape {shorten(str(list(shape)))} has a negative dimension")
         count *= int(d)
     return count * dtype.itemsize
 
@@ -174,7 +174,7 @@ def array_from_bytes(
     got = view.nbytes
     if got != want:
         raise InvalidArgument(
-            f"{what}: {got} bytes of data, but {dtype.name} {list(dims)} needs {want} "
+            f"{what}: {got} bytes of data, but {dtype.name} {shorten(str(list(dims)))} needs {want} "
             f"({want // dtype.itemsize} elements x {dtype.itemsize} bytes)"
         )
     if view.ndim != 1 or view.itemsize != 1:
@@ -197,5 +197,5 @@ def array_from_proto(tensor: agent_pb2.Tensor, what: str = "tensor") -> tuple[st
     if tensor.WhichOneof("data") != "byte_data":
         raise InvalidArgument(f"{what} {name!r} carries no inline byte_data")
     if shape and min(shape) < 0:
-        raise InvalidArgument(f"{what} {name!r}: shape {list(shape)} has a negative dimension")
+        raise InvalidArgument(f"{what} {name!r}: shape {shorten(str(list(shape)))} has a negative dimension")
     return name, array_from_bytes(tensor.byte_data, dtype, shape, f"{what} {name!r}", checked=True)

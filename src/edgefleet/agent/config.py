@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from edgefleet.agent.fastpath import FAST_PATH_MAX_FRAME_BYTES, MAX_FRAME_LENGTH
 from edgefleet.core.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,16 @@ class AgentConfig:
     #: (extension ``fast-predict``, docs/agent-protocol.md): far fewer thread wake-ups per call
     #: than gRPC. edgefleet's client uses it when it is there; gRPC clients are unaffected.
     fast_path: bool = True
+    #: Largest fast-path request frame accepted, in bytes; a longer one gets RESOURCE_EXHAUSTED and
+    #: the connection is closed. Memory grows only with the bytes that really arrive, so this bounds
+    #: one connection's buffer (the client sends larger requests over gRPC or shared memory).
+    fast_path_max_frame_bytes: int = FAST_PATH_MAX_FRAME_BYTES
+    #: A fast-path connection with no request for this many seconds is closed (the Python client
+    #: opens a new one on its next call); idle connections count against the limit of 64.
+    fast_path_idle_seconds: float = 60.0
+    #: Seconds a fast-path client has to send its greeting after connecting, to send a request frame
+    #: whole after its first byte, and to take its reply; a connection that stalls longer is closed.
+    fast_path_frame_seconds: float = 10.0
     #: gRPC worker threads (bounds concurrent RPCs of all kinds).
     grpc_workers: int = 32
     #: Permission bits of the Unix socket (default owner and group only).
@@ -129,6 +140,12 @@ class AgentConfig:
             )
         if not 0 <= self.capture.base64_embed_limit <= 3072:
             raise InvalidArgument("capture base64 embed limit must be between 0 and 3072 bytes")
+        if not 1 <= self.fast_path_max_frame_bytes <= MAX_FRAME_LENGTH:
+            raise InvalidArgument(
+                f"fast_path_max_frame_bytes must be between 1 and {MAX_FRAME_LENGTH} (the frame's u32 length)"
+            )
+        if not (self.fast_path_idle_seconds > 0 and self.fast_path_frame_seconds > 0):
+            raise InvalidArgument("fast_path_idle_seconds and fast_path_frame_seconds must be positive")
         if self.log_format not in ("text", "json"):
             raise InvalidArgument("log_format must be 'text' or 'json'")
         if self.capture.destination not in ("Disk", "Cloud"):

@@ -17,10 +17,12 @@ contract is in docs/agent-protocol.md ("Fast path"):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from edgefleet.agent.proto import agent_pb2
-from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, grpc_status_number
+from edgefleet.core.errors import (
+    Code,
+    EdgefleetError,
+    InvalidArgument,
+    grpc_status_number,
+    quoted,
+    wire_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,12 @@ MAGIC = b"EFP1"
 SUFFIX = ".fast"
 #: The length prefix of every frame (little-endian u32).
 FRAME_LENGTH = struct.Struct("<I")
+#: Longest length a frame header can declare (its u32).
+MAX_FRAME_LENGTH = (1 << 32) - 1
+#: Default of ``agent.fast_path_max_frame_bytes``: far above a Predict's usual inline tensors
+#: (edgefleet's client puts tensors over 256 KiB in shared memory) and far below gRPC's 1 GiB, so
+#: 64 connections cannot make the agent hold more than a few GiB even if they send every byte.
+FAST_PATH_MAX_FRAME_BYTES = 64 << 20
 #: Longest path a Unix socket can bind (sun_path holds 108 bytes with the terminating NUL).
 MAX_SOCKET_PATH = 107
 
@@ -47,7 +62,9 @@ def socket_path(address: str) -> Path:
     elif address.startswith("unix:"):
         path = address[len("unix:") :]
     elif "://" in address:
-        raise InvalidArgument(f"agent address {address!r} must be a Unix socket: unix:///path/to/agent.sock")
+        raise InvalidArgument(
+            f"agent address {quoted(address)} must be a Unix socket: unix:///path/to/agent.sock"
+        )
     else:
         path = address
     if not path:
@@ -80,23 +97,66 @@ class FrameReader:
 
     A frame and its header mostly arrive together, so the reader asks for up to ``chunk`` bytes
     at once and keeps what follows the current frame for the next one (a peer may send the next
-    frame early). A body longer than what has arrived is read straight into its own buffer.
+    frame early). A body longer than what has arrived is read into its own buffer, which grows
+    with the bytes that arrive, never ahead of them: a header may declare any length, and a peer
+    that declares 1 GiB and sends nothing costs nothing.
+
+    Deadlines: with ``idle_timeout`` (seconds to wait for the first byte of a frame) and
+    ``frame_timeout`` (seconds a frame may take from its first byte to its last), the reader keeps
+    :attr:`deadline` and :attr:`overdue` up to date; whoever owns the connection closes it once
+    the deadline has passed (the agent's fast path does, from one watchdog thread). That costs the
+    reads nothing: a socket timeout would add a ``poll`` to every ``recv`` and a syscall to every
+    change of timeout. Without them (None) the deadline stays infinite.
     """
 
-    def __init__(self, sock: socket.socket, chunk: int = 64 * 1024) -> None:
+    #: The buffer of a long body starts at up to this many bytes and then doubles as bytes arrive.
+    GROWTH_STEP = 1 << 20
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        chunk: int = 64 * 1024,
+        *,
+        idle_timeout: float | None = None,
+        frame_timeout: float | None = None,
+    ) -> None:
         self.sock = sock
         self._chunk = chunk
         self._buf = b""
         self._pos = 0
+        self._idle = idle_timeout
+        self._frame = frame_timeout
+        #: ``time.monotonic()`` by which what the connection waits for must have happened.
+        self.deadline = math.inf
+        #: What is overdue once :attr:`deadline` has passed, for the log.
+        self.overdue = ""
+
+    def expect(self, seconds: float | None, overdue: str) -> None:
+        """Set the deadline ``seconds`` from now (None: no deadline) and what will then be overdue."""
+        self.deadline = math.inf if seconds is None else time.monotonic() + seconds
+        self.overdue = overdue
+
+    def _frame_started(self) -> None:
+        if self._frame is not None:
+            self.expect(
+                self._frame, f"a frame did not arrive whole within {self._frame:g} s of its first byte"
+            )
 
     def next_length(self) -> int | None:
         """The length of the next frame, or None when the peer closed the connection between frames."""
+        if len(self._buf) > self._pos:
+            self._frame_started()  # the frame's first bytes are already here
+        elif self._idle is not None:
+            self.expect(self._idle, f"no request for {self._idle:g} s")
         while len(self._buf) - self._pos < FRAME_LENGTH.size:
+            waiting = len(self._buf) == self._pos
             chunk = self.sock.recv(self._chunk)
             if not chunk:
                 if len(self._buf) == self._pos:
                     return None
                 raise ConnectionError("connection closed inside a frame header")
+            if waiting:
+                self._frame_started()
             self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
             self._pos = 0
         (length,) = FRAME_LENGTH.unpack_from(self._buf, self._pos)
@@ -110,13 +170,16 @@ class FrameReader:
         if have >= length:
             self._pos += length
             return memoryview(self._buf)[start : start + length]
-        out = bytearray(length)
+        # Sized for what has arrived plus one step, grown (doubling) only when full: memory
+        # follows the bytes that really arrive, whatever the header declared.
+        out = bytearray(min(length, have + self.GROWTH_STEP))
         out[:have] = memoryview(self._buf)[start:]
         self._buf, self._pos = b"", 0
-        view = memoryview(out)
         got = have
         while got < length:
-            k = self.sock.recv_into(view[got:])
+            if got == len(out):
+                out.extend(bytes(min(length, 2 * len(out)) - len(out)))
+            k = self.sock.recv_into(memoryview(out)[got:])
             if k == 0:
                 raise ConnectionError(f"connection closed after {got} of {length} bytes of a frame")
             got += k
@@ -136,16 +199,22 @@ class FastPathServer:
         predict: Callable[[Any], Any],
         *,
         mode: int,
-        max_message_bytes: int,
+        max_frame_bytes: int = FAST_PATH_MAX_FRAME_BYTES,
+        idle_seconds: float = 60.0,
+        frame_seconds: float = 10.0,
         max_connections: int = 64,
     ) -> None:
         self.path = path
         self._predict = predict
-        self._max_message = max_message_bytes
+        self._max_frame = max_frame_bytes
+        self._idle_seconds = idle_seconds
+        self._frame_seconds = frame_seconds
         self._max_connections = max_connections
         self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
+        # every open connection and its reader, whose deadline the watchdog checks
+        self._connections: dict[socket.socket, FrameReader] = {}
         self._closed = False
+        self._stopped = threading.Event()
         if path.is_socket():
             path.unlink()  # the agent has already checked that its main socket is free to take
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -156,6 +225,25 @@ class FastPathServer:
         self._listener.listen(16)
         self._thread = threading.Thread(target=self._accept_loop, name="agent-fast-path", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name="agent-fast-path-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Close the connections whose deadline has passed: idle ones, frames that stall or trickle,
+        replies the client does not take. The serving thread sees its connection end and exits."""
+        # Checked a few times per timeout: a connection is closed at most a quarter late.
+        tick = min(1.0, max(0.05, min(self._idle_seconds, self._frame_seconds) / 4))
+        while not self._stopped.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [(c, r) for c, r in self._connections.items() if r.deadline < now]
+            for conn, reader in overdue:
+                log.info("fast path: closing a connection: %s", reader.overdue)
+                reader.expect(None, "")
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
 
     def _accept_loop(self) -> None:
         while True:
@@ -171,7 +259,11 @@ class FastPathServer:
                     full = True
                 else:
                     full = False
-                    self._connections.add(conn)
+                    frames = FrameReader(
+                        conn, idle_timeout=self._idle_seconds, frame_timeout=self._frame_seconds
+                    )
+                    frames.expect(self._frame_seconds, f"no greeting within {self._frame_seconds:g} s")
+                    self._connections[conn] = frames
             if full:
                 log.warning(
                     "fast path: refusing a connection, %d are open (the limit)", self._max_connections
@@ -185,7 +277,7 @@ class FastPathServer:
                 ).start()
                 continue
             threading.Thread(
-                target=self._serve, args=(conn,), name="agent-fast-path-conn", daemon=True
+                target=self._serve, args=(conn, frames), name="agent-fast-path-conn", daemon=True
             ).start()
 
     def _refuse(self, conn: socket.socket, code: Code, message: str) -> None:
@@ -200,7 +292,7 @@ class FastPathServer:
         finally:
             conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, frames: FrameReader) -> None:
         try:
             hello = recv_exact(conn, len(MAGIC))
             if hello is None or bytes(hello) != MAGIC:
@@ -214,28 +306,37 @@ class FastPathServer:
                     )
                 return
             conn.sendall(MAGIC)
-            frames = FrameReader(conn)
+            taking = f"the client did not take its reply within {self._frame_seconds:g} s"
             while True:
                 length = frames.next_length()
                 if length is None:
                     return
-                if length > self._max_message:
+                if length > self._max_frame:
                     # The frame cannot be skipped safely without reading it all: answer, then close.
+                    frames.expect(self._frame_seconds, taking)
                     conn.sendall(
                         reply_frame(
                             grpc_status_number(Code.RESOURCE_EXHAUSTED),
-                            f"request of {length} bytes is larger than the agent's "
-                            f"max_message_bytes ({self._max_message})".encode(),
+                            f"request of {length} bytes is larger than the agent's fast-path limit, "
+                            f"fast_path_max_frame_bytes ({self._max_frame}): send it over gRPC or put "
+                            "its tensors in shared memory".encode(),
                         )
                     )
                     return
-                conn.sendall(self._answer(frames.body(length)))
+                body = frames.body(length)
+                frames.expect(None, "")  # the inference takes what it takes
+                reply = self._answer(body)
+                del body  # not held while the client takes its time to read the reply
+                # A reply the client does not read within the frame time closes the connection
+                # instead of holding this thread forever.
+                frames.expect(self._frame_seconds, taking)
+                conn.sendall(reply)
         except OSError as exc:  # ConnectionError included
             if not self._closed:
                 log.debug("fast path connection ended: %s", exc)
         finally:
             with self._lock:
-                self._connections.discard(conn)
+                self._connections.pop(conn, None)
             conn.close()
 
     def _answer(self, body: memoryview | bytearray) -> bytes:
@@ -249,9 +350,9 @@ class FastPathServer:
         try:
             response = self._predict(request)
         except EdgefleetError as exc:
-            return reply_frame(grpc_status_number(exc.code), exc.message.encode("utf-8", "replace"))
+            return reply_frame(grpc_status_number(exc.code), wire_message(exc).encode("utf-8", "replace"))
         except Exception:  # a bug: answer INTERNAL like gRPC would, and keep serving
-            log.exception("fast path Predict on %r failed", request.name)
+            log.exception("fast path Predict on %s failed", quoted(request.name))
             return reply_frame(
                 grpc_status_number(Code.INTERNAL), b"internal error in the agent (see its log)"
             )
@@ -272,7 +373,9 @@ class FastPathServer:
                 conn.shutdown(socket.SHUT_RD)  # the serving thread sees end-of-stream after its call
             except OSError:
                 pass
+        self._stopped.set()
         self._thread.join(timeout=5)
+        self._watchdog.join(timeout=5)
         unlink_if_ours(self.path, self._identity)
 
 

@@ -13,8 +13,10 @@ import enum
 import gc
 import hashlib
 import logging
+import os
 import platform
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +34,8 @@ from edgefleet.core.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    os_error,
+    quoted,
 )
 from edgefleet.core.manifest import Manifest, validate_model_name
 from edgefleet.core.tensors import TensorSpec
@@ -82,7 +86,7 @@ class ModelSlot:
     def manifest(self) -> Manifest:
         """The verified manifest (set before the slot turns READY)."""
         if self.verified_manifest is None:
-            raise NotFound(f"model {self.alias!r} is still loading")
+            raise NotFound(f"model {quoted(self.alias)} is still loading")
         return self.verified_manifest
 
     @property
@@ -97,12 +101,12 @@ class ModelSlot:
         """Run one inference within this model's concurrency limit (queueing beyond it)."""
         with self._cond:
             if self.state is not ModelState.READY:
-                raise ModelUnloading(f"model {self.alias!r} is being unloaded")
+                raise ModelUnloading(f"model {quoted(self.alias)} is being unloaded")
             if self.in_flight >= self.max_concurrent:
                 if self.queued >= self.max_queued:
                     self.stats.record(0.0, ok=False)
                     raise ResourceExhausted(
-                        f"model {self.alias!r} has {self.in_flight} requests running and {self.queued} queued "
+                        f"model {quoted(self.alias)} has {self.in_flight} requests running and {self.queued} queued "
                         f"(limits {self.max_concurrent}/{self.max_queued}); retry later"
                     )
                 self.queued += 1
@@ -112,7 +116,7 @@ class ModelSlot:
                 finally:
                     self.queued -= 1
                 if self.state is not ModelState.READY:
-                    raise ModelUnloading(f"model {self.alias!r} was unloaded while the request waited")
+                    raise ModelUnloading(f"model {quoted(self.alias)} was unloaded while the request waited")
             self.in_flight += 1
         model = self.model
         start = time.perf_counter()
@@ -187,7 +191,8 @@ class ModelRegistry:
 
     # -- lookups (lock-free reads: dict get is atomic in CPython) --------------------------------
     def get(self, name: str) -> ModelSlot:
-        """The READY model under the alias or handle ``name``; NOT_FOUND otherwise."""
+        """The READY model under the alias or handle ``name``; INVALID_ARGUMENT when ``name`` is not
+        valid model-name syntax, NOT_FOUND when no model has it."""
         slot = self._slots.get(name)
         if slot is None:
             target = self._handles.get(name)
@@ -195,9 +200,9 @@ class ModelRegistry:
                 slot = self._slots.get(target)
                 if slot is None or slot.state is not ModelState.READY:
                     # The handle moved and its old target is going away: the caller may resolve again.
-                    raise ModelUnloading(f"handle {name!r} is being switched")
+                    raise ModelUnloading(f"handle {quoted(name)} is being switched")
         if slot is None or slot.state is not ModelState.READY:
-            raise NotFound(f"no model is loaded under the name {name!r}")
+            raise not_loaded(name)
         return slot
 
     def is_handle(self, name: str) -> bool:
@@ -211,9 +216,10 @@ class ModelRegistry:
         with self._lock:
             slot = self._slots.get(target)
             if slot is None or slot.state is not ModelState.READY:
-                raise NotFound(f"handle target {target!r} is not a loaded model")
+                validate_alias(target)
+                raise NotFound(f"handle target {quoted(target)} is not a loaded model")
             if handle in self._slots:
-                raise AlreadyExists(f"{handle!r} is a loaded model's name; a handle must not shadow it")
+                raise AlreadyExists(f"{quoted(handle)} is a loaded model's name; a handle must not shadow it")
             previous = self._handles.get(handle, "")
             self._handles[handle] = target
         log.info("handle %r -> %r (was %r)", handle, target, previous or None)
@@ -223,7 +229,8 @@ class ModelRegistry:
         """Forget ``handle``; NOT_FOUND if there is none."""
         with self._lock:
             if self._handles.pop(handle, None) is None:
-                raise NotFound(f"no handle named {handle!r}")
+                validate_alias(handle)
+                raise NotFound(f"no handle named {quoted(handle)}")
         log.info("handle %r removed", handle)
 
     def handles(self) -> dict[str, str]:
@@ -253,9 +260,11 @@ class ModelRegistry:
         )
         with self._lock:
             if alias in self._slots:
-                raise AlreadyExists(f"a model is already loaded (or loading) under the name {alias!r}")
+                raise AlreadyExists(f"a model is already loaded (or loading) under the name {quoted(alias)}")
             if alias in self._handles:
-                raise AlreadyExists(f"{alias!r} is a model handle (pointing at {self._handles[alias]!r})")
+                raise AlreadyExists(
+                    f"{quoted(alias)} is a model handle (pointing at {quoted(self._handles[alias])})"
+                )
             self._slots[alias] = placeholder
         try:
             slot = self._load_into(placeholder, source)
@@ -278,15 +287,16 @@ class ModelRegistry:
         return slot
 
     def _load_into(self, slot: ModelSlot, source: Path) -> ModelSlot:
-        if source.is_file():
-            slot.package_dir = self._unpack_destination(source)
-            slot.owns_dir = True
-            manifest = self._unpacker(source, slot.package_dir)
-        elif source.is_dir():
-            slot.package_dir = source
-            manifest = self._verifier(slot.package_dir)
-        else:
-            raise NotFound(f"no model package at {slot.url!r}")
+        try:
+            if package_kind(source, slot.url) == "archive":
+                slot.package_dir = self._unpack_destination(source)
+                slot.owns_dir = True
+                manifest = self._unpacker(source, slot.package_dir)
+            else:
+                slot.package_dir = source
+                manifest = self._verifier(slot.package_dir)
+        except OSError as exc:  # a file of the package the agent cannot read
+            raise os_error(exc, exc.filename or source) from exc
         slot.verified_manifest = manifest
         check_compatible(manifest)
         backend = get_backend(manifest.runtime.name)
@@ -333,11 +343,11 @@ class ModelRegistry:
         with self._lock:
             slot = self._slots.get(alias)
             if slot is None or slot.state is not ModelState.READY:
-                raise NotFound(f"no model is loaded under the name {alias!r}")
+                raise not_loaded(alias)
             pointing = sorted(h for h, t in self._handles.items() if t == alias)
             if pointing:
                 raise FailedPrecondition(
-                    f"model {alias!r} is the target of handle(s) {', '.join(pointing)}; move or remove them first"
+                    f"model {quoted(alias)} is the target of handle(s) {', '.join(pointing)}; move or remove them first"
                 )
             with slot._cond:
                 slot.state = ModelState.UNLOADING
@@ -378,18 +388,62 @@ def validate_alias(alias: str) -> str:
         raise InvalidArgument(exc.message) from exc
 
 
+def not_loaded(name: str) -> EdgefleetError:
+    """The error for a lookup of ``name`` that found no model: INVALID_ARGUMENT when the name is
+    not model-name syntax (every RPC answers the same, docs/agent-protocol.md), else NOT_FOUND."""
+    validate_alias(name)
+    return NotFound(f"no model is loaded under the name {quoted(name)}")
+
+
 def resolve_url(url: str) -> Path:
-    """A LoadModel url (a path or ``file://`` URL) as a local path."""
+    """A LoadModel url (a path or ``file://`` URL) as an absolute local path: a relative path is
+    taken relative to the agent's working directory (clients send absolute paths)."""
     if not url:
         raise InvalidArgument("LoadModel needs a url: the path of a model package directory or .tar.gz")
     if "://" in url:
         parsed = urlparse(url)
         if parsed.scheme != "file":
             raise InvalidArgument(
-                f"unsupported url scheme {parsed.scheme!r}: give a local path or a file:// URL"
+                f"unsupported url scheme {quoted(parsed.scheme)}: give a local path or a file:// URL"
             )
-        return Path(unquote(parsed.path))
-    return Path(url)
+        path = unquote(parsed.path)
+    else:
+        path = url
+    if "\x00" in path:
+        raise InvalidArgument(f"the url {quoted(url)} contains a NUL character")
+    return Path(os.path.abspath(path))
+
+
+def package_kind(path: Path, url: str) -> str:
+    """``"archive"`` (a regular file: a packed package) or ``"directory"`` for the LoadModel source
+    ``path`` (resolved from ``url``); NOT_FOUND naming the resolved path when nothing is there, and
+    INVALID_ARGUMENT for anything else (a FIFO, socket or device is never opened: reading one could
+    block the agent or consume someone else's data)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        relative = (
+            ""
+            if url.startswith("/") or "://" in url
+            else (
+                f" (the url {quoted(url)} is relative: the agent resolved it against its working directory; "
+                "send an absolute path)"
+            )
+        )
+        raise NotFound(f"no model package at {quoted(str(path))}{relative}") from None
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    if stat.S_ISREG(mode):
+        return "archive"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    kind = {
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+    }.get(stat.S_IFMT(mode), "not a regular file")
+    raise InvalidArgument(f"{quoted(str(path))} is {kind}: a package is a directory or a .tar.gz file")
 
 
 def check_compatible(manifest: Manifest) -> None:

@@ -25,8 +25,8 @@ from edgefleet.agent.fastpath import (
     unlink_if_ours,
 )
 from edgefleet.agent.models import ModelLimits, ModelRegistry
-from edgefleet.agent.proto import agent_pb2_grpc, extensions_pb2_grpc
-from edgefleet.agent.server import AgentService, AgentState, ExtensionsService
+from edgefleet.agent.proto import agent_pb2, extensions_pb2
+from edgefleet.agent.server import AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureConfig, CaptureService
 from edgefleet.capture.sinks import DiskSink
@@ -202,9 +202,11 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
     agent = AgentService(registry, capture, shm)
-    agent_pb2_grpc.add_AgentServicer_to_server(agent, server)  # type: ignore[no-untyped-call]
-    extensions_pb2_grpc.add_AgentExtensionsServicer_to_server(  # type: ignore[no-untyped-call]
-        ExtensionsService(registry, agent, shm, state, fast_path=config.fast_path), server
+    add_to_server(server, agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"])
+    add_to_server(
+        server,
+        ExtensionsService(registry, agent, shm, state, fast_path=config.fast_path),
+        extensions_pb2.DESCRIPTOR.services_by_name["AgentExtensions"],
     )
     # gRPC unlinks the path it bound when it shuts down, even if another agent owns that path by
     # then. So it binds a private name, which is renamed into place atomically: gRPC only ever
@@ -245,7 +247,12 @@ def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> Fas
     old_umask = os.umask(0o777 & ~config.socket_mode)
     try:
         server = FastPathServer(
-            fast_path, agent.predict, mode=config.socket_mode, max_message_bytes=config.max_message_bytes
+            fast_path,
+            agent.predict,
+            mode=config.socket_mode,
+            max_frame_bytes=config.fast_path_max_frame_bytes,
+            idle_seconds=config.fast_path_idle_seconds,
+            frame_seconds=config.fast_path_frame_seconds,
         )
     except OSError as exc:
         log.warning("fast path disabled: cannot listen on %s: %s", fast_path, exc)

@@ -69,7 +69,7 @@ import numpy as np
 import posix_ipc
 import sysv_ipc
 
-from edgefleet.core.errors import InvalidArgument, Unavailable
+from edgefleet.core.errors import InvalidArgument, Unavailable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ class SharedMemoryReader:
         path = self._posix_name(name)
         _check_u64("offset", offset)
         _check_u64("size", size)
-        what = f"POSIX shared memory object {path!r}"
+        what = f"POSIX shared memory object {quoted(path)}"
         if self._closed:
             raise Unavailable("the shared memory reader is closed (the agent is shutting down)")
         try:
@@ -397,7 +397,7 @@ class SharedMemoryReader:
         body = path[1:]
         if not body or len(path) > _NAME_MAX or "/" in body or "\x00" in body or body in (".", ".."):
             raise InvalidArgument(
-                f"POSIX shared memory name {name!r} is invalid "
+                f"POSIX shared memory name {quoted(name)} is invalid "
                 f"(want '/name', 1-{_NAME_MAX - 1} characters, no further '/')"
             )
         return path

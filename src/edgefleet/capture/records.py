@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from edgefleet.core.errors import InvalidArgument, OutOfRange
+from edgefleet.core.errors import InvalidArgument, OutOfRange, quoted, shorten
 from edgefleet.core.manifest import validate_model_name
 from edgefleet.core.tensors import DataType, shape_str
 
@@ -150,7 +150,7 @@ def canonical_capture_id(capture_id: object) -> str:
     """
     if not isinstance(capture_id, str) or len(capture_id) > 64 or not _CAPTURE_ID_RE.fullmatch(capture_id):
         raise InvalidArgument(
-            f"capture id {capture_id!r} is not a UUID string "
+            f"capture id {quoted(capture_id)} is not a UUID string "
             "(expected 8-4-4-4-12 hexadecimal digits, e.g. 123e4567-e89b-12d3-a456-426614174000)"
         )
     return str(uuid.UUID(capture_id))
@@ -162,13 +162,13 @@ def _check_text(value: object, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"{what} {value!r} is not valid Unicode text") from exc
+        raise InvalidArgument(f"{what} {quoted(value)} is not valid Unicode text") from exc
     return value
 
 
 def _check_tensor(tensor: CaptureTensor, where: str) -> CaptureTensor:
     name = _check_text(tensor.name, f"{where} name")
-    label = f"{where} {name!r}"
+    label = f"{where} {quoted(name)}"
     try:
         dtype = DataType(tensor.dtype)
     except (ValueError, TypeError) as exc:
@@ -176,13 +176,13 @@ def _check_tensor(tensor: CaptureTensor, where: str) -> CaptureTensor:
         raise InvalidArgument(f"{label}: unknown data type {tensor.dtype!r} (known: {known})") from exc
     shape = tuple(tensor.shape)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidArgument(f"{label}: shape {list(shape)} must be non-negative integers")
+        raise InvalidArgument(f"{label}: shape {shorten(str(list(shape)))} must be non-negative integers")
     if not isinstance(tensor.data, bytes):
         raise InvalidArgument(f"{label}: data must be bytes, got {type(tensor.data).__name__}")
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(
-            f"{label}: {len(tensor.data)} bytes of data, but {dtype.name} with shape {list(shape)} "
+            f"{label}: {len(tensor.data)} bytes of data, but {dtype.name} with shape {shorten(str(list(shape)))} "
             f"needs {expected}"
         )
     return CaptureTensor(name=name, dtype=dtype, shape=shape, data=tensor.data)
@@ -190,7 +190,7 @@ def _check_tensor(tensor: CaptureTensor, where: str) -> CaptureTensor:
 
 def _check_aux(aux: CaptureAux, where: str) -> CaptureAux:
     name = _check_text(aux.name, f"{where} name")
-    label = f"{where} {name!r}"
+    label = f"{where} {quoted(name)}"
     encoding = aux.encoding.upper() if isinstance(aux.encoding, str) else aux.encoding
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"{label}: unknown encoding {aux.encoding!r} (known: {', '.join(ENCODINGS)})")

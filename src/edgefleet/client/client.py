@@ -36,7 +36,15 @@ from edgefleet.agent.codec import (
     spec_from_metadata,
     tensor_to_proto,
 )
-from edgefleet.agent.fastpath import FRAME_LENGTH, MAGIC, FrameReader, fast_path_for, recv_exact, socket_path
+from edgefleet.agent.fastpath import (
+    FAST_PATH_MAX_FRAME_BYTES,
+    FRAME_LENGTH,
+    MAGIC,
+    FrameReader,
+    fast_path_for,
+    recv_exact,
+    socket_path,
+)
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
@@ -283,8 +291,13 @@ class AgentClient:
             raise Unavailable(f"agent at {self.address} did not become reachable within {timeout} s") from exc
 
     # -- models ---------------------------------------------------------------------------------
-    def load(self, url: str, name: str) -> ModelInfo:
-        """Load the package at ``url`` (an unpacked package directory or a .tar.gz) under alias ``name``."""
+    def load(self, url: str | os.PathLike[str], name: str) -> ModelInfo:
+        """Load the package at ``url`` (an unpacked package directory or a .tar.gz, or a ``file://``
+        URL) under alias ``name``. A relative path is taken relative to this process's working
+        directory (the agent is on the same machine but has its own), so it is sent absolute."""
+        url = os.fspath(url)
+        if "://" not in url:
+            url = os.path.abspath(url)
         response = self._call(self._agent.LoadModel, agent_pb2.LoadModelRequest(url=url, name=name))
         return ModelInfo.from_proto(response.model)
 
@@ -370,10 +383,17 @@ class AgentClient:
 
     # -- fast path ------------------------------------------------------------------------------
     def _predict_call(self, request: agent_pb2.PredictRequest, timeout: float | None = None) -> Any:
-        """Predict over this thread's fast-path connection; over gRPC when there is none, or when the
-        connection fails before an answer (Predict has no side effects to repeat)."""
-        frames = self._fast_connection()
-        if frames is not None:
+        """Predict over this thread's fast-path connection; over gRPC when there is none, when the
+        request is longer than the agent's default fast-path frame limit, or when the connection
+        fails before an answer (Predict has no side effects to repeat). A connection kept from
+        earlier calls that fails (the agent closes idle ones) is replaced by a new one first."""
+        for _ in range(2):
+            if request.ByteSize() > FAST_PATH_MAX_FRAME_BYTES:
+                break
+            frames = self._fast_connection()
+            if frames is None:
+                break
+            fresh = not getattr(self._fast_local, "answered", False)
             try:
                 response = self._fast_call(frames, request)
                 with self._lock:
@@ -385,8 +405,13 @@ class AgentClient:
                     Code.DEADLINE_EXCEEDED, f"Predict on {request.name!r} took longer than {self._timeout} s"
                 ) from None
             except OSError as exc:  # ConnectionError included
-                log.info("fast path to %s failed (%s); using gRPC", self._fast_path, exc)
                 self._drop_fast_connection(frames.sock)
+                if fresh:
+                    log.info("fast path to %s failed (%s); using gRPC", self._fast_path, exc)
+                    break
+                log.debug(
+                    "kept fast-path connection to %s failed (%s); opening a new one", self._fast_path, exc
+                )
         with self._lock:
             self.grpc_predict_calls += 1
         return self._agent.Predict(request, timeout=timeout)
@@ -428,6 +453,7 @@ class AgentClient:
 
     def _drop_fast_connection(self, conn: socket.socket) -> None:
         self._fast_local.frames = None
+        self._fast_local.answered = False
         with self._lock:
             self._fast_conns.discard(conn)
         conn.close()
@@ -441,6 +467,7 @@ class AgentClient:
         if not length:
             raise ConnectionError("the agent sent an empty fast-path reply")
         reply = frames.body(length)
+        self._fast_local.answered = True  # this connection has worked: if it fails later, try a new one
         status, payload = reply[0], memoryview(reply)[1:]
         if status == 0:
             return agent_pb2.PredictResponse.FromString(payload)

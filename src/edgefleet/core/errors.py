@@ -7,6 +7,8 @@ adapter that calls the foreign library, with ``raise EdgefleetError(...) from ex
 from __future__ import annotations
 
 import enum
+import errno
+import os
 
 
 class Code(enum.Enum):
@@ -149,3 +151,63 @@ class SignatureError(FailedPrecondition):
 
 class PackageFormatError(InvalidArgument):
     """A package or manifest is malformed."""
+
+
+#: How many characters of a client-supplied string an error message quotes (see :func:`quoted`).
+QUOTE_LIMIT = 100
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with "…" when something was cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def quoted(value: str | bytes | object, limit: int = QUOTE_LIMIT) -> str:
+    """A client-supplied value as an error message quotes it: ``repr`` of at most ``limit``
+    characters, with "…" when it was longer.
+
+    Every message that echoes client input goes through here: a peer may send a name of any length,
+    and an error that quoted it whole could exceed what the transport carries (gRPC's 8 KiB of
+    metadata: the caller would see RESOURCE_EXHAUSTED instead of the real code).
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    elif not isinstance(value, str):
+        value = str(value)
+    return repr(shorten(value, limit))
+
+
+def os_error(exc: OSError, path: object, action: str = "read") -> EdgefleetError:
+    """The :class:`EdgefleetError` for an OS error met while using ``path`` a client named.
+
+    A missing path is NOT_FOUND; a path the system cannot take (too long, a symlink loop) is
+    INVALID_ARGUMENT; a path that exists but cannot be used by this process (permissions, an I/O
+    error) is FAILED_PRECONDITION. The message quotes the path shortened and says what happened in
+    words, never a raw ``[Errno N]`` text.
+    """
+    where = quoted(path)
+    number = exc.errno
+    reason = os.strerror(number) if number is not None else str(exc)
+    if number in (errno.ENOENT, errno.ENOTDIR):
+        return NotFound(f"nothing at {where} (a path component is missing or is not a directory)")
+    if number == errno.ENAMETOOLONG:
+        return InvalidArgument(
+            f"the path {where} is too long for this system (a name may have 255 bytes, a path 4095)"
+        )
+    if number == errno.ELOOP:
+        return InvalidArgument(f"the path {where} has too many levels of symbolic links")
+    if number in (errno.EACCES, errno.EPERM):
+        return FailedPrecondition(
+            f"permission denied: this process (uid {os.geteuid()}) may not {action} {where}"
+        )
+    return FailedPrecondition(f"cannot {action} {where}: {reason.lower()}")
+
+
+#: Longest error message sent to a peer. Messages quote client input shortened (:func:`quoted`),
+#: so this only guards against one built from many parts: gRPC clients take 8 KiB of metadata.
+MAX_WIRE_MESSAGE = 2048
+
+
+def wire_message(exc: EdgefleetError) -> str:
+    """The message of ``exc`` as a server sends it to its peer (at most :data:`MAX_WIRE_MESSAGE`)."""
+    return shorten(exc.message, MAX_WIRE_MESSAGE)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edgefleet.core.errors import PackageFormatError
+from edgefleet.core.errors import PackageFormatError, quoted
 from edgefleet.core.tensors import TensorSpec
 
 FORMAT_VERSION = 1
@@ -39,7 +39,7 @@ def validate_model_name(name: str, what: str = "model name") -> str:
     """Return ``name`` if it is a valid model name/alias, else raise INVALID_ARGUMENT."""
     if not isinstance(name, str) or not 1 <= len(name) <= MODEL_NAME_MAX or not MODEL_NAME_RE.match(name):
         raise PackageFormatError(
-            f"{what} {name!r} is invalid: 1-{MODEL_NAME_MAX} characters matching [a-zA-Z0-9](-*[a-zA-Z0-9])*"
+            f"{what} {quoted(name)} is invalid: 1-{MODEL_NAME_MAX} characters matching [a-zA-Z0-9](-*[a-zA-Z0-9])*"
         )
     return name
 

@@ -39,6 +39,7 @@ from edgefleet.core.errors import (
     PackageFormatError,
     ResourceExhausted,
     SignatureError,
+    os_error,
 )
 from edgefleet.core.manifest import (
     CERTIFICATES_FILE,
@@ -479,6 +480,10 @@ class _ArchiveScan:
                 f"{self.archive.name}: a tar header is larger than {_HEADER_BUDGET} bytes"
             ) from exc
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            if (
+                isinstance(exc, OSError) and exc.errno is not None
+            ):  # the file cannot be read, whatever it holds
+                raise os_error(exc, self.archive) from exc
             raise PackageFormatError(f"{self.archive.name} is not a readable .tar.gz package: {exc}") from exc
         self._finish()
 
