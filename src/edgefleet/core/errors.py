@@ -78,8 +78,7 @@ def code_from_grpc_number(number: int) -> Code:
 
 
 def code_from_http(status: int) -> Code:
-    """The code an HTTP error status stands for when no error body names one (other 5xx: INTERNAL,
-    other 4xx: INVALID_ARGUMENT)."""
+    """The code of an HTTP error status whose body names none (else 5xx INTERNAL, 4xx INVALID_ARGUMENT)."""
     return _CODE_OF_HTTP.get(status, Code.INTERNAL if status >= 500 else Code.INVALID_ARGUMENT)
 
 
@@ -218,9 +217,8 @@ def error_body(code: Code, message: str) -> dict[str, Any]:
 
 
 def error_from_http(status: int, body: bytes, context: str = "") -> EdgefleetError:
-    """The error an HTTP error answer stands for: the code and message of its error body, else the
-    code of ``status`` (:func:`code_from_http`) with the start of the body. ``context`` (what was
-    being done) prefixes the message."""
+    """The error an HTTP error answer stands for: its error body's code and message, else the code of
+    ``status`` (:func:`code_from_http`) and the body's start; ``context`` (what was done) prefixes it."""
     code: Code | None = None
     message = ""
     try:
