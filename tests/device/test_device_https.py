@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from device_testkit import FLEET, LoopbackServer
 
-from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition, Unavailable
+from edgefleet.core.errors import (
+    Code,
+    EdgefleetError,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from edgefleet.device.https import HttpsControlPlane, enroller
 from edgefleet.device.identity import Identity, enroll
 from edgefleet.device.protocol import (
@@ -132,5 +140,23 @@ def test_an_unreachable_server_is_unavailable(server: LoopbackServer, tmp_path: 
     try:
         with pytest.raises(Unavailable, match=r"cannot reach https://127\.0\.0\.1"):
             plane.get_deployments()
+    finally:
+        plane.close()
+
+
+def test_refusals_raise_the_class_of_their_code(server: LoopbackServer, tmp_path: Path) -> None:
+    identity = enrolled(server, "https-typed", tmp_path / "state")
+    plane = HttpsControlPlane(identity, timeout=30)
+    try:
+        when = identity.enrolled_at
+        # pytest.raises(NotFound) is ``except NotFound``: the base class would not match
+        with pytest.raises(NotFound, match=r"'no-such-plan\.one' does not exist") as info:
+            plane.report_result(DeploymentResult("no-such-plan.one", Result.SUCCEEDED, "x", when, when))
+        assert info.value.code is Code.NOT_FOUND
+        with pytest.raises(PermissionDenied, match="is not part of a deployment"):
+            plane.open_package(PackageRef("/device/v1/packages/1", sha256="0" * 64), 0)
+        server.op.deregister_device("https-typed")
+        with pytest.raises(Unauthenticated, match=r"revoked|not registered"):
+            plane.get_registration()
     finally:
         plane.close()

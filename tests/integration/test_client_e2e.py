@@ -30,7 +30,7 @@ from support import (
     unpack,
 )
 
-from edgefleet.client import DEFAULT_SHM_THRESHOLD, AgentClient, AuxData, ModelInfo
+from edgefleet.client import DEFAULT_SHM_THRESHOLD, AgentClient, AuxData, ModelInfo, error_from_rpc
 from edgefleet.core.errors import (
     AlreadyExists,
     Code,
@@ -41,6 +41,7 @@ from edgefleet.core.errors import (
     OutOfRange,
     ResourceExhausted,
     Unavailable,
+    Unimplemented,
     grpc_status_number,
 )
 from edgefleet.core.tensors import DataType, TensorSpec
@@ -500,3 +501,16 @@ def test_close_leaves_no_shared_memory_behind(tmp_path: Path, trust: Path, packa
         # what is left is only the agent's read-only attachment, and the kernel frees it with that
         assert all(s.mode & SHM_DEST and s.attached <= 1 for s in left.values()), left
     assert not set(segments_created_by(pid)) & set(created), "segments outlived the client and the agent"
+
+
+def test_an_rpc_the_agent_lacks_is_unimplemented(agent: AgentProcess) -> None:
+    """UNIMPLEMENTED (which had no class) from the real agent comes back as its class."""
+    channel = agent.channel()
+    try:
+        missing = channel.unary_unary("/AWS.SageMaker.Edge.Agent/NoSuchRpc")
+        with pytest.raises(grpc.RpcError, match=r".") as raw:
+            missing(b"", timeout=60)
+        err = error_from_rpc(raw.value, agent.address)
+        assert type(err) is Unimplemented and err.code is Code.UNIMPLEMENTED
+    finally:
+        channel.close()

@@ -3,10 +3,10 @@
 One :class:`AgentClient` may be used from several threads at once. Input tensors larger than
 ``shm_threshold`` bytes travel through System V shared memory segments the client owns and reuses
 (one per in-flight tensor, see :mod:`edgefleet.client.shm`); smaller ones go inline. Outputs come
-back inline. Every failed call raises an :class:`EdgefleetError` subclass chosen by the gRPC status
-code (``NOT_FOUND`` -> :class:`NotFound`, ...), carrying the agent's message; ``err.code`` is the
-:class:`Code` (named like the gRPC code) and :func:`edgefleet.core.errors.grpc_status_number` gives
-the number.
+back inline. Every failed call raises the :class:`EdgefleetError` subclass of its gRPC status code
+(:func:`edgefleet.core.errors.error_for`: ``NOT_FOUND`` -> :class:`NotFound`, ...), carrying the
+agent's message; ``err.code`` is the :class:`Code` (named like the gRPC code) and
+:func:`edgefleet.core.errors.grpc_status_number` gives the number.
 """
 
 from __future__ import annotations
@@ -48,17 +48,13 @@ from edgefleet.agent.fastpath import (
 from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
-    AlreadyExists,
     Code,
     EdgefleetError,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
     Unavailable,
     code_from_grpc_number,
+    error_for,
 )
 from edgefleet.core.tensors import DataType, TensorSpec
 
@@ -72,17 +68,6 @@ Tensors = Mapping[str, npt.ArrayLike] | Sequence[npt.ArrayLike] | np.ndarray
 
 EncodingName = Literal["CSV", "JSON", "NONE", "BASE64"]
 CaptureStatusName = Literal["SUCCESS", "IN_PROGRESS", "FAILURE", "NOT_FOUND"]
-
-_ERRORS: dict[Code, type[EdgefleetError]] = {
-    Code.INVALID_ARGUMENT: InvalidArgument,
-    Code.NOT_FOUND: NotFound,
-    Code.ALREADY_EXISTS: AlreadyExists,
-    Code.RESOURCE_EXHAUSTED: ResourceExhausted,
-    Code.FAILED_PRECONDITION: FailedPrecondition,
-    Code.OUT_OF_RANGE: OutOfRange,
-    Code.PERMISSION_DENIED: PermissionDenied,
-    Code.UNAVAILABLE: Unavailable,
-}
 
 _ENCODINGS: dict[str, agent_pb2.Encoding] = {
     "CSV": agent_pb2.CSV,
@@ -187,20 +172,13 @@ def error_from_rpc(exc: grpc.RpcError, address: str) -> EdgefleetError:
     details = exc.details() if callable(getattr(exc, "details", None)) else None
     if status is None:
         return EdgefleetError(f"call to the agent at {address} failed: {exc}")
-    number, _ = status.value
-    code = code_from_grpc_number(number)
+    code = code_from_grpc_number(status.value[0])
     message = details or status.name
     if code is Code.UNAVAILABLE:
         message = f"agent at {address} is unavailable: {message}"
     elif code is Code.INTERNAL and status is not grpc.StatusCode.INTERNAL:
         message = f"{message} (gRPC {status.name})"
-    return typed_error(code, message)
-
-
-def typed_error(code: Code, message: str) -> EdgefleetError:
-    """The :class:`EdgefleetError` subclass for ``code`` (the base class for codes without one)."""
-    cls = _ERRORS.get(code)
-    return cls(message) if cls is not None else EdgefleetError(message, code)
+    return error_for(code, message)
 
 
 def _timestamp(when: datetime | float | None) -> agent_pb2.Timestamp:
@@ -401,7 +379,7 @@ class AgentClient:
                 return response
             except TimeoutError:
                 self._drop_fast_connection(frames.sock)
-                raise typed_error(
+                raise error_for(
                     Code.DEADLINE_EXCEEDED, f"Predict on {request.name!r} took longer than {self._timeout} s"
                 ) from None
             except OSError as exc:  # ConnectionError included
@@ -471,7 +449,7 @@ class AgentClient:
         status, payload = reply[0], memoryview(reply)[1:]
         if status == 0:
             return agent_pb2.PredictResponse.FromString(payload)
-        raise typed_error(code_from_grpc_number(status), bytes(payload).decode("utf-8", "replace"))
+        raise error_for(code_from_grpc_number(status), bytes(payload).decode("utf-8", "replace"))
 
     # -- capture --------------------------------------------------------------------------------
     def capture(

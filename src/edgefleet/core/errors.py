@@ -1,4 +1,5 @@
-"""One exception root with a closed set of codes, and the single table mapping codes to gRPC/HTTP.
+"""One exception root with a closed set of codes, one class per code, the single table mapping codes
+to gRPC/HTTP, and the one JSON error body with its decoder (so every client raises the code's class).
 
 Foreign exceptions (grpc, onnxruntime, cryptography, sqlalchemy, botocore) are translated at the
 adapter that calls the foreign library, with ``raise EdgefleetError(...) from exc``.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import os
+from typing import Any, ClassVar
 
 
 class Code(enum.Enum):
@@ -47,6 +50,19 @@ _STATUS: dict[Code, tuple[int, int]] = {
     Code.UNAUTHENTICATED: (16, 401),
 }
 
+# HTTP status -> code when no error body names one: the first code of each status above, the
+# statuses answered besides a code's own (413 body over its cap, 416 Range not satisfiable, 405/411
+# from the framework), and the gateway ones, which from a proxy mean the server is unreachable.
+_CODE_OF_HTTP: dict[int, Code] = {
+    **{http: code for code, (_, http) in reversed(_STATUS.items())},
+    405: Code.UNIMPLEMENTED,
+    411: Code.INVALID_ARGUMENT,
+    413: Code.RESOURCE_EXHAUSTED,
+    416: Code.OUT_OF_RANGE,
+    502: Code.UNAVAILABLE,
+    504: Code.UNAVAILABLE,
+}
+
 
 def grpc_status_number(code: Code) -> int:
     """The gRPC status code number for ``code``."""
@@ -60,16 +76,29 @@ def http_status(code: Code) -> int:
 
 def code_from_grpc_number(number: int) -> Code:
     """The code for a gRPC status number; unknown numbers map to INTERNAL."""
-    for code, (grpc_number, _) in _STATUS.items():
-        if grpc_number == number:
-            return code
-    return Code.INTERNAL
+    return next((code for code, (grpc, _) in _STATUS.items() if grpc == number), Code.INTERNAL)
+
+
+def code_from_http(status: int) -> Code:
+    """The code of an HTTP error status whose body names none (else 5xx INTERNAL, 4xx INVALID_ARGUMENT)."""
+    return _CODE_OF_HTTP.get(status, Code.INTERNAL if status >= 500 else Code.INVALID_ARGUMENT)
+
+
+#: the class raised for each code: the first subclass that sets it (SignatureError & co. refine one)
+ERROR_CLASSES: dict[Code, type[EdgefleetError]] = {}
 
 
 class EdgefleetError(Exception):
     """Root of every error edgefleet raises on purpose. ``message`` says what was wrong."""
 
     code: Code = Code.INTERNAL
+    #: the HTTP status answered for this class when it is not its code's usual one
+    status_override: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            ERROR_CLASSES.setdefault(cls.code, cls)
 
     def __init__(self, message: str, code: Code | None = None) -> None:
         super().__init__(message)
@@ -85,7 +114,7 @@ class EdgefleetError(Exception):
     @property
     def http_status(self) -> int:
         """The HTTP status of this error."""
-        return http_status(self.code)
+        return self.status_override or http_status(self.code)
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
@@ -143,6 +172,30 @@ class Unavailable(EdgefleetError):
     """A dependency (server, agent) cannot be reached now; retrying may help."""
 
     code = Code.UNAVAILABLE
+
+
+class DeadlineExceeded(EdgefleetError):
+    """The operation did not finish within its deadline; it may still complete on the other side."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Aborted(EdgefleetError):
+    """The operation lost a race with a concurrent one (a conflict); retrying the whole step may help."""
+
+    code = Code.ABORTED
+
+
+class Unimplemented(EdgefleetError):
+    """The operation is not implemented or not supported by this side."""
+
+    code = Code.UNIMPLEMENTED
+
+
+class Internal(EdgefleetError):
+    """A bug or an unexpected failure on the other side (its log says more)."""
+
+    code = Code.INTERNAL
 
 
 class SignatureError(FailedPrecondition):
@@ -211,3 +264,40 @@ MAX_WIRE_MESSAGE = 2048
 def wire_message(exc: EdgefleetError) -> str:
     """The message of ``exc`` as a server sends it to its peer (at most :data:`MAX_WIRE_MESSAGE`)."""
     return shorten(exc.message, MAX_WIRE_MESSAGE)
+
+
+def error_for(code: Code, message: str) -> EdgefleetError:
+    """The error of ``code``'s class with ``message`` (what a client raises for a wire error)."""
+    return ERROR_CLASSES[code](message)
+
+
+def error_body(code: Code, message: str) -> dict[str, Any]:
+    """The JSON body of an HTTP error answer."""
+    # a message quoting client text must still encode as UTF-8 (an unpaired surrogate would not)
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"error": {"code": code.value, "message": message}}
+
+
+def error_from_http(status: int, body: bytes, context: str = "") -> EdgefleetError:
+    """The error an HTTP error answer stands for: its error body's code and message, else the code of
+    ``status`` (:func:`code_from_http`) and the body's start; ``context`` (what was done) prefixes it."""
+    code: Code | None = None
+    message = ""
+    try:
+        parsed = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        parsed = None
+    detail = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(detail, dict):
+        code = Code.__members__.get(str(detail.get("code")))
+        message = str(detail.get("message", ""))
+    elif isinstance(parsed, dict) and "detail" in parsed:  # a framework's own error shape
+        message = str(parsed["detail"])
+    if code is None:
+        code = code_from_http(status)
+        message = f"HTTP {status}: {message or body[:200].decode('utf-8', 'replace')}".removesuffix(": ")
+        if code is Code.UNAVAILABLE:
+            message = f"server unavailable ({message})"
+    elif code is Code.UNAVAILABLE:
+        message = f"server unavailable (HTTP {status}): {message}"
+    return error_for(code, f"{context}: {message}" if context else message)

@@ -4,8 +4,9 @@ Endpoints (docs/fleet-api.md): enrolment on the server's main port, ``GET /enrol
 ``POST /enrol/v1/enrol``; the device data plane on the device endpoint handed out at enrolment,
 ``POST /device/v1/<Operation>`` with ``DeviceName``/``DeviceFleetName`` in every body and
 ``GET /device/v1/packages/<id>`` with HTTP Range. Errors come back as
-``{"error": {"code": CODE, "message": ...}}`` and are raised as :class:`EdgefleetError` with that
-code; a server that cannot be reached (refused, reset, timed out, 502/503/504) is ``UNAVAILABLE``.
+``{"error": {"code": CODE, "message": ...}}`` and are raised as that code's class
+(:func:`~edgefleet.core.errors.error_from_http`); a server that cannot be reached (refused, reset,
+timed out, a proxy's 502/503/504) is ``UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from edgefleet.core.errors import (
     InvalidArgument,
     Unauthenticated,
     Unavailable,
+    error_from_http,
 )
 from edgefleet.device.identity import (
     REENROL_HINT,
@@ -61,54 +63,12 @@ USER_AGENT = f"edgefleet-device/{__version__}"
 #: the default clock of expiry checks (injected by tests)
 _CLOCK: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
-# HTTP statuses that mean "try again later" rather than "you asked for something wrong"
-_RETRYABLE_STATUS = {502, 503, 504}
-_STATUS_CODES = {
-    400: Code.INVALID_ARGUMENT,
-    401: Code.UNAUTHENTICATED,
-    403: Code.PERMISSION_DENIED,
-    404: Code.NOT_FOUND,
-    409: Code.ALREADY_EXISTS,
-    412: Code.FAILED_PRECONDITION,
-    416: Code.OUT_OF_RANGE,
-    429: Code.RESOURCE_EXHAUSTED,
-}
-
 
 def _split(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise InvalidArgument(f"server URL {url!r} must be https://host[:port]")
     return parts.hostname, parts.port or 443, parts.path.rstrip("/")
-
-
-def error_from_response(status: int, body: bytes, what: str) -> EdgefleetError:
-    """The :class:`EdgefleetError` an HTTP error response stands for."""
-    code: Code | None = None
-    message = ""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        detail = parsed.get("error")
-        if isinstance(detail, dict):
-            try:
-                code = Code(str(detail.get("code")))
-            except ValueError:
-                code = None
-            message = str(detail.get("message", ""))
-        elif "detail" in parsed:
-            message = str(parsed["detail"])
-    if status in _RETRYABLE_STATUS:
-        code = Code.UNAVAILABLE
-    if code is None:
-        code = _STATUS_CODES.get(status, Code.INTERNAL if status >= 500 else Code.INVALID_ARGUMENT)
-    if not message:
-        message = body[:200].decode("utf-8", "replace") or f"HTTP {status}"
-    if code is Code.UNAVAILABLE:
-        return Unavailable(f"{what}: server unavailable (HTTP {status}): {message}")
-    return EdgefleetError(f"{what}: {message}", code)
 
 
 class _Response:
@@ -220,7 +180,7 @@ class _Connection:
             if response.raw.will_close:
                 self.reset()
         if response.status >= 300:
-            raise error_from_response(response.status, data, what)
+            raise error_from_http(response.status, data, what)
         if not data:
             return {}
         try:
@@ -284,7 +244,7 @@ def fetch_ca(server_url: str, timeout: float = 30.0) -> str:
             response = connection.request("GET", ENROL_CA_PATH, what="fetching the fleet CA")
             data = response.read_all()
         if response.status >= 300:
-            raise error_from_response(response.status, data, "fetching the fleet CA")
+            raise error_from_http(response.status, data, "fetching the fleet CA")
         return data.decode("ascii", "replace")
     finally:
         connection.close()
@@ -482,7 +442,7 @@ class HttpsControlPlane:
             response = self._downloads.request("GET", path, headers=headers, what=what)
             if response.status >= 300:
                 data = response.read_all()
-                raise error_from_response(response.status, data, what)
+                raise error_from_http(response.status, data, what)
             start = 0
             total = _int(response.header("Content-Length"))
             if response.status == 206:

@@ -1,7 +1,7 @@
 """``FleetClient``: a typed-enough client of the operator API (``/api/v1``).
 
-Errors come back as :class:`~edgefleet.core.errors.EdgefleetError` with the server's code; a
-server that cannot be reached is UNAVAILABLE. List methods follow ``NextToken`` until the end.
+Errors come back as the class of the server's code (``except NotFound`` matches; see
+:func:`~edgefleet.core.errors.error_from_http`); a server that cannot be reached is UNAVAILABLE. List methods follow ``NextToken`` until the end.
 """
 
 from __future__ import annotations
@@ -15,25 +15,13 @@ from typing import Any
 
 import httpx
 
-from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, NotFound, Unavailable
+from edgefleet.core.errors import InvalidArgument, NotFound, Unavailable, error_from_http
 from edgefleet.device.durable import fsync_dir
 from edgefleet.opclient.config import ENV_CA_CERT, ClientConfig
 
 Json = dict[str, Any]
 Progress = Callable[[int, int], None]
 _CHUNK = 256 * 1024
-
-
-def _error(response: httpx.Response) -> EdgefleetError:
-    try:
-        body = response.json()
-        detail = body["error"]
-        code = Code(detail["code"])
-        message = str(detail["message"])
-    except (ValueError, KeyError, TypeError):
-        code = Code.UNAVAILABLE if response.status_code >= 500 else Code.INVALID_ARGUMENT
-        message = f"HTTP {response.status_code}: {response.text[:200]}"
-    return EdgefleetError(message, code)
 
 
 def _verify_failed(exc: BaseException) -> bool:
@@ -116,7 +104,7 @@ class FleetClient:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
-            raise _error(response)
+            raise error_from_http(response.status_code, response.content)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -342,7 +330,7 @@ class FleetClient:
                     return self._download_to(url, part, 0, size, sha256, progress)  # start over
                 if response.status_code >= 400:
                     response.read()
-                    raise _error(response)
+                    raise error_from_http(response.status_code, response.content)
                 if response.status_code == 206:
                     start = _range_start(response.headers.get("Content-Range"))
                     if start != offset:

@@ -11,24 +11,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.core.errors import Code, EdgefleetError, ResourceExhausted, http_status
+from edgefleet.core.errors import (
+    Code,
+    EdgefleetError,
+    ResourceExhausted,
+    code_from_http,
+    error_body,
+    http_status,
+)
 
 log = logging.getLogger(__name__)
-
-_HTTP_TO_CODE = {
-    400: Code.INVALID_ARGUMENT,
-    401: Code.UNAUTHENTICATED,
-    403: Code.PERMISSION_DENIED,
-    404: Code.NOT_FOUND,
-    405: Code.UNIMPLEMENTED,
-    409: Code.ALREADY_EXISTS,
-    411: Code.INVALID_ARGUMENT,
-    412: Code.FAILED_PRECONDITION,
-    413: Code.RESOURCE_EXHAUSTED,
-    416: Code.OUT_OF_RANGE,
-    429: Code.RESOURCE_EXHAUSTED,
-    503: Code.UNAVAILABLE,
-}
 
 
 class ErrorDetail(BaseModel):
@@ -44,17 +36,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# each status's codes (from the one table); 413 is no code's own status, only BodyTooLarge's
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
-        (400, "INVALID_ARGUMENT / OUT_OF_RANGE"),
-        (401, "UNAUTHENTICATED"),
-        (403, "PERMISSION_DENIED"),
-        (404, "NOT_FOUND"),
-        (409, "ALREADY_EXISTS / ABORTED"),
-        (412, "FAILED_PRECONDITION"),
-        (413, "RESOURCE_EXHAUSTED: the request body is larger than the server accepts"),
-    )
+    status: {
+        "model": ErrorBody,
+        "description": " / ".join(c.value for c in Code if http_status(c) == status)
+        or "RESOURCE_EXHAUSTED: the request body is larger than the server accepts",
+    }
+    for status in (400, 401, 403, 404, 409, 412, 413)
 }
 
 
@@ -62,19 +51,15 @@ class BodyTooLarge(ResourceExhausted):
     """A request body over its cap: RESOURCE_EXHAUSTED, answered ``413 Content Too Large`` (not the
     code's usual 429: sending it again will not help)."""
 
-    @property
-    def http_status(self) -> int:
-        return 413
+    status_override = 413
 
 
 def error_response(
     code: Code, message: str, headers: dict[str, str] | None = None, *, status: int | None = None
 ) -> JSONResponse:
     """A JSON error response for ``code`` (with the code's HTTP status unless ``status`` is given)."""
-    # a message quoting client text must still encode as UTF-8 (an unpaired surrogate would not)
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(
-        {"error": {"code": code.value, "message": message}},
+        error_body(code, message),
         status_code=status or http_status(code),
         headers=headers,
     )
@@ -102,9 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_TO_CODE.get(
-            exc.status_code, Code.INTERNAL if exc.status_code >= 500 else Code.INVALID_ARGUMENT
-        )
+        code = code_from_http(exc.status_code)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
