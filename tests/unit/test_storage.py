@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from edgefleet.capture.records import object_dir, object_key, partition_of, raw_key
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, NotFound, Unavailable
 from edgefleet.core.manifest import MODEL_NAME_RE, VERSION_RE
-from edgefleet.storage import CHUNK_SIZE, STORES, ObjectStore, StoreOptions, open_store, validate_key
+from edgefleet.storage import STORES, ObjectStore, StoreOptions, open_store, validate_key
+from edgefleet.storage.base import CHUNK_SIZE
 from edgefleet.storage.file import FileStore
 from edgefleet.storage.memory import MemoryStore
 
@@ -177,7 +178,7 @@ def test_hostile_list_prefixes_are_refused(store: ObjectStore, prefix: str) -> N
 
 
 def test_file_store_layout_temporary_files_and_os_errors(tmp_path: Path) -> None:
-    store = FileStore(tmp_path, what="capture object")
+    store = FileStore(tmp_path, StoreOptions(what="capture object"))
     store.put_bytes("k/obj.jsonl", b"x")
     assert (tmp_path / "k" / "obj.jsonl").read_bytes() == b"x"  # a key is a path under the root
     assert store.url("k/obj.jsonl") == (tmp_path / "k" / "obj.jsonl").as_uri()

@@ -43,7 +43,7 @@ from edgefleet.capture.spool import (
     encode_payload,
 )
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, ResourceExhausted, Unavailable
-from edgefleet.storage import is_safe_component
+from edgefleet.storage.base import is_safe_component
 
 log = logging.getLogger(__name__)
 

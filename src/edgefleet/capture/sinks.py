@@ -1,15 +1,14 @@
-"""Where capture objects go: the small sink seam (put / get / list / uri) over an object store.
+"""Where capture objects go: a sink (put / get / list / uri) over an object store.
 
-A key is a relative, ``/``-separated name such as
-``prefix/fleet/model/2024/01/31/09/<32hex>.jsonl`` (the rule is :func:`edgefleet.storage.validate_key`);
-a sink stores it in an :class:`~edgefleet.storage.ObjectStore` and names the object with a URI,
-which capture records use as ``data-ref``. Sinks are chosen by URI scheme with :func:`open_sink`.
+A key is a relative ``/``-separated name such as ``prefix/fleet/model/2024/01/31/09/<32hex>.jsonl``
+(the rule is :func:`edgefleet.storage.validate_key`); the sink stores it in an
+:class:`~edgefleet.storage.ObjectStore` and names the object with a URI, which capture records
+use as ``data-ref``. Sinks are chosen by URI scheme with :func:`open_sink`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -21,62 +20,42 @@ from edgefleet.storage.file import FileStore
 SCHEMES = ("file",)
 
 
-class Sink(Protocol):
-    """A destination for capture objects. Implementations translate their errors to EdgefleetError."""
-
-    def put(self, key: str, data: bytes) -> str:
-        """Store ``data`` under ``key`` atomically (all or nothing, replacing any old one); return its URI."""
-        ...
-
-    def get(self, key: str) -> bytes:
-        """The object stored under ``key`` (NOT_FOUND if there is none)."""
-        ...
-
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys starting with ``prefix`` (a plain string prefix, as object stores do), sorted."""
-        ...
-
-    def uri(self, key: str) -> str:
-        """The URI naming ``key`` in this sink (what a record's ``data-ref`` holds)."""
-        ...
-
-
-class StoreSink:
-    """A sink writing capture objects to any object store."""
+class Sink:
+    """A destination for capture objects: an object store, with capture's names for its errors."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
     def put(self, key: str, data: bytes) -> str:
-        """Store ``data`` under ``key``; return its URI."""
+        """Store ``data`` under ``key`` atomically (all or nothing, replacing any old one); return its URI."""
         self.store.put_bytes(validate_key(key, "sink"), data)
         return self.store.url(key)
 
     def get(self, key: str) -> bytes:
-        """The bytes stored under ``key``."""
+        """The object stored under ``key`` (NOT_FOUND if there is none)."""
         try:
             return self.store.get_bytes(validate_key(key, "sink"))
         except NotFound as exc:
             raise NotFound(f"no capture object {key!r} in {self.store.uri}") from exc
 
     def list(self, prefix: str = "") -> list[str]:
-        """Keys of the stored objects starting with ``prefix``."""
+        """Keys starting with ``prefix`` (a plain string prefix, as object stores do), sorted."""
         return self.store.list(prefix)
 
     def uri(self, key: str) -> str:
-        """The URI naming ``key`` (percent-encoded where needed)."""
+        """The URI naming ``key`` in this sink (what a record's ``data-ref`` holds)."""
         return self.store.url(validate_key(key, "sink"))
 
 
-class DiskSink(StoreSink):
+class DiskSink(Sink):
     """Objects as files under ``root`` (the Disk capture destination); URIs are ``file://`` URIs.
 
-    ``put`` is atomic and, with ``fsync``, durable when it returns (see :class:`FileStore`).
+    ``put`` is atomic and, with ``fsync``, durable when it returns (see :mod:`edgefleet.storage.file`).
     """
 
     def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
         self.root = Path(root).absolute()
-        super().__init__(FileStore(self.root, fsync=fsync, what="capture object"))
+        super().__init__(FileStore(self.root, StoreOptions(what="capture object", fsync=fsync)))
 
     def __repr__(self) -> str:
         return f"DiskSink({str(self.root)!r})"
@@ -86,9 +65,8 @@ class DiskSink(StoreSink):
         parts = urlsplit(uri)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
             raise InvalidArgument(f"{uri!r} is not a local file:// URI")
-        path = Path(url2pathname(parts.path))
         try:
-            key = path.relative_to(self.root).as_posix()
+            key = Path(url2pathname(parts.path)).relative_to(self.root).as_posix()
         except ValueError as exc:
             raise InvalidArgument(f"{uri!r} is not under this sink's root {self.root}") from exc
         return self.get(key)
@@ -101,4 +79,4 @@ def open_sink(target: str | Path, *, fsync: bool = True) -> Sink:
     """
     options = StoreOptions(what="capture object", fsync=fsync)
     store = open_store(target, options, schemes=SCHEMES, purpose="capture destination")
-    return DiskSink(store.root, fsync=fsync) if isinstance(store, FileStore) else StoreSink(store)
+    return DiskSink(store.root, fsync=fsync) if isinstance(store, FileStore) else Sink(store)
