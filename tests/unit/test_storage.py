@@ -342,3 +342,32 @@ def test_every_capture_key_is_accepted(
 def test_every_package_key_is_accepted(name: str, version: str, target: str, digest: str) -> None:
     safe_version = version.replace(" ", "_")
     assert validate_key(f"models/{name}/{safe_version}/{target}/{digest}/{name}-{safe_version}.tar.gz")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        (
+            {"folder_prefix": "pre/.hidden"},
+            r"folder prefix 'pre/\.hidden': component '\.hidden' cannot be used",
+        ),
+        ({"folder_prefix": "a\nb"}, "folder prefix"),
+        ({"fleet_name": "fleet:1"}, "capture fleet name 'fleet:1' cannot be used as a folder name"),
+    ],
+)
+def test_capture_config_refuses_what_the_key_rule_refuses(
+    tmp_path: Path, knobs: dict[str, str], message: str
+) -> None:
+    """Capture folders follow the key rule, so a configuration is refused up front, not at every write."""
+    from edgefleet.capture import CaptureConfig
+
+    base: dict[str, object] = {
+        "spool_dir": tmp_path,
+        "destination_root": tmp_path,
+        "device_name": "d",
+        "fleet_name": "f",
+    }
+    with pytest.raises(InvalidArgument, match=message) as info:
+        CaptureConfig(**{**base, **knobs})
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert list(tmp_path.iterdir()) == []
