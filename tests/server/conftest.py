@@ -112,29 +112,3 @@ def op(fleet_server: object, operator_token: str) -> Iterator[object]:
         yield client
     finally:
         client.close()
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3-protocol HTTP server (moto's server mode) on a loopback port, with a bucket."""
-    pytest.importorskip("moto")
-    pytest.importorskip("boto3")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in (
-            ("AWS_ACCESS_KEY_ID", "edgefleet-test"),
-            ("AWS_SECRET_ACCESS_KEY", "edgefleet-test"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ):
-            patch.setenv(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="edgefleet-test")
-        try:
-            yield url
-        finally:
-            server.stop()

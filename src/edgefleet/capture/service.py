@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -44,13 +43,13 @@ from edgefleet.capture.spool import (
     encode_payload,
 )
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, ResourceExhausted, Unavailable
+from edgefleet.storage.base import is_safe_component
 
 log = logging.getLogger(__name__)
 
 # Longest the background writer sleeps before re-reading the clock while captures wait, so a
 # clock that jumps (NTP, an injected test clock) delays a batch by at most this much.
 _MAX_WAIT_SECONDS = 1.0
-_PATH_PART_RE = re.compile(r"[^/\\\0]+")
 
 
 def utc_now() -> datetime:
@@ -59,7 +58,7 @@ def utc_now() -> datetime:
 
 
 def _check_path_part(value: str, what: str) -> None:
-    if not value or value in (".", "..") or not _PATH_PART_RE.fullmatch(value):
+    if not is_safe_component(value):
         raise InvalidArgument(f"{what} {value!r} cannot be used as a folder name")
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.capture.records import CaptureAux, CaptureRequest, CaptureTensor
-from edgefleet.capture.sinks import fsync_dir
 from edgefleet.core.errors import (
     AlreadyExists,
     EdgefleetError,
@@ -36,6 +35,7 @@ from edgefleet.core.errors import (
     Unavailable,
 )
 from edgefleet.core.tensors import DataType
+from edgefleet.storage.file import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -224,5 +224,5 @@ def _delete_artifacts(st: AppState, keys: list[str]) -> None:
     for key in keys:
         try:
             st.artifacts.delete(key)
-        except (EdgefleetError, OSError):  # the records are gone; a leftover object only wastes space
+        except EdgefleetError:  # the records are gone; a leftover object only wastes space
             log.exception("could not delete artifact %s", key)
