@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import support
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Helpers in support.py make their scratch directories under pytest's base temporary dir."""
+    support.use_scratch_root(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

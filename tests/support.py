@@ -24,6 +24,23 @@ from edgefleet.core.tensors import DataType, TensorSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Where helpers put scratch directories: pytest's base temporary directory, set by the root
+# conftest for the session, so that tests write nothing outside pytest's tmp paths.
+_scratch_root: Path | None = None
+
+
+def use_scratch_root(path: Path) -> None:
+    """Make ``path`` (pytest's base temporary directory) the parent of every scratch directory."""
+    global _scratch_root
+    _scratch_root = path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new directory under pytest's base temporary directory."""
+    if _scratch_root is None:
+        raise RuntimeError("the root conftest sets the scratch root; import support from tests only")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch_root))
+
 
 def make_linear_onnx(
     path: Path, *, in_features: int = 4, out_features: int = 3, seed: int = 0, dynamic_batch: bool = True
@@ -177,7 +194,7 @@ def build_null(
     **config: Any,
 ) -> Path:
     """A signed null-runtime package."""
-    work = Path(tempfile.mkdtemp(prefix="nullmodel-"))
+    work = scratch_dir("nullmodel-")
     model = null_model_file(work / "model.json", **config)
     try:
         return build(
@@ -253,8 +270,13 @@ class AgentProcess:
 
 
 def short_socket_dir() -> Path:
-    """A short directory for sockets (Unix socket paths are limited to ~107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp"))
+    """A short directory for sockets (Unix socket paths are limited to 107 bytes): one under
+    pytest's base temporary directory (``/tmp/pytest-of-USER/pytest-N``), not a test's own
+    tmp_path, whose name grows with the test's name."""
+    directory = scratch_dir("s")
+    if len(str(directory)) > 80:
+        raise RuntimeError(f"{directory} is too long for Unix socket paths: give pytest a shorter --basetemp")
+    return directory
 
 
 def write_native_config(

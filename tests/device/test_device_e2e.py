@@ -189,7 +189,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Flee
         op.request(
             "POST",
             "/api/v1/fleets",
-            json={"DeviceFleetName": FLEET, "OutputConfig": {"S3OutputLocation": "file:///tmp/x"}},
+            json={
+                "DeviceFleetName": FLEET,
+                "OutputConfig": {"S3OutputLocation": (work / "outputs").as_uri()},
+            },
         )
         out = work / "packages"
         packages = {
