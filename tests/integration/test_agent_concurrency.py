@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from support import AgentProcess, build, build_null, make_slow_onnx, running_agent, tensor
+from support import AgentProcess, build, build_null, make_slow_onnx, running_agent, tensor, wait_for
 
 from edgefleet.agent.proto import agent_pb2, extensions_pb2
 
@@ -23,15 +22,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path) -> Iterator[Age
         workdir, trust, agent={"max_concurrent_per_model": 3, "max_queued_per_model": 2}
     ) as proc:
         yield proc
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Poll until ``predicate`` holds (an event we wait on, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def stats(agent: AgentProcess) -> dict[str, extensions_pb2.ModelStatistics]:
