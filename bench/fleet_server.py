@@ -15,7 +15,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -93,13 +92,6 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str | None]:
     """A fresh PostgreSQL database URL (dropped afterwards), or None when PostgreSQL is unreachable."""
@@ -138,7 +130,6 @@ def start_server(
 ) -> BenchServer:
     """Start a server process on free loopback ports and return once it serves."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    port, device_port = free_port(), free_port()
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -146,9 +137,9 @@ def start_server(
         "--data-dir",
         str(data_dir),
         "--port",
-        str(port),
+        "0",  # the server binds free ports itself; its ready line says which
         "--device-port",
-        str(device_port),
+        "0",
         "--workers",
         str(workers),
     ]

@@ -6,6 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import support
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Helpers in support.py make their scratch directories under pytest's base temporary dir."""
+    support.use_scratch_root(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

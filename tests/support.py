@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,23 @@ from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, ext
 from edgefleet.core.tensors import DataType, TensorSpec
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Where helpers put scratch directories: pytest's base temporary directory, set by the root
+# conftest for the session, so that tests write nothing outside pytest's tmp paths.
+_scratch_root: Path | None = None
+
+
+def use_scratch_root(path: Path) -> None:
+    """Make ``path`` (pytest's base temporary directory) the parent of every scratch directory."""
+    global _scratch_root
+    _scratch_root = path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new directory under pytest's base temporary directory."""
+    if _scratch_root is None:
+        raise RuntimeError("the root conftest sets the scratch root; import support from tests only")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch_root))
 
 
 def make_linear_onnx(
@@ -179,7 +196,7 @@ def build_null(
     **config: Any,
 ) -> Path:
     """A signed null-runtime package."""
-    work = Path(tempfile.mkdtemp(prefix="nullmodel-"))
+    work = scratch_dir("nullmodel-")
     model = null_model_file(work / "model.json", **config)
     try:
         return build(
@@ -255,8 +272,13 @@ class AgentProcess:
 
 
 def short_socket_dir() -> Path:
-    """A short directory for sockets (Unix socket paths are limited to ~107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp"))
+    """A short directory for sockets (Unix socket paths are limited to 107 bytes): one under
+    pytest's base temporary directory (``/tmp/pytest-of-USER/pytest-N``), not a test's own
+    tmp_path, whose name grows with the test's name."""
+    directory = scratch_dir("s")
+    if len(str(directory)) > 80:
+        raise RuntimeError(f"{directory} is too long for Unix socket paths: give pytest a shorter --basetemp")
+    return directory
 
 
 def write_native_config(
@@ -298,6 +320,17 @@ def spawn_agent(
         return subprocess.Popen(
             args, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO
         )
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Wait until ``condition()`` is truthy and return its value: an event waited on (checked every
+    20 ms), with a timeout generous enough for a busy machine, never a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+    return value
 
 
 def wait_ready(agent: AgentProcess, timeout: float = 60) -> None:

@@ -10,11 +10,11 @@ no failed call), and stops everything. All real processes on loopback; nothing l
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,12 +30,6 @@ Say = Callable[[str], None]
 FLEET = "demo-fleet"
 DEVICES = ("camera-1", "camera-2")
 HANDLE = "digits"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
@@ -186,10 +180,12 @@ def _run(
     ok = True
     try:
         heading("Start the control plane (embedded default: SQLite and a local artifact directory)")
-        port, device_port = _free_port(), _free_port()
         server_dir, server_log = fleet_dir / "server", fleet_dir / "server.log"
+        port_file = fleet_dir / "server-ports.json"
+        # port 0: the server binds free ports itself and says which in the port file (a port picked
+        # here and freed before the server binds it could be taken meanwhile)
         server = _edgefleet(
-            ["server", "--port", str(port), "--device-port", str(device_port), "--data-dir",
+            ["server", "--port", "0", "--port-file", str(port_file), "--data-dir",
              str(server_dir), "--trust", str(trust), "--connected-window", "60"],
             server_log,
         )  # fmt: skip
@@ -198,10 +194,10 @@ def _run(
             assert server is not None
             if server.poll() is not None:
                 raise RuntimeError(f"the server exited; see {server_log}")
-            return server_log.exists() and "edgefleet server ready" in server_log.read_text()
+            return port_file.exists()  # written once both listeners accept
 
         _wait(ready, "the control plane")
-        url = f"https://127.0.0.1:{port}"
+        url = json.loads(port_file.read_text())["api_url"]
         token_run = subprocess.run(
             [
                 sys.executable,

@@ -33,7 +33,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Loo
     op.request(
         "POST",
         "/api/v1/fleets",
-        json={"DeviceFleetName": FLEET, "OutputConfig": {"S3OutputLocation": "file:///tmp/s"}},
+        json={
+            "DeviceFleetName": FLEET,
+            "OutputConfig": {"S3OutputLocation": tmp_path_factory.mktemp("outputs").as_uri()},
+        },
     )
     out = tmp_path_factory.mktemp("packages")
     packages = {}

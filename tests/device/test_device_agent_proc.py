@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from device_testkit import CrashHere, Hammer, ScriptedAgent, deployment, make_device, null_package
-from support import REPO, running_agent, short_socket_dir
+from support import REPO, running_agent, short_socket_dir, wait_for
 from support import start as start_agent
 
 from edgefleet.client import AgentClient
@@ -37,15 +36,6 @@ def packages(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> dict[str, 
         "2.0": null_package(keys, out, "2.0"),
         "bad": null_package(keys, out, "3.0", fail=True),
     }
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Wait until ``condition()`` holds (checked every 20 ms); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_applications_are_served_throughout_swaps_and_a_failed_smoke_test(

@@ -14,7 +14,6 @@ import http.client
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -54,12 +53,6 @@ def wait_for(
         time.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def edgefleet(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -69,11 +62,15 @@ def edgefleet(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 @dataclass
 class Server:
+    """``edgefleet server`` in a process. Its first start binds free ports (port 0) and reads them
+    back from ``--port-file``; a restart asks for the same ports again, as a real server's would be
+    (enrolled devices know its URL)."""
+
     data_dir: Path
-    port: int
-    device_port: int
     trust: Path
     log: Path
+    port: int = 0
+    device_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,13 +78,16 @@ class Server:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        mark = self.log.read_text().count("edgefleet server ready") if self.log.exists() else 0
+        port_file = self.data_dir.parent / "server-ports.json"
+        port_file.unlink(missing_ok=True)
         self.proc = edgefleet(
             "server",
             "--port",
             str(self.port),
             "--device-port",
             str(self.device_port),
+            "--port-file",
+            str(port_file),
             "--data-dir",
             str(self.data_dir),
             "--trust",
@@ -101,9 +101,11 @@ class Server:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited:\n{self.log.read_text()}")
-            return self.log.read_text().count("edgefleet server ready") > mark
+            return port_file.exists()  # written once both listeners accept
 
         wait_for(ready, "the server")
+        bound = json.loads(port_file.read_text())
+        self.port, self.device_port = bound["port"], bound["device_port"]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -172,7 +174,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Flee
 
     work = tmp_path_factory.mktemp("e2e")
     sockets = short_socket_dir()
-    server = Server(work / "server", free_port(), free_port(), keys / "trust", work / "server.log")
+    server = Server(work / "server", keys / "trust", work / "server.log")
     devices: list[DeviceDaemon] = []
     op = None
     try:
@@ -189,7 +191,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Flee
         op.request(
             "POST",
             "/api/v1/fleets",
-            json={"DeviceFleetName": FLEET, "OutputConfig": {"S3OutputLocation": "file:///tmp/x"}},
+            json={
+                "DeviceFleetName": FLEET,
+                "OutputConfig": {"S3OutputLocation": (work / "outputs").as_uri()},
+            },
         )
         out = work / "packages"
         packages = {

@@ -133,15 +133,17 @@ def test_a_package_outside_the_devices_deployments_is_refused(server: LoopbackSe
 
 def test_an_unreachable_server_is_unavailable(server: LoopbackServer, tmp_path: Path) -> None:
     identity = enrolled(server, "https-lost", tmp_path / "state")
+    # A port bound but not listening refuses connections, and stays ours for the whole test (a port
+    # picked and freed could be taken by another process meanwhile).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
-    plane = HttpsControlPlane(identity, url=f"https://127.0.0.1:{port}", timeout=5)
-    try:
-        with pytest.raises(Unavailable, match=r"cannot reach https://127\.0\.0\.1"):
-            plane.get_deployments()
-    finally:
-        plane.close()
+        port = s.getsockname()[1]
+        plane = HttpsControlPlane(identity, url=f"https://127.0.0.1:{port}", timeout=5)
+        try:
+            with pytest.raises(Unavailable, match=r"cannot reach https://127\.0\.0\.1"):
+                plane.get_deployments()
+        finally:
+            plane.close()
 
 
 def test_refusals_raise_the_class_of_their_code(server: LoopbackServer, tmp_path: Path) -> None:

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from device_testkit import FLEET, LoopbackServer
+from support import wait_for
 
 from edgefleet.device.protocol import Result
 
 pytest.importorskip("fastapi", reason="simulations need the server extra")
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def stage_status(op: Any, plan: str) -> str:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from support import AgentProcess, build, build_null, make_slow_onnx, running_agent, tensor
+from support import AgentProcess, build, build_null, make_slow_onnx, running_agent, tensor, wait_for
 
 from edgefleet.agent.proto import agent_pb2, extensions_pb2
 
@@ -25,15 +24,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path) -> Iterator[Age
         yield proc
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Poll until ``predicate`` holds (an event we wait on, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def stats(agent: AgentProcess) -> dict[str, extensions_pb2.ModelStatistics]:
     response = agent.ext().GetModelStatistics(extensions_pb2.ModelStatisticsRequest())
     return {m.name: m for m in response.models}
@@ -42,8 +32,10 @@ def stats(agent: AgentProcess) -> dict[str, extensions_pb2.ModelStatistics]:
 def test_calls_overlap_on_one_model_and_across_models(
     agent: AgentProcess, keys: Path, tmp_path: Path
 ) -> None:
-    # The null model sleeps 'delay_ms' per call (releasing the GIL like a real engine).
-    pkg = build_null(keys, tmp_path / "pkgs", name="slow", delay_ms=1500)
+    # The null model holds every call until the gate file exists (releasing the GIL like a real
+    # engine): the calls stay in flight for as long as the test looks, however busy the machine.
+    gate = tmp_path / "gate"
+    pkg = build_null(keys, tmp_path / "pkgs", name="slow", gate=str(gate))
     stub = agent.stub()
     stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="slow-a"))
     stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="slow-b"))
@@ -68,6 +60,7 @@ def test_calls_overlap_on_one_model_and_across_models(
             stub.Predict(agent_pb2.PredictRequest(name="slow-a", tensors=[x]), timeout=60)
         assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queued" in info.value.details()
+        gate.touch()
         for future in futures:
             assert len(future.result().tensors) == 1
     final = stats(agent)
@@ -80,20 +73,33 @@ def test_calls_overlap_on_one_model_and_across_models(
 
 
 def test_unload_waits_for_running_calls(agent: AgentProcess, keys: Path, tmp_path: Path) -> None:
-    pkg = build_null(keys, tmp_path / "pkgs", name="slow", delay_ms=800)
+    gate = tmp_path / "gate"  # the call runs until the test opens the gate
+    pkg = build_null(keys, tmp_path / "pkgs", name="slow", gate=str(gate))
     stub = agent.stub()
     stub.LoadModel(agent_pb2.LoadModelRequest(url=str(pkg), name="draining"))
     x = tensor("x", np.ones((1, 4), np.float32))
     results: list[object] = []
     worker = threading.Thread(
         target=lambda: results.append(
-            stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]), timeout=60)
+            stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]), timeout=120)
         )
     )
     worker.start()
     wait_for(lambda: "draining" in (s := stats(agent)) and s["draining"].in_flight == 1, "the call to start")
-    stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="draining"))
-    worker.join()
+    unloader = threading.Thread(
+        target=lambda: stub.UnLoadModel(agent_pb2.UnLoadModelRequest(name="draining"))
+    )
+    unloader.start()
+
+    wait_for(  # an unloading model leaves the list at once (and takes no new calls)
+        lambda: "draining" not in {m.name for m in stub.ListModels(agent_pb2.ListModelsRequest()).models},
+        "the unload to begin",
+    )
+    assert unloader.is_alive() and worker.is_alive()  # the unload waits for the running call
+    gate.touch()
+    worker.join(120)
+    unloader.join(120)
+    assert not unloader.is_alive()
     assert len(results) == 1 and len(results[0].tensors) == 1  # type: ignore[attr-defined]
     with pytest.raises(grpc.RpcError, match=r".") as info:
         stub.Predict(agent_pb2.PredictRequest(name="draining", tensors=[x]))

@@ -25,6 +25,7 @@ from support import (
     running_agent,
     start,
     tensor,
+    wait_for,
 )
 
 from edgefleet.agent.fastpath import MAGIC, fast_path_for
@@ -42,8 +43,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory, trust: Path, keys: Path) -> 
         stub = proc.stub()
         linear = build(make_linear_onnx(workdir / "m.onnx"), keys, workdir / "pkgs", name="linear")
         stub.LoadModel(agent_pb2.LoadModelRequest(url=str(linear), name="linear"))
-        slow = build_null(keys, workdir / "pkgs-null", name="slow", delay_ms=1000)
-        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(slow), name="slow"))
         yield proc
 
 
@@ -143,29 +142,26 @@ def test_fast_path_refuses_malformed_frames(agent: AgentProcess) -> None:
         assert client.fast_path_calls == 1
 
 
-def test_fast_path_calls_from_several_threads_overlap(agent: AgentProcess) -> None:
+def test_fast_path_calls_from_several_threads_overlap(
+    agent: AgentProcess, keys: Path, tmp_path: Path
+) -> None:
     """One client, three threads: each has its own connection and the three calls run at once."""
-    peak = 0
-    stop = threading.Event()
+    gate = tmp_path / "gate"  # the null model holds every call until the test opens the gate
+    held = build_null(keys, tmp_path / "pkgs", name="held", gate=str(gate))
+    agent.stub().LoadModel(agent_pb2.LoadModelRequest(url=str(held), name="held"))
+    ext = agent.ext()
 
-    def watch() -> None:
-        nonlocal peak
-        ext = agent.ext()
-        while not stop.is_set():
-            (model,) = ext.GetModelStatistics(extensions_pb2.ModelStatisticsRequest(name="slow")).models
-            peak = max(peak, model.in_flight)
-            time.sleep(0.02)
+    def in_flight() -> int:
+        (model,) = ext.GetModelStatistics(extensions_pb2.ModelStatisticsRequest(name="held")).models
+        return int(model.in_flight)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    with AgentClient(agent.address, timeout=60) as client, ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(
-            pool.map(lambda _: client.predict("slow", {"x": np.ones((1, 4), np.float32)}), range(3))
-        )
-        stop.set()
-        watcher.join()
+    with AgentClient(agent.address, timeout=120) as client, ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(client.predict, "held", {"x": np.ones((1, 4), np.float32)}) for _ in range(3)]
+        wait_for(lambda: in_flight() == 3, "three calls in flight at once")  # three connections
+        gate.touch()
+        results = [f.result(timeout=120) for f in futures]
         assert len(results) == 3 and client.fast_path_calls == 3
-    assert peak == 3  # the null model sleeps 1 s per call: three connections, three calls in flight
+    agent.stub().UnLoadModel(agent_pb2.UnLoadModelRequest(name="held"))
 
 
 def test_without_fast_path_the_client_uses_grpc(tmp_path: Path, trust: Path, keys: Path) -> None:
@@ -235,7 +231,7 @@ def test_beyond_the_connection_limit_the_client_uses_grpc(agent: AgentProcess) -
     finally:
         for conn in held:
             conn.close()
-        deadline = time.monotonic() + 10  # until the agent has let go of them (for the other tests)
+        deadline = time.monotonic() + 60  # until the agent has let go of them (for the other tests)
         while True:
             probe = connect(agent)
             greeted = read_exact(probe, 4) == MAGIC

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import AgentProcess, build_null, running_agent
+from support import AgentProcess, build_null, running_agent, wait_for
 
 from edgefleet.client import AgentClient
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -82,11 +82,20 @@ def test_hot_swap_under_load_loses_no_call(
     apps = [threading.Thread(target=application) for _ in range(3)]
     for thread in apps:
         thread.start()
+
+    def served_more(than: int) -> bool:
+        if errors:
+            raise AssertionError(f"an application call failed: {errors[0]!r}")
+        return done[0] > than
+
     try:
         for _ in range(3):  # swap back and forth while three applications keep calling
+            # each swap happens while calls are being served (waited for, not assumed)
+            wait_for(lambda seen=done[0]: served_more(seen), "the applications' calls")  # type: ignore[misc]
             client.load(str(v2), "det-v2")
             assert client.set_handle("detector", "det-v2") == "det-v1"
             client.unload("det-v1")
+            wait_for(lambda seen=done[0]: served_more(seen), "calls on det-v2")  # type: ignore[misc]
             client.load(str(v1), "det-v1")
             assert client.set_handle("detector", "det-v1") == "det-v2"
             client.unload("det-v2")

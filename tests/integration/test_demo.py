@@ -13,12 +13,15 @@ pytest.importorskip("sklearn", reason="the demo needs the demo extra: pip instal
 pytest.importorskip("fastapi", reason="the demo's second part needs the server extra (in the demo extra)")
 
 
+# Generous bounds: the demo compiles, serves and rolls out for real, and CI's machine may be busy
+# (it took over 240 s on 2 cores kept busy by other jobs; about 100 s on an idle one).
+@pytest.mark.timeout(1500)
 def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "edgefleet", "demo", "--workdir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=1200,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
@@ -36,12 +39,13 @@ def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert expected in out, f"{expected!r} not in the demo's output:\n{out}"
 
 
+@pytest.mark.timeout(900)
 def test_device_only_demo_skips_the_fleet_part(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "edgefleet", "demo", "--device-only", "--workdir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0 and run.stdout.rstrip().endswith("demo finished: OK"), out

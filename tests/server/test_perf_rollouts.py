@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 from server_testkit import TOKEN_TTL, enrol_tokens, record_package_row
@@ -133,16 +134,16 @@ def test_a_failed_device_fails_the_stage_when_settled(db: Db) -> None:
     assert all(statuses[n] == ("STOPPING", "REQUESTED") for n in names[1:])
 
 
-def _rendered(items: list[dp.DeviceDeployment] | None) -> Any:
+def _rendered(items: list[dp.DeviceDeployment] | None, artifacts: Path) -> Any:
     from edgefleet.server.api import render
     from edgefleet.server.artifacts import open_artifact_store
 
     assert items is not None
-    store = open_artifact_store("file:///tmp/edgefleet-unused-artifacts")
+    store = open_artifact_store(artifacts.as_uri())  # a local store creates its directory
     return [render.deployment(item, store).model_dump() for item in items]
 
 
-def test_polls_answered_in_batches_match_the_ordinary_path(db: Db) -> None:
+def test_polls_answered_in_batches_match_the_ordinary_path(db: Db, tmp_path: Path) -> None:
     serials = _fleet(db, 5)
     names = list(serials)
     polls = DeploymentPolls(db)
@@ -156,7 +157,7 @@ def test_polls_answered_in_batches_match_the_ordinary_path(db: Db) -> None:
         # dev-01 through the batch, dev-02 through the ordinary path: the same deployment, both INPROGRESS
         [batched] = polls.answer([everyone[1]])
         ordinary = _fetch_ordinary(db, names[2])
-        assert _rendered(batched) == _rendered(ordinary) and len(ordinary) == 1
+        assert _rendered(batched, tmp_path) == _rendered(ordinary, tmp_path) and len(ordinary) == 1
         with db.session() as s:
             page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
             statuses = {row.device.name: row.status for row in page.items}
@@ -167,9 +168,8 @@ def test_polls_answered_in_batches_match_the_ordinary_path(db: Db) -> None:
             "READYTODEPLOY",
             "READYTODEPLOY",
         ]
-        assert _rendered(polls.answer([everyone[1]])[0]) == _rendered(
-            ordinary
-        )  # asked again before reporting
+        # asked again before reporting
+        assert _rendered(polls.answer([everyone[1]])[0], tmp_path) == _rendered(ordinary, tmp_path)
         _report(db, names[1])
         answers = polls.answer(everyone)
         assert answers[1] == [] and all(a is not None and len(a) == 1 for a in answers[2:])

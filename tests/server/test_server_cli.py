@@ -29,6 +29,8 @@ def server_process(tmp_path_factory: pytest.TempPathFactory, signing_keys: Any) 
         "server",
         "--port",
         "0",
+        "--port-file",
+        str(data.parent / "cli-server-ports.json"),
         "--data-dir",
         str(data),
         "--trust",
@@ -43,7 +45,14 @@ def server_process(tmp_path_factory: pytest.TempPathFactory, signing_keys: Any) 
             pytest.fail(f"edgefleet server did not start: {err}")
         assert line.startswith("edgefleet server ready: operator API https://127.0.0.1:")
         words = line.split()
-        yield {"api": words[5], "device": words[8], "ca": words[-1], "data": data, "process": process}
+        yield {
+            "api": words[5],
+            "device": words[8],
+            "ca": words[-1],
+            "data": data,
+            "process": process,
+            "port_file": data.parent / "cli-server-ports.json",
+        }
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -193,6 +202,22 @@ def test_fleet_device_model_deploy_commands(
     )
     for device in devices:
         device.close()
+
+
+def test_port_zero_binds_free_ports_and_the_port_file_says_which(server_process: dict[str, Any]) -> None:
+    """``--port 0`` lets the system pick both ports at bind time (no port picked and freed first);
+    ``--port-file`` reports them, written before the ready line."""
+    import json
+    import socket
+
+    bound = json.loads(server_process["port_file"].read_text())
+    assert bound["api_url"] == server_process["api"] == f"https://127.0.0.1:{bound['port']}"
+    assert bound["device_url"] == server_process["device"] == f"https://127.0.0.1:{bound['device_port']}"
+    assert bound["ca_cert"] == server_process["ca"]
+    assert 0 not in (bound["port"], bound["device_port"]) and bound["port"] != bound["device_port"]
+    for port in (bound["port"], bound["device_port"]):
+        with socket.create_connection(("127.0.0.1", port), timeout=30):
+            pass  # both listeners accept
 
 
 def test_server_stops_cleanly_on_sigterm(server_process: dict[str, Any]) -> None:

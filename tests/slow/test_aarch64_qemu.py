@@ -7,11 +7,14 @@ the x86_64 build of the same model run by the agent's TVM backend, and with ONNX
 
 Needs (skipped with the reason otherwise):
 
-* Debian packages ``g++-aarch64-linux-gnu`` (pulls ``gcc-aarch64-linux-gnu`` and the aarch64 C/C++
-  runtime under /usr/aarch64-linux-gnu) and ``qemu-user``;
+* Debian packages ``g++-aarch64-linux-gnu`` (pulls ``gcc-aarch64-linux-gnu``, whose
+  ``aarch64-linux-gnu-gcc`` links the TVM library, and the aarch64 C/C++ runtime under
+  /usr/aarch64-linux-gnu; ``aarch64-linux-gnu-g++`` builds the harness) and ``qemu-user``;
 * the aarch64 wheels of the installed ``apache-tvm`` and ``apache-tvm-ffi`` in a directory
   (``EDGEFLEET_AARCH64_WHEELS``, default ``~/.cache/edgefleet/aarch64-wheels``), fetched once with
   the command docs/tvm.md gives (``pip download ... --platform manylinux_2_28_aarch64``).
+
+``scripts/slow-deps`` installs all of it once; README says the same.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ tvm_ffi = pytest.importorskip("tvm_ffi", reason="TVM is not installed: pip insta
 HARNESS = Path(__file__).with_name("tvm_vm_harness.cc")
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 SHAPE = (1, 3, 12, 12)
+# The one line every skip ends with (README and scripts/slow-deps name the same packages).
+SETUP = (
+    "the slow tier's aarch64 check needs Debian's g++-aarch64-linux-gnu (pulls gcc-aarch64-linux-gnu) "
+    "and qemu-user, and the aarch64 TVM wheels: scripts/slow-deps installs them once"
+)
 
 
 def _wheel_dir() -> Path:
@@ -58,13 +66,19 @@ def _wheel(directory: Path, distribution: str, version: str) -> Path | None:
 def tools() -> dict[str, Path]:
     """The cross tool-chain, qemu and the aarch64 TVM runtime wheels, or a skip saying what is missing."""
     found: dict[str, Path] = {}
-    for name, package in (("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"), ("qemu-aarch64", "qemu-user")):
+    for name, package in (
+        ("aarch64-linux-gnu-gcc", "g++-aarch64-linux-gnu"),  # TVM links the aarch64 library with it
+        ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),  # builds the harness
+        ("qemu-aarch64", "qemu-user"),
+    ):
         path = shutil.which(name)
         if path is None:
-            pytest.skip(f"{name} not found: apt-get install {package}")
+            pytest.skip(f"{name} not found (apt-get install {package}); {SETUP}")
         found[name] = Path(path)
     if not (SYSROOT / "lib" / "libstdc++.so.6").exists():
-        pytest.skip(f"no aarch64 C++ runtime under {SYSROOT}: apt-get install g++-aarch64-linux-gnu")
+        pytest.skip(
+            f"no aarch64 C++ runtime under {SYSROOT} (apt-get install g++-aarch64-linux-gnu); {SETUP}"
+        )
     directory = _wheel_dir()
     versions = {"apache_tvm": tvm.__version__, "apache_tvm_ffi": tvm_ffi.__version__}
     for distribution, version in versions.items():
@@ -74,7 +88,7 @@ def tools() -> dict[str, Path]:
                 f"no aarch64 wheel of {distribution.replace('_', '-')}=={version} in {directory}: "
                 f"pip download --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 "
                 f"--python-version 3.11 -d {directory} apache-tvm=={versions['apache_tvm']} "
-                f"apache-tvm-ffi=={versions['apache_tvm_ffi']} (see docs/tvm.md)"
+                f"apache-tvm-ffi=={versions['apache_tvm_ffi']}; {SETUP}"
             )
         found[distribution] = wheel
     return found

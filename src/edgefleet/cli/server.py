@@ -21,10 +21,18 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=8443, help="operator API + enrolment port (default: 8443)"
+        "--port", type=int, default=8443, help="operator API + enrolment port (default: 8443; 0: a free port)"
     )
     parser.add_argument(
         "--device-port", type=int, help="device data-plane port, mutual TLS (default: --port + 1)"
+    )
+    parser.add_argument(
+        "--port-file",
+        type=Path,
+        help=(
+            "once both listeners accept, write the bound ports and URLs here as JSON (port, device_port, "
+            "api_url, device_url, ca_cert); with --port 0 the system picks free ports and this file says which"
+        ),
     )
     parser.add_argument("--data-dir", type=Path, help="state directory (default: ~/.local/share/edgefleet)")
     parser.add_argument(
@@ -97,6 +105,23 @@ def build_config(args: argparse.Namespace) -> Any:
     )
 
 
+def write_port_file(path: Path, endpoints: Any) -> None:
+    """Write where the server listens (an :class:`~edgefleet.server.runner.Endpoints`) to ``path``,
+    atomically: a reader that sees the file sees all of it."""
+    from edgefleet.device.durable import write_json_atomic
+
+    write_json_atomic(
+        path,
+        {
+            "port": endpoints.api_port,
+            "device_port": endpoints.device_port,
+            "api_url": endpoints.api_url,
+            "device_url": endpoints.device_url,
+            "ca_cert": endpoints.ca_cert,
+        },
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -108,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
 
     def ready(endpoints: Endpoints) -> None:
+        if args.port_file is not None:  # first: whoever reads the ready line finds the file
+            write_port_file(args.port_file, endpoints)
         print(
             f"edgefleet server ready: operator API {endpoints.api_url} (tokens), "
             f"devices {endpoints.device_url} (mutual TLS), CA certificate {endpoints.ca_cert}",

@@ -1,9 +1,11 @@
 """The null backend: a model with no engine, for tests and simulated devices.
 
-Its model file is JSON: ``{"op": "identity" | "zeros", "delay_ms": 0, "memory_bytes": 0,
-"fail": false}``. ``identity`` returns each input cast to the matching output's type;
-``zeros`` returns zeros shaped like the output metadata (dynamic dims as 1). ``delay_ms`` sleeps
-(releasing the GIL, like a real engine) so tests can observe concurrency; ``memory_bytes`` is what
+Its model file is JSON: ``{"op": "identity" | "zeros", "delay_ms": 0, "gate": null,
+"memory_bytes": 0, "fail": false}``. ``identity`` returns each input cast to the matching output's
+type; ``zeros`` returns zeros shaped like the output metadata (dynamic dims as 1). ``delay_ms`` sleeps
+(releasing the GIL, like a real engine) so tests can observe concurrency; ``gate`` names a file that
+every run waits for (up to 300 s, then the run fails), so a test can hold calls in flight for as long
+as it needs, however busy the machine, and release them by creating the file; ``memory_bytes`` is what
 the backend reports as its estimate (and really allocates), so memory-budget paths can be tested;
 ``fail`` makes every run raise, to test health gates and rollbacks.
 """
@@ -20,6 +22,8 @@ import numpy as np
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
 from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions
+
+_GATE_TIMEOUT_S = 300
 
 
 def _config(package_dir: Path, manifest: Manifest) -> dict[str, object]:
@@ -38,12 +42,22 @@ class NullModel(LoadedModel):
         self.outputs = manifest.outputs
         self._op = str(config.get("op", "identity"))
         self._delay = float(config.get("delay_ms", 0)) / 1000.0  # type: ignore[arg-type]
+        gate = config.get("gate")
+        self._gate = Path(str(gate)) if gate else None
         self._fail = bool(config.get("fail", False))
         size = int(config.get("memory_bytes", 0))  # type: ignore[call-overload]
         # Touch every page so the allocation is real resident memory.
         self._ballast: np.ndarray | None = np.ones(size, dtype=np.uint8) if size else None
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self._gate is not None:
+            deadline = time.monotonic() + _GATE_TIMEOUT_S
+            while not self._gate.exists():
+                if time.monotonic() > deadline:
+                    raise FailedPrecondition(
+                        f"null model gate {self._gate} not opened within {_GATE_TIMEOUT_S} s"
+                    )
+                time.sleep(0.01)
         if self._delay:
             time.sleep(self._delay)
         if self._fail:

@@ -57,6 +57,8 @@ class Endpoints:
     api_url: str
     device_url: str
     ca_cert: str
+    api_port: int = 0  # the ports really bound (what ``port=0`` / ``device_port=0`` picked)
+    device_port: int = 0
 
 
 def open_state(config: ServerConfig, *, clock: Clock = utc_now, migrate: bool = True) -> AppState:
@@ -182,7 +184,13 @@ class Replica:
             self._api_sock, self._device_sock = listeners.api_sock, listeners.device_sock
             self.state.device_url = listeners.device_url
         api_port = self._api_sock.getsockname()[1]
-        self.endpoints = Endpoints(_url(config.host, api_port), self.state.device_url, str(self.tls.ca))
+        self.endpoints = Endpoints(
+            _url(config.host, api_port),
+            self.state.device_url,
+            str(self.tls.ca),
+            api_port,
+            self._device_sock.getsockname()[1],
+        )
         app = create_app(self.state, run_jobs=run_jobs)
         device_app = DeviceFastPath(app, self.state)
         common: dict[str, Any] = {
@@ -279,7 +287,8 @@ def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> N
     device_sock = _bind(config.host, config.device_port)
     device_url = config.device_url or _url(config.host, device_sock.getsockname()[1])
     listeners = _Listeners(api_sock, device_sock, tls, device_url)
-    endpoints = Endpoints(_url(config.host, api_sock.getsockname()[1]), device_url, str(tls.ca))
+    api_port, device_port = api_sock.getsockname()[1], device_sock.getsockname()[1]
+    endpoints = Endpoints(_url(config.host, api_port), device_url, str(tls.ca), api_port, device_port)
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
     ready = context.Queue()
     stopping = threading.Event()
