@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from device_testkit import FLEET, LoopbackServer
 
-from edgefleet.device.protocol import Result
+from edgefleet.core.deviceplane import Result
 
 pytest.importorskip("fastapi", reason="simulations need the server extra")
 

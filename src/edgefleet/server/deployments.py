@@ -33,6 +33,16 @@ from sqlalchemy import ColumnElement, func, insert, literal, select, update
 from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.interfaces import ORMOption
 
+from edgefleet.core.deviceplane import (
+    IN_PROGRESS,
+    Action,
+    FailurePolicy,
+    HealthGate,
+    HealthReport,
+    HealthVerdict,
+    Result,
+    Verdict,
+)
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import (
@@ -80,13 +90,6 @@ class DeviceStatus(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
-class FailurePolicy(enum.StrEnum):
-    """What a device (and a failed stage) does on failure."""
-
-    ROLLBACK_ON_FAILURE = "ROLLBACK_ON_FAILURE"
-    DO_NOTHING = "DO_NOTHING"
-
-
 class SubsetType(enum.StrEnum):
     """How a stage selects devices (TAGS is an edgefleet extension)."""
 
@@ -94,16 +97,6 @@ class SubsetType(enum.StrEnum):
     SELECTION = "SELECTION"
     NAMECONTAINS = "NAMECONTAINS"
     TAGS = "TAGS"
-
-
-class DeviceResult(enum.StrEnum):
-    """The closed set of results a device daemon reports for a deployment."""
-
-    INPROGRESS = "INPROGRESS"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED_NO_CHANGE = "FAILED_NO_CHANGE"
-    FAILED_ROLLED_BACK = "FAILED_ROLLED_BACK"
-    FAILED_ROLLBACK_FAILED = "FAILED_ROLLBACK_FAILED"
 
 
 class Rollback(enum.StrEnum):
@@ -115,37 +108,9 @@ class Rollback(enum.StrEnum):
     FAILED = "FAILED"
 
 
-class Action(enum.StrEnum):
-    """What GetDeployments asks the device to do with a deployment."""
-
-    DEPLOY = "DEPLOY"
-    ROLLBACK = "ROLLBACK"
-
-
 _TERMINAL = {DeviceStatus.DEPLOYED, DeviceStatus.FAILED, DeviceStatus.STOPPED}
 _ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
-_FAILED_RESULTS = {
-    DeviceResult.FAILED_NO_CHANGE,
-    DeviceResult.FAILED_ROLLED_BACK,
-    DeviceResult.FAILED_ROLLBACK_FAILED,
-}
-
-
-@dataclass(frozen=True)
-class HealthGate:
-    """Limits a device's figures for the new model must stay within after activation."""
-
-    max_error_rate: float | None = None
-    max_p99_latency_ms: float | None = None
-    #: inferences needed before a verdict (below this the figures are too noisy)
-    min_inferences: int = 10
-    #: how long after activation the device is observed before it counts as deployed
-    observation_seconds: float = 60.0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any limit is set."""
-        return self.max_error_rate is not None or self.max_p99_latency_ms is not None
+_FAILED_RESULTS = {Result.FAILED_NO_CHANGE, Result.FAILED_ROLLED_BACK, Result.FAILED_ROLLBACK_FAILED}
 
 
 @dataclass(frozen=True)
@@ -228,28 +193,20 @@ class ResultReport:
     message: str | None = None
 
 
-@dataclass(frozen=True)
-class HealthReport:
-    """A device's figures for a deployment after activation."""
-
-    deployment_name: str
-    inferences: int
-    errors: int
-    p99_latency_ms: float | None
-
-
-@dataclass(frozen=True)
-class HealthVerdict:
-    """The server's answer to a health report: PASS, FAIL or PENDING, and what the device must do."""
-
-    verdict: str
-    reason: str
-    action: str
-
-
 def deployment_name(plan: DeploymentPlan, stage: PlanStage) -> str:
     """``<plan>.<stage>``: unambiguous because neither name may contain a dot."""
     return f"{plan.name}.{stage.name}"
+
+
+def _reported(status: str) -> Result | None:
+    """The :class:`Result` a device reported, or None while it says it is still at work."""
+    if status == IN_PROGRESS:
+        return None
+    try:
+        return Result(status)
+    except ValueError as exc:
+        known = ", ".join([IN_PROGRESS, *Result])
+        raise InvalidArgument(f"DeploymentStatus {status!r} is invalid (known: {known})") from exc
 
 
 def _enum(kind: type[enum.StrEnum], value: str, what: str) -> str:
@@ -986,19 +943,19 @@ def record_result(
     on each other's commits); the refresh that follows a commit sees every report committed before
     it, so the last report of a stage always finishes it.
     """
-    result = DeviceResult(_enum(DeviceResult, report.status, "DeploymentStatus"))
+    result = _reported(report.status)
     stage, row = _locate(session, device, report.deployment_name, lock_stage=refresh)
     plan = stage.plan
     status = DeviceStatus(row.status)
-    row.device_result = result.value
+    row.device_result = report.status
     row.reported_at = now
     row.updated_at = now
-    message = report.message or result.value
+    message = report.message or report.status
     if status in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS):
         if status == DeviceStatus.READYTODEPLOY:
             row.fetched_at = row.fetched_at or now
             row.status = DeviceStatus.INPROGRESS.value
-        if result == DeviceResult.SUCCEEDED:
+        if result == Result.SUCCEEDED:
             row.activated_at = now
             if _gate(plan).enabled:
                 row.observing = True
@@ -1011,24 +968,24 @@ def record_result(
             row.observing = False
             row.message = message
             row.rollback = {
-                DeviceResult.FAILED_ROLLED_BACK: Rollback.DONE,
-                DeviceResult.FAILED_ROLLBACK_FAILED: Rollback.FAILED,
+                Result.FAILED_ROLLED_BACK: Rollback.DONE,
+                Result.FAILED_ROLLBACK_FAILED: Rollback.FAILED,
             }.get(result, Rollback.NONE).value
         else:
             row.message = message
     elif status == DeviceStatus.STOPPING:
-        if result in (DeviceResult.FAILED_ROLLED_BACK, DeviceResult.FAILED_NO_CHANGE):
+        if result in (Result.FAILED_ROLLED_BACK, Result.FAILED_NO_CHANGE):
             row.status = DeviceStatus.STOPPED.value
             row.rollback = Rollback.DONE.value
             row.message = f"rolled back: {message}"
-        elif result == DeviceResult.FAILED_ROLLBACK_FAILED:
+        elif result == Result.FAILED_ROLLBACK_FAILED:
             row.status = DeviceStatus.FAILED.value
             row.rollback = Rollback.FAILED.value
             row.message = f"rollback failed: {message}"
     elif status == DeviceStatus.FAILED and row.rollback == Rollback.REQUESTED:
-        if result in (DeviceResult.FAILED_ROLLED_BACK, DeviceResult.FAILED_NO_CHANGE):
+        if result in (Result.FAILED_ROLLED_BACK, Result.FAILED_NO_CHANGE):
             row.rollback = Rollback.DONE.value
-        elif result == DeviceResult.FAILED_ROLLBACK_FAILED:
+        elif result == Result.FAILED_ROLLBACK_FAILED:
             row.rollback = Rollback.FAILED.value
             row.message = f"{row.message}; rollback failed: {message}"
     elif status == DeviceStatus.DEPLOYED and result in _FAILED_RESULTS:
@@ -1072,21 +1029,18 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
     }
     row.updated_at = now
     if row.status == DeviceStatus.DEPLOYED:
-        return HealthVerdict("PASS", "already deployed", "NONE")
+        return HealthVerdict(Verdict.PASS, "already deployed", False)
     if row.status != DeviceStatus.INPROGRESS or not row.observing:
-        action = (
-            "ROLLBACK"
-            if row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED
-            else "NONE"
-        )
         return HealthVerdict(
-            "FAIL" if row.status == DeviceStatus.FAILED else "PENDING", f"device is {row.status}", action
+            Verdict.FAIL if row.status == DeviceStatus.FAILED else Verdict.PENDING,
+            f"device is {row.status}",
+            row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED,
         )
     if not gate.enabled:  # pragma: no cover - observing is only set with a gate
-        return HealthVerdict("PASS", "no health gate", "NONE")
+        return HealthVerdict(Verdict.PASS, "no health gate", False)
     if report.inferences < gate.min_inferences:
         return HealthVerdict(
-            "PENDING", f"{report.inferences}/{gate.min_inferences} inferences observed", "NONE"
+            Verdict.PENDING, f"{report.inferences}/{gate.min_inferences} inferences observed", False
         )
     breaches = []
     if gate.max_error_rate is not None and error_rate > gate.max_error_rate:
@@ -1098,7 +1052,7 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
     ):
         breaches.append(f"p99 latency {report.p99_latency_ms:g} ms > {gate.max_p99_latency_ms:g} ms")
     if gate.max_p99_latency_ms is not None and report.p99_latency_ms is None:
-        return HealthVerdict("PENDING", "P99LatencyMs is needed by this plan's health gate", "NONE")
+        return HealthVerdict(Verdict.PENDING, "P99LatencyMs is needed by this plan's health gate", False)
     if breaches:
         reason = "health gate breached: " + "; ".join(breaches)
         row.status = DeviceStatus.FAILED.value
@@ -1107,17 +1061,19 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
         row.rollback = (Rollback.REQUESTED if rollback else Rollback.NONE).value
         session.flush()
         refresh_stage(session, stage, now, locked=True)
-        return HealthVerdict("FAIL", reason, "ROLLBACK" if rollback else "NONE")
+        return HealthVerdict(Verdict.FAIL, reason, rollback)
     assert row.activated_at is not None
     observed = (now - row.activated_at).total_seconds()
     if observed < gate.observation_seconds:
-        return HealthVerdict("PENDING", f"observed {observed:.0f}/{gate.observation_seconds:.0f} s", "NONE")
+        return HealthVerdict(
+            Verdict.PENDING, f"observed {observed:.0f}/{gate.observation_seconds:.0f} s", False
+        )
     row.status = DeviceStatus.DEPLOYED.value
     row.observing = False
     row.message = "health gate passed"
     session.flush()
     refresh_stage(session, stage, now, locked=True)
-    return HealthVerdict("PASS", "health gate passed", "NONE")
+    return HealthVerdict(Verdict.PASS, "health gate passed", False)
 
 
 def on_device_deregistered(session: Session, device: Device, now: datetime) -> None:

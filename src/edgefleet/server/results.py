@@ -26,12 +26,12 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from edgefleet.core.deviceplane import Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
 from edgefleet.server.deployments import (
-    DeviceResult,
     DeviceStatus,
     Rollback,
     StageStatus,
@@ -66,7 +66,7 @@ class ResultRecorder:
     @staticmethod
     def plain(status: str) -> bool:
         """Whether a result of this status may be batched at all (only successes are)."""
-        return status == DeviceResult.SUCCEEDED.value
+        return status == Result.SUCCEEDED.value
 
     async def record(self, report: Report) -> str | None:
         """The device's new DeviceDeploymentStatus once committed, or None: take the ordinary path."""
@@ -132,7 +132,7 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
     # (stage, message) -> {device id: report indexes}; a device reporting twice in a batch is fine
     groups: dict[tuple[int, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for index, report in enumerate(reports):
-        if report.status != DeviceResult.SUCCEEDED.value:
+        if report.status != Result.SUCCEEDED.value:
             continue  # only plain successes are recorded here
         device = devices.get(report.device_name)
         stage_id = stages.get(report.deployment_name)
@@ -153,7 +153,7 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
             )
             .values(
                 status=DeviceStatus.DEPLOYED.value,
-                device_result=DeviceResult.SUCCEEDED.value,
+                device_result=Result.SUCCEEDED.value,
                 message=message,
                 reported_at=now,
                 activated_at=now,

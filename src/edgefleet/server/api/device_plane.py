@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.core.deviceplane import HealthReport
 from edgefleet.core.errors import EdgefleetError, InvalidArgument, NotFound, PermissionDenied
 from edgefleet.server import deployments as dp
 from edgefleet.server import devices
@@ -236,10 +237,10 @@ def report_health(body: s.HealthRequest, request: Request, identity: Identity) -
         verdict = dp.record_health(
             session,
             device,
-            dp.HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),
+            HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),
             st.db.now(),
         )
-        return s.HealthOut(Verdict=verdict.verdict, Reason=verdict.reason, Action=verdict.action)
+        return s.HealthOut(Verdict=verdict.verdict.value, Reason=verdict.reason, Action=verdict.action)
 
 
 @router.get("/packages/{package_id}", summary="Download a package (HTTP Range supported)")
