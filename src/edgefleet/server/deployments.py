@@ -57,6 +57,15 @@ from edgefleet.server.db.schema import (
 )
 from edgefleet.server.fleets import get_fleet
 from edgefleet.server.registry import Approval, resolve_version
+from edgefleet.server.rollout import (
+    Change,
+    DeviceStatus,
+    Rollback,
+    StageEvent,
+    render,
+    stage_changes,
+    transition,
+)
 from edgefleet.server.validation import Page, validate_name, validate_tags
 
 log = logging.getLogger(__name__)
@@ -79,17 +88,6 @@ class StageStatus(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
-class DeviceStatus(enum.StrEnum):
-    """Per-device states (ListStageDevices' DeviceDeploymentStatus)."""
-
-    READYTODEPLOY = "READYTODEPLOY"
-    INPROGRESS = "INPROGRESS"
-    DEPLOYED = "DEPLOYED"
-    FAILED = "FAILED"
-    STOPPING = "STOPPING"
-    STOPPED = "STOPPED"
-
-
 class SubsetType(enum.StrEnum):
     """How a stage selects devices (TAGS is an edgefleet extension)."""
 
@@ -99,18 +97,8 @@ class SubsetType(enum.StrEnum):
     TAGS = "TAGS"
 
 
-class Rollback(enum.StrEnum):
-    """Whether a device was asked to roll back and how that went."""
-
-    NONE = "NONE"
-    REQUESTED = "REQUESTED"
-    DONE = "DONE"
-    FAILED = "FAILED"
-
-
 _TERMINAL = {DeviceStatus.DEPLOYED, DeviceStatus.FAILED, DeviceStatus.STOPPED}
 _ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
-_FAILED_RESULTS = {Result.FAILED_NO_CHANGE, Result.FAILED_ROLLED_BACK, Result.FAILED_ROLLBACK_FAILED}
 
 
 @dataclass(frozen=True)
@@ -567,23 +555,7 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
         raise FailedPrecondition(
             f"stage {stage_name!r} is {stage.status}; only STARTING or INPROGRESS stages stop"
         )
-    _set_rows(
-        session,
-        stage,
-        [DeviceStatus.READYTODEPLOY],
-        DeviceStatus.STOPPED,
-        now,
-        "stage stopped before the device started",
-    )
-    _set_rows(
-        session,
-        stage,
-        [DeviceStatus.INPROGRESS],
-        DeviceStatus.STOPPING,
-        now,
-        "stage stopped: rolling back",
-        Rollback.REQUESTED,
-    )
+    _set_rows(session, stage, StageEvent.STOP, now)
     stage.status = StageStatus.STOPPING.value
     stage.status_message = "stopped by an operator"
     stage.updated_at = now
@@ -592,28 +564,21 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
     return stage
 
 
-def _set_rows(
-    session: Session,
-    stage: PlanStage,
-    from_status: list[DeviceStatus],
-    to_status: DeviceStatus,
-    now: datetime,
-    message: str,
-    rollback: Rollback | None = None,
-) -> None:
-    values: dict[str, object] = {
-        "status": to_status.value,
-        "message": message,
-        "updated_at": now,
-        "observing": False,
-    }
-    if rollback is not None:
-        values["rollback"] = rollback.value
-    session.execute(
-        update(StageDevice)
-        .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in from_status]))
-        .values(**values)
-    )
+def _set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> None:
+    """Apply a stage event to every device row it changes (one UPDATE per change)."""
+    for sources, change in stage_changes(event, FailurePolicy(stage.failure_policy)):
+        values: dict[str, object] = {"status": change.status.value, "updated_at": now}
+        if change.message is not None:
+            values["message"] = render(change, "", None)
+        if change.rollback is not None:
+            values["rollback"] = change.rollback.value
+        if change.observing is not None:
+            values["observing"] = change.observing
+        session.execute(
+            update(StageDevice)
+            .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in sources]))
+            .values(**values)
+        )
 
 
 def _stage_only() -> tuple[ORMOption, ...]:
@@ -721,27 +686,9 @@ def _fail_stage(session: Session, stage: PlanStage, failed: int, total: int, now
     stage.status = StageStatus.FAILED.value
     stage.finished_at = now
     share = f"{failed}/{total} device(s) failed, above the threshold of {stage.failure_threshold:.0%}"
-    if stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE:
-        stage.status_message = share + "; rolling the stage back"
-        _set_rows(
-            session,
-            stage,
-            [DeviceStatus.READYTODEPLOY],
-            DeviceStatus.STOPPED,
-            now,
-            "stage failed before the device started",
-        )
-        _set_rows(
-            session,
-            stage,
-            [DeviceStatus.INPROGRESS, DeviceStatus.DEPLOYED],
-            DeviceStatus.STOPPING,
-            now,
-            "stage failed: rolling back",
-            Rollback.REQUESTED,
-        )
-    else:
-        stage.status_message = share
+    rolls_back = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
+    stage.status_message = share + "; rolling the stage back" if rolls_back else share
+    _set_rows(session, stage, StageEvent.FAIL, now)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -950,51 +897,35 @@ def record_result(
     row.device_result = report.status
     row.reported_at = now
     row.updated_at = now
-    message = report.message or report.status
-    if status in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS):
-        if status == DeviceStatus.READYTODEPLOY:
-            row.fetched_at = row.fetched_at or now
-            row.status = DeviceStatus.INPROGRESS.value
-        if result == Result.SUCCEEDED:
-            row.activated_at = now
-            if _gate(plan).enabled:
-                row.observing = True
-                row.message = "activated; observing health"
-            else:
-                row.status = DeviceStatus.DEPLOYED.value
-                row.message = message
-        elif result in _FAILED_RESULTS:
-            row.status = DeviceStatus.FAILED.value
-            row.observing = False
-            row.message = message
-            row.rollback = {
-                Result.FAILED_ROLLED_BACK: Rollback.DONE,
-                Result.FAILED_ROLLBACK_FAILED: Rollback.FAILED,
-            }.get(result, Rollback.NONE).value
-        else:
-            row.message = message
-    elif status == DeviceStatus.STOPPING:
-        if result in (Result.FAILED_ROLLED_BACK, Result.FAILED_NO_CHANGE):
-            row.status = DeviceStatus.STOPPED.value
-            row.rollback = Rollback.DONE.value
-            row.message = f"rolled back: {message}"
-        elif result == Result.FAILED_ROLLBACK_FAILED:
-            row.status = DeviceStatus.FAILED.value
-            row.rollback = Rollback.FAILED.value
-            row.message = f"rollback failed: {message}"
-    elif status == DeviceStatus.FAILED and row.rollback == Rollback.REQUESTED:
-        if result in (Result.FAILED_ROLLED_BACK, Result.FAILED_NO_CHANGE):
-            row.rollback = Rollback.DONE.value
-        elif result == Result.FAILED_ROLLBACK_FAILED:
-            row.rollback = Rollback.FAILED.value
-            row.message = f"{row.message}; rollback failed: {message}"
-    elif status == DeviceStatus.DEPLOYED and result in _FAILED_RESULTS:
-        row.status = DeviceStatus.FAILED.value
-        row.message = message
+    change = transition(
+        status,
+        Rollback(row.rollback),
+        result,
+        policy=FailurePolicy(stage.failure_policy),
+        gated=_gate(plan).enabled,
+    )
+    if change is not None:
+        _apply(row, change, report.message or report.status, now)
     session.flush()
     if refresh:
         refresh_stage(session, stage, now, locked=True)
     return row
+
+
+def _apply(row: StageDevice, change: Change, reported: str, now: datetime) -> None:
+    """Apply a device report's change to its row."""
+    if row.status == DeviceStatus.READYTODEPLOY:
+        row.fetched_at = row.fetched_at or now  # a result implies the device fetched the deployment
+    row.status = change.status.value
+    message = render(change, reported, row.message)
+    if message is not None:
+        row.message = message
+    if change.rollback is not None:
+        row.rollback = change.rollback.value
+    if change.observing is not None:
+        row.observing = change.observing
+    if change.activated:
+        row.activated_at = now
 
 
 def settle_stage(session: Session, stage_id: int, now: datetime, *, device_failed: bool) -> None:

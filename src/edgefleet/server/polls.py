@@ -47,12 +47,11 @@ from edgefleet.server.db.schema import (
 from edgefleet.server.deployments import (
     Definition,
     DeviceDeployment,
-    DeviceStatus,
-    Rollback,
     StageStatus,
     best_package,
     outstanding,
 )
+from edgefleet.server.rollout import DeviceStatus, Rollback
 
 
 @dataclass(frozen=True)

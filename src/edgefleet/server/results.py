@@ -32,11 +32,10 @@ from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
 from edgefleet.server.deployments import (
-    DeviceStatus,
-    Rollback,
     StageStatus,
     settle_stage,
 )
+from edgefleet.server.rollout import DeviceStatus, Rollback
 
 log = logging.getLogger(__name__)
 

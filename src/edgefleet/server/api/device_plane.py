@@ -35,6 +35,7 @@ from edgefleet.server.api.errors import ERROR_RESPONSES
 from edgefleet.server.api.ranges import serve_artifact
 from edgefleet.server.api.state import AppState
 from edgefleet.server.db.schema import ModelPackage, PlanModel, PlanStage, StageDevice
+from edgefleet.server.rollout import DeviceStatus
 from edgefleet.server.validation import MAX_ID
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def report_result(body: s.ResultRequest, request: Request, identity: Identity) -
             refresh=False,
         )
         answer = s.ResultOut(DeploymentName=result.DeploymentName, DeviceDeploymentStatus=row.status)
-        stage_id, failed = row.stage_id, row.status == dp.DeviceStatus.FAILED
+        stage_id, failed = row.stage_id, row.status == DeviceStatus.FAILED
     try:
         with st.db.session() as session:
             dp.settle_stage(session, stage_id, st.db.now(), device_failed=failed)
