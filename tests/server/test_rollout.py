@@ -12,7 +12,6 @@ from edgefleet.server.rollout import (
     Report,
     Rollback,
     StageEvent,
-    render,
     stage_changes,
     transition,
 )
@@ -134,7 +133,7 @@ def test_messages_render_whatever_the_device_wrote(
 ) -> None:
     change = transition(status, rollback, event, policy=policy, gated=gated)
     if change is not None and change.message is not None:
-        text = render(change, reported, previous)
+        text = change.render(reported, previous)
         assert text is not None
         if "{reported}" in change.message:
             assert reported in text

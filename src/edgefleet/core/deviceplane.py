@@ -1,14 +1,9 @@
-"""The device-plane contract: the enums and value objects that cross between device and control plane.
+"""The device-plane contract: the enums and value objects that cross between device and server.
 
-One definition, shared by the device daemon (:mod:`edgefleet.device`) and the control plane
-(:mod:`edgefleet.server`). The types carry the fields of the Edge Manager data plane
-(``SendHeartbeat``, ``GetDeviceRegistration``, ``GetDeployments``) plus edgefleet's extensions
-(health gates and reports, platforms), as docs/fleet-api.md writes them; ``to_wire``/``from_wire``
-give their JSON form with the vendor's field names, which is also how the daemon persists them in
-its outbox and journal. The server's pydantic schemas (``server/api/schemas.py``) are checked
-against these by ``tests/unit/test_deviceplane.py``.
-
-Like the rest of :mod:`edgefleet.core`, this module imports nothing above the core.
+One definition for the device daemon and the control plane, with the Edge Manager data plane's
+field names plus edgefleet's extensions (docs/fleet-api.md); ``to_wire``/``from_wire`` give the
+JSON form, which the daemon also persists. ``tests/server/test_deviceplane_schemas.py`` walks the
+server's pydantic schemas against these. Imports nothing above :mod:`edgefleet.core`.
 """
 
 from __future__ import annotations
@@ -17,9 +12,11 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.core.errors import InvalidArgument
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 #: inferences a health gate needs before it gives a verdict (below this the figures are too noisy)
 DEFAULT_MIN_INFERENCES = 10
@@ -63,12 +60,13 @@ class DesiredState(enum.StrEnum):
     UNDEPLOY = "UNDEPLOY"
 
 
-def _enum_value(kind: type[enum.StrEnum], value: Any, what: str) -> Any:
+def parse_enum(kind: type[E], value: Any, what: str) -> E:
+    """``value`` as a member of ``kind``; INVALID_ARGUMENT naming the known values otherwise."""
     try:
         return kind(value)
     except ValueError as exc:
-        known = ", ".join(m.value for m in kind)
-        raise InvalidArgument(f"{what} {value!r} is not one of {known}") from exc
+        known = ", ".join(member.value for member in kind)
+        raise InvalidArgument(f"{what} {value!r} is invalid (known: {known})") from exc
 
 
 def timestamp(when: datetime | None) -> str | None:
@@ -191,7 +189,7 @@ class Definition:
                 sha1=str(sha1).lower() if sha1 else None,
                 size=int(size) if size is not None else None,
             ),
-            state=_enum_value(DesiredState, raw.get("State", "DEPLOY"), "definition State"),
+            state=parse_enum(DesiredState, raw.get("State", "DEPLOY"), "definition State"),
         )
 
 
@@ -201,9 +199,7 @@ class HealthGate:
 
     max_error_rate: float | None = None
     max_p99_latency_ms: float | None = None
-    #: inferences needed before a verdict
     min_inferences: int = DEFAULT_MIN_INFERENCES
-    #: how long after activation the device is observed before it counts as deployed
     observation_seconds: float = DEFAULT_OBSERVATION_SECONDS
 
     @property
@@ -265,12 +261,12 @@ class Deployment:
         return cls(
             name=str(name),
             definitions=tuple(Definition.from_wire(d) for d in raw.get("Definitions") or []),
-            failure_policy=_enum_value(
+            failure_policy=parse_enum(
                 FailurePolicy,
                 raw.get("FailureHandlingPolicy", "ROLLBACK_ON_FAILURE"),
                 "FailureHandlingPolicy",
             ),
-            action=_enum_value(Action, raw.get("Action", "DEPLOY"), "deployment Action"),
+            action=parse_enum(Action, raw.get("Action", "DEPLOY"), "deployment Action"),
             health_gate=HealthGate.from_wire(gate) if isinstance(gate, Mapping) else None,
         )
 
@@ -460,17 +456,6 @@ class HealthReport:
             "P99LatencyMs": self.p99_latency_ms,
         }
 
-    @classmethod
-    def from_wire(cls, raw: Mapping[str, Any]) -> HealthReport:
-        """Parse ``{DeploymentName, Inferences, Errors, P99LatencyMs}``."""
-        p99 = raw.get("P99LatencyMs")
-        return cls(
-            deployment_name=str(raw["DeploymentName"]),
-            inferences=int(raw["Inferences"]),
-            errors=int(raw["Errors"]),
-            p99_latency_ms=None if p99 is None else float(p99),
-        )
-
 
 class Verdict(enum.StrEnum):
     """The server's judgement of a health report."""
@@ -501,7 +486,7 @@ class HealthVerdict:
     def from_wire(cls, raw: Mapping[str, Any]) -> HealthVerdict:
         """Parse ``{Verdict, Reason, Action}``."""
         return cls(
-            verdict=_enum_value(Verdict, raw.get("Verdict", "PENDING"), "health Verdict"),
+            verdict=parse_enum(Verdict, raw.get("Verdict", "PENDING"), "health Verdict"),
             reason=str(raw.get("Reason", "")),
             rollback=str(raw.get("Action", "NONE")).upper() == "ROLLBACK",
         )

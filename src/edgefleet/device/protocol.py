@@ -12,15 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from edgefleet.core.deviceplane import (
-    Deployment,
-    DeploymentResult,
-    HealthReport,
-    HealthVerdict,
-    Heartbeat,
-    PackageRef,
-    Registration,
-)
+from edgefleet.core import deviceplane as dp
 
 
 class PackageBody(Protocol):
@@ -45,27 +37,27 @@ class ControlPlane(Protocol):
     ``UNAVAILABLE`` when the server cannot be reached (the daemon then works offline), other codes
     for refusals."""
 
-    def get_registration(self) -> Registration:
+    def get_registration(self) -> dp.Registration:
         """Is this device (still) registered?"""
         ...
 
-    def send_heartbeat(self, heartbeat: Heartbeat) -> None:
+    def send_heartbeat(self, heartbeat: dp.Heartbeat) -> None:
         """Record a heartbeat."""
         ...
 
-    def get_deployments(self) -> list[Deployment]:
+    def get_deployments(self) -> list[dp.Deployment]:
         """The deployments this device must act on, oldest first."""
         ...
 
-    def report_result(self, result: DeploymentResult) -> None:
+    def report_result(self, result: dp.DeploymentResult) -> None:
         """Record the outcome of a deployment on this device."""
         ...
 
-    def report_health(self, report: HealthReport) -> HealthVerdict:
+    def report_health(self, report: dp.HealthReport) -> dp.HealthVerdict:
         """Send post-activation figures; the answer says whether to roll back."""
         ...
 
-    def open_package(self, package: PackageRef, offset: int = 0) -> PackageBody:
+    def open_package(self, package: dp.PackageRef, offset: int = 0) -> PackageBody:
         """Start downloading ``package`` from byte ``offset`` (HTTP Range)."""
         ...
 

@@ -2,12 +2,8 @@
 
 A plan pins model versions to handles and rolls them out in up to ten stages. Starting a stage
 selects its devices (percentage of the fleet, explicit names, name substring or tags; a device is in
-at most one stage of a plan) and gives each a per-device row:
-
-``READYTODEPLOY`` (selected) -> ``INPROGRESS`` (the device fetched the deployment; after it reports
-success it stays here while the health gate observes it) -> ``DEPLOYED`` | ``FAILED``; a stop or a
-failed stage under ROLLBACK_ON_FAILURE moves unfinished devices to ``STOPPING`` (the device is told
-to roll back) -> ``STOPPED``.
+at most one stage of a plan) and gives each a per-device row, whose rules are
+:func:`edgefleet.server.rollout.transition`.
 
 The stage status follows from its devices: ``STARTING`` (nobody fetched yet), ``INPROGRESS``,
 ``DEPLOYED`` (all finished, failed share within the threshold), ``FAILED`` (failed share above the
@@ -42,6 +38,7 @@ from edgefleet.core.deviceplane import (
     HealthVerdict,
     Result,
     Verdict,
+    parse_enum,
 )
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.server.db.paging import paginate
@@ -57,15 +54,7 @@ from edgefleet.server.db.schema import (
 )
 from edgefleet.server.fleets import get_fleet
 from edgefleet.server.registry import Approval, resolve_version
-from edgefleet.server.rollout import (
-    Change,
-    DeviceStatus,
-    Rollback,
-    StageEvent,
-    render,
-    stage_changes,
-    transition,
-)
+from edgefleet.server.rollout import Change, DeviceStatus, Rollback, StageEvent, stage_changes, transition
 from edgefleet.server.validation import Page, validate_name, validate_tags
 
 log = logging.getLogger(__name__)
@@ -97,7 +86,6 @@ class SubsetType(enum.StrEnum):
     TAGS = "TAGS"
 
 
-_TERMINAL = {DeviceStatus.DEPLOYED, DeviceStatus.FAILED, DeviceStatus.STOPPED}
 _ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
 
 
@@ -186,25 +174,6 @@ def deployment_name(plan: DeploymentPlan, stage: PlanStage) -> str:
     return f"{plan.name}.{stage.name}"
 
 
-def _reported(status: str) -> Result | None:
-    """The :class:`Result` a device reported, or None while it says it is still at work."""
-    if status == IN_PROGRESS:
-        return None
-    try:
-        return Result(status)
-    except ValueError as exc:
-        known = ", ".join([IN_PROGRESS, *Result])
-        raise InvalidArgument(f"DeploymentStatus {status!r} is invalid (known: {known})") from exc
-
-
-def _enum(kind: type[enum.StrEnum], value: str, what: str) -> str:
-    try:
-        return kind(value).value
-    except ValueError as exc:
-        known = ", ".join(member.value for member in kind)
-        raise InvalidArgument(f"{what} {value!r} is invalid (known: {known})") from exc
-
-
 # ---------------------------------------------------------------------------------------------
 # plans
 
@@ -274,8 +243,8 @@ def _check_gate(gate: HealthGate) -> None:
 
 
 def _stage_row(stage: StageSpec, position: int, now: datetime) -> PlanStage:
-    subset = _enum(SubsetType, stage.subset_type, f"stage {stage.name!r}: DeviceSubsetType")
-    policy = _enum(FailurePolicy, stage.failure_policy, f"stage {stage.name!r}: FailureHandlingPolicy")
+    subset = parse_enum(SubsetType, stage.subset_type, f"stage {stage.name!r}: DeviceSubsetType")
+    policy = parse_enum(FailurePolicy, stage.failure_policy, f"stage {stage.name!r}: FailureHandlingPolicy")
     if not 0 <= stage.failure_threshold < 1:
         raise InvalidArgument(f"stage {stage.name!r}: FailureThreshold must be in [0, 1)")
     names: list[str] = []
@@ -411,7 +380,7 @@ def list_stage_devices(
         .where(StageDevice.stage_id == stage.id)
     )
     if status is not None:
-        stmt = stmt.where(StageDevice.status == _enum(DeviceStatus, status, "DeviceDeploymentStatus"))
+        stmt = stmt.where(StageDevice.status == parse_enum(DeviceStatus, status, "DeviceDeploymentStatus"))
     return paginate(session, stmt.order_by(Device.name), limit, next_token)
 
 
@@ -569,7 +538,7 @@ def _set_rows(session: Session, stage: PlanStage, event: StageEvent, now: dateti
     for sources, change in stage_changes(event, FailurePolicy(stage.failure_policy)):
         values: dict[str, object] = {"status": change.status.value, "updated_at": now}
         if change.message is not None:
-            values["message"] = render(change, "", None)
+            values["message"] = change.render("", None)
         if change.rollback is not None:
             values["rollback"] = change.rollback.value
         if change.observing is not None:
@@ -729,7 +698,8 @@ def best_package(
     return None if best is None else best[1]
 
 
-def _gate(plan: DeploymentPlan) -> HealthGate:
+def plan_gate(plan: DeploymentPlan) -> HealthGate:
+    """The health gate of ``plan`` (``enabled`` is False when it sets no limit)."""
     return HealthGate(
         plan.max_error_rate, plan.max_p99_latency_ms, plan.min_inferences, plan.observation_seconds
     )
@@ -806,7 +776,7 @@ def device_deployments(session: Session, device: Device, now: datetime) -> list[
                 refresh_stage(session, stage, now, locked=True)
         elif missing and not rolling_back:
             continue
-        gate = _gate(plan)
+        gate = plan_gate(plan)
         deployments.append(
             DeviceDeployment(
                 name=deployment_name(plan, stage),
@@ -890,7 +860,11 @@ def record_result(
     on each other's commits); the refresh that follows a commit sees every report committed before
     it, so the last report of a stage always finishes it.
     """
-    result = _reported(report.status)
+    # INPROGRESS (None) is a report too, though not one of the closed result set
+    said = report.status
+    result = (
+        None if said == IN_PROGRESS else parse_enum(Result, said, f"DeploymentStatus (not {IN_PROGRESS})")
+    )
     stage, row = _locate(session, device, report.deployment_name, lock_stage=refresh)
     plan = stage.plan
     status = DeviceStatus(row.status)
@@ -902,7 +876,7 @@ def record_result(
         Rollback(row.rollback),
         result,
         policy=FailurePolicy(stage.failure_policy),
-        gated=_gate(plan).enabled,
+        gated=plan_gate(plan).enabled,
     )
     if change is not None:
         _apply(row, change, report.message or report.status, now)
@@ -917,7 +891,7 @@ def _apply(row: StageDevice, change: Change, reported: str, now: datetime) -> No
     if row.status == DeviceStatus.READYTODEPLOY:
         row.fetched_at = row.fetched_at or now  # a result implies the device fetched the deployment
     row.status = change.status.value
-    message = render(change, reported, row.message)
+    message = change.render(reported, row.message)
     if message is not None:
         row.message = message
     if change.rollback is not None:
@@ -948,7 +922,7 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
         raise InvalidArgument("P99LatencyMs must not be negative")
     stage, row = _locate(session, device, report.deployment_name)
     plan = stage.plan
-    gate = _gate(plan)
+    gate = plan_gate(plan)
     rollback = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
     error_rate = report.errors / report.inferences if report.inferences else 0.0
     row.health = {

@@ -44,13 +44,7 @@ from edgefleet.server.db.schema import (
     PlanStage,
     StageDevice,
 )
-from edgefleet.server.deployments import (
-    Definition,
-    DeviceDeployment,
-    StageStatus,
-    best_package,
-    outstanding,
-)
+from edgefleet.server.deployments import Definition, DeviceDeployment, StageStatus, best_package, outstanding
 from edgefleet.server.rollout import DeviceStatus, Rollback
 
 

@@ -26,15 +26,12 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
-from edgefleet.core.deviceplane import Result
+from edgefleet.core.deviceplane import HealthGate, Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
-from edgefleet.server.deployments import (
-    StageStatus,
-    settle_stage,
-)
+from edgefleet.server.deployments import StageStatus, settle_stage
 from edgefleet.server.rollout import DeviceStatus, Rollback
 
 log = logging.getLogger(__name__)
@@ -124,8 +121,7 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
             dot
             and stage is not None
             and stage[1] == StageStatus.INPROGRESS
-            and stage[2] is None
-            and stage[3] is None
+            and not HealthGate(stage[2], stage[3]).enabled
         )
         stages[deployment] = stage[0] if plain and stage is not None else None
     # (stage, message) -> {device id: report indexes}; a device reporting twice in a batch is fine

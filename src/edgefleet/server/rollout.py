@@ -1,12 +1,12 @@
-"""The per-device deployment state machine, as a pure function.
+"""The per-device deployment state machine, as a pure function (no database, no clock).
 
-A device's row in a stage has a status (:class:`DeviceStatus`) and a rollback sub-state
-(:class:`Rollback`). It moves on what the device reports (a :class:`~edgefleet.core.deviceplane.Result`,
-or ``None`` for ``INPROGRESS``) and on what happens to its stage (:class:`StageEvent`: an operator
-stops it, it fails above its threshold). :func:`transition` says what changes; it reads no
-database and no clock, so the rules are property-tested on their own (tests/server/test_rollout.py)
-and applied by both sides: ``record_result`` to one row, the stage transitions to every row of a
-source status with one UPDATE each (:func:`stage_changes`).
+``READYTODEPLOY`` (selected) -> ``INPROGRESS`` (the device fetched the deployment; after it reports
+success it stays here while the health gate observes it) -> ``DEPLOYED`` | ``FAILED``; a stop or a
+failed stage under ROLLBACK_ON_FAILURE moves unfinished devices to ``STOPPING`` (the device is told
+to roll back) -> ``STOPPED``. A row moves on what its device reports (a
+:class:`~edgefleet.core.deviceplane.Result`, or None for ``INPROGRESS``) and on what happens to its
+stage (:class:`StageEvent`). ``record_result`` applies :func:`transition` to one row; stage
+transitions apply :func:`stage_changes` to every row of a source status with one UPDATE each.
 """
 
 from __future__ import annotations
@@ -38,31 +38,24 @@ class Rollback(enum.StrEnum):
 
 
 class StageEvent(enum.StrEnum):
-    """What happens to every device of a stage at once."""
+    """What happens to every device of a stage at once: an operator stops it, or it fails."""
 
-    #: an operator stopped the stage
     STOP = "STOP"
-    #: the stage's failed share exceeded its threshold
     FAIL = "FAIL"
 
 
 #: a device report: the closed result set, or None while the device says INPROGRESS
 Report = Result | None
 
-FAILED_RESULTS = frozenset(
-    {Result.FAILED_NO_CHANGE, Result.FAILED_ROLLED_BACK, Result.FAILED_ROLLBACK_FAILED}
-)
-#: results that say the device's rollback (or failed deployment) left it as it was before
+_FAILED = frozenset({Result.FAILED_NO_CHANGE, Result.FAILED_ROLLED_BACK, Result.FAILED_ROLLBACK_FAILED})
+#: results that say the device is as it was before the deployment
 _UNDONE = frozenset({Result.FAILED_ROLLED_BACK, Result.FAILED_NO_CHANGE})
 
 
 @dataclass(frozen=True)
 class Change:
-    """What a transition changes; None fields stay as they are.
-
-    ``message`` is a template: ``{reported}`` is the device's message (or its status when it sent
-    none), ``{previous}`` the row's message before.
-    """
+    """What a transition changes (None: stays). ``message`` is a template over ``{reported}`` (the
+    device's message, or its status) and ``{previous}`` (the row's message before)."""
 
     status: DeviceStatus
     message: str | None = None
@@ -70,6 +63,10 @@ class Change:
     observing: bool | None = None
     #: the device serves the new models from now on (the health gate observes it from here)
     activated: bool = False
+
+    def render(self, reported: str, previous: str | None) -> str | None:
+        """The row's new message (None: keep the old one)."""
+        return None if self.message is None else self.message.format(reported=reported, previous=previous)
 
 
 def transition(
@@ -80,13 +77,36 @@ def transition(
     policy: FailurePolicy,
     gated: bool,
 ) -> Change | None:
-    """The change ``event`` makes to a row in ``status``/``rollback`` (None: nothing changes).
-
-    ``policy`` is the stage's failure policy, ``gated`` whether the plan has a health gate.
-    """
+    """The change ``event`` makes to a row (None: none); ``policy`` is the stage's failure policy,
+    ``gated`` whether the plan has a health gate."""
     if isinstance(event, StageEvent):
         return _stage_event(status, event, policy)
-    return _report(status, rollback, event, gated)
+    if status in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS):
+        if event == Result.SUCCEEDED and gated:
+            return Change(
+                DeviceStatus.INPROGRESS, "activated; observing health", observing=True, activated=True
+            )
+        if event == Result.SUCCEEDED:
+            return Change(DeviceStatus.DEPLOYED, "{reported}", activated=True)
+        if event in _FAILED:
+            done = {Result.FAILED_ROLLED_BACK: Rollback.DONE, Result.FAILED_ROLLBACK_FAILED: Rollback.FAILED}
+            return Change(DeviceStatus.FAILED, "{reported}", done.get(event, Rollback.NONE), observing=False)
+        return Change(DeviceStatus.INPROGRESS, "{reported}")
+    if status == DeviceStatus.STOPPING and event in _UNDONE:
+        return Change(DeviceStatus.STOPPED, "rolled back: {reported}", Rollback.DONE)
+    if status == DeviceStatus.STOPPING and event == Result.FAILED_ROLLBACK_FAILED:
+        return Change(DeviceStatus.FAILED, "rollback failed: {reported}", Rollback.FAILED)
+    if status == DeviceStatus.FAILED and rollback == Rollback.REQUESTED and event in _UNDONE:
+        return Change(DeviceStatus.FAILED, rollback=Rollback.DONE)
+    if (
+        status == DeviceStatus.FAILED
+        and rollback == Rollback.REQUESTED
+        and event == Result.FAILED_ROLLBACK_FAILED
+    ):
+        return Change(DeviceStatus.FAILED, "{previous}; rollback failed: {reported}", Rollback.FAILED)
+    if status == DeviceStatus.DEPLOYED and event in _FAILED:
+        return Change(DeviceStatus.FAILED, "{reported}")
+    return None
 
 
 def _stage_event(status: DeviceStatus, event: StageEvent, policy: FailurePolicy) -> Change | None:
@@ -101,51 +121,13 @@ def _stage_event(status: DeviceStatus, event: StageEvent, policy: FailurePolicy)
     return None
 
 
-def _report(status: DeviceStatus, rollback: Rollback, result: Report, gated: bool) -> Change | None:
-    if status in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS):
-        if result == Result.SUCCEEDED:
-            if gated:
-                return Change(
-                    DeviceStatus.INPROGRESS, "activated; observing health", observing=True, activated=True
-                )
-            return Change(DeviceStatus.DEPLOYED, "{reported}", activated=True)
-        if result in FAILED_RESULTS:
-            done = {Result.FAILED_ROLLED_BACK: Rollback.DONE, Result.FAILED_ROLLBACK_FAILED: Rollback.FAILED}
-            return Change(DeviceStatus.FAILED, "{reported}", done.get(result, Rollback.NONE), observing=False)
-        return Change(DeviceStatus.INPROGRESS, "{reported}")
-    if status == DeviceStatus.STOPPING:
-        if result in _UNDONE:
-            return Change(DeviceStatus.STOPPED, "rolled back: {reported}", Rollback.DONE)
-        if result == Result.FAILED_ROLLBACK_FAILED:
-            return Change(DeviceStatus.FAILED, "rollback failed: {reported}", Rollback.FAILED)
-        return None
-    if status == DeviceStatus.FAILED and rollback == Rollback.REQUESTED:
-        if result in _UNDONE:
-            return Change(DeviceStatus.FAILED, rollback=Rollback.DONE)
-        if result == Result.FAILED_ROLLBACK_FAILED:
-            return Change(DeviceStatus.FAILED, "{previous}; rollback failed: {reported}", Rollback.FAILED)
-        return None
-    if status == DeviceStatus.DEPLOYED and result in FAILED_RESULTS:
-        return Change(DeviceStatus.FAILED, "{reported}")
-    return None
-
-
 def stage_changes(event: StageEvent, policy: FailurePolicy) -> list[tuple[list[DeviceStatus], Change]]:
-    """The rows ``event`` changes, grouped by change: (source statuses, change) for one UPDATE each.
-
-    A stage event does not depend on the rollback sub-state nor on the gate, and no change's
-    target is the source of another, so the UPDATEs may run in any order.
-    """
+    """(source statuses, change) for each distinct change ``event`` makes: one UPDATE each. A stage
+    event depends on neither the rollback sub-state nor the gate, and no change's target is another's
+    source, so the UPDATEs may run in any order."""
     groups: dict[Change, list[DeviceStatus]] = {}
     for status in DeviceStatus:
         change = _stage_event(status, event, policy)
         if change is not None:
             groups.setdefault(change, []).append(status)
     return [(sources, change) for change, sources in groups.items()]
-
-
-def render(change: Change, reported: str, previous: str | None) -> str | None:
-    """The row's new message (None: keep the old one)."""
-    if change.message is None:
-        return None
-    return change.message.format(reported=reported, previous=previous)

@@ -241,7 +241,7 @@ def report_health(body: s.HealthRequest, request: Request, identity: Identity) -
             HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),
             st.db.now(),
         )
-        return s.HealthOut(Verdict=verdict.verdict.value, Reason=verdict.reason, Action=verdict.action)
+        return s.HealthOut(**verdict.to_wire())
 
 
 @router.get("/packages/{package_id}", summary="Download a package (HTTP Range supported)")

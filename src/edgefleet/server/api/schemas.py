@@ -13,14 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefleet.core.deviceplane import (
-    DEFAULT_MIN_INFERENCES,
-    DEFAULT_OBSERVATION_SECONDS,
-    IN_PROGRESS,
-    Action,
-    Result,
-    Verdict,
-)
+from edgefleet.core import deviceplane as dp
 from edgefleet.server.validation import MAX_ID, MAX_INT32
 
 
@@ -306,8 +299,8 @@ class ModelConfigIn(Strict):
 class HealthGateIn(Strict):
     MaxErrorRate: float | None = None
     MaxP99LatencyMs: float | None = None
-    MinInferences: int = Field(default=DEFAULT_MIN_INFERENCES, le=MAX_INT32)
-    ObservationSeconds: float = DEFAULT_OBSERVATION_SECONDS
+    MinInferences: int = Field(default=dp.DEFAULT_MIN_INFERENCES, le=MAX_INT32)
+    ObservationSeconds: float = dp.DEFAULT_OBSERVATION_SECONDS
 
 
 class CreatePlanRequest(Strict):
@@ -461,7 +454,7 @@ class DeploymentModelResult(Lenient):
 
 class DeploymentResultModel(Lenient):
     DeploymentName: str
-    DeploymentStatus: str = Field(description=" | ".join([IN_PROGRESS, *Result]))
+    DeploymentStatus: str = Field(description=" | ".join([dp.IN_PROGRESS, *dp.Result]))
     DeploymentStatusMessage: str | None = None
     DeploymentStartTime: datetime | None = None
     DeploymentEndTime: datetime | None = None
@@ -512,7 +505,7 @@ class DeploymentOut(Out):
     DeploymentName: str
     Type: str = "Model"
     FailureHandlingPolicy: str
-    Action: str = Field(description=" | ".join(Action))
+    Action: str = Field(description=" | ".join(dp.Action))
     Definitions: list[DefinitionOut]
     HealthGate: HealthGateOut | None
 
@@ -542,6 +535,6 @@ class HealthRequest(Lenient):
 
 
 class HealthOut(Out):
-    Verdict: str = Field(description=" | ".join(Verdict))
+    Verdict: str = Field(description=" | ".join(dp.Verdict))
     Reason: str
     Action: str = Field(description="NONE | ROLLBACK")
