@@ -863,7 +863,9 @@ def record_result(
     # INPROGRESS (None) is a report too, though not one of the closed result set
     said = report.status
     result = (
-        None if said == IN_PROGRESS else parse_enum(Result, said, f"DeploymentStatus (not {IN_PROGRESS})")
+        None
+        if said == IN_PROGRESS
+        else parse_enum(Result, said, f"DeploymentStatus ({IN_PROGRESS} or a result)")
     )
     stage, row = _locate(session, device, report.deployment_name, lock_stage=refresh)
     plan = stage.plan
