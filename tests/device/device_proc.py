@@ -23,6 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from device_testkit import ScriptedAgent  # noqa: E402
 
+from edgefleet.core.deviceplane import Deployment, DeploymentResult  # noqa: E402
 from edgefleet.core.errors import Unavailable  # noqa: E402
 from edgefleet.device.agentlink import AgentConnection, AgentSupervisor, write_agent_config  # noqa: E402
 from edgefleet.device.config import (  # noqa: E402
@@ -37,7 +38,6 @@ from edgefleet.device.executor import Executor  # noqa: E402
 from edgefleet.device.fake import FakeControlPlane  # noqa: E402
 from edgefleet.device.outbox import Outbox  # noqa: E402
 from edgefleet.device.packages import PackageStore  # noqa: E402
-from edgefleet.device.protocol import Deployment, DeploymentResult  # noqa: E402
 from edgefleet.device.state import StateStore  # noqa: E402
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from support import build_null
 
 from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.core.deviceplane import Definition, Deployment, FailurePolicy, HealthGate, PackageRef
 from edgefleet.device.agentlink import AgentApi, AgentConnection
 from edgefleet.device.config import (
     AgentSettings,
@@ -29,7 +30,6 @@ from edgefleet.device.fake import FakeControlPlane
 from edgefleet.device.handles import read_handles
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import PackageStore
-from edgefleet.device.protocol import Definition, Deployment, FailurePolicy, HealthGate, PackageRef
 from edgefleet.device.state import StateStore
 
 NO_WAIT = RetryPolicy(max_attempts=3, initial_seconds=0.0, max_seconds=0.0)

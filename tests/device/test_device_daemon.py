@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from device_testkit import deployment, make_device, null_package
 
+from edgefleet.core.deviceplane import HealthGate, HealthReport, HealthVerdict, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError
 from edgefleet.device.daemon import Connectivity, DaemonState
 from edgefleet.device.fake import FakeControlPlane
 from edgefleet.device.nullagent import NullAgent
 from edgefleet.device.outbox import Outbox
-from edgefleet.device.protocol import HealthGate, HealthReport, HealthVerdict, Result, Verdict
 
 
 @pytest.fixture(scope="module")

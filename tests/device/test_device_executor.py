@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 from device_testkit import CrashHere, Device, ScriptedAgent, deployment, make_device, null_package
 
+from edgefleet.core.deviceplane import (
+    Definition,
+    Deployment,
+    DesiredState,
+    FailurePolicy,
+    PackageRef,
+    Result,
+)
 from edgefleet.core.errors import FailedPrecondition, NotFound, Unavailable
 from edgefleet.core.signing import init_keys
 from edgefleet.device.config import DeploymentSettings
 from edgefleet.device.fake import FakeControlPlane
 from edgefleet.device.nullagent import NullAgent
-from edgefleet.device.protocol import Definition, Deployment, DesiredState, FailurePolicy, PackageRef, Result
 from edgefleet.device.state import JournalKind, StateStore, StepStatus
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from device_testkit import FLEET, LoopbackServer
 
+from edgefleet.core.deviceplane import DeploymentResult, Heartbeat, PackageRef, Result
 from edgefleet.core.errors import (
     Code,
     EdgefleetError,
@@ -21,12 +22,6 @@ from edgefleet.core.errors import (
 )
 from edgefleet.device.https import HttpsControlPlane, enroller
 from edgefleet.device.identity import Identity, enroll
-from edgefleet.device.protocol import (
-    DeploymentResult,
-    Heartbeat,
-    PackageRef,
-    Result,
-)
 
 
 def enrolled(server: LoopbackServer, name: str, state: Path) -> Identity:

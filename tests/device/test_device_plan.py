@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.core.deviceplane import Definition, Deployment, DesiredState, PackageRef, Result
 from edgefleet.device.plan import alias_for, plan_apply, plan_rollback
-from edgefleet.device.protocol import Definition, Deployment, DesiredState, PackageRef, Result
 from edgefleet.device.state import HistoryEntry, InstalledModel, JournalKind, StepKind
 
 AGENT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")

@@ -12,7 +12,7 @@ import pytest
 from device_testkit import FLEET, LoopbackServer
 from support import wait_for
 
-from edgefleet.device.protocol import Result
+from edgefleet.core.deviceplane import Result
 
 pytest.importorskip("fastapi", reason="simulations need the server extra")
 

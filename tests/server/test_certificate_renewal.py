@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 from server_testkit import FakeClock, scratch_pg_database
 
+from edgefleet.core.deviceplane import Heartbeat
 from edgefleet.core.errors import Code, EdgefleetError, Unauthenticated
 from edgefleet.device.durable import move_atomic, write_bytes_atomic
 from edgefleet.device.https import HttpsControlPlane, enroller
@@ -37,7 +38,6 @@ from edgefleet.device.identity import (
     new_key,
     store_renewal,
 )
-from edgefleet.device.protocol import Heartbeat
 from edgefleet.device.renewal import CertificateRenewal, RenewalState
 
 pytest.importorskip("fastapi", reason="these tests need the server extra")

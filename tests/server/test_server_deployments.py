@@ -355,3 +355,21 @@ def test_periodic_job_times_out_devices_and_generates_reports(
     with db.session() as s:
         stage = dp.get_stage(dp.get_plan(s, "rollout"), "canary")
         assert (stage.status, dp.stage_counts(s, stage)) == ("DEPLOYED", dp.StageCounts(success=1, failed=1))
+
+
+def test_an_unknown_deployment_status_is_refused_and_changes_nothing(db: Db) -> None:
+    _setup(db, 1)
+    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100))
+    _start(db)
+    _fetch(db, "dev-00")
+    with pytest.raises(
+        InvalidArgument,
+        match=r"DeploymentStatus \(INPROGRESS or a result\) 'DONE' is invalid \(known: SUCCEEDED, ",
+    ):
+        _report(db, "dev-00", "DONE")
+    assert _rows(db) == {"dev-00": "INPROGRESS"}
+    _report(db, "dev-00", "INPROGRESS")  # a device still at work may say so
+    assert _rows(db) == {"dev-00": "INPROGRESS"}
+    with db.session() as s:
+        row = dp.list_stage_devices(s, "rollout", "canary", limit=10, next_token=None).items[0]
+        assert (row.device_result, row.message) == ("INPROGRESS", "INPROGRESS")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.cli.output import add_client_arguments, dump_json
+from edgefleet.core.deviceplane import DEFAULT_MIN_INFERENCES, DEFAULT_OBSERVATION_SECONDS, HealthGate
 
 CREATE_HELP = """Create a deployment plan.
 
@@ -55,10 +56,16 @@ def add_parser(sub: Any) -> None:
         "--max-p99-ms", type=float, help="health gate: highest p99 latency in ms after activation"
     )
     create.add_argument(
-        "--min-inferences", type=int, default=10, help="health gate: inferences before a verdict"
+        "--min-inferences",
+        type=int,
+        default=DEFAULT_MIN_INFERENCES,
+        help="health gate: inferences before a verdict",
     )
     create.add_argument(
-        "--observe", type=float, default=60.0, help="health gate: seconds to observe a device"
+        "--observe",
+        type=float,
+        default=DEFAULT_OBSERVATION_SECONDS,
+        help="health gate: seconds to observe a device",
     )
     create.add_argument("--device-timeout", type=float, help="seconds after which an unfinished device fails")
     create.set_defaults(func=create_plan)
@@ -185,13 +192,9 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         "ModelConfigs": [parse_model(m) for m in args.model],
         "Stages": [parse_stage(s) for s in args.stage],
     }
-    if args.max_error_rate is not None or args.max_p99_ms is not None:
-        body["HealthGate"] = {
-            "MaxErrorRate": args.max_error_rate,
-            "MaxP99LatencyMs": args.max_p99_ms,
-            "MinInferences": args.min_inferences,
-            "ObservationSeconds": args.observe,
-        }
+    gate = HealthGate(args.max_error_rate, args.max_p99_ms, args.min_inferences, args.observe)
+    if gate.enabled:
+        body["HealthGate"] = gate.to_wire()
     if args.device_timeout is not None:
         body["DeviceTimeoutSeconds"] = args.device_timeout
     return body

@@ -188,8 +188,8 @@ def _certificate_status(state_dir: Path, renew_after_fraction: float) -> dict[st
     """The device certificate's validity and renewal time; None when the device is not enrolled."""
     from datetime import UTC, datetime
 
+    from edgefleet.core.deviceplane import timestamp
     from edgefleet.device.identity import CERT_FILE, REENROL_HINT, certificate_validity, identity_dir
-    from edgefleet.device.protocol import timestamp
 
     path = identity_dir(state_dir) / CERT_FILE
     if not path.is_file():

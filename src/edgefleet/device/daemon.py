@@ -32,21 +32,14 @@ from datetime import datetime
 from pathlib import Path
 
 from edgefleet import __version__
+from edgefleet.core.deviceplane import Action, Deployment, HealthReport, Heartbeat, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError, NotFound
 from edgefleet.device.agentlink import AgentConnection, AgentSupervisor, wait_ready
 from edgefleet.device.config import DaemonConfig
 from edgefleet.device.executor import Executor, Outcome, deployment_result, serving_models, utcnow
 from edgefleet.device.metrics import DeviceMetrics, model_reports
 from edgefleet.device.outbox import Outbox
-from edgefleet.device.protocol import (
-    Action,
-    ControlPlane,
-    Deployment,
-    HealthReport,
-    Heartbeat,
-    Result,
-    Verdict,
-)
+from edgefleet.device.protocol import ControlPlane
 from edgefleet.device.renewal import CertificateRenewal, RenewalState
 from edgefleet.device.state import HistoryEntry, JournalKind, StateStore, Watch
 

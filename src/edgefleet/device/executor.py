@@ -34,6 +34,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgefleet.core.deviceplane import (
+    Deployment,
+    DeploymentResult,
+    DesiredState,
+    FailurePolicy,
+    ModelResult,
+    Result,
+)
 from edgefleet.core.errors import AlreadyExists, Code, EdgefleetError, NotFound
 from edgefleet.device.agentlink import AgentConnection, smoke_inputs
 from edgefleet.device.config import DeploymentSettings, RetryPolicy
@@ -46,15 +54,7 @@ from edgefleet.device.handles import (
 )
 from edgefleet.device.packages import DigestMismatch, Packages
 from edgefleet.device.plan import Plan, plan_apply, plan_rollback
-from edgefleet.device.protocol import (
-    ControlPlane,
-    Deployment,
-    DeploymentResult,
-    DesiredState,
-    FailurePolicy,
-    ModelResult,
-    Result,
-)
+from edgefleet.device.protocol import ControlPlane
 from edgefleet.device.state import (
     DeviceState,
     HistoryEntry,

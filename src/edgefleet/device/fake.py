@@ -15,20 +15,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgefleet.core.errors import NotFound, Unavailable
-from edgefleet.device.protocol import (
+from edgefleet.core.deviceplane import (
     Action,
     Deployment,
     DeploymentResult,
     HealthReport,
     HealthVerdict,
     Heartbeat,
-    PackageBody,
     PackageRef,
     Registration,
     Result,
     Verdict,
 )
+from edgefleet.core.errors import NotFound, Unavailable
+from edgefleet.device.protocol import PackageBody
 
 
 @dataclass

@@ -24,6 +24,15 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from edgefleet import __version__
+from edgefleet.core.deviceplane import (
+    Deployment,
+    DeploymentResult,
+    HealthReport,
+    HealthVerdict,
+    Heartbeat,
+    PackageRef,
+    Registration,
+)
 from edgefleet.core.errors import (
     Code,
     EdgefleetError,
@@ -42,16 +51,7 @@ from edgefleet.device.identity import (
     ca_fingerprint,
     certificate_validity,
 )
-from edgefleet.device.protocol import (
-    Deployment,
-    DeploymentResult,
-    HealthReport,
-    HealthVerdict,
-    Heartbeat,
-    PackageBody,
-    PackageRef,
-    Registration,
-)
+from edgefleet.device.protocol import PackageBody
 
 log = logging.getLogger(__name__)
 

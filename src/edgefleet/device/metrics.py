@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import psutil
 
 from edgefleet.client import ModelStatistics
-from edgefleet.device.protocol import EdgeMetric, ModelReport
+from edgefleet.core.deviceplane import EdgeMetric, ModelReport
 from edgefleet.device.state import InstalledModel
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from edgefleet.core.deviceplane import Heartbeat
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
 from edgefleet.device.durable import read_json, write_json_atomic
-from edgefleet.device.protocol import Heartbeat
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet.core.deviceplane import PackageRef
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
 from edgefleet.core.package import unpack_package
 from edgefleet.device.durable import fsync_dir
-from edgefleet.device.protocol import ControlPlane, PackageRef
+from edgefleet.device.protocol import ControlPlane
 
 log = logging.getLogger(__name__)
 

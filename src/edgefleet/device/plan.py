@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from edgefleet.device.protocol import Deployment, DesiredState
+from edgefleet.core.deviceplane import Deployment, DesiredState
 from edgefleet.device.state import HistoryEntry, InstalledModel, JournalKind, Step, StepKind
 
 MAX_ALIAS = 63

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet.core.deviceplane import Registration
 from edgefleet.core.errors import Code, EdgefleetError
 from edgefleet.device.identity import (
     REENROL_HINT,
@@ -45,7 +46,6 @@ from edgefleet.device.identity import (
     new_key,
     store_renewal,
 )
-from edgefleet.device.protocol import Registration
 
 log = logging.getLogger(__name__)
 

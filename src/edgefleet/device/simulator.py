@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet.core.deviceplane import PackageRef, Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest
@@ -40,7 +41,7 @@ from edgefleet.device.identity import enroll
 from edgefleet.device.nullagent import NullAgent, null_config
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import DigestMismatch
-from edgefleet.device.protocol import ControlPlane, PackageRef, Result
+from edgefleet.device.protocol import ControlPlane
 from edgefleet.device.state import StateStore
 
 log = logging.getLogger(__name__)

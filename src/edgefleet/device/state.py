@@ -27,9 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.deviceplane import Deployment, PackageRef, Result, parse_timestamp, timestamp
 from edgefleet.core.errors import FailedPrecondition
 from edgefleet.device.durable import read_json, write_json_atomic
-from edgefleet.device.protocol import Deployment, PackageRef, Result, parse_timestamp, timestamp
 
 log = logging.getLogger(__name__)
 

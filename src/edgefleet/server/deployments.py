@@ -2,12 +2,8 @@
 
 A plan pins model versions to handles and rolls them out in up to ten stages. Starting a stage
 selects its devices (percentage of the fleet, explicit names, name substring or tags; a device is in
-at most one stage of a plan) and gives each a per-device row:
-
-``READYTODEPLOY`` (selected) -> ``INPROGRESS`` (the device fetched the deployment; after it reports
-success it stays here while the health gate observes it) -> ``DEPLOYED`` | ``FAILED``; a stop or a
-failed stage under ROLLBACK_ON_FAILURE moves unfinished devices to ``STOPPING`` (the device is told
-to roll back) -> ``STOPPED``.
+at most one stage of a plan) and gives each a per-device row, whose rules are
+:func:`edgefleet.server.rollout.transition`.
 
 The stage status follows from its devices: ``STARTING`` (nobody fetched yet), ``INPROGRESS``,
 ``DEPLOYED`` (all finished, failed share within the threshold), ``FAILED`` (failed share above the
@@ -33,6 +29,17 @@ from sqlalchemy import ColumnElement, func, insert, literal, select, update
 from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.interfaces import ORMOption
 
+from edgefleet.core.deviceplane import (
+    IN_PROGRESS,
+    Action,
+    FailurePolicy,
+    HealthGate,
+    HealthReport,
+    HealthVerdict,
+    Result,
+    Verdict,
+    parse_enum,
+)
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import (
@@ -47,6 +54,7 @@ from edgefleet.server.db.schema import (
 )
 from edgefleet.server.fleets import get_fleet
 from edgefleet.server.registry import Approval, resolve_version
+from edgefleet.server.rollout import Change, DeviceStatus, Rollback, StageEvent, stage_changes, transition
 from edgefleet.server.validation import Page, validate_name, validate_tags
 
 log = logging.getLogger(__name__)
@@ -69,24 +77,6 @@ class StageStatus(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
-class DeviceStatus(enum.StrEnum):
-    """Per-device states (ListStageDevices' DeviceDeploymentStatus)."""
-
-    READYTODEPLOY = "READYTODEPLOY"
-    INPROGRESS = "INPROGRESS"
-    DEPLOYED = "DEPLOYED"
-    FAILED = "FAILED"
-    STOPPING = "STOPPING"
-    STOPPED = "STOPPED"
-
-
-class FailurePolicy(enum.StrEnum):
-    """What a device (and a failed stage) does on failure."""
-
-    ROLLBACK_ON_FAILURE = "ROLLBACK_ON_FAILURE"
-    DO_NOTHING = "DO_NOTHING"
-
-
 class SubsetType(enum.StrEnum):
     """How a stage selects devices (TAGS is an edgefleet extension)."""
 
@@ -96,56 +86,7 @@ class SubsetType(enum.StrEnum):
     TAGS = "TAGS"
 
 
-class DeviceResult(enum.StrEnum):
-    """The closed set of results a device daemon reports for a deployment."""
-
-    INPROGRESS = "INPROGRESS"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED_NO_CHANGE = "FAILED_NO_CHANGE"
-    FAILED_ROLLED_BACK = "FAILED_ROLLED_BACK"
-    FAILED_ROLLBACK_FAILED = "FAILED_ROLLBACK_FAILED"
-
-
-class Rollback(enum.StrEnum):
-    """Whether a device was asked to roll back and how that went."""
-
-    NONE = "NONE"
-    REQUESTED = "REQUESTED"
-    DONE = "DONE"
-    FAILED = "FAILED"
-
-
-class Action(enum.StrEnum):
-    """What GetDeployments asks the device to do with a deployment."""
-
-    DEPLOY = "DEPLOY"
-    ROLLBACK = "ROLLBACK"
-
-
-_TERMINAL = {DeviceStatus.DEPLOYED, DeviceStatus.FAILED, DeviceStatus.STOPPED}
 _ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
-_FAILED_RESULTS = {
-    DeviceResult.FAILED_NO_CHANGE,
-    DeviceResult.FAILED_ROLLED_BACK,
-    DeviceResult.FAILED_ROLLBACK_FAILED,
-}
-
-
-@dataclass(frozen=True)
-class HealthGate:
-    """Limits a device's figures for the new model must stay within after activation."""
-
-    max_error_rate: float | None = None
-    max_p99_latency_ms: float | None = None
-    #: inferences needed before a verdict (below this the figures are too noisy)
-    min_inferences: int = 10
-    #: how long after activation the device is observed before it counts as deployed
-    observation_seconds: float = 60.0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any limit is set."""
-        return self.max_error_rate is not None or self.max_p99_latency_ms is not None
 
 
 @dataclass(frozen=True)
@@ -228,36 +169,9 @@ class ResultReport:
     message: str | None = None
 
 
-@dataclass(frozen=True)
-class HealthReport:
-    """A device's figures for a deployment after activation."""
-
-    deployment_name: str
-    inferences: int
-    errors: int
-    p99_latency_ms: float | None
-
-
-@dataclass(frozen=True)
-class HealthVerdict:
-    """The server's answer to a health report: PASS, FAIL or PENDING, and what the device must do."""
-
-    verdict: str
-    reason: str
-    action: str
-
-
 def deployment_name(plan: DeploymentPlan, stage: PlanStage) -> str:
     """``<plan>.<stage>``: unambiguous because neither name may contain a dot."""
     return f"{plan.name}.{stage.name}"
-
-
-def _enum(kind: type[enum.StrEnum], value: str, what: str) -> str:
-    try:
-        return kind(value).value
-    except ValueError as exc:
-        known = ", ".join(member.value for member in kind)
-        raise InvalidArgument(f"{what} {value!r} is invalid (known: {known})") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +243,8 @@ def _check_gate(gate: HealthGate) -> None:
 
 
 def _stage_row(stage: StageSpec, position: int, now: datetime) -> PlanStage:
-    subset = _enum(SubsetType, stage.subset_type, f"stage {stage.name!r}: DeviceSubsetType")
-    policy = _enum(FailurePolicy, stage.failure_policy, f"stage {stage.name!r}: FailureHandlingPolicy")
+    subset = parse_enum(SubsetType, stage.subset_type, f"stage {stage.name!r}: DeviceSubsetType")
+    policy = parse_enum(FailurePolicy, stage.failure_policy, f"stage {stage.name!r}: FailureHandlingPolicy")
     if not 0 <= stage.failure_threshold < 1:
         raise InvalidArgument(f"stage {stage.name!r}: FailureThreshold must be in [0, 1)")
     names: list[str] = []
@@ -466,7 +380,7 @@ def list_stage_devices(
         .where(StageDevice.stage_id == stage.id)
     )
     if status is not None:
-        stmt = stmt.where(StageDevice.status == _enum(DeviceStatus, status, "DeviceDeploymentStatus"))
+        stmt = stmt.where(StageDevice.status == parse_enum(DeviceStatus, status, "DeviceDeploymentStatus"))
     return paginate(session, stmt.order_by(Device.name), limit, next_token)
 
 
@@ -610,23 +524,7 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
         raise FailedPrecondition(
             f"stage {stage_name!r} is {stage.status}; only STARTING or INPROGRESS stages stop"
         )
-    _set_rows(
-        session,
-        stage,
-        [DeviceStatus.READYTODEPLOY],
-        DeviceStatus.STOPPED,
-        now,
-        "stage stopped before the device started",
-    )
-    _set_rows(
-        session,
-        stage,
-        [DeviceStatus.INPROGRESS],
-        DeviceStatus.STOPPING,
-        now,
-        "stage stopped: rolling back",
-        Rollback.REQUESTED,
-    )
+    _set_rows(session, stage, StageEvent.STOP, now)
     stage.status = StageStatus.STOPPING.value
     stage.status_message = "stopped by an operator"
     stage.updated_at = now
@@ -635,28 +533,21 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
     return stage
 
 
-def _set_rows(
-    session: Session,
-    stage: PlanStage,
-    from_status: list[DeviceStatus],
-    to_status: DeviceStatus,
-    now: datetime,
-    message: str,
-    rollback: Rollback | None = None,
-) -> None:
-    values: dict[str, object] = {
-        "status": to_status.value,
-        "message": message,
-        "updated_at": now,
-        "observing": False,
-    }
-    if rollback is not None:
-        values["rollback"] = rollback.value
-    session.execute(
-        update(StageDevice)
-        .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in from_status]))
-        .values(**values)
-    )
+def _set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> None:
+    """Apply a stage event to every device row it changes (one UPDATE per change)."""
+    for sources, change in stage_changes(event, FailurePolicy(stage.failure_policy)):
+        values: dict[str, object] = {"status": change.status.value, "updated_at": now}
+        if change.message is not None:
+            values["message"] = change.render("", None)
+        if change.rollback is not None:
+            values["rollback"] = change.rollback.value
+        if change.observing is not None:
+            values["observing"] = change.observing
+        session.execute(
+            update(StageDevice)
+            .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in sources]))
+            .values(**values)
+        )
 
 
 def _stage_only() -> tuple[ORMOption, ...]:
@@ -764,27 +655,9 @@ def _fail_stage(session: Session, stage: PlanStage, failed: int, total: int, now
     stage.status = StageStatus.FAILED.value
     stage.finished_at = now
     share = f"{failed}/{total} device(s) failed, above the threshold of {stage.failure_threshold:.0%}"
-    if stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE:
-        stage.status_message = share + "; rolling the stage back"
-        _set_rows(
-            session,
-            stage,
-            [DeviceStatus.READYTODEPLOY],
-            DeviceStatus.STOPPED,
-            now,
-            "stage failed before the device started",
-        )
-        _set_rows(
-            session,
-            stage,
-            [DeviceStatus.INPROGRESS, DeviceStatus.DEPLOYED],
-            DeviceStatus.STOPPING,
-            now,
-            "stage failed: rolling back",
-            Rollback.REQUESTED,
-        )
-    else:
-        stage.status_message = share
+    rolls_back = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
+    stage.status_message = share + "; rolling the stage back" if rolls_back else share
+    _set_rows(session, stage, StageEvent.FAIL, now)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -825,7 +698,8 @@ def best_package(
     return None if best is None else best[1]
 
 
-def _gate(plan: DeploymentPlan) -> HealthGate:
+def plan_gate(plan: DeploymentPlan) -> HealthGate:
+    """The health gate of ``plan`` (``enabled`` is False when it sets no limit)."""
     return HealthGate(
         plan.max_error_rate, plan.max_p99_latency_ms, plan.min_inferences, plan.observation_seconds
     )
@@ -902,7 +776,7 @@ def device_deployments(session: Session, device: Device, now: datetime) -> list[
                 refresh_stage(session, stage, now, locked=True)
         elif missing and not rolling_back:
             continue
-        gate = _gate(plan)
+        gate = plan_gate(plan)
         deployments.append(
             DeviceDeployment(
                 name=deployment_name(plan, stage),
@@ -986,58 +860,48 @@ def record_result(
     on each other's commits); the refresh that follows a commit sees every report committed before
     it, so the last report of a stage always finishes it.
     """
-    result = DeviceResult(_enum(DeviceResult, report.status, "DeploymentStatus"))
+    # INPROGRESS (None) is a report too, though not one of the closed result set
+    said = report.status
+    result = (
+        None
+        if said == IN_PROGRESS
+        else parse_enum(Result, said, f"DeploymentStatus ({IN_PROGRESS} or a result)")
+    )
     stage, row = _locate(session, device, report.deployment_name, lock_stage=refresh)
     plan = stage.plan
     status = DeviceStatus(row.status)
-    row.device_result = result.value
+    row.device_result = report.status
     row.reported_at = now
     row.updated_at = now
-    message = report.message or result.value
-    if status in (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS):
-        if status == DeviceStatus.READYTODEPLOY:
-            row.fetched_at = row.fetched_at or now
-            row.status = DeviceStatus.INPROGRESS.value
-        if result == DeviceResult.SUCCEEDED:
-            row.activated_at = now
-            if _gate(plan).enabled:
-                row.observing = True
-                row.message = "activated; observing health"
-            else:
-                row.status = DeviceStatus.DEPLOYED.value
-                row.message = message
-        elif result in _FAILED_RESULTS:
-            row.status = DeviceStatus.FAILED.value
-            row.observing = False
-            row.message = message
-            row.rollback = {
-                DeviceResult.FAILED_ROLLED_BACK: Rollback.DONE,
-                DeviceResult.FAILED_ROLLBACK_FAILED: Rollback.FAILED,
-            }.get(result, Rollback.NONE).value
-        else:
-            row.message = message
-    elif status == DeviceStatus.STOPPING:
-        if result in (DeviceResult.FAILED_ROLLED_BACK, DeviceResult.FAILED_NO_CHANGE):
-            row.status = DeviceStatus.STOPPED.value
-            row.rollback = Rollback.DONE.value
-            row.message = f"rolled back: {message}"
-        elif result == DeviceResult.FAILED_ROLLBACK_FAILED:
-            row.status = DeviceStatus.FAILED.value
-            row.rollback = Rollback.FAILED.value
-            row.message = f"rollback failed: {message}"
-    elif status == DeviceStatus.FAILED and row.rollback == Rollback.REQUESTED:
-        if result in (DeviceResult.FAILED_ROLLED_BACK, DeviceResult.FAILED_NO_CHANGE):
-            row.rollback = Rollback.DONE.value
-        elif result == DeviceResult.FAILED_ROLLBACK_FAILED:
-            row.rollback = Rollback.FAILED.value
-            row.message = f"{row.message}; rollback failed: {message}"
-    elif status == DeviceStatus.DEPLOYED and result in _FAILED_RESULTS:
-        row.status = DeviceStatus.FAILED.value
-        row.message = message
+    change = transition(
+        status,
+        Rollback(row.rollback),
+        result,
+        policy=FailurePolicy(stage.failure_policy),
+        gated=plan_gate(plan).enabled,
+    )
+    if change is not None:
+        _apply(row, change, report.message or report.status, now)
     session.flush()
     if refresh:
         refresh_stage(session, stage, now, locked=True)
     return row
+
+
+def _apply(row: StageDevice, change: Change, reported: str, now: datetime) -> None:
+    """Apply a device report's change to its row."""
+    if row.status == DeviceStatus.READYTODEPLOY:
+        row.fetched_at = row.fetched_at or now  # a result implies the device fetched the deployment
+    row.status = change.status.value
+    message = change.render(reported, row.message)
+    if message is not None:
+        row.message = message
+    if change.rollback is not None:
+        row.rollback = change.rollback.value
+    if change.observing is not None:
+        row.observing = change.observing
+    if change.activated:
+        row.activated_at = now
 
 
 def settle_stage(session: Session, stage_id: int, now: datetime, *, device_failed: bool) -> None:
@@ -1060,7 +924,7 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
         raise InvalidArgument("P99LatencyMs must not be negative")
     stage, row = _locate(session, device, report.deployment_name)
     plan = stage.plan
-    gate = _gate(plan)
+    gate = plan_gate(plan)
     rollback = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
     error_rate = report.errors / report.inferences if report.inferences else 0.0
     row.health = {
@@ -1072,21 +936,18 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
     }
     row.updated_at = now
     if row.status == DeviceStatus.DEPLOYED:
-        return HealthVerdict("PASS", "already deployed", "NONE")
+        return HealthVerdict(Verdict.PASS, "already deployed", False)
     if row.status != DeviceStatus.INPROGRESS or not row.observing:
-        action = (
-            "ROLLBACK"
-            if row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED
-            else "NONE"
-        )
         return HealthVerdict(
-            "FAIL" if row.status == DeviceStatus.FAILED else "PENDING", f"device is {row.status}", action
+            Verdict.FAIL if row.status == DeviceStatus.FAILED else Verdict.PENDING,
+            f"device is {row.status}",
+            row.status == DeviceStatus.STOPPING or row.rollback == Rollback.REQUESTED,
         )
     if not gate.enabled:  # pragma: no cover - observing is only set with a gate
-        return HealthVerdict("PASS", "no health gate", "NONE")
+        return HealthVerdict(Verdict.PASS, "no health gate", False)
     if report.inferences < gate.min_inferences:
         return HealthVerdict(
-            "PENDING", f"{report.inferences}/{gate.min_inferences} inferences observed", "NONE"
+            Verdict.PENDING, f"{report.inferences}/{gate.min_inferences} inferences observed", False
         )
     breaches = []
     if gate.max_error_rate is not None and error_rate > gate.max_error_rate:
@@ -1098,7 +959,7 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
     ):
         breaches.append(f"p99 latency {report.p99_latency_ms:g} ms > {gate.max_p99_latency_ms:g} ms")
     if gate.max_p99_latency_ms is not None and report.p99_latency_ms is None:
-        return HealthVerdict("PENDING", "P99LatencyMs is needed by this plan's health gate", "NONE")
+        return HealthVerdict(Verdict.PENDING, "P99LatencyMs is needed by this plan's health gate", False)
     if breaches:
         reason = "health gate breached: " + "; ".join(breaches)
         row.status = DeviceStatus.FAILED.value
@@ -1107,17 +968,19 @@ def record_health(session: Session, device: Device, report: HealthReport, now: d
         row.rollback = (Rollback.REQUESTED if rollback else Rollback.NONE).value
         session.flush()
         refresh_stage(session, stage, now, locked=True)
-        return HealthVerdict("FAIL", reason, "ROLLBACK" if rollback else "NONE")
+        return HealthVerdict(Verdict.FAIL, reason, rollback)
     assert row.activated_at is not None
     observed = (now - row.activated_at).total_seconds()
     if observed < gate.observation_seconds:
-        return HealthVerdict("PENDING", f"observed {observed:.0f}/{gate.observation_seconds:.0f} s", "NONE")
+        return HealthVerdict(
+            Verdict.PENDING, f"observed {observed:.0f}/{gate.observation_seconds:.0f} s", False
+        )
     row.status = DeviceStatus.DEPLOYED.value
     row.observing = False
     row.message = "health gate passed"
     session.flush()
     refresh_stage(session, stage, now, locked=True)
-    return HealthVerdict("PASS", "health gate passed", "NONE")
+    return HealthVerdict(Verdict.PASS, "health gate passed", False)
 
 
 def on_device_deregistered(session: Session, device: Device, now: datetime) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select, update
 
+from edgefleet.core.deviceplane import Action, HealthGate
 from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import (
@@ -43,17 +44,8 @@ from edgefleet.server.db.schema import (
     PlanStage,
     StageDevice,
 )
-from edgefleet.server.deployments import (
-    Action,
-    Definition,
-    DeviceDeployment,
-    DeviceStatus,
-    HealthGate,
-    Rollback,
-    StageStatus,
-    best_package,
-    outstanding,
-)
+from edgefleet.server.deployments import Definition, DeviceDeployment, StageStatus, best_package, outstanding
+from edgefleet.server.rollout import DeviceStatus, Rollback
 
 
 @dataclass(frozen=True)

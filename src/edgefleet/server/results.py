@@ -26,17 +26,13 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from edgefleet.core.deviceplane import HealthGate, Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.batching import Batcher, one_of
 from edgefleet.server.db.engine import Database, HeldConnection
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
-from edgefleet.server.deployments import (
-    DeviceResult,
-    DeviceStatus,
-    Rollback,
-    StageStatus,
-    settle_stage,
-)
+from edgefleet.server.deployments import StageStatus, settle_stage
+from edgefleet.server.rollout import DeviceStatus, Rollback
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,7 @@ class ResultRecorder:
     @staticmethod
     def plain(status: str) -> bool:
         """Whether a result of this status may be batched at all (only successes are)."""
-        return status == DeviceResult.SUCCEEDED.value
+        return status == Result.SUCCEEDED.value
 
     async def record(self, report: Report) -> str | None:
         """The device's new DeviceDeploymentStatus once committed, or None: take the ordinary path."""
@@ -125,14 +121,13 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
             dot
             and stage is not None
             and stage[1] == StageStatus.INPROGRESS
-            and stage[2] is None
-            and stage[3] is None
+            and not HealthGate(stage[2], stage[3]).enabled
         )
         stages[deployment] = stage[0] if plain and stage is not None else None
     # (stage, message) -> {device id: report indexes}; a device reporting twice in a batch is fine
     groups: dict[tuple[int, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for index, report in enumerate(reports):
-        if report.status != DeviceResult.SUCCEEDED.value:
+        if report.status != Result.SUCCEEDED.value:
             continue  # only plain successes are recorded here
         device = devices.get(report.device_name)
         stage_id = stages.get(report.deployment_name)
@@ -153,7 +148,7 @@ def _record(conn: Connection, reports: Sequence[Report], now: datetime) -> tuple
             )
             .values(
                 status=DeviceStatus.DEPLOYED.value,
-                device_result=DeviceResult.SUCCEEDED.value,
+                device_result=Result.SUCCEEDED.value,
                 message=message,
                 reported_at=now,
                 activated_at=now,

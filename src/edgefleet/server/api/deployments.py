@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from edgefleet.core.deviceplane import HealthGate
 from edgefleet.server import deployments as dp
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
@@ -18,14 +19,7 @@ router = APIRouter(prefix="/api/v1/deployment-plans", tags=["deployments"], resp
 
 
 def _spec(body: s.CreatePlanRequest) -> dp.PlanSpec:
-    gate = dp.HealthGate()
-    if body.HealthGate is not None:
-        gate = dp.HealthGate(
-            max_error_rate=body.HealthGate.MaxErrorRate,
-            max_p99_latency_ms=body.HealthGate.MaxP99LatencyMs,
-            min_inferences=body.HealthGate.MinInferences,
-            observation_seconds=body.HealthGate.ObservationSeconds,
-        )
+    gate = HealthGate() if body.HealthGate is None else HealthGate.from_wire(body.HealthGate.model_dump())
     return dp.PlanSpec(
         name=body.EdgeDeploymentPlanName,
         fleet_name=body.DeviceFleetName,

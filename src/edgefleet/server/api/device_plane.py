@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.core.deviceplane import HealthReport
 from edgefleet.core.errors import EdgefleetError, InvalidArgument, NotFound, PermissionDenied
 from edgefleet.server import deployments as dp
 from edgefleet.server import devices
@@ -34,6 +35,7 @@ from edgefleet.server.api.errors import ERROR_RESPONSES
 from edgefleet.server.api.ranges import serve_artifact
 from edgefleet.server.api.state import AppState
 from edgefleet.server.db.schema import ModelPackage, PlanModel, PlanStage, StageDevice
+from edgefleet.server.rollout import DeviceStatus
 from edgefleet.server.validation import MAX_ID
 
 log = logging.getLogger(__name__)
@@ -217,7 +219,7 @@ def report_result(body: s.ResultRequest, request: Request, identity: Identity) -
             refresh=False,
         )
         answer = s.ResultOut(DeploymentName=result.DeploymentName, DeviceDeploymentStatus=row.status)
-        stage_id, failed = row.stage_id, row.status == dp.DeviceStatus.FAILED
+        stage_id, failed = row.stage_id, row.status == DeviceStatus.FAILED
     try:
         with st.db.session() as session:
             dp.settle_stage(session, stage_id, st.db.now(), device_failed=failed)
@@ -236,10 +238,10 @@ def report_health(body: s.HealthRequest, request: Request, identity: Identity) -
         verdict = dp.record_health(
             session,
             device,
-            dp.HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),
+            HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),
             st.db.now(),
         )
-        return s.HealthOut(Verdict=verdict.verdict, Reason=verdict.reason, Action=verdict.action)
+        return s.HealthOut(**verdict.to_wire())
 
 
 @router.get("/packages/{package_id}", summary="Download a package (HTTP Range supported)")

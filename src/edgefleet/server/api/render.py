@@ -201,14 +201,7 @@ def plan(session: Session, row: DeploymentPlan) -> s.PlanOut:
                 ),
             )
         )
-    gate = None
-    if row.max_error_rate is not None or row.max_p99_latency_ms is not None:
-        gate = s.HealthGateIn(
-            MaxErrorRate=row.max_error_rate,
-            MaxP99LatencyMs=row.max_p99_latency_ms,
-            MinInferences=row.min_inferences,
-            ObservationSeconds=row.observation_seconds,
-        )
+    gate = dp.plan_gate(row)
     return s.PlanOut(
         EdgeDeploymentPlanName=row.name,
         EdgeDeploymentPlanArn=plan_arn(row.name),
@@ -226,7 +219,7 @@ def plan(session: Session, row: DeploymentPlan) -> s.PlanOut:
         EdgeDeploymentSuccess=totals.success,
         EdgeDeploymentPending=totals.pending,
         EdgeDeploymentFailed=totals.failed,
-        HealthGate=gate,
+        HealthGate=s.HealthGateIn(**gate.to_wire()) if gate.enabled else None,
         DeviceTimeoutSeconds=row.device_timeout_seconds,
         CreationTime=row.created_at,
         LastModifiedTime=row.updated_at,
@@ -279,12 +272,5 @@ def deployment(item: dp.DeviceDeployment, artifacts: ArtifactStore) -> s.Deploym
             )
             for d in item.definitions
         ],
-        HealthGate=None
-        if gate is None
-        else s.HealthGateOut(
-            MaxErrorRate=gate.max_error_rate,
-            MaxP99LatencyMs=gate.max_p99_latency_ms,
-            MinInferences=gate.min_inferences,
-            ObservationSeconds=gate.observation_seconds,
-        ),
+        HealthGate=None if gate is None else s.HealthGateOut(**gate.to_wire()),
     )

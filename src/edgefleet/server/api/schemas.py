@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.core import deviceplane as dp
 from edgefleet.server.validation import MAX_ID, MAX_INT32
 
 
@@ -298,8 +299,8 @@ class ModelConfigIn(Strict):
 class HealthGateIn(Strict):
     MaxErrorRate: float | None = None
     MaxP99LatencyMs: float | None = None
-    MinInferences: int = Field(default=10, le=MAX_INT32)
-    ObservationSeconds: float = 60.0
+    MinInferences: int = Field(default=dp.DEFAULT_MIN_INFERENCES, le=MAX_INT32)
+    ObservationSeconds: float = dp.DEFAULT_OBSERVATION_SECONDS
 
 
 class CreatePlanRequest(Strict):
@@ -453,9 +454,7 @@ class DeploymentModelResult(Lenient):
 
 class DeploymentResultModel(Lenient):
     DeploymentName: str
-    DeploymentStatus: str = Field(
-        description="INPROGRESS | SUCCEEDED | FAILED_NO_CHANGE | FAILED_ROLLED_BACK | FAILED_ROLLBACK_FAILED"
-    )
+    DeploymentStatus: str = Field(description=" | ".join([dp.IN_PROGRESS, *dp.Result]))
     DeploymentStatusMessage: str | None = None
     DeploymentStartTime: datetime | None = None
     DeploymentEndTime: datetime | None = None
@@ -506,7 +505,7 @@ class DeploymentOut(Out):
     DeploymentName: str
     Type: str = "Model"
     FailureHandlingPolicy: str
-    Action: str = Field(description="DEPLOY | ROLLBACK")
+    Action: str = Field(description=" | ".join(dp.Action))
     Definitions: list[DefinitionOut]
     HealthGate: HealthGateOut | None
 
@@ -536,6 +535,6 @@ class HealthRequest(Lenient):
 
 
 class HealthOut(Out):
-    Verdict: str = Field(description="PASS | FAIL | PENDING")
+    Verdict: str = Field(description=" | ".join(dp.Verdict))
     Reason: str
     Action: str = Field(description="NONE | ROLLBACK")

@@ -1,0 +1,492 @@
+"""The device-plane contract: the enums and value objects that cross between device and server.
+
+One definition for the device daemon and the control plane, with the Edge Manager data plane's
+field names plus edgefleet's extensions (docs/fleet-api.md); ``to_wire``/``from_wire`` give the
+JSON form, which the daemon also persists. ``tests/server/test_deviceplane_schemas.py`` walks the
+server's pydantic schemas against these. Imports nothing above :mod:`edgefleet.core`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from edgefleet.core.errors import InvalidArgument
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+#: inferences a health gate needs before it gives a verdict (below this the figures are too noisy)
+DEFAULT_MIN_INFERENCES = 10
+#: how long after activation a health gate observes a device before it counts as deployed, seconds
+DEFAULT_OBSERVATION_SECONDS = 60.0
+#: the DeploymentStatus a device may report while it is still at work (not one of :class:`Result`)
+IN_PROGRESS = "INPROGRESS"
+
+
+class Result(enum.StrEnum):
+    """The closed set of outcomes of applying (or rolling back) a deployment on a device."""
+
+    #: every model of the deployment serves its handle
+    SUCCEEDED = "SUCCEEDED"
+    #: the deployment failed and the device serves exactly what it served before
+    FAILED_NO_CHANGE = "FAILED_NO_CHANGE"
+    #: the deployment failed after changing the device, and every change was undone
+    FAILED_ROLLED_BACK = "FAILED_ROLLED_BACK"
+    #: the deployment failed and undoing it failed too (the daemon keeps converging to its last good state)
+    FAILED_ROLLBACK_FAILED = "FAILED_ROLLBACK_FAILED"
+
+
+class FailurePolicy(enum.StrEnum):
+    """What the device does when a deployment fails part-way."""
+
+    ROLLBACK_ON_FAILURE = "ROLLBACK_ON_FAILURE"
+    DO_NOTHING = "DO_NOTHING"
+
+
+class Action(enum.StrEnum):
+    """What the server asks of a deployment: apply it, or undo it (stage stopped, stage or gate failed)."""
+
+    DEPLOY = "DEPLOY"
+    ROLLBACK = "ROLLBACK"
+
+
+class DesiredState(enum.StrEnum):
+    """Whether a definition's model should serve its handle."""
+
+    DEPLOY = "DEPLOY"
+    UNDEPLOY = "UNDEPLOY"
+
+
+def parse_enum(kind: type[E], value: Any, what: str) -> E:
+    """``value`` as a member of ``kind``; INVALID_ARGUMENT naming the known values otherwise."""
+    try:
+        return kind(value)
+    except ValueError as exc:
+        known = ", ".join(member.value for member in kind)
+        raise InvalidArgument(f"{what} {value!r} is invalid (known: {known})") from exc
+
+
+def timestamp(when: datetime | None) -> str | None:
+    """ISO 8601 UTC text of ``when`` (None stays None)."""
+    return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """A datetime from ISO 8601 text or Unix seconds (None stays None)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value), UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise InvalidArgument(f"{value!r} is not an ISO 8601 time") from exc
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise InvalidArgument(f"{value!r} is not a time")
+
+
+# ---------------------------------------------------------------------------------------------
+# GetDeviceRegistration
+
+
+@dataclass(frozen=True)
+class Registration:
+    """GetDeviceRegistration's answer."""
+
+    #: ``REGISTERED`` or another state the server names (``DEREGISTERED``, ...)
+    status: str
+    #: how long the answer may be cached, seconds
+    cache_ttl_seconds: float
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> Registration:
+        """Parse ``{DeviceRegistration, CacheTTL}``."""
+        ttl = raw.get("CacheTTL", 0)
+        try:
+            seconds = float(ttl)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"CacheTTL {ttl!r} is not a number of seconds") from exc
+        return cls(status=str(raw.get("DeviceRegistration", "")), cache_ttl_seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# GetDeployments
+
+
+@dataclass(frozen=True)
+class PackageRef:
+    """Where a package is and what it must hash to."""
+
+    #: absolute URL or a path on the device endpoint
+    url: str
+    #: SHA-256 of the archive (hex); checked after download
+    sha256: str | None = None
+    #: SHA-1 of the archive (hex), the vendor's checksum; checked when no SHA-256 is given
+    sha1: str | None = None
+    #: archive size in bytes, when the server says
+    size: int | None = None
+
+    @property
+    def key(self) -> str:
+        """A name for the package in the device's cache (its digest)."""
+        digest = self.sha256 or self.sha1
+        if not digest:
+            raise InvalidArgument(f"package {self.url} has no checksum; refusing to download it")
+        return digest.lower()
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One model of a deployment: which version should serve which handle."""
+
+    handle: str
+    model_name: str
+    model_version: str
+    package: PackageRef
+    state: DesiredState = DesiredState.DEPLOY
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form (vendor field names plus edgefleet's)."""
+        checksum: dict[str, Any] = (
+            {"Type": "SHA256", "Sum": self.package.sha256}
+            if self.package.sha256
+            else {"Type": "SHA1", "Sum": self.package.sha1}
+        )
+        return {
+            "ModelHandle": self.handle,
+            "ModelName": self.model_name,
+            "ModelVersion": self.model_version,
+            "S3Url": self.package.url,
+            "Checksum": checksum,
+            "Sha256": self.package.sha256,
+            "Size": self.package.size,
+            "State": self.state.value,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> Definition:
+        """Parse a ``Definitions`` item."""
+        checksum = raw.get("Checksum") or {}
+        kind = str(checksum.get("Type", "")).upper()
+        sha256 = raw.get("Sha256") or (checksum.get("Sum") if kind == "SHA256" else None)
+        sha1 = checksum.get("Sum") if kind == "SHA1" else raw.get("Sha1")
+        url = raw.get("PackageUrl") or raw.get("S3Url") or ""
+        handle = raw.get("ModelHandle") or ""
+        if not handle or not url:
+            raise InvalidArgument(f"deployment definition lacks ModelHandle or package URL: {dict(raw)}")
+        size = raw.get("Size")
+        return cls(
+            handle=str(handle),
+            model_name=str(raw.get("ModelName") or handle),
+            model_version=str(raw.get("ModelVersion") or ""),
+            package=PackageRef(
+                url=str(url),
+                sha256=str(sha256).lower() if sha256 else None,
+                sha1=str(sha1).lower() if sha1 else None,
+                size=int(size) if size is not None else None,
+            ),
+            state=parse_enum(DesiredState, raw.get("State", "DEPLOY"), "definition State"),
+        )
+
+
+@dataclass(frozen=True)
+class HealthGate:
+    """Limits the server judges the device's figures for a new model against (after activation)."""
+
+    max_error_rate: float | None = None
+    max_p99_latency_ms: float | None = None
+    min_inferences: int = DEFAULT_MIN_INFERENCES
+    observation_seconds: float = DEFAULT_OBSERVATION_SECONDS
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is set (a plan without one has no gate)."""
+        return self.max_error_rate is not None or self.max_p99_latency_ms is not None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "MaxErrorRate": self.max_error_rate,
+            "MaxP99LatencyMs": self.max_p99_latency_ms,
+            "MinInferences": self.min_inferences,
+            "ObservationSeconds": self.observation_seconds,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> HealthGate:
+        """Parse a ``HealthGate`` object."""
+        rate = raw.get("MaxErrorRate")
+        p99 = raw.get("MaxP99LatencyMs")
+        return cls(
+            max_error_rate=None if rate is None else float(rate),
+            max_p99_latency_ms=None if p99 is None else float(p99),
+            min_inferences=int(raw.get("MinInferences", DEFAULT_MIN_INFERENCES)),
+            observation_seconds=float(raw.get("ObservationSeconds", DEFAULT_OBSERVATION_SECONDS)),
+        )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment the server wants the device to act on."""
+
+    #: ``<plan>.<stage>``
+    name: str
+    definitions: tuple[Definition, ...]
+    failure_policy: FailurePolicy = FailurePolicy.ROLLBACK_ON_FAILURE
+    action: Action = Action.DEPLOY
+    health_gate: HealthGate | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form (what the journal stores)."""
+        return {
+            "DeploymentName": self.name,
+            "Type": "Model",
+            "FailureHandlingPolicy": self.failure_policy.value,
+            "Action": self.action.value,
+            "Definitions": [d.to_wire() for d in self.definitions],
+            "HealthGate": None if self.health_gate is None else self.health_gate.to_wire(),
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> Deployment:
+        """Parse a ``Deployments`` item."""
+        name = raw.get("DeploymentName")
+        if not name:
+            raise InvalidArgument("a deployment has no DeploymentName")
+        gate = raw.get("HealthGate")
+        return cls(
+            name=str(name),
+            definitions=tuple(Definition.from_wire(d) for d in raw.get("Definitions") or []),
+            failure_policy=parse_enum(
+                FailurePolicy,
+                raw.get("FailureHandlingPolicy", "ROLLBACK_ON_FAILURE"),
+                "FailureHandlingPolicy",
+            ),
+            action=parse_enum(Action, raw.get("Action", "DEPLOY"), "deployment Action"),
+            health_gate=HealthGate.from_wire(gate) if isinstance(gate, Mapping) else None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# SendHeartbeat
+
+
+@dataclass(frozen=True)
+class EdgeMetric:
+    """One metric value (the vendor's EdgeMetric)."""
+
+    dimension: str
+    name: str
+    value: float
+    at: datetime
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{Dimension, MetricName, Value, Timestamp}``."""
+        return {
+            "Dimension": self.dimension,
+            "MetricName": self.name,
+            "Value": self.value,
+            "Timestamp": timestamp(self.at),
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> EdgeMetric:
+        """Parse ``{Dimension, MetricName, Value, Timestamp}``."""
+        at = parse_timestamp(raw.get("Timestamp"))
+        return cls(
+            dimension=str(raw.get("Dimension") or ""),
+            name=str(raw["MetricName"]),
+            value=float(raw["Value"]),
+            at=at or datetime.now(UTC),
+        )
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """One model in a heartbeat."""
+
+    model_name: str
+    model_version: str
+    handle: str
+    latest_inference: datetime | None = None
+    latest_sample: datetime | None = None
+    metrics: tuple[EdgeMetric, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """A heartbeat ``Models`` item."""
+        return {
+            "ModelName": self.model_name,
+            "ModelVersion": self.model_version,
+            "ModelHandle": self.handle,
+            "LatestInference": timestamp(self.latest_inference),
+            "LatestSampleTime": timestamp(self.latest_sample),
+            "ModelMetrics": [m.to_wire() for m in self.metrics],
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> ModelReport:
+        """Parse a heartbeat ``Models`` item."""
+        return cls(
+            model_name=str(raw["ModelName"]),
+            model_version=str(raw.get("ModelVersion") or ""),
+            handle=str(raw.get("ModelHandle") or ""),
+            latest_inference=parse_timestamp(raw.get("LatestInference")),
+            latest_sample=parse_timestamp(raw.get("LatestSampleTime")),
+            metrics=tuple(EdgeMetric.from_wire(m) for m in raw.get("ModelMetrics") or []),
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What SendHeartbeat carries (the deployment result travels separately, see :class:`ControlPlane`)."""
+
+    agent_version: str
+    taken_at: datetime
+    agent_metrics: tuple[EdgeMetric, ...] = ()
+    models: tuple[ModelReport, ...] = ()
+    #: (os, arch, accelerator) the device runs, so the server picks matching packages
+    platform: tuple[str, str, str] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The heartbeat body without the device's name and fleet (the transport adds those)."""
+        body: dict[str, Any] = {
+            "AgentVersion": self.agent_version,
+            "AgentMetrics": [m.to_wire() for m in self.agent_metrics],
+            "Models": [m.to_wire() for m in self.models],
+            "Timestamp": timestamp(self.taken_at),
+        }
+        if self.platform is not None:
+            os_name, arch, accelerator = self.platform
+            body["Platform"] = {"Os": os_name, "Arch": arch, "Accelerator": accelerator}
+        return body
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> Heartbeat:
+        """Parse what :meth:`to_wire` wrote."""
+        platform = raw.get("Platform")
+        return cls(
+            agent_version=str(raw["AgentVersion"]),
+            taken_at=parse_timestamp(raw.get("Timestamp")) or datetime.now(UTC),
+            agent_metrics=tuple(EdgeMetric.from_wire(m) for m in raw.get("AgentMetrics") or []),
+            models=tuple(ModelReport.from_wire(m) for m in raw.get("Models") or []),
+            platform=None
+            if not isinstance(platform, Mapping)
+            else (
+                str(platform.get("Os", "linux")),
+                str(platform["Arch"]),
+                str(platform.get("Accelerator", "none")),
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployment results and health
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What happened to one handle of a deployment (a DeploymentModels item)."""
+
+    handle: str
+    model_name: str
+    model_version: str
+    desired_state: DesiredState
+    #: DEPLOY if the model serves its handle now, UNDEPLOY otherwise
+    state: DesiredState
+    success: bool
+    reason: str = ""
+    rollback_failure_reason: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "ModelHandle": self.handle,
+            "ModelName": self.model_name,
+            "ModelVersion": self.model_version,
+            "DesiredState": self.desired_state.value,
+            "State": self.state.value,
+            "Status": "SUCCESS" if self.success else "FAIL",
+            "StatusReason": self.reason,
+            "RollbackFailureReason": self.rollback_failure_reason,
+        }
+
+
+@dataclass(frozen=True)
+class DeploymentResult:
+    """The outcome of one deployment on this device (SendHeartbeat's DeploymentResult)."""
+
+    deployment_name: str
+    result: Result
+    message: str
+    started_at: datetime
+    finished_at: datetime
+    models: tuple[ModelResult, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{DeploymentName, DeploymentStatus, DeploymentStatusMessage, ...}``."""
+        return {
+            "DeploymentName": self.deployment_name,
+            "DeploymentStatus": self.result.value,
+            "DeploymentStatusMessage": self.message[:1000],
+            "DeploymentStartTime": timestamp(self.started_at),
+            "DeploymentEndTime": timestamp(self.finished_at),
+            "DeploymentModels": [m.to_wire() for m in self.models],
+        }
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The device's figures for a deployment's new models since activation."""
+
+    deployment_name: str
+    inferences: int
+    errors: int
+    p99_latency_ms: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "DeploymentName": self.deployment_name,
+            "Inferences": self.inferences,
+            "Errors": self.errors,
+            "P99LatencyMs": self.p99_latency_ms,
+        }
+
+
+class Verdict(enum.StrEnum):
+    """The server's judgement of a health report."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    PENDING = "PENDING"
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    """The server's answer to a health report and what the device must do (``ROLLBACK`` or ``NONE``)."""
+
+    verdict: Verdict
+    reason: str
+    rollback: bool
+
+    @property
+    def action(self) -> str:
+        """The wire's ``Action``: ``ROLLBACK`` or ``NONE``."""
+        return "ROLLBACK" if self.rollback else "NONE"
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{Verdict, Reason, Action}``."""
+        return {"Verdict": self.verdict.value, "Reason": self.reason, "Action": self.action}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> HealthVerdict:
+        """Parse ``{Verdict, Reason, Action}``."""
+        return cls(
+            verdict=parse_enum(Verdict, raw.get("Verdict", "PENDING"), "health Verdict"),
+            reason=str(raw.get("Reason", "")),
+            rollback=str(raw.get("Action", "NONE")).upper() == "ROLLBACK",
+        )
