@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 import support
+from hypothesis import HealthCheck, settings
+
+# Property tests on a busy machine: no per-example deadline and no "too slow" health check (both
+# measure wall time, which another job on the cores can stretch). Loaded here, before any test
+# module builds its @settings, so those inherit it.
+settings.register_profile("edgefleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("edgefleet")
 
 
 @pytest.fixture(scope="session", autouse=True)
