@@ -145,7 +145,7 @@ class BareClient:
 
 def _read(sock: Any, n: int) -> bytearray:
     """Exactly ``n`` bytes from ``sock`` (the agent's own helper); ConnectionError at end of stream."""
-    from edgefleet.agent.fastpath import recv_exact
+    from edgefleet.protocol.agent.framing import recv_exact
 
     data = recv_exact(sock, n)
     if data is None:

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.protocol.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ import pytest
 from compiler_support import Digits
 from support import AgentProcess, output_array, running_agent, tensor, unpack
 
-from edgefleet.agent.proto import agent_pb2
 from edgefleet.compiler.job import CompileJob, CompileRequest
 from edgefleet.compiler.output import build_package_from_output
 from edgefleet.core.package import inspect_package
+from edgefleet.protocol.agent.proto import agent_pb2
 from edgefleet.runtimes.base import RuntimeOptions, get_backend
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from support import AgentProcess, build, make_linear_onnx, start, tensor
 
-from edgefleet.agent.proto import agent_pb2
+from edgefleet.protocol.agent.proto import agent_pb2
 
 
 def wait_status(stub: object, capture_id: str, want: int, timeout: float = 60) -> None:

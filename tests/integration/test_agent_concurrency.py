@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support import AgentProcess, build, build_null, make_slow_onnx, running_agent, tensor, wait_for
 
-from edgefleet.agent.proto import agent_pb2, extensions_pb2
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,10 @@ from support import (
     wait_for,
 )
 
-from edgefleet.agent.fastpath import MAGIC, fast_path_for
-from edgefleet.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.client import AgentClient
 from edgefleet.core.errors import InvalidArgument, NotFound
+from edgefleet.protocol.agent.framing import MAGIC, fast_path_for
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 
 FRAME = struct.Struct("<I")
 

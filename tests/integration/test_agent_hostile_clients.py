@@ -25,10 +25,10 @@ import psutil
 import pytest
 from support import REPO, AgentProcess, build_null, frame_reply, read_exact, running_agent, tensor
 
-from edgefleet.agent.fastpath import MAGIC, fast_path_for
-from edgefleet.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.client import AgentClient
 from edgefleet.core.errors import Code, grpc_status_number
+from edgefleet.protocol.agent.framing import MAGIC, fast_path_for
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 
 FRAME = struct.Struct("<I")
 MiB = 1 << 20

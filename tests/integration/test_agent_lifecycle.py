@@ -29,7 +29,7 @@ from support import (
 )
 
 from edgefleet import __version__
-from edgefleet.agent.proto import agent_pb2, extensions_pb2
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])

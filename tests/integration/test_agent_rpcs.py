@@ -21,7 +21,7 @@ from support import (
     unpack,
 )
 
-from edgefleet.agent.proto import agent_pb2
+from edgefleet.protocol.agent.proto import agent_pb2
 
 
 @pytest.fixture(scope="module")

@@ -24,20 +24,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgefleet.agent.codec import (
-    GRPC_CHANNEL_OPTIONS,
-    MAX_MESSAGE_BYTES,
-    array_from_bytes,
-    array_from_proto,
-    data_type,
-    decode_name,
-    metadata_from_spec,
-    spec_from_metadata,
-    tensor_metadata,
-    tensor_to_proto,
-    wire_shape,
-)
-from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.client import AgentClient, AuxData, ModelInfo, grpc_target
 from edgefleet.core.errors import (
@@ -54,6 +40,20 @@ from edgefleet.core.errors import (
     grpc_status_number,
 )
 from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.protocol.agent.codec import (
+    GRPC_CHANNEL_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    array_from_bytes,
+    array_from_proto,
+    data_type,
+    decode_name,
+    metadata_from_spec,
+    spec_from_metadata,
+    tensor_metadata,
+    tensor_to_proto,
+    wire_shape,
+)
+from edgefleet.protocol.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 
 DTYPES = [t.numpy for t in DataType]
 

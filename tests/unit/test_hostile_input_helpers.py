@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.config import AgentConfig, load_config
-from edgefleet.agent.fastpath import FAST_PATH_MAX_FRAME_BYTES
 from edgefleet.core.errors import Code, InvalidArgument, os_error, quoted
+from edgefleet.protocol.agent.framing import FAST_PATH_MAX_FRAME_BYTES
 
 
 def test_quoted_shortens_long_client_strings() -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import psutil
 
-from edgefleet.agent.fastpath import FAST_PATH_MAX_FRAME_BYTES, MAX_FRAME_LENGTH
 from edgefleet.core.errors import InvalidArgument, NotFound
+from edgefleet.protocol.agent.framing import FAST_PATH_MAX_FRAME_BYTES, MAX_FRAME_LENGTH
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,8 @@ from types import FrameType
 import grpc
 
 from edgefleet.agent.config import AgentConfig
-from edgefleet.agent.fastpath import (
-    MAX_SOCKET_PATH,
-    FastPathServer,
-    fast_path_for,
-    socket_path,
-    unlink_if_ours,
-)
+from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
 from edgefleet.agent.models import ModelLimits, ModelRegistry
-from edgefleet.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.agent.server import AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureConfig, CaptureService
@@ -34,6 +27,8 @@ from edgefleet.core.errors import FailedPrecondition
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest, unpack_package, verify_package_dir
 from edgefleet.core.signing import check_trust_dir
+from edgefleet.protocol.agent.framing import MAX_SOCKET_PATH, fast_path_for, socket_path
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.runtimes.base import RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -79,7 +74,7 @@ class RunningAgent:
     #: one a newer agent has bound at the same path since.
     socket_identity: tuple[int, int]
     #: The fast-path Predict socket beside the gRPC one (None when disabled or unavailable).
-    fast_path: FastPathServer | None = None
+    fast_path: FastSocketServer | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -237,7 +232,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     )
 
 
-def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> FastPathServer | None:
+def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> FastSocketServer | None:
     """The fast-path socket beside ``path`` (docs/agent-protocol.md); None, with a warning, if it
     cannot be created: gRPC serves every client anyway."""
     fast_path = fast_path_for(path)
@@ -246,7 +241,7 @@ def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> Fas
         return None
     old_umask = os.umask(0o777 & ~config.socket_mode)
     try:
-        server = FastPathServer(
+        server = FastSocketServer(
             fast_path,
             agent.predict,
             mode=config.socket_mode,

@@ -21,9 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from edgefleet import __version__
-from edgefleet.agent.codec import array_from_bytes, data_type, fill_metadata, metadata_from_spec
 from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
-from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
 from edgefleet.core.errors import (
@@ -37,6 +35,8 @@ from edgefleet.core.errors import (
     wire_message,
 )
 from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.protocol.agent.codec import array_from_bytes, data_type, fill_metadata, metadata_from_spec
+from edgefleet.protocol.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.runtimes.base import installed_backends
 
 log = logging.getLogger(__name__)

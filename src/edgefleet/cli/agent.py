@@ -301,8 +301,8 @@ def _connect(args: argparse.Namespace) -> Iterator[AgentClient]:
 
 def _unreachable(address: str, exc: Unavailable) -> str:
     """One line saying why the agent at ``address`` cannot be reached, naming its socket."""
-    from edgefleet.agent.fastpath import socket_path
     from edgefleet.core.errors import InvalidArgument
+    from edgefleet.protocol.agent.framing import socket_path
 
     try:
         path: Path | None = socket_path(address)

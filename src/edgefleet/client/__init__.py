@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from edgefleet.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from edgefleet.client.client import (
     DEFAULT_SHM_THRESHOLD,
     AgentClient,
@@ -22,6 +21,7 @@ from edgefleet.client.client import (
     error_from_rpc,
     grpc_target,
 )
+from edgefleet.protocol.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 
 __all__ = [
     "DEFAULT_SHM_THRESHOLD",

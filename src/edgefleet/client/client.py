@@ -29,23 +29,6 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.agent.codec import (
-    GRPC_CHANNEL_OPTIONS,
-    array_from_proto,
-    shm_tensor_proto,
-    spec_from_metadata,
-    tensor_to_proto,
-)
-from edgefleet.agent.fastpath import (
-    FAST_PATH_MAX_FRAME_BYTES,
-    FRAME_LENGTH,
-    MAGIC,
-    FrameReader,
-    fast_path_for,
-    recv_exact,
-    socket_path,
-)
-from edgefleet.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 from edgefleet.client.shm import OwnedSegment, SegmentPool
 from edgefleet.core.errors import (
     Code,
@@ -57,6 +40,23 @@ from edgefleet.core.errors import (
     error_for,
 )
 from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.protocol.agent.codec import (
+    GRPC_CHANNEL_OPTIONS,
+    array_from_proto,
+    shm_tensor_proto,
+    spec_from_metadata,
+    tensor_to_proto,
+)
+from edgefleet.protocol.agent.framing import (
+    FAST_PATH_MAX_FRAME_BYTES,
+    FRAME_LENGTH,
+    MAGIC,
+    FrameReader,
+    fast_path_for,
+    recv_exact,
+    socket_path,
+)
+from edgefleet.protocol.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.fastpath import MAGIC, FastPathServer, FrameReader
-from edgefleet.agent.proto import agent_pb2
+from edgefleet.agent.fast_socket import FastSocketServer
+from edgefleet.protocol.agent.framing import MAGIC, FrameReader
+from edgefleet.protocol.agent.proto import agent_pb2
 
 LENGTH = struct.Struct("<I")  # the wire's frame prefix, as docs/agent-protocol.md writes it
 
@@ -140,7 +141,7 @@ class Served:
 
     def __init__(self, directory: Path, *, delay: float = 0.0) -> None:
         self.delay = delay
-        self.server = FastPathServer(
+        self.server = FastSocketServer(
             directory / "agent.sock.fast", self.predict, mode=0o600, idle_seconds=0.5, frame_seconds=0.5
         )
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from edgefleet.agent.proto import extensions_pb2 as edgefleet_dot_agent_dot_proto_dot_extensions__pb2
+from edgefleet.protocol.agent.proto import extensions_pb2 as edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in edgefleet/agent/proto/extensions_pb2_grpc.py depends on'
+        + ' but the generated code in edgefleet/protocol/agent/proto/extensions_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class AgentExtensionsStub:
         """
         self.GetServerMetadata = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/GetServerMetadata',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.GetHealth = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/GetHealth',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.HealthRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.HealthResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.HealthRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.HealthResponse.FromString,
                 _registered_method=True)
         self.GetModelStatistics = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/GetModelStatistics',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
         self.PredictExt = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/PredictExt',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.FromString,
                 _registered_method=True)
         self.SetHandle = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/SetHandle',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.FromString,
                 _registered_method=True)
         self.RemoveHandle = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/RemoveHandle',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.FromString,
                 _registered_method=True)
         self.ListHandles = channel.unary_unary(
                 '/edgefleet.agent.v1.AgentExtensions/ListHandles',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
                 _registered_method=True)
 
 
@@ -127,38 +127,38 @@ def add_AgentExtensionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerMetadata,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'GetHealth': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHealth,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.HealthRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.HealthResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.HealthRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.HealthResponse.SerializeToString,
             ),
             'GetModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatistics,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'PredictExt': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictExt,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.SerializeToString,
             ),
             'SetHandle': grpc.unary_unary_rpc_method_handler(
                     servicer.SetHandle,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.SerializeToString,
             ),
             'RemoveHandle': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveHandle,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.SerializeToString,
             ),
             'ListHandles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHandles,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,8 +186,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/GetServerMetadata',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,8 +213,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/GetHealth',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.HealthRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.HealthResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.HealthRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.HealthResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -240,8 +240,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/GetModelStatistics',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,8 +267,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/PredictExt',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PredictExtRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PredictExtResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -294,8 +294,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/SetHandle',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.SetHandleRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.SetHandleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -321,8 +321,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/RemoveHandle',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.RemoveHandleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -348,8 +348,8 @@ class AgentExtensions:
             request,
             target,
             '/edgefleet.agent.v1.AgentExtensions/ListHandles',
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

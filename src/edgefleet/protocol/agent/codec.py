@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.agent.proto import agent_pb2
 from edgefleet.core.errors import InvalidArgument, shorten
 from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.protocol.agent.proto import agent_pb2
 
 #: Largest gRPC message either side sends or accepts (1 GiB; gRPC caps at 2 GiB - 1).
 MAX_MESSAGE_BYTES = 1 << 30

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from edgefleet.agent.proto import agent_pb2 as edgefleet_dot_agent_dot_proto_dot_agent__pb2
+from edgefleet.protocol.agent.proto import agent_pb2 as edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in edgefleet/agent/proto/agent_pb2_grpc.py depends on'
+        + ' but the generated code in edgefleet/protocol/agent/proto/agent_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class AgentStub:
         """
         self.Predict = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/Predict',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.PredictRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.PredictResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.PredictRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.LoadModel = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/LoadModel',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.LoadModelRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.LoadModelResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.LoadModelResponse.FromString,
                 _registered_method=True)
         self.UnLoadModel = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/UnLoadModel',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/ListModels',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.ListModelsResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.DescribeModel = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/DescribeModel',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.DescribeModelRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.DescribeModelResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.DescribeModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.DescribeModelResponse.FromString,
                 _registered_method=True)
         self.CaptureData = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/CaptureData',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.CaptureDataRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.CaptureDataResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.CaptureDataRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.CaptureDataResponse.FromString,
                 _registered_method=True)
         self.GetCaptureDataStatus = channel.unary_unary(
                 '/AWS.SageMaker.Edge.Agent/GetCaptureDataStatus',
-                request_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusRequest.SerializeToString,
-                response_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -121,38 +121,38 @@ def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.PredictRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.PredictRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.PredictResponse.SerializeToString,
             ),
             'LoadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadModel,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.LoadModelRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.LoadModelResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.LoadModelRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.LoadModelResponse.SerializeToString,
             ),
             'UnLoadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnLoadModel,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.ListModelsRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.ListModelsRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.ListModelsResponse.SerializeToString,
             ),
             'DescribeModel': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeModel,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.DescribeModelRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.DescribeModelResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.DescribeModelRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.DescribeModelResponse.SerializeToString,
             ),
             'CaptureData': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureData,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.CaptureDataRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.CaptureDataResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.CaptureDataRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.CaptureDataResponse.SerializeToString,
             ),
             'GetCaptureDataStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCaptureDataStatus,
-                    request_deserializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusRequest.FromString,
-                    response_serializer=edgefleet_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,8 +180,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/Predict',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.PredictRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.PredictResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.PredictRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,8 +207,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/LoadModel',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.LoadModelRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.LoadModelResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.LoadModelRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.LoadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/UnLoadModel',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.UnLoadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/ListModels',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.ListModelsRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.ListModelsResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.ListModelsRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,8 +288,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/DescribeModel',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.DescribeModelRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.DescribeModelResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.DescribeModelRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.DescribeModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,8 +315,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/CaptureData',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.CaptureDataRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.CaptureDataResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.CaptureDataRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.CaptureDataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,8 +342,8 @@ class Agent:
             request,
             target,
             '/AWS.SageMaker.Edge.Agent/GetCaptureDataStatus',
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusRequest.SerializeToString,
-            edgefleet_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusResponse.FromString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2.GetCaptureDataStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
