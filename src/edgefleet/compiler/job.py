@@ -52,7 +52,7 @@ from edgefleet.compiler.frontends import FrontendResult, canonical_framework, ge
 from edgefleet.compiler.noise import captured_output, detail_sink, short_reason
 from edgefleet.compiler.report import CandidateReport, CandidateStatus, CompileReport
 from edgefleet.compiler.signature import InputSpec, concrete_shape
-from edgefleet.compiler.targets import get_target, host_arch, matches_host
+from edgefleet.compiler.targets import get_target, matches_host
 from edgefleet.compiler.types import (
     BuildFn,
     BuildOptions,
@@ -62,6 +62,7 @@ from edgefleet.compiler.types import (
     TargetSpec,
 )
 from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.core.platform import host_arch
 from edgefleet.core.tensors import TensorSpec
 from edgefleet.runtimes.base import LoadedModel
 
