@@ -25,7 +25,7 @@ from cryptography import x509
 from server_testkit import FakeClock, scratch_pg_database
 
 from edgefleet.core.errors import Code, EdgefleetError, Unauthenticated
-from edgefleet.device.durable import move_atomic, write_bytes_atomic
+from edgefleet.core.files import move_atomic, write_bytes_atomic
 from edgefleet.device.https import HttpsControlPlane, enroller
 from edgefleet.device.identity import (
     Identity,

@@ -44,6 +44,7 @@ from edgefleet.runtimes.base import LoadedModel, RuntimeOptions, get_backend, ve
 
 log = logging.getLogger(__name__)
 
+
 class ModelUnloading(NotFound):
     """The model was unloaded while the request was on its way to it."""
 

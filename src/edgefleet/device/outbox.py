@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
-from edgefleet.device.durable import read_json, write_json_atomic
+from edgefleet.core.files import read_json, write_json_atomic
 from edgefleet.device.protocol import Heartbeat
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
+from edgefleet.core.files import fsync_dir
 from edgefleet.core.package import unpack_package
-from edgefleet.device.durable import fsync_dir
 from edgefleet.device.protocol import ControlPlane, PackageRef
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.core.errors import FailedPrecondition
-from edgefleet.device.durable import read_json, write_json_atomic
+from edgefleet.core.files import read_json, write_json_atomic
 from edgefleet.device.protocol import Deployment, PackageRef, Result, parse_timestamp, timestamp
 
 log = logging.getLogger(__name__)

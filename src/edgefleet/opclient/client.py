@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from edgefleet.core.errors import InvalidArgument, NotFound, Unavailable, error_from_http
-from edgefleet.device.durable import fsync_dir
+from edgefleet.core.files import fsync_dir, fsync_file
 from edgefleet.opclient.config import ENV_CA_CERT, ClientConfig
 
 Json = dict[str, Any]
@@ -37,11 +37,6 @@ def _verify_failed(exc: BaseException) -> bool:
 def _sha256_of(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def _range_start(value: str | None) -> int:
@@ -302,7 +297,7 @@ class FleetClient:
                 got = self._download_to(url, part, offset, size, expected, progress)
             written = part.stat().st_size
             if written == size and got == expected:
-                _fsync_file(part)
+                fsync_file(part)
                 os.replace(part, final)
                 fsync_dir(dest_dir)
                 return final
