@@ -1,21 +1,18 @@
 """Durable files: every file edgefleet persists is replaced atomically and, by default, fsynced.
 
-A write goes to a hidden temporary file beside the target (``.<name>.<random>.tmp``, created with
-``O_EXCL``, so concurrent writers never share one), is fsynced, renamed over the target, and the
-directory is fsynced: after a crash or power loss the file holds either the old or the new content,
-never a mix, and a reader never sees a partial file. A failed write removes its temporary file and
-leaves the old file as it was.
+A write goes to a hidden ``.<name>.<random>.tmp`` beside the target (``O_EXCL``: concurrent writers
+never share one), is fsynced, renamed over the target, and the directory fsynced: after a crash or
+power loss the file holds the old or the new content, never a mix; a failed write leaves the old.
 
-:func:`fsync_dir` raises when the file system reports an error (an I/O error means the rename may
-not be on disk, and claiming it durable would hide that), and is silent only where the file system
-cannot fsync a directory at all (``EINVAL``/``ENOTSUP``): the rename is still atomic there and there
-is nothing more to do.
+:func:`fsync_dir` raises on an error (an I/O error means the rename may not be on disk; calling it
+durable would hide that) and is silent only where a file system cannot sync directories at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -25,7 +22,6 @@ from typing import IO, Any
 
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
 
-# errnos meaning "this file system does not sync directories", not "the sync failed"
 _NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
@@ -47,6 +43,12 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def sha256_file(path: Path) -> str:
+    """Lower-case hex SHA-256 of the file at ``path`` (OSError on failure)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def temp_path(path: Path) -> Path:
     """A fresh hidden temporary name beside ``path`` (``.<name>.<random>.tmp``)."""
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
@@ -56,10 +58,8 @@ def temp_path(path: Path) -> Path:
 def atomic_writer(path: Path, *, mode: int | None = 0o644, fsync: bool = True) -> Iterator[IO[bytes]]:
     """A binary file that replaces ``path`` atomically when the ``with`` block ends without error.
 
-    ``mode``: the file's permission bits, set before any byte is written (None: ``0o666`` less the
-    umask, like ``open``). ``fsync``: sync the file and its directory before returning (off: still
-    atomic against a crash of this process, not against power loss). Raises OSError; on any error
-    the temporary file is removed and ``path`` is untouched.
+    ``mode``: permission bits, set before any byte lands (None: ``0o666`` less the umask). ``fsync``
+    off: still atomic against a crash, not against power loss. OSError on failure, ``path`` untouched.
     """
     tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666 if mode is None else 0o600)
