@@ -93,8 +93,8 @@ def compile_model(
     workdir: Path, model_path: Path, x: np.ndarray, y: np.ndarray, say: Say
 ) -> tuple[Path, str]:
     """Compile ``model_path`` for this host's target class; returns (output dir, selected candidate)."""
-    from edgefleet.agent.models import host_arch
     from edgefleet.compiler.job import CompileJob, CompileRequest
+    from edgefleet.core.platform import host_arch
 
     calibration, validation = workdir / "calibration.npz", workdir / "validation.npz"
     # a single-input model takes any one array; labels go under "labels"

@@ -289,8 +289,8 @@ def test_a_device_killed_mid_deployment_restores_offline_then_resumes(
 def test_a_new_daemon_waits_for_the_agent_its_crashed_predecessor_started(tmp_path: Path) -> None:
     """That agent is still stopping (it got SIGTERM); it removes the socket file as it exits, so a new
     agent started meanwhile would serve an unlinked socket no application can reach."""
+    from edgefleet.core.files import write_json_atomic
     from edgefleet.device.agentlink import AgentSupervisor, _process_start
-    from edgefleet.device.durable import write_json_atomic
 
     lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:

@@ -26,7 +26,7 @@ from server_testkit import FakeClock, scratch_pg_database
 
 from edgefleet.core.deviceplane import Heartbeat
 from edgefleet.core.errors import Code, EdgefleetError, Unauthenticated
-from edgefleet.device.durable import move_atomic, write_bytes_atomic
+from edgefleet.core.files import move_atomic, write_bytes_atomic
 from edgefleet.device.https import HttpsControlPlane, enroller
 from edgefleet.device.identity import (
     Identity,

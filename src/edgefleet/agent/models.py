@@ -38,18 +38,11 @@ from edgefleet.core.errors import (
     quoted,
 )
 from edgefleet.core.manifest import Manifest, validate_model_name
+from edgefleet.core.platform import host_arch
 from edgefleet.core.tensors import TensorSpec
 from edgefleet.runtimes.base import LoadedModel, RuntimeOptions, get_backend, version_at_least
 
 log = logging.getLogger(__name__)
-
-_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
-
-
-def host_arch() -> str:
-    """This machine's architecture in manifest spelling (``x86_64``, ``aarch64``, ...)."""
-    machine = platform.machine().lower()
-    return _ARCH_ALIASES.get(machine, machine)
 
 
 class ModelUnloading(NotFound):

@@ -19,7 +19,7 @@ import grpc
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
 from edgefleet.agent.models import ModelLimits, ModelRegistry
-from edgefleet.agent.server import AgentService, AgentState, ExtensionsService, add_to_server
+from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureConfig, CaptureService
 from edgefleet.capture.sinks import DiskSink
@@ -68,7 +68,7 @@ class RunningAgent:
     registry: ModelRegistry
     capture: CaptureService
     shm: SharedMemoryReader
-    state: AgentState
+    state: AgentLifecycle
     housekeeping: Housekeeping
     #: (device, inode) of the socket this agent created: on stop it removes that file only, never
     #: one a newer agent has bound at the same path since.
@@ -78,9 +78,8 @@ class RunningAgent:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
-        if self.state.state in ("STOPPING", "STOPPED"):
+        if not self.state.begin_stop():
             return
-        self.state.set("STOPPING")
         log.info("agent stopping")
         self.server.stop(grace).wait()
         if self.fast_path is not None:
@@ -90,7 +89,7 @@ class RunningAgent:
         self.registry.close()
         self.shm.close()
         unlink_if_ours(self.path, self.socket_identity)
-        self.state.set("STOPPED")
+        self.state.set(AgentState.STOPPED)
         log.info("agent stopped")
 
 
@@ -152,7 +151,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         check_trust_dir(config.trust_dir)
     prepare_socket(path, force=force)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    state = AgentState()
+    state = AgentLifecycle()
     verify, unpack = make_verifier(config)
     registry = ModelRegistry(
         limits=ModelLimits(
@@ -219,7 +218,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     os.replace(bound, path)
     st = path.lstat()
     fast = start_fast_path(config, path, agent) if config.fast_path else None
-    state.set("SERVING")
+    state.set(AgentState.SERVING)
     log.info(
         "agent serving on unix://%s (device %s, fleet %s, mode %o)",
         path,

@@ -6,6 +6,7 @@ status codes; nothing here holds a global lock on the Predict path.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import threading
@@ -348,17 +349,34 @@ def encode_outputs(specs: Sequence[TensorSpec], outputs: Sequence[np.ndarray]) -
     return response
 
 
-class AgentState:
-    """The agent's lifecycle: STARTING -> SERVING -> STOPPING -> STOPPED. Live unless STOPPED."""
+class AgentState(enum.Enum):
+    """The agent's lifecycle: STARTING -> SERVING -> STOPPING -> STOPPED (values: GetHealth's strings)."""
+
+    STARTING = "STARTING"
+    SERVING = "SERVING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class AgentLifecycle:
+    """The running agent's :class:`AgentState`, read and changed from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.state = "STARTING"
+        self.state = AgentState.STARTING
         self.started = time.time()
 
-    def set(self, state: str) -> None:
+    def set(self, state: AgentState) -> None:
         with self._lock:
             self.state = state
+
+    def begin_stop(self) -> bool:
+        """Move to STOPPING; False (and no change) when a stop has already begun."""
+        with self._lock:
+            if self.state in (AgentState.STOPPING, AgentState.STOPPED):
+                return False
+            self.state = AgentState.STOPPING
+            return True
 
 
 class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
@@ -369,7 +387,7 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
         registry: ModelRegistry,
         agent: AgentService,
         shm: SharedMemoryReader,
-        state: AgentState,
+        state: AgentLifecycle,
         *,
         fast_path: bool = False,
     ) -> None:
@@ -391,9 +409,9 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
     def GetHealth(self, request: Any, context: grpc.ServicerContext) -> Any:
         state = self._state.state
         return extensions_pb2.HealthResponse(
-            live=state != "STOPPED",
-            ready=state == "SERVING",
-            state=state,
+            live=state is not AgentState.STOPPED,
+            ready=state is AgentState.SERVING,
+            state=state.value,
             detail=f"{len(self._models.list())} model(s) loaded, {self._models.used_bytes >> 20} MiB reserved",
         )
 

@@ -34,8 +34,8 @@ from edgefleet.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from edgefleet.core.files import fsync_dir
 from edgefleet.core.tensors import DataType
-from edgefleet.storage.file import fsync_dir
 
 log = logging.getLogger(__name__)
 

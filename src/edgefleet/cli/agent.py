@@ -545,7 +545,7 @@ def _save_npz(path: Path, outputs: dict[str, np.ndarray]) -> None:
 
     import numpy as np
 
-    from edgefleet.device.durable import write_bytes_atomic
+    from edgefleet.core.files import write_bytes_atomic
 
     buffer = io.BytesIO()
     np.savez(buffer, **outputs)  # type: ignore[arg-type]  # numpy's stub types the keywords narrowly

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.cli.output import add_client_arguments
+from edgefleet.core.files import sha256_file
 
 VERSION_FIELDS = [
     ("Model", "ModelName"),
@@ -265,8 +266,6 @@ def delete_entry(args: argparse.Namespace) -> int:
 
 
 def download_package(args: argparse.Namespace) -> int:
-    import hashlib
-
     from edgefleet.cli.output import ProgressBar, client_from_args, dump_json, human_size
 
     bar = ProgressBar(f"downloading {args.name} {args.version}")
@@ -275,9 +274,8 @@ def download_package(args: argparse.Namespace) -> int:
             path = client.download_package(args.name, args.version, args.target, args.output, progress=bar)
     finally:
         bar.close()
-    with path.open("rb") as handle:  # what is on disk now, read back: that is what the line claims
-        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-    record = {"Path": str(path), "Size": path.stat().st_size, "Sha256": sha256}
+    # what is on disk now, read back: that is what the line claims
+    record = {"Path": str(path), "Size": path.stat().st_size, "Sha256": sha256_file(path)}
     if args.json:
         dump_json(record)
     else:

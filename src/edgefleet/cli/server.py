@@ -108,7 +108,7 @@ def build_config(args: argparse.Namespace) -> Any:
 def write_port_file(path: Path, endpoints: Any) -> None:
     """Write where the server listens (an :class:`~edgefleet.server.runner.Endpoints`) to ``path``,
     atomically: a reader that sees the file sees all of it."""
-    from edgefleet.device.durable import write_json_atomic
+    from edgefleet.core.files import write_json_atomic
 
     write_json_atomic(
         path,

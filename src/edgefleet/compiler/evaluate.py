@@ -6,16 +6,15 @@ measured is exactly what the agent will run.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from edgefleet.compiler.dataset import Dataset
 from edgefleet.compiler.types import CandidateArtifact, TargetSpec
+from edgefleet.core.files import sha256_file
 from edgefleet.core.manifest import FileEntry, Manifest, Runtime, Target
 from edgefleet.core.tensors import TensorSpec
 from edgefleet.runtimes.base import LoadedModel, RuntimeOptions, get_backend
@@ -39,15 +38,6 @@ class Latency:
 
     def to_dict(self) -> dict[str, float | int]:
         return {"p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "mean_ms": self.mean_ms, "runs": self.runs}
-
-
-def sha256_file(path: Path) -> str:
-    """Lower-case hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def candidate_manifest(

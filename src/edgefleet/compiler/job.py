@@ -45,14 +45,13 @@ from edgefleet.compiler.evaluate import (
     benchmark,
     load_candidate,
     predict,
-    sha256_file,
     top1_accuracy,
 )
 from edgefleet.compiler.frontends import FrontendResult, canonical_framework, get_frontend
 from edgefleet.compiler.noise import captured_output, detail_sink, short_reason
 from edgefleet.compiler.report import CandidateReport, CandidateStatus, CompileReport
 from edgefleet.compiler.signature import InputSpec, concrete_shape
-from edgefleet.compiler.targets import get_target, host_arch, matches_host
+from edgefleet.compiler.targets import get_target, matches_host
 from edgefleet.compiler.types import (
     BuildFn,
     BuildOptions,
@@ -62,19 +61,15 @@ from edgefleet.compiler.types import (
     TargetSpec,
 )
 from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.core.files import sha256_file
+from edgefleet.core.platform import host_arch
 from edgefleet.core.tensors import TensorSpec
-from edgefleet.runtimes.base import LoadedModel
+from edgefleet.runtimes.base import RUNTIMES, LoadedModel, canonical_runtime
 
 _log = logging.getLogger(__name__)
 
-#: backend name -> (module, builder function); imported when a candidate needs it.
-BUILDERS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("edgefleet.compiler.ort_backend", "build_onnxruntime"),
-    "openvino": ("edgefleet.compiler.openvino_backend", "build_openvino"),
-    "tvm": ("edgefleet.compiler.tvm_backend", "build_tvm"),
-    "litert": ("edgefleet.compiler.litert_backend", "build_litert"),
-}
-BACKEND_ALIASES = {"tflite": "litert", "ort": "onnxruntime"}
+#: backend name -> (module, builder function), from the runtime records; imported when a candidate needs it.
+BUILDERS: dict[str, str] = {r.name: r.builder for r in RUNTIMES.values() if r.builder is not None}
 QUANTIZE_CHOICES = ("auto", "none", "int8", "fp16")
 
 
@@ -918,7 +913,7 @@ def _size_text(size: int | None) -> str:
 
 
 def _builder(backend: str) -> BuildFn:
-    module_name, func_name = BUILDERS[backend]
+    module_name, func_name = BUILDERS[backend].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -951,7 +946,7 @@ def _size(artifact: CandidateArtifact) -> int:
 
 
 def _check_backend(name: str, target: TargetSpec) -> str:
-    key = BACKEND_ALIASES.get(name, name)
+    key = canonical_runtime(name)
     if key == "auto":
         return key
     if key not in BUILDERS:

@@ -17,18 +17,9 @@ import onnx.defs
 from edgefleet.compiler.signature import InputSpec, reconcile_inputs
 from edgefleet.compiler.types import UnsupportedModel
 from edgefleet.core.errors import InvalidArgument
-from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.core.tensors import ONNX_ELEM_TYPES, DataType, TensorSpec
 
-_ELEM_TYPES: dict[int, DataType] = {
-    onnx.TensorProto.UINT8: DataType.UINT8,
-    onnx.TensorProto.INT16: DataType.INT16,
-    onnx.TensorProto.INT32: DataType.INT32,
-    onnx.TensorProto.INT64: DataType.INT64,
-    onnx.TensorProto.FLOAT16: DataType.FLOAT16,
-    onnx.TensorProto.FLOAT: DataType.FLOAT32,
-    onnx.TensorProto.DOUBLE: DataType.FLOAT64,
-}
-_TO_ELEM = {v: k for k, v in _ELEM_TYPES.items()}
+_TO_ELEM = {v: k for k, v in ONNX_ELEM_TYPES.items()}
 # Operator domains whose operators ONNX Runtime's CPU provider implements.
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 RUNTIME_DOMAINS = (*_STANDARD_DOMAINS, "com.microsoft")
@@ -119,7 +110,7 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value.type.tensor_type
-    dtype = _ELEM_TYPES.get(tensor_type.elem_type)
+    dtype = ONNX_ELEM_TYPES.get(tensor_type.elem_type)
     if dtype is None:
         raise UnsupportedModel(
             f"tensor {value.name!r} has ONNX element type "

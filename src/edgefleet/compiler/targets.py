@@ -8,11 +8,11 @@ a set comparison. docs/targets.md documents the same table for users.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 from edgefleet.compiler.types import TargetSpec
 from edgefleet.core.errors import InvalidArgument
+from edgefleet.core.platform import host_arch
 
 _CPUINFO = Path("/proc/cpuinfo")
 
@@ -107,12 +107,6 @@ def get_target(name: str) -> TargetSpec:
         raise InvalidArgument(
             f"unknown target {name!r}: known targets are {', '.join(known_targets())} (see docs/targets.md)"
         ) from None
-
-
-def host_arch() -> str:
-    """This machine's architecture as manifests spell it (``x86_64``, ``aarch64``...)."""
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def host_cpu_features(cpuinfo: str | None = None) -> frozenset[str]:

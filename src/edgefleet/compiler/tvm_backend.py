@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgefleet.compiler.targets import host_arch, host_cpu_features, matches_host
+from edgefleet.compiler.targets import host_cpu_features, matches_host
 from edgefleet.compiler.types import (
     BuildOptions,
     CandidateArtifact,
@@ -36,6 +36,7 @@ from edgefleet.compiler.types import (
     TargetSpec,
 )
 from edgefleet.core.errors import InvalidArgument
+from edgefleet.core.platform import host_arch, normalize_arch
 from edgefleet.core.tensors import DataType, TensorSpec
 
 _log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ RUNTIME = "tvm"
 MODEL_FILE = "model.so"
 #: Architectures TVM builds libraries for here (LLVM triples' first component).
 SUPPORTED_ARCHES = ("x86_64", "aarch64")
-_TRIPLE_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 # Errors TVM's Python and C++ layers raise for a model or target they cannot handle.
 _TVM_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError)
 # File names Python gives code that has no source file (see speed_up_tvmscript_imports).
@@ -194,8 +194,8 @@ def llvm_target(target: TargetSpec, threads: int = 0) -> dict[str, Any]:
     tvm = _import_tvm()
     from tvm.target import codegen  # type: ignore[import-untyped, unused-ignore]
 
-    triple_arch = _TRIPLE_ARCHES.get(target.llvm_triple.split("-")[0].lower())
-    if triple_arch != target.arch:
+    triple_arch = normalize_arch(target.llvm_triple.split("-")[0])
+    if triple_arch not in SUPPORTED_ARCHES or triple_arch != target.arch:
         raise InvalidArgument(
             f"target {target.name!r}: LLVM triple {target.llvm_triple!r} does not build {target.arch} code"
         )

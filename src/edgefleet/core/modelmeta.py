@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.core.tensors import ONNX_ELEM_TYPES, ORT_TYPES, DataType, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +29,6 @@ LITERT_INSTALL_HINT = "pip install 'edgefleet[litert]'"
 _LITERT_MIN_VERSION = "1.0"
 # Oldest ONNX Runtime that implements a default-domain opset (conservative; edgefleet needs >= 1.17).
 _ORT_FOR_OPSET: tuple[tuple[int, str], ...] = ((20, "1.17"), (21, "1.18"), (22, "1.21"), (23, "1.23"))
-
-# onnx.TensorProto element types -> wire types (numbers from onnx.proto, stable since ONNX 1.0)
-_ONNX_ELEM_TYPES: dict[int, DataType] = {
-    1: DataType.FLOAT32,
-    2: DataType.UINT8,
-    5: DataType.INT16,
-    6: DataType.INT32,
-    7: DataType.INT64,
-    10: DataType.FLOAT16,
-    11: DataType.FLOAT64,
-}
-# ONNX Runtime type strings -> wire types
-_ORT_TYPES: dict[str, DataType] = {
-    "tensor(uint8)": DataType.UINT8,
-    "tensor(int16)": DataType.INT16,
-    "tensor(int32)": DataType.INT32,
-    "tensor(int64)": DataType.INT64,
-    "tensor(float16)": DataType.FLOAT16,
-    "tensor(float)": DataType.FLOAT32,
-    "tensor(double)": DataType.FLOAT64,
-}
 
 
 @dataclass(frozen=True)
@@ -123,7 +102,7 @@ def _onnx_spec(value: Any, role: str, model: Path) -> TensorSpec:
             "options={'zipmap': False})"
         )
     tensor = type_proto.tensor_type
-    dtype = _ONNX_ELEM_TYPES.get(tensor.elem_type)
+    dtype = ONNX_ELEM_TYPES.get(tensor.elem_type)
     if dtype is None:
         raise InvalidArgument(
             f"{role} {value.name!r} of {model.name} has element type {_onnx_type_name(tensor.elem_type)}, "
@@ -176,7 +155,7 @@ def _read_onnx_with_ort(model: Path) -> ModelMetadata:
 
 
 def _ort_spec(arg: Any, role: str, model: Path) -> TensorSpec:
-    dtype = _ORT_TYPES.get(str(arg.type))
+    dtype = ORT_TYPES.get(str(arg.type))
     if dtype is None:
         raise InvalidArgument(
             f"{role} {arg.name!r} of {model.name} has type {arg.type}, which the agent protocol cannot carry "

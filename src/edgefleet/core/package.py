@@ -21,7 +21,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from edgefleet.core.errors import (
     SignatureError,
     os_error,
 )
+from edgefleet.core.files import atomic_writer
 from edgefleet.core.manifest import (
     CERTIFICATES_FILE,
     CONTROL_FILES,
@@ -284,36 +284,26 @@ def _write_archive(
     mtime: int,
 ) -> None:
     """Write the deterministic .tar.gz next to ``final`` and rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            os.fchmod(raw.fileno(), 0o644)
-            with (
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime, compresslevel=6) as gz,
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ):
-                # Control files first, so readers can check the manifest before any artifact.
-                for control in (MANIFEST_FILE, SIGNATURE_FILE, CERTIFICATES_FILE):
-                    data = controls[control]
-                    tar.addfile(_tarinfo(control, len(data), mtime), io.BytesIO(data))
-                entries = {f.path: f for f in manifest.files}
-                for src, arcname in sorted(sources, key=lambda s: s[1]):
-                    entry = entries[arcname]
-                    with src.open("rb") as fh:
-                        reader = _HashingReader(fh)
-                        tar.addfile(_tarinfo(arcname, entry.size, mtime), reader)
-                    if reader.hexdigest() != entry.sha256:
-                        raise FailedPrecondition(f"{src} changed while the package was being built")
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)
+        with (
+            atomic_writer(final, mode=0o644) as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime, compresslevel=6) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            # Control files first, so readers can check the manifest before any artifact.
+            for control in (MANIFEST_FILE, SIGNATURE_FILE, CERTIFICATES_FILE):
+                data = controls[control]
+                tar.addfile(_tarinfo(control, len(data), mtime), io.BytesIO(data))
+            entries = {f.path: f for f in manifest.files}
+            for src, arcname in sorted(sources, key=lambda s: s[1]):
+                entry = entries[arcname]
+                with src.open("rb") as fh:
+                    reader = _HashingReader(fh)
+                    tar.addfile(_tarinfo(arcname, entry.size, mtime), reader)
+                if reader.hexdigest() != entry.sha256:
+                    raise FailedPrecondition(f"{src} changed while the package was being built")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FailedPrecondition(f"cannot write the package {final}: {exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _tarinfo(name: str, size: int, mtime: int) -> tarfile.TarInfo:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, SignatureError
+from edgefleet.core.files import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -239,18 +239,8 @@ def _private_pem(key: SignerPrivateKey) -> bytes:
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` atomically (temp file + rename) with ``mode`` set before any byte lands."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, mode=mode) as fh:
+        fh.write(data)
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,6 +59,27 @@ class DataType(enum.IntEnum):
             raise InvalidArgument(f"unknown data type {name!r} (known: {known})") from None
 
 
+#: ONNX Runtime's type strings (``NodeArg.type``) -> wire types, for the runtime and the packager
+ORT_TYPES: dict[str, DataType] = {
+    "tensor(uint8)": DataType.UINT8,
+    "tensor(int16)": DataType.INT16,
+    "tensor(int32)": DataType.INT32,
+    "tensor(int64)": DataType.INT64,
+    "tensor(float16)": DataType.FLOAT16,
+    "tensor(float)": DataType.FLOAT32,
+    "tensor(double)": DataType.FLOAT64,
+}
+#: onnx.TensorProto element types -> wire types (numbers from onnx.proto, stable since ONNX 1.0)
+ONNX_ELEM_TYPES: dict[int, DataType] = {
+    1: DataType.FLOAT32,
+    2: DataType.UINT8,
+    5: DataType.INT16,
+    6: DataType.INT32,
+    7: DataType.INT64,
+    10: DataType.FLOAT16,
+    11: DataType.FLOAT64,
+}
+
 _TO_NUMPY: dict[DataType, np.dtype[np.generic]] = {
     DataType.UINT8: np.dtype("<u1"),
     DataType.INT16: np.dtype("<i2"),

@@ -3,7 +3,6 @@
 Layout, one module per concept:
 
 - ``config`` — the daemon's typed knobs, read from a TOML file;
-- ``durable`` — atomic, fsynced JSON files (everything the daemon persists goes through it);
 - ``identity`` — the device key, enrolment (token + CSR -> client certificate) and the stored identity;
 - ``protocol`` — the :class:`~edgefleet.device.protocol.ControlPlane` seam and the value types it carries;
 - ``https`` — the control plane over HTTPS with mutual TLS (stdlib only);

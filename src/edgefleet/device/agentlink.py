@@ -27,7 +27,7 @@ import numpy as np
 
 from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
-from edgefleet.device.durable import read_json, write_json_atomic
+from edgefleet.core.files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

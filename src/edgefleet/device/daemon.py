@@ -475,7 +475,7 @@ def build_daemon(
 ) -> Daemon:
     """A daemon with the real parts: the enrolled identity over HTTPS (renewing its certificate),
     the agent, the package cache. ``now`` is the daemon's clock."""
-    from edgefleet.agent.models import host_arch
+    from edgefleet.core.platform import host_arch
     from edgefleet.device.agentlink import write_agent_config
     from edgefleet.device.https import HttpsControlPlane
     from edgefleet.device.identity import load_identity

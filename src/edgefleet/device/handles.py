@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, NotFound
-from edgefleet.device.durable import write_json_atomic
+from edgefleet.core.files import write_json_atomic
 
 if TYPE_CHECKING:
     import numpy as np

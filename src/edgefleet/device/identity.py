@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgefleet.core.errors import AlreadyExists, EdgefleetError, FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.device.durable import (
+from edgefleet.core.files import (
     fsync_dir,
     move_atomic,
     private_dir,

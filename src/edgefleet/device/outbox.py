@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgefleet.core.deviceplane import Heartbeat
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
-from edgefleet.device.durable import read_json, write_json_atomic
+from edgefleet.core.files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Protocol
 
 from edgefleet.core.deviceplane import PackageRef
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition
+from edgefleet.core.files import move_atomic
 from edgefleet.core.package import unpack_package
-from edgefleet.device.durable import fsync_dir
 from edgefleet.device.protocol import ControlPlane
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,7 @@ class PackageStore:
         if actual != package.key:
             part.unlink()
             raise DigestMismatch(f"package {package.url}: digest {actual} is not the announced {package.key}")
-        os.replace(part, self.archive_path(package))
-        fsync_dir(self.downloads)
+        move_atomic(part, self.archive_path(package))
         log.info("fetched %s (%d bytes)", package.url, size)
 
     def _download(self, package: PackageRef, plane: ControlPlane, part: Path, have: int) -> None:
@@ -168,8 +167,7 @@ class PackageStore:
             shutil.rmtree(tmp, ignore_errors=True)
             archive.unlink(missing_ok=True)
             raise
-        os.replace(tmp, final)
-        fsync_dir(self.staged)
+        move_atomic(tmp, final)
         archive.unlink(missing_ok=True)
         log.info("verified and staged %s in %s", package.url, final)
         return final

@@ -29,7 +29,7 @@ from typing import Any
 
 from edgefleet.core.deviceplane import Deployment, PackageRef, Result, parse_timestamp, timestamp
 from edgefleet.core.errors import FailedPrecondition
-from edgefleet.device.durable import read_json, write_json_atomic
+from edgefleet.core.files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from edgefleet.core.errors import InvalidArgument, NotFound, Unavailable, error_from_http
-from edgefleet.device.durable import fsync_dir
+from edgefleet.core.files import fsync_dir, fsync_file, sha256_file
 from edgefleet.opclient.config import ENV_CA_CERT, ClientConfig
 
 Json = dict[str, Any]
@@ -32,16 +32,6 @@ def _verify_failed(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def _range_start(value: str | None) -> int:
@@ -287,7 +277,7 @@ class FleetClient:
             raise InvalidArgument(f"cannot create the directory {dest_dir}: {exc}") from exc
         final = dest_dir / f"{name}-{version}-{target}.tar.gz"
         url = f"/api/v1/models/{name}/versions/{version}/packages/{target}"
-        if final.is_file() and final.stat().st_size == size and _sha256_of(final) == expected:
+        if final.is_file() and final.stat().st_size == size and sha256_file(final) == expected:
             if progress is not None:
                 progress(size, size)
             return final  # already here, verified
@@ -297,12 +287,12 @@ class FleetClient:
             if offset > size:
                 offset = 0  # longer than the package: not a partial of it
             if offset == size:
-                got = _sha256_of(part)  # complete, but not yet renamed (interrupted just before)
+                got = sha256_file(part)  # complete, but not yet renamed (interrupted just before)
             else:
                 got = self._download_to(url, part, offset, size, expected, progress)
             written = part.stat().st_size
             if written == size and got == expected:
-                _fsync_file(part)
+                fsync_file(part)
                 os.replace(part, final)
                 fsync_dir(dest_dir)
                 return final

@@ -141,58 +141,84 @@ class Backend(abc.ABC):
         """Load the manifest's model file from ``package_dir``."""
 
 
-# backend name -> "module:Class"; modules are imported only when the backend is asked for, so a
-# missing optional engine fails that load alone, with the extra to install.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("edgefleet.runtimes.onnxruntime", "OnnxRuntimeBackend"),
-    "litert": ("edgefleet.runtimes.litert", "LiteRTBackend"),
-    "null": ("edgefleet.runtimes.null", "NullBackend"),
-    "openvino": ("edgefleet.runtimes.openvino", "OpenVINOBackend"),
-    "tvm": ("edgefleet.runtimes.tvm", "TVMBackend"),
-}
-# Names manifests may use for the same backend.
-_ALIASES = {"tflite": "litert", "ort": "onnxruntime"}
-_EXTRAS = {"litert": "litert", "openvino": "openvino", "tvm": "tvm", "onnxruntime": ""}
+@dataclass(frozen=True)
+class RuntimeRecord:
+    """Everything edgefleet knows about one runtime, by name, without importing its engine.
+
+    ``backend``: ``module:Class`` of the agent-side :class:`Backend`, imported when first asked for
+    (so a missing optional engine fails that load alone). ``engine``: the engine's top-level module
+    (None: none needed). ``extra``: the pip extra installing the engine ("": the base install).
+    ``aliases``: other names manifests and ``--backend`` may use. ``builder``: ``module:function``
+    of the compiler's builder, as a name (runtimes never import the compiler).
+    """
+
+    name: str
+    backend: str
+    engine: str | None
+    extra: str
+    aliases: tuple[str, ...] = ()
+    builder: str | None = None
+
+
+#: runtime name -> its record
+RUNTIMES: dict[str, RuntimeRecord] = {
+    r.name: r
+    for r in (
+        RuntimeRecord(
+            "onnxruntime", "edgefleet.runtimes.onnxruntime:OnnxRuntimeBackend", "onnxruntime", "", ("ort",),
+            "edgefleet.compiler.ort_backend:build_onnxruntime",
+        ),
+        RuntimeRecord(
+            "litert", "edgefleet.runtimes.litert:LiteRTBackend", "ai_edge_litert", "litert", ("tflite",),
+            "edgefleet.compiler.litert_backend:build_litert",
+        ),
+        RuntimeRecord("null", "edgefleet.runtimes.null:NullBackend", None, ""),
+        RuntimeRecord(
+            "openvino", "edgefleet.runtimes.openvino:OpenVINOBackend", "openvino", "openvino", (),
+            "edgefleet.compiler.openvino_backend:build_openvino",
+        ),
+        RuntimeRecord(
+            "tvm", "edgefleet.runtimes.tvm:TVMBackend", "tvm", "tvm", (), "edgefleet.compiler.tvm_backend:build_tvm"
+        ),
+    )
+}  # fmt: skip
+_ALIASES = {alias: r.name for r in RUNTIMES.values() for alias in r.aliases}
 
 _cache: dict[str, Backend] = {}
 _lock = threading.Lock()
 
 
+def canonical_runtime(name: str) -> str:
+    """The runtime name for ``name`` or one of its aliases (``tflite`` -> ``litert``); others unchanged."""
+    return _ALIASES.get(name, name)
+
+
 def known_backends() -> list[str]:
     """All backend names this edgefleet knows (installed or not)."""
-    return sorted(_REGISTRY)
+    return sorted(RUNTIMES)
 
 
 def get_backend(name: str) -> Backend:
     """The backend called ``name``; FAILED_PRECONDITION if unknown or its engine is not installed."""
-    key = _ALIASES.get(name, name)
-    if key not in _REGISTRY:
+    key = canonical_runtime(name)
+    if key not in RUNTIMES:
         raise FailedPrecondition(f"unknown runtime {name!r}: this agent knows {', '.join(known_backends())}")
     with _lock:
         if key in _cache:
             return _cache[key]
-        module_name, class_name = _REGISTRY[key]
+        record = RUNTIMES[key]
+        module_name, class_name = record.backend.split(":")
         try:
             module = importlib.import_module(module_name)
             backend: Backend = getattr(module, class_name)()
         except ImportError as exc:
-            extra = _EXTRAS.get(key, key)
+            extra = record.extra
             hint = f"install it with: pip install 'edgefleet[{extra}]'" if extra else "reinstall edgefleet"
             raise FailedPrecondition(
                 f"runtime {key!r} is not installed on this device ({exc}); {hint}"
             ) from exc
         _cache[key] = backend
         return backend
-
-
-# backend -> the engine's top-level module (None: no engine needed)
-_ENGINES = {
-    "onnxruntime": "onnxruntime",
-    "litert": "ai_edge_litert",
-    "openvino": "openvino",
-    "tvm": "tvm",
-    "null": None,
-}
 
 
 def installed_backends() -> list[str]:
@@ -203,7 +229,7 @@ def installed_backends() -> list[str]:
     """
     names = []
     for name in known_backends():
-        engine = _ENGINES.get(name)
+        engine = RUNTIMES[name].engine
         if engine is None or importlib.util.find_spec(engine) is not None:
             names.append(name)
     return names

@@ -13,26 +13,16 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
-from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.core.tensors import ORT_TYPES, DataType, TensorSpec
 from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions
 
-# ONNX Runtime's type strings for the wire data types
-_ORT_TYPES = {
-    "tensor(uint8)": DataType.UINT8,
-    "tensor(int16)": DataType.INT16,
-    "tensor(int32)": DataType.INT32,
-    "tensor(int64)": DataType.INT64,
-    "tensor(float16)": DataType.FLOAT16,
-    "tensor(float)": DataType.FLOAT32,
-    "tensor(double)": DataType.FLOAT64,
-}
 # Working memory on top of the weights: arena, activations, thread pools.
 _OVERHEAD_BYTES = 32 * 1024 * 1024
 
 
 def spec_from_ort(arg: ort.NodeArg) -> TensorSpec:
     """A TensorSpec from an ONNX Runtime input/output description."""
-    dtype = _ORT_TYPES.get(arg.type)
+    dtype = ORT_TYPES.get(arg.type)
     if dtype is None:
         raise FailedPrecondition(
             f"tensor {arg.name!r} has type {arg.type}, which the agent protocol cannot carry "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import struct
 import threading
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ import tvm_ffi
 
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
+from edgefleet.core.platform import host_arch
 from edgefleet.core.tensors import TensorSpec
 from edgefleet.runtimes.base import Backend, InstancePool, LoadedModel, RuntimeOptions
 
@@ -59,12 +59,6 @@ def metadata_path(model_file: str) -> str:
     """The sidecar's relative path for the library ``model_file`` (``a/model.so`` -> ``a/model.tvm.json``)."""
     path = PurePosixPath(model_file)
     return str(path.with_name(path.stem + METADATA_SUFFIX))
-
-
-def host_arch() -> str:
-    """This machine's architecture as manifests spell it (``x86_64``, ``aarch64``)."""
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def tvm_version() -> str:

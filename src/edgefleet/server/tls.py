@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from edgefleet.core.errors import FailedPrecondition
+from edgefleet.core.files import atomic_writer
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.config import ServerConfig
 
@@ -73,12 +73,8 @@ def check_pair(cert: Path, key: Path) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
+    with atomic_writer(path, mode=mode) as handle:
         handle.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def client_cert_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,16 +24,8 @@ from edgefleet.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from edgefleet.core.files import atomic_writer, fsync_dir
 from edgefleet.storage.base import CHUNK_SIZE, ObjectStore, StoreOptions, validate_key, validate_prefix
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so entries created or renamed in it survive power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def translate_os_error(exc: OSError, message: str) -> EdgefleetError:
@@ -83,19 +74,11 @@ class FileStore(ObjectStore):
 
     def put_stream(self, key: str, source: BinaryIO) -> None:
         path = self._path(key)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
             self._make_dirs(path.parent)
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb", buffering=0) as out:
+            with atomic_writer(path, mode=None, fsync=self.options.fsync) as out:
                 shutil.copyfileobj(source, out, CHUNK_SIZE)
-                if self.options.fsync:
-                    os.fsync(out.fileno())
-            os.replace(tmp, path)
-            if self.options.fsync:
-                fsync_dir(path.parent)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # the original error is the one to report
-                tmp.unlink(missing_ok=True)
             raise translate_os_error(exc, f"cannot write {self.what} {key!r} under {self.root}") from exc
 
     def open_range(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
