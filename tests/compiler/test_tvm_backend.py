@@ -1,7 +1,7 @@
 """The TVM candidate builder: compile, tune within budget, never call untuned code optimised, errors.
 
-Tuning runs here are a handful of trials on models with one to five kernels; anything longer
-belongs to the slow tier.
+Tuning runs here are a handful of trials on models with one to five kernels; a tuning run that
+reaches the cost model (a build that ends tuned) belongs to the slow tier.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def test_several_outputs_and_integer_outputs(models: dict[str, Path], tmp_path: 
     assert_matches_onnxruntime(artifact, models["two"], [{"a": a}])
 
 
+@pytest.mark.slow  # a full tuning round with the cost model: 30-70 s; the budget tests below tune in CI
 @needs_x86_host
 def test_tuned_within_the_trial_budget_is_optimised(models: dict[str, Path], tmp_path: Path) -> None:
     artifact = build(models["dense"], tmp_path / "work", {"a": DENSE_SHAPE}, tune_trials=3)
