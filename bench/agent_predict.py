@@ -308,9 +308,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgefleet.client import AgentClient
-    from edgefleet.core.package import build_package
     from edgefleet.core.signing import init_keys
     from edgefleet.demo import train_digits
+    from edgefleet.packager.build import build_package
 
     work = Path(tempfile.mkdtemp(prefix="ef-bench-"))
     init_keys(work / "keys")

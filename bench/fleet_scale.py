@@ -204,8 +204,8 @@ def _profile(server: BenchServer, args: argparse.Namespace, name: str, seconds: 
 
 def _package(work: Path, trust_keys: Any) -> Path:
     from edgefleet.core.manifest import Target
-    from edgefleet.core.package import build_package
     from edgefleet.core.tensors import DataType, TensorSpec
+    from edgefleet.packager.build import build_package
 
     model = work / "detector.json"
     model.write_bytes(b'{"weights": [' + b", ".join(b"%d" % i for i in range(2000)) + b"]}")

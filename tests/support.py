@@ -180,7 +180,7 @@ def build(
     **kwargs: Any,
 ) -> Path:
     """Build a signed package with edgefleet's packager."""
-    from edgefleet.core.package import build_package
+    from edgefleet.packager.build import build_package
 
     return build_package(model, name=name, version=version, key_dir=key_dir, out_dir=out_dir, **kwargs)
 

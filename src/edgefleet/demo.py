@@ -64,8 +64,9 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fle
     ``fleet``: also the second part (compiler, control plane, device daemons, staged rollouts).
     """
     from edgefleet.client import AgentClient
-    from edgefleet.core.package import build_package, inspect_package
+    from edgefleet.core.package import inspect_package
     from edgefleet.core.signing import init_keys
+    from edgefleet.packager.build import build_package
 
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"edgefleet demo — working in {workdir}")

@@ -82,7 +82,7 @@ def test_int8_quantisation_keeps_digits_accuracy(
     meta = json.loads((tmp_path / "out" / PACKAGE_METADATA_FILE).read_text())
     assert set(meta) == METADATA_KEYS
     assert meta["model_file"] == "model.onnx" and meta["extra_files"] == []
-    assert meta["runtime"] == {"name": "onnxruntime", "min_version": "1.13"}
+    assert meta["runtime"] == {"name": "onnxruntime", "min_version": "1.12"}
     assert meta["target"] == {"os": "linux", "arch": "x86_64", "accelerator": "none"}
     assert meta["inputs"] == [{"name": "x", "dtype": "FLOAT32", "shape": [-1, 1, 8, 8]}]
     assert meta["outputs"] == [{"name": "y", "dtype": "FLOAT32", "shape": [-1, 10]}]
@@ -503,7 +503,7 @@ def test_offline_optimised_graph_stays_portable(tmp_path: Path) -> None:
     model = make_mlp_onnx(tmp_path / "mlp.onnx")
     optimised = onnx.load(str(graph_passes.ort_offline_optimise(model, tmp_path / "opt.onnx")))
     assert [(o.domain, o.version) for o in optimised.opset_import] == [("", 17)]
-    assert onnx_graph.ort_min_version(optimised, "1.31.1") == "1.13"
+    assert onnx_graph.ort_min_version(optimised, "1.31.1") == "1.12"
 
 
 def test_a_failed_openvino_conversion_leaves_the_root_logger_alone(tmp_path: Path) -> None:

@@ -64,8 +64,8 @@ def build_test_package(
 ) -> Path:
     """A small signed package (null runtime, a JSON "model") built with the real package builder."""
     from edgefleet.core.manifest import Target
-    from edgefleet.core.package import build_package
     from edgefleet.core.tensors import DataType, TensorSpec
+    from edgefleet.packager.build import build_package
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model = out_dir / f"{name}-{version}-{arch}.json"

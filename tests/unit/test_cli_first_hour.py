@@ -209,7 +209,7 @@ def test_default_output_is_the_answer_without_info_logs(tmp_path: Path) -> None:
 def test_a_closed_pipe_ends_the_command_quietly(args: list[str], tmp_path: Path, keys: Path) -> None:
     from conftest_package import make_onnx_classifier
 
-    from edgefleet.core.package import build_package
+    from edgefleet.packager.build import build_package
 
     package = build_package(
         make_onnx_classifier(tmp_path / "m.onnx"), name="m", version="1", key_dir=keys, out_dir=tmp_path

@@ -30,10 +30,8 @@ from edgefleet.core.errors import (
     SignatureError,
 )
 from edgefleet.core.manifest import Manifest, Runtime, Target
-from edgefleet.core.modelmeta import read_model_metadata
 from edgefleet.core.package import (
     Limits,
-    build_package,
     inspect_package,
     parse_manifest,
     unpack_package,
@@ -41,6 +39,8 @@ from edgefleet.core.package import (
     verify_package_dir,
 )
 from edgefleet.core.tensors import DataType, TensorSpec
+from edgefleet.packager.build import build_package
+from edgefleet.packager.modelmeta import ORT_FOR_OPSET, ort_for_opset, read_model_metadata
 
 CREATED = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 CONTROL = ["manifest.json", "manifest.sig", "signer-chain.pem"]
@@ -885,6 +885,32 @@ def test_onnx_new_opset_needs_newer_runtime(work: Path) -> None:
     assert (
         read_model_metadata(make_onnx_classifier(work / "o21.onnx", opset=21)).runtime_min_version == "1.18"
     )
+
+
+def test_the_opset_table_is_onnx_runtimes_compatibility_table() -> None:
+    """One table for the packager and the compiler, as ONNX Runtime's docs give it."""
+    assert ORT_FOR_OPSET == {
+        13: "1.6",
+        14: "1.8",
+        15: "1.9",
+        16: "1.11",
+        17: "1.12",
+        18: "1.14",
+        19: "1.15",
+        20: "1.17",
+        21: "1.18",
+        22: "1.21",
+        23: "1.23",
+    }
+    assert ort_for_opset(7) == "1.6"
+    assert ort_for_opset(17) == "1.12"
+    assert ort_for_opset(max(ORT_FOR_OPSET) + 1) is None
+
+
+def test_onnx_metadata_never_asks_for_less_than_edgefleets_onnx_runtime(work: Path) -> None:
+    for opset, expected in ((13, "1.17"), (20, "1.17"), (22, "1.21")):
+        model = make_onnx_classifier(work / f"floor{opset}.onnx", opset=opset)
+        assert read_model_metadata(model).runtime_min_version == expected
 
 
 def test_onnx_metadata_without_the_onnx_package(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:

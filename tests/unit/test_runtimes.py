@@ -14,7 +14,8 @@ from support import make_slow_onnx
 
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
 from edgefleet.core.manifest import Manifest
-from edgefleet.core.package import build_package, unpack_package
+from edgefleet.core.package import unpack_package
+from edgefleet.packager.build import build_package
 from edgefleet.runtimes.base import InstancePool, RuntimeOptions, get_backend, version_at_least
 from edgefleet.runtimes.onnxruntime import OnnxRuntimeModel
 

@@ -67,7 +67,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from edgefleet.core.manifest import Target
-    from edgefleet.core.package import build_package
+    from edgefleet.packager.build import build_package
 
     if args.model.is_dir():
         # An `edgefleet compile` output directory: runtime, target and tensors come from its metadata.

@@ -18,25 +18,12 @@ from edgefleet.compiler.signature import InputSpec, reconcile_inputs
 from edgefleet.compiler.types import UnsupportedModel
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.core.tensors import ONNX_ELEM_TYPES, DataType, TensorSpec
+from edgefleet.packager.modelmeta import ort_for_opset
 
 _TO_ELEM = {v: k for k, v in ONNX_ELEM_TYPES.items()}
 # Operator domains whose operators ONNX Runtime's CPU provider implements.
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 RUNTIME_DOMAINS = (*_STANDARD_DOMAINS, "com.microsoft")
-# First ONNX Runtime release supporting each ai.onnx opset (from ORT's compatibility table).
-_ORT_FOR_OPSET = {
-    13: "1.6",
-    14: "1.9",
-    15: "1.10",
-    16: "1.11",
-    17: "1.13",
-    18: "1.14",
-    19: "1.16",
-    20: "1.17",
-    21: "1.18",
-    22: "1.20",
-    23: "1.22",
-}
 
 
 def load(path: Path) -> onnx.ModelProto:
@@ -236,7 +223,7 @@ def ort_min_version(model: onnx.ModelProto, installed: str) -> str:
     exact = ".".join(installed.split(".")[:2])
     if any((node.domain or "") not in _STANDARD_DOMAINS for node in _all_nodes(model.graph)):
         return exact
-    return _ORT_FOR_OPSET.get(max(opset(model), 13), exact)
+    return ort_for_opset(opset(model)) or exact
 
 
 def has_ops(model: onnx.ModelProto, op_types: Sequence[str]) -> bool:

@@ -95,13 +95,13 @@ def read_package_metadata(directory: Path) -> dict[str, Any]:
 def build_package_from_output(
     directory: Path, *, name: str, version: str, key_dir: Path, out_dir: Path
 ) -> Path:
-    """Sign a package of a compiler output directory with :func:`edgefleet.core.package.build_package`.
+    """Sign a package of a compiler output directory with :func:`edgefleet.packager.build.build_package`.
 
     Runtime, target and tensor metadata come from ``edgefleet-package.json``; the provenance records
     the SHA-256 of the model given to the compiler and the target it was compiled for.
     """
     from edgefleet.core.manifest import Runtime, Target
-    from edgefleet.core.package import build_package
+    from edgefleet.packager.build import build_package
 
     meta = read_package_metadata(directory)
     try:

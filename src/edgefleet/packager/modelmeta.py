@@ -27,8 +27,23 @@ SUPPORTED_SUFFIXES: dict[str, str] = {".onnx": ONNX_RUNTIME, ".tflite": LITERT_R
 LITERT_INSTALL_HINT = "pip install 'edgefleet[litert]'"
 # ai-edge-litert versions are their own numbering; 1.0 is the first release (and the extra's floor).
 _LITERT_MIN_VERSION = "1.0"
-# Oldest ONNX Runtime that implements a default-domain opset (conservative; edgefleet needs >= 1.17).
-_ORT_FOR_OPSET: tuple[tuple[int, str], ...] = ((20, "1.17"), (21, "1.18"), (22, "1.21"), (23, "1.23"))
+#: First ONNX Runtime release implementing each default-domain (ai.onnx) opset, from ONNX Runtime's
+#: compatibility table; the one table the packager and the compiler read.
+ORT_FOR_OPSET: dict[int, str] = {
+    13: "1.6",
+    14: "1.8",
+    15: "1.9",
+    16: "1.11",
+    17: "1.12",
+    18: "1.14",
+    19: "1.15",
+    20: "1.17",
+    21: "1.18",
+    22: "1.21",
+    23: "1.23",
+}
+# The oldest ONNX Runtime edgefleet's device install accepts (pyproject: onnxruntime>=1.17).
+_ORT_FLOOR = "1.17"
 
 
 @dataclass(frozen=True)
@@ -125,15 +140,22 @@ def _onnx_type_name(elem_type: int) -> str:
         return str(elem_type)
 
 
-def _ort_min_version(opset: int) -> str:
-    for max_opset, version in _ORT_FOR_OPSET:
-        if opset <= max_opset:
-            return version
-    # Newer than this table: the ONNX Runtime of this machine is the best known lower bound.
-    import onnxruntime
+def ort_for_opset(opset: int) -> str | None:
+    """First ONNX Runtime release for a default-domain opset (older opsets count as the table's
+    oldest); None when the opset is newer than :data:`ORT_FOR_OPSET`."""
+    return ORT_FOR_OPSET.get(max(opset, min(ORT_FOR_OPSET)))
 
-    major, minor = str(onnxruntime.__version__).split(".")[:2]
-    return f"{major}.{minor}"
+
+def _ort_min_version(opset: int) -> str:
+    version = ort_for_opset(opset)
+    if version is None:
+        # Newer than the table: the ONNX Runtime of this machine is the best known lower bound.
+        import onnxruntime
+
+        major, minor = str(onnxruntime.__version__).split(".")[:2]
+        return f"{major}.{minor}"
+    # Conservative: a package never asks for less than what edgefleet itself runs on.
+    return max(version, _ORT_FLOOR, key=lambda v: tuple(int(part) for part in v.split(".")))
 
 
 def _read_onnx_with_ort(model: Path) -> ModelMetadata:

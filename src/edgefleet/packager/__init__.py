@@ -1,0 +1,1 @@
+"""The build side of model packages: reading model metadata, building and signing packages."""
