@@ -337,7 +337,7 @@ def test_scikit_learn_mlp_quantises_and_unconvertible_candidates_are_skipped(tmp
 def test_tvm_candidate_when_available(tmp_path: Path) -> None:
     """The job drives the TVM builder through the builder seam (TVM itself is tested by its own suite)."""
     pytest.importorskip("tvm", reason="pip install 'edgefleet[tvm]'")
-    pytest.importorskip("edgefleet.compiler.tvm_backend", reason="the TVM builder is not in this tree yet")
+    pytest.importorskip("edgefleet.compiler.backends.tvm", reason="the TVM builder is not in this tree yet")
     model = make_mlp_onnx(tmp_path / "mlp.onnx")
     job = CompileJob(
         request(model, tmp_path / "out", backend="tvm", quantize="none", inputs=(InputSpec("x", (1, 4)),))
@@ -511,7 +511,7 @@ def test_a_failed_openvino_conversion_leaves_the_root_logger_alone(tmp_path: Pat
     pytest.importorskip("openvino", reason="pip install 'edgefleet[openvino]'")
     import logging
 
-    from edgefleet.compiler.openvino_backend import build_openvino
+    from edgefleet.compiler.backends.openvino import build_openvino
     from edgefleet.compiler.targets import get_target
     from edgefleet.compiler.types import BuildOptions, CandidateUnavailable, Quantization
 

@@ -112,7 +112,7 @@ def build(
     **options: object,
 ) -> CandidateArtifact:
     """``build_tvm`` into a fresh ``work_dir`` with ``options`` overriding BuildOptions' defaults."""
-    from edgefleet.compiler.tvm_backend import build_tvm
+    from edgefleet.compiler.backends.tvm import build_tvm
 
     spec = get_target(target) if isinstance(target, str) else target
     work_dir.mkdir(parents=True, exist_ok=False)

@@ -129,7 +129,7 @@ def make_model(path: Path) -> Path:
 
 
 def build(onnx_path: Path, work_dir: Path, target: str) -> CandidateArtifact:
-    from edgefleet.compiler.tvm_backend import build_tvm
+    from edgefleet.compiler.backends.tvm import build_tvm
 
     work_dir.mkdir()
     return build_tvm(onnx_path, get_target(target), BuildOptions(work_dir, {"x": SHAPE}), lambda line: None)

@@ -7,7 +7,7 @@ and the control plane can run it in a worker and read ``status``/``log`` meanwhi
 2. data: calibration and validation sets, checked against the model's inputs before any long step;
 3. candidates: the plain ONNX Runtime baseline, then every (backend, precision) the request and the
    target allow -- simplified graph, ORT offline optimisation, int8 QDQ (calibrated once, shared),
-   fp16, OpenVINO IR, TVM (``edgefleet.compiler.tvm_backend``), LiteRT;
+   fp16, OpenVINO IR, TVM (``edgefleet.compiler.backends.tvm``), LiteRT;
 4. verification: every candidate this host can run is loaded with the device runtime backend and
    compared with the baseline on the validation data (top-1 accuracy with labels, otherwise output
    agreement); when every int8 candidate misses the tolerance, accuracy-aware int8 keeps the most
@@ -440,7 +440,7 @@ class CompileJob:
             builder = _builder("litert")
             artifact = builder(frontend.path, target, BuildOptions(directory, _shapes(frontend)), self._emit)
         else:
-            from edgefleet.compiler.ort_backend import original_candidate
+            from edgefleet.compiler.backends.onnxruntime import original_candidate
 
             artifact = original_candidate(frontend.path, directory)
         cand = _Candidate(CandidateReport(artifact.name, artifact.runtime, artifact.quantization), artifact)
@@ -684,7 +684,7 @@ class CompileJob:
         result are named ``<backend>-int8-mixed``; their notes say what was kept in float.
         """
         from edgefleet.compiler import graph_passes
-        from edgefleet.compiler.ort_backend import original_candidate
+        from edgefleet.compiler.backends.onnxruntime import original_candidate
 
         int8 = [
             c for c in candidates if c.artifact is not None and c.artifact.quantization is Quantization.INT8

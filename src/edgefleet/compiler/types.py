@@ -13,7 +13,7 @@ directory owned by that one build) and returns a :class:`CandidateArtifact` desc
 A builder that cannot serve the request (engine not installed, cross tool-chain missing, operator
 unsupported) raises :class:`CandidateUnavailable` (FAILED_PRECONDITION) with a message naming
 what is missing; the job then drops that candidate and records the reason in the report. The TVM
-builder lives in ``edgefleet.compiler.tvm_backend.build_tvm``.
+builder lives in ``edgefleet.compiler.backends.tvm.build_tvm``.
 """
 
 from __future__ import annotations

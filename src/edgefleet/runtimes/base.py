@@ -166,19 +166,19 @@ RUNTIMES: dict[str, RuntimeRecord] = {
     for r in (
         RuntimeRecord(
             "onnxruntime", "edgefleet.runtimes.onnxruntime:OnnxRuntimeBackend", "onnxruntime", "", ("ort",),
-            "edgefleet.compiler.ort_backend:build_onnxruntime",
+            "edgefleet.compiler.backends.onnxruntime:build_onnxruntime",
         ),
         RuntimeRecord(
             "litert", "edgefleet.runtimes.litert:LiteRTBackend", "ai_edge_litert", "litert", ("tflite",),
-            "edgefleet.compiler.litert_backend:build_litert",
+            "edgefleet.compiler.backends.litert:build_litert",
         ),
         RuntimeRecord("null", "edgefleet.runtimes.null:NullBackend", None, ""),
         RuntimeRecord(
             "openvino", "edgefleet.runtimes.openvino:OpenVINOBackend", "openvino", "openvino", (),
-            "edgefleet.compiler.openvino_backend:build_openvino",
+            "edgefleet.compiler.backends.openvino:build_openvino",
         ),
         RuntimeRecord(
-            "tvm", "edgefleet.runtimes.tvm:TVMBackend", "tvm", "tvm", (), "edgefleet.compiler.tvm_backend:build_tvm"
+            "tvm", "edgefleet.runtimes.tvm:TVMBackend", "tvm", "tvm", (), "edgefleet.compiler.backends.tvm:build_tvm"
         ),
     )
 }  # fmt: skip

@@ -18,7 +18,6 @@ Honesty rules (docs/tvm.md):
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgefleet.compiler.backends.tvm_import import import_tvm
 from edgefleet.compiler.targets import host_cpu_features, matches_host
 from edgefleet.compiler.types import (
     BuildOptions,
@@ -47,13 +47,6 @@ MODEL_FILE = "model.so"
 SUPPORTED_ARCHES = ("x86_64", "aarch64")
 # Errors TVM's Python and C++ layers raise for a model or target they cannot handle.
 _TVM_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError)
-# File names Python gives code that has no source file (see speed_up_tvmscript_imports).
-_SOURCELESS_FILENAMES = (
-    "<frozen importlib._bootstrap>",
-    "<frozen importlib._bootstrap_external>",
-    "<ast>",
-    "<string>",
-)
 
 
 def build_tvm(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: LogFn) -> CandidateArtifact:
@@ -64,7 +57,7 @@ def build_tvm(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: L
     (FAILED_PRECONDITION) when TVM, a C compiler for the target or xgboost is missing, or the model
     uses an operator or precision this builder does not handle.
     """
-    from edgefleet.compiler.tvm_tuning import TuningBudget
+    from edgefleet.compiler.backends.tvm_tuning import TuningBudget
 
     budget = TuningBudget(options.tune_trials, options.tune_minutes)
     if RUNTIME not in target.backends:
@@ -78,7 +71,7 @@ def build_tvm(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: L
         )
     if target.arch not in SUPPORTED_ARCHES:
         raise CandidateUnavailable(f"TVM builds here for {', '.join(SUPPORTED_ARCHES)}, not {target.arch}")
-    tvm = _import_tvm()
+    tvm = import_tvm()
     on_host, why_not = _runs_on_host(target)
     llvm = llvm_target(target, options.threads)
     linker = _linker(target)
@@ -95,7 +88,7 @@ def build_tvm(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: L
     tuned = False
     database = None
     if budget.requested and on_host:
-        from edgefleet.compiler.tvm_tuning import tune
+        from edgefleet.compiler.backends.tvm_tuning import tune
 
         _require_xgboost()
         try:
@@ -137,7 +130,7 @@ def build_tvm(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: L
     )
     try:
         if database is not None:
-            from edgefleet.compiler.tvm_tuning import compile_tuned
+            from edgefleet.compiler.backends.tvm_tuning import compile_tuned
 
             executable = compile_tuned(mod, tvm_target, database)
         else:
@@ -191,7 +184,7 @@ def llvm_target(target: TargetSpec, threads: int = 0) -> dict[str, Any]:
     ``num-cores`` (used when tuning parallel loops) is ``threads`` when given, else this host's
     core count.
     """
-    tvm = _import_tvm()
+    tvm = import_tvm()
     from tvm.target import codegen  # type: ignore[import-untyped, unused-ignore]
 
     triple_arch = normalize_arch(target.llvm_triple.split("-")[0])
@@ -229,31 +222,6 @@ def llvm_target(target: TargetSpec, threads: int = 0) -> dict[str, Any]:
                 f"for {target.llvm_triple}"
             )
     return result
-
-
-def speed_up_tvmscript_imports() -> None:
-    """Make importing TVM's TVMScript-heavy modules ~10x faster (55 s -> 5 s for MetaSchedule's).
-
-    ``import tvm.s_tir.tensor_intrin`` (done by MetaSchedule's ``TuneContext``) parses ~500
-    TVMScript functions, each calling ``inspect.stack()``. For frames of code without a source
-    file (the import machinery's, ``<ast>``) :func:`inspect.getmodule` scans every loaded module,
-    every time, to conclude there is none. Mapping those pseudo file names to a module name that is
-    never imported makes it return the same ``None`` at once.
-    """
-    for name in _SOURCELESS_FILENAMES:
-        inspect.modulesbyfile.setdefault(name, name)
-
-
-def _import_tvm() -> Any:
-    speed_up_tvmscript_imports()
-    try:
-        import tvm  # type: ignore[import-untyped, unused-ignore]
-        from tvm import relax  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
-    except ImportError as exc:
-        raise CandidateUnavailable(
-            f"TVM is not installed here ({exc}): pip install 'edgefleet[tvm]'"
-        ) from exc
-    return tvm
 
 
 def _require_xgboost() -> None:

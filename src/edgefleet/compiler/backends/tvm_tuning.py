@@ -15,7 +15,7 @@ Three departures from MetaSchedule's stock set-up, each for a measured reason (d
   small budgets.
 
 Importing MetaSchedule's tensor intrinsics is slow for a reason unrelated to TVM; see
-:func:`edgefleet.compiler.tvm_backend.speed_up_tvmscript_imports`.
+:func:`edgefleet.compiler.backends.tvm_import.speed_up_tvmscript_imports`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from tvm.s_tir.meta_schedule.runner.local_runner import (  # type: ignore[import
 )
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # type: ignore[import-untyped, unused-ignore]
 
-from edgefleet.compiler.tvm_backend import speed_up_tvmscript_imports
+from edgefleet.compiler.backends.tvm_import import speed_up_tvmscript_imports
 from edgefleet.compiler.types import LogFn
 from edgefleet.core.errors import InvalidArgument
 
