@@ -22,7 +22,7 @@ HEAVY = (
     "boto3",
     "onnx",
     "sklearn",
-    # the operator CLI's extra: device-side code and the CLI's start-up never need it
+    # httpx is a base dependency (the device's HTTPS client), imported only when a command talks HTTP
     "httpx",
     "rich",
 )

@@ -644,10 +644,8 @@ def _read_small(path: Path, cap: int) -> bytes:
 
 
 def hash_regular_file(path: Path, shown: str | None = None) -> tuple[str, int]:
-    """Streaming SHA-256 (1 MiB chunks) of a regular file, never through a link; (hex digest, size).
-
-    ``shown`` names the file in errors (default: the path).
-    """
+    """(hex SHA-256, size) of a regular file, read in 1 MiB chunks and never through a link; ``shown``
+    names the file in errors (default: the path)."""
     fd = _open_regular(path, str(path) if shown is None else shown)
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK_SIZE)

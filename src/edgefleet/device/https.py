@@ -1,4 +1,4 @@
-"""The control plane over HTTPS with mutual TLS, using only the standard library.
+"""The control plane over HTTPS with mutual TLS, on httpx (the operator client's HTTP stack too).
 
 Endpoints (docs/fleet-api.md): enrolment on the server's main port, ``GET /enrol/v1/ca.pem`` and
 ``POST /enrol/v1/enrol``; the device data plane on the device endpoint handed out at enrolment,
@@ -12,7 +12,6 @@ timed out, a proxy's 502/503/504) is ``UNAVAILABLE``.
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import logging
 import ssl
@@ -20,8 +19,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
 
 from edgefleet import __version__
 from edgefleet.core.deviceplane import (
@@ -34,7 +35,6 @@ from edgefleet.core.deviceplane import (
     Registration,
 )
 from edgefleet.core.errors import (
-    Code,
     EdgefleetError,
     FailedPrecondition,
     InvalidArgument,
@@ -60,48 +60,16 @@ ENROL_PATH = "/enrol/v1/enrol"
 DEVICE_PREFIX = "/device/v1/"
 USER_AGENT = f"edgefleet-device/{__version__}"
 
+_E = TypeVar("_E", bound=BaseException)
 #: the default clock of expiry checks (injected by tests)
 _CLOCK: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 
-def _split(url: str) -> tuple[str, int, str]:
+def _base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise InvalidArgument(f"server URL {url!r} must be https://host[:port]")
-    return parts.hostname, parts.port or 443, parts.path.rstrip("/")
-
-
-class _Response:
-    """An HTTP response whose body has not been read yet."""
-
-    def __init__(self, connection: _Connection, response: http.client.HTTPResponse, what: str) -> None:
-        self._connection = connection
-        self.raw = response
-        self.status = response.status
-        self.what = what
-
-    def header(self, name: str) -> str | None:
-        return self.raw.getheader(name)
-
-    def read_all(self) -> bytes:
-        try:
-            return self.raw.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._connection.reset()
-            raise Unavailable(f"{self.what}: connection lost while reading the answer: {exc}") from exc
-
-    def read(self, size: int) -> bytes:
-        try:
-            return self.raw.read(size)
-        except (OSError, http.client.HTTPException) as exc:
-            self._connection.reset()
-            raise Unavailable(f"{self.what}: connection lost while downloading: {exc}") from exc
-
-    def close(self) -> None:
-        if not self.raw.isclosed():
-            # an unfinished body leaves the connection unusable for the next request
-            self._connection.reset()
-        self.raw.close()
+    return urlunsplit(("https", parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 class _Connection:
@@ -115,72 +83,94 @@ class _Connection:
         *,
         certificate_problem: Callable[[], str | None] | None = None,
     ) -> None:
-        self.host, self.port, self.base_path = _split(url)
+        self.base = _base_url(url)
         self.url = url
         self.context = context
         self._timeout = timeout
         #: what is wrong with the client certificate presented (e.g. it expired), if anything
         self._certificate_problem = certificate_problem
-        self._conn: http.client.HTTPSConnection | None = None
+        self._client: httpx.Client | None = None
         self.lock = threading.Lock()
 
     def reset(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def request(
         self,
         method: str,
         path: str,
+        what: str,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        what: str = "",
-    ) -> _Response:
-        what = what or f"{method} {path}"
-        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+    ) -> httpx.Response:
+        """Send a request; the answer's body is still to be read (and the answer closed)."""
+        all_headers = {"Accept": "application/json", **(headers or {})}
         if body is not None:
             all_headers["Content-Type"] = "application/json"
         # a kept-alive connection the server closed meanwhile fails on first use: retry once on a fresh one
         for attempt in (1, 2):
-            fresh = self._conn is None
-            if self._conn is None:
-                self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, context=self.context, timeout=self._timeout
+            fresh = self._client is None
+            if self._client is None:
+                self._client = httpx.Client(
+                    verify=self.context,
+                    timeout=self._timeout,
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    # the wire as before: no compression, and no proxy or CA settings from the environment
+                    headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                    trust_env=False,
                 )
+            request = self._client.build_request(method, self.base + path, content=body, headers=all_headers)
             try:
-                self._conn.request(method, self.base_path + path, body=body, headers=all_headers)
-                response = self._conn.getresponse()
-            except ssl.SSLCertVerificationError as exc:
+                return self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
                 self.reset()
-                raise FailedPrecondition(
-                    f"{what}: the server's TLS certificate is not trusted ({exc.verify_message})"
-                ) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                self.reset()
-                refused = _refused_certificate(exc)
+                cause = _under(exc, ssl.SSLError)
+                if isinstance(cause, ssl.SSLCertVerificationError):
+                    raise FailedPrecondition(
+                        f"{what}: the server's TLS certificate is not trusted ({cause.verify_message})"
+                    ) from exc
+                refused = _refused_certificate(cause)
                 if refused is None and self._certificate_problem is not None:
                     # a server refusing an expired client certificate under TLS 1.3 often just
                     # closes the connection: that is a refusal, not an outage, when ours has expired
                     refused = self._certificate_problem()
                 if refused is not None:
                     raise Unauthenticated(f"{what}: {refused}") from exc
-                retry = attempt == 1 and not fresh and _stale_connection(exc)
-                if retry:
+                # disconnected before an answer (or a garbled one), reset, broken pipe: a stale connection
+                stale = isinstance(exc, httpx.RemoteProtocolError) or bool(
+                    _under(exc, ConnectionResetError) or _under(exc, BrokenPipeError)
+                )
+                if attempt == 1 and not fresh and stale:
                     continue
                 raise Unavailable(f"{what}: cannot reach {self.url}: {exc}") from exc
-            return _Response(self, response, what)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def call_json(self, method: str, path: str, payload: Any | None, what: str) -> Any:
+    def fetch(self, method: str, path: str, payload: Any | None, what: str) -> bytes:
+        """The whole answer to a request whose body (if any) is ``payload`` as JSON; a refusal raises."""
         body = None if payload is None else json.dumps(payload).encode("utf-8")
         with self.lock:
-            response = self.request(method, path, body, what=what)
-            data = response.read_all()
-            if response.raw.will_close:
+            response = self.request(method, path, what, body)
+            data = self.read(response, what)
+            if response.headers.get("Connection", "").lower() == "close":
                 self.reset()
-        if response.status >= 300:
-            raise error_from_http(response.status, data, what)
+        if response.status_code >= 300:
+            raise error_from_http(response.status_code, data, what)
+        return data
+
+    def read(self, response: httpx.Response, what: str) -> bytes:
+        """The whole body of ``response``, which is closed."""
+        try:
+            return response.read()
+        except httpx.TransportError as exc:
+            self.reset()
+            raise Unavailable(f"{what}: connection lost while reading the answer: {exc}") from exc
+        finally:
+            response.close()
+
+    def call_json(self, method: str, path: str, payload: Any | None, what: str) -> Any:
+        data = self.fetch(method, path, payload, what)
         if not data:
             return {}
         try:
@@ -205,28 +195,25 @@ _CERTIFICATE_ALERTS = {
 }
 
 
-def _refused_certificate(exc: BaseException) -> str | None:
+def _under(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` error in the causes of ``exc`` (httpx wraps httpcore's, which wraps the OS's)."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _refused_certificate(exc: ssl.SSLError | None) -> str | None:
     """What a TLS alert refusing the client certificate means, with the way out; None for others.
 
     Such a refusal is not an outage: the device would wait for a server that never accepts it.
     """
-    if not isinstance(exc, ssl.SSLError):
+    if exc is None:
         return None
     meaning = _CERTIFICATE_ALERTS.get(str(exc.reason or ""))
     if meaning is None:
         return None
     return f"{meaning} ({exc.reason}); {REENROL_HINT}"
-
-
-def _stale_connection(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        http.client.RemoteDisconnected
-        | ConnectionResetError
-        | BrokenPipeError
-        | http.client.CannotSendRequest
-        | http.client.BadStatusLine,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,12 +227,9 @@ def fetch_ca(server_url: str, timeout: float = 30.0) -> str:
     context.verify_mode = ssl.CERT_NONE
     connection = _Connection(server_url, context, timeout)
     try:
-        with connection.lock:
-            response = connection.request("GET", ENROL_CA_PATH, what="fetching the fleet CA")
-            data = response.read_all()
-        if response.status >= 300:
-            raise error_from_http(response.status, data, "fetching the fleet CA")
-        return data.decode("ascii", "replace")
+        return connection.fetch("GET", ENROL_CA_PATH, None, "fetching the fleet CA").decode(
+            "ascii", "replace"
+        )
     finally:
         connection.close()
 
@@ -327,18 +311,21 @@ def device_context(
 class _PackageBody:
     """A package download in progress (see :class:`~edgefleet.device.protocol.PackageBody`)."""
 
-    def __init__(self, connection: _Connection, response: _Response, offset: int, total: int | None) -> None:
+    def __init__(
+        self, connection: _Connection, response: httpx.Response, offset: int, total: int | None, what: str
+    ) -> None:
         self._connection = connection
         self._response = response
+        self._what = what
         self.offset = offset
         self.total = total
 
     def chunks(self, size: int) -> Iterator[bytes]:
-        while True:
-            data = self._response.read(size)
-            if not data:
-                return
-            yield data
+        try:
+            yield from self._response.iter_raw(size)
+        except httpx.TransportError as exc:
+            self._connection.reset()
+            raise Unavailable(f"{self._what}: connection lost while downloading: {exc}") from exc
 
     def close(self) -> None:
         try:
@@ -368,10 +355,10 @@ class HttpsControlPlane:
         self.identity = identity
         self.url = url or identity.device_url
         self._now = now
-        self._context = context or device_context(identity)
+        context = context or device_context(identity)
         self._presented = identity.cert_path
-        self._api = _Connection(self.url, self._context, timeout, certificate_problem=self._expired)
-        self._downloads = _Connection(self.url, self._context, timeout, certificate_problem=self._expired)
+        self._api = _Connection(self.url, context, timeout, certificate_problem=self._expired)
+        self._downloads = _Connection(self.url, context, timeout, certificate_problem=self._expired)
         self._ref = {"DeviceName": identity.device_name, "DeviceFleetName": identity.fleet_name}
 
     def _call(self, operation: str, payload: Mapping[str, Any]) -> Any:
@@ -405,7 +392,6 @@ class HttpsControlPlane:
         """Present ``cert``/``key`` (default: the identity's current pair, read again) from the next
         request on; open connections are closed, since TLS fixes the certificate per connection."""
         context = device_context(self.identity, cert=cert, key=key)
-        self._context = context
         self._presented = cert or self.identity.cert_path
         for connection in (self._api, self._downloads):
             with connection.lock:
@@ -439,15 +425,15 @@ class HttpsControlPlane:
         what = f"downloading {path}"
         self._downloads.lock.acquire()
         try:
-            response = self._downloads.request("GET", path, headers=headers, what=what)
-            if response.status >= 300:
-                data = response.read_all()
-                raise error_from_http(response.status, data, what)
+            response = self._downloads.request("GET", path, what, headers=headers)
+            if response.status_code >= 300:
+                raise error_from_http(response.status_code, self._downloads.read(response, what), what)
             start = 0
-            total = _int(response.header("Content-Length"))
-            if response.status == 206:
-                start, total = _content_range(response.header("Content-Range"), what)
-            return _PackageBody(self._downloads, response, start, total)
+            length = response.headers.get("Content-Length")  # digits only: h11 refuses anything else
+            total = None if length is None else int(length)
+            if response.status_code == 206:
+                start, total = _content_range(response.headers.get("Content-Range"), what)
+            return _PackageBody(self._downloads, response, start, total, what)
         except BaseException:
             self._downloads.lock.release()
             raise
@@ -455,13 +441,6 @@ class HttpsControlPlane:
     def close(self) -> None:
         self._api.close()
         self._downloads.close()
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _content_range(value: str | None, what: str) -> tuple[int, int | None]:
@@ -475,8 +454,3 @@ def _content_range(value: str | None, what: str) -> tuple[int, int | None]:
         return start, None if total == "*" else int(total)
     except ValueError as exc:
         raise EdgefleetError(f"{what}: malformed Content-Range {value!r}") from exc
-
-
-def is_offline(exc: EdgefleetError) -> bool:
-    """Whether ``exc`` means the server could not be reached (as opposed to a refusal)."""
-    return exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)

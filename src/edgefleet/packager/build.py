@@ -1,8 +1,5 @@
-"""Building signed model packages (format v1) on a workstation or in CI.
-
-The layout and manifest rules are docs/package-format.md; :mod:`edgefleet.core.package` reads,
-verifies and unpacks what this module writes (the device side needs only that half).
-"""
+"""Building signed model packages (format v1, docs/package-format.md) on a workstation or in CI;
+:mod:`edgefleet.core.package` reads, verifies and unpacks them (the device side needs only that)."""
 
 from __future__ import annotations
 

@@ -25,23 +25,14 @@ LITERT_RUNTIME = "litert"
 #: file suffix -> runtime name
 SUPPORTED_SUFFIXES: dict[str, str] = {".onnx": ONNX_RUNTIME, ".tflite": LITERT_RUNTIME}
 LITERT_INSTALL_HINT = "pip install 'edgefleet[litert]'"
-# ai-edge-litert versions are their own numbering; 1.0 is the first release (and the extra's floor).
-_LITERT_MIN_VERSION = "1.0"
+#: ai-edge-litert versions are their own numbering; 1.0 is the first release (and the extra's floor).
+LITERT_MIN_VERSION = "1.0"
 #: First ONNX Runtime release implementing each default-domain (ai.onnx) opset, from ONNX Runtime's
 #: compatibility table; the one table the packager and the compiler read.
 ORT_FOR_OPSET: dict[int, str] = {
-    13: "1.6",
-    14: "1.8",
-    15: "1.9",
-    16: "1.11",
-    17: "1.12",
-    18: "1.14",
-    19: "1.15",
-    20: "1.17",
-    21: "1.18",
-    22: "1.21",
-    23: "1.23",
-}
+    13: "1.6", 14: "1.8", 15: "1.9", 16: "1.11", 17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18",
+    22: "1.21", 23: "1.23",
+}  # fmt: skip
 # The oldest ONNX Runtime edgefleet's device install accepts (pyproject: onnxruntime>=1.17).
 _ORT_FLOOR = "1.17"
 
@@ -141,8 +132,7 @@ def _onnx_type_name(elem_type: int) -> str:
 
 
 def ort_for_opset(opset: int) -> str | None:
-    """First ONNX Runtime release for a default-domain opset (older opsets count as the table's
-    oldest); None when the opset is newer than :data:`ORT_FOR_OPSET`."""
+    """First ONNX Runtime release for a default-domain opset (older count as 13); None if newer than the table."""
     return ORT_FOR_OPSET.get(max(opset, min(ORT_FOR_OPSET)))
 
 
@@ -152,8 +142,7 @@ def _ort_min_version(opset: int) -> str:
         # Newer than the table: the ONNX Runtime of this machine is the best known lower bound.
         import onnxruntime
 
-        major, minor = str(onnxruntime.__version__).split(".")[:2]
-        return f"{major}.{minor}"
+        return ".".join(str(onnxruntime.__version__).split(".")[:2])
     # Conservative: a package never asks for less than what edgefleet itself runs on.
     return max(version, _ORT_FLOOR, key=lambda v: tuple(int(part) for part in v.split(".")))
 
@@ -212,7 +201,7 @@ def _read_tflite(model: Path) -> ModelMetadata:
         raise InvalidArgument(f"{model.name} is not a TFLite model LiteRT can read: {exc}") from exc
     inputs = tuple(_tflite_spec(d, "input", model) for d in input_details)
     outputs = tuple(_tflite_spec(d, "output", model) for d in output_details)
-    return ModelMetadata(LITERT_RUNTIME, _LITERT_MIN_VERSION, inputs, outputs)
+    return ModelMetadata(LITERT_RUNTIME, LITERT_MIN_VERSION, inputs, outputs)
 
 
 def _tflite_spec(detail: dict[str, Any], role: str, model: Path) -> TensorSpec:

@@ -1,6 +1,3 @@
-"""Compiler back-ends: an ONNX (or ``.tflite``) model -> a candidate artifact for one runtime.
+"""Compiler back-ends, one module per engine, whose builders the runtime registry names (runtimes/base.py).
 
-Each engine has a module here (``onnxruntime``, ``openvino``, ``tvm`` with ``tvm_tuning``, ``litert``)
-whose builder the runtime registry names (:data:`edgefleet.runtimes.base.RUNTIMES`); each imports
-its engine lazily, and none imports another engine's module (an import-linter contract).
-"""
+No engine's module imports another's (an import-linter contract)."""

@@ -13,11 +13,10 @@ from edgefleet.compiler.types import (
     Quantization,
     TargetSpec,
 )
+from edgefleet.packager.modelmeta import LITERT_MIN_VERSION
 
 MODEL_FILE = "model.tflite"
 RUNTIME = "litert"
-# ai-edge-litert 1.0 is the first release of the LiteRT runtime package.
-MIN_VERSION = "1.0"
 
 
 def build_litert(
@@ -35,7 +34,7 @@ def build_litert(
     return CandidateArtifact(
         name=RUNTIME,
         runtime=RUNTIME,
-        runtime_min_version=MIN_VERSION,
+        runtime_min_version=LITERT_MIN_VERSION,
         directory=options.work_dir,
         model_file=MODEL_FILE,
         notes=("TFLite flatbuffer served natively by LiteRT",),

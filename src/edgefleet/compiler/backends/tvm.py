@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgefleet.compiler.backends.tvm_import import import_tvm
 from edgefleet.compiler.targets import host_cpu_features, matches_host
 from edgefleet.compiler.types import (
     BuildOptions,
@@ -71,7 +70,7 @@ def build_tvm(onnx_path: Path, target: TargetSpec, options: BuildOptions, log: L
         )
     if target.arch not in SUPPORTED_ARCHES:
         raise CandidateUnavailable(f"TVM builds here for {', '.join(SUPPORTED_ARCHES)}, not {target.arch}")
-    tvm = import_tvm()
+    tvm = _import_tvm()
     on_host, why_not = _runs_on_host(target)
     llvm = llvm_target(target, options.threads)
     linker = _linker(target)
@@ -184,7 +183,7 @@ def llvm_target(target: TargetSpec, threads: int = 0) -> dict[str, Any]:
     ``num-cores`` (used when tuning parallel loops) is ``threads`` when given, else this host's
     core count.
     """
-    tvm = import_tvm()
+    tvm = _import_tvm()
     from tvm.target import codegen  # type: ignore[import-untyped, unused-ignore]
 
     triple_arch = normalize_arch(target.llvm_triple.split("-")[0])
@@ -222,6 +221,20 @@ def llvm_target(target: TargetSpec, threads: int = 0) -> dict[str, Any]:
                 f"for {target.llvm_triple}"
             )
     return result
+
+
+def _import_tvm() -> Any:
+    try:
+        import tvm  # type: ignore[import-untyped, unused-ignore]
+        from tvm import relax  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
+
+        from edgefleet.compiler.backends.tvm_tuning import speed_up_tvmscript_imports
+    except ImportError as exc:
+        raise CandidateUnavailable(
+            f"TVM is not installed here ({exc}): pip install 'edgefleet[tvm]'"
+        ) from exc
+    speed_up_tvmscript_imports()
+    return tvm
 
 
 def _require_xgboost() -> None:

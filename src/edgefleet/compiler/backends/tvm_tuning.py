@@ -15,11 +15,12 @@ Three departures from MetaSchedule's stock set-up, each for a measured reason (d
   small budgets.
 
 Importing MetaSchedule's tensor intrinsics is slow for a reason unrelated to TVM; see
-:func:`edgefleet.compiler.backends.tvm_import.speed_up_tvmscript_imports`.
+:func:`speed_up_tvmscript_imports`.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -52,7 +53,6 @@ from tvm.s_tir.meta_schedule.runner.local_runner import (  # type: ignore[import
 )
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # type: ignore[import-untyped, unused-ignore]
 
-from edgefleet.compiler.backends.tvm_import import speed_up_tvmscript_imports
 from edgefleet.compiler.types import LogFn
 from edgefleet.core.errors import InvalidArgument
 
@@ -70,6 +70,26 @@ _UNLIMITED_TRIALS = 1_000_000
 _MIN_REPEAT_MS = 40
 # Measured times at or above this many seconds are MetaSchedule's marker for a failed run.
 _FAILED_RUN_SECS = 1e9
+# File names Python gives code that has no source file (see speed_up_tvmscript_imports).
+_SOURCELESS_FILENAMES = (
+    "<frozen importlib._bootstrap>",
+    "<frozen importlib._bootstrap_external>",
+    "<ast>",
+    "<string>",
+)
+
+
+def speed_up_tvmscript_imports() -> None:
+    """Make importing TVM's TVMScript-heavy modules ~10x faster (55 s -> 5 s for MetaSchedule's).
+
+    ``import tvm.s_tir.tensor_intrin`` (done by MetaSchedule's ``TuneContext``) parses ~500
+    TVMScript functions, each calling ``inspect.stack()``. For frames of code without a source
+    file (the import machinery's, ``<ast>``) :func:`inspect.getmodule` scans every loaded module,
+    every time, to conclude there is none. Mapping those pseudo file names to a module name that is
+    never imported makes it return the same ``None`` at once.
+    """
+    for name in _SOURCELESS_FILENAMES:
+        inspect.modulesbyfile.setdefault(name, name)
 
 
 @dataclass(frozen=True)
