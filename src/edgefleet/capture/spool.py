@@ -19,7 +19,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -106,6 +106,18 @@ class OpenBatch:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the spool."""
+
+    #: captures not yet known to be written
+    records: int
+    #: their payload bytes (what the byte bound counts)
+    bytes: int
+    #: when the oldest of them was spooled (POSIX seconds), None when the spool is empty
+    oldest_enqueued_at: float | None
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,15 @@ class Spool:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        # Running totals of what ``pending`` holds (one process owns the spool, so they stay exact);
+        # reloaded from the database whenever a transaction fails.
+        self._count = 0
+        self._bytes = 0
+        self._reload_totals()
+
+    def _reload_totals(self) -> None:
+        count, size = self._db.execute("SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM pending").fetchone()
+        self._count, self._bytes = int(count), int(size)
 
     def _open(self, fsync: bool) -> sqlite3.Connection:
         path = self.directory / DB_FILE
@@ -291,6 +312,8 @@ class Spool:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # totals stay as they were if even this fails
+                    self._reload_totals()
                 raise _translate(exc, self.directory) from exc
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -310,8 +333,21 @@ class Spool:
         partition: str,
         payload: bytes,
         capacity: int,
-    ) -> None:
-        """Store a capture durably, or raise ALREADY_EXISTS / RESOURCE_EXHAUSTED storing nothing."""
+        capacity_bytes: int | None = None,
+        drop_oldest: bool = False,
+    ) -> list[str]:
+        """Store a capture durably, or raise ALREADY_EXISTS / RESOURCE_EXHAUSTED storing nothing.
+
+        The spool holds at most ``capacity`` captures and ``capacity_bytes`` payload bytes (None: no
+        byte bound). When full, ``drop_oldest`` makes room by giving up the oldest captures not yet
+        in a batch (they become FAILURE); their keys are returned. Without it, or when no such
+        captures free enough room, the capture is refused with RESOURCE_EXHAUSTED.
+        """
+        size = len(payload)
+        if capacity_bytes is not None and size > capacity_bytes:
+            raise ResourceExhausted(
+                f"capture of {size} bytes is larger than the whole capture buffer ({capacity_bytes} bytes)"
+            )
         with self._transaction() as db:
             if db.execute(
                 "SELECT 1 FROM pending WHERE capture_key = ? "
@@ -319,16 +355,40 @@ class Spool:
                 (key, key),
             ).fetchone():
                 raise AlreadyExists(f"capture id {key} was already used")
-            (count,) = db.execute("SELECT COUNT(*) FROM pending").fetchone()
-            if count >= capacity:
+            count, used = self._count, self._bytes
+
+            def full() -> bool:
+                return count >= capacity or (capacity_bytes is not None and used + size > capacity_bytes)
+
+            dropped: list[tuple[int, str, int]] = []
+            if full() and drop_oldest:
+                for seq, victim, length in db.execute(
+                    "SELECT seq, capture_key, LENGTH(payload) FROM pending WHERE batch_id IS NULL ORDER BY seq"
+                ):
+                    dropped.append((seq, victim, int(length)))
+                    count, used = count - 1, used - int(length)
+                    if not full():
+                        break
+            if full():
                 raise ResourceExhausted(
-                    f"capture buffer is full ({count} of {capacity} captures waiting to be written)"
+                    f"capture buffer is full ({self._count} of {capacity} captures, {self._bytes} of "
+                    f"{'unbounded' if capacity_bytes is None else capacity_bytes} bytes waiting to be written)"
                 )
+            if dropped:
+                db.executemany(
+                    "INSERT OR REPLACE INTO finished (capture_key, status, finished_at) "
+                    "SELECT capture_key, ?, ? FROM pending WHERE seq = ?",
+                    [(CaptureStatus.FAILURE.value, enqueued_at, seq) for seq, _, _ in dropped],
+                )
+                db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq, _, _ in dropped])
+                self._trim(db)
             db.execute(
                 "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (key, enqueued_at, fleet, model_name, partition, payload),
             )
+            self._count, self._bytes = count + 1, used + size
+        return [victim for _, victim, _ in dropped]
 
     def status(self, key: str) -> CaptureStatus:
         """IN_PROGRESS while spooled, then the remembered outcome, else NOT_FOUND."""
@@ -341,7 +401,17 @@ class Spool:
 
     def pending_count(self) -> int:
         """Captures in the spool (written or not yet assigned to a batch)."""
-        return int(self._query("SELECT COUNT(*) FROM pending")[0][0])
+        with self._lock:
+            return self._count
+
+    def backlog(self) -> Backlog:
+        """What waits in the spool: captures, payload bytes and when the oldest was spooled."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT enqueued_at FROM pending ORDER BY seq LIMIT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.directory) from exc
+            return Backlog(self._count, self._bytes, None if row is None else float(row[0]))
 
     def unassigned(self) -> list[PendingCapture]:
         """Spooled captures not in a batch yet, oldest first."""
@@ -395,12 +465,16 @@ class Spool:
         with self._transaction() as db:
             row = db.execute("SELECT object_key FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
             object_key = row[0] if row and status is CaptureStatus.SUCCESS else None
+            (size,) = db.execute(
+                "SELECT TOTAL(LENGTH(payload)) FROM pending WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
             count = db.execute(
                 "INSERT OR REPLACE INTO finished (capture_key, status, finished_at, object_key) "
                 "SELECT capture_key, ?, ?, ? FROM pending WHERE batch_id = ? ORDER BY seq",
                 (status.value, now, object_key, batch_id),
             ).rowcount
-            db.execute("DELETE FROM pending WHERE batch_id = ?", (batch_id,))
+            removed = db.execute("DELETE FROM pending WHERE batch_id = ?", (batch_id,)).rowcount
+            self._count, self._bytes = self._count - removed, self._bytes - int(size)
             db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
             self._trim(db)
         return int(count)
@@ -414,7 +488,12 @@ class Spool:
                     "SELECT capture_key, ?, ? FROM pending WHERE capture_key = ?",
                     (CaptureStatus.FAILURE.value, now, key),
                 )
-                db.execute("DELETE FROM pending WHERE capture_key = ?", (key,))
+                row = db.execute(
+                    "SELECT LENGTH(payload) FROM pending WHERE capture_key = ?", (key,)
+                ).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM pending WHERE capture_key = ?", (key,))
+                    self._count, self._bytes = self._count - 1, self._bytes - int(row[0])
             self._trim(db)
 
     def _trim(self, db: sqlite3.Connection) -> None:
