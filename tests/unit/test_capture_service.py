@@ -793,3 +793,50 @@ def test_config_defaults_match_the_vendor_defaults(tmp_path: Path) -> None:
     assert config.push_period_seconds == 4
     assert config.base64_embed_limit == 3072
     assert config.fsync is True
+
+
+# --- group commit ---------------------------------------------------------------------------------
+
+
+def test_concurrent_captures_each_get_their_own_answer(
+    make: Callable[..., CaptureService], dest: Path
+) -> None:
+    """Threads capturing at once share commits, but every capture is answered on its own: accepted
+    up to the bound, refused beyond it, a reused id refused once, nothing lost or counted twice."""
+    service = make(buffer_size=150, batch_size=150, push_period_seconds=3600)
+    shared = str(uuid.uuid4())  # every thread tries this id once: exactly one may have it
+    accepted: list[str] = []
+    refused: list[str] = []
+    reused: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for index in range(25):
+            request = capture(shared if index == 10 else None)
+            try:
+                service.submit(request)
+            except ResourceExhausted:
+                outcome = refused
+            except AlreadyExists:
+                outcome = reused
+            else:
+                outcome = accepted
+            with lock:
+                outcome.append(request.capture_id)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(accepted) + len(refused) + len(reused) == 200
+    assert len(accepted) == 150 and accepted.count(shared) <= 1
+    assert set(reused) <= {shared}
+    assert accepted.count(shared) + reused.count(shared) + refused.count(shared) == 8
+    assert service.stats()["pending"] == 150
+    service.flush()
+    assert sorted(event_ids(dest)) == sorted(accepted)
+    assert all(service.status(i) is CaptureStatus.NOT_FOUND for i in refused if i != shared)

@@ -20,7 +20,7 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,20 @@ class OpenBatch:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+
+
+@dataclass
+class _Add:
+    """One add() waiting for the group commit, and its answer."""
+
+    key: str
+    row: tuple[str, float, str, str, str, bytes]
+    capacity: int
+    capacity_bytes: int | None
+    drop_oldest: bool
+    done: bool = False
+    error: EdgefleetError | None = None
+    dropped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -233,6 +247,10 @@ class Spool:
         self.directory = Path(directory)
         self.status_history = status_history
         self._lock = threading.Lock()
+        # group commit of add(): requests waiting, and whether one of their threads is committing
+        self._group = threading.Condition(threading.Lock())
+        self._queue: list[_Add] = []
+        self._committing = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -342,53 +360,106 @@ class Spool:
         byte bound). When full, ``drop_oldest`` makes room by giving up the oldest captures not yet
         in a batch (they become FAILURE); their keys are returned. Without it, or when no such
         captures free enough room, the capture is refused with RESOURCE_EXHAUSTED.
+
+        Group commit: captures added by several threads at once are committed in one transaction
+        (one fsync) by whichever of them finds no commit running; each still gets its own answer,
+        and each returns only once its capture is durable.
         """
-        size = len(payload)
-        if capacity_bytes is not None and size > capacity_bytes:
+        if capacity_bytes is not None and len(payload) > capacity_bytes:
             raise ResourceExhausted(
-                f"capture of {size} bytes is larger than the whole capture buffer ({capacity_bytes} bytes)"
+                f"capture of {len(payload)} bytes is larger than the whole capture buffer ({capacity_bytes} bytes)"
             )
-        with self._transaction() as db:
-            if db.execute(
-                "SELECT 1 FROM pending WHERE capture_key = ? "
-                "UNION ALL SELECT 1 FROM finished WHERE capture_key = ?",
-                (key, key),
-            ).fetchone():
-                raise AlreadyExists(f"capture id {key} was already used")
-            count, used = self._count, self._bytes
+        request = _Add(
+            key,
+            (key, enqueued_at, fleet, model_name, partition, payload),
+            capacity,
+            capacity_bytes,
+            drop_oldest,
+        )
+        with self._group:
+            self._queue.append(request)
+            while not request.done:
+                if self._committing:
+                    self._group.wait()
+                    continue
+                self._committing = True
+                batch, self._queue = self._queue, []
+                self._group.release()
+                try:
+                    self._commit_adds(batch)
+                finally:
+                    self._group.acquire()
+                    self._committing = False
+                    self._group.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.dropped
 
-            def full() -> bool:
-                return count >= capacity or (capacity_bytes is not None and used + size > capacity_bytes)
+    def _commit_adds(self, batch: list[_Add]) -> None:
+        """Apply ``batch`` in one transaction; every request ends done, with its answer or error."""
+        try:
+            with self._transaction() as db:
+                count, used = self._count, self._bytes
+                for request in batch:
+                    count, used = self._apply_add(db, request, count, used)
+                if any(request.dropped for request in batch):
+                    self._trim(db)
+                self._count, self._bytes = count, used
+        except EdgefleetError as exc:  # the transaction failed as a whole: nothing of it was stored
+            for request in batch:
+                if request.error is None:
+                    request.error, request.dropped = exc, []
+        except BaseException as exc:
+            for request in batch:
+                request.error = Unavailable(f"capture spool {self.directory}: {exc}")
+            raise
+        finally:
+            for request in batch:
+                request.done = True
 
-            dropped: list[tuple[int, str, int]] = []
-            if full() and drop_oldest:
-                for seq, victim, length in db.execute(
-                    "SELECT seq, capture_key, LENGTH(payload) FROM pending WHERE batch_id IS NULL ORDER BY seq"
-                ):
-                    dropped.append((seq, victim, int(length)))
-                    count, used = count - 1, used - int(length)
-                    if not full():
-                        break
-            if full():
-                raise ResourceExhausted(
-                    f"capture buffer is full ({self._count} of {capacity} captures, {self._bytes} of "
-                    f"{'unbounded' if capacity_bytes is None else capacity_bytes} bytes waiting to be written)"
-                )
-            if dropped:
-                db.executemany(
-                    "INSERT OR REPLACE INTO finished (capture_key, status, finished_at) "
-                    "SELECT capture_key, ?, ? FROM pending WHERE seq = ?",
-                    [(CaptureStatus.FAILURE.value, enqueued_at, seq) for seq, _, _ in dropped],
-                )
-                db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq, _, _ in dropped])
-                self._trim(db)
-            db.execute(
-                "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (key, enqueued_at, fleet, model_name, partition, payload),
+    def _apply_add(self, db: sqlite3.Connection, request: _Add, count: int, used: int) -> tuple[int, int]:
+        key, size = request.key, len(request.row[-1])
+        if db.execute(
+            "SELECT 1 FROM pending WHERE capture_key = ? UNION ALL SELECT 1 FROM finished WHERE capture_key = ?",
+            (key, key),
+        ).fetchone():
+            request.error = AlreadyExists(f"capture id {key} was already used")
+            return count, used
+        bound = request.capacity_bytes
+
+        def full(count: int, used: int) -> bool:
+            return count >= request.capacity or (bound is not None and used + size > bound)
+
+        victims: list[tuple[int, str]] = []
+        left, room = count, used
+        if full(left, room) and request.drop_oldest:
+            for seq, victim, length in db.execute(
+                "SELECT seq, capture_key, LENGTH(payload) FROM pending WHERE batch_id IS NULL ORDER BY seq"
+            ):
+                victims.append((seq, victim))
+                left, room = left - 1, room - int(length)
+                if not full(left, room):
+                    break
+        if full(left, room):
+            request.error = ResourceExhausted(
+                f"capture buffer is full ({count} of {request.capacity} captures, {used} of "
+                f"{'unbounded' if bound is None else bound} bytes waiting to be written)"
             )
-            self._count, self._bytes = count + 1, used + size
-        return [victim for _, victim, _ in dropped]
+            return count, used
+        if victims:
+            db.executemany(
+                "INSERT OR REPLACE INTO finished (capture_key, status, finished_at) "
+                "SELECT capture_key, ?, ? FROM pending WHERE seq = ?",
+                [(CaptureStatus.FAILURE.value, request.row[1], seq) for seq, _ in victims],
+            )
+            db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq, _ in victims])
+            request.dropped = [victim for _, victim in victims]
+        db.execute(
+            "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            request.row,
+        )
+        return left + 1, room + size
 
     def status(self, key: str) -> CaptureStatus:
         """IN_PROGRESS while spooled, then the remembered outcome, else NOT_FOUND."""
