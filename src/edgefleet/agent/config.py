@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from edgefleet.capture.auto import AutoCapturePolicy
 from edgefleet.capture.service import FullPolicy
 from edgefleet.core.errors import InvalidArgument, NotFound
 from edgefleet.protocol.agent.framing import FAST_PATH_MAX_FRAME_BYTES, MAX_FRAME_LENGTH
@@ -70,6 +71,8 @@ class CaptureSettings:
     s3_bucket: str = ""
     #: S3-protocol endpoint for Cloud captures (MinIO, Ceph ...; empty: AWS).
     s3_endpoint_url: str = ""
+    #: Capture policies for Predict traffic by the package's model name (``*``: every model).
+    auto: dict[str, AutoCapturePolicy] = field(default_factory=dict)
     #: With Disk: also upload to the object store later (not yet implemented: warned about).
     periodic_upload: bool = False
     periodic_upload_period_seconds: float = 8.0
@@ -326,6 +329,13 @@ def from_native(raw: dict[str, Any]) -> AgentConfig:
     known_capture = {f.name: f for f in fields(CaptureSettings)}
     capture: dict[str, Any] = {}
     for key, value in capture_raw.items():
+        if key == "auto":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise InvalidArgument(
+                    "capture.auto must be a table of per-model tables, e.g. [capture.auto.digits]"
+                )
+            capture["auto"] = {m: AutoCapturePolicy.from_mapping(m, table) for m, table in value.items()}
+            continue
         if key not in known_capture:
             raise InvalidArgument(f"unknown key capture.{key} (known: {', '.join(sorted(known_capture))})")
         capture[key] = _native_value(f"capture.{key}", value, known_capture[key].type)

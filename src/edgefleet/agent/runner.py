@@ -22,6 +22,7 @@ from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureConfig, CaptureService, FullPolicy, RetryPolicy
+from edgefleet.capture.auto import AutoCapture
 from edgefleet.capture.sinks import Sink, open_sink
 from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
@@ -75,6 +76,8 @@ class RunningAgent:
     socket_identity: tuple[int, int]
     #: The fast-path Predict socket beside the gRPC one (None when disabled or unavailable).
     fast_path: FastSocketServer | None = None
+    #: Capture policies applied to Predict traffic (None when none is configured).
+    auto_capture: AutoCapture | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -85,6 +88,8 @@ class RunningAgent:
         if self.fast_path is not None:
             self.fast_path.stop()
         self.housekeeping.stop()
+        if self.auto_capture is not None:
+            self.auto_capture.close()  # what it picked goes into the spool before the spool closes
         self.capture.close()
         self.registry.close()
         self.shm.close()
@@ -232,7 +237,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
-    agent = AgentService(registry, capture, shm)
+    auto = AutoCapture(config.capture.auto, capture.submit) if config.capture.auto else None
+    agent = AgentService(registry, capture, shm, auto_capture=auto)
     add_to_server(server, agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"])
     add_to_server(
         server,
@@ -264,7 +270,17 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         config.socket_mode,
     )
     return RunningAgent(
-        config, path, server, registry, capture, shm, state, Housekeeping(shm), (st.st_dev, st.st_ino), fast
+        config,
+        path,
+        server,
+        registry,
+        capture,
+        shm,
+        state,
+        Housekeeping(shm),
+        (st.st_dev, st.st_ino),
+        fast,
+        auto,
     )
 
 
