@@ -93,7 +93,7 @@ def test_a_shifted_stream_drifts_and_an_unshifted_one_does_not() -> None:
     assert shifted.classes[0].output == "probs" and shifted.max_js > 0.05
     report = shifted.to_dict()
     assert report["max_psi"] == shifted.features[0].psi
-    assert [f["feature"] for f in report["features"] if f["kind"] == "input"][0] == 1
+    assert next(f["feature"] for f in report["features"] if f["kind"] == "input") == 1
 
 
 def test_jensen_shannon_bounds() -> None:
