@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support import AgentProcess, build, make_linear_onnx, start, tensor
+from support import AgentProcess, build, make_linear_onnx, output_array, start, tensor, wait_for
 
 from edgefleet.protocol.agent.proto import agent_pb2
 
@@ -169,3 +169,29 @@ def test_acknowledged_captures_survive_sigkill(tmp_path: Path, trust: Path, pack
         assert sorted(r["eventMetadata"]["eventId"] for r in records(again.capture_dir)) == sorted(ids)
     finally:
         again.stop()
+
+
+def test_auto_capture_policy_captures_predict_traffic(tmp_path: Path, trust: Path, package: Path) -> None:
+    """A per-model policy in the agent's config captures every 2nd Predict without the application
+    calling CaptureData: the records hold the call's input and the model's output."""
+    proc = start(tmp_path, trust, capture={"batch_size": 1, "auto": {"cap-model": {"every_n": 2}}})
+    try:
+        stub = proc.stub()
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(package), name="cap"))
+        sent = [np.full((1, 4), i, dtype=np.float32) for i in range(6)]
+        answers = [stub.Predict(agent_pb2.PredictRequest(name="cap", tensors=[tensor("x", x)])) for x in sent]
+        wait_for(lambda: len(records(proc.capture_dir)) >= 3, "three auto captures")
+    finally:
+        proc.stop()
+    got = records(proc.capture_dir)
+    assert len(got) == 3  # calls 2, 4 and 6
+    by_input = {}
+    for record in got:
+        assert record["eventMetadata"]["modelName"] == "cap-model"
+        (entry,) = record["deviceFleetInputs"]
+        x = np.frombuffer(base64.b64decode(entry["data"]), np.float32)
+        (out,) = record["deviceFleetOutputs"]
+        by_input[float(x[0])] = np.frombuffer(base64.b64decode(out["data"]), np.float32)
+    assert sorted(by_input) == [1.0, 3.0, 5.0]
+    for value, y in by_input.items():
+        np.testing.assert_array_equal(y, output_array(answers[int(value)].tensors[0]).ravel())

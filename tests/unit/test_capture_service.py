@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import sqlite3
 import threading
@@ -24,6 +25,7 @@ from edgefleet.capture import (
     CaptureStatus,
     CaptureTensor,
     DiskSink,
+    FullPolicy,
     RetryPolicy,
     decode_record,
     entry_array,
@@ -430,6 +432,140 @@ def test_spool_full(make: Callable[..., CaptureService], dest: Path) -> None:
     assert service.status(refused.capture_id) is CaptureStatus.IN_PROGRESS
 
 
+def payload_bytes(tmp_path: Path) -> int:
+    """What one ``capture()`` occupies in the spool (its encoded payload), measured on a spare spool."""
+    probe = CaptureService(
+        CaptureConfig(
+            spool_dir=tmp_path / "probe-spool",
+            destination_root=tmp_path / "probe",
+            device_name="dev-1",
+            fleet_name="fleet-a",
+            fsync=False,
+        ),
+        start=False,
+    )
+    try:
+        probe.submit(capture())
+        size = probe.stats()["pending_bytes"]
+    finally:
+        probe.close(flush=False)
+    assert isinstance(size, int) and size > 0
+    return size
+
+
+def test_spool_is_bounded_in_bytes(make: Callable[..., CaptureService], dest: Path, tmp_path: Path) -> None:
+    size = payload_bytes(tmp_path)
+    service = make(buffer_size=100, batch_size=10, push_period_seconds=3600, buffer_bytes=3 * size)
+    accepted = [capture() for _ in range(3)]
+    for request in accepted:
+        service.submit(request)
+    refused = capture()
+    with pytest.raises(ResourceExhausted, match=rf"3 of 100 captures, {3 * size} of {3 * size} bytes"):
+        service.submit(refused)
+    assert service.status(refused.capture_id) is CaptureStatus.NOT_FOUND
+    stats = service.stats()
+    assert (stats["pending"], stats["pending_bytes"], stats["buffer_bytes"]) == (3, 3 * size, 3 * size)
+    service.flush()
+    assert sorted(event_ids(dest)) == sorted(r.capture_id for r in accepted)
+    assert service.stats()["pending_bytes"] == 0
+    service.submit(refused)  # room again once written
+    assert service.stats()["pending_bytes"] == size
+
+
+def test_a_capture_larger_than_the_whole_buffer_is_refused_whatever_the_policy(
+    make: Callable[..., CaptureService], tmp_path: Path
+) -> None:
+    size = payload_bytes(tmp_path)
+    service = make(buffer_bytes=size - 1, full_policy=FullPolicy.DROP_OLDEST)
+    request = capture()
+    with pytest.raises(ResourceExhausted, match=r"larger than the whole capture buffer"):
+        service.submit(request)
+    assert service.status(request.capture_id) is CaptureStatus.NOT_FOUND
+    assert service.stats()["dropped"] == 0
+
+
+def test_drop_oldest_makes_room_and_counts_what_it_dropped(
+    make: Callable[..., CaptureService], dest: Path
+) -> None:
+    service = make(buffer_size=3, batch_size=3, push_period_seconds=3600, full_policy=FullPolicy.DROP_OLDEST)
+    requests = [capture() for _ in range(5)]
+    for request in requests:
+        service.submit(request)
+    assert [service.status(r.capture_id) for r in requests] == [
+        CaptureStatus.FAILURE,  # dropped, oldest first: never silently
+        CaptureStatus.FAILURE,
+        CaptureStatus.IN_PROGRESS,
+        CaptureStatus.IN_PROGRESS,
+        CaptureStatus.IN_PROGRESS,
+    ]
+    stats = service.stats()
+    assert (stats["dropped"], stats["failed"], stats["pending"]) == (2, 2, 3)
+    service.flush()
+    assert sorted(event_ids(dest)) == sorted(r.capture_id for r in requests[2:])
+
+
+def test_drop_oldest_never_drops_a_batch_being_written(
+    make: Callable[..., CaptureService], dest: Path
+) -> None:
+    sink = FailingSink(dest, failures=100)
+    service = make(sink, buffer_size=2, batch_size=2, full_policy=FullPolicy.DROP_OLDEST)
+    in_batch = [capture() for _ in range(2)]
+    for request in in_batch:
+        service.submit(request)
+    service.run_due()  # the batch is formed (its key chosen) and its write fails: it is kept
+    refused = capture()
+    with pytest.raises(ResourceExhausted, match="capture buffer is full"):
+        service.submit(refused)
+    assert all(service.status(r.capture_id) is CaptureStatus.IN_PROGRESS for r in in_batch)
+    assert service.stats()["dropped"] == 0
+
+
+def test_backlog_shows_records_bytes_and_the_oldest_age(
+    make: Callable[..., CaptureService], clock: FakeClock, tmp_path: Path
+) -> None:
+    size = payload_bytes(tmp_path)
+    service = make(push_period_seconds=3600)
+    assert service.stats()["oldest_pending_age_seconds"] is None
+    service.submit(capture())
+    clock.advance(30)
+    service.submit(capture())
+    clock.advance(12)
+    stats = service.stats()
+    assert (stats["pending"], stats["pending_bytes"]) == (2, 2 * size)
+    assert stats["oldest_pending_age_seconds"] == pytest.approx(42)
+    assert stats["buffer_size"] == 30 and stats["buffer_bytes"] is None
+
+
+def test_the_default_retry_policy_keeps_retrying_while_the_spool_holds_the_batch(
+    make: Callable[..., CaptureService], dest: Path, clock: FakeClock
+) -> None:
+    assert RetryPolicy().max_attempts == 0
+    sink = FailingSink(dest, failures=60)
+    service = make(sink, batch_size=1)
+    request = capture()
+    service.submit(request)
+    for _ in range(60):  # two hours of failures at the longest wait
+        service.run_due()
+        clock.advance(RetryPolicy().max_seconds)
+        assert service.status(request.capture_id) is CaptureStatus.IN_PROGRESS
+    service.run_due()
+    assert sink.attempts == 61
+    assert service.status(request.capture_id) is CaptureStatus.SUCCESS
+    assert event_ids(dest) == [request.capture_id]
+
+
+def test_retry_jitter_shortens_waits_within_its_fraction() -> None:
+    policy = RetryPolicy(initial_seconds=10, multiplier=2, max_seconds=80, jitter=0.25)
+    rng = random.Random(7)
+    waits = [policy.delay(n, rng) for n in (1, 2, 3, 4, 5) for _ in range(50)]
+    bounds = [(10, 7.5), (20, 15), (40, 30), (80, 60), (80, 60)]
+    for index, wait in enumerate(waits):
+        top, bottom = bounds[index // 50]
+        assert bottom <= wait <= top
+    assert len({round(w, 6) for w in waits[:50]}) > 1  # really random
+    assert policy.delay(3) == 40  # without a random source: the plain wait
+
+
 def test_status_history_is_bounded(make: Callable[..., CaptureService]) -> None:
     service = make(status_history=2)
     requests = [capture() for _ in range(3)]
@@ -631,7 +767,14 @@ def test_config_validation(tmp_path: Path, knobs: dict[str, Any], message: str) 
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"multiplier": 0.5}, {"initial_seconds": 0}, {"max_seconds": 0.5}, {"max_attempts": -1}],
+    [
+        {"multiplier": 0.5},
+        {"initial_seconds": 0},
+        {"max_seconds": 0.5},
+        {"max_attempts": -1},
+        {"jitter": 1.0},
+        {"jitter": -0.1},
+    ],
 )
 def test_retry_policy_validation(knobs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument, match="retry policy"):
@@ -650,3 +793,50 @@ def test_config_defaults_match_the_vendor_defaults(tmp_path: Path) -> None:
     assert config.push_period_seconds == 4
     assert config.base64_embed_limit == 3072
     assert config.fsync is True
+
+
+# --- group commit ---------------------------------------------------------------------------------
+
+
+def test_concurrent_captures_each_get_their_own_answer(
+    make: Callable[..., CaptureService], dest: Path
+) -> None:
+    """Threads capturing at once share commits, but every capture is answered on its own: accepted
+    up to the bound, refused beyond it, a reused id refused once, nothing lost or counted twice."""
+    service = make(buffer_size=150, batch_size=150, push_period_seconds=3600)
+    shared = str(uuid.uuid4())  # every thread tries this id once: exactly one may have it
+    accepted: list[str] = []
+    refused: list[str] = []
+    reused: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for index in range(25):
+            request = capture(shared if index == 10 else None)
+            try:
+                service.submit(request)
+            except ResourceExhausted:
+                outcome = refused
+            except AlreadyExists:
+                outcome = reused
+            else:
+                outcome = accepted
+            with lock:
+                outcome.append(request.capture_id)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(accepted) + len(refused) + len(reused) == 200
+    assert len(accepted) == 150 and accepted.count(shared) <= 1
+    assert set(reused) <= {shared}
+    assert accepted.count(shared) + reused.count(shared) + refused.count(shared) == 8
+    assert service.stats()["pending"] == 150
+    service.flush()
+    assert sorted(event_ids(dest)) == sorted(accepted)
+    assert all(service.status(i) is CaptureStatus.NOT_FOUND for i in refused if i != shared)

@@ -85,7 +85,9 @@ def test_open_sink_by_uri_scheme(tmp_path: Path) -> None:
         sink = open_sink(target)
         assert isinstance(sink, DiskSink)
         assert sink.root == tmp_path
-    with pytest.raises(InvalidArgument, match=r"unknown capture destination scheme 's3'.*\(known: file\)"):
-        open_sink("s3://bucket/prefix")
+    with pytest.raises(
+        InvalidArgument, match=r"unknown capture destination scheme 'gs'.*\(known: file, s3\)"
+    ):
+        open_sink("gs://bucket/prefix")
     with pytest.raises(InvalidArgument, match="must not name a host"):
         open_sink("file://otherhost/x")

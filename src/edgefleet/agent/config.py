@@ -17,6 +17,8 @@ from typing import Any
 
 import psutil
 
+from edgefleet.capture.auto import AutoCapturePolicy
+from edgefleet.capture.service import FullPolicy
 from edgefleet.core.errors import InvalidArgument, NotFound
 from edgefleet.protocol.agent.framing import FAST_PATH_MAX_FRAME_BYTES, MAX_FRAME_LENGTH
 
@@ -45,7 +47,7 @@ def default_memory_budget() -> int:
 class CaptureSettings:
     """Data capture knobs (vendor keys ``sagemaker_edge_core_capture_data_*``)."""
 
-    #: ``Disk`` writes records under ``disk_path``; ``Cloud`` is served by a later sink.
+    #: ``Disk`` writes records under ``disk_path``; ``Cloud`` to the S3-protocol bucket ``s3_bucket``.
     destination: str = "Disk"
     #: Root directory of Disk captures (default: ``<data_dir>/capture``).
     disk_path: Path | None = None
@@ -53,6 +55,10 @@ class CaptureSettings:
     folder_prefix: str = ""
     #: Capacity of the on-disk capture buffer, in requests.
     buffer_size: int = 30
+    #: Capacity of the buffer in payload bytes (0: a tenth of the data directory's free disk at start).
+    buffer_bytes: int = 0
+    #: A capture meeting a full buffer: ``reject`` (RESOURCE_EXHAUSTED) or ``drop-oldest`` (counted).
+    full_policy: str = "reject"
     #: Captures written together as one ``.jsonl`` object.
     batch_size: int = 10
     #: Longest time a capture waits before its batch is written.
@@ -61,8 +67,12 @@ class CaptureSettings:
     base64_embed_limit: int = 3072
     #: fsync the spool on every capture so acknowledged captures survive power loss.
     fsync: bool = True
-    #: Bucket for Cloud captures (informational until object-store sinks exist).
+    #: Bucket for Cloud captures (credentials from the standard AWS chain on the device).
     s3_bucket: str = ""
+    #: S3-protocol endpoint for Cloud captures (MinIO, Ceph ...; empty: AWS).
+    s3_endpoint_url: str = ""
+    #: Capture policies for Predict traffic by the package's model name (``*``: every model).
+    auto: dict[str, AutoCapturePolicy] = field(default_factory=dict)
     #: With Disk: also upload to the object store later (not yet implemented: warned about).
     periodic_upload: bool = False
     periodic_upload_period_seconds: float = 8.0
@@ -152,6 +162,14 @@ class AgentConfig:
             raise InvalidArgument(
                 f"capture destination {self.capture.destination!r} unknown (known: Disk, Cloud)"
             )
+        if self.capture.destination == "Cloud" and not self.capture.s3_bucket:
+            raise InvalidArgument(
+                "capture destination Cloud needs a bucket: sagemaker_edge_provider_s3_bucket_name "
+                "(or capture.s3_bucket in a native config)"
+            )
+        if self.capture.buffer_bytes < 0:
+            raise InvalidArgument("capture buffer_bytes must be >= 0 (0: a tenth of the free disk)")
+        FullPolicy.parse(self.capture.full_policy)
 
     @property
     def capture_disk_path(self) -> Path:
@@ -167,6 +185,22 @@ class AgentConfig:
     def spool_dir(self) -> Path:
         """The durable capture buffer."""
         return self.data_dir / "capture-spool"
+
+    @property
+    def capture_destination(self) -> str:
+        """Where captures go: the Disk directory, or ``s3://<bucket>`` for Cloud."""
+        if self.capture.destination == "Cloud":
+            return f"s3://{self.capture.s3_bucket}"
+        return str(self.capture_disk_path)
+
+    def capture_buffer_bytes(self) -> int:
+        """The buffer's byte bound: as configured, or a tenth of the free disk where the spool lives."""
+        if self.capture.buffer_bytes:
+            return self.capture.buffer_bytes
+        probe = self.data_dir
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return max(psutil.disk_usage(str(probe)).free // 10, 1)
 
 
 # vendor key -> (section, field, converter). Section "" is AgentConfig itself.
@@ -295,6 +329,13 @@ def from_native(raw: dict[str, Any]) -> AgentConfig:
     known_capture = {f.name: f for f in fields(CaptureSettings)}
     capture: dict[str, Any] = {}
     for key, value in capture_raw.items():
+        if key == "auto":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise InvalidArgument(
+                    "capture.auto must be a table of per-model tables, e.g. [capture.auto.digits]"
+                )
+            capture["auto"] = {m: AutoCapturePolicy.from_mapping(m, table) for m, table in value.items()}
+            continue
         if key not in known_capture:
             raise InvalidArgument(f"unknown key capture.{key} (known: {', '.join(sorted(known_capture))})")
         capture[key] = _native_value(f"capture.{key}", value, known_capture[key].type)

@@ -21,9 +21,10 @@ from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shm import SharedMemoryReader
-from edgefleet.capture import CaptureConfig, CaptureService
-from edgefleet.capture.sinks import DiskSink
-from edgefleet.core.errors import FailedPrecondition
+from edgefleet.capture import CaptureConfig, CaptureService, FullPolicy, RetryPolicy
+from edgefleet.capture.auto import AutoCapture
+from edgefleet.capture.sinks import Sink, open_sink
+from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest, unpack_package, verify_package_dir
 from edgefleet.core.signing import check_trust_dir
@@ -75,6 +76,8 @@ class RunningAgent:
     socket_identity: tuple[int, int]
     #: The fast-path Predict socket beside the gRPC one (None when disabled or unavailable).
     fast_path: FastSocketServer | None = None
+    #: Capture policies applied to Predict traffic (None when none is configured).
+    auto_capture: AutoCapture | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -85,6 +88,8 @@ class RunningAgent:
         if self.fast_path is not None:
             self.fast_path.stop()
         self.housekeeping.stop()
+        if self.auto_capture is not None:
+            self.auto_capture.close()  # what it picked goes into the spool before the spool closes
         self.capture.close()
         self.registry.close()
         self.shm.close()
@@ -144,11 +149,50 @@ def make_verifier(
     return verify, unpack
 
 
+#: Fraction of each capture upload retry wait taken off at random (devices that lost the store
+#: together do not all come back in the same second).
+CAPTURE_RETRY_JITTER = 0.25
+
+
+def open_capture_sink(config: AgentConfig) -> Sink:
+    """The capture destination, checked now: a misconfigured one fails the start, not a later write.
+
+    FAILED_PRECONDITION naming the destination and the reason (unknown bucket, refused or missing
+    credentials, unreachable endpoint, unwritable directory, boto3 not installed).
+    """
+    destination = config.capture_destination
+    try:
+        sink = open_sink(
+            destination, fsync=config.capture.fsync, s3_endpoint_url=config.capture.s3_endpoint_url or None
+        )
+        sink.check()
+    except Unavailable as exc:
+        if config.capture.destination == "Cloud":
+            raise FailedPrecondition(
+                f"capture destination Cloud ({destination}) cannot be used: {exc.message}"
+            ) from exc
+        # A local directory that fails now (a full disk, a mount not there yet) may work later:
+        # captures are spooled and retried, never lost, so the agent serves meanwhile.
+        log.error(
+            "capture destination %s cannot be written now (captures are kept and retried): %s",
+            destination,
+            exc,
+        )
+        return sink
+    except EdgefleetError as exc:
+        raise FailedPrecondition(
+            f"capture destination {config.capture.destination} ({destination}) cannot be used: {exc.message}"
+        ) from exc
+    log.info("capture destination: %s", sink.store.uri)
+    return sink
+
+
 def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> RunningAgent:
     """Start serving; returns once the socket accepts connections."""
     path = socket_path(address)
     if config.trust_dir is not None:
         check_trust_dir(config.trust_dir)
+    sink = open_capture_sink(config)
     prepare_socket(path, force=force)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     state = AgentLifecycle()
@@ -169,11 +213,6 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
             adaptive_threads=config.adaptive_threads,
         ),
     )
-    if config.capture.destination != "Disk":
-        log.warning(
-            "capture destination %s is not available yet: writing captures to disk",
-            config.capture.destination,
-        )
     capture = CaptureService(
         CaptureConfig(
             spool_dir=config.spool_dir,
@@ -182,12 +221,15 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
             device_name=config.device_name,
             fleet_name=config.fleet_name,
             buffer_size=config.capture.buffer_size,
+            buffer_bytes=config.capture_buffer_bytes(),
+            full_policy=FullPolicy.parse(config.capture.full_policy),
             batch_size=config.capture.batch_size,
             push_period_seconds=config.capture.push_period_seconds,
             base64_embed_limit=config.capture.base64_embed_limit,
             fsync=config.capture.fsync,
+            retry=RetryPolicy(jitter=CAPTURE_RETRY_JITTER),
         ),
-        DiskSink(config.capture_disk_path, fsync=config.capture.fsync),
+        sink,
     )
     shm = SharedMemoryReader()
     options = [
@@ -195,7 +237,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
-    agent = AgentService(registry, capture, shm)
+    auto = AutoCapture(config.capture.auto, capture.submit) if config.capture.auto else None
+    agent = AgentService(registry, capture, shm, auto_capture=auto)
     add_to_server(server, agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"])
     add_to_server(
         server,
@@ -227,7 +270,17 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         config.socket_mode,
     )
     return RunningAgent(
-        config, path, server, registry, capture, shm, state, Housekeeping(shm), (st.st_dev, st.st_ino), fast
+        config,
+        path,
+        server,
+        registry,
+        capture,
+        shm,
+        state,
+        Housekeeping(shm),
+        (st.st_dev, st.st_ino),
+        fast,
+        auto,
     )
 
 

@@ -25,6 +25,7 @@ from edgefleet import __version__
 from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.capture import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
+from edgefleet.capture.auto import AutoCapture
 from edgefleet.core.errors import (
     Code,
     EdgefleetError,
@@ -192,9 +193,17 @@ class TensorDecoder:
 class AgentService(agent_pb2_grpc.AgentServicer):
     """The seven Edge Manager RPCs."""
 
-    def __init__(self, registry: ModelRegistry, capture: CaptureService, shm: SharedMemoryReader) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        capture: CaptureService,
+        shm: SharedMemoryReader,
+        *,
+        auto_capture: AutoCapture | None = None,
+    ) -> None:
         self._models = registry
         self._capture = capture
+        self._auto = auto_capture
         self._decoder = TensorDecoder(shm)
 
     # -- models ------------------------------------------------------------------------------
@@ -249,6 +258,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     slot.stats.record(0.0, ok=False)  # a refused request counts as an error of the model
                     raise
                 outputs = slot.run(feeds)
+                if self._auto is not None:
+                    names = [spec.name for spec in slot.outputs]
+                    self._auto.offer(slot.manifest.name, slot.manifest.version, feeds, names, outputs)
                 return encode_outputs(slot.outputs, outputs)
             except ModelUnloading:
                 if attempt + 1 < attempts:

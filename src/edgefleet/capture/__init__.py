@@ -15,7 +15,7 @@ from edgefleet.capture.records import (
     entry_array,
     entry_bytes,
 )
-from edgefleet.capture.service import CaptureConfig, CaptureService, RetryPolicy, ServiceState
+from edgefleet.capture.service import CaptureConfig, CaptureService, FullPolicy, RetryPolicy, ServiceState
 from edgefleet.capture.sinks import DiskSink, Sink, open_sink
 from edgefleet.capture.spool import CaptureStatus
 
@@ -28,6 +28,7 @@ __all__ = [
     "CaptureStatus",
     "CaptureTensor",
     "DiskSink",
+    "FullPolicy",
     "RetryPolicy",
     "ServiceState",
     "Sink",

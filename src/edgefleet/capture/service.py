@@ -5,15 +5,18 @@ capture to the on-disk spool; when it returns the capture survives SIGKILL and, 
 power loss. A background writer groups spooled captures into batches, chooses and persists each
 batch's object key *before* writing it (so a crash mid-write rewrites the same key: no duplicate,
 no loss), writes one ``.jsonl`` object per batch through the sink, then marks the captures
-SUCCESS. A failing sink loses nothing: the batch is retried with exponential backoff and its
-captures stay IN_PROGRESS; only after ``RetryPolicy.max_attempts`` failed attempts (or when a
-spooled payload is damaged) are captures given up as FAILURE.
+SUCCESS. A failing sink loses nothing: the batch is retried with exponential backoff and jitter
+for as long as the spool holds it, its captures staying IN_PROGRESS; captures are given up as
+FAILURE only when a spooled payload is damaged, when a finite ``RetryPolicy.max_attempts`` is
+reached, or when the full-buffer policy ``drop-oldest`` makes room (counted as ``dropped``).
+The buffer is bounded in captures and in payload bytes.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -66,9 +69,10 @@ def _check_path_part(value: str, what: str) -> None:
 class RetryPolicy:
     """How a batch whose write failed is retried.
 
-    The n-th retry waits ``min(initial_seconds * multiplier ** (n - 1), max_seconds)``; after
-    ``max_attempts`` failed attempts the batch's captures become FAILURE (0 = retry for ever).
-    The defaults retry for about ten minutes.
+    The n-th retry waits ``min(initial_seconds * multiplier ** (n - 1), max_seconds)``, shortened
+    by up to ``jitter`` of itself at random so that devices that lost the store together do not
+    come back together. After ``max_attempts`` failed attempts the batch's captures become FAILURE;
+    the default, 0, retries for as long as the spool holds the batch.
     """
 
     #: Wait before the first retry.
@@ -78,7 +82,9 @@ class RetryPolicy:
     #: Longest wait between two attempts.
     max_seconds: float = 120.0
     #: Failed attempts after which captures are given up as FAILURE (0 = never give up).
-    max_attempts: int = 12
+    max_attempts: int = 0
+    #: Fraction of each wait taken off at random (0 = exact waits, as in tests; below 1).
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         # a zero wait would make the writer spin on a failing sink
@@ -88,10 +94,31 @@ class RetryPolicy:
             )
         if self.max_attempts < 0:
             raise InvalidArgument("retry policy max_attempts must be >= 0 (0 = retry for ever)")
+        if not 0 <= self.jitter < 1:
+            raise InvalidArgument("retry policy jitter must be at least 0 and below 1")
 
-    def delay(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failed attempt."""
-        return float(min(self.initial_seconds * self.multiplier ** max(attempts - 1, 0), self.max_seconds))
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (jittered when ``rng`` is given)."""
+        wait = float(min(self.initial_seconds * self.multiplier ** max(attempts - 1, 0), self.max_seconds))
+        return wait * (1.0 - self.jitter * rng.random()) if rng is not None and self.jitter else wait
+
+
+class FullPolicy(enum.Enum):
+    """What a new capture meets when the buffer is full (in captures or bytes)."""
+
+    #: The capture is refused with RESOURCE_EXHAUSTED; nothing spooled is touched.
+    REJECT = "reject"
+    #: The oldest captures not yet being written are given up (FAILURE, counted as dropped).
+    DROP_OLDEST = "drop-oldest"
+
+    @classmethod
+    def parse(cls, value: str) -> FullPolicy:
+        """The policy named ``value``; INVALID_ARGUMENT listing the known names otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(p.value for p in cls)
+            raise InvalidArgument(f"capture full policy {value!r} unknown (known: {known})") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,8 +135,12 @@ class CaptureConfig:
     fleet_name: str
     #: Folder/key prefix under the destination root ("" = none; may contain '/').
     folder_prefix: str = ""
-    #: Captures the spool holds at most; a further capture gets RESOURCE_EXHAUSTED.
+    #: Captures the spool holds at most; a further capture meets ``full_policy``.
     buffer_size: int = 30
+    #: Payload bytes the spool holds at most (None: bounded by ``buffer_size`` only).
+    buffer_bytes: int | None = None
+    #: What a capture meets when the spool is full.
+    full_policy: FullPolicy = FullPolicy.REJECT
     #: A batch is written when this many captures wait; also the most records in one object.
     batch_size: int = 10
     #: A batch is written when its oldest capture has waited this long (seconds).
@@ -142,6 +173,8 @@ class CaptureConfig:
             raise InvalidArgument(f"capture base64 embed limit must be between 0 and {MAX_EMBED_LIMIT} bytes")
         if self.push_period_seconds < 0 or self.clock_skew_seconds < 0:
             raise InvalidArgument("capture push period and clock skew must not be negative")
+        if self.buffer_bytes is not None and self.buffer_bytes < 1:
+            raise InvalidArgument("capture buffer bytes must be at least 1 (or unset: no byte bound)")
         if self.status_history < 0 or self.max_capture_bytes < 1:
             raise InvalidArgument("capture status history must be >= 0 and max capture bytes >= 1")
 
@@ -163,6 +196,7 @@ class _Counters:
     last_write_time: datetime | None = None
     last_error: str | None = None
     pending: int = 0
+    dropped: int = 0
 
 
 class CaptureService:
@@ -181,8 +215,10 @@ class CaptureService:
         *,
         clock: Callable[[], datetime] = utc_now,
         start: bool = True,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng if rng is not None else random.Random()
         self.sink: Sink = sink if sink is not None else DiskSink(config.destination_root, fsync=config.fsync)
         self._clock = clock
         self._spool = Spool(config.spool_dir, fsync=config.fsync, status_history=config.status_history)
@@ -230,7 +266,7 @@ class CaptureService:
         payload = encode_payload(
             valid, device_name=self.config.device_name, fleet_name=self.config.fleet_name
         )
-        self._spool.add(
+        dropped = self._spool.add(
             key,
             enqueued_at=now.timestamp(),
             fleet=self.config.fleet_name,
@@ -238,9 +274,19 @@ class CaptureService:
             partition=partition_of(valid.inference_time),
             payload=payload,
             capacity=self.config.buffer_size,
+            capacity_bytes=self.config.buffer_bytes,
+            drop_oldest=self.config.full_policy is FullPolicy.DROP_OLDEST,
         )
         with self._counters_lock:
-            self._counters.pending += 1
+            self._counters.pending += 1 - len(dropped)
+            self._counters.dropped += len(dropped)
+            self._counters.failed += len(dropped)
+        if dropped:
+            log.warning(
+                "capture buffer full: dropped the %d oldest capture(s) to spool %s (policy drop-oldest)",
+                len(dropped),
+                request.capture_id,
+            )
         log.debug("capture %s spooled (%d bytes)", request.capture_id, size)
         self._kick()
 
@@ -321,16 +367,31 @@ class CaptureService:
             self._state = ServiceState.CLOSED
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start: pending, written, failed, batches_written, write_errors, times."""
+        """Counters since start and the backlog.
+
+        ``pending`` (captures in the spool), ``pending_bytes``, ``oldest_pending_age_seconds``
+        (None when empty), the bounds ``buffer_size``/``buffer_bytes``, ``written``, ``failed``
+        (includes ``dropped``), ``dropped`` (by the full policy), ``batches_written``,
+        ``write_errors``, ``last_write_time``, ``last_error``.
+        """
+        backlog = None
         if self._state is not ServiceState.CLOSED:
-            pending = self._spool.pending_count()
+            backlog = self._spool.backlog()
             with self._counters_lock:
-                self._counters.pending = pending
+                self._counters.pending = backlog.records
+        oldest = None if backlog is None else backlog.oldest_enqueued_at
         with self._counters_lock:
             c = self._counters
             return {
                 "state": self._state.value,
                 "pending": c.pending,
+                "pending_bytes": None if backlog is None else backlog.bytes,
+                "oldest_pending_age_seconds": (
+                    None if oldest is None else max(self._now().timestamp() - oldest, 0.0)
+                ),
+                "buffer_size": self.config.buffer_size,
+                "buffer_bytes": self.config.buffer_bytes,
+                "dropped": c.dropped,
                 "written": c.written,
                 "failed": c.failed,
                 "batches_written": c.batches_written,
@@ -501,7 +562,7 @@ class CaptureService:
                 error,
             )
             return
-        delay = policy.delay(attempts)
+        delay = policy.delay(attempts, self._rng)
         self._spool.record_failure(batch.batch_id, str(error), self._now().timestamp() + delay)
         log.warning(
             "capture: writing %s failed (attempt %d), retrying in %.1f s: %s",

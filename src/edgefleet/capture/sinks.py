@@ -16,8 +16,8 @@ from edgefleet.core.errors import InvalidArgument, NotFound
 from edgefleet.storage import ObjectStore, StoreOptions, open_store, validate_key
 from edgefleet.storage.file import FileStore
 
-#: Destination schemes capture writes to today (``s3://`` comes with device-side object stores).
-SCHEMES = ("file",)
+#: Destination schemes capture writes to: a directory (Disk) or an S3-protocol bucket (Cloud).
+SCHEMES = ("file", "s3")
 
 
 class Sink:
@@ -46,6 +46,13 @@ class Sink:
         """The URI naming ``key`` in this sink (what a record's ``data-ref`` holds)."""
         return self.store.url(validate_key(key, "sink"))
 
+    def check(self) -> None:
+        """Fail now, with the store's error, if writing would fail (see ObjectStore.check)."""
+        self.store.check()
+
+    def __repr__(self) -> str:
+        return f"Sink({self.store.uri!r})"
+
 
 class DiskSink(Sink):
     """Objects as files under ``root`` (the Disk capture destination); URIs are ``file://`` URIs.
@@ -72,11 +79,13 @@ class DiskSink(Sink):
         return self.get(key)
 
 
-def open_sink(target: str | Path, *, fsync: bool = True) -> Sink:
-    """The sink for ``target``: a ``file://`` URI or a plain path gives a :class:`DiskSink`.
+def open_sink(target: str | Path, *, fsync: bool = True, s3_endpoint_url: str | None = None) -> Sink:
+    """The sink for ``target``: a ``file://`` URI or a plain path gives a :class:`DiskSink`,
+    ``s3://bucket[/prefix]`` a sink over an S3-protocol store (``s3_endpoint_url``: MinIO, Ceph ...;
+    None = AWS; credentials from the standard AWS chain).
 
     Unknown schemes fail with INVALID_ARGUMENT listing the known ones.
     """
-    options = StoreOptions(what="capture object", fsync=fsync)
+    options = StoreOptions(what="capture object", fsync=fsync, s3_endpoint_url=s3_endpoint_url)
     store = open_store(target, options, schemes=SCHEMES, purpose="capture destination")
     return DiskSink(store.root, fsync=fsync) if isinstance(store, FileStore) else Sink(store)

@@ -19,8 +19,8 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,32 @@ class OpenBatch:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+
+
+@dataclass
+class _Add:
+    """One add() waiting for the group commit, and its answer."""
+
+    key: str
+    row: tuple[str, float, str, str, str, bytes]
+    capacity: int
+    capacity_bytes: int | None
+    drop_oldest: bool
+    done: bool = False
+    error: EdgefleetError | None = None
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the spool."""
+
+    #: captures not yet known to be written
+    records: int
+    #: their payload bytes (what the byte bound counts)
+    bytes: int
+    #: when the oldest of them was spooled (POSIX seconds), None when the spool is empty
+    oldest_enqueued_at: float | None
 
 
 @dataclass(frozen=True)
@@ -221,6 +247,10 @@ class Spool:
         self.directory = Path(directory)
         self.status_history = status_history
         self._lock = threading.Lock()
+        # group commit of add(): requests waiting, and whether one of their threads is committing
+        self._group = threading.Condition(threading.Lock())
+        self._queue: list[_Add] = []
+        self._committing = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -238,6 +268,15 @@ class Spool:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        # Running totals of what ``pending`` holds (one process owns the spool, so they stay exact);
+        # reloaded from the database whenever a transaction fails.
+        self._count = 0
+        self._bytes = 0
+        self._reload_totals()
+
+    def _reload_totals(self) -> None:
+        count, size = self._db.execute("SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM pending").fetchone()
+        self._count, self._bytes = int(count), int(size)
 
     def _open(self, fsync: bool) -> sqlite3.Connection:
         path = self.directory / DB_FILE
@@ -291,6 +330,8 @@ class Spool:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # totals stay as they were if even this fails
+                    self._reload_totals()
                 raise _translate(exc, self.directory) from exc
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -310,25 +351,115 @@ class Spool:
         partition: str,
         payload: bytes,
         capacity: int,
-    ) -> None:
-        """Store a capture durably, or raise ALREADY_EXISTS / RESOURCE_EXHAUSTED storing nothing."""
-        with self._transaction() as db:
-            if db.execute(
-                "SELECT 1 FROM pending WHERE capture_key = ? "
-                "UNION ALL SELECT 1 FROM finished WHERE capture_key = ?",
-                (key, key),
-            ).fetchone():
-                raise AlreadyExists(f"capture id {key} was already used")
-            (count,) = db.execute("SELECT COUNT(*) FROM pending").fetchone()
-            if count >= capacity:
-                raise ResourceExhausted(
-                    f"capture buffer is full ({count} of {capacity} captures waiting to be written)"
-                )
-            db.execute(
-                "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (key, enqueued_at, fleet, model_name, partition, payload),
+        capacity_bytes: int | None = None,
+        drop_oldest: bool = False,
+    ) -> list[str]:
+        """Store a capture durably, or raise ALREADY_EXISTS / RESOURCE_EXHAUSTED storing nothing.
+
+        The spool holds at most ``capacity`` captures and ``capacity_bytes`` payload bytes (None: no
+        byte bound). When full, ``drop_oldest`` makes room by giving up the oldest captures not yet
+        in a batch (they become FAILURE); their keys are returned. Without it, or when no such
+        captures free enough room, the capture is refused with RESOURCE_EXHAUSTED.
+
+        Group commit: captures added by several threads at once are committed in one transaction
+        (one fsync) by whichever of them finds no commit running; each still gets its own answer,
+        and each returns only once its capture is durable.
+        """
+        if capacity_bytes is not None and len(payload) > capacity_bytes:
+            raise ResourceExhausted(
+                f"capture of {len(payload)} bytes is larger than the whole capture buffer ({capacity_bytes} bytes)"
             )
+        request = _Add(
+            key,
+            (key, enqueued_at, fleet, model_name, partition, payload),
+            capacity,
+            capacity_bytes,
+            drop_oldest,
+        )
+        with self._group:
+            self._queue.append(request)
+            while not request.done:
+                if self._committing:
+                    self._group.wait()
+                    continue
+                self._committing = True
+                batch, self._queue = self._queue, []
+                self._group.release()
+                try:
+                    self._commit_adds(batch)
+                finally:
+                    self._group.acquire()
+                    self._committing = False
+                    self._group.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.dropped
+
+    def _commit_adds(self, batch: list[_Add]) -> None:
+        """Apply ``batch`` in one transaction; every request ends done, with its answer or error."""
+        try:
+            with self._transaction() as db:
+                count, used = self._count, self._bytes
+                for request in batch:
+                    count, used = self._apply_add(db, request, count, used)
+                if any(request.dropped for request in batch):
+                    self._trim(db)
+                self._count, self._bytes = count, used
+        except EdgefleetError as exc:  # the transaction failed as a whole: nothing of it was stored
+            for request in batch:
+                if request.error is None:
+                    request.error, request.dropped = exc, []
+        except BaseException as exc:
+            for request in batch:
+                request.error = Unavailable(f"capture spool {self.directory}: {exc}")
+            raise
+        finally:
+            for request in batch:
+                request.done = True
+
+    def _apply_add(self, db: sqlite3.Connection, request: _Add, count: int, used: int) -> tuple[int, int]:
+        key, size = request.key, len(request.row[-1])
+        if db.execute(
+            "SELECT 1 FROM pending WHERE capture_key = ? UNION ALL SELECT 1 FROM finished WHERE capture_key = ?",
+            (key, key),
+        ).fetchone():
+            request.error = AlreadyExists(f"capture id {key} was already used")
+            return count, used
+        bound = request.capacity_bytes
+
+        def full(count: int, used: int) -> bool:
+            return count >= request.capacity or (bound is not None and used + size > bound)
+
+        victims: list[tuple[int, str]] = []
+        left, room = count, used
+        if full(left, room) and request.drop_oldest:
+            for seq, victim, length in db.execute(
+                "SELECT seq, capture_key, LENGTH(payload) FROM pending WHERE batch_id IS NULL ORDER BY seq"
+            ):
+                victims.append((seq, victim))
+                left, room = left - 1, room - int(length)
+                if not full(left, room):
+                    break
+        if full(left, room):
+            request.error = ResourceExhausted(
+                f"capture buffer is full ({count} of {request.capacity} captures, {used} of "
+                f"{'unbounded' if bound is None else bound} bytes waiting to be written)"
+            )
+            return count, used
+        if victims:
+            db.executemany(
+                "INSERT OR REPLACE INTO finished (capture_key, status, finished_at) "
+                "SELECT capture_key, ?, ? FROM pending WHERE seq = ?",
+                [(CaptureStatus.FAILURE.value, request.row[1], seq) for seq, _ in victims],
+            )
+            db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq, _ in victims])
+            request.dropped = [victim for _, victim in victims]
+        db.execute(
+            "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            request.row,
+        )
+        return left + 1, room + size
 
     def status(self, key: str) -> CaptureStatus:
         """IN_PROGRESS while spooled, then the remembered outcome, else NOT_FOUND."""
@@ -341,7 +472,17 @@ class Spool:
 
     def pending_count(self) -> int:
         """Captures in the spool (written or not yet assigned to a batch)."""
-        return int(self._query("SELECT COUNT(*) FROM pending")[0][0])
+        with self._lock:
+            return self._count
+
+    def backlog(self) -> Backlog:
+        """What waits in the spool: captures, payload bytes and when the oldest was spooled."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT enqueued_at FROM pending ORDER BY seq LIMIT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.directory) from exc
+            return Backlog(self._count, self._bytes, None if row is None else float(row[0]))
 
     def unassigned(self) -> list[PendingCapture]:
         """Spooled captures not in a batch yet, oldest first."""
@@ -395,12 +536,16 @@ class Spool:
         with self._transaction() as db:
             row = db.execute("SELECT object_key FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
             object_key = row[0] if row and status is CaptureStatus.SUCCESS else None
+            (size,) = db.execute(
+                "SELECT TOTAL(LENGTH(payload)) FROM pending WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
             count = db.execute(
                 "INSERT OR REPLACE INTO finished (capture_key, status, finished_at, object_key) "
                 "SELECT capture_key, ?, ?, ? FROM pending WHERE batch_id = ? ORDER BY seq",
                 (status.value, now, object_key, batch_id),
             ).rowcount
-            db.execute("DELETE FROM pending WHERE batch_id = ?", (batch_id,))
+            removed = db.execute("DELETE FROM pending WHERE batch_id = ?", (batch_id,)).rowcount
+            self._count, self._bytes = self._count - removed, self._bytes - int(size)
             db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
             self._trim(db)
         return int(count)
@@ -414,7 +559,12 @@ class Spool:
                     "SELECT capture_key, ?, ? FROM pending WHERE capture_key = ?",
                     (CaptureStatus.FAILURE.value, now, key),
                 )
-                db.execute("DELETE FROM pending WHERE capture_key = ?", (key,))
+                row = db.execute(
+                    "SELECT LENGTH(payload) FROM pending WHERE capture_key = ?", (key,)
+                ).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM pending WHERE capture_key = ?", (key,))
+                    self._count, self._bytes = self._count - 1, self._bytes - int(row[0])
             self._trim(db)
 
     def _trim(self, db: sqlite3.Connection) -> None:

@@ -112,6 +112,13 @@ class ObjectStore(ABC):
     def url(self, key: str) -> str:
         """The URI naming the object (``file:///...``, ``s3://bucket/key``), e.g. for records."""
 
+    @abstractmethod
+    def check(self) -> None:
+        """Raise the EdgefleetError a write would meet now (missing bucket, refused, unreachable).
+
+        Called at start-up so that a misconfigured store fails loudly then, not at the first write.
+        """
+
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``."""
         self.put_stream(key, io.BytesIO(data))

@@ -58,6 +58,19 @@ class FileStore(ObjectStore):
     def uri(self) -> str:
         return self.root.as_uri()
 
+    def check(self) -> None:
+        """The root exists (it is made if missing) and this process may write into it."""
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise Unavailable(f"{self.what} store {self.uri}: {self.root} is not a directory")
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionDenied(
+                    f"{self.what} store {self.uri}: {self.root} is not writable by this process"
+                )
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self.what} store {self.uri}") from exc
+
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key, self.what)
 

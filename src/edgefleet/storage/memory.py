@@ -68,5 +68,8 @@ class MemoryStore(ObjectStore):
         with self._lock:
             self._objects.pop(validate_key(key, self.what), None)
 
+    def check(self) -> None:
+        """Nothing can be misconfigured in memory."""
+
     def url(self, key: str) -> str:
         return f"{self.uri}/{validate_key(key, self.what)}"

@@ -16,6 +16,7 @@ from edgefleet.core.errors import (
     EdgefleetError,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     Unavailable,
 )
@@ -60,6 +61,26 @@ class S3Store(ObjectStore):
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def check(self) -> None:
+        """The bucket exists and the credentials may use it (HeadBucket): NOT_FOUND, PERMISSION_DENIED
+        or UNAVAILABLE (endpoint unreachable) otherwise, each naming the bucket and endpoint."""
+        where = f"S3 store {self.uri} (endpoint {self.options.s3_endpoint_url or 'AWS'})"
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except self._errors as exc:
+            code = _error_code(exc)
+            if type(exc).__name__ == "NoCredentialsError":
+                raise PermissionDenied(
+                    f"{where}: no AWS credentials found (environment, ~/.aws, instance or container role)"
+                ) from exc
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise NotFound(f"{where}: bucket {self.bucket!r} does not exist") from exc
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise PermissionDenied(
+                    f"{where}: the credentials may not use bucket {self.bucket!r}: {exc}"
+                ) from exc
+            raise Unavailable(f"{where} cannot be reached: {exc}") from exc
 
     def _key(self, key: str) -> str:
         validate_key(key, self.what)
