@@ -310,7 +310,7 @@ def main() -> int:
     from edgefleet.client import AgentClient
     from edgefleet.core.package import build_package
     from edgefleet.core.signing import init_keys
-    from edgefleet.demo import train_digits
+    from edgefleet.demo.device import train_digits
 
     work = Path(tempfile.mkdtemp(prefix="ef-bench-"))
     init_keys(work / "keys")

@@ -14,6 +14,7 @@ import numpy as np
 from support import build_null
 
 from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.client.handles import read_handles
 from edgefleet.core.deviceplane import Definition, Deployment, FailurePolicy, HealthGate, PackageRef
 from edgefleet.device.agentlink import AgentApi, AgentConnection
 from edgefleet.device.config import (
@@ -26,10 +27,9 @@ from edgefleet.device.config import (
 )
 from edgefleet.device.daemon import Daemon
 from edgefleet.device.executor import Executor
-from edgefleet.device.fake import FakeControlPlane
-from edgefleet.device.handles import read_handles
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import PackageStore
+from edgefleet.device.sim.control_plane import FakeControlPlane
 from edgefleet.device.state import StateStore
 
 NO_WAIT = RetryPolicy(max_attempts=3, initial_seconds=0.0, max_seconds=0.0)

@@ -21,6 +21,7 @@ from edgefleet.client.client import (
     error_from_rpc,
     grpc_target,
 )
+from edgefleet.client.handles import HandleClient, HandleEntry, HandleMap, read_handles, write_handles
 from edgefleet.protocol.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "AuxData",
     "CaptureStatusName",
     "EncodingName",
+    "HandleClient",
+    "HandleEntry",
+    "HandleMap",
     "Health",
     "ModelInfo",
     "ModelStatistics",
@@ -38,4 +42,6 @@ __all__ = [
     "Tensors",
     "error_from_rpc",
     "grpc_target",
+    "read_handles",
+    "write_handles",
 ]

@@ -1,7 +1,7 @@
 """The daemon's seam to the device agent: an existing agent socket, or an agent child process.
 
 :class:`AgentApi` is the part of :class:`edgefleet.client.AgentClient` the daemon uses; the real
-client satisfies it, and so does :class:`edgefleet.device.nullagent.NullAgent` (simulated devices).
+client satisfies it, and so does :class:`edgefleet.device.sim.nullagent.NullAgent` (simulated devices).
 :class:`AgentSupervisor` runs ``edgefleet agent`` as a child process and starts it again if it dies
 (the daemon then loads its installed models again: see ``Daemon.converge``).
 """
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +26,8 @@ from typing import Protocol
 import numpy as np
 
 from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
-from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
+from edgefleet.client.handles import AGENT_HANDLES_EXTENSION
+from edgefleet.core.errors import AlreadyExists, EdgefleetError, FailedPrecondition, NotFound, Unavailable
 from edgefleet.core.files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,57 @@ class AgentApi(Protocol):
     def close(self) -> None:
         """Release the connection."""
         ...
+
+
+def agent_resolves_handles(agent: AgentApi) -> bool:
+    """Whether ``agent`` advertises the ``model-handles`` extension (asked every time: an agent
+    restarted in between may be another version)."""
+    return AGENT_HANDLES_EXTENSION in agent.server_metadata().extensions
+
+
+def sync_agent_handles(
+    agent: AgentApi,
+    desired: Mapping[str, str],
+    owned_targets: Set[str],
+    *,
+    strict: Set[str] = frozenset(),
+    leave: Set[str] = frozenset(),
+) -> list[str]:
+    """Make the agent's handles name the aliases in ``desired`` (handle -> alias).
+
+    Handles whose target differs are switched (``SetHandle`` is atomic: no call sees the handle
+    missing); then handles the agent holds that ``desired`` lacks are removed, but only those
+    pointing at an alias in ``owned_targets`` (the daemon's own loads: another client's handles are
+    left alone, and the agent refuses to unload a handle's target, so ours must go first).
+
+    A handle whose target is not loaded (NOT_FOUND: the agent restarted and lost it) or whose name
+    is a loaded model's (ALREADY_EXISTS) is reported in the returned problems, except for handles
+    in ``strict``, whose failures are raised. Handles in ``leave`` are left as they are (their
+    version could not be loaded: whatever the agent serves under them now is better than nothing).
+    Failures to reach the agent are always raised.
+    """
+    current = agent.handles()
+    problems: list[str] = []
+    for handle, alias in sorted(desired.items()):
+        if handle in leave or current.get(handle) == alias:
+            continue
+        try:
+            previous = agent.set_handle(handle, alias)
+        except (NotFound, AlreadyExists) as exc:
+            if handle in strict:
+                raise
+            problems.append(f"cannot point the agent's handle {handle} at {alias}: {exc}")
+            continue
+        log.info("agent handle %s -> %s (was %s)", handle, alias, previous or "unset")
+    for handle, alias in sorted(current.items()):
+        if handle in desired or handle in leave or alias not in owned_targets:
+            continue
+        try:
+            agent.remove_handle(handle)
+        except NotFound:
+            pass  # gone already
+        log.info("agent handle %s removed (it pointed at %s)", handle, alias)
+    return problems
 
 
 def smoke_inputs(info: ModelInfo) -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@
 Part 1 (the device): trains a digits classifier, creates signing keys, builds and signs a package,
 starts a real agent process on a Unix socket, loads the package, runs predictions through the
 client, captures some of them to disk in the Edge Manager record format, and shuts the agent down
-cleanly. Part 2 (:mod:`edgefleet.demo_fleet`): compiles the model, runs the control plane and two
+cleanly. Part 2 (:mod:`edgefleet.demo.fleet`): compiles the model, runs the control plane and two
 device daemons, and rolls versions out in stages with a hot swap under load.
 """
 
@@ -218,7 +218,7 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fle
         say(f"    agent exited with code {agent.returncode}; its log is {log_path}")
     ok = agent.returncode == 0 and accuracy > 0.9 and all(s == "SUCCESS" for s in statuses)
     if fleet and ok:
-        from edgefleet.demo_fleet import run_fleet_demo
+        from edgefleet.demo.fleet import run_fleet_demo
 
         say("\nPart 2: compiler, control plane and device daemons")
         ok = run_fleet_demo(

@@ -4,7 +4,7 @@ Each simulated device is a real :class:`~edgefleet.device.daemon.Daemon`: it enr
 own key, CSR, one-time token), talks to the server over mutual TLS with its own certificate, sends
 heartbeats, fetches deployments, downloads packages (digest-checked, then discarded), plans,
 executes, smoke-tests, rolls back and reports, exactly like a device. What is simulated is the agent
-(:class:`~edgefleet.device.nullagent.NullAgent`: no inference engine, no process) and the package
+(:class:`~edgefleet.device.sim.nullagent.NullAgent`: no inference engine, no process) and the package
 cache (nothing is written or unpacked). State is kept in memory unless ``persist`` is set.
 
 The devices share a small pool of worker threads: a scheduler hands each device's heartbeat and
@@ -38,10 +38,10 @@ from edgefleet.device.daemon import Daemon
 from edgefleet.device.executor import Executor
 from edgefleet.device.https import HttpsControlPlane, enroller, fetch_ca
 from edgefleet.device.identity import enroll
-from edgefleet.device.nullagent import NullAgent, null_config
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import DigestMismatch
 from edgefleet.device.protocol import ControlPlane
+from edgefleet.device.sim.nullagent import NullAgent, null_config
 from edgefleet.device.state import StateStore
 
 log = logging.getLogger(__name__)
