@@ -18,9 +18,9 @@ from edgefleet.client.client import (
     ModelStatistics,
     ServerMetadata,
     Tensors,
-    error_from_rpc,
-    grpc_target,
+    Transport,
 )
+from edgefleet.client.grpc_transport import GrpcTransport, error_from_rpc, grpc_target
 from edgefleet.client.handles import HandleClient, HandleEntry, HandleMap, read_handles, write_handles
 from edgefleet.protocol.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 
@@ -32,6 +32,7 @@ __all__ = [
     "AuxData",
     "CaptureStatusName",
     "EncodingName",
+    "GrpcTransport",
     "HandleClient",
     "HandleEntry",
     "HandleMap",
@@ -40,6 +41,7 @@ __all__ = [
     "ModelStatistics",
     "ServerMetadata",
     "Tensors",
+    "Transport",
     "error_from_rpc",
     "grpc_target",
     "read_handles",
