@@ -1,14 +1,13 @@
 """The daemon's seam to the device agent: an existing agent socket, or an agent child process.
 
-:class:`AgentApi` is the part of :class:`edgefleet.client.AgentClient` the daemon uses; the real
-client satisfies it, and so does :class:`edgefleet.device.sim.nullagent.NullAgent` (simulated devices).
+:class:`edgefleet.client.AgentClient` is the daemon's way to the agent, over gRPC or, for simulated
+devices, over the agent in process (:class:`edgefleet.device.sim.nullagent.NullAgent`).
 :class:`AgentSupervisor` runs ``edgefleet agent`` as a child process and starts it again if it dies
 (the daemon then loads its installed models again: see ``Daemon.converge``).
 """
 
 from __future__ import annotations
 
-import builtins
 import enum
 import logging
 import os
@@ -21,11 +20,10 @@ import time
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.client import AgentClient, ModelInfo
 from edgefleet.client.handles import AGENT_HANDLES_EXTENSION
 from edgefleet.core.errors import AlreadyExists, EdgefleetError, FailedPrecondition, NotFound, Unavailable
 from edgefleet.core.files import read_json, write_json_atomic
@@ -33,67 +31,14 @@ from edgefleet.core.files import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 
-class AgentApi(Protocol):
-    """What the daemon calls on the agent."""
-
-    def load(self, url: str, name: str) -> ModelInfo:
-        """Load the package at ``url`` under alias ``name``."""
-        ...
-
-    def unload(self, name: str) -> None:
-        """Unload alias ``name`` (NOT_FOUND if not loaded)."""
-        ...
-
-    def list(self) -> builtins.list[ModelInfo]:
-        """The loaded models."""
-        ...
-
-    def describe(self, name: str) -> ModelInfo:
-        """Alias ``name``'s tensor metadata (NOT_FOUND if not loaded)."""
-        ...
-
-    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run alias ``name``."""
-        ...
-
-    def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
-        """Per-model counters and latency percentiles."""
-        ...
-
-    def server_metadata(self) -> ServerMetadata:
-        """The agent's name, version and extensions."""
-        ...
-
-    def set_handle(self, handle: str, target: str) -> str | None:
-        """Point ``handle`` at the loaded alias ``target`` atomically (extension ``model-handles``);
-        the previous target, or None."""
-        ...
-
-    def remove_handle(self, handle: str) -> None:
-        """Forget ``handle`` (NOT_FOUND if there is none; extension ``model-handles``)."""
-        ...
-
-    def handles(self) -> dict[str, str]:
-        """handle -> alias for every handle the agent holds (extension ``model-handles``)."""
-        ...
-
-    def health(self) -> Health:
-        """Liveness and readiness."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
-
-
-def agent_resolves_handles(agent: AgentApi) -> bool:
+def agent_resolves_handles(agent: AgentClient) -> bool:
     """Whether ``agent`` advertises the ``model-handles`` extension (asked every time: an agent
     restarted in between may be another version)."""
     return AGENT_HANDLES_EXTENSION in agent.server_metadata().extensions
 
 
 def sync_agent_handles(
-    agent: AgentApi,
+    agent: AgentClient,
     desired: Mapping[str, str],
     owned_targets: Set[str],
     *,
@@ -150,8 +95,8 @@ class AgentConnection:
     """Two clients of one agent: ``api`` for model management (long deadline), ``smoke`` for the
     smoke-test Predict (short deadline)."""
 
-    api: AgentApi
-    smoke: AgentApi
+    api: AgentClient
+    smoke: AgentClient
 
     @classmethod
     def connect(cls, address: str, *, call_timeout: float, smoke_timeout: float) -> AgentConnection:
@@ -169,7 +114,7 @@ class AgentConnection:
 
 
 def wait_ready(
-    api: AgentApi,
+    api: AgentClient,
     timeout: float,
     *,
     alive: Callable[[], bool] = lambda: True,
@@ -309,7 +254,7 @@ class AgentSupervisor:
         """Whether the child process is running."""
         return self._proc is not None and self._proc.poll() is None
 
-    def ensure_running(self, api: AgentApi) -> bool:
+    def ensure_running(self, api: AgentClient) -> bool:
         """Start the agent if it is not running and wait until it is ready; True if it was (re)started."""
         with self._lock:
             if self.alive():

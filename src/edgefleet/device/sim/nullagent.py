@@ -1,40 +1,39 @@
-"""An in-process agent with no inference engine, for simulated devices.
+"""The real agent in process on the null runtime, for simulated devices and the daemon's tests.
 
-It keeps aliases and per-alias counters like the real agent and answers Predict with zeros shaped
-like the model's outputs (taken from the staged package's manifest when there is one). Models can be
-made to fail (``fail_models``, or a null-runtime package whose model file says ``"fail": true``) so
-that rollbacks can be exercised at fleet scale.
-
-Like the real agent it implements the extension ``model-handles`` with the same rules (unless
-built with ``handles=False``, to stand for an agent without it): a handle names a loaded alias and
-is accepted wherever a model name is, the target must be loaded, a handle may not shadow a loaded
-alias nor a load take a handle's name, and a handle's target cannot be unloaded until it moves.
+:class:`InProcessTransport` answers an :class:`~edgefleet.client.AgentClient`'s requests with the
+agent's own services and model registry (:mod:`edgefleet.agent.server`, :mod:`edgefleet.agent.models`):
+the same rules for aliases, handles, statistics and errors as the agent process, without a socket
+or a process. Every model runs on the null runtime and answers zeros shaped like its outputs. A
+package is described beforehand with :meth:`NullAgent.register_package` (simulated devices stage
+nothing on disk) or read from its directory (the manifest only: the daemon has verified it). A
+model fails every run when it is a null-runtime model whose model file says ``"fail": true`` or its
+model name is in ``fail_models``, so that rollbacks can be exercised at fleet scale.
 """
 
 from __future__ import annotations
 
-import builtins
+import itertools
 import json
-import threading
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Set
 from pathlib import Path
+from typing import Any, NoReturn
 
-import numpy as np
+import grpc
 
-from edgefleet import __version__
-from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
-from edgefleet.core.errors import (
-    AlreadyExists,
-    Code,
-    EdgefleetError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-)
+from edgefleet.agent.models import ModelLimits, ModelRegistry
+from edgefleet.agent.server import EXTENSIONS, AgentLifecycle, AgentService, AgentState, ExtensionsService
+from edgefleet.agent.shm import SharedMemoryReader
+from edgefleet.client import AgentClient
+from edgefleet.core.errors import Code, EdgefleetError, code_from_grpc_number, error_for
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
+from edgefleet.runtimes.base import LoadedModel, RuntimeOptions
+from edgefleet.runtimes.null import NullBackend, NullModel
+
+#: the RPCs of the extension ``model-handles``
+HANDLE_RPCS = frozenset({"SetHandle", "RemoveHandle", "ListHandles"})
 
 
 def null_config(data: bytes) -> dict[str, object]:
@@ -46,181 +45,130 @@ def null_config(data: bytes) -> dict[str, object]:
     return raw if isinstance(raw, dict) else {}
 
 
-@dataclass
-class _Slot:
-    info: ModelInfo
-    model_name: str
-    model_version: str
-    loaded_time: float
-    fail: bool = False
-    requests: int = 0
-    errors: int = 0
-    last_inference: float | None = None
-    latencies_ms: list[float] = field(default_factory=list)
+class _Context:
+    """What the agent's handlers use of a gRPC servicer context: ``abort`` raises the error."""
+
+    def abort(self, status: grpc.StatusCode, message: str) -> NoReturn:
+        raise error_for(code_from_grpc_number(status.value[0]), message)
 
 
-class NullAgent:
-    """Satisfies :class:`edgefleet.device.agentlink.AgentApi` without a process or a runtime."""
+class _NullEverywhere(NullBackend):
+    """The null runtime for every package, whatever runtime its manifest names: zeros, or a failure."""
+
+    def __init__(self, fails: Callable[[Path, Manifest], bool]) -> None:
+        self._fails = fails
+
+    def version(self) -> str:
+        return "9999"  # a simulated engine meets every minimum version a package asks for
+
+    def estimate_memory(
+        self, package_dir: Path, manifest: Manifest, options: RuntimeOptions | None = None
+    ) -> int:
+        return 0
+
+    def load(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> LoadedModel:
+        return NullModel(manifest, {"op": "zeros", "fail": self._fails(package_dir, manifest)})
+
+
+class InProcessTransport:
+    """The agent's services over a model registry in this process (see the module).
+
+    ``latency_ms``: the latency every Predict is timed at (a steady figure, whatever the machine's
+    load). ``handles``: implement the extension ``model-handles`` (False stands for an agent
+    without it: not advertised, its RPCs answer UNIMPLEMENTED).
+    """
+
+    address = "in-process"
 
     def __init__(
-        self, *, fail_models: set[str] | None = None, latency_ms: float = 1.0, handles: bool = True
+        self, *, fail_models: Set[str] = frozenset(), latency_ms: float = 1.0, handles: bool = True
     ) -> None:
-        self.fail_models = set(fail_models or ())
-        self.latency_ms = latency_ms
-        #: whether the extension ``model-handles`` is implemented (and advertised)
-        self.handles_extension = handles
-        self._slots: dict[str, _Slot] = {}
-        self._handles: dict[str, str] = {}
+        self.fail_models = frozenset(fail_models)
         self._known: dict[str, tuple[Manifest, bool]] = {}
-        self._lock = threading.Lock()
+        ticks = itertools.count(step=latency_ms / 1000.0)  # each reading one latency later
+        self.registry = ModelRegistry(
+            limits=ModelLimits(memory_budget_bytes=1 << 62),
+            packages_dir=Path("/nonexistent"),  # never unpacks: every package is a directory
+            verifier=self._manifest,
+            unpacker=lambda archive, dest: self._manifest(archive),
+            kind=lambda path, url: "directory",
+            backends=lambda name: _NullEverywhere(self._fails),
+            timer=lambda: next(ticks),
+            release_memory=False,
+        )
+        shm = SharedMemoryReader()
+        lifecycle = AgentLifecycle()
+        lifecycle.set(AgentState.SERVING)
+        agent = AgentService(self.registry, None, shm)
+        extensions = [e for e in EXTENSIONS if handles or e != "model-handles"]
+        services = (
+            (agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"]),
+            (
+                ExtensionsService(self.registry, agent, shm, lifecycle, extensions=extensions),
+                extensions_pb2.DESCRIPTOR.services_by_name["AgentExtensions"],
+            ),
+        )
+        self._methods = {
+            m.name: getattr(service, m.name)
+            for service, descriptor in services
+            for m in descriptor.methods
+            if handles or m.name not in HANDLE_RPCS
+        }
+
+    def register_package(self, url: str, manifest: Manifest, fail: bool) -> None:
+        """Describe the package a later load of ``url`` gets."""
+        self._known[os.path.abspath(url)] = (manifest, fail)
+
+    def _manifest(self, package_dir: Path) -> Manifest:
+        known = self._known.get(str(package_dir))
+        return known[0] if known is not None else parse_manifest((package_dir / MANIFEST_FILE).read_bytes())
+
+    def _fails(self, package_dir: Path, manifest: Manifest) -> bool:
+        known = self._known.get(str(package_dir))
+        if manifest.name in self.fail_models:
+            return True
+        if known is not None:
+            return known[1]
+        if manifest.runtime.name != "null":
+            return False
+        return bool(null_config((package_dir / manifest.model_file).read_bytes()).get("fail", False))
+
+    def call(self, method: str, request: Any) -> Any:
+        handler = self._methods.get(method)
+        if handler is None:
+            raise EdgefleetError(f"this agent does not implement {method}", Code.UNIMPLEMENTED)
+        return handler(request, _Context())
+
+    def wait_ready(self, timeout: float) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class NullAgent(AgentClient):
+    """An :class:`AgentClient` over an :class:`InProcessTransport` (arguments: the transport's).
+
+    Like a client whose agent outlives it, :meth:`close` leaves the in-process agent serving (a test
+    may stop a daemon and start another over the same agent).
+    """
+
+    def __init__(
+        self, *, fail_models: Set[str] = frozenset(), latency_ms: float = 1.0, handles: bool = True
+    ) -> None:
+        self.agent = InProcessTransport(fail_models=fail_models, latency_ms=latency_ms, handles=handles)
+        self.latency_ms = latency_ms
+        super().__init__(self.agent.address, shm_threshold=None, transport=self.agent)
 
     def register_package(self, url: str, manifest: Manifest, fail: bool) -> None:
         """Describe the package a later ``load(url)`` gets (simulated devices stage nothing on disk)."""
-        with self._lock:
-            self._known[url] = (manifest, fail)
-
-    def load(self, url: str, name: str) -> ModelInfo:
-        with self._lock:
-            if name in self._slots:
-                raise AlreadyExists(f"a model is already loaded (or loading) under the name {name!r}")
-            if name in self._handles:
-                raise AlreadyExists(f"{name!r} is a model handle (pointing at {self._handles[name]!r})")
-        model_name, model_version, info = name, "", ModelInfo(name=name, url=url, inputs=(), outputs=())
-        fail = False
-        manifest: Manifest | None = None
-        manifest_path = Path(url) / MANIFEST_FILE
-        with self._lock:
-            known = self._known.get(url)
-        if known is not None:
-            manifest, fail = known
-        elif manifest_path.is_file():
-            manifest = parse_manifest(manifest_path.read_bytes())
-            if manifest.runtime.name == "null":
-                fail = bool(null_config((Path(url) / manifest.model_file).read_bytes()).get("fail", False))
-        if manifest is not None:
-            model_name, model_version = manifest.name, manifest.version
-            info = ModelInfo(name=name, url=url, inputs=manifest.inputs, outputs=manifest.outputs)
-        with self._lock:
-            self._slots[name] = _Slot(info, model_name, model_version, time.time(), fail)
-        return info
-
-    def unload(self, name: str) -> None:
-        with self._lock:
-            if name not in self._slots:
-                raise NotFound(f"no model is loaded under the name {name!r}")
-            pointing = sorted(h for h, t in self._handles.items() if t == name)
-            if pointing:
-                raise FailedPrecondition(
-                    f"model {name!r} is the target of handle(s) {', '.join(pointing)}; move or remove them first"
-                )
-            del self._slots[name]
-
-    def list(self) -> builtins.list[ModelInfo]:
-        with self._lock:
-            return [s.info for s in self._slots.values()]
-
-    def describe(self, name: str) -> ModelInfo:
-        with self._lock:
-            return self._slot(name).info
-
-    def _slot(self, name: str) -> _Slot:
-        slot = self._slots.get(name)
-        if slot is None and name in self._handles:
-            slot = self._slots.get(self._handles[name])
-        if slot is None:
-            raise NotFound(f"no model is loaded under the name {name!r}")
-        return slot
-
-    # -- extension "model-handles" ----------------------------------------------------------------
-    def _require_handles(self) -> None:
-        if not self.handles_extension:
-            raise EdgefleetError("this agent does not implement model-handles", Code.UNIMPLEMENTED)
-
-    def set_handle(self, handle: str, target: str) -> str | None:
-        """Point ``handle`` at the loaded alias ``target``; the previous target or None."""
-        self._require_handles()
-        with self._lock:
-            if target not in self._slots:
-                raise NotFound(f"handle target {target!r} is not a loaded model")
-            if handle in self._slots:
-                raise AlreadyExists(f"{handle!r} is a loaded model's name; a handle must not shadow it")
-            previous = self._handles.get(handle)
-            self._handles[handle] = target
-        return previous
-
-    def remove_handle(self, handle: str) -> None:
-        """Forget ``handle`` (NOT_FOUND if there is none)."""
-        self._require_handles()
-        with self._lock:
-            if self._handles.pop(handle, None) is None:
-                raise NotFound(f"no handle named {handle!r}")
-
-    def handles(self) -> dict[str, str]:
-        """handle -> alias."""
-        self._require_handles()
-        with self._lock:
-            return dict(self._handles)
-
-    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            slot = self._slot(name)
-            slot.requests += 1
-            slot.last_inference = time.time()
-            slot.latencies_ms.append(self.latency_ms)
-            del slot.latencies_ms[:-2048]
-            if slot.fail or slot.model_name in self.fail_models or name in self.fail_models:
-                slot.errors += 1
-                raise InvalidArgument(f"simulated failure of model {slot.model_name!r}")
-        return {
-            spec.name: np.zeros([d if d >= 0 else 1 for d in spec.shape], dtype=spec.dtype.numpy)
-            for spec in slot.info.outputs
-        }
+        self.agent.register_package(url, manifest, fail)
 
     def simulate_traffic(self, name: str, requests: int, errors: int = 0) -> None:
         """Count ``requests`` inferences (``errors`` of them failed) on ``name`` without running them."""
-        with self._lock:
-            slot = self._slot(name)
-            slot.requests += requests
-            slot.errors += errors
-            slot.last_inference = time.time()
-            slot.latencies_ms.extend([self.latency_ms] * min(requests, 2048))
-            del slot.latencies_ms[:-2048]
-
-    def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
-        with self._lock:
-            slots = {name: self._slot(name)} if name else dict(self._slots)
-            return [
-                ModelStatistics(
-                    name=s.info.name,
-                    model_name=s.model_name,
-                    model_version=s.model_version,
-                    request_count=s.requests,
-                    error_count=s.errors,
-                    p50_ms=float(np.percentile(s.latencies_ms, 50)) if s.latencies_ms else 0.0,
-                    p95_ms=float(np.percentile(s.latencies_ms, 95)) if s.latencies_ms else 0.0,
-                    p99_ms=float(np.percentile(s.latencies_ms, 99)) if s.latencies_ms else 0.0,
-                    last_inference_time=s.last_inference,
-                    last_capture_time=None,
-                    in_flight=0,
-                    queued=0,
-                    memory_bytes=0,
-                    loaded_time=s.loaded_time,
-                )
-                for s in slots.values()
-            ]
-
-    def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(
-            name="edgefleet-null-agent",
-            version=__version__,
-            protocol="simulated",
-            extensions=("model-statistics", "health")
-            + (("model-handles",) if self.handles_extension else ()),
-            runtimes=("null",),
-        )
-
-    def health(self) -> Health:
-        return Health(live=True, ready=True, state="SERVING", detail="simulated")
+        stats = self.agent.registry.get(name).stats
+        for index in range(requests):
+            stats.record(self.latency_ms / 1000.0, ok=index >= errors)
 
     def close(self) -> None:
         return None
