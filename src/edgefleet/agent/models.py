@@ -161,11 +161,9 @@ class ModelRegistry:
     ``verifier(directory) -> Manifest`` checks a package directory's signature and digests;
     ``unpacker(archive, dest) -> Manifest`` safely extracts a ``.tar.gz``, verifying signature and
     digests while it streams (nothing unverified is left on disk). Both are injected so the
-    registry stays independent of the trust-store policy. ``kind(path, url)`` tells a package
-    ``"archive"`` from ``"directory"`` (default :func:`package_kind`), ``backends`` gives the
-    runtime backend by name (default :func:`get_backend`), ``timer`` times each Predict, and
-    ``release_memory`` returns freed heap to the OS after each load and unload (a registry of many
-    small models in one process, such as simulated devices, skips it).
+    registry stays independent of the trust-store policy; so are ``kind`` (:func:`package_kind`),
+    ``backends`` (:func:`get_backend`), the Predict ``timer`` and ``release_memory`` after each load
+    and unload (simulated devices, many small registries in one process, skip it).
     """
 
     def __init__(

@@ -21,7 +21,6 @@ from edgefleet.client.client import (
     Transport,
 )
 from edgefleet.client.grpc_transport import GrpcTransport, error_from_rpc, grpc_target
-from edgefleet.client.handles import HandleClient, HandleEntry, HandleMap, read_handles, write_handles
 from edgefleet.protocol.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -33,9 +32,6 @@ __all__ = [
     "CaptureStatusName",
     "EncodingName",
     "GrpcTransport",
-    "HandleClient",
-    "HandleEntry",
-    "HandleMap",
     "Health",
     "ModelInfo",
     "ModelStatistics",
@@ -44,6 +40,4 @@ __all__ = [
     "Transport",
     "error_from_rpc",
     "grpc_target",
-    "read_handles",
-    "write_handles",
 ]

@@ -1,16 +1,11 @@
 """The Python client of the device agent: the Edge Manager RPCs plus edgefleet's extensions.
 
-One :class:`AgentClient` may be used from several threads at once. Its requests reach the agent
-through a :class:`Transport`: gRPC (:class:`~edgefleet.client.grpc_transport.GrpcTransport`) with
-Predict over the fast socket when the agent has one
-(:class:`~edgefleet.client.fast_socket.FastSocketTransport`), or any other, such as the in-process
-agent of simulated devices. Input tensors larger than
+One :class:`AgentClient` may be used from several threads at once. Its requests go through a
+:class:`Transport`: gRPC (:mod:`.grpc_transport`) with Predict over the agent's fast socket
+(:mod:`.fast_socket`), or another such as simulated devices' in-process agent. Input tensors above
 ``shm_threshold`` bytes travel through System V shared memory segments the client owns and reuses
-(one per in-flight tensor, see :mod:`edgefleet.client.shm`); smaller ones go inline. Outputs come
-back inline. Every failed call raises the :class:`EdgefleetError` subclass of its gRPC status code
-(:func:`edgefleet.core.errors.error_for`: ``NOT_FOUND`` -> :class:`NotFound`, ...), carrying the
-agent's message; ``err.code`` is the :class:`Code` (named like the gRPC code) and
-:func:`edgefleet.core.errors.grpc_status_number` gives the number.
+(:mod:`edgefleet.client.shm`). Every failed call raises the :class:`EdgefleetError` subclass of its
+code (:func:`edgefleet.core.errors.error_for`), carrying the agent's message.
 """
 
 from __future__ import annotations
@@ -52,18 +47,8 @@ Tensors = Mapping[str, npt.ArrayLike] | Sequence[npt.ArrayLike] | np.ndarray
 EncodingName = Literal["CSV", "JSON", "NONE", "BASE64"]
 CaptureStatusName = Literal["SUCCESS", "IN_PROGRESS", "FAILURE", "NOT_FOUND"]
 
-_ENCODINGS: dict[str, agent_pb2.Encoding] = {
-    "CSV": agent_pb2.CSV,
-    "JSON": agent_pb2.JSON,
-    "NONE": agent_pb2.NONE,
-    "BASE64": agent_pb2.BASE64,
-}
-_CAPTURE_STATUS: dict[int, CaptureStatusName] = {
-    agent_pb2.SUCCESS: "SUCCESS",
-    agent_pb2.IN_PROGRESS: "IN_PROGRESS",
-    agent_pb2.FAILURE: "FAILURE",
-    agent_pb2.NOT_FOUND: "NOT_FOUND",
-}
+_ENCODINGS: dict[str, agent_pb2.Encoding] = dict(agent_pb2.Encoding.items())
+_CAPTURE_STATUS: dict[int, CaptureStatusName] = {v: k for k, v in agent_pb2.CaptureDataStatus.items()}
 
 _T = TypeVar("_T")
 
@@ -339,15 +324,13 @@ class AgentClient:
 
     def _predict_call(self, request: agent_pb2.PredictRequest) -> Any:
         """Predict over the fast socket when it answers, over the transport otherwise."""
-        if self._closed:
-            raise FailedPrecondition("the AgentClient is closed")
-        if self._fast is not None:
+        if self._fast is not None and not self._closed:
             response = self._fast.predict(request)
             if response is not None:
                 return response
         with self._lock:
             self.grpc_predict_calls += 1
-        return self._transport.call("Predict", request)
+        return self._call("Predict", request)
 
     # -- capture --------------------------------------------------------------------------------
     def capture(

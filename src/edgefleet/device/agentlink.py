@@ -25,8 +25,16 @@ import numpy as np
 
 from edgefleet.client import AgentClient, ModelInfo
 from edgefleet.client.handles import AGENT_HANDLES_EXTENSION
-from edgefleet.core.errors import AlreadyExists, EdgefleetError, FailedPrecondition, NotFound, Unavailable
+from edgefleet.core.errors import (
+    AlreadyExists,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from edgefleet.core.files import read_json, write_json_atomic
+from edgefleet.protocol.agent.framing import socket_path
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +184,6 @@ os.execv(sys.executable, [sys.executable, "-m", "edgefleet", "agent", *sys.argv[
 """
 
 
-def _socket_file(address: str) -> Path | None:
-    """The socket file of a ``unix://`` / ``unix:`` address (None for other kinds)."""
-    for prefix in ("unix://", "unix:"):
-        if address.startswith(prefix):
-            return Path(address[len(prefix) :])
-    return None if "://" in address else Path(address)
-
-
 def _process_start(pid: int) -> int | None:
     """The start time (clock ticks after boot) of process ``pid``; None if there is no such process.
 
@@ -310,9 +310,10 @@ class AgentSupervisor:
         After the daemon was killed, the agent it started gets SIGTERM and takes a moment to finish
         its calls and unload; a new agent started meanwhile would find the socket busy and exit.
         """
-        path = _socket_file(self.address)
-        if path is None:
-            return
+        try:
+            path = socket_path(self.address)
+        except InvalidArgument:
+            return  # not a Unix socket: nothing to wait for
         deadline = time.monotonic() + self.ready_timeout
         waited = False
         while _serving(path) and time.monotonic() < deadline:

@@ -32,9 +32,6 @@ from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.runtimes.base import LoadedModel, RuntimeOptions
 from edgefleet.runtimes.null import NullBackend, NullModel
 
-#: the RPCs of the extension ``model-handles``
-HANDLE_RPCS = frozenset({"SetHandle", "RemoveHandle", "ListHandles"})
-
 
 def null_config(data: bytes) -> dict[str, object]:
     """The JSON config of a null-runtime model file (``fail``, ``delay_ms`` ...); empty if unreadable."""
@@ -86,13 +83,14 @@ class InProcessTransport:
         self.fail_models = frozenset(fail_models)
         self._known: dict[str, tuple[Manifest, bool]] = {}
         ticks = itertools.count(step=latency_ms / 1000.0)  # each reading one latency later
+        engine = _NullEverywhere(self._fails)
         self.registry = ModelRegistry(
             limits=ModelLimits(memory_budget_bytes=1 << 62),
             packages_dir=Path("/nonexistent"),  # never unpacks: every package is a directory
             verifier=self._manifest,
             unpacker=lambda archive, dest: self._manifest(archive),
             kind=lambda path, url: "directory",
-            backends=lambda name: _NullEverywhere(self._fails),
+            backends=lambda name: engine,
             timer=lambda: next(ticks),
             release_memory=False,
         )
@@ -112,11 +110,11 @@ class InProcessTransport:
             m.name: getattr(service, m.name)
             for service, descriptor in services
             for m in descriptor.methods
-            if handles or m.name not in HANDLE_RPCS
+            if handles or m.name not in ("SetHandle", "RemoveHandle", "ListHandles")
         }
 
     def register_package(self, url: str, manifest: Manifest, fail: bool) -> None:
-        """Describe the package a later load of ``url`` gets."""
+        """Describe the package a later load of ``url`` gets (simulated devices stage nothing on disk)."""
         self._known[os.path.abspath(url)] = (manifest, fail)
 
     def _manifest(self, package_dir: Path) -> Manifest:
@@ -125,13 +123,11 @@ class InProcessTransport:
 
     def _fails(self, package_dir: Path, manifest: Manifest) -> bool:
         known = self._known.get(str(package_dir))
-        if manifest.name in self.fail_models:
-            return True
-        if known is not None:
-            return known[1]
-        if manifest.runtime.name != "null":
-            return False
-        return bool(null_config((package_dir / manifest.model_file).read_bytes()).get("fail", False))
+        if known is not None or manifest.runtime.name != "null":
+            fail = known is not None and known[1]
+        else:
+            fail = bool(null_config((package_dir / manifest.model_file).read_bytes()).get("fail"))
+        return fail or manifest.name in self.fail_models
 
     def call(self, method: str, request: Any) -> Any:
         handler = self._methods.get(method)
@@ -140,10 +136,10 @@ class InProcessTransport:
         return handler(request, _Context())
 
     def wait_ready(self, timeout: float) -> None:
-        return None
+        """Always ready."""
 
     def close(self) -> None:
-        return None
+        """Nothing to release."""
 
 
 class NullAgent(AgentClient):
@@ -156,17 +152,13 @@ class NullAgent(AgentClient):
     def __init__(
         self, *, fail_models: Set[str] = frozenset(), latency_ms: float = 1.0, handles: bool = True
     ) -> None:
-        self.agent = InProcessTransport(fail_models=fail_models, latency_ms=latency_ms, handles=handles)
+        self.transport = InProcessTransport(fail_models=fail_models, latency_ms=latency_ms, handles=handles)
         self.latency_ms = latency_ms
-        super().__init__(self.agent.address, shm_threshold=None, transport=self.agent)
-
-    def register_package(self, url: str, manifest: Manifest, fail: bool) -> None:
-        """Describe the package a later ``load(url)`` gets (simulated devices stage nothing on disk)."""
-        self.agent.register_package(url, manifest, fail)
+        super().__init__(self.transport.address, shm_threshold=None, transport=self.transport)
 
     def simulate_traffic(self, name: str, requests: int, errors: int = 0) -> None:
         """Count ``requests`` inferences (``errors`` of them failed) on ``name`` without running them."""
-        stats = self.agent.registry.get(name).stats
+        stats = self.transport.registry.get(name).stats
         for index in range(requests):
             stats.record(self.latency_ms / 1000.0, ok=index >= errors)
 
