@@ -309,7 +309,7 @@ def main() -> int:
 
     from edgefleet.client import AgentClient
     from edgefleet.core.signing import init_keys
-    from edgefleet.demo import train_digits
+    from edgefleet.demo.device import train_digits
     from edgefleet.packager.build import build_package
 
     work = Path(tempfile.mkdtemp(prefix="ef-bench-"))

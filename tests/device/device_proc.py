@@ -35,9 +35,9 @@ from edgefleet.device.config import (  # noqa: E402
 )
 from edgefleet.device.daemon import Daemon  # noqa: E402
 from edgefleet.device.executor import Executor  # noqa: E402
-from edgefleet.device.fake import FakeControlPlane  # noqa: E402
 from edgefleet.device.outbox import Outbox  # noqa: E402
 from edgefleet.device.packages import PackageStore  # noqa: E402
+from edgefleet.device.sim.control_plane import FakeControlPlane  # noqa: E402
 from edgefleet.device.state import StateStore  # noqa: E402
 
 

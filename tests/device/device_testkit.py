@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 from support import build_null
 
-from edgefleet.client import Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
+from edgefleet.client.handles import read_handles
 from edgefleet.core.deviceplane import Definition, Deployment, FailurePolicy, HealthGate, PackageRef
-from edgefleet.device.agentlink import AgentApi, AgentConnection
+from edgefleet.device.agentlink import AgentConnection
 from edgefleet.device.config import (
     AgentSettings,
     DaemonConfig,
@@ -26,10 +27,9 @@ from edgefleet.device.config import (
 )
 from edgefleet.device.daemon import Daemon
 from edgefleet.device.executor import Executor
-from edgefleet.device.fake import FakeControlPlane
-from edgefleet.device.handles import read_handles
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import PackageStore
+from edgefleet.device.sim.control_plane import FakeControlPlane
 from edgefleet.device.state import StateStore
 
 NO_WAIT = RetryPolicy(max_attempts=3, initial_seconds=0.0, max_seconds=0.0)
@@ -62,7 +62,7 @@ class CrashHere(BaseException):
 class ScriptedAgent:
     """Wraps an agent; ``before(call, name)`` may raise or block before a call goes through."""
 
-    def __init__(self, inner: AgentApi, before: Callable[[str, str], None]) -> None:
+    def __init__(self, inner: AgentClient, before: Callable[[str, str], None]) -> None:
         self.inner = inner
         self.before = before
 
@@ -125,7 +125,7 @@ class Device:
 
     state_dir: Path
     plane: FakeControlPlane
-    agent: AgentApi
+    agent: AgentClient
     executor: Executor
     daemon: Daemon
 
@@ -144,7 +144,7 @@ def make_device(
     state_dir: Path,
     trust_dir: Path,
     plane: FakeControlPlane,
-    agent: AgentApi,
+    agent: AgentClient,
     *,
     settings: DeploymentSettings | None = None,
     **timing: float,

@@ -19,11 +19,11 @@ from support import REPO, running_agent, short_socket_dir, wait_for
 from support import start as start_agent
 
 from edgefleet.client import AgentClient
+from edgefleet.client.handles import HandleClient
 from edgefleet.core.deviceplane import Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.device.agentlink import AgentConnection
-from edgefleet.device.fake import FakeControlPlane
-from edgefleet.device.handles import HandleClient
+from edgefleet.device.sim.control_plane import FakeControlPlane
 
 PROC = Path(__file__).resolve().parent / "device_proc.py"
 

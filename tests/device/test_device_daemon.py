@@ -11,9 +11,9 @@ from device_testkit import deployment, make_device, null_package
 from edgefleet.core.deviceplane import HealthGate, HealthReport, HealthVerdict, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError
 from edgefleet.device.daemon import Connectivity, DaemonState
-from edgefleet.device.fake import FakeControlPlane
-from edgefleet.device.nullagent import NullAgent
 from edgefleet.device.outbox import Outbox
+from edgefleet.device.sim.control_plane import FakeControlPlane
+from edgefleet.device.sim.nullagent import NullAgent
 
 
 @pytest.fixture(scope="module")

@@ -306,7 +306,7 @@ def test_a_fleet_end_to_end(fleet: Fleet) -> None:
 
     # a package that fails its smoke test: every device rolls back, applications never notice
     from edgefleet.client import AgentClient
-    from edgefleet.device.handles import HandleClient
+    from edgefleet.client.handles import HandleClient
 
     first = devices[0]
     x = np.ones((1, 4), dtype=np.float32)

@@ -19,8 +19,8 @@ from edgefleet.core.deviceplane import (
 from edgefleet.core.errors import FailedPrecondition, NotFound, Unavailable
 from edgefleet.core.signing import init_keys
 from edgefleet.device.config import DeploymentSettings
-from edgefleet.device.fake import FakeControlPlane
-from edgefleet.device.nullagent import NullAgent
+from edgefleet.device.sim.control_plane import FakeControlPlane
+from edgefleet.device.sim.nullagent import NullAgent
 from edgefleet.device.state import JournalKind, StateStore, StepStatus
 
 

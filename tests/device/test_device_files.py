@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgefleet.client.handles import HandleEntry, HandleMap, write_handles
 from edgefleet.core.errors import (
     AlreadyExists,
     EdgefleetError,
@@ -21,7 +22,6 @@ from edgefleet.core.errors import (
     NotFound,
 )
 from edgefleet.device.config import load_config
-from edgefleet.device.handles import HandleEntry, HandleMap, write_handles
 from edgefleet.device.identity import (
     Enrolment,
     EnrolmentToken,

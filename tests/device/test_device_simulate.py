@@ -40,7 +40,7 @@ def start_plan(op: Any, plan: str, version: str, gate: dict[str, float] | None =
 
 
 def test_simulated_devices_roll_out_and_roll_back(server: LoopbackServer, tmp_path: Path) -> None:
-    from edgefleet.device.simulator import SimulationSettings, Simulator
+    from edgefleet.device.sim.simulator import SimulationSettings, Simulator
 
     running, op = server.running, server.op
     registered = op.register_devices(FLEET, [{"DeviceName": f"sim-{i:02d}"} for i in range(12)])

@@ -129,9 +129,9 @@ def make_daemon(identity: Identity, work: Path, now: FakeClock, trust: Path) -> 
     from edgefleet.device.config import AgentSettings, DaemonConfig, DeploymentSettings
     from edgefleet.device.daemon import Daemon
     from edgefleet.device.executor import Executor
-    from edgefleet.device.nullagent import NullAgent
     from edgefleet.device.outbox import Outbox
     from edgefleet.device.packages import PackageStore
+    from edgefleet.device.sim.nullagent import NullAgent
     from edgefleet.device.state import StateStore
 
     config = DaemonConfig(trust_dir=trust, state_dir=work, agent=AgentSettings(address="in-process"))

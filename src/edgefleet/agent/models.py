@@ -40,7 +40,7 @@ from edgefleet.core.errors import (
 from edgefleet.core.manifest import Manifest, validate_model_name
 from edgefleet.core.platform import host_arch
 from edgefleet.core.tensors import TensorSpec
-from edgefleet.runtimes.base import LoadedModel, RuntimeOptions, get_backend, version_at_least
+from edgefleet.runtimes.base import Backend, LoadedModel, RuntimeOptions, get_backend, version_at_least
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class ModelSlot:
     loaded_time: float = 0.0
     stats: ModelStats = field(default_factory=ModelStats)
     owns_dir: bool = False
+    #: the clock the latencies are timed with (seconds)
+    timer: Callable[[], float] = time.perf_counter
     _cond: threading.Condition = field(default_factory=threading.Condition)
     in_flight: int = 0
     queued: int = 0
@@ -112,7 +114,7 @@ class ModelSlot:
                     raise ModelUnloading(f"model {quoted(self.alias)} was unloaded while the request waited")
             self.in_flight += 1
         model = self.model
-        start = time.perf_counter()
+        start = self.timer()
         ok = False
         try:
             assert model is not None
@@ -120,7 +122,7 @@ class ModelSlot:
             ok = True
             return outputs
         finally:
-            self.stats.record(time.perf_counter() - start, ok)
+            self.stats.record(self.timer() - start, ok)
             with self._cond:
                 self.in_flight -= 1
                 # Wake a queued request, or the unload waiting for the model to drain; nobody
@@ -159,7 +161,9 @@ class ModelRegistry:
     ``verifier(directory) -> Manifest`` checks a package directory's signature and digests;
     ``unpacker(archive, dest) -> Manifest`` safely extracts a ``.tar.gz``, verifying signature and
     digests while it streams (nothing unverified is left on disk). Both are injected so the
-    registry stays independent of the trust-store policy.
+    registry stays independent of the trust-store policy; so are ``kind`` (:func:`package_kind`),
+    ``backends`` (:func:`get_backend`), the Predict ``timer`` and ``release_memory`` after each load
+    and unload (simulated devices, many small registries in one process, skip it).
     """
 
     def __init__(
@@ -170,8 +174,16 @@ class ModelRegistry:
         verifier: Callable[[Path], Manifest],
         unpacker: Callable[[Path, Path], Manifest],
         runtime_options: RuntimeOptions | None = None,
+        kind: Callable[[Path, str], str] | None = None,
+        backends: Callable[[str], Backend] = get_backend,
+        timer: Callable[[], float] = time.perf_counter,
+        release_memory: bool = True,
     ) -> None:
         self._limits = limits
+        self._kind = kind or package_kind
+        self._backends = backends
+        self._timer = timer
+        self._release_memory = release_memory
         self._packages_dir = packages_dir
         self._verifier = verifier
         self._unpacker = unpacker
@@ -250,6 +262,7 @@ class ModelRegistry:
             memory_bytes=0,
             max_concurrent=self._limits.max_concurrent_per_model,
             max_queued=self._limits.max_queued_per_model,
+            timer=self._timer,
         )
         with self._lock:
             if alias in self._slots:
@@ -281,7 +294,7 @@ class ModelRegistry:
 
     def _load_into(self, slot: ModelSlot, source: Path) -> ModelSlot:
         try:
-            if package_kind(source, slot.url) == "archive":
+            if self._kind(source, slot.url) == "archive":
                 slot.package_dir = self._unpack_destination(source)
                 slot.owns_dir = True
                 manifest = self._unpacker(source, slot.package_dir)
@@ -292,7 +305,7 @@ class ModelRegistry:
             raise os_error(exc, exc.filename or source) from exc
         slot.verified_manifest = manifest
         check_compatible(manifest)
-        backend = get_backend(manifest.runtime.name)
+        backend = self._backends(manifest.runtime.name)
         if not version_at_least(backend.version(), manifest.runtime.min_version):
             raise FailedPrecondition(
                 f"package needs {manifest.runtime.name} >= {manifest.runtime.min_version}, this device has "
@@ -320,7 +333,8 @@ class ModelRegistry:
         slot.state = ModelState.READY
         # Loading leaves freed scratch memory in the heap (ONNX Runtime's graph optimisation: for
         # ResNet-18, 94 MiB on top of the 52 MiB the session keeps); return it to the OS now.
-        release_free_memory()
+        if self._release_memory:
+            release_free_memory()
         return slot
 
     def _unpack_destination(self, archive: Path) -> Path:
@@ -359,7 +373,8 @@ class ModelRegistry:
             self._reserved_bytes -= slot.memory_bytes
         if slot.owns_dir:
             shutil.rmtree(slot.package_dir, ignore_errors=True)
-        release_free_memory()
+        if self._release_memory:
+            release_free_memory()
         log.info("unloaded model %r", alias)
 
     def close(self) -> None:

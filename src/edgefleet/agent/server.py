@@ -60,6 +60,7 @@ _CAPTURE_STATUS = {
     CaptureStatus.NOT_FOUND: agent_pb2.NOT_FOUND,
 }
 _ENCODINGS = {v: k for k, v in agent_pb2.Encoding.items()}
+_NO_CAPTURE = EdgefleetError("this agent does not capture", Code.UNIMPLEMENTED)
 
 T = TypeVar("T")
 
@@ -191,12 +192,13 @@ class TensorDecoder:
 
 
 class AgentService(agent_pb2_grpc.AgentServicer):
-    """The seven Edge Manager RPCs."""
+    """The seven Edge Manager RPCs (``capture`` None: an agent that does not capture; CaptureData
+    and GetCaptureDataStatus answer UNIMPLEMENTED)."""
 
     def __init__(
         self,
         registry: ModelRegistry,
-        capture: CaptureService,
+        capture: CaptureService | None,
         shm: SharedMemoryReader,
         *,
         auto_capture: AutoCapture | None = None,
@@ -297,6 +299,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     # -- capture -----------------------------------------------------------------------------
     def CaptureData(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self._capture is None:
+            return _abort(context, _NO_CAPTURE)
         try:
             slot = self._models.get(request.model_name)
             capture = CaptureRequest(
@@ -330,6 +334,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         return CaptureAux(name=aux.name, encoding=encoding, data=bytes(data))
 
     def GetCaptureDataStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self._capture is None:
+            return _abort(context, _NO_CAPTURE)
         if not request.capture_id:
             return _abort(context, InvalidArgument("capture_id is empty"))
         status = self._capture.status(request.capture_id)
@@ -402,12 +408,13 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
         state: AgentLifecycle,
         *,
         fast_path: bool = False,
+        extensions: Sequence[str] = EXTENSIONS,
     ) -> None:
         self._models = registry
         self._agent = agent
         self._shm = shm
         self._state = state
-        self._extensions = [*EXTENSIONS, *(["fast-predict"] if fast_path else [])]
+        self._extensions = [*extensions, *(["fast-predict"] if fast_path else [])]
 
     def GetServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return extensions_pb2.ServerMetadataResponse(

@@ -23,6 +23,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgefleet.demo import run_demo
+    from edgefleet.demo.device import run_demo
 
     return run_demo(args.workdir.resolve(), keep_running=args.keep_running, fleet=not args.device_only)

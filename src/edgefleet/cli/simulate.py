@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _register(args: argparse.Namespace) -> list[tuple[str, str]]:
-    from edgefleet.device.simulator import register_devices
+    from edgefleet.device.sim.simulator import register_devices
     from edgefleet.opclient.client import FleetClient
     from edgefleet.opclient.config import load_client_config
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from edgefleet.core.errors import InvalidArgument
-    from edgefleet.device.simulator import SimulationSettings, Simulator, read_tokens
+    from edgefleet.device.sim.simulator import SimulationSettings, Simulator, read_tokens
 
     if args.devices < 1:
         raise InvalidArgument("--devices must be at least 1")

@@ -18,9 +18,9 @@ from edgefleet.client.client import (
     ModelStatistics,
     ServerMetadata,
     Tensors,
-    error_from_rpc,
-    grpc_target,
+    Transport,
 )
+from edgefleet.client.grpc_transport import GrpcTransport, error_from_rpc, grpc_target
 from edgefleet.protocol.agent.codec import GRPC_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -31,11 +31,13 @@ __all__ = [
     "AuxData",
     "CaptureStatusName",
     "EncodingName",
+    "GrpcTransport",
     "Health",
     "ModelInfo",
     "ModelStatistics",
     "ServerMetadata",
     "Tensors",
+    "Transport",
     "error_from_rpc",
     "grpc_target",
 ]

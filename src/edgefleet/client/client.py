@@ -1,64 +1,42 @@
 """The Python client of the device agent: the Edge Manager RPCs plus edgefleet's extensions.
 
-One :class:`AgentClient` may be used from several threads at once. Input tensors larger than
+One :class:`AgentClient` may be used from several threads at once. Its requests go through a
+:class:`Transport`: gRPC (:mod:`.grpc_transport`) with Predict over the agent's fast socket
+(:mod:`.fast_socket`), or another such as simulated devices' in-process agent. Input tensors above
 ``shm_threshold`` bytes travel through System V shared memory segments the client owns and reuses
-(one per in-flight tensor, see :mod:`edgefleet.client.shm`); smaller ones go inline. Outputs come
-back inline. Every failed call raises the :class:`EdgefleetError` subclass of its gRPC status code
-(:func:`edgefleet.core.errors.error_for`: ``NOT_FOUND`` -> :class:`NotFound`, ...), carrying the
-agent's message; ``err.code`` is the :class:`Code` (named like the gRPC code) and
-:func:`edgefleet.core.errors.grpc_status_number` gives the number.
+(:mod:`edgefleet.client.shm`). Every failed call raises the :class:`EdgefleetError` subclass of its
+code (:func:`edgefleet.core.errors.error_for`), carrying the agent's message.
 """
 
 from __future__ import annotations
 
 import builtins
-import logging
 import os
-import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.client.fast_socket import FastSocketTransport
+from edgefleet.client.grpc_transport import GrpcTransport
 from edgefleet.client.shm import OwnedSegment, SegmentPool
-from edgefleet.core.errors import (
-    Code,
-    EdgefleetError,
-    FailedPrecondition,
-    InvalidArgument,
-    Unavailable,
-    code_from_grpc_number,
-    error_for,
-)
+from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition, InvalidArgument
 from edgefleet.core.tensors import DataType, TensorSpec
 from edgefleet.protocol.agent.codec import (
-    GRPC_CHANNEL_OPTIONS,
     array_from_proto,
     shm_tensor_proto,
     spec_from_metadata,
     tensor_to_proto,
 )
-from edgefleet.protocol.agent.framing import (
-    FAST_PATH_MAX_FRAME_BYTES,
-    FRAME_LENGTH,
-    MAGIC,
-    FrameReader,
-    fast_path_for,
-    recv_exact,
-    socket_path,
-)
-from edgefleet.protocol.agent.proto import agent_pb2, agent_pb2_grpc, extensions_pb2, extensions_pb2_grpc
-
-log = logging.getLogger(__name__)
+from edgefleet.protocol.agent.framing import fast_path_for, socket_path
+from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 
 #: Default size above which input tensors go through shared memory (the vendor's guidance).
 DEFAULT_SHM_THRESHOLD = 256 * 1024
@@ -69,18 +47,8 @@ Tensors = Mapping[str, npt.ArrayLike] | Sequence[npt.ArrayLike] | np.ndarray
 EncodingName = Literal["CSV", "JSON", "NONE", "BASE64"]
 CaptureStatusName = Literal["SUCCESS", "IN_PROGRESS", "FAILURE", "NOT_FOUND"]
 
-_ENCODINGS: dict[str, agent_pb2.Encoding] = {
-    "CSV": agent_pb2.CSV,
-    "JSON": agent_pb2.JSON,
-    "NONE": agent_pb2.NONE,
-    "BASE64": agent_pb2.BASE64,
-}
-_CAPTURE_STATUS: dict[int, CaptureStatusName] = {
-    agent_pb2.SUCCESS: "SUCCESS",
-    agent_pb2.IN_PROGRESS: "IN_PROGRESS",
-    agent_pb2.FAILURE: "FAILURE",
-    agent_pb2.NOT_FOUND: "NOT_FOUND",
-}
+_ENCODINGS: dict[str, agent_pb2.Encoding] = dict(agent_pb2.Encoding.items())
+_CAPTURE_STATUS: dict[int, CaptureStatusName] = {v: k for k, v in agent_pb2.CaptureDataStatus.items()}
 
 _T = TypeVar("_T")
 
@@ -154,31 +122,24 @@ class ModelStatistics:
     loaded_time: float
 
 
-def grpc_target(address: str) -> str:
-    """The gRPC target for an agent address: ``unix:///path.sock``, ``unix:path`` or a plain socket path.
+class Transport(Protocol):
+    """How an :class:`AgentClient`'s requests reach the agent: every RPC by name, request and
+    response messages of ``edgefleet.protocol.agent.proto``; a refusal raises the EdgefleetError of
+    its code."""
 
-    Other gRPC targets with a scheme (``dns:///host:port``, ``ipv4:127.0.0.1:50051``) pass through.
-    """
-    if not address:
-        raise InvalidArgument("agent address is empty (want unix:///path.sock or a socket path)")
-    if address.startswith(("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")) or "://" in address:
-        return address
-    return "unix:" + os.path.abspath(address)
+    address: str
 
+    def call(self, method: str, request: Any) -> Any:
+        """The response of RPC ``method`` (``LoadModel``, ``Predict``, ``GetHealth``, ...)."""
+        ...
 
-def error_from_rpc(exc: grpc.RpcError, address: str) -> EdgefleetError:
-    """The :class:`EdgefleetError` for a failed call, by status code, with the agent's message."""
-    status = exc.code() if callable(getattr(exc, "code", None)) else None
-    details = exc.details() if callable(getattr(exc, "details", None)) else None
-    if status is None:
-        return EdgefleetError(f"call to the agent at {address} failed: {exc}")
-    code = code_from_grpc_number(status.value[0])
-    message = details or status.name
-    if code is Code.UNAVAILABLE:
-        message = f"agent at {address} is unavailable: {message}"
-    elif code is Code.INTERNAL and status is not grpc.StatusCode.INTERNAL:
-        message = f"{message} (gRPC {status.name})"
-    return error_for(code, message)
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the agent can be reached; UNAVAILABLE after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
 
 
 def _timestamp(when: datetime | float | None) -> agent_pb2.Timestamp:
@@ -220,6 +181,8 @@ class AgentClient:
     agent on another machine). ``shm_mode``: permission bits of those segments as the agent sees them.
     ``fast_path``: send Predict over the agent's fast-path socket (``<socket>.fast``, one connection
     per calling thread) when the agent has one, gRPC otherwise; every other call uses gRPC.
+    ``transport``: reach the agent through this instead (``address`` then only names it, and there
+    is no fast socket).
     """
 
     def __init__(
@@ -230,43 +193,43 @@ class AgentClient:
         shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
         shm_mode: int = 0o444,
         fast_path: bool = True,
+        transport: Transport | None = None,
     ) -> None:
         self.address = address
-        self._target = grpc_target(address)
-        unix = fast_path and self._target.startswith("unix:")  # grpc_target() made socket paths unix:
-        self._fast_path = fast_path_for(socket_path(self._target)) if unix else None
-        self._fast_local = threading.local()
-        self._fast_conns: set[socket.socket] = set()
-        self._fast_retry_at = 0.0
-        #: Predict calls answered over the fast path / over gRPC
-        self.fast_path_calls = 0
+        self._fast: FastSocketTransport | None = None
+        if transport is None:
+            grpc_transport = GrpcTransport(address, timeout=timeout)
+            if fast_path and grpc_transport.target.startswith("unix:"):  # grpc_target() made paths unix:
+                path = fast_path_for(socket_path(grpc_transport.target))
+                self._fast = FastSocketTransport(path, timeout=timeout)
+            transport = grpc_transport
+        self._transport = transport
+        #: Predict calls answered by the transport other than the fast socket (gRPC)
         self.grpc_predict_calls = 0
-        self._timeout = timeout
         self._shm_threshold = shm_threshold
         self._pool = SegmentPool(mode=shm_mode)
-        self._channel = grpc.insecure_channel(self._target, options=list(GRPC_CHANNEL_OPTIONS))
-        self._agent = agent_pb2_grpc.AgentStub(self._channel)  # type: ignore[no-untyped-call]
-        self._ext = extensions_pb2_grpc.AgentExtensionsStub(self._channel)  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
         self._closed = False
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _call(self, method: Callable[..., _T], request: Any) -> _T:
+    def _call(self, method: str, request: Any) -> Any:
         if self._closed:
             raise FailedPrecondition("the AgentClient is closed")
-        try:
-            return method(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from exc
-        except ValueError as exc:  # grpc raises it for a channel closed under the call
-            raise FailedPrecondition(f"the AgentClient is closed: {exc}") from exc
+        return self._transport.call(method, request)
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the agent's socket accepts connections; UNAVAILABLE after ``timeout`` seconds."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError as exc:
-            raise Unavailable(f"agent at {self.address} did not become reachable within {timeout} s") from exc
+        self._transport.wait_ready(timeout)
+
+    @property
+    def fast_path_calls(self) -> int:
+        """Predict calls answered over the fast socket."""
+        return self._fast.calls if self._fast is not None else 0
+
+    @property
+    def fast_path_connections(self) -> int:
+        """Open fast-socket connections (one per thread that has called predict and still runs)."""
+        return self._fast.connections if self._fast is not None else 0
 
     # -- models ---------------------------------------------------------------------------------
     def load(self, url: str | os.PathLike[str], name: str) -> ModelInfo:
@@ -276,21 +239,21 @@ class AgentClient:
         url = os.fspath(url)
         if "://" not in url:
             url = os.path.abspath(url)
-        response = self._call(self._agent.LoadModel, agent_pb2.LoadModelRequest(url=url, name=name))
+        response = self._call("LoadModel", agent_pb2.LoadModelRequest(url=url, name=name))
         return ModelInfo.from_proto(response.model)
 
     def unload(self, name: str) -> None:
         """Unload the model ``name`` (NotFound if unknown)."""
-        self._call(self._agent.UnLoadModel, agent_pb2.UnLoadModelRequest(name=name))
+        self._call("UnLoadModel", agent_pb2.UnLoadModelRequest(name=name))
 
     def list(self) -> builtins.list[ModelInfo]:
         """The loaded models."""
-        response = self._call(self._agent.ListModels, agent_pb2.ListModelsRequest())
+        response = self._call("ListModels", agent_pb2.ListModelsRequest())
         return [ModelInfo.from_proto(m) for m in response.models]
 
     def describe(self, name: str) -> ModelInfo:
         """The model ``name`` (NotFound if unknown)."""
-        response = self._call(self._agent.DescribeModel, agent_pb2.DescribeModelRequest(name=name))
+        response = self._call("DescribeModel", agent_pb2.DescribeModelRequest(name=name))
         return ModelInfo.from_proto(response.model)
 
     # -- tensors --------------------------------------------------------------------------------
@@ -315,7 +278,7 @@ class AgentClient:
         return out
 
     def _leased_call(
-        self, build: Callable[[builtins.list[OwnedSegment]], Any], method: Callable[..., _T]
+        self, build: Callable[[builtins.list[OwnedSegment]], Any], send: Callable[[Any], _T]
     ) -> _T:
         """Build a request (leasing segments for it), call, and return the segments to the pool.
 
@@ -328,7 +291,7 @@ class AgentClient:
             request = build(segments)
             reuse = False
             try:
-                response = self._call(method, request)
+                response = send(request)
             except EdgefleetError as exc:
                 reuse = exc.code not in (Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE, Code.INTERNAL)
                 raise
@@ -359,97 +322,15 @@ class AgentClient:
             outputs[out_name] = array
         return outputs
 
-    # -- fast path ------------------------------------------------------------------------------
-    def _predict_call(self, request: agent_pb2.PredictRequest, timeout: float | None = None) -> Any:
-        """Predict over this thread's fast-path connection; over gRPC when there is none, when the
-        request is longer than the agent's default fast-path frame limit, or when the connection
-        fails before an answer (Predict has no side effects to repeat). A connection kept from
-        earlier calls that fails (the agent closes idle ones) is replaced by a new one first."""
-        for _ in range(2):
-            if request.ByteSize() > FAST_PATH_MAX_FRAME_BYTES:
-                break
-            frames = self._fast_connection()
-            if frames is None:
-                break
-            fresh = not getattr(self._fast_local, "answered", False)
-            try:
-                response = self._fast_call(frames, request)
-                with self._lock:
-                    self.fast_path_calls += 1
+    def _predict_call(self, request: agent_pb2.PredictRequest) -> Any:
+        """Predict over the fast socket when it answers, over the transport otherwise."""
+        if self._fast is not None and not self._closed:
+            response = self._fast.predict(request)
+            if response is not None:
                 return response
-            except TimeoutError:
-                self._drop_fast_connection(frames.sock)
-                raise error_for(
-                    Code.DEADLINE_EXCEEDED, f"Predict on {request.name!r} took longer than {self._timeout} s"
-                ) from None
-            except OSError as exc:  # ConnectionError included
-                self._drop_fast_connection(frames.sock)
-                if fresh:
-                    log.info("fast path to %s failed (%s); using gRPC", self._fast_path, exc)
-                    break
-                log.debug(
-                    "kept fast-path connection to %s failed (%s); opening a new one", self._fast_path, exc
-                )
         with self._lock:
             self.grpc_predict_calls += 1
-        return self._agent.Predict(request, timeout=timeout)
-
-    def _fast_connection(self) -> FrameReader | None:
-        """This thread's fast-path connection (opened on first use), or None when there is none."""
-        frames: FrameReader | None = getattr(self._fast_local, "frames", None)
-        if frames is not None or self._fast_path is None or time.monotonic() < self._fast_retry_at:
-            return frames
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            conn.settimeout(self._timeout if self._timeout is not None else 10.0)
-            conn.connect(str(self._fast_path))
-            conn.sendall(MAGIC)
-            hello = recv_exact(conn, len(MAGIC))
-            if hello is None or bytes(hello) != MAGIC:
-                raise ConnectionError("the peer did not answer the fast-path greeting")
-            conn.settimeout(self._timeout)
-        except OSError:  # ConnectionError included
-            conn.close()
-            self._fast_retry_at = time.monotonic() + 5.0  # no fast path there (yet): gRPC meanwhile
-            return None
-        frames = FrameReader(conn)
-        with self._lock:
-            if self._closed:
-                conn.close()
-                return None
-            self._fast_conns.add(conn)
-        # The connection belongs to this thread: when the thread is gone, so is the connection (a
-        # client shared by short-lived threads must not pile up connections at the agent).
-        weakref.finalize(threading.current_thread(), _close_fast_connection, conn, self._fast_conns)
-        self._fast_local.frames = frames
-        return frames
-
-    @property
-    def fast_path_connections(self) -> int:
-        """Open fast-path connections (one per thread that has called predict and still runs)."""
-        return len(self._fast_conns)
-
-    def _drop_fast_connection(self, conn: socket.socket) -> None:
-        self._fast_local.frames = None
-        self._fast_local.answered = False
-        with self._lock:
-            self._fast_conns.discard(conn)
-        conn.close()
-
-    def _fast_call(self, frames: FrameReader, request: agent_pb2.PredictRequest) -> Any:
-        body = request.SerializeToString()
-        frames.sock.sendall(FRAME_LENGTH.pack(len(body)) + body)
-        length = frames.next_length()
-        if length is None:
-            raise ConnectionError("the agent closed the fast-path connection")
-        if not length:
-            raise ConnectionError("the agent sent an empty fast-path reply")
-        reply = frames.body(length)
-        self._fast_local.answered = True  # this connection has worked: if it fails later, try a new one
-        status, payload = reply[0], memoryview(reply)[1:]
-        if status == 0:
-            return agent_pb2.PredictResponse.FromString(payload)
-        raise error_for(code_from_grpc_number(status), bytes(payload).decode("utf-8", "replace"))
+        return self._call("Predict", request)
 
     # -- capture --------------------------------------------------------------------------------
     def capture(
@@ -483,7 +364,7 @@ class AgentClient:
                 outputs=self._aux(aux_outputs, segments),
             )
 
-        self._leased_call(build, self._agent.CaptureData)
+        self._leased_call(build, lambda request: self._call("CaptureData", request))
         return capture_id
 
     def _aux(
@@ -513,7 +394,7 @@ class AgentClient:
     def capture_status(self, capture_id: str) -> CaptureStatusName:
         """``SUCCESS``, ``IN_PROGRESS``, ``FAILURE`` or ``NOT_FOUND``."""
         response = self._call(
-            self._agent.GetCaptureDataStatus, agent_pb2.GetCaptureDataStatusRequest(capture_id=capture_id)
+            "GetCaptureDataStatus", agent_pb2.GetCaptureDataStatusRequest(capture_id=capture_id)
         )
         status = _CAPTURE_STATUS.get(int(response.status))
         if status is None:
@@ -523,7 +404,7 @@ class AgentClient:
     # -- extensions -----------------------------------------------------------------------------
     def server_metadata(self) -> ServerMetadata:
         """The agent's name, version, protocol, extensions and runtimes."""
-        r = self._call(self._ext.GetServerMetadata, extensions_pb2.ServerMetadataRequest())
+        r = self._call("GetServerMetadata", extensions_pb2.ServerMetadataRequest())
         return ServerMetadata(
             name=r.name,
             version=r.version,
@@ -534,12 +415,12 @@ class AgentClient:
 
     def health(self) -> Health:
         """Liveness and readiness of the agent."""
-        r = self._call(self._ext.GetHealth, extensions_pb2.HealthRequest())
+        r = self._call("GetHealth", extensions_pb2.HealthRequest())
         return Health(live=r.live, ready=r.ready, state=r.state, detail=r.detail)
 
     def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
         """Statistics of model ``name`` (NotFound if unknown), or of every loaded model."""
-        r = self._call(self._ext.GetModelStatistics, extensions_pb2.ModelStatisticsRequest(name=name or ""))
+        r = self._call("GetModelStatistics", extensions_pb2.ModelStatisticsRequest(name=name or ""))
         return [
             ModelStatistics(
                 name=m.name,
@@ -566,36 +447,29 @@ class AgentClient:
         Every call taking a model name accepts the handle; the switch is atomic. Returns the
         previous target, or None for a new handle.
         """
-        r = self._call(self._ext.SetHandle, extensions_pb2.SetHandleRequest(handle=handle, target=target))
+        r = self._call("SetHandle", extensions_pb2.SetHandleRequest(handle=handle, target=target))
         return r.previous_target or None
 
     def remove_handle(self, handle: str) -> None:
         """Forget ``handle`` (NotFound if there is none)."""
-        self._call(self._ext.RemoveHandle, extensions_pb2.RemoveHandleRequest(handle=handle))
+        self._call("RemoveHandle", extensions_pb2.RemoveHandleRequest(handle=handle))
 
     def handles(self) -> dict[str, str]:
         """handle -> alias for every handle the agent holds."""
-        r = self._call(self._ext.ListHandles, extensions_pb2.ListHandlesRequest())
+        r = self._call("ListHandles", extensions_pb2.ListHandlesRequest())
         return {h.handle: h.target for h in r.handles}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the channel and the shared memory segments (idempotent)."""
+        """Close the transports and the shared memory segments (idempotent)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            connections = list(self._fast_conns)
-            self._fast_conns.clear()
-        for conn in connections:
-            conn.close()
-        self._channel.close()
+        if self._fast is not None:
+            self._fast.close()
+        self._transport.close()
         self._pool.close()
-
-    def __del__(self) -> None:
-        # A client dropped without close(): its fast-path sockets go with it, without a ResourceWarning.
-        for conn in list(getattr(self, "_fast_conns", ())):
-            conn.close()
 
     def __enter__(self) -> AgentClient:
         return self
@@ -604,11 +478,6 @@ class AgentClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _close_fast_connection(conn: socket.socket, connections: set[socket.socket]) -> None:
-    connections.discard(conn)
-    conn.close()
 
 
 def _aux_bytes(name: str, value: object) -> bytes:
@@ -628,6 +497,5 @@ __all__ = [
     "ModelStatistics",
     "ServerMetadata",
     "Tensors",
-    "error_from_rpc",
-    "grpc_target",
+    "Transport",
 ]

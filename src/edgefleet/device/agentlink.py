@@ -1,14 +1,13 @@
 """The daemon's seam to the device agent: an existing agent socket, or an agent child process.
 
-:class:`AgentApi` is the part of :class:`edgefleet.client.AgentClient` the daemon uses; the real
-client satisfies it, and so does :class:`edgefleet.device.nullagent.NullAgent` (simulated devices).
+:class:`edgefleet.client.AgentClient` is the daemon's way to the agent, over gRPC or, for simulated
+devices, over the agent in process (:class:`edgefleet.device.sim.nullagent.NullAgent`).
 :class:`AgentSupervisor` runs ``edgefleet agent`` as a child process and starts it again if it dies
 (the daemon then loads its installed models again: see ``Daemon.converge``).
 """
 
 from __future__ import annotations
 
-import builtins
 import enum
 import logging
 import os
@@ -18,71 +17,77 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from edgefleet.client import AgentClient, Health, ModelInfo, ModelStatistics, ServerMetadata
-from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailable
+from edgefleet.client import AgentClient, ModelInfo
+from edgefleet.client.handles import AGENT_HANDLES_EXTENSION
+from edgefleet.core.errors import (
+    AlreadyExists,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from edgefleet.core.files import read_json, write_json_atomic
+from edgefleet.protocol.agent.framing import socket_path
 
 log = logging.getLogger(__name__)
 
 
-class AgentApi(Protocol):
-    """What the daemon calls on the agent."""
+def agent_resolves_handles(agent: AgentClient) -> bool:
+    """Whether ``agent`` advertises the ``model-handles`` extension (asked every time: an agent
+    restarted in between may be another version)."""
+    return AGENT_HANDLES_EXTENSION in agent.server_metadata().extensions
 
-    def load(self, url: str, name: str) -> ModelInfo:
-        """Load the package at ``url`` under alias ``name``."""
-        ...
 
-    def unload(self, name: str) -> None:
-        """Unload alias ``name`` (NOT_FOUND if not loaded)."""
-        ...
+def sync_agent_handles(
+    agent: AgentClient,
+    desired: Mapping[str, str],
+    owned_targets: Set[str],
+    *,
+    strict: Set[str] = frozenset(),
+    leave: Set[str] = frozenset(),
+) -> list[str]:
+    """Make the agent's handles name the aliases in ``desired`` (handle -> alias).
 
-    def list(self) -> builtins.list[ModelInfo]:
-        """The loaded models."""
-        ...
+    Handles whose target differs are switched (``SetHandle`` is atomic: no call sees the handle
+    missing); then handles the agent holds that ``desired`` lacks are removed, but only those
+    pointing at an alias in ``owned_targets`` (the daemon's own loads: another client's handles are
+    left alone, and the agent refuses to unload a handle's target, so ours must go first).
 
-    def describe(self, name: str) -> ModelInfo:
-        """Alias ``name``'s tensor metadata (NOT_FOUND if not loaded)."""
-        ...
-
-    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run alias ``name``."""
-        ...
-
-    def model_stats(self, name: str | None = None) -> builtins.list[ModelStatistics]:
-        """Per-model counters and latency percentiles."""
-        ...
-
-    def server_metadata(self) -> ServerMetadata:
-        """The agent's name, version and extensions."""
-        ...
-
-    def set_handle(self, handle: str, target: str) -> str | None:
-        """Point ``handle`` at the loaded alias ``target`` atomically (extension ``model-handles``);
-        the previous target, or None."""
-        ...
-
-    def remove_handle(self, handle: str) -> None:
-        """Forget ``handle`` (NOT_FOUND if there is none; extension ``model-handles``)."""
-        ...
-
-    def handles(self) -> dict[str, str]:
-        """handle -> alias for every handle the agent holds (extension ``model-handles``)."""
-        ...
-
-    def health(self) -> Health:
-        """Liveness and readiness."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
+    A handle whose target is not loaded (NOT_FOUND: the agent restarted and lost it) or whose name
+    is a loaded model's (ALREADY_EXISTS) is reported in the returned problems, except for handles
+    in ``strict``, whose failures are raised. Handles in ``leave`` are left as they are (their
+    version could not be loaded: whatever the agent serves under them now is better than nothing).
+    Failures to reach the agent are always raised.
+    """
+    current = agent.handles()
+    problems: list[str] = []
+    for handle, alias in sorted(desired.items()):
+        if handle in leave or current.get(handle) == alias:
+            continue
+        try:
+            previous = agent.set_handle(handle, alias)
+        except (NotFound, AlreadyExists) as exc:
+            if handle in strict:
+                raise
+            problems.append(f"cannot point the agent's handle {handle} at {alias}: {exc}")
+            continue
+        log.info("agent handle %s -> %s (was %s)", handle, alias, previous or "unset")
+    for handle, alias in sorted(current.items()):
+        if handle in desired or handle in leave or alias not in owned_targets:
+            continue
+        try:
+            agent.remove_handle(handle)
+        except NotFound:
+            pass  # gone already
+        log.info("agent handle %s removed (it pointed at %s)", handle, alias)
+    return problems
 
 
 def smoke_inputs(info: ModelInfo) -> dict[str, np.ndarray]:
@@ -98,8 +103,8 @@ class AgentConnection:
     """Two clients of one agent: ``api`` for model management (long deadline), ``smoke`` for the
     smoke-test Predict (short deadline)."""
 
-    api: AgentApi
-    smoke: AgentApi
+    api: AgentClient
+    smoke: AgentClient
 
     @classmethod
     def connect(cls, address: str, *, call_timeout: float, smoke_timeout: float) -> AgentConnection:
@@ -117,7 +122,7 @@ class AgentConnection:
 
 
 def wait_ready(
-    api: AgentApi,
+    api: AgentClient,
     timeout: float,
     *,
     alive: Callable[[], bool] = lambda: True,
@@ -177,14 +182,6 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit(1)
 os.execv(sys.executable, [sys.executable, "-m", "edgefleet", "agent", *sys.argv[2:]])
 """
-
-
-def _socket_file(address: str) -> Path | None:
-    """The socket file of a ``unix://`` / ``unix:`` address (None for other kinds)."""
-    for prefix in ("unix://", "unix:"):
-        if address.startswith(prefix):
-            return Path(address[len(prefix) :])
-    return None if "://" in address else Path(address)
 
 
 def _process_start(pid: int) -> int | None:
@@ -257,7 +254,7 @@ class AgentSupervisor:
         """Whether the child process is running."""
         return self._proc is not None and self._proc.poll() is None
 
-    def ensure_running(self, api: AgentApi) -> bool:
+    def ensure_running(self, api: AgentClient) -> bool:
         """Start the agent if it is not running and wait until it is ready; True if it was (re)started."""
         with self._lock:
             if self.alive():
@@ -313,9 +310,10 @@ class AgentSupervisor:
         After the daemon was killed, the agent it started gets SIGTERM and takes a moment to finish
         its calls and unload; a new agent started meanwhile would find the socket busy and exit.
         """
-        path = _socket_file(self.address)
-        if path is None:
-            return
+        try:
+            path = socket_path(self.address)
+        except InvalidArgument:
+            return  # not a Unix socket: nothing to wait for
         deadline = time.monotonic() + self.ready_timeout
         waited = False
         while _serving(path) and time.monotonic() < deadline:

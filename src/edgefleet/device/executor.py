@@ -10,7 +10,7 @@ are reused). A deployment interrupted ``max_interrupted_attempts`` times is give
 
 Handles are state, not commands: a SWITCH step (and its undo) writes whatever
 :func:`serving_models` says now to ``handles.json`` and, when the agent implements
-``model-handles``, to the agent (:func:`~edgefleet.device.handles.sync_agent_handles`). Because the
+``model-handles``, to the agent (:func:`~edgefleet.device.agentlink.sync_agent_handles`). Because the
 agent refuses to unload a handle's target, every unload here happens after the handle moved away.
 
 Results (the closed set of :class:`~edgefleet.device.protocol.Result`):
@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgefleet.client.handles import HandleEntry, read_handles, write_handles
 from edgefleet.core.deviceplane import (
     Deployment,
     DeploymentResult,
@@ -43,15 +44,13 @@ from edgefleet.core.deviceplane import (
     Result,
 )
 from edgefleet.core.errors import AlreadyExists, Code, EdgefleetError, NotFound
-from edgefleet.device.agentlink import AgentConnection, smoke_inputs
-from edgefleet.device.config import DeploymentSettings, RetryPolicy
-from edgefleet.device.handles import (
-    HandleEntry,
+from edgefleet.device.agentlink import (
+    AgentConnection,
     agent_resolves_handles,
-    read_handles,
+    smoke_inputs,
     sync_agent_handles,
-    write_handles,
 )
+from edgefleet.device.config import DeploymentSettings, RetryPolicy
 from edgefleet.device.packages import DigestMismatch, Packages
 from edgefleet.device.plan import Plan, plan_apply, plan_rollback
 from edgefleet.device.protocol import ControlPlane

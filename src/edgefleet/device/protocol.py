@@ -3,7 +3,7 @@
 :class:`ControlPlane` is what the daemon needs from the server: registration check, heartbeats,
 deployments to apply, package download (with resume), deployment results and health reports. It
 has two implementations: :class:`edgefleet.device.https.HttpsControlPlane` (the real server over
-mutual TLS) and :class:`edgefleet.device.fake.FakeControlPlane` (in-process, for tests). The values
+mutual TLS) and :class:`edgefleet.device.sim.control_plane.FakeControlPlane` (in-process, for tests). The values
 that cross it are the device-plane contract in :mod:`edgefleet.core.deviceplane`.
 """
 

@@ -1,4 +1,4 @@
-"""Stable model handles: the map applications read, the agent's own handles, and a client.
+"""Stable model handles: the map applications read and a client that follows it.
 
 Applications address a model by a *handle* (``detector``); the agent serves versions under
 *aliases* (``detector-2-0-g7``). A hot swap: the daemon loads the new version under a fresh alias,
@@ -10,8 +10,8 @@ agent lets running calls on it finish). The switch is published in two places:
   Predict / DescribeModel / CaptureData accept the handle wherever they take a model name, so an
   unmodified Edge Manager application calling ``Predict(name="detector")`` follows the swap with
   no failed call (a call racing the swap is resolved again by the agent).
-  :func:`sync_agent_handles` makes the agent's handles match the daemon's; handles live in the
-  agent's memory, so the daemon sets them again after an agent restart;
+  :func:`edgefleet.device.agentlink.sync_agent_handles` makes the agent's handles match the
+  daemon's; handles live in the agent's memory, so the daemon sets them again after an agent restart;
 - **in the handle map** ``<state_dir>/handles.json``, always (for agents without the extension,
   and for applications that resolve handles themselves). An application resolving the handle
   before the switch reaches the old version, after it the new one; a call that resolved just before
@@ -31,25 +31,19 @@ its modification time, inode or size changed: one ``stat`` per call).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgefleet.core.errors import AlreadyExists, FailedPrecondition, NotFound
+import numpy as np
+
+from edgefleet.client.client import AgentClient, Tensors
+from edgefleet.core.errors import FailedPrecondition, NotFound
 from edgefleet.core.files import write_json_atomic
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from edgefleet.client import AgentClient, Tensors
-    from edgefleet.device.agentlink import AgentApi
-
-log = logging.getLogger(__name__)
 
 HANDLES_FILE = "handles.json"
 HANDLES_FORMAT = 1
@@ -98,57 +92,6 @@ def read_handles(path: Path) -> dict[str, HandleEntry]:
     }
 
 
-def agent_resolves_handles(agent: AgentApi) -> bool:
-    """Whether ``agent`` advertises the ``model-handles`` extension (asked every time: an agent
-    restarted in between may be another version)."""
-    return AGENT_HANDLES_EXTENSION in agent.server_metadata().extensions
-
-
-def sync_agent_handles(
-    agent: AgentApi,
-    desired: Mapping[str, str],
-    owned_targets: Set[str],
-    *,
-    strict: Set[str] = frozenset(),
-    leave: Set[str] = frozenset(),
-) -> list[str]:
-    """Make the agent's handles name the aliases in ``desired`` (handle -> alias).
-
-    Handles whose target differs are switched (``SetHandle`` is atomic: no call sees the handle
-    missing); then handles the agent holds that ``desired`` lacks are removed, but only those
-    pointing at an alias in ``owned_targets`` (the daemon's own loads: another client's handles are
-    left alone, and the agent refuses to unload a handle's target, so ours must go first).
-
-    A handle whose target is not loaded (NOT_FOUND: the agent restarted and lost it) or whose name
-    is a loaded model's (ALREADY_EXISTS) is reported in the returned problems, except for handles
-    in ``strict``, whose failures are raised. Handles in ``leave`` are left as they are (their
-    version could not be loaded: whatever the agent serves under them now is better than nothing).
-    Failures to reach the agent are always raised.
-    """
-    current = agent.handles()
-    problems: list[str] = []
-    for handle, alias in sorted(desired.items()):
-        if handle in leave or current.get(handle) == alias:
-            continue
-        try:
-            previous = agent.set_handle(handle, alias)
-        except (NotFound, AlreadyExists) as exc:
-            if handle in strict:
-                raise
-            problems.append(f"cannot point the agent's handle {handle} at {alias}: {exc}")
-            continue
-        log.info("agent handle %s -> %s (was %s)", handle, alias, previous or "unset")
-    for handle, alias in sorted(current.items()):
-        if handle in desired or handle in leave or alias not in owned_targets:
-            continue
-        try:
-            agent.remove_handle(handle)
-        except NotFound:
-            pass  # gone already
-        log.info("agent handle %s removed (it pointed at %s)", handle, alias)
-    return problems
-
-
 class HandleMap:
     """Resolves handles through the daemon's handle map, re-reading it when it changes."""
 
@@ -191,8 +134,6 @@ class HandleClient:
     """
 
     def __init__(self, agent: AgentClient | str, handles_path: Path | str) -> None:
-        from edgefleet.client import AgentClient
-
         self.agent = AgentClient(agent) if isinstance(agent, str) else agent
         self._owns_agent = isinstance(agent, str)
         self.handles = HandleMap(handles_path)

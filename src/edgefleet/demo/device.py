@@ -3,7 +3,7 @@
 Part 1 (the device): trains a digits classifier, creates signing keys, builds and signs a package,
 starts a real agent process on a Unix socket, loads the package, runs predictions through the
 client, captures some of them to disk in the Edge Manager record format, and shuts the agent down
-cleanly. Part 2 (:mod:`edgefleet.demo_fleet`): compiles the model, runs the control plane and two
+cleanly. Part 2 (:mod:`edgefleet.demo.fleet`): compiles the model, runs the control plane and two
 device daemons, and rolls versions out in stages with a hot swap under load.
 """
 
@@ -22,6 +22,30 @@ from pathlib import Path
 import numpy as np
 
 Say = Callable[[str], None]
+
+
+def edgefleet_process(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``edgefleet ARGS`` as a child process, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> int | None:
+    """SIGTERM ``proc`` and wait (SIGKILL after ``timeout`` s); its exit code (None: no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def _step(say: Say, number: int, text: str) -> None:
@@ -112,23 +136,8 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fle
     sock = Path(f"/tmp/edgefleet-demo-{os.getuid()}.sock")
     env = dict(os.environ, XDG_DATA_HOME=str(workdir / "data"))
     log_path = workdir / "agent.log"
-    with log_path.open("wb") as log_file:
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgefleet",
-                "agent",
-                "-a",
-                f"unix://{sock}",
-                "-c",
-                str(config_path),
-                "-f",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    log_path.write_bytes(b"")
+    agent = edgefleet_process(["agent", "-a", f"unix://{sock}", "-c", str(config_path), "-f"], log_path, env)
     try:
         client = AgentClient(f"unix://{sock}", timeout=30)
         deadline = time.monotonic() + 30
@@ -209,17 +218,11 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fle
             agent.wait()
     finally:
         _step(say, 9, "Stop the agent (SIGTERM: finishes requests, flushes captures, unloads)")
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+        stop_process(agent, 30)
         say(f"    agent exited with code {agent.returncode}; its log is {log_path}")
     ok = agent.returncode == 0 and accuracy > 0.9 and all(s == "SUCCESS" for s in statuses)
     if fleet and ok:
-        from edgefleet.demo_fleet import run_fleet_demo
+        from edgefleet.demo.fleet import run_fleet_demo
 
         say("\nPart 2: compiler, control plane and device daemons")
         ok = run_fleet_demo(

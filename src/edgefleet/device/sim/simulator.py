@@ -4,7 +4,7 @@ Each simulated device is a real :class:`~edgefleet.device.daemon.Daemon`: it enr
 own key, CSR, one-time token), talks to the server over mutual TLS with its own certificate, sends
 heartbeats, fetches deployments, downloads packages (digest-checked, then discarded), plans,
 executes, smoke-tests, rolls back and reports, exactly like a device. What is simulated is the agent
-(:class:`~edgefleet.device.nullagent.NullAgent`: no inference engine, no process) and the package
+(:class:`~edgefleet.device.sim.nullagent.NullAgent`: no inference engine, no process) and the package
 cache (nothing is written or unpacked). State is kept in memory unless ``persist`` is set.
 
 The devices share a small pool of worker threads: a scheduler hands each device's heartbeat and
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import io
+import json
 import logging
 import random
 import tarfile
@@ -37,11 +38,11 @@ from edgefleet.device.config import AgentSettings, DaemonConfig, DeploymentSetti
 from edgefleet.device.daemon import Daemon
 from edgefleet.device.executor import Executor
 from edgefleet.device.https import HttpsControlPlane, enroller, fetch_ca
-from edgefleet.device.identity import enroll
-from edgefleet.device.nullagent import NullAgent, null_config
+from edgefleet.device.identity import enroll, load_identity
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.packages import DigestMismatch
 from edgefleet.device.protocol import ControlPlane
+from edgefleet.device.sim.nullagent import NullAgent, null_config
 from edgefleet.device.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,6 @@ class Stats:
 def read_tokens(path: Path) -> list[tuple[str, str]]:
     """(device name, enrolment token) pairs from a file: JSON (a list of ``{DeviceName, EnrolmentToken}``
     or ``{"Devices": [...]}``) or lines ``NAME TOKEN``."""
-    import json
-
     text = path.read_text("utf-8")
     try:
         raw = json.loads(text)
@@ -233,8 +232,6 @@ class Simulator:
         return self._device(identity.device_name, state_dir)
 
     def _device(self, name: str, state_dir: Path) -> SimulatedDevice:
-        from edgefleet.device.identity import load_identity
-
         identity = load_identity(state_dir)
         s = self.settings
         config = DaemonConfig(
@@ -252,7 +249,7 @@ class Simulator:
         plane = HttpsControlPlane(identity, timeout=s.request_timeout_seconds)
         agent = NullAgent(fail_models=set(s.fail_models))
         connection = AgentConnection(agent, agent)
-        packages = DiscardingPackages(on_package=agent.register_package)
+        packages = DiscardingPackages(on_package=agent.transport.register_package)
         store = StateStore(state_dir if s.persist else None)
         executor = Executor(
             store=store,

@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-Say = Callable[[str], None]
+from edgefleet.demo.device import Say, edgefleet_process, stop_process
+
 FLEET = "demo-fleet"
 DEVICES = ("camera-1", "camera-2")
 HANDLE = "digits"
@@ -41,26 +41,6 @@ def _wait(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> An
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
-
-
-def _edgefleet(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", *args], stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 class _App(threading.Thread):
@@ -184,7 +164,7 @@ def _run(
         port_file = fleet_dir / "server-ports.json"
         # port 0: the server binds free ports itself and says which in the port file (a port picked
         # here and freed before the server binds it could be taken meanwhile)
-        server = _edgefleet(
+        server = edgefleet_process(
             ["server", "--port", "0", "--port-file", str(port_file), "--data-dir",
              str(server_dir), "--trust", str(trust), "--connected-window", "60"],
             server_log,
@@ -241,7 +221,7 @@ def _run(
                 "health_interval_seconds = 1\n"
             )
             log = fleet_dir / f"{name}.log"
-            enrol = _edgefleet(
+            enrol = edgefleet_process(
                 [
                     "device",
                     "enroll",
@@ -256,7 +236,7 @@ def _run(
             )
             if enrol.wait(120) != 0:
                 raise RuntimeError(f"{name} could not enrol; see {log}")
-            daemons.append(_edgefleet(["device", "run", "--config", str(config)], log))
+            daemons.append(edgefleet_process(["device", "run", "--config", str(config)], log))
             say(f"    {name}: enrolled, daemon running (state {state}, log {log})")
 
         def connected() -> dict[str, Any] | None:
@@ -337,10 +317,10 @@ def _run(
         ok = False
     finally:
         heading("Stop the device daemons (their agents stop with them) and the control plane")
-        codes = [_stop(d) for d in daemons]
+        codes = [stop_process(d) for d in daemons]
         if op is not None:
             op.close()
-        server_code = _stop(server)
+        server_code = stop_process(server)
         shutil.rmtree(sockets, ignore_errors=True)
         say(f"    daemons exited with {codes}, the server with {server_code}; files in {fleet_dir}")
         ok &= all(c == 0 for c in codes) and server_code == 0

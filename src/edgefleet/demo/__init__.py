@@ -1,0 +1,1 @@
+"""``edgefleet demo``: the device half (:mod:`.device`) and the fleet half (:mod:`.fleet`)."""
