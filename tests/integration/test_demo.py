@@ -50,3 +50,5 @@ def test_device_only_demo_skips_the_fleet_part(tmp_path: Path) -> None:
     out = run.stdout + run.stderr
     assert run.returncode == 0 and run.stdout.rstrip().endswith("demo finished: OK"), out
     assert "Part 2" not in out
+    # the agent's socket is the demo's own (two demos at once never share one)
+    assert f"serving on unix://{tmp_path / 'demo' / 'agent.sock'} " in out

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -132,8 +134,12 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fle
     }
     config_path = workdir / "agent-config.json"
     config_path.write_text(json.dumps(config, indent=2))
-    # Short path: Unix socket paths are limited to ~107 bytes.
-    sock = Path(f"/tmp/edgefleet-demo-{os.getuid()}.sock")
+    # The socket lives in the work directory, so that demos run side by side never share one; a
+    # work directory too deep for a Unix socket path (~107 bytes) gets a private one under /tmp.
+    private_dir = (
+        None if len(str(workdir.absolute() / "agent.sock")) < 100 else tempfile.mkdtemp(prefix="ef-demo-")
+    )
+    sock = (Path(private_dir) if private_dir else workdir.absolute()) / "agent.sock"
     env = dict(os.environ, XDG_DATA_HOME=str(workdir / "data"))
     log_path = workdir / "agent.log"
     log_path.write_bytes(b"")
@@ -220,6 +226,8 @@ def run_demo(workdir: Path, say: Say = print, *, keep_running: bool = False, fle
         _step(say, 9, "Stop the agent (SIGTERM: finishes requests, flushes captures, unloads)")
         stop_process(agent, 30)
         say(f"    agent exited with code {agent.returncode}; its log is {log_path}")
+        if private_dir:
+            shutil.rmtree(private_dir, ignore_errors=True)
     ok = agent.returncode == 0 and accuracy > 0.9 and all(s == "SUCCESS" for s in statuses)
     if fleet and ok:
         from edgefleet.demo.fleet import run_fleet_demo
