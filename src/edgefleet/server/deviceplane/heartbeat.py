@@ -3,12 +3,10 @@
 Heartbeats are the bulk of a fleet's traffic (every device, every 30 s) and each one is tiny, so
 their cost is almost all per-transaction overhead: a connection checkout, BEGIN, a few statements
 through the ORM, COMMIT (an fsync on PostgreSQL). :class:`HeartbeatService` stores a batch of
-plain heartbeats (no result, the caller's own name, valid fields) on one writer thread per replica,
-on a connection of its own. On PostgreSQL a
-batch is three set-based statements whatever its size (devices updated from one JSON document,
-stale models deleted, models upserted) and one COMMIT; on SQLite an executemany UPDATE and a
-DELETE + INSERT of the models. While a batch is written the next one queues, so batches grow with
-the load and nothing waits on a timer.
+plain heartbeats (no result, the caller's own name, valid fields) on its thread and connection. On
+PostgreSQL a batch is three set-based statements whatever its size (devices updated from one JSON
+document, stale models deleted, models upserted) and one COMMIT; on SQLite an executemany UPDATE
+and a DELETE + INSERT of the models.
 
 Nothing is acknowledged before it is committed: a handler awaits its heartbeat's batch, so a
 device only gets ``200`` for a stored heartbeat, and a failed batch answers every heartbeat in it
@@ -17,10 +15,8 @@ with the error (the device keeps it queued and sends it again). There is no writ
 Authentication stays exact: a device's row id and fleet are cached per *certificate* (a serial is
 issued once, to one registration, so that mapping never changes), while revocation is checked by
 the UPDATE itself (``cert_serial`` must still be the device's and the device registered), in the
-same transaction that stores the heartbeat. Anything unusual — an unknown or revoked certificate,
-a body naming another fleet — is left to the exact tier (:meth:`HeartbeatService.one`: the
-device's own transaction, a result applied like ReportDeploymentResult), which produces the exact
-error.
+same transaction that stores the heartbeat. Anything unusual (an unknown or revoked certificate,
+another fleet) is left to the exact tier (:meth:`HeartbeatService.one`), which gives the exact error.
 """
 
 from __future__ import annotations
@@ -130,12 +126,8 @@ class HeartbeatItem(DeviceCall):
 
 
 class HeartbeatService(Service[HeartbeatItem, bool]):
-    """SendHeartbeat (see the module doc); an answer is True once the heartbeat is committed.
-
-    The batch tier answers False for an item it did not store (unknown, revoked or foreign
-    identity): the exact tier decides it. A failed transaction raises (e.g. UNAVAILABLE), and
-    then nothing of the batch was stored.
-    """
+    """SendHeartbeat (see the module doc): True once the heartbeat is committed; the batch tier
+    answers False for one it did not store (the exact tier decides it)."""
 
     name = "heartbeats"
     UNDECIDED: ClassVar[object] = False
@@ -162,12 +154,8 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
         return True
 
     def batch(self, items: Sequence[HeartbeatItem]) -> list[bool | None]:
-        """Store ``items`` in one transaction (what the writer thread does with each batch).
-
-        Per item: True if stored, False if its identity is not a registered device of that fleet
-        with that certificate. Raises UNAVAILABLE (or another translated error) when the
-        transaction fails; then nothing was stored.
-        """
+        """Store ``items`` in one transaction: per item True if stored, False if its identity is not
+        a registered device of that fleet with that certificate."""
         outcome = self._held.run(lambda conn: self._store(conn, items))
         self.batches += 1
         self.stored += sum(outcome)
@@ -183,12 +171,8 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
                     dp.record_result(session, device, item.result, self.db.now())
                 except NotFound as exc:
                     # A queued result for a plan deleted since must not block heartbeats forever.
-                    log.warning(
-                        "device %s: ignoring the result for %s: %s",
-                        device.name,
-                        item.result.deployment_name,
-                        exc,
-                    )
+                    name = item.result.deployment_name
+                    log.warning("device %s: ignoring the result for %s: %s", device.name, name, exc)
         return True
 
     def _store(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[bool]:

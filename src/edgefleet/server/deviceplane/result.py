@@ -63,20 +63,11 @@ class ResultService(Service[ResultItem, str]):
         return item.own and item.status == Result.SUCCEEDED.value
 
     def batch(self, reports: Sequence[ResultItem]) -> list[str | None]:
-        """Record ``reports`` in one transaction, then settle the stages they were in.
-
-        Settling happens after the commit, in a transaction of its own, so that of two batches
-        committed at the same time (two workers) the later settle sees both: the last results of
-        a stage always finish it.
-        """
+        """Record ``reports`` in one transaction, then settle the stages they were in."""
         now = self.db.now()
         done, stages = self._writer.run(lambda conn: _record(conn, reports, now))
         for stage_id in stages:
-            try:
-                with self.db.session() as session:
-                    settle_stage(session, stage_id, self.db.now(), device_failed=False)
-            except EdgefleetError as exc:  # the results are stored; the periodic refresh settles it
-                log.warning("settling stage %d after results failed: %s", stage_id, exc)
+            self._settle(stage_id, failed=False)
         return [done.get(i) for i in range(len(reports))]
 
     def one(self, item: ResultItem) -> str:
@@ -84,20 +75,21 @@ class ResultService(Service[ResultItem, str]):
         transaction only if the result may change it (so a large stage's reports run in parallel)."""
         with self.db.session() as session:
             device = item.authenticate(session, self.db.now(), item.fleet_name)
-            row = dp.record_result(
-                session,
-                device,
-                dp.ResultReport(item.deployment_name, item.status, item.message),
-                self.db.now(),
-                refresh=False,
-            )
-            status, stage_id, failed = row.status, row.stage_id, row.status == DeviceStatus.FAILED
+            report = dp.ResultReport(item.deployment_name, item.status, item.message)
+            row = dp.record_result(session, device, report, self.db.now(), refresh=False)
+            status, stage_id = row.status, row.stage_id
+        self._settle(stage_id, failed=status == DeviceStatus.FAILED)
+        return status
+
+    def _settle(self, stage_id: int, *, failed: bool) -> None:
+        """Settle a stage after results were committed, in a transaction of its own: of two batches
+        committed at the same time (two workers) the later settle sees both, so the last results of
+        a stage always finish it."""
         try:
             with self.db.session() as session:
                 settle_stage(session, stage_id, self.db.now(), device_failed=failed)
-        except EdgefleetError as exc:  # the result is stored; the periodic stage refresh settles it
-            log.warning("device %s: stage refresh after its result failed: %s", item.device_name, exc)
-        return status
+        except EdgefleetError as exc:  # the results are stored; the periodic refresh settles it
+            log.warning("settling stage %d after results failed: %s", stage_id, exc)
 
 
 def _record(

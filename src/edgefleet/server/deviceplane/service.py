@@ -74,8 +74,7 @@ class Service(Generic[T, R]):
     """One device operation over batches of items ``T`` answering ``R`` (see the module doc).
 
     Subclasses give :attr:`name`, :meth:`batch` and :meth:`one`, and may narrow :meth:`batchable`.
-    The batch thread starts on the first :meth:`submit`; :meth:`close` answers what is queued and
-    stops it.
+    The batch thread starts on the first :meth:`submit`.
     """
 
     #: the operation (names the batch thread, ``edgefleet-<name>``)
@@ -141,11 +140,8 @@ class Service(Generic[T, R]):
         return await to_thread.run_sync(self.one, item)
 
     async def submit(self, item: T) -> R | None:
-        """``item`` through the queue to :meth:`batch`; :attr:`UNDECIDED` once the service is closed.
-
-        Whatever queues up while a batch runs is the next batch; if a batch raises, every caller
-        of it gets the exception.
-        """
+        """``item`` through the queue to :meth:`batch` (a batch's error is every caller's);
+        :attr:`UNDECIDED` once the service is closed."""
         loop = asyncio.get_running_loop()
         pending: _Pending[T, R] = _Pending(item, loop, loop.create_future())
         with self._cond:
