@@ -77,12 +77,12 @@ class DownloadService(Service[DownloadItem, Grant]):
         """The grant after the exact authentication; PERMISSION_DENIED unless the package is part
         of a deployment assigned to the device."""
         with self.db.session() as session:
-            device = item.authenticate(session, self.db.now())
+            item.authenticate(session, self.db.now())
             session.flush()  # a renewed certificate just made current is what the query reads
-            found = _grants(session, [item]).get((device.name, item.serial, item.package_id))
+            found = _grants(session, [item]).get((item.device_name, item.serial, item.package_id))
         if found is None:
             raise PermissionDenied(
-                f"package {item.package_id} is not part of a deployment of device {device.name!r}"
+                f"package {item.package_id} is not part of a deployment of device {item.device_name!r}"
             )
         return found
 
