@@ -23,7 +23,7 @@ from edgefleet.server import devices, reports
 from edgefleet.server.api import render
 from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
 from edgefleet.server.db.schema import Base, Device, DeviceModel, Fleet
-from edgefleet.server.heartbeats import HeartbeatWriter, QueuedHeartbeat
+from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
 Db = Any  # the db fixture yields a Database
 
@@ -152,16 +152,16 @@ def test_a_version_listed_twice_keeps_its_last_entry(db: Db, clock: FakeClock) -
 
 def test_the_group_commit_stores_every_version_like_the_ordinary_path(db: Db, clock: FakeClock) -> None:
     serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b", "ref-a", "ref-b"])
-    writer = HeartbeatWriter(db)
+    writer = HeartbeatService(db)
     now = db.now()
     a_b_test = _beat(_model("det", "2.0"), _model("det", "3.0", inference=now), _model("counter", "1"))
     doubled = _beat(_model("det", "2.0", p99=7.0), _model("det", "2.0", inference=now, p99=4.0))
     try:
         # One batch: two devices, one serving two versions, the other listing a version twice.
-        assert writer.store(
+        assert writer.batch(
             [
-                QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", a_b_test),
-                QueuedHeartbeat("cam-b", serials["cam-b"], "line-1", doubled),
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", a_b_test),
+                HeartbeatItem("cam-b", serials["cam-b"], "line-1", doubled),
             ]
         ) == [True, True]
         _record(db, "ref-a", a_b_test)
@@ -181,11 +181,11 @@ def test_the_group_commit_stores_every_version_like_the_ordinary_path(db: Db, cl
         clock.advance(30)
         only_new = _beat(_model("det", "3.0", inference=db.now(), p99=1.5))
         both = _beat(_model("det", "3.0"), _model("det", "2.0"), _model("det", "3.0", p99=8.0))
-        assert writer.store(
+        assert writer.batch(
             [
-                QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", a_b_test),
-                QueuedHeartbeat("cam-b", serials["cam-b"], "line-1", both),
-                QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", only_new),
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", a_b_test),
+                HeartbeatItem("cam-b", serials["cam-b"], "line-1", both),
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", only_new),
             ]
         ) == [True, True, True]
         _record(db, "ref-a", only_new)
@@ -205,8 +205,8 @@ def test_the_group_commit_stores_every_version_like_the_ordinary_path(db: Db, cl
 
         async def send() -> list[bool]:
             return await asyncio.gather(
-                writer.write("cam-a", serials["cam-a"], "line-1", a_b_test),
-                writer.write("cam-b", serials["cam-b"], "line-1", doubled),
+                writer.submit(HeartbeatItem("cam-a", serials["cam-a"], "line-1", a_b_test)),
+                writer.submit(HeartbeatItem("cam-b", serials["cam-b"], "line-1", doubled)),
             )
 
         assert asyncio.run(send()) == [True, True]

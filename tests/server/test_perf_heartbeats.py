@@ -1,4 +1,4 @@
-"""Group-committed heartbeats (edgefleet.server.heartbeats): same result as the ordinary path,
+"""Group-committed heartbeats (edgefleet.server.deviceplane.heartbeat): same result as the ordinary path,
 revocation honoured, nothing acknowledged unless stored. SQLite, and PostgreSQL when reachable."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy import text
 from edgefleet.core.errors import Code, EdgefleetError
 from edgefleet.server import devices
 from edgefleet.server.ca import FleetCA
-from edgefleet.server.heartbeats import HeartbeatWriter, QueuedHeartbeat
+from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
 Db = Any  # the db fixture yields a Database
 
@@ -53,12 +53,13 @@ def _snapshot(db: Db, name: str) -> dict[str, Any]:
 
 def test_a_batch_stores_what_the_ordinary_path_stores(db: Db, clock: FakeClock) -> None:
     serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b", "cam-c"])
-    writer = HeartbeatWriter(db)
+    writer = HeartbeatService(db)
     try:
         first = _beat("1.0", {"detector": "1", "counter": "4"}, platform=("linux", "x86_64", "none"))
-        assert writer.store(
-            [QueuedHeartbeat(n, serials[n], "line-1", first) for n in ("cam-a", "cam-b")]
-        ) == [True, True]
+        assert writer.batch([HeartbeatItem(n, serials[n], "line-1", first) for n in ("cam-a", "cam-b")]) == [
+            True,
+            True,
+        ]
         with db.session() as s:  # the reference: cam-c through devices.record_heartbeat
             devices.record_heartbeat(s, devices.get_device(s, "cam-c"), first, db.now())
         reference = _snapshot(db, "cam-c")
@@ -69,10 +70,10 @@ def test_a_batch_stores_what_the_ordinary_path_stores(db: Db, clock: FakeClock) 
         clock.advance(30)
         second = _beat("1.1", {"detector": "2", "classifier": "1"})
         newer = _beat("1.2", {"detector": "2", "classifier": "1"})
-        assert writer.store(
+        assert writer.batch(
             [
-                QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", second),
-                QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", newer),
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", second),
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", newer),
             ]
         ) == [True, True]
         with db.session() as s:
@@ -88,38 +89,36 @@ def test_a_batch_stores_what_the_ordinary_path_stores(db: Db, clock: FakeClock) 
 def test_unknown_foreign_and_revoked_identities_are_handed_back(db: Db) -> None:
     serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b"])
     enrolled_fleet(db, "line-2", ["cam-z"])
-    writer = HeartbeatWriter(db)
+    writer = HeartbeatService(db)
     beat = _beat("1.0", {})
     try:
-        assert writer.store(
+        assert writer.batch(
             [
-                QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", beat),
-                QueuedHeartbeat("cam-b", serials["cam-b"], "line-2", beat),  # names another fleet
-                QueuedHeartbeat("cam-b", "ffff", "line-1", beat),  # not its certificate
-                QueuedHeartbeat("ghost", "abcd", "line-1", beat),  # not registered
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", beat),
+                HeartbeatItem("cam-b", serials["cam-b"], "line-2", beat),  # names another fleet
+                HeartbeatItem("cam-b", "ffff", "line-1", beat),  # not its certificate
+                HeartbeatItem("ghost", "abcd", "line-1", beat),  # not registered
             ]
         ) == [True, False, False, False]
         assert _snapshot(db, "cam-b")["agent_version"] is None
         # cam-a's identity is cached now; deregistration must still stop its heartbeats at once.
         with db.session() as s:
             devices.deregister_devices(s, None, ["cam-a"], db.now())
-        assert writer.store([QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", _beat("2.0", {}))]) == [
-            False
-        ]
+        assert writer.batch([HeartbeatItem("cam-a", serials["cam-a"], "line-1", _beat("2.0", {}))]) == [False]
         # A re-enrolment revokes the old certificate: the new serial works, the old one does not.
         with db.session() as s:
             token = devices.new_enrolment_token(s, "cam-b", FleetCA.load_or_create(db), db.now(), TOKEN_TTL)
-        assert writer.store([QueuedHeartbeat("cam-b", serials["cam-b"], "line-1", beat)]) == [True]
+        assert writer.batch([HeartbeatItem("cam-b", serials["cam-b"], "line-1", beat)]) == [True]
         with db.session() as s:
             device, _ = devices.enrol(
                 s, token.enrolment_token, make_csr()[1], FleetCA.load_or_create(db), db.now(), 365
             )
             new_serial = device.cert_serial
         assert new_serial is not None
-        assert writer.store(
+        assert writer.batch(
             [
-                QueuedHeartbeat("cam-b", serials["cam-b"], "line-1", _beat("old", {})),
-                QueuedHeartbeat("cam-b", new_serial, "line-1", _beat("new", {})),
+                HeartbeatItem("cam-b", serials["cam-b"], "line-1", _beat("old", {})),
+                HeartbeatItem("cam-b", new_serial, "line-1", _beat("new", {})),
             ]
         ) == [False, True]
         assert _snapshot(db, "cam-b")["agent_version"] == "new"
@@ -130,15 +129,15 @@ def test_unknown_foreign_and_revoked_identities_are_handed_back(db: Db) -> None:
 def test_concurrent_writes_are_acknowledged_only_once_stored(db: Db) -> None:
     names = [f"cam-{i}" for i in range(40)]
     serials = enrolled_fleet(db, "line-1", names)
-    writer = HeartbeatWriter(db, max_batch=7)
+    writer = HeartbeatService(db, max_batch=7)
 
     async def send_all() -> list[bool]:
         return await asyncio.gather(
             *(
-                writer.write(n, serials[n], "line-1", _beat(f"v{i}", {"detector": str(i)}))
+                writer.submit(HeartbeatItem(n, serials[n], "line-1", _beat(f"v{i}", {"detector": str(i)})))
                 for i, n in enumerate(names)
             ),
-            writer.write("ghost", "abcd", "line-1", _beat("x", {})),
+            writer.submit(HeartbeatItem("ghost", "abcd", "line-1", _beat("x", {}))),
         )
 
     try:
@@ -152,7 +151,7 @@ def test_concurrent_writes_are_acknowledged_only_once_stored(db: Db) -> None:
         writer.close()
 
     async def after_close() -> bool:
-        return await writer.write(names[0], serials[names[0]], "line-1", _beat("late", {}))
+        return await writer.submit(HeartbeatItem(names[0], serials[names[0]], "line-1", _beat("late", {})))
 
     assert asyncio.run(after_close()) is False  # a closed writer hands heartbeats to the ordinary path
 
@@ -161,14 +160,14 @@ def test_a_failed_transaction_fails_every_heartbeat_of_the_batch(db: Db) -> None
     if db.dialect != "postgresql":
         pytest.skip("needs a database that enforces column lengths (PostgreSQL) to make a batch fail")
     serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b"])
-    writer = HeartbeatWriter(db)
+    writer = HeartbeatService(db)
     oversized = devices.Heartbeat(agent_version="v" * 65)  # skips the checks: the database refuses it
     try:
         with pytest.raises(EdgefleetError, match="a value does not fit the database") as info:
-            writer.store(
+            writer.batch(
                 [
-                    QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", _beat("1.0", {})),
-                    QueuedHeartbeat("cam-b", serials["cam-b"], "line-1", oversized),
+                    HeartbeatItem("cam-a", serials["cam-a"], "line-1", _beat("1.0", {})),
+                    HeartbeatItem("cam-b", serials["cam-b"], "line-1", oversized),
                 ]
             )
         assert info.value.code is Code.INVALID_ARGUMENT
@@ -176,17 +175,15 @@ def test_a_failed_transaction_fails_every_heartbeat_of_the_batch(db: Db) -> None
 
         async def both() -> list[Any]:  # through the queue, every waiter of the batch gets the error
             return await asyncio.gather(
-                writer.write("cam-a", serials["cam-a"], "line-1", _beat("1.0", {})),
-                writer.write("cam-b", serials["cam-b"], "line-1", oversized),
+                writer.submit(HeartbeatItem("cam-a", serials["cam-a"], "line-1", _beat("1.0", {}))),
+                writer.submit(HeartbeatItem("cam-b", serials["cam-b"], "line-1", oversized)),
                 return_exceptions=True,
             )
 
         outcomes = asyncio.run(both())
         assert all(isinstance(o, EdgefleetError) or o is True for o in outcomes)
         assert any(isinstance(o, EdgefleetError) for o in outcomes)
-        assert writer.store([QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", _beat("1.1", {}))]) == [
-            True
-        ]
+        assert writer.batch([HeartbeatItem("cam-a", serials["cam-a"], "line-1", _beat("1.1", {}))]) == [True]
     finally:
         writer.close()
 
@@ -195,11 +192,9 @@ def test_the_writer_survives_its_connection_being_dropped(db: Db) -> None:
     if db.dialect != "postgresql":
         pytest.skip("needs a database server that can drop a client's connection (PostgreSQL)")
     serials = enrolled_fleet(db, "line-1", ["cam-a"])
-    writer = HeartbeatWriter(db)
+    writer = HeartbeatService(db)
     try:
-        assert writer.store([QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", _beat("1.0", {}))]) == [
-            True
-        ]
+        assert writer.batch([HeartbeatItem("cam-a", serials["cam-a"], "line-1", _beat("1.0", {}))]) == [True]
         with db.engine.connect() as admin:  # e.g. a database restart or an idle-connection reaper
             admin.execute(
                 text(
@@ -207,9 +202,7 @@ def test_the_writer_survives_its_connection_being_dropped(db: Db) -> None:
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
-        assert writer.store([QueuedHeartbeat("cam-a", serials["cam-a"], "line-1", _beat("1.1", {}))]) == [
-            True
-        ]
+        assert writer.batch([HeartbeatItem("cam-a", serials["cam-a"], "line-1", _beat("1.1", {}))]) == [True]
         assert _snapshot(db, "cam-a")["agent_version"] == "1.1"
     finally:
         writer.close()

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from edgefleet.server import deployments as dp
 from edgefleet.server import devices, fleets, registry
 from edgefleet.server.ca import FleetCA
-from edgefleet.server.downloads import PackageGrants, _Ask
-from edgefleet.server.polls import DeploymentPolls, Poll
-from edgefleet.server.results import Report, ResultRecorder
+from edgefleet.server.deviceplane.download import DownloadItem, DownloadService
+from edgefleet.server.deviceplane.poll import PollItem, PollService
+from edgefleet.server.deviceplane.result import ResultItem, ResultService
 
 Db = Any  # the db fixture yields a Database
 
@@ -146,16 +146,16 @@ def _rendered(items: list[dp.DeviceDeployment] | None, artifacts: Path) -> Any:
 def test_polls_answered_in_batches_match_the_ordinary_path(db: Db, tmp_path: Path) -> None:
     serials = _fleet(db, 5)
     names = list(serials)
-    polls = DeploymentPolls(db)
+    polls = PollService(db)
     try:
-        everyone = [Poll(n, serials[n], "fleet") for n in names]
-        assert polls.answer(everyone) == [[]] * 5  # nothing to do
+        everyone = [PollItem(n, serials[n], "fleet") for n in names]
+        assert polls.batch(everyone) == [[]] * 5  # nothing to do
         with db.session() as s:
             dp.start_stage(s, "rollout", "all", db.now())
-        assert polls.answer(everyone) == [None] * 5  # a STARTING stage: the ordinary path starts it
+        assert polls.batch(everyone) == [None] * 5  # a STARTING stage: the ordinary path starts it
         _fetch_ordinary(db, names[0])  # -> the stage is INPROGRESS
         # dev-01 through the batch, dev-02 through the ordinary path: the same deployment, both INPROGRESS
-        [batched] = polls.answer([everyone[1]])
+        [batched] = polls.batch([everyone[1]])
         ordinary = _fetch_ordinary(db, names[2])
         assert _rendered(batched, tmp_path) == _rendered(ordinary, tmp_path) and len(ordinary) == 1
         with db.session() as s:
@@ -169,28 +169,26 @@ def test_polls_answered_in_batches_match_the_ordinary_path(db: Db, tmp_path: Pat
             "READYTODEPLOY",
         ]
         # asked again before reporting
-        assert _rendered(polls.answer([everyone[1]])[0], tmp_path) == _rendered(ordinary, tmp_path)
+        assert _rendered(polls.batch([everyone[1]])[0], tmp_path) == _rendered(ordinary, tmp_path)
         _report(db, names[1])
-        answers = polls.answer(everyone)
+        answers = polls.batch(everyone)
         assert answers[1] == [] and all(a is not None and len(a) == 1 for a in answers[2:])
-        assert polls.answer(
+        assert polls.batch(
             [
-                Poll(names[3], serials[names[3]], "elsewhere"),  # names another fleet
-                Poll(names[3], "ffff", "fleet"),  # not its certificate
-                Poll("ghost", "abcd", "fleet"),  # not registered
+                PollItem(names[3], serials[names[3]], "elsewhere"),  # names another fleet
+                PollItem(names[3], "ffff", "fleet"),  # not its certificate
+                PollItem("ghost", "abcd", "fleet"),  # not registered
             ]
         ) == [None, None, None]
         with db.session() as s:
             dp.stop_stage(s, "rollout", "all", db.now())
-        assert polls.answer([everyone[0]]) == [None]  # a rollback to ask for: the ordinary path does it
+        assert polls.batch([everyone[0]]) == [None]  # a rollback to ask for: the ordinary path does it
         with db.session() as s:
             devices.deregister_devices(s, None, [names[1]], db.now())
-        assert polls.answer([everyone[1]]) == [None]  # revoked at once
+        assert polls.batch([everyone[1]]) == [None]  # revoked at once
 
         async def through_the_queue() -> list[Any]:
-            return await asyncio.gather(
-                *(polls.poll(p.device_name, p.serial, p.fleet_name) for p in everyone)
-            )
+            return await asyncio.gather(*(polls.submit(p) for p in everyone))
 
         assert asyncio.run(through_the_queue()) == [None] * 5
     finally:
@@ -203,12 +201,12 @@ def test_a_device_without_a_package_for_its_platform_takes_the_ordinary_path(db:
     with db.session() as s:
         devices.update_device(s, names[0], db.now(), platform=("linux", "x86_64", "none"))
         devices.update_device(s, names[1], db.now(), platform=("linux", "aarch64", "none"))
-    polls = DeploymentPolls(db)
+    polls = PollService(db)
     try:
         with db.session() as s:
             dp.start_stage(s, "rollout", "all", db.now())
         _fetch_ordinary(db, names[0])
-        assert polls.answer([Poll(names[1], serials[names[1]], "fleet")]) == [None]
+        assert polls.batch([PollItem(names[1], serials[names[1]], "fleet")]) == [None]
         assert _fetch_ordinary(db, names[1], expect=0) == []  # the ordinary path fails it
         with db.session() as s:
             page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
@@ -243,22 +241,22 @@ def _row_state(db: Db, name: str, deployment: str = "all") -> tuple[Any, ...]:
 def test_plain_results_recorded_in_batches_match_the_ordinary_path(db: Db) -> None:
     serials = _fleet(db, 5)
     names = list(serials)
-    recorder = ResultRecorder(db)
+    recorder = ResultService(db)
     try:
         _start_and_fetch(db, names)
 
-        def report(name: str, status: str = "SUCCEEDED", **changes: str) -> Report:
+        def report(name: str, status: str = "SUCCEEDED", **changes: str) -> ResultItem:
             fields = {
                 "fleet_name": "fleet",
                 "deployment_name": "rollout.all",
                 "serial": serials.get(name, "abcd"),
                 **changes,
             }
-            return Report(
+            return ResultItem(
                 name, fields["serial"], fields["fleet_name"], fields["deployment_name"], status, "ok"
             )
 
-        outcome = recorder.record_many(
+        outcome = recorder.batch(
             [
                 report(names[0]),
                 report(names[1], "FAILED_ROLLED_BACK"),  # not plain: the ordinary path
@@ -280,11 +278,9 @@ def test_plain_results_recorded_in_batches_match_the_ordinary_path(db: Db) -> No
         assert _row_state(db, names[0]) == _row_state(db, names[4])
         assert _stage(db) == "INPROGRESS"
         # The batch that records the last pending devices finishes the stage.
-        assert (
-            recorder.record_many([report(names[1]), report(names[2]), report(names[3])]) == ["DEPLOYED"] * 3
-        )
+        assert recorder.batch([report(names[1]), report(names[2]), report(names[3])]) == ["DEPLOYED"] * 3
         assert _stage(db) == "DEPLOYED"
-        assert recorder.record_many([report(names[0])]) == [None]  # already DEPLOYED: the ordinary path
+        assert recorder.batch([report(names[0])]) == [None]  # already DEPLOYED: the ordinary path
     finally:
         recorder.close()
 
@@ -306,18 +302,18 @@ def test_results_of_stopped_or_gated_deployments_take_the_ordinary_path(db: Db) 
             db.now(),
         )
         dp.start_stage(s, "gated", "all", db.now())
-    recorder = ResultRecorder(db)
+    recorder = ResultService(db)
     try:
         _fetch_ordinary(db, names[0])  # the gated deployment: -> INPROGRESS
-        gated = Report(names[0], serials[names[0]], "fleet", "gated.all", "SUCCEEDED", None)
-        assert recorder.record_many([gated]) == [None]
+        gated = ResultItem(names[0], serials[names[0]], "fleet", "gated.all", "SUCCEEDED", None)
+        assert recorder.batch([gated]) == [None]
         with db.session() as s:
             dp.start_stage(s, "rollout", "all", db.now())
         _fetch_ordinary(db, names[1], expect=2)  # both deployments
         with db.session() as s:
             dp.stop_stage(s, "rollout", "all", db.now())
-        stopped = Report(names[1], serials[names[1]], "fleet", "rollout.all", "SUCCEEDED", None)
-        assert recorder.record_many([stopped]) == [None]  # STOPPING: the device must roll back
+        stopped = ResultItem(names[1], serials[names[1]], "fleet", "rollout.all", "SUCCEEDED", None)
+        assert recorder.batch([stopped]) == [None]  # STOPPING: the device must roll back
         assert _row_state(db, names[1])[0] == "STOPPING"
     finally:
         recorder.close()
@@ -327,15 +323,15 @@ def test_concurrent_result_batches_finish_the_stage(db: Db) -> None:
     serials = _fleet(db, 12)
     names = list(serials)
     _start_and_fetch(db, names)
-    recorders = [ResultRecorder(db), ResultRecorder(db)]  # as two workers
+    recorders = [ResultService(db), ResultService(db)]  # as two workers
     barrier = threading.Barrier(2)
     failures: list[BaseException] = []
 
-    def worker(recorder: ResultRecorder, part: list[str]) -> None:
+    def worker(recorder: ResultService, part: list[str]) -> None:
         try:
             barrier.wait(30)
-            reports = [Report(n, serials[n], "fleet", "rollout.all", "SUCCEEDED", None) for n in part]
-            assert recorder.record_many(reports) == ["DEPLOYED"] * len(part)
+            reports = [ResultItem(n, serials[n], "fleet", "rollout.all", "SUCCEEDED", None) for n in part]
+            assert recorder.batch(reports) == ["DEPLOYED"] * len(part)
         except BaseException as exc:  # reported below
             failures.append(exc)
 
@@ -368,14 +364,18 @@ def test_downloads_are_granted_only_for_assigned_packages(db: Db, tmp_path: Any)
         package.sha256, package.size = hashlib.sha256(archive).hexdigest(), len(archive)
         package_id, key = package.id, package.artifact_key
     store.put_bytes(key, archive)
-    grants = PackageGrants(db, store)
+    grants = DownloadService(db, store)
     try:
-        asks = [_Ask(n, serials[n], package_id) for n in names]
-        assert grants.check(asks) == [None] * 3  # no stage started: nobody may download
+        asks = [DownloadItem(n, serials[n], package_id) for n in names]
+        assert grants.batch(asks) == [None] * 3  # no stage started: nobody may download
         with db.session() as s:
             dp.start_stage(s, "rollout", "all", db.now())
-        granted = grants.check(
-            [*asks, _Ask(names[0], "ffff", package_id), _Ask(names[0], serials[names[0]], package_id + 1)]
+        granted = grants.batch(
+            [
+                *asks,
+                DownloadItem(names[0], "ffff", package_id),
+                DownloadItem(names[0], serials[names[0]], package_id + 1),
+            ]
         )
         assert [g is not None for g in granted] == [True, True, True, False, False]
         grant = granted[0]
@@ -385,6 +385,6 @@ def test_downloads_are_granted_only_for_assigned_packages(db: Db, tmp_path: Any)
         assert asyncio.run(grants.content(grant)) == archive  # served from memory now
         with db.session() as s:
             devices.deregister_devices(s, None, [names[1]], db.now())
-        assert grants.check([asks[1]]) == [None]  # revoked at once
+        assert grants.batch([asks[1]]) == [None]  # revoked at once
     finally:
         grants.close()

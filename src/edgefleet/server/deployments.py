@@ -87,6 +87,13 @@ class SubsetType(enum.StrEnum):
 
 
 _ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
+#: the plan columns of its health gate, in :class:`HealthGate`'s field order (every reader uses these)
+GATE_COLUMNS = (
+    DeploymentPlan.max_error_rate,
+    DeploymentPlan.max_p99_latency_ms,
+    DeploymentPlan.min_inferences,
+    DeploymentPlan.observation_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -700,9 +707,7 @@ def best_package(
 
 def plan_gate(plan: DeploymentPlan) -> HealthGate:
     """The health gate of ``plan`` (``enabled`` is False when it sets no limit)."""
-    return HealthGate(
-        plan.max_error_rate, plan.max_p99_latency_ms, plan.min_inferences, plan.observation_seconds
-    )
+    return HealthGate(*(getattr(plan, column.key) for column in GATE_COLUMNS))
 
 
 def device_deployments(session: Session, device: Device, now: datetime) -> list[DeviceDeployment]:
@@ -892,16 +897,23 @@ def _apply(row: StageDevice, change: Change, reported: str, now: datetime) -> No
     """Apply a device report's change to its row."""
     if row.status == DeviceStatus.READYTODEPLOY:
         row.fetched_at = row.fetched_at or now  # a result implies the device fetched the deployment
-    row.status = change.status.value
-    message = change.render(reported, row.message)
+    for column, value in change_values(change, reported, row.message, now).items():
+        setattr(row, column, value)
+
+
+def change_values(change: Change, reported: str, previous: str | None, now: datetime) -> dict[str, object]:
+    """The columns of a device's row that a device report's ``change`` writes, and their values."""
+    values: dict[str, object] = {"status": change.status.value}
+    message = change.render(reported, previous)
     if message is not None:
-        row.message = message
+        values["message"] = message
     if change.rollback is not None:
-        row.rollback = change.rollback.value
+        values["rollback"] = change.rollback.value
     if change.observing is not None:
-        row.observing = change.observing
+        values["observing"] = change.observing
     if change.activated:
-        row.activated_at = now
+        values["activated_at"] = now
+    return values
 
 
 def settle_stage(session: Session, stage_id: int, now: datetime, *, device_failed: bool) -> None:

@@ -11,18 +11,16 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.core.errors import InvalidArgument
-from edgefleet.server import devices, tokens
+from edgefleet.server import tokens
 from edgefleet.server.api.state import AppState
 from edgefleet.server.ca import device_name_from_certificate
-from edgefleet.server.db.schema import Device
 from edgefleet.server.tokens import Unauthenticated
 
 
@@ -78,7 +76,8 @@ async def device_identity(request: Request) -> DeviceIdentity:
     """FastAPI dependency: the identity in the verified client certificate of this connection.
 
     Async (no thread hop) and cached by certificate: parsing a certificate costs more than the rest
-    of a heartbeat's request handling. Revocation is not decided here (see :func:`check_device`).
+    of a heartbeat's request handling. Revocation is not decided here
+    (:func:`edgefleet.server.devices.authenticate_device` decides it).
     """
     return identity_from_scope(request.scope)
 
@@ -114,11 +113,3 @@ def identity_from_scope(scope: Mapping[str, Any]) -> DeviceIdentity:
 #: verified certificate (PEM) -> identity; certificates are immutable, so entries never go stale
 _identities: dict[str, DeviceIdentity] = {}
 _IDENTITY_CACHE_SIZE = 100_000
-
-
-def check_device(session: Session, identity: DeviceIdentity, now: datetime) -> Device:
-    """The device row for ``identity``; UNAUTHENTICATED when its certificate was revoked.
-
-    ``now`` time-stamps the revocation of the certificate a renewed one replaces on its first use.
-    """
-    return devices.authenticate_device(session, identity.name, identity.serial, now)

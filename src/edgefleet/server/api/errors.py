@@ -65,6 +65,12 @@ def error_response(
     )
 
 
+def exception_response(exc: EdgefleetError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The response for ``exc`` (``WWW-Authenticate`` on UNAUTHENTICATED), as every entry answers it."""
+    extra = {"WWW-Authenticate": "Bearer"} if exc.code is Code.UNAUTHENTICATED else {}
+    return error_response(exc.code, exc.message, {**extra, **(headers or {})} or None, status=exc.http_status)
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "request"
@@ -77,8 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _edgefleet(request: Request, exc: EdgefleetError) -> JSONResponse:
         if exc.code is Code.INTERNAL:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.code is Code.UNAUTHENTICATED else None
-        return error_response(exc.code, exc.message, headers, status=exc.http_status)
+        return exception_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

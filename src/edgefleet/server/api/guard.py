@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from edgefleet.core.errors import Code, EdgefleetError
+from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.api.asgi import (
     ASGIApp,
     Message,
@@ -34,7 +34,7 @@ from edgefleet.server.api.asgi import (
     replay,
 )
 from edgefleet.server.api.auth import OPERATOR_SCOPE_KEY, authenticate_operator, identity_from_scope
-from edgefleet.server.api.errors import BodyTooLarge, error_response
+from edgefleet.server.api.errors import BodyTooLarge, exception_response
 from edgefleet.server.api.state import AppState
 from edgefleet.server.validation import check_json_text, check_url
 
@@ -136,8 +136,6 @@ def _counted(receive: Receive, limit: int) -> Receive:
 
 
 async def _refuse(exc: EdgefleetError, scope: Scope, receive: Receive, send: Send, *, unread: bool) -> None:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code is Code.UNAUTHENTICATED else {}
-    if unread:
-        # the rest of the body is not wanted: closing the connection stops the server reading it
-        headers["Connection"] = "close"
-    await error_response(exc.code, exc.message, headers or None, status=exc.http_status)(scope, receive, send)
+    # the rest of an unread body is not wanted: closing the connection stops the server reading it
+    headers = {"Connection": "close"} if unread else None
+    await exception_response(exc, headers)(scope, receive, send)

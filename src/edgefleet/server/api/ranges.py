@@ -41,9 +41,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def serve_artifact(
-    request: Request, artifacts: ArtifactStore, key: str, size: int, etag: str, filename: str
+    request: Request,
+    artifacts: ArtifactStore,
+    key: str,
+    size: int,
+    etag: str,
+    filename: str,
+    data: bytes | None = None,
 ) -> Response:
-    """A 200 or 206 response streaming ``key``; ``If-Range`` with a stale ETag sends everything."""
+    """A 200 or 206 response streaming ``key`` (a whole one from ``data`` when given); ``If-Range``
+    with a stale ETag sends everything."""
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": f'"{etag}"',
@@ -60,6 +67,8 @@ def serve_artifact(
         response = error_response(exc.code, exc.message, {"Content-Range": f"bytes */{size}"})
         response.status_code = 416
         return response
+    if byte_range is None and data is not None:
+        return Response(data, media_type="application/gzip", headers=headers)
     if byte_range is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(

@@ -11,10 +11,10 @@ from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.config import ServerConfig
 from edgefleet.server.db.engine import Database
-from edgefleet.server.downloads import PackageGrants
-from edgefleet.server.heartbeats import HeartbeatWriter
-from edgefleet.server.polls import DeploymentPolls
-from edgefleet.server.results import ResultRecorder
+from edgefleet.server.deviceplane.download import DownloadService
+from edgefleet.server.deviceplane.heartbeat import HeartbeatService
+from edgefleet.server.deviceplane.poll import PollService
+from edgefleet.server.deviceplane.result import ResultService
 
 
 @dataclass
@@ -29,25 +29,22 @@ class AppState:
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     #: the URL devices use for the data plane (given to them at enrolment)
     device_url: str = ""
-    #: group commit of heartbeats (its thread starts on first use; closed with the replica)
-    heartbeats: HeartbeatWriter = field(init=False)
-    #: GetDeployments answered in batches (thread starts on first use; closed with the replica)
-    polls: DeploymentPolls = field(init=False)
-    #: plain successful deployment results recorded in batches
-    results: ResultRecorder = field(init=False)
-    #: package downloads authorised in batches, small archives served from memory
-    downloads: PackageGrants = field(init=False)
+    #: the device plane's services (each batch thread starts on first use; closed with the replica)
+    heartbeats: HeartbeatService = field(init=False)
+    polls: PollService = field(init=False)
+    results: ResultService = field(init=False)
+    downloads: DownloadService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.heartbeats = HeartbeatWriter(self.db)
-        self.polls = DeploymentPolls(self.db)
-        self.results = ResultRecorder(self.db)
-        self.downloads = PackageGrants(self.db, self.artifacts)
+        self.heartbeats = HeartbeatService(self.db)
+        self.polls = PollService(self.db)
+        self.results = ResultService(self.db)
+        self.downloads = DownloadService(self.db, self.artifacts)
 
     def close(self) -> None:
-        """Stop the batching threads (after finishing what they hold), then close the database."""
-        for batching in (self.heartbeats, self.polls, self.results, self.downloads):
-            batching.close()
+        """Stop the services' batch threads (after finishing what they hold), then close the database."""
+        for service in (self.heartbeats, self.polls, self.results, self.downloads):
+            service.close()
         self.db.close()
 
     @property

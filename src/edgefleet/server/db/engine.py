@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    SQLColumnExpression,
+    any_,
+    create_engine,
+    event,
+    inspect,
+    literal,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -34,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 R = TypeVar("R")
+V = TypeVar("V")
 #: execution option: this connection only reads (SQLite then begins DEFERRED, not IMMEDIATE)
 READ_ONLY = "edgefleet_read_only"
 
@@ -220,3 +233,16 @@ class HeldConnection:
             except SQLAlchemyError:  # already broken: nothing to give back
                 log.debug("closing a broken held connection failed", exc_info=True)
             self._conn = None
+
+
+def one_of(conn: Connection, column: SQLColumnExpression[V], values: Sequence[V]) -> ColumnElement[bool]:
+    """``column IN (values)`` for a batch's values, as the database handles it best.
+
+    On PostgreSQL ``column = ANY(:array)``: one parameter, so the statement text is the same
+    whatever the batch size and psycopg prepares it once (an IN list of a new length is a new
+    statement, planned again: that costs more than running it). Elsewhere a plain IN list.
+    """
+    if conn.dialect.name == "postgresql":
+        element_type = inspect(column).type  # the column's own type, whether mapped attribute or column
+        return column == any_(literal(list(values), ARRAY(element_type)))
+    return column.in_(values)

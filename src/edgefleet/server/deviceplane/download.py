@@ -1,16 +1,11 @@
-"""Package downloads authorised in batches, small archives served from memory.
+"""Package downloads: authorised in batches, small archives served from memory.
 
-During a rollout every device of a stage downloads the same archive. The ordinary path
-(:func:`edgefleet.server.api.device_plane.download_package`) checks the device's certificate and
-that the package belongs to one of its deployments — a transaction of three queries per device —
-then streams the archive from the artifact store through a thread. :class:`PackageGrants` checks
-many devices' downloads with one query (certificate still the device's, package in a deployment
-assigned to it: the same rules), and keeps recently served small archives in memory (bounded;
-archives are content-addressed, so a cached one never goes stale, and its SHA-256 is checked when
-it is loaded).
-
-Whole-archive downloads of cached-size archives are served this way; everything else (ranges,
-large archives, refusals) takes the ordinary path, which handles every case.
+During a rollout every device of a stage downloads the same archive. A device may download a
+package of a deployment assigned to it, with its current certificate: :func:`_grants` is that rule,
+one query for a batch of downloads (:meth:`DownloadService.batch`) or for one
+(:meth:`DownloadService.one`, after the exact authentication). Recently served small archives are
+kept in memory (bounded; archives are content-addressed, so a cached one never goes stale, and its
+SHA-256 is checked when it is loaded).
 """
 
 from __future__ import annotations
@@ -23,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
 
+from edgefleet.core.errors import PermissionDenied
 from edgefleet.server.artifacts import ArtifactStore
-from edgefleet.server.batching import Batcher, one_of
-from edgefleet.server.db.engine import Database, HeldConnection
+from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import Device, ModelPackage, PlanModel, PlanStage, StageDevice
+from edgefleet.server.deviceplane.service import DeviceCall, Service
 
 log = logging.getLogger(__name__)
 
@@ -46,36 +43,48 @@ class Grant:
     size: int
     sha256: str
 
+    @property
+    def filename(self) -> str:
+        """The archive's file name (the last part of its key)."""
+        return self.artifact_key.rsplit("/", 1)[-1]
+
 
 @dataclass(frozen=True)
-class _Ask:
-    device_name: str
-    serial: str
+class DownloadItem(DeviceCall):
+    """A package download: who (from the certificate) and which package."""
+
     package_id: int
 
 
-class PackageGrants:
-    """Batched download authorisation and a small-archive cache (see the module doc)."""
+class DownloadService(Service[DownloadItem, Grant]):
+    """Download authorisation for many devices at a time, and a small-archive cache (see the module doc)."""
+
+    name = "downloads"
 
     def __init__(self, db: Database, artifacts: ArtifactStore, *, max_batch: int = 500) -> None:
+        super().__init__(db, max_batch=max_batch)
         self.artifacts = artifacts
-        self._reader = HeldConnection(db, read_only=True)
-        self._batcher: Batcher[_Ask, Grant | None] = Batcher(
-            "edgefleet-downloads", self.check, max_batch=max_batch
-        )
+        self._reader = self.held(read_only=True)
         self._cache: OrderedDict[str, bytes] = OrderedDict()  # used on the event loop only
         self._cached_bytes = 0
 
-    async def grant(self, device_name: str, serial: str, package_id: int) -> Grant | None:
-        """The grant if this certificate's device may download the package now; None otherwise."""
-        if self._batcher.closed:
-            return None
-        return await self._batcher.submit(_Ask(device_name, serial, package_id))
-
-    def check(self, asks: Sequence[_Ask]) -> list[Grant | None]:
-        """Grants for ``asks`` with one query (what the batcher thread does with each batch)."""
+    def batch(self, asks: Sequence[DownloadItem]) -> list[Grant | None]:
+        """Grants for ``asks`` with one query (what the batch thread does); None: the exact tier."""
         found = self._reader.run(lambda conn: _grants(conn, asks))
         return [found.get((a.device_name, a.serial, a.package_id)) for a in asks]
+
+    def one(self, item: DownloadItem) -> Grant:
+        """The grant after the exact authentication; PERMISSION_DENIED unless the package is part
+        of a deployment assigned to the device."""
+        with self.db.session() as session:
+            item.authenticate(session, self.db.now())
+            session.flush()  # a renewed certificate just made current is what the query reads
+            found = _grants(session, [item]).get((item.device_name, item.serial, item.package_id))
+        if found is None:
+            raise PermissionDenied(
+                f"package {item.package_id} is not part of a deployment of device {item.device_name!r}"
+            )
+        return found
 
     async def content(self, grant: Grant) -> bytes | None:
         """The archive of ``grant`` if it is small enough to serve from memory (loaded on first use)."""
@@ -88,7 +97,7 @@ class PackageGrants:
         data = await asyncio.to_thread(self.artifacts.get_bytes, grant.artifact_key)
         if len(data) != grant.size or hashlib.sha256(data).hexdigest() != grant.sha256:
             log.error("artifact %s does not match its recorded size and SHA-256", grant.artifact_key)
-            return None  # the ordinary path serves what there is; devices check digests themselves
+            return None  # then it is streamed from the store as it is; devices check digests themselves
         if grant.artifact_key not in self._cache:
             self._cache[grant.artifact_key] = data
             self._cached_bytes += len(data)
@@ -97,13 +106,11 @@ class PackageGrants:
                 self._cached_bytes -= len(evicted)
         return data
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Answer what is queued, then stop the thread and release the connection."""
-        self._batcher.close(timeout)
-        self._reader.close()
 
-
-def _grants(conn: Connection, asks: Sequence[_Ask]) -> dict[tuple[str, str, int], Grant]:
+def _grants(conn: Connection | Session, asks: Sequence[DownloadItem]) -> dict[tuple[str, str, int], Grant]:
+    """The one download rule: per (device, certificate serial, package) asked for, the grant if the
+    serial is the registered device's current one and the package is of a deployment assigned to it."""
+    bind = conn.connection() if isinstance(conn, Session) else conn
     names = sorted({a.device_name for a in asks})
     package_ids = sorted({a.package_id for a in asks})
     rows = conn.execute(
@@ -121,9 +128,9 @@ def _grants(conn: Connection, asks: Sequence[_Ask]) -> dict[tuple[str, str, int]
         .join(PlanModel, PlanModel.plan_id == PlanStage.plan_id)
         .join(ModelPackage, ModelPackage.model_version_id == PlanModel.model_version_id)
         .where(
-            one_of(conn, Device.name, names),
+            one_of(bind, Device.name, names),
             Device.deregistered_at.is_(None),
-            one_of(conn, ModelPackage.id, package_ids),
+            one_of(bind, ModelPackage.id, package_ids),
         )
         .distinct()
     )

@@ -1,12 +1,12 @@
-"""Deployment polls (GetDeployments) answered in batches.
+"""GetDeployments: deployment polls answered in batches.
 
 Every device polls GetDeployments (the daemon every 30 s). Almost always the answer is "nothing to
-do"; during a rollout it is "this deployment", once per device and stage. Through the ordinary path
-either costs a transaction and half a dozen ORM queries per device. :class:`DeploymentPolls` takes
+do"; during a rollout it is "this deployment", once per device and stage. Through the exact tier
+either costs a transaction and half a dozen ORM queries per device. :class:`PollService` takes
 many devices' polls at once:
 
 1. one query on a read-only connection finds, for every polling device, whether this certificate
-   is still the device's (revocation is read now, as on the ordinary path), its fleet and platform,
+   is still the device's (revocation is read now, as on the exact tier), its fleet and platform,
    and its outstanding stage rows with their stage and plan;
 2. devices with nothing outstanding get the empty list; devices whose rows are all *plain* — not
    yet fetched in a stage that is already INPROGRESS, or fetched and not rolling back, every model
@@ -14,10 +14,11 @@ many devices' polls at once:
    model configs and packages, one conditional UPDATE marks the unfetched rows INPROGRESS (only rows
    still READYTODEPLOY, so a concurrent stop wins), one COMMIT;
 3. anything else (a starting stage, a rollback, a missing package, an unknown or revoked
-   certificate, another fleet, a row changed meanwhile) is handed back: the caller takes the
-   ordinary path (:func:`edgefleet.server.deployments.device_deployments`), which handles every case.
+   certificate, another fleet, a row changed meanwhile) is left to the exact tier
+   (:meth:`PollService.one`: :func:`edgefleet.server.deployments.device_deployments`), which
+   handles every case.
 
-The answers are exactly what the ordinary path answers for these cases.
+The answers are exactly what the exact tier answers for these cases.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, select, update
 
 from edgefleet.core.deviceplane import Action, HealthGate
-from edgefleet.server.batching import Batcher, one_of
-from edgefleet.server.db.engine import Database, HeldConnection
+from edgefleet.server import deployments as dp
+from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import (
     DeploymentPlan,
     Device,
@@ -44,16 +45,22 @@ from edgefleet.server.db.schema import (
     PlanStage,
     StageDevice,
 )
-from edgefleet.server.deployments import Definition, DeviceDeployment, StageStatus, best_package, outstanding
+from edgefleet.server.deployments import (
+    GATE_COLUMNS,
+    Definition,
+    DeviceDeployment,
+    StageStatus,
+    best_package,
+    outstanding,
+)
+from edgefleet.server.deviceplane.service import DeviceCall, Service
 from edgefleet.server.rollout import DeviceStatus, Rollback
 
 
 @dataclass(frozen=True)
-class Poll:
-    """A GetDeployments call: the certificate's device name and serial, the fleet the body names."""
+class PollItem(DeviceCall):
+    """A GetDeployments call: who (from the certificate) and the fleet the body names."""
 
-    device_name: str
-    serial: str
     fleet_name: str
 
 
@@ -81,28 +88,26 @@ class _Device:
     rows: list[_Row] = field(default_factory=list)
 
 
-class DeploymentPolls:
-    """Answers GetDeployments for many devices at a time (see the module doc)."""
+class PollService(Service[PollItem, list[DeviceDeployment]]):
+    """GetDeployments for many devices at a time (see the module doc): the deployments the device
+    must act on, oldest first (empty: nothing to do)."""
+
+    name = "polls"
 
     def __init__(self, db: Database, *, max_batch: int = 500) -> None:
-        self.db = db
-        self._reader = HeldConnection(db, read_only=True)
-        self._writer = HeldConnection(db)
-        self._batcher: Batcher[Poll, list[DeviceDeployment] | None] = Batcher(
-            "edgefleet-polls", self.answer, max_batch=max_batch
-        )
+        super().__init__(db, max_batch=max_batch)
+        self._reader = self.held(read_only=True)
+        self._writer = self.held()
 
-    async def poll(self, device_name: str, serial: str, fleet_name: str) -> list[DeviceDeployment] | None:
-        """The device's deployments (empty: nothing to do), or None: take the ordinary path."""
-        if self._batcher.closed:
-            return None
-        return await self._batcher.submit(Poll(device_name, serial, fleet_name))
+    def batchable(self, item: PollItem) -> bool:
+        """Only the caller's own deployments are answered in batches."""
+        return item.own
 
-    def answer(self, polls: Sequence[Poll]) -> list[list[DeviceDeployment] | None]:
-        """Answers for ``polls`` (what the batcher thread does with each batch)."""
+    def batch(self, polls: Sequence[PollItem]) -> list[list[DeviceDeployment] | None]:
+        """Answers for ``polls`` (what the batch thread does with each batch); None: the exact tier."""
         found = self._reader.run(lambda conn: _outstanding_rows(conn, polls))
-        answers: dict[Poll, list[DeviceDeployment] | None] = {}
-        work: dict[Poll, _Device] = {}
+        answers: dict[PollItem, list[DeviceDeployment] | None] = {}
+        work: dict[PollItem, _Device] = {}
         for poll in polls:
             device = found.get(poll.device_name)
             if device is None or device.serial != poll.serial or device.fleet != poll.fleet_name:
@@ -117,11 +122,11 @@ class DeploymentPolls:
             answers.update(self._writer.run(lambda conn: _fetch(conn, work, self.db.now())))
         return [answers[poll] for poll in polls]
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Answer what is queued, then stop the thread and release the connections."""
-        self._batcher.close(timeout)
-        self._reader.close()
-        self._writer.close()
+    def one(self, item: PollItem) -> list[DeviceDeployment]:
+        """The device's deployments in a transaction of its own; fetching one marks it INPROGRESS."""
+        with self.db.session() as session:
+            device = item.authenticate(session, self.db.now(), item.fleet_name)
+            return dp.device_deployments(session, device, self.db.now())
 
 
 def _plain(row: _Row) -> bool:
@@ -132,7 +137,7 @@ def _plain(row: _Row) -> bool:
     return row.status == DeviceStatus.INPROGRESS
 
 
-def _outstanding_rows(conn: Connection, polls: Sequence[Poll]) -> dict[str, _Device]:
+def _outstanding_rows(conn: Connection, polls: Sequence[PollItem]) -> dict[str, _Device]:
     names = sorted({p.device_name for p in polls})
     result = conn.execute(
         select(
@@ -151,10 +156,7 @@ def _outstanding_rows(conn: Connection, polls: Sequence[Poll]) -> dict[str, _Dev
             PlanStage.failure_policy,
             DeploymentPlan.id,
             DeploymentPlan.name,
-            DeploymentPlan.max_error_rate,
-            DeploymentPlan.max_p99_latency_ms,
-            DeploymentPlan.min_inferences,
-            DeploymentPlan.observation_seconds,
+            *GATE_COLUMNS,
         )
         .select_from(Device)
         .join(Fleet, Fleet.id == Device.fleet_id)
@@ -162,7 +164,7 @@ def _outstanding_rows(conn: Connection, polls: Sequence[Poll]) -> dict[str, _Dev
         .outerjoin(PlanStage, PlanStage.id == StageDevice.stage_id)
         .outerjoin(DeploymentPlan, DeploymentPlan.id == PlanStage.plan_id)
         .where(one_of(conn, Device.name, names), Device.deregistered_at.is_(None))
-        .order_by(Device.name, StageDevice.assigned_at, PlanStage.id)  # the ordinary path's order
+        .order_by(Device.name, StageDevice.assigned_at, PlanStage.id)  # the exact tier's order
     )
     devices: dict[str, _Device] = {}
     rows: list[Any] = list(result)  # wider than the typed tuples go
@@ -171,7 +173,7 @@ def _outstanding_rows(conn: Connection, polls: Sequence[Poll]) -> dict[str, _Dev
         if device is None:
             device = devices[r[1]] = _Device(r[0], r[2] or "", r[3], (r[4], r[5], r[6]))
         if r[7] is not None:
-            gate = HealthGate(r[15], r[16], r[17], r[18])
+            gate = HealthGate(*r[15:19])
             device.rows.append(_Row(r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], gate))
     return devices
 
@@ -180,10 +182,10 @@ Definitions = dict[int, list[tuple[str, str, str, list[Any]]]]
 
 
 def _fetch(
-    conn: Connection, work: dict[Poll, _Device], now: datetime
-) -> dict[Poll, list[DeviceDeployment] | None]:
+    conn: Connection, work: dict[PollItem, _Device], now: datetime
+) -> dict[PollItem, list[DeviceDeployment] | None]:
     plans = _definitions(conn, sorted({row.plan_id for d in work.values() for row in d.rows}))
-    answers: dict[Poll, list[DeviceDeployment] | None] = {}
+    answers: dict[PollItem, list[DeviceDeployment] | None] = {}
     for poll, device in work.items():
         deployments = [_deployment(row, device, plans) for row in device.rows]
         complete = [d for d in deployments if d is not None]
@@ -214,7 +216,7 @@ def _fetch(
             ).scalars()
         )
     if wanted:
-        for poll, device in work.items():  # a row that changed meanwhile (e.g. a stop): ordinary path
+        for poll, device in work.items():  # a row that changed meanwhile (e.g. a stop): the exact tier
             unfetched = [r for r in device.rows if r.status == DeviceStatus.READYTODEPLOY]
             if any((row.stage_id, device.id) not in fetched for row in unfetched):
                 answers[poll] = None
@@ -223,7 +225,7 @@ def _fetch(
 
 def _deployment(row: _Row, device: _Device, plans: Definitions) -> DeviceDeployment | None:
     """The deployment of ``row`` for ``device``; None if a model has no package for its platform
-    (the ordinary path then fails the device, or leaves the row out)."""
+    (the exact tier then fails the device, or leaves the row out)."""
     definitions = []
     for handle, model_name, version, packages in plans.get(row.plan_id, []):
         package = best_package(packages, *device.platform)

@@ -1,14 +1,12 @@
-"""Group commit for heartbeats: many devices' heartbeats stored in one transaction, none lost.
+"""SendHeartbeat: many devices' heartbeats stored in one transaction (group commit), none lost.
 
 Heartbeats are the bulk of a fleet's traffic (every device, every 30 s) and each one is tiny, so
 their cost is almost all per-transaction overhead: a connection checkout, BEGIN, a few statements
-through the ORM, COMMIT (an fsync on PostgreSQL). :class:`HeartbeatWriter` takes heartbeats from
-request handlers, and one writer thread per replica (a :class:`~edgefleet.server.batching.Batcher`
-on a connection of its own) stores whatever has queued up meanwhile as one batch. On PostgreSQL a
-batch is three set-based statements whatever its size (devices updated from one JSON document,
-stale models deleted, models upserted) and one COMMIT; on SQLite an executemany UPDATE and a
-DELETE + INSERT of the models. While a batch is written the next one queues, so batches grow with
-the load and nothing waits on a timer.
+through the ORM, COMMIT (an fsync on PostgreSQL). :class:`HeartbeatService` stores a batch of
+plain heartbeats (no result, the caller's own name, valid fields) on its thread and connection. On
+PostgreSQL a batch is three set-based statements whatever its size (devices updated from one JSON
+document, stale models deleted, models upserted) and one COMMIT; on SQLite an executemany UPDATE
+and a DELETE + INSERT of the models.
 
 Nothing is acknowledged before it is committed: a handler awaits its heartbeat's batch, so a
 device only gets ``200`` for a stored heartbeat, and a failed batch answers every heartbeat in it
@@ -17,9 +15,8 @@ with the error (the device keeps it queued and sends it again). There is no writ
 Authentication stays exact: a device's row id and fleet are cached per *certificate* (a serial is
 issued once, to one registration, so that mapping never changes), while revocation is checked by
 the UPDATE itself (``cert_serial`` must still be the device's and the device registered), in the
-same transaction that stores the heartbeat. Anything unusual — an unknown or revoked certificate,
-a body naming another device or fleet — is handed back to the caller to take the ordinary path,
-which produces the exact error.
+same transaction that stores the heartbeat. Anything unusual (an unknown or revoked certificate,
+another fleet) is left to the exact tier (:meth:`HeartbeatService.one`), which gives the exact error.
 """
 
 from __future__ import annotations
@@ -29,15 +26,18 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
-from edgefleet.server.batching import Batcher, one_of
-from edgefleet.server.db.engine import Database, HeldConnection
+from edgefleet.core.errors import InvalidArgument, NotFound
+from edgefleet.server import deployments as dp
+from edgefleet.server import devices
+from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
+from edgefleet.server.deviceplane.service import DeviceCall, Service
 from edgefleet.server.devices import Heartbeat, ModelReport
 
 log = logging.getLogger(__name__)
@@ -73,16 +73,16 @@ _UPDATE_DEVICE = (
 _PG_UPDATE_DEVICES = text(
     """
     UPDATE devices AS d SET
-        agent_version = v.agent_version,
-        agent_metrics = v.agent_metrics,
+        agent_version = v.b_agent_version,
+        agent_metrics = v.b_agent_metrics,
         last_heartbeat_at = :now,
-        platform_os = COALESCE(v.platform_os, d.platform_os),
-        platform_arch = COALESCE(v.platform_arch, d.platform_arch),
-        platform_accelerator = COALESCE(v.platform_accelerator, d.platform_accelerator)
+        platform_os = COALESCE(v.b_os, d.platform_os),
+        platform_arch = COALESCE(v.b_arch, d.platform_arch),
+        platform_accelerator = COALESCE(v.b_accelerator, d.platform_accelerator)
     FROM json_to_recordset(CAST(:rows AS JSON)) AS v(
-        id INTEGER, serial VARCHAR, agent_version VARCHAR, agent_metrics JSON,
-        platform_os VARCHAR, platform_arch VARCHAR, platform_accelerator VARCHAR)
-    WHERE d.id = v.id AND d.cert_serial = v.serial AND d.deregistered_at IS NULL
+        b_id INTEGER, b_serial VARCHAR, b_agent_version VARCHAR, b_agent_metrics JSON,
+        b_os VARCHAR, b_arch VARCHAR, b_accelerator VARCHAR)
+    WHERE d.id = v.b_id AND d.cert_serial = v.b_serial AND d.deregistered_at IS NULL
     RETURNING d.id
     """
 )
@@ -116,31 +116,25 @@ _PG_UPSERT_MODELS = text(
 
 
 @dataclass(frozen=True)
-class QueuedHeartbeat:
-    """A validated heartbeat and who sent it: the certificate's device name and serial, and the
-    fleet the body names."""
+class HeartbeatItem(DeviceCall):
+    """A SendHeartbeat call: the heartbeat, the fleet its body names, and the DeploymentResult it
+    may carry (applied like ReportDeploymentResult)."""
 
-    device_name: str
-    serial: str
     fleet_name: str
     heartbeat: Heartbeat
+    result: dp.ResultReport | None = field(default=None, kw_only=True)
 
 
-class HeartbeatWriter:
-    """Stores heartbeats in group-committed batches on one writer thread (see the module doc).
+class HeartbeatService(Service[HeartbeatItem, bool]):
+    """SendHeartbeat (see the module doc): True once the heartbeat is committed; the batch tier
+    answers False for one it did not store (the exact tier decides it)."""
 
-    ``await write(...)`` returns True once the heartbeat is committed, False when the caller must
-    take the ordinary path (unknown, revoked or foreign identity, or the writer is closed), and
-    raises the batch's error (e.g. UNAVAILABLE) if the transaction failed. :meth:`close` stores
-    what is queued, then stops the thread.
-    """
+    name = "heartbeats"
+    UNDECIDED: ClassVar[object] = False
 
     def __init__(self, db: Database, *, max_batch: int = 500) -> None:
-        self.db = db
-        self._batcher: Batcher[QueuedHeartbeat, bool] = Batcher(
-            "edgefleet-heartbeats", self.store, max_batch=max_batch
-        )
-        self._held = HeldConnection(db)
+        super().__init__(db, max_batch=max_batch)
+        self._held = self.held()
         self._lock = threading.Lock()  # guards the identity cache
         # (device name, certificate serial) -> (device id, fleet name); bounded, oldest out first
         self._identities: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
@@ -148,35 +142,45 @@ class HeartbeatWriter:
         self.batches = 0
         self.stored = 0
 
-    async def write(self, device_name: str, serial: str, fleet_name: str, heartbeat: Heartbeat) -> bool:
-        """Queue a (validated) heartbeat of the device whose certificate is ``serial``; see the class doc."""
-        if self._batcher.closed:
+    def batchable(self, item: HeartbeatItem) -> bool:
+        """No result to apply, the caller's own name, valid fields: everything else takes the exact
+        tier, which reports errors in the documented order (identity first, then the fields)."""
+        if item.result is not None or not item.own:
             return False
-        return await self._batcher.submit(QueuedHeartbeat(device_name, serial, fleet_name, heartbeat))
+        try:
+            devices.check_heartbeat(item.heartbeat)
+        except InvalidArgument:
+            return False
+        return True
 
-    def store(self, items: Sequence[QueuedHeartbeat]) -> list[bool]:
-        """Store ``items`` in one transaction (what the writer thread does with each batch).
-
-        Per item: True if stored, False if its identity is not a registered device of that fleet
-        with that certificate (the caller must take the ordinary path). Raises UNAVAILABLE (or
-        another translated error) when the transaction fails; then nothing was stored.
-        """
+    def batch(self, items: Sequence[HeartbeatItem]) -> list[bool | None]:
+        """Store ``items`` in one transaction: per item True if stored, False if its identity is not
+        a registered device of that fleet with that certificate."""
         outcome = self._held.run(lambda conn: self._store(conn, items))
         self.batches += 1
         self.stored += sum(outcome)
-        return outcome
+        return list(outcome)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the writer thread and release its connection."""
-        self._batcher.close(timeout)
-        self._held.close()
+    def one(self, item: HeartbeatItem) -> bool:
+        """The heartbeat (and its result) in a transaction of its own, every check in order."""
+        with self.db.session() as session:
+            device = item.authenticate(session, self.db.now(), item.fleet_name)
+            devices.record_heartbeat(session, device, item.heartbeat, self.db.now())
+            if item.result is not None:
+                try:
+                    dp.record_result(session, device, item.result, self.db.now())
+                except NotFound as exc:
+                    # A queued result for a plan deleted since must not block heartbeats forever.
+                    name = item.result.deployment_name
+                    log.warning("device %s: ignoring the result for %s: %s", device.name, name, exc)
+        return True
 
-    def _store(self, conn: Connection, batch: Sequence[QueuedHeartbeat]) -> list[bool]:
+    def _store(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[bool]:
         now = self.db.now()
         ids = self._resolve(conn, batch)
         # The newest heartbeat of a device wins when it sent several; rows are written in id
         # order so that concurrent batches (other workers) lock device rows in the same order.
-        latest: dict[int, QueuedHeartbeat] = {}
+        latest: dict[int, HeartbeatItem] = {}
         for item, device_id in zip(batch, ids, strict=True):
             if device_id is not None:
                 latest[device_id] = item
@@ -196,7 +200,7 @@ class HeartbeatWriter:
             for item, device_id in zip(batch, ids, strict=True)
         ]
 
-    def _resolve(self, conn: Connection, batch: Sequence[QueuedHeartbeat]) -> list[int | None]:
+    def _resolve(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[int | None]:
         """Device id per item, or None when the identity is not a registered device of that fleet."""
         with self._lock:
             known = {key: self._identities.get(key) for key in {(p.device_name, p.serial) for p in batch}}
@@ -221,59 +225,30 @@ class HeartbeatWriter:
             ids.append(entry[0] if entry is not None and entry[1] == item.fleet_name else None)
         return ids
 
-    def _evict(self, items: Sequence[QueuedHeartbeat]) -> None:
+    def _evict(self, items: Sequence[HeartbeatItem]) -> None:
         with self._lock:
             for item in items:
                 self._identities.pop((item.device_name, item.serial), None)
 
 
 def _store_postgresql(
-    conn: Connection, order: list[int], latest: dict[int, QueuedHeartbeat], now: datetime
+    conn: Connection, order: list[int], latest: dict[int, HeartbeatItem], now: datetime
 ) -> set[int]:
-    rows = []
-    for device_id in order:
-        beat = latest[device_id].heartbeat
-        platform = beat.platform or (None, None, None)
-        rows.append(
-            {
-                "id": device_id,
-                "serial": latest[device_id].serial,
-                "agent_version": beat.agent_version,
-                "agent_metrics": beat.agent_metrics,
-                "platform_os": platform[0],
-                "platform_arch": platform[1],
-                "platform_accelerator": platform[2],
-            }
-        )
-    stored: set[int] = set(conn.execute(_PG_UPDATE_DEVICES, {"now": now, "rows": json.dumps(rows)}).scalars())
+    # the portable path's rows, as JSON documents (times in ISO 8601)
+    rows = [_device_params(device_id, latest[device_id], now) for device_id in order]
+    dumped = json.dumps(rows, default=datetime.isoformat)
+    stored: set[int] = set(conn.execute(_PG_UPDATE_DEVICES, {"now": now, "rows": dumped}).scalars())
     written = [i for i in order if i in stored]
-    if not written:
-        return stored
-    models = json.dumps(
-        [
-            {
-                "device_id": device_id,
-                "model_name": m.name,
-                "model_version": m.version,
-                "latest_sample_at": _iso(m.latest_sample),
-                "latest_inference_at": _iso(m.latest_inference),
-                "metrics": m.metrics,
-            }
-            for device_id in written
-            for m in _latest_models(latest[device_id].heartbeat)
-        ]
-    )
-    conn.execute(_PG_DELETE_STALE_MODELS, {"ids": written, "models": models})
-    conn.execute(_PG_UPSERT_MODELS, {"now": now, "models": models})
+    if written:
+        models = [row for device_id in written for row in _model_rows(device_id, latest[device_id], now)]
+        dumped = json.dumps(models, default=datetime.isoformat)
+        conn.execute(_PG_DELETE_STALE_MODELS, {"ids": written, "models": dumped})
+        conn.execute(_PG_UPSERT_MODELS, {"now": now, "models": dumped})
     return stored
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def _store_portable(
-    conn: Connection, order: list[int], latest: dict[int, QueuedHeartbeat], now: datetime
+    conn: Connection, order: list[int], latest: dict[int, HeartbeatItem], now: datetime
 ) -> set[int]:
     params = [_device_params(device_id, latest[device_id], now) for device_id in order]
     result = conn.execute(_UPDATE_DEVICE, params)
@@ -304,7 +279,7 @@ def _latest_models(heartbeat: Heartbeat) -> list[ModelReport]:
     return list({(m.name, m.version): m for m in heartbeat.models}.values())
 
 
-def _device_params(device_id: int, item: QueuedHeartbeat, now: datetime) -> dict[str, Any]:
+def _device_params(device_id: int, item: HeartbeatItem, now: datetime) -> dict[str, Any]:
     heartbeat = item.heartbeat
     platform = heartbeat.platform or (None, None, None)
     return {
@@ -319,7 +294,7 @@ def _device_params(device_id: int, item: QueuedHeartbeat, now: datetime) -> dict
     }
 
 
-def _model_rows(device_id: int, item: QueuedHeartbeat, now: datetime) -> list[dict[str, Any]]:
+def _model_rows(device_id: int, item: HeartbeatItem, now: datetime) -> list[dict[str, Any]]:
     return [
         {
             "device_id": device_id,
