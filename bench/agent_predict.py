@@ -442,6 +442,34 @@ def main() -> int:
         print(floor_line(res, "agent (inline)"))
         print(floor_line(res, "agent fast path (inline)", "bare socket floor (raw bytes)"))
 
+        # Model summaries (drift monitoring) are on by default; the same calls against an agent
+        # with them off, interleaved, give their cost on Predict.
+        off_address = start_agent("no-summaries", "model_summaries = false\n")
+        summary_cases: list[tuple[str, str, dict[str, np.ndarray], int]] = [
+            ("digits MLP, fast path inline", "digits", {name: x}, 0),
+        ]
+        if resnet_onnx is not None:
+            summary_cases.append(("ResNet-18, fast path, System V shm", "resnet18", {"input": image}, 1))
+        print("\nmodel summaries on (default) against off, p50:")
+        for label, model, inputs, use_shm in summary_cases:
+            threshold = 0 if use_shm else 1 << 62
+            on_client = AgentClient(address, timeout=60, shm_threshold=threshold)
+            off_client = AgentClient(off_address, timeout=60, shm_threshold=threshold)
+            res = interleaved(
+                {
+                    "on": lambda c=on_client, m=model, i=inputs: c.predict(m, i),
+                    "off": lambda c=off_client, m=model, i=inputs: c.predict(m, i),
+                },
+                args.iterations * (5 if model == "digits" else 1),
+            )
+            on, off = float(np.median(res["on"])), float(np.median(res["off"]))
+            print(
+                f"  {label:38s} on {on:8.3f} ms  off {off:8.3f} ms  "
+                f"{(on - off) * 1000:+7.1f} us  {on / off:5.3f}x"
+            )
+            on_client.close()
+            off_client.close()
+
         def scaling(
             label: str, addr: str, model: str, inputs: dict[str, np.ndarray], transport: str = "grpc"
         ) -> None:

@@ -112,6 +112,12 @@ class AgentConfig:
     #: (extension ``fast-predict``, docs/agent-protocol.md): far fewer thread wake-ups per call
     #: than gRPC. edgefleet's client uses it when it is there; gRPC clients are unaffected.
     fast_path: bool = True
+    #: Keep mergeable summaries (quantile sketches per feature, predicted-class counts) of each
+    #: loaded model's live inputs and outputs for drift monitoring (extension ``model-summaries``);
+    #: built off the request path.
+    model_summaries: bool = True
+    #: Fraction of Predict calls summarised (1: all).
+    model_summary_sample: float = 1.0
     #: Largest fast-path request frame accepted, in bytes; a longer one gets RESOURCE_EXHAUSTED and
     #: the connection is closed. Memory grows only with the bytes that really arrive, so this bounds
     #: one connection's buffer (the client sends larger requests over gRPC or shared memory).
@@ -156,6 +162,8 @@ class AgentConfig:
             )
         if not (self.fast_path_idle_seconds > 0 and self.fast_path_frame_seconds > 0):
             raise InvalidArgument("fast_path_idle_seconds and fast_path_frame_seconds must be positive")
+        if not 0 < self.model_summary_sample <= 1:
+            raise InvalidArgument("model_summary_sample must be above 0 and at most 1")
         if self.log_format not in ("text", "json"):
             raise InvalidArgument("log_format must be 'text' or 'json'")
         if self.capture.destination not in ("Disk", "Cloud"):

@@ -21,6 +21,7 @@ from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shm import SharedMemoryReader
+from edgefleet.agent.summaries import Summariser
 from edgefleet.capture import CaptureConfig, CaptureService, FullPolicy, RetryPolicy
 from edgefleet.capture.auto import AutoCapture
 from edgefleet.capture.sinks import Sink, open_sink
@@ -78,6 +79,8 @@ class RunningAgent:
     fast_path: FastSocketServer | None = None
     #: Capture policies applied to Predict traffic (None when none is configured).
     auto_capture: AutoCapture | None = None
+    #: Live input/output summaries for drift monitoring (None when off).
+    summariser: Summariser | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -89,7 +92,9 @@ class RunningAgent:
             self.fast_path.stop()
         self.housekeeping.stop()
         if self.auto_capture is not None:
-            self.auto_capture.close()  # what it picked goes into the spool before the spool closes
+            self.auto_capture.close()
+        if self.summariser is not None:
+            self.summariser.close()  # what it picked goes into the spool before the spool closes
         self.capture.close()
         self.registry.close()
         self.shm.close()
@@ -238,7 +243,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
     auto = AutoCapture(config.capture.auto, capture.submit) if config.capture.auto else None
-    agent = AgentService(registry, capture, shm, auto_capture=auto)
+    summariser = Summariser(config.model_summary_sample) if config.model_summaries else None
+    agent = AgentService(registry, capture, shm, auto_capture=auto, summariser=summariser)
     add_to_server(server, agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"])
     add_to_server(
         server,
@@ -281,6 +287,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         (st.st_dev, st.st_ino),
         fast,
         auto,
+        summariser,
     )
 
 

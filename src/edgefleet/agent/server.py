@@ -7,6 +7,7 @@ status codes; nothing here holds a global lock on the Predict path.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import threading
@@ -24,6 +25,7 @@ from google.protobuf.message_factory import GetMessageClass
 from edgefleet import __version__
 from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
 from edgefleet.agent.shm import SharedMemoryReader
+from edgefleet.agent.summaries import Summariser
 from edgefleet.capture import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
 from edgefleet.capture.auto import AutoCapture
 from edgefleet.core.errors import (
@@ -31,6 +33,7 @@ from edgefleet.core.errors import (
     EdgefleetError,
     InvalidArgument,
     NotFound,
+    Unimplemented,
     grpc_status_number,
     quoted,
     shorten,
@@ -202,11 +205,26 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         shm: SharedMemoryReader,
         *,
         auto_capture: AutoCapture | None = None,
+        summariser: Summariser | None = None,
     ) -> None:
         self._models = registry
         self._capture = capture
         self._auto = auto_capture
+        self._summaries = summariser
         self._decoder = TensorDecoder(shm)
+
+    @property
+    def capture(self) -> CaptureService | None:
+        """The capture pipeline (None in agents without one, e.g. the simulator's)."""
+        return self._capture
+
+    @property
+    def auto_capture(self) -> AutoCapture | None:
+        return self._auto
+
+    @property
+    def summariser(self) -> Summariser | None:
+        return self._summaries
 
     # -- models ------------------------------------------------------------------------------
     def LoadModel(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -222,6 +240,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             self._models.unload(request.name)
         except EdgefleetError as exc:
             return _abort(context, exc)
+        if self._summaries is not None:
+            self._summaries.forget(request.name)
         return agent_pb2.UnLoadModelResponse()
 
     def ListModels(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -260,9 +280,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     slot.stats.record(0.0, ok=False)  # a refused request counts as an error of the model
                     raise
                 outputs = slot.run(feeds)
-                if self._auto is not None:
+                if self._auto is not None or self._summaries is not None:
                     names = [spec.name for spec in slot.outputs]
-                    self._auto.offer(slot.manifest.name, slot.manifest.version, feeds, names, outputs)
+                    if self._summaries is not None:
+                        self._summaries.offer(
+                            (slot.alias, slot.manifest.name, slot.manifest.version), feeds, names, outputs
+                        )
+                    if self._auto is not None:
+                        self._auto.offer(slot.manifest.name, slot.manifest.version, feeds, names, outputs)
                 return encode_outputs(slot.outputs, outputs)
             except ModelUnloading:
                 if attempt + 1 < attempts:
@@ -414,7 +439,55 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
         self._agent = agent
         self._shm = shm
         self._state = state
-        self._extensions = [*extensions, *(["fast-predict"] if fast_path else [])]
+        self._extensions = [
+            *extensions,
+            *(["fast-predict"] if fast_path else []),
+            *(["capture-statistics"] if agent.capture is not None else []),
+            *(["model-summaries"] if agent.summariser is not None else []),
+        ]
+
+    def GetCaptureStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        capture = self._agent.capture
+        if capture is None:
+            return _abort(context, Unimplemented("GetCaptureStatistics: this agent has no capture pipeline"))
+        stats = capture.stats()
+        auto = self._agent.auto_capture.stats() if self._agent.auto_capture is not None else {}
+        return extensions_pb2.CaptureStatisticsResponse(
+            pending=stats["pending"],
+            pending_bytes=stats["pending_bytes"] or 0,
+            oldest_pending_age_seconds=stats["oldest_pending_age_seconds"] or 0.0,
+            buffer_size=stats["buffer_size"],
+            buffer_bytes=stats["buffer_bytes"] or 0,
+            written=stats["written"],
+            failed=stats["failed"],
+            dropped=stats["dropped"],
+            write_errors=stats["write_errors"],
+            last_error=stats["last_error"] or "",
+            destination=capture.sink.store.uri,
+            auto_picked=auto.get("picked", 0),
+            auto_captured=auto.get("captured", 0),
+            auto_skipped=auto.get("skipped", 0),
+            auto_refused=auto.get("refused", 0),
+        )
+
+    def GetModelSummaries(self, request: Any, context: grpc.ServicerContext) -> Any:
+        summariser = self._agent.summariser
+        if summariser is None:
+            return _abort(context, Unimplemented("GetModelSummaries: model summaries are off in this agent"))
+        return extensions_pb2.ModelSummariesResponse(
+            models=[
+                extensions_pb2.ModelSummary(
+                    name=w.key[0],
+                    model_name=w.key[1],
+                    model_version=w.key[2],
+                    calls=w.summary.calls,
+                    summary_json=json.dumps(w.summary.to_wire(), separators=(",", ":")),
+                    window_start=w.start,
+                )
+                for w in summariser.take(reset=request.reset)
+            ],
+            skipped=summariser.skipped,
+        )
 
     def GetServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return extensions_pb2.ServerMetadataResponse(

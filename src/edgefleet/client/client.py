@@ -11,12 +11,13 @@ code (:func:`edgefleet.core.errors.error_for`), carrying the agent's message.
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar
@@ -120,6 +121,40 @@ class ModelStatistics:
     queued: int
     memory_bytes: int
     loaded_time: float
+
+
+@dataclass(frozen=True)
+class CaptureStatistics:
+    """The agent's capture backlog and counters (extension ``capture-statistics``)."""
+
+    pending: int
+    pending_bytes: int
+    oldest_pending_age_seconds: float
+    buffer_size: int
+    buffer_bytes: int
+    written: int
+    failed: int
+    dropped: int
+    write_errors: int
+    last_error: str
+    destination: str
+    auto_picked: int
+    auto_captured: int
+    auto_skipped: int
+    auto_refused: int
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """One loaded model's input/output summary since ``window_start`` (extension ``model-summaries``);
+    ``summary`` is the JSON wire form of :class:`edgefleet.monitoring.ModelSummary`."""
+
+    name: str
+    model_name: str
+    model_version: str
+    calls: int
+    window_start: float
+    summary: dict[str, Any]
 
 
 class Transport(Protocol):
@@ -437,6 +472,21 @@ class AgentClient:
                 queued=m.queued,
                 memory_bytes=m.memory_bytes,
                 loaded_time=m.loaded_time,
+            )
+            for m in r.models
+        ]
+
+    def capture_stats(self) -> CaptureStatistics:
+        """The capture spool's backlog (records, bytes, oldest age), bounds and counters."""
+        r = self._call("GetCaptureStatistics", extensions_pb2.CaptureStatisticsRequest())
+        return CaptureStatistics(**{f.name: getattr(r, f.name) for f in fields(CaptureStatistics)})
+
+    def model_summaries(self, *, reset: bool = False) -> builtins.list[LiveSummary]:
+        """Each loaded model's live summary; ``reset`` starts new windows (the daemon, per heartbeat)."""
+        r = self._call("GetModelSummaries", extensions_pb2.ModelSummariesRequest(reset=reset))
+        return [
+            LiveSummary(
+                m.name, m.model_name, m.model_version, m.calls, m.window_start, json.loads(m.summary_json)
             )
             for m in r.models
         ]

@@ -12,6 +12,7 @@ baselines and live drift reports are made of (:mod:`edgefleet.monitoring.drift`)
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +47,21 @@ def as_rows(array: np.ndarray) -> np.ndarray:
     """``array`` as float32 rows x features (see the module doc), at most :data:`MAX_ROWS` rows."""
     a = np.asarray(array)
     if a.ndim < 2 or a.shape[1] > MAX_FEATURES or a.shape[1] == 0:
-        rows = a.reshape(-1, 1)
-    else:
-        rows = np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
-    if rows.shape[0] > MAX_ROWS:
-        rows = rows[:: -(-rows.shape[0] // MAX_ROWS)]
-    return np.ascontiguousarray(rows, dtype=np.float32)
+        flat = a.reshape(-1)
+        rows = flat[:: -(-flat.size // MAX_ROWS)] if flat.size > MAX_ROWS else flat
+        return np.ascontiguousarray(rows.reshape(-1, 1), dtype=np.float32)
+    # [batch, features, rest...]: stride over batch x rest before moving the feature axis last, so
+    # an image is sampled, not copied whole
+    grid = a.reshape(a.shape[0], a.shape[1], -1)
+    positions = grid.shape[0] * grid.shape[2]
+    if positions > MAX_ROWS:
+        step = -(-positions // MAX_ROWS)
+        if grid.shape[2] >= step:
+            grid = grid[:, :, ::step]
+        else:
+            grid = grid[:: -(-grid.shape[0] * grid.shape[2] // MAX_ROWS)]
+    rows = np.moveaxis(grid, 1, -1).reshape(-1, a.shape[1])
+    return np.ascontiguousarray(rows[:MAX_ROWS] if rows.shape[0] > MAX_ROWS else rows, dtype=np.float32)
 
 
 def predicted_classes(array: np.ndarray) -> list[str] | None:
@@ -60,7 +70,7 @@ def predicted_classes(array: np.ndarray) -> list[str] | None:
     if np.issubdtype(a.dtype, np.floating) and a.ndim >= 2 and a.shape[-1] > 1:
         return [str(int(i)) for i in a.reshape(-1, a.shape[-1]).argmax(axis=1)]
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        return [str(int(v)) for v in a.reshape(-1)[:MAX_ROWS]]
+        return [str(int(v)) for v in a.reshape(-1)]
     return None
 
 
@@ -125,8 +135,8 @@ class ClassCounts:
         self._sketch = _sketches().frequent_strings_sketch(lg_k)
 
     def update(self, classes: Sequence[str]) -> None:
-        for label in classes:
-            self._sketch.update(label)
+        for label, count in Counter(classes).items():
+            self._sketch.update(label, count)
 
     def merge(self, other: ClassCounts) -> None:
         self._sketch.merge(other._sketch)
@@ -171,9 +181,14 @@ class ModelSummary:
         return cls({}, {}, {})
 
     def update(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], outputs: Sequence[np.ndarray]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        outputs: Sequence[np.ndarray],
+        *,
+        calls: int = 1,
     ) -> None:
-        """Add one call (or one batch of reference data)."""
+        """Add one call (or ``calls`` calls stacked along the batch axis, or a batch of reference data)."""
         for name, array in inputs.items():
             self._tensor(self.inputs, name, array)
         for name, array in zip(output_names, outputs, strict=True):
@@ -181,7 +196,7 @@ class ModelSummary:
             classes = predicted_classes(array)
             if classes is not None:
                 self.classes.setdefault(name, ClassCounts()).update(classes)
-        self.calls += 1
+        self.calls += calls
 
     @staticmethod
     def _tensor(table: dict[str, TensorSummary], name: str, array: np.ndarray) -> None:

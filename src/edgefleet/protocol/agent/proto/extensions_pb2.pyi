@@ -6,6 +6,74 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CaptureStatisticsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CaptureStatisticsResponse(_message.Message):
+    __slots__ = ("pending", "pending_bytes", "oldest_pending_age_seconds", "buffer_size", "buffer_bytes", "written", "failed", "dropped", "write_errors", "last_error", "destination", "auto_picked", "auto_captured", "auto_skipped", "auto_refused")
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PICKED_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CAPTURED_FIELD_NUMBER: _ClassVar[int]
+    AUTO_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    AUTO_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    pending: int
+    pending_bytes: int
+    oldest_pending_age_seconds: float
+    buffer_size: int
+    buffer_bytes: int
+    written: int
+    failed: int
+    dropped: int
+    write_errors: int
+    last_error: str
+    destination: str
+    auto_picked: int
+    auto_captured: int
+    auto_skipped: int
+    auto_refused: int
+    def __init__(self, pending: _Optional[int] = ..., pending_bytes: _Optional[int] = ..., oldest_pending_age_seconds: _Optional[float] = ..., buffer_size: _Optional[int] = ..., buffer_bytes: _Optional[int] = ..., written: _Optional[int] = ..., failed: _Optional[int] = ..., dropped: _Optional[int] = ..., write_errors: _Optional[int] = ..., last_error: _Optional[str] = ..., destination: _Optional[str] = ..., auto_picked: _Optional[int] = ..., auto_captured: _Optional[int] = ..., auto_skipped: _Optional[int] = ..., auto_refused: _Optional[int] = ...) -> None: ...
+
+class ModelSummariesRequest(_message.Message):
+    __slots__ = ("reset",)
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    reset: bool
+    def __init__(self, reset: _Optional[bool] = ...) -> None: ...
+
+class ModelSummary(_message.Message):
+    __slots__ = ("name", "model_name", "model_version", "calls", "summary_json", "window_start")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_name: str
+    model_version: str
+    calls: int
+    summary_json: str
+    window_start: float
+    def __init__(self, name: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., calls: _Optional[int] = ..., summary_json: _Optional[str] = ..., window_start: _Optional[float] = ...) -> None: ...
+
+class ModelSummariesResponse(_message.Message):
+    __slots__ = ("models", "skipped")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
+    skipped: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., skipped: _Optional[int] = ...) -> None: ...
+
 class SetHandleRequest(_message.Message):
     __slots__ = ("handle", "target")
     HANDLE_FIELD_NUMBER: _ClassVar[int]

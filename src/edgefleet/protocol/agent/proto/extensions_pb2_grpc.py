@@ -69,6 +69,16 @@ class AgentExtensionsStub:
                 request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
                 _registered_method=True)
+        self.GetCaptureStatistics = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/GetCaptureStatistics',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureStatisticsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureStatisticsResponse.FromString,
+                _registered_method=True)
+        self.GetModelSummaries = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/GetModelSummaries',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentExtensionsServicer:
@@ -122,6 +132,20 @@ class AgentExtensionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaptureStatistics(self, request, context):
+        """The capture pipeline's backlog and counters (extension "capture-statistics").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelSummaries(self, request, context):
+        """Mergeable summaries of each loaded model's live inputs and outputs (extension "model-summaries").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentExtensionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +183,16 @@ def add_AgentExtensionsServicer_to_server(servicer, server):
                     servicer.ListHandles,
                     request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.FromString,
                     response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.SerializeToString,
+            ),
+            'GetCaptureStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaptureStatistics,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureStatisticsRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureStatisticsResponse.SerializeToString,
+            ),
+            'GetModelSummaries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelSummaries,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +384,60 @@ class AgentExtensions:
             '/edgefleet.agent.v1.AgentExtensions/ListHandles',
             edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesRequest.SerializeToString,
             edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ListHandlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaptureStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/GetCaptureStatistics',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureStatisticsRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelSummaries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/GetModelSummaries',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesResponse.FromString,
             options,
             channel_credentials,
             insecure,
