@@ -21,6 +21,7 @@ import numpy as np
 
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
+from edgefleet.monitoring.summary import as_rows
 
 #: Calls waiting to be summarised; beyond this a call is skipped (counted).
 QUEUE_LIMIT = 1024
@@ -74,9 +75,11 @@ class Summariser:
         """Queue one answered call (sampled); never blocks."""
         if self.sample < 1 and self._rng.random() >= self.sample:
             return
+        # Only the sampled rows the sketches will see are kept (copied: inputs may live in a
+        # client's shared memory); outputs are the runtime's own arrays.
         item = (
             key,
-            {n: np.array(a, copy=True) for n, a in inputs.items()},
+            {n: as_rows(a).copy() for n, a in inputs.items()},
             list(output_names),
             list(outputs),
         )
