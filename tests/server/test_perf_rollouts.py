@@ -12,9 +12,20 @@ from typing import Any
 from server_testkit import TOKEN_TTL, enrol_tokens, record_package_row
 from sqlalchemy import select
 
-from edgefleet.server import deployments as dp
+from edgefleet.core.deviceplane import HealthGate
 from edgefleet.server import devices, fleets, registry
 from edgefleet.server.ca import FleetCA
+from edgefleet.server.deployments.device_side import device_deployments, record_result
+from edgefleet.server.deployments.plans import create_plan, get_plan, get_stage
+from edgefleet.server.deployments.records import (
+    DeviceDeployment,
+    ModelConfigSpec,
+    PlanSpec,
+    ResultReport,
+    StageSpec,
+)
+from edgefleet.server.deployments.rollout import DeviceStatus
+from edgefleet.server.deployments.stages import list_stage_devices, settle_stage, start_stage, stop_stage
 from edgefleet.server.deviceplane.download import DownloadItem, DownloadService
 from edgefleet.server.deviceplane.poll import PollItem, PollService
 from edgefleet.server.deviceplane.result import ResultItem, ResultService
@@ -35,13 +46,13 @@ def _fleet(db: Db, n: int, *, arch: str = "any") -> dict[str, str]:
         tokens = [r.enrolment_token for r in registrations]
         record_package_row(s, "detector", "2", arch=arch)
         registry.set_approval(s, "detector", "2", "Approved", "bob", db.now())
-        dp.create_plan(
+        create_plan(
             s,
-            dp.PlanSpec(
+            PlanSpec(
                 name="rollout",
                 fleet_name="fleet",
-                model_configs=[dp.ModelConfigSpec("detector", "detector", version="2")],
-                stages=[dp.StageSpec("all", "PERCENTAGE", percentage=100)],
+                model_configs=[ModelConfigSpec("detector", "detector", version="2")],
+                stages=[StageSpec("all", "PERCENTAGE", percentage=100)],
             ),
             "alice",
             db.now(),
@@ -51,10 +62,10 @@ def _fleet(db: Db, n: int, *, arch: str = "any") -> dict[str, str]:
 
 def _start_and_fetch(db: Db, names: list[str]) -> None:
     with db.session() as s:
-        dp.start_stage(s, "rollout", "all", db.now())
+        start_stage(s, "rollout", "all", db.now())
     for name in names:
         with db.session() as s:
-            assert [d.name for d in dp.device_deployments(s, devices.get_device(s, name), db.now())] == [
+            assert [d.name for d in device_deployments(s, devices.get_device(s, name), db.now())] == [
                 "rollout.all"
             ]
 
@@ -62,20 +73,20 @@ def _start_and_fetch(db: Db, names: list[str]) -> None:
 def _report(db: Db, name: str, status: str = "SUCCEEDED") -> tuple[int, bool]:
     """What the ReportDeploymentResult route does first: the row only, committed."""
     with db.session() as s:
-        row = dp.record_result(
-            s, devices.get_device(s, name), dp.ResultReport("rollout.all", status), db.now(), refresh=False
+        row = record_result(
+            s, devices.get_device(s, name), ResultReport("rollout.all", status), db.now(), refresh=False
         )
-        return row.stage_id, row.status == dp.DeviceStatus.FAILED
+        return row.stage_id, row.status == DeviceStatus.FAILED
 
 
 def _settle(db: Db, stage_id: int, failed: bool = False) -> None:
     with db.session() as s:
-        dp.settle_stage(s, stage_id, db.now(), device_failed=failed)
+        settle_stage(s, stage_id, db.now(), device_failed=failed)
 
 
 def _stage(db: Db) -> str:
     with db.session() as s:
-        return str(dp.get_stage(dp.get_plan(s, "rollout"), "all").status)
+        return str(get_stage(get_plan(s, "rollout"), "all").status)
 
 
 def test_the_last_committed_report_finishes_the_stage(db: Db) -> None:
@@ -91,7 +102,7 @@ def test_the_last_committed_report_finishes_the_stage(db: Db) -> None:
     _settle(db, stage_id)
     assert _stage(db) == "DEPLOYED"
     with db.session() as s:
-        stage = dp.get_stage(dp.get_plan(s, "rollout"), "all")
+        stage = get_stage(get_plan(s, "rollout"), "all")
         assert stage.status_message == "3 device(s) deployed, 0 failed, 0 stopped"
     _settle(db, stage_id)  # settling a finished stage again changes nothing
     assert _stage(db) == "DEPLOYED"
@@ -128,13 +139,13 @@ def test_a_failed_device_fails_the_stage_when_settled(db: Db) -> None:
     _settle(db, stage_id, failed)
     assert _stage(db) == "FAILED"  # threshold 0: one failure fails the stage, the rest roll back
     with db.session() as s:
-        page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
+        page = list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
         statuses = {row.device.name: (row.status, row.rollback) for row in page.items}
     assert statuses[names[0]] == ("FAILED", "DONE")
     assert all(statuses[n] == ("STOPPING", "REQUESTED") for n in names[1:])
 
 
-def _rendered(items: list[dp.DeviceDeployment] | None, artifacts: Path) -> Any:
+def _rendered(items: list[DeviceDeployment] | None, artifacts: Path) -> Any:
     from edgefleet.server.api import render
     from edgefleet.server.artifacts import open_artifact_store
 
@@ -151,7 +162,7 @@ def test_polls_answered_in_batches_match_the_ordinary_path(db: Db, tmp_path: Pat
         everyone = [PollItem(n, serials[n], "fleet") for n in names]
         assert polls.batch(everyone) == [[]] * 5  # nothing to do
         with db.session() as s:
-            dp.start_stage(s, "rollout", "all", db.now())
+            start_stage(s, "rollout", "all", db.now())
         assert polls.batch(everyone) == [None] * 5  # a STARTING stage: the ordinary path starts it
         _fetch_ordinary(db, names[0])  # -> the stage is INPROGRESS
         # dev-01 through the batch, dev-02 through the ordinary path: the same deployment, both INPROGRESS
@@ -159,7 +170,7 @@ def test_polls_answered_in_batches_match_the_ordinary_path(db: Db, tmp_path: Pat
         ordinary = _fetch_ordinary(db, names[2])
         assert _rendered(batched, tmp_path) == _rendered(ordinary, tmp_path) and len(ordinary) == 1
         with db.session() as s:
-            page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
+            page = list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
             statuses = {row.device.name: row.status for row in page.items}
         assert [statuses[n] for n in names] == [
             "INPROGRESS",
@@ -181,7 +192,7 @@ def test_polls_answered_in_batches_match_the_ordinary_path(db: Db, tmp_path: Pat
             ]
         ) == [None, None, None]
         with db.session() as s:
-            dp.stop_stage(s, "rollout", "all", db.now())
+            stop_stage(s, "rollout", "all", db.now())
         assert polls.batch([everyone[0]]) == [None]  # a rollback to ask for: the ordinary path does it
         with db.session() as s:
             devices.deregister_devices(s, None, [names[1]], db.now())
@@ -204,27 +215,27 @@ def test_a_device_without_a_package_for_its_platform_takes_the_ordinary_path(db:
     polls = PollService(db)
     try:
         with db.session() as s:
-            dp.start_stage(s, "rollout", "all", db.now())
+            start_stage(s, "rollout", "all", db.now())
         _fetch_ordinary(db, names[0])
         assert polls.batch([PollItem(names[1], serials[names[1]], "fleet")]) == [None]
         assert _fetch_ordinary(db, names[1], expect=0) == []  # the ordinary path fails it
         with db.session() as s:
-            page = dp.list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
+            page = list_stage_devices(s, "rollout", "all", limit=100, next_token=None)
             assert {row.device.name: row.status for row in page.items}[names[1]] == "FAILED"
     finally:
         polls.close()
 
 
-def _fetch_ordinary(db: Db, name: str, expect: int = 1) -> list[dp.DeviceDeployment]:
+def _fetch_ordinary(db: Db, name: str, expect: int = 1) -> list[DeviceDeployment]:
     with db.session() as s:
-        found = dp.device_deployments(s, devices.get_device(s, name), db.now())
+        found = device_deployments(s, devices.get_device(s, name), db.now())
     assert len(found) == expect
     return found
 
 
 def _row_state(db: Db, name: str, deployment: str = "all") -> tuple[Any, ...]:
     with db.session() as s:
-        page = dp.list_stage_devices(s, "rollout", deployment, limit=100, next_token=None)
+        page = list_stage_devices(s, "rollout", deployment, limit=100, next_token=None)
         row = next(r for r in page.items if r.device.name == name)
         return (
             row.status,
@@ -269,10 +280,10 @@ def test_plain_results_recorded_in_batches_match_the_ordinary_path(db: Db) -> No
         )
         assert outcome == ["DEPLOYED", None, None, None, None, None, None]
         with db.session() as s:  # the reference: dev-04 through the ordinary path
-            dp.record_result(
+            record_result(
                 s,
                 devices.get_device(s, names[4]),
-                dp.ResultReport("rollout.all", "SUCCEEDED", "ok"),
+                ResultReport("rollout.all", "SUCCEEDED", "ok"),
                 db.now(),
             )
         assert _row_state(db, names[0]) == _row_state(db, names[4])
@@ -289,29 +300,29 @@ def test_results_of_stopped_or_gated_deployments_take_the_ordinary_path(db: Db) 
     serials = _fleet(db, 2)
     names = list(serials)
     with db.session() as s:
-        dp.create_plan(
+        create_plan(
             s,
-            dp.PlanSpec(
+            PlanSpec(
                 name="gated",
                 fleet_name="fleet",
-                model_configs=[dp.ModelConfigSpec("detector", "detector", version="2")],
-                stages=[dp.StageSpec("all", "PERCENTAGE", percentage=100)],
-                health_gate=dp.HealthGate(max_error_rate=0.1),
+                model_configs=[ModelConfigSpec("detector", "detector", version="2")],
+                stages=[StageSpec("all", "PERCENTAGE", percentage=100)],
+                health_gate=HealthGate(max_error_rate=0.1),
             ),
             "alice",
             db.now(),
         )
-        dp.start_stage(s, "gated", "all", db.now())
+        start_stage(s, "gated", "all", db.now())
     recorder = ResultService(db)
     try:
         _fetch_ordinary(db, names[0])  # the gated deployment: -> INPROGRESS
         gated = ResultItem(names[0], serials[names[0]], "fleet", "gated.all", "SUCCEEDED", None)
         assert recorder.batch([gated]) == [None]
         with db.session() as s:
-            dp.start_stage(s, "rollout", "all", db.now())
+            start_stage(s, "rollout", "all", db.now())
         _fetch_ordinary(db, names[1], expect=2)  # both deployments
         with db.session() as s:
-            dp.stop_stage(s, "rollout", "all", db.now())
+            stop_stage(s, "rollout", "all", db.now())
         stopped = ResultItem(names[1], serials[names[1]], "fleet", "rollout.all", "SUCCEEDED", None)
         assert recorder.batch([stopped]) == [None]  # STOPPING: the device must roll back
         assert _row_state(db, names[1])[0] == "STOPPING"
@@ -369,7 +380,7 @@ def test_downloads_are_granted_only_for_assigned_packages(db: Db, tmp_path: Any)
         asks = [DownloadItem(n, serials[n], package_id) for n in names]
         assert grants.batch(asks) == [None] * 3  # no stage started: nobody may download
         with db.session() as s:
-            dp.start_stage(s, "rollout", "all", db.now())
+            start_stage(s, "rollout", "all", db.now())
         granted = grants.batch(
             [
                 *asks,

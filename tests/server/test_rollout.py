@@ -1,4 +1,4 @@
-"""Properties of the per-device deployment state machine (edgefleet.server.rollout)."""
+"""Properties of the per-device deployment state machine (edgefleet.server.deployments.rollout)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefleet.core.deviceplane import FailurePolicy, Result
-from edgefleet.server.rollout import (
+from edgefleet.server.deployments.rollout import (
     Change,
     DeviceStatus,
     Report,

@@ -7,11 +7,28 @@ from typing import Any
 import pytest
 from server_testkit import TOKEN_TTL, FakeClock, record_package_row
 
+from edgefleet.core.deviceplane import Action, HealthGate, HealthReport, HealthVerdict
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.server import deployments as dp
 from edgefleet.server import devices, fleets, registry
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.db.engine import Database
+from edgefleet.server.deployments.device_side import device_deployments, record_health, record_result
+from edgefleet.server.deployments.plans import create_plan, delete_plan, get_plan, get_stage, list_plans
+from edgefleet.server.deployments.records import (
+    DeviceDeployment,
+    ModelConfigSpec,
+    PlanSpec,
+    ResultReport,
+    StageCounts,
+    StageSpec,
+)
+from edgefleet.server.deployments.stages import (
+    list_stage_devices,
+    refresh_stage,
+    stage_counts,
+    start_stage,
+    stop_stage,
+)
 
 Db = Any
 
@@ -34,17 +51,17 @@ def _setup(db: Database, n: int = 10, *, arch: str = "any", approve: bool = True
 
 
 def _plan(
-    db: Database, *stages: dp.StageSpec, gate: dp.HealthGate | None = None, timeout: float | None = None
+    db: Database, *stages: StageSpec, gate: HealthGate | None = None, timeout: float | None = None
 ) -> None:
     with db.session() as s:
-        dp.create_plan(
+        create_plan(
             s,
-            dp.PlanSpec(
+            PlanSpec(
                 name="rollout",
                 fleet_name="fleet",
-                model_configs=[dp.ModelConfigSpec("detector", "detector", version="2")],
+                model_configs=[ModelConfigSpec("detector", "detector", version="2")],
                 stages=list(stages),
-                health_gate=gate or dp.HealthGate(),
+                health_gate=gate or HealthGate(),
                 device_timeout_seconds=timeout,
             ),
             "alice",
@@ -52,65 +69,65 @@ def _plan(
         )
 
 
-def _fetch(db: Database, name: str) -> list[dp.DeviceDeployment]:
+def _fetch(db: Database, name: str) -> list[DeviceDeployment]:
     with db.session() as s:
-        return dp.device_deployments(s, devices.get_device(s, name), db.now())
+        return device_deployments(s, devices.get_device(s, name), db.now())
 
 
 def _report(db: Database, name: str, status: str, deployment: str = "rollout.canary") -> None:
     with db.session() as s:
-        dp.record_result(s, devices.get_device(s, name), dp.ResultReport(deployment, status), db.now())
+        record_result(s, devices.get_device(s, name), ResultReport(deployment, status), db.now())
 
 
-def _stage(db: Database, stage: str = "canary") -> tuple[str, dp.StageCounts]:
+def _stage(db: Database, stage: str = "canary") -> tuple[str, StageCounts]:
     with db.session() as s:
-        st = dp.refresh_stage(s, dp.get_stage(dp.get_plan(s, "rollout"), stage), db.now())
-        return st.status, dp.stage_counts(s, st)
+        st = refresh_stage(s, get_stage(get_plan(s, "rollout"), stage), db.now())
+        return st.status, stage_counts(s, st)
 
 
 def _rows(db: Database, stage: str = "canary") -> dict[str, str]:
     with db.session() as s:
-        page = dp.list_stage_devices(s, "rollout", stage, limit=1000, next_token=None)
+        page = list_stage_devices(s, "rollout", stage, limit=1000, next_token=None)
         return {row.device.name: row.status for row in page.items}
 
 
 def _start(db: Database, stage: str = "canary") -> None:
     with db.session() as s:
-        dp.start_stage(s, "rollout", stage, db.now())
+        start_stage(s, "rollout", stage, db.now())
 
 
 def test_plan_validation(db: Db) -> None:
     _setup(db, 2)
-    stage = dp.StageSpec("s", "PERCENTAGE", percentage=10)
+    stage = StageSpec("s", "PERCENTAGE", percentage=10)
     with pytest.raises(InvalidArgument, match="Stages must list 1-10 stages, got 11"):
-        _plan(db, *[dp.StageSpec(f"s{i}", "PERCENTAGE", percentage=10) for i in range(11)])
+        _plan(db, *[StageSpec(f"s{i}", "PERCENTAGE", percentage=10) for i in range(11)])
     with pytest.raises(InvalidArgument, match="PERCENTAGE needs Percentage in 1-100"):
-        _plan(db, dp.StageSpec("s", "PERCENTAGE", percentage=101))
+        _plan(db, StageSpec("s", "PERCENTAGE", percentage=101))
     with pytest.raises(InvalidArgument, match="stage name 's' is listed twice"):
         _plan(db, stage, stage)
     with pytest.raises(
         InvalidArgument,
         match=r"FailureHandlingPolicy 'RETRY' is invalid \(known: ROLLBACK_ON_FAILURE, DO_NOTHING\)",
     ):
-        _plan(db, dp.StageSpec("s", "PERCENTAGE", percentage=10, failure_policy="RETRY"))
+        _plan(db, StageSpec("s", "PERCENTAGE", percentage=10, failure_policy="RETRY"))
     with pytest.raises(InvalidArgument, match="DeviceSubsetType 'ALL' is invalid"):
-        _plan(db, dp.StageSpec("s", "ALL"))
+        _plan(db, StageSpec("s", "ALL"))
     with pytest.raises(InvalidArgument, match="MaxErrorRate must be a fraction"):
-        _plan(db, stage, gate=dp.HealthGate(max_error_rate=5))
+        _plan(db, stage, gate=HealthGate(max_error_rate=5))
     with db.session() as s, pytest.raises(NotFound, match="model 'nope' does not exist"):
-        dp.create_plan(
+        create_plan(
             s,
-            dp.PlanSpec("p", "fleet", [dp.ModelConfigSpec("h", "nope", version="1")], [stage]),
+            PlanSpec("p", "fleet", [ModelConfigSpec("h", "nope", version="1")], [stage]),
             "alice",
             db.now(),
         )
     with db.session() as s:  # nothing half-created
-        assert dp.list_plans(s, limit=10, next_token=None).items == []
+        assert list_plans(s, limit=10, next_token=None).items == []
 
 
 def test_unapproved_version_cannot_start(db: Db) -> None:
     _setup(db, 2, approve=False)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=50))
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=50))
     with pytest.raises(FailedPrecondition, match="is PendingManualApproval, not Approved"):
         _start(db)
     assert _stage(db)[0] == "READYTODEPLOY"
@@ -120,8 +137,8 @@ def test_percentage_stage_then_the_rest(db: Db, clock: FakeClock) -> None:
     _setup(db, 10)
     _plan(
         db,
-        dp.StageSpec("canary", "PERCENTAGE", percentage=20),
-        dp.StageSpec("rest", "PERCENTAGE", percentage=100),
+        StageSpec("canary", "PERCENTAGE", percentage=20),
+        StageSpec("rest", "PERCENTAGE", percentage=100),
     )
     with pytest.raises(
         FailedPrecondition, match="stage 'canary' is READYTODEPLOY; stage 'rest' starts after it is DEPLOYED"
@@ -134,7 +151,7 @@ def test_percentage_stage_then_the_rest(db: Db, clock: FakeClock) -> None:
     assert _fetch(db, others[0]) == []
     first = _fetch(db, selected[0])
     assert [(d.name, d.action, d.failure_policy) for d in first] == [
-        ("rollout.canary", dp.Action.DEPLOY, "ROLLBACK_ON_FAILURE")
+        ("rollout.canary", Action.DEPLOY, "ROLLBACK_ON_FAILURE")
     ]
     definition = first[0].definitions[0]
     assert (definition.handle, definition.model_name, definition.model_version, definition.state) == (
@@ -143,11 +160,11 @@ def test_percentage_stage_then_the_rest(db: Db, clock: FakeClock) -> None:
         "2",
         "DEPLOY",
     )
-    assert _stage(db) == ("INPROGRESS", dp.StageCounts(success=0, pending=2))
+    assert _stage(db) == ("INPROGRESS", StageCounts(success=0, pending=2))
     _report(db, selected[0], "SUCCEEDED")
     assert _fetch(db, selected[0]) == []  # deployed: nothing more to do
     _report(db, selected[1], "SUCCEEDED")  # a result without a prior fetch is fine too
-    assert _stage(db) == ("DEPLOYED", dp.StageCounts(success=2))
+    assert _stage(db) == ("DEPLOYED", StageCounts(success=2))
     _start(db, "rest")
     assert sorted(_rows(db, "rest")) == sorted(others)
     with pytest.raises(
@@ -158,7 +175,7 @@ def test_percentage_stage_then_the_rest(db: Db, clock: FakeClock) -> None:
 
 def test_failed_share_above_threshold_fails_and_rolls_back_the_stage(db: Db) -> None:
     _setup(db, 4)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.25))
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.25))
     _start(db)
     names = sorted(_rows(db))
     for name in names:
@@ -168,44 +185,44 @@ def test_failed_share_above_threshold_fails_and_rolls_back_the_stage(db: Db) -> 
     assert _stage(db)[0] == "INPROGRESS"  # 1/4 is not above 25 %
     _report(db, names[2], "FAILED_NO_CHANGE")
     status, counts = _stage(db)
-    assert status == "FAILED" and counts == dp.StageCounts(pending=2, failed=2)
+    assert status == "FAILED" and counts == StageCounts(pending=2, failed=2)
     rows = _rows(db)
     assert rows == {names[0]: "STOPPING", names[1]: "FAILED", names[2]: "FAILED", names[3]: "STOPPING"}
     # The deployed and the in-progress device are told to roll back.
     rollback = _fetch(db, names[0])
-    assert [(d.action, d.definitions[0].state) for d in rollback] == [(dp.Action.ROLLBACK, "UNDEPLOY")]
+    assert [(d.action, d.definitions[0].state) for d in rollback] == [(Action.ROLLBACK, "UNDEPLOY")]
     assert _fetch(db, names[1]) == []
     _report(db, names[0], "FAILED_ROLLED_BACK")
     _report(db, names[3], "FAILED_NO_CHANGE")
-    assert _rows(db)[names[0]] == "STOPPED" and _stage(db) == ("FAILED", dp.StageCounts(failed=2, stopped=2))
+    assert _rows(db)[names[0]] == "STOPPED" and _stage(db) == ("FAILED", StageCounts(failed=2, stopped=2))
 
 
 def test_do_nothing_policy_keeps_going_after_failure(db: Db) -> None:
     _setup(db, 3)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_policy="DO_NOTHING"))
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_policy="DO_NOTHING"))
     _start(db)
     names = sorted(_rows(db))
     _report(db, names[0], "FAILED_NO_CHANGE")
     assert _stage(db)[0] == "FAILED"
-    assert [d.action for d in _fetch(db, names[1])] == [dp.Action.DEPLOY]
+    assert [d.action for d in _fetch(db, names[1])] == [Action.DEPLOY]
     _report(db, names[1], "SUCCEEDED")
     assert _rows(db) == {names[0]: "FAILED", names[1]: "DEPLOYED", names[2]: "READYTODEPLOY"}
 
 
 def test_stop_and_restart_stage(db: Db) -> None:
     _setup(db, 3)
-    _plan(db, dp.StageSpec("canary", "SELECTION", device_names=["dev-00", "dev-01", "dev-02"]))
+    _plan(db, StageSpec("canary", "SELECTION", device_names=["dev-00", "dev-01", "dev-02"]))
     _start(db)
     _fetch(db, "dev-00")
     _fetch(db, "dev-01")
     _report(db, "dev-01", "SUCCEEDED")
     with db.session() as s:
-        dp.stop_stage(s, "rollout", "canary", db.now())
+        stop_stage(s, "rollout", "canary", db.now())
     assert _rows(db) == {"dev-00": "STOPPING", "dev-01": "DEPLOYED", "dev-02": "STOPPED"}
     assert _stage(db)[0] == "STOPPING"
     with db.session() as s, pytest.raises(FailedPrecondition, match="in flight; stop them first"):
-        dp.delete_plan(s, "rollout")
-    assert [d.action for d in _fetch(db, "dev-00")] == [dp.Action.ROLLBACK]
+        delete_plan(s, "rollout")
+    assert [d.action for d in _fetch(db, "dev-00")] == [Action.ROLLBACK]
     _report(db, "dev-00", "FAILED_ROLLED_BACK")
     assert _stage(db)[0] == "STOPPED"
     _start(db)  # a stopped stage starts again for the devices that did not finish
@@ -214,7 +231,7 @@ def test_stop_and_restart_stage(db: Db) -> None:
 
 def test_selection_of_unknown_devices_is_refused(db: Db) -> None:
     _setup(db, 2)
-    _plan(db, dp.StageSpec("canary", "SELECTION", device_names=["dev-00", "ghost"]))
+    _plan(db, StageSpec("canary", "SELECTION", device_names=["dev-00", "ghost"]))
     with pytest.raises(FailedPrecondition, match="names devices not registered in fleet 'fleet': ghost"):
         _start(db)
     assert _rows(db) == {}
@@ -224,8 +241,8 @@ def test_name_contains_and_tag_selection(db: Db) -> None:
     _setup(db, 12, tags=True)
     _plan(
         db,
-        dp.StageSpec("canary", "TAGS", tags={"ring": "canary"}),
-        dp.StageSpec("tens", "NAMECONTAINS", name_contains="dev-1"),
+        StageSpec("canary", "TAGS", tags={"ring": "canary"}),
+        StageSpec("tens", "NAMECONTAINS", name_contains="dev-1"),
     )
     _start(db)
     assert sorted(_rows(db)) == ["dev-00", "dev-01"]
@@ -237,10 +254,8 @@ def test_name_contains_and_tag_selection(db: Db) -> None:
 
 def test_health_gate(db: Db, clock: FakeClock) -> None:
     _setup(db, 2)
-    gate = dp.HealthGate(
-        max_error_rate=0.05, max_p99_latency_ms=50, min_inferences=10, observation_seconds=60
-    )
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5), gate=gate)
+    gate = HealthGate(max_error_rate=0.05, max_p99_latency_ms=50, min_inferences=10, observation_seconds=60)
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5), gate=gate)
     _start(db)
     deployment = _fetch(db, "dev-00")[0]
     assert deployment.health_gate == gate
@@ -248,10 +263,10 @@ def test_health_gate(db: Db, clock: FakeClock) -> None:
         _report(db, name, "SUCCEEDED")
     assert _rows(db) == {"dev-00": "INPROGRESS", "dev-01": "INPROGRESS"}  # observed, not yet deployed
 
-    def health(name: str, inferences: int, errors: int, p99: float) -> dp.HealthVerdict:
+    def health(name: str, inferences: int, errors: int, p99: float) -> HealthVerdict:
         with db.session() as s:
-            report = dp.HealthReport("rollout.canary", inferences, errors, p99)
-            return dp.record_health(s, devices.get_device(s, name), report, db.now())
+            report = HealthReport("rollout.canary", inferences, errors, p99)
+            return record_health(s, devices.get_device(s, name), report, db.now())
 
     assert health("dev-00", 5, 0, 10).verdict == "PENDING"
     bad = health("dev-01", 100, 20, 10)
@@ -260,45 +275,43 @@ def test_health_gate(db: Db, clock: FakeClock) -> None:
     clock.advance(61)
     assert health("dev-00", 200, 1, 12).verdict == "PASS"
     assert _rows(db) == {"dev-00": "DEPLOYED", "dev-01": "FAILED"}
-    assert [d.action for d in _fetch(db, "dev-01")] == [dp.Action.ROLLBACK]
+    assert [d.action for d in _fetch(db, "dev-01")] == [Action.ROLLBACK]
     _report(db, "dev-01", "FAILED_ROLLED_BACK")
     assert _fetch(db, "dev-01") == []
-    assert _stage(db) == ("DEPLOYED", dp.StageCounts(success=1, failed=1))
+    assert _stage(db) == ("DEPLOYED", StageCounts(success=1, failed=1))
     with db.session() as s, pytest.raises(InvalidArgument, match="Errors <= Inferences"):
-        dp.record_health(
-            s, devices.get_device(s, "dev-00"), dp.HealthReport("rollout.canary", 1, 2, 1.0), db.now()
-        )
+        record_health(s, devices.get_device(s, "dev-00"), HealthReport("rollout.canary", 1, 2, 1.0), db.now())
 
 
 def test_device_without_a_matching_package_fails(db: Db) -> None:
     _setup(db, 1, arch="aarch64")
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100))
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100))
     _start(db)
     assert _fetch(db, "dev-00") == []
     with db.session() as s:
-        row = dp.list_stage_devices(s, "rollout", "canary", limit=10, next_token=None).items[0]
+        row = list_stage_devices(s, "rollout", "canary", limit=10, next_token=None).items[0]
         assert row.status == "FAILED" and "no package for platform linux/x86_64/none" in (row.message or "")
     assert _stage(db)[0] == "FAILED"
 
 
 def test_device_timeout_and_deregistration(db: Db, clock: FakeClock) -> None:
     _setup(db, 3)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5), timeout=600)
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5), timeout=600)
     _start(db)
     _report(db, "dev-00", "SUCCEEDED")
     with db.session() as s:
         devices.deregister_devices(s, "fleet", ["dev-01"], db.now())
     assert _rows(db)["dev-01"] == "STOPPED"
     clock.advance(601)
-    assert _stage(db) == ("DEPLOYED", dp.StageCounts(success=1, failed=1, stopped=1))
+    assert _stage(db) == ("DEPLOYED", StageCounts(success=1, failed=1, stopped=1))
     with db.session() as s:
         assert "no result within 600 s" in (
-            dp.list_stage_devices(s, "rollout", "canary", status="FAILED", limit=5, next_token=None)
+            list_stage_devices(s, "rollout", "canary", status="FAILED", limit=5, next_token=None)
             .items[0]
             .message
             or ""
         )
-        dp.delete_plan(s, "rollout")
+        delete_plan(s, "rollout")
 
 
 def test_concurrent_reports_settle_the_stage_exactly(db: Db) -> None:
@@ -306,7 +319,7 @@ def test_concurrent_reports_settle_the_stage_exactly(db: Db) -> None:
     import threading
 
     _setup(db, 8)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5))
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.5))
     _start(db)
     names = sorted(_rows(db))
     barrier = threading.Barrier(len(names))
@@ -325,7 +338,7 @@ def test_concurrent_reports_settle_the_stage_exactly(db: Db) -> None:
     for thread in threads:
         thread.join(60)
     assert errors == []
-    assert _stage(db) == ("DEPLOYED", dp.StageCounts(success=4, failed=4))
+    assert _stage(db) == ("DEPLOYED", StageCounts(success=4, failed=4))
 
 
 def test_periodic_job_times_out_devices_and_generates_reports(
@@ -337,7 +350,7 @@ def test_periodic_job_times_out_devices_and_generates_reports(
     from edgefleet.server.jobs import run_once
 
     _setup(db, 2)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.9), timeout=60)
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_threshold=0.9), timeout=60)
     _start(db)
     _report(db, "dev-00", "SUCCEEDED")
     state = AppState(
@@ -349,17 +362,17 @@ def test_periodic_job_times_out_devices_and_generates_reports(
     assert run_once(state) == ["fleet"]
     assert run_once(state) == []  # fresh report, nothing due
     with db.session() as s:
-        assert dp.get_stage(dp.get_plan(s, "rollout"), "canary").status == "INPROGRESS"
+        assert get_stage(get_plan(s, "rollout"), "canary").status == "INPROGRESS"
     clock.advance(3601)
     assert run_once(state) == ["fleet"]
     with db.session() as s:
-        stage = dp.get_stage(dp.get_plan(s, "rollout"), "canary")
-        assert (stage.status, dp.stage_counts(s, stage)) == ("DEPLOYED", dp.StageCounts(success=1, failed=1))
+        stage = get_stage(get_plan(s, "rollout"), "canary")
+        assert (stage.status, stage_counts(s, stage)) == ("DEPLOYED", StageCounts(success=1, failed=1))
 
 
 def test_an_unknown_deployment_status_is_refused_and_changes_nothing(db: Db) -> None:
     _setup(db, 1)
-    _plan(db, dp.StageSpec("canary", "PERCENTAGE", percentage=100))
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100))
     _start(db)
     _fetch(db, "dev-00")
     with pytest.raises(
@@ -371,5 +384,5 @@ def test_an_unknown_deployment_status_is_refused_and_changes_nothing(db: Db) -> 
     _report(db, "dev-00", "INPROGRESS")  # a device still at work may say so
     assert _rows(db) == {"dev-00": "INPROGRESS"}
     with db.session() as s:
-        row = dp.list_stage_devices(s, "rollout", "canary", limit=10, next_token=None).items[0]
+        row = list_stage_devices(s, "rollout", "canary", limit=10, next_token=None).items[0]
         assert (row.device_result, row.message) == ("INPROGRESS", "INPROGRESS")

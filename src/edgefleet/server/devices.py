@@ -212,7 +212,7 @@ def deregister_devices(
     session: Session, fleet_name: str | None, names: Sequence[str], now: datetime
 ) -> list[Device]:
     """Deregister devices: their certificates are revoked at once and unfinished rollouts stop for them."""
-    from edgefleet.server.deployments import on_device_deregistered
+    from edgefleet.server.deployments.device_side import on_device_deregistered
 
     devices = [get_device(session, name, fleet_name, lock=True) for name in names]
     for device in devices:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.server.api.state import AppState
-from edgefleet.server.deployments import refresh_active_stages
+from edgefleet.server.deployments.stages import refresh_active_stages
 from edgefleet.server.reports import regenerate_due_reports
 
 log = logging.getLogger(__name__)

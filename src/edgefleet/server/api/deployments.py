@@ -7,28 +7,29 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from edgefleet.core.deviceplane import HealthGate
-from edgefleet.server import deployments as dp
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
 from edgefleet.server.api.auth import app_state, operator
 from edgefleet.server.api.errors import ERROR_RESPONSES
+from edgefleet.server.deployments import plans, stages
+from edgefleet.server.deployments.records import ModelConfigSpec, PlanSpec, StageSpec
 from edgefleet.server.validation import check_page_size
 
 Actor = Annotated[str, Depends(operator)]
 router = APIRouter(prefix="/api/v1/deployment-plans", tags=["deployments"], responses=ERROR_RESPONSES)
 
 
-def _spec(body: s.CreatePlanRequest) -> dp.PlanSpec:
+def _spec(body: s.CreatePlanRequest) -> PlanSpec:
     gate = HealthGate() if body.HealthGate is None else HealthGate.from_wire(body.HealthGate.model_dump())
-    return dp.PlanSpec(
+    return PlanSpec(
         name=body.EdgeDeploymentPlanName,
         fleet_name=body.DeviceFleetName,
         model_configs=[
-            dp.ModelConfigSpec(c.ModelHandle, c.ModelName, version=c.ModelVersion, alias=c.ModelAlias)
+            ModelConfigSpec(c.ModelHandle, c.ModelName, version=c.ModelVersion, alias=c.ModelAlias)
             for c in body.ModelConfigs
         ],
         stages=[
-            dp.StageSpec(
+            StageSpec(
                 name=st.StageName,
                 subset_type=st.DeviceSelectionConfig.DeviceSubsetType,
                 percentage=st.DeviceSelectionConfig.Percentage,
@@ -49,7 +50,7 @@ def _spec(body: s.CreatePlanRequest) -> dp.PlanSpec:
 def create_plan(body: s.CreatePlanRequest, request: Request, actor: Actor) -> s.PlanOut:
     st = app_state(request)
     with st.db.session() as session:
-        plan = dp.create_plan(session, _spec(body), actor, st.db.now())
+        plan = plans.create_plan(session, _spec(body), actor, st.db.now())
         return render.plan(session, plan)
 
 
@@ -65,7 +66,7 @@ def list_plans(
     st = app_state(request)
     limit = check_page_size(MaxResults, 50, st.config.limits.max_page_size)
     with st.db.session() as session:
-        page = dp.list_plans(
+        page = plans.list_plans(
             session, fleet_name=DeviceFleetName, name_contains=NameContains, limit=limit, next_token=NextToken
         )
         return s.PlanList(
@@ -79,19 +80,19 @@ def describe_plan(name: str, request: Request, actor: Actor) -> s.PlanOut:
     """The plan with each stage's status and device counts (refreshed now: applies device timeouts)."""
     st = app_state(request)
     with st.db.session() as session:
-        plan = dp.get_plan(session, name)
+        plan = plans.get_plan(session, name)
         for stage in plan.stages:
-            dp.refresh_stage(session, stage, st.db.now())
+            stages.refresh_stage(session, stage, st.db.now())
         session.flush()  # keep the transitions: expiring would drop unflushed changes
         session.expire_all()
-        return render.plan(session, dp.get_plan(session, name))
+        return render.plan(session, plans.get_plan(session, name))
 
 
 @router.delete("/{name}", status_code=204, response_class=Response, summary="DeleteEdgeDeploymentPlan")
 def delete_plan(name: str, request: Request, actor: Actor) -> Response:
     st = app_state(request)
     with st.db.session() as session:
-        dp.delete_plan(session, name)
+        plans.delete_plan(session, name)
     return Response(status_code=204)
 
 
@@ -99,20 +100,20 @@ def delete_plan(name: str, request: Request, actor: Actor) -> Response:
 def start_stage(name: str, stage: str, request: Request, actor: Actor) -> s.PlanOut:
     st = app_state(request)
     with st.db.session() as session:
-        dp.start_stage(session, name, stage, st.db.now())
+        stages.start_stage(session, name, stage, st.db.now())
         session.flush()  # keep the transitions: expiring would drop unflushed changes
         session.expire_all()
-        return render.plan(session, dp.get_plan(session, name))
+        return render.plan(session, plans.get_plan(session, name))
 
 
 @router.post("/{name}/stages/{stage}/stop", response_model=s.PlanOut, summary="StopEdgeDeploymentStage")
 def stop_stage(name: str, stage: str, request: Request, actor: Actor) -> s.PlanOut:
     st = app_state(request)
     with st.db.session() as session:
-        dp.stop_stage(session, name, stage, st.db.now())
+        stages.stop_stage(session, name, stage, st.db.now())
         session.flush()  # keep the transitions: expiring would drop unflushed changes
         session.expire_all()
-        return render.plan(session, dp.get_plan(session, name))
+        return render.plan(session, plans.get_plan(session, name))
 
 
 @router.get("/{name}/stages/{stage}/devices", response_model=s.StageDeviceList, summary="ListStageDevices")
@@ -128,7 +129,7 @@ def list_stage_devices(
     st = app_state(request)
     limit = check_page_size(MaxResults, 100, st.config.limits.max_page_size)
     with st.db.session() as session:
-        page = dp.list_stage_devices(
+        page = stages.list_stage_devices(
             session, name, stage, status=DeviceDeploymentStatus, limit=limit, next_token=NextToken
         )
         return s.StageDeviceList(

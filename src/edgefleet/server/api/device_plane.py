@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.core.deviceplane import HealthReport
-from edgefleet.server import deployments as dp
 from edgefleet.server import devices
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
@@ -28,6 +27,8 @@ from edgefleet.server.api.errors import ERROR_RESPONSES
 from edgefleet.server.api.ranges import serve_artifact
 from edgefleet.server.api.state import AppState
 from edgefleet.server.db.schema import Device
+from edgefleet.server.deployments.device_side import record_health
+from edgefleet.server.deployments.records import ResultReport
 from edgefleet.server.deviceplane.download import DownloadItem
 from edgefleet.server.deviceplane.heartbeat import HeartbeatItem
 from edgefleet.server.deviceplane.poll import PollItem
@@ -142,7 +143,7 @@ async def send_heartbeat(body: s.HeartbeatRequest, st: State, identity: Identity
     result = (
         None
         if got is None
-        else dp.ResultReport(got.DeploymentName, got.DeploymentStatus, got.DeploymentStatusMessage)
+        else ResultReport(got.DeploymentName, got.DeploymentStatus, got.DeploymentStatusMessage)
     )
     beat = heartbeat_of(body)
     await st.heartbeats.call(
@@ -185,7 +186,7 @@ def report_health(body: s.HealthRequest, request: Request, identity: Identity) -
     st = app_state(request)
     with st.db.session() as session:
         device = _device(session, st, identity, body.DeviceName, body.DeviceFleetName)
-        verdict = dp.record_health(
+        verdict = record_health(
             session,
             device,
             HealthReport(body.DeploymentName, body.Inferences, body.Errors, body.P99LatencyMs),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from edgefleet.server import deployments as dp
 from edgefleet.server.api import schemas as s
 from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.db.schema import (
@@ -17,6 +16,8 @@ from edgefleet.server.db.schema import (
     ModelVersion,
     StageDevice,
 )
+from edgefleet.server.deployments.records import DeviceDeployment, StageCounts, plan_gate
+from edgefleet.server.deployments.stages import stage_counts
 from edgefleet.server.registry import aliases_of
 
 ARN_PREFIX = "arn:edgefleet:"
@@ -168,10 +169,10 @@ def version(row: ModelVersion, artifacts: ArtifactStore) -> s.VersionOut:
 
 def plan(session: Session, row: DeploymentPlan) -> s.PlanOut:
     stages = []
-    totals = dp.StageCounts()
+    totals = StageCounts()
     for stage in row.stages:
-        counts = dp.stage_counts(session, stage)
-        totals = dp.StageCounts(
+        counts = stage_counts(session, stage)
+        totals = StageCounts(
             totals.success + counts.success,
             totals.pending + counts.pending,
             totals.failed + counts.failed,
@@ -201,7 +202,7 @@ def plan(session: Session, row: DeploymentPlan) -> s.PlanOut:
                 ),
             )
         )
-    gate = dp.plan_gate(row)
+    gate = plan_gate(row)
     return s.PlanOut(
         EdgeDeploymentPlanName=row.name,
         EdgeDeploymentPlanArn=plan_arn(row.name),
@@ -252,7 +253,7 @@ def stage_device(plan_name: str, stage_name: str, row: StageDevice) -> s.DeviceD
     )
 
 
-def deployment(item: dp.DeviceDeployment, artifacts: ArtifactStore) -> s.DeploymentOut:
+def deployment(item: DeviceDeployment, artifacts: ArtifactStore) -> s.DeploymentOut:
     gate = item.health_gate
     return s.DeploymentOut(
         DeploymentName=item.name,

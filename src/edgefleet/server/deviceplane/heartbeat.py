@@ -33,10 +33,11 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
 from edgefleet.core.errors import InvalidArgument, NotFound
-from edgefleet.server import deployments as dp
 from edgefleet.server import devices
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
+from edgefleet.server.deployments.device_side import record_result
+from edgefleet.server.deployments.records import ResultReport
 from edgefleet.server.deviceplane.service import DeviceCall, Service
 from edgefleet.server.devices import Heartbeat, ModelReport
 
@@ -122,7 +123,7 @@ class HeartbeatItem(DeviceCall):
 
     fleet_name: str
     heartbeat: Heartbeat
-    result: dp.ResultReport | None = field(default=None, kw_only=True)
+    result: ResultReport | None = field(default=None, kw_only=True)
 
 
 class HeartbeatService(Service[HeartbeatItem, bool]):
@@ -168,7 +169,7 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
             devices.record_heartbeat(session, device, item.heartbeat, self.db.now())
             if item.result is not None:
                 try:
-                    dp.record_result(session, device, item.result, self.db.now())
+                    record_result(session, device, item.result, self.db.now())
                 except NotFound as exc:
                     # A queued result for a plan deleted since must not block heartbeats forever.
                     name = item.result.deployment_name

@@ -15,7 +15,7 @@ many devices' polls at once:
    still READYTODEPLOY, so a concurrent stop wins), one COMMIT;
 3. anything else (a starting stage, a rollback, a missing package, an unknown or revoked
    certificate, another fleet, a row changed meanwhile) is left to the exact tier
-   (:meth:`PollService.one`: :func:`edgefleet.server.deployments.device_deployments`), which
+   (:meth:`PollService.one`: :func:`edgefleet.server.deployments.device_side.device_deployments`), which
    handles every case.
 
 The answers are exactly what the exact tier answers for these cases.
@@ -32,7 +32,6 @@ from typing import Any
 from sqlalchemy import Connection, and_, select, update
 
 from edgefleet.core.deviceplane import Action, HealthGate
-from edgefleet.server import deployments as dp
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import (
     DeploymentPlan,
@@ -45,16 +44,16 @@ from edgefleet.server.db.schema import (
     PlanStage,
     StageDevice,
 )
-from edgefleet.server.deployments import (
+from edgefleet.server.deployments.device_side import best_package, device_deployments
+from edgefleet.server.deployments.records import (
     GATE_COLUMNS,
     Definition,
     DeviceDeployment,
     StageStatus,
-    best_package,
     outstanding,
 )
+from edgefleet.server.deployments.rollout import DeviceStatus, Rollback
 from edgefleet.server.deviceplane.service import DeviceCall, Service
-from edgefleet.server.rollout import DeviceStatus, Rollback
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ class PollService(Service[PollItem, list[DeviceDeployment]]):
         """The device's deployments in a transaction of its own; fetching one marks it INPROGRESS."""
         with self.db.session() as session:
             device = item.authenticate(session, self.db.now(), item.fleet_name)
-            return dp.device_deployments(session, device, self.db.now())
+            return device_deployments(session, device, self.db.now())
 
 
 def _plain(row: _Row) -> bool:

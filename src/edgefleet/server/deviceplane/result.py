@@ -1,12 +1,12 @@
 """ReportDeploymentResult: deployment results recorded in batches.
 
 During a rollout every device of a stage reports once, mostly ``SUCCEEDED``. Through the exact tier
-(:meth:`ResultService.one`: :func:`edgefleet.server.deployments.record_result`, then
-:func:`~edgefleet.server.deployments.settle_stage`) that is a transaction of half a dozen ORM
+(:meth:`ResultService.one`: :func:`edgefleet.server.deployments.device_side.record_result`, then
+:func:`~edgefleet.server.deployments.stages.settle_stage`) that is a transaction of half a dozen ORM
 queries per device, then a second one to settle the stage. :class:`ResultService` records many
 devices' *plain* successes at once: the device's row is INPROGRESS, not rolling back, in a stage
 that is INPROGRESS, of a plan without a health gate. Their change is the state machine's
-(:func:`edgefleet.server.rollout.transition` from that state), written for every device of a stage
+(:func:`edgefleet.server.deployments.rollout.transition` from that state), written for every device of a stage
 with one conditional UPDATE (only rows still in that state, so a concurrent stop wins), after one
 query that checks the devices' certificates (revocation read now) and fleets; one COMMIT.
 Afterwards each stage that got results is settled as the exact tier does (a probe, and when no
@@ -28,12 +28,13 @@ from sqlalchemy import Connection, select, update
 
 from edgefleet.core.deviceplane import FailurePolicy, HealthGate, Result
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.server import deployments as dp
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
-from edgefleet.server.deployments import GATE_COLUMNS, StageStatus, change_values, settle_stage
+from edgefleet.server.deployments.device_side import change_values, record_result
+from edgefleet.server.deployments.records import GATE_COLUMNS, ResultReport, StageStatus
+from edgefleet.server.deployments.rollout import Change, DeviceStatus, Rollback, transition
+from edgefleet.server.deployments.stages import settle_stage
 from edgefleet.server.deviceplane.service import DeviceCall, Service
-from edgefleet.server.rollout import Change, DeviceStatus, Rollback, transition
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class ResultService(Service[ResultItem, str]):
         transaction only if the result may change it (so a large stage's reports run in parallel)."""
         with self.db.session() as session:
             device = item.authenticate(session, self.db.now(), item.fleet_name)
-            report = dp.ResultReport(item.deployment_name, item.status, item.message)
-            row = dp.record_result(session, device, report, self.db.now(), refresh=False)
+            report = ResultReport(item.deployment_name, item.status, item.message)
+            row = record_result(session, device, report, self.db.now(), refresh=False)
             status, stage_id = row.status, row.stage_id
         self._settle(stage_id, failed=status == DeviceStatus.FAILED)
         return status

@@ -1,0 +1,147 @@
+"""The deployment records: stage and subset enums, the specs an operator gives, what a device is
+handed, and the plan's health-gate columns (shared by plans, stage transitions and the device side)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import ColumnElement, literal
+
+from edgefleet.core.deviceplane import Action, FailurePolicy, HealthGate
+from edgefleet.server.db.schema import DeploymentPlan, ModelPackage, PlanStage, StageDevice
+from edgefleet.server.deployments.rollout import DeviceStatus, Rollback
+
+
+class StageStatus(enum.StrEnum):
+    """Stage states (DescribeEdgeDeploymentPlan's StageStatus)."""
+
+    CREATING = "CREATING"
+    READYTODEPLOY = "READYTODEPLOY"
+    STARTING = "STARTING"
+    INPROGRESS = "INPROGRESS"
+    DEPLOYED = "DEPLOYED"
+    FAILED = "FAILED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class SubsetType(enum.StrEnum):
+    """How a stage selects devices (TAGS is an edgefleet extension)."""
+
+    PERCENTAGE = "PERCENTAGE"
+    SELECTION = "SELECTION"
+    NAMECONTAINS = "NAMECONTAINS"
+    TAGS = "TAGS"
+
+
+#: the plan columns of its health gate, in :class:`HealthGate`'s field order (every reader uses these)
+GATE_COLUMNS = (
+    DeploymentPlan.max_error_rate,
+    DeploymentPlan.max_p99_latency_ms,
+    DeploymentPlan.min_inferences,
+    DeploymentPlan.observation_seconds,
+)
+
+
+@dataclass(frozen=True)
+class ModelConfigSpec:
+    """A model config: handle -> a model version named directly or by alias."""
+
+    handle: str
+    model_name: str
+    version: str | None = None
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage as the operator describes it."""
+
+    name: str
+    subset_type: str
+    percentage: int | None = None
+    device_names: Sequence[str] = ()
+    name_contains: str | None = None
+    tags: dict[str, str] | None = None
+    failure_policy: str = FailurePolicy.ROLLBACK_ON_FAILURE.value
+    #: the stage fails once its failed share of devices exceeds this fraction (0 = any failure)
+    failure_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """What CreateEdgeDeploymentPlan takes."""
+
+    name: str
+    fleet_name: str
+    model_configs: Sequence[ModelConfigSpec]
+    stages: Sequence[StageSpec]
+    health_gate: HealthGate = field(default_factory=HealthGate)
+    #: a device still unfinished this long after its stage started counts as failed (None: wait forever)
+    device_timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """Device counts of a stage."""
+
+    success: int = 0
+    pending: int = 0
+    failed: int = 0
+    stopped: int = 0
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One model of a deployment as a device sees it."""
+
+    handle: str
+    model_name: str
+    model_version: str
+    package: ModelPackage
+    state: str
+
+
+@dataclass(frozen=True)
+class DeviceDeployment:
+    """A deployment handed to a device by GetDeployments."""
+
+    name: str
+    failure_policy: str
+    action: Action
+    definitions: list[Definition]
+    health_gate: HealthGate | None
+    status: str
+
+
+@dataclass(frozen=True)
+class ResultReport:
+    """A device's DeploymentResult."""
+
+    deployment_name: str
+    status: str
+    message: str | None = None
+
+
+def deployment_name(plan: DeploymentPlan, stage: PlanStage) -> str:
+    """``<plan>.<stage>``: unambiguous because neither name may contain a dot."""
+    return f"{plan.name}.{stage.name}"
+
+
+def plan_gate(plan: DeploymentPlan) -> HealthGate:
+    """The health gate of ``plan`` (``enabled`` is False when it sets no limit)."""
+    return HealthGate(*(getattr(plan, column.key) for column in GATE_COLUMNS))
+
+
+def outstanding() -> ColumnElement[bool]:
+    """Rows a device still has to act on: not yet fetched, in progress, to roll back.
+
+    The values are written into the SQL (not bound), so that the database can match the condition
+    to the partial index ``ix_stage_devices_outstanding`` even in a prepared, generic plan.
+    """
+    pending = [DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING]
+    return StageDevice.status.in_([literal(x.value, literal_execute=True) for x in pending]) | (
+        StageDevice.rollback == literal(Rollback.REQUESTED.value, literal_execute=True)
+    )
