@@ -33,6 +33,7 @@ from edgefleet.server.deployments.records import (
     DeviceDeployment,
     ResultReport,
     StageStatus,
+    change_values,
     deployment_name,
     outstanding,
     plan_gate,
@@ -264,21 +265,6 @@ def _apply(row: StageDevice, change: Change, reported: str, now: datetime) -> No
         row.fetched_at = row.fetched_at or now  # a result implies the device fetched the deployment
     for column, value in change_values(change, reported, row.message, now).items():
         setattr(row, column, value)
-
-
-def change_values(change: Change, reported: str, previous: str | None, now: datetime) -> dict[str, object]:
-    """The columns of a device's row that a device report's ``change`` writes, and their values."""
-    values: dict[str, object] = {"status": change.status.value}
-    message = change.render(reported, previous)
-    if message is not None:
-        values["message"] = message
-    if change.rollback is not None:
-        values["rollback"] = change.rollback.value
-    if change.observing is not None:
-        values["observing"] = change.observing
-    if change.activated:
-        values["activated_at"] = now
-    return values
 
 
 def record_health(session: Session, device: Device, report: HealthReport, now: datetime) -> HealthVerdict:

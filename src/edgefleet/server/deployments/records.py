@@ -6,12 +6,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, literal
 
 from edgefleet.core.deviceplane import Action, FailurePolicy, HealthGate
 from edgefleet.server.db.schema import DeploymentPlan, ModelPackage, PlanStage, StageDevice
-from edgefleet.server.deployments.rollout import DeviceStatus, Rollback
+from edgefleet.server.deployments.rollout import Change, DeviceStatus, Rollback
 
 
 class StageStatus(enum.StrEnum):
@@ -135,13 +136,31 @@ def plan_gate(plan: DeploymentPlan) -> HealthGate:
     return HealthGate(*(getattr(plan, column.key) for column in GATE_COLUMNS))
 
 
+#: Device states still at work on a stage (not yet fetched, in progress, stopping).
+PENDING = (DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING)
+
+
 def outstanding() -> ColumnElement[bool]:
     """Rows a device still has to act on: not yet fetched, in progress, to roll back.
 
     The values are written into the SQL (not bound), so that the database can match the condition
     to the partial index ``ix_stage_devices_outstanding`` even in a prepared, generic plan.
     """
-    pending = [DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING]
-    return StageDevice.status.in_([literal(x.value, literal_execute=True) for x in pending]) | (
+    return StageDevice.status.in_([literal(x.value, literal_execute=True) for x in PENDING]) | (
         StageDevice.rollback == literal(Rollback.REQUESTED.value, literal_execute=True)
     )
+
+
+def change_values(change: Change, reported: str, previous: str | None, now: datetime) -> dict[str, object]:
+    """The columns of a device's row that a device report's ``change`` writes, and their values."""
+    values: dict[str, object] = {"status": change.status.value}
+    message = change.render(reported, previous)
+    if message is not None:
+        values["message"] = message
+    if change.rollback is not None:
+        values["rollback"] = change.rollback.value
+    if change.observing is not None:
+        values["observing"] = change.observing
+    if change.activated:
+        values["activated_at"] = now
+    return values

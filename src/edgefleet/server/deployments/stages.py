@@ -18,7 +18,7 @@ from edgefleet.core.errors import FailedPrecondition
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import DeploymentPlan, Device, DeviceTag, PlanStage, StageDevice
 from edgefleet.server.deployments.plans import get_plan, get_stage
-from edgefleet.server.deployments.records import StageCounts, StageStatus, SubsetType
+from edgefleet.server.deployments.records import PENDING, StageCounts, StageStatus, SubsetType, change_values
 from edgefleet.server.deployments.rollout import DeviceStatus, Rollback, StageEvent, stage_changes
 from edgefleet.server.registry import Approval
 from edgefleet.server.validation import Page
@@ -215,13 +215,7 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
 def _set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> None:
     """Apply a stage event to every device row it changes (one UPDATE per change)."""
     for sources, change in stage_changes(event, FailurePolicy(stage.failure_policy)):
-        values: dict[str, object] = {"status": change.status.value, "updated_at": now}
-        if change.message is not None:
-            values["message"] = change.render("", None)
-        if change.rollback is not None:
-            values["rollback"] = change.rollback.value
-        if change.observing is not None:
-            values["observing"] = change.observing
+        values = {**change_values(change, "", None, now), "updated_at": now}
         session.execute(
             update(StageDevice)
             .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in sources]))
@@ -283,7 +277,7 @@ def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: 
     # and counts everything once, when the stage finishes.
     previous = stage.status
     if stage.status == StageStatus.STOPPING:
-        if not _any_in(session, stage, _PENDING):
+        if not _any_in(session, stage, PENDING):
             stage.status = StageStatus.STOPPED.value
             stage.finished_at = now
     elif stage.status in (StageStatus.STARTING, StageStatus.INPROGRESS):
@@ -291,7 +285,7 @@ def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: 
         total = _count_in(session, stage, None) if failed else 0  # only the threshold needs it
         if total and failed / total > stage.failure_threshold:
             _fail_stage(session, stage, failed, total, now)
-        elif not _any_in(session, stage, _PENDING):
+        elif not _any_in(session, stage, PENDING):
             counts = stage_counts(session, stage)
             stage.status = StageStatus.DEPLOYED.value
             stage.status_message = (
@@ -305,9 +299,6 @@ def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: 
         stage.updated_at = now
         log.info("plan %s stage %s: %s -> %s", plan.name, stage.name, previous, stage.status)
     return stage
-
-
-_PENDING = [DeviceStatus.READYTODEPLOY, DeviceStatus.INPROGRESS, DeviceStatus.STOPPING]
 
 
 def _any_in(session: Session, stage: PlanStage, statuses: Sequence[DeviceStatus]) -> bool:
@@ -346,7 +337,7 @@ def settle_stage(session: Session, stage_id: int, now: datetime, *, device_faile
     stage = session.get(PlanStage, stage_id, options=_stage_only())
     if stage is None or stage.status not in _ACTIVE_STAGE:
         return
-    if stage.status != StageStatus.STARTING and not device_failed and _any_in(session, stage, _PENDING):
+    if stage.status != StageStatus.STARTING and not device_failed and _any_in(session, stage, PENDING):
         return  # devices are still at work: nothing about the stage can change yet
     refresh_stage(session, stage, now)
 

@@ -30,8 +30,8 @@ from edgefleet.core.deviceplane import FailurePolicy, HealthGate, Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import DeploymentPlan, Device, Fleet, PlanStage, StageDevice
-from edgefleet.server.deployments.device_side import change_values, record_result
-from edgefleet.server.deployments.records import GATE_COLUMNS, ResultReport, StageStatus
+from edgefleet.server.deployments.device_side import record_result
+from edgefleet.server.deployments.records import GATE_COLUMNS, ResultReport, StageStatus, change_values
 from edgefleet.server.deployments.rollout import Change, DeviceStatus, Rollback, transition
 from edgefleet.server.deployments.stages import settle_stage
 from edgefleet.server.deviceplane.service import DeviceCall, Service
