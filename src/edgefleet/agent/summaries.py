@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.capture.auto import join_within
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
 from edgefleet.monitoring.summary import as_rows
@@ -137,14 +138,7 @@ class Summariser:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued call is in its summary (tests, shutdown)."""
-        done = threading.Event()
-
-        def wait() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=wait, daemon=True).start()
-        return done.wait(timeout)
+        return join_within(self._queue, timeout)
 
     def take(self, *, reset: bool = False) -> list[Window]:
         """Every model's window so far; with ``reset``, later calls start new windows."""
