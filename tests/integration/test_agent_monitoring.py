@@ -22,7 +22,7 @@ def package(tmp_path: Path, keys: Path) -> Path:
 
 
 def test_live_summaries_follow_predict_traffic_in_windows(tmp_path: Path, trust: Path, package: Path) -> None:
-    proc = start(tmp_path, trust)
+    proc = start(tmp_path, trust, agent={"model_summaries": True})
     try:
         with AgentClient(proc.address, timeout=60) as client:
             assert {"model-summaries", "capture-statistics"} <= set(client.server_metadata().extensions)
@@ -52,8 +52,8 @@ def test_live_summaries_follow_predict_traffic_in_windows(tmp_path: Path, trust:
         proc.stop()
 
 
-def test_summaries_can_be_turned_off(tmp_path: Path, trust: Path) -> None:
-    proc = start(tmp_path, trust, agent={"model_summaries": False})
+def test_summaries_are_off_by_default(tmp_path: Path, trust: Path) -> None:
+    proc = start(tmp_path, trust)
     try:
         with AgentClient(proc.address, timeout=60) as client:
             assert "model-summaries" not in client.server_metadata().extensions

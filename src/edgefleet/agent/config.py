@@ -114,8 +114,9 @@ class AgentConfig:
     fast_path: bool = True
     #: Keep mergeable summaries (quantile sketches per feature, predicted-class counts) of each
     #: loaded model's live inputs and outputs for drift monitoring (extension ``model-summaries``);
-    #: built off the request path.
-    model_summaries: bool = True
+    #: built off the request path. Off by default until its cost on small models' Predict meets
+    #: its budget (measured: +44 us p50 on the digits model, +1.7 % on ResNet-18).
+    model_summaries: bool = False
     #: Fraction of Predict calls summarised (1: all).
     model_summary_sample: float = 1.0
     #: Largest fast-path request frame accepted, in bytes; a longer one gets RESOURCE_EXHAUSTED and

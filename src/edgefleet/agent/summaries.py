@@ -157,8 +157,11 @@ class Summariser:
                 del self._windows[key]
 
     def close(self) -> None:
+        """Stop the background thread and drop the sketches."""
         self._queue.put(None)
         self._thread.join()
+        with self._lock:
+            self._windows = {}
 
 
 def _copy(summary: ModelSummary) -> ModelSummary:
