@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -405,8 +405,3 @@ def load_config(path: Path) -> AgentConfig:
     if any(key.startswith(VENDOR_PREFIX) for key in raw):
         return from_vendor(raw)
     return from_native(raw)
-
-
-def with_overrides(config: AgentConfig, **changes: Any) -> AgentConfig:
-    """A copy of ``config`` with some fields changed (validated again)."""
-    return replace(config, **changes)

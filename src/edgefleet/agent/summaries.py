@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.capture.auto import join_within
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
 from edgefleet.monitoring.summary import as_rows
@@ -135,10 +134,6 @@ class Summariser:
                 except (ValueError, KeyError, IndexError):  # shapes differ: one update per call
                     for one_inputs, names, one_outputs in calls:
                         window.summary.update(one_inputs, names, one_outputs)
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every queued call is in its summary (tests, shutdown)."""
-        return join_within(self._queue, timeout)
 
     def take(self, *, reset: bool = False) -> list[Window]:
         """Every model's window so far; with ``reset``, later calls start new windows."""

@@ -93,18 +93,6 @@ def confidence(values: np.ndarray, *, softmax: bool) -> float:
     return float(scores.max(axis=1).min())
 
 
-def join_within(work: queue.Queue[Any], timeout: float | None) -> bool:
-    """``work.join()`` with a timeout: whether every queued item was done in time."""
-    done = threading.Event()
-
-    def wait() -> None:
-        work.join()
-        done.set()
-
-    threading.Thread(target=wait, daemon=True).start()
-    return done.wait(timeout)
-
-
 @dataclass
 class _Pick:
     model_name: str
@@ -235,7 +223,14 @@ class AutoCapture:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued pick was handed to the pipeline (for shutdown and tests)."""
-        return join_within(self._queue, timeout)
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
 
     def stats(self) -> dict[str, int]:
         """picked, captured, skipped (queue full), refused (by the capture pipeline)."""

@@ -6,7 +6,6 @@ docs/device-daemon.md). Unknown tables or keys are an error that lists the known
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -227,11 +226,6 @@ def config_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None) -> Da
         except TypeError as exc:  # pragma: no cover - keys are checked above
             raise InvalidArgument(f"daemon config table {name}: {exc}") from exc
     return DaemonConfig(**top, **sections)
-
-
-def with_changes(config: DaemonConfig, **changes: Any) -> DaemonConfig:
-    """A copy of ``config`` with some fields changed (validated again)."""
-    return dataclasses.replace(config, **changes)
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from edgefleet import __version__
+from edgefleet.client.handles import HANDLES_FILE
 from edgefleet.core.deviceplane import Action, Deployment, HealthReport, Heartbeat, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError, NotFound
 from edgefleet.device.agentlink import AgentConnection, AgentSupervisor, wait_ready
@@ -527,7 +528,7 @@ def build_daemon(
         agent=agent,
         packages=packages,
         plane=plane,
-        handles_path=state_dir / "handles.json",
+        handles_path=state_dir / HANDLES_FILE,
         retry=config.retry,
         settings=config.deployment,
         max_unsent_results=config.queue.max_results,

@@ -12,6 +12,7 @@ baselines and live drift reports are made of (:mod:`edgefleet.monitoring.drift`)
 from __future__ import annotations
 
 import base64
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger(__name__)
 
 #: KLL accuracy parameter: normalized rank error about 1.3 % at k = 200 (the library's default).
 KLL_K = 200
@@ -82,7 +85,7 @@ class TensorSummary:
             raise InvalidArgument("a tensor summary needs at least one feature")
         self.features, self.k = features, k
         self._vector = _sketches().vector_of_kll_floats_sketches(k, features)
-        self.mismatched = 0  # updates refused because their feature count differed
+        self._warned = False  # a tensor of another feature count was left out (said once)
 
     @classmethod
     def of(cls, array: np.ndarray) -> TensorSummary:
@@ -93,7 +96,14 @@ class TensorSummary:
         """Add a tensor's values (NaN values are ignored by the sketches)."""
         rows = as_rows(array)
         if rows.shape[1] != self.features:
-            self.mismatched += 1
+            if self._warned:
+                return
+            self._warned = True
+            log.warning(
+                "a tensor of %d features is left out of a summary of %d features (said once)",
+                rows.shape[1],
+                self.features,
+            )
             return
         self._vector.update(rows)
 
@@ -140,11 +150,6 @@ class ClassCounts:
 
     def merge(self, other: ClassCounts) -> None:
         self._sketch.merge(other._sketch)
-
-    @property
-    def total(self) -> int:
-        """Predictions counted."""
-        return int(self._sketch.total_weight)
 
     def counts(self) -> dict[str, int]:
         """Estimated count per class (exact while the sketch holds every class)."""

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet.client.handles import HANDLES_FILE
 from edgefleet.core.deviceplane import PackageRef, Result
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
@@ -256,7 +257,7 @@ class Simulator:
             agent=connection,
             packages=packages,
             plane=plane,
-            handles_path=state_dir / "handles.json" if s.persist else None,
+            handles_path=state_dir / HANDLES_FILE if s.persist else None,
             retry=config.retry,
             settings=DeploymentSettings(),
         )
