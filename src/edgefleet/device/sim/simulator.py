@@ -31,7 +31,7 @@ from pathlib import Path
 
 from edgefleet.client.handles import HANDLES_FILE
 from edgefleet.core.deviceplane import PackageRef, Result
-from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.errors import EdgefleetError, NotFound
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest
 from edgefleet.device.agentlink import AgentConnection
@@ -332,7 +332,10 @@ class Simulator:
                             or model.model_version in self.settings.erroring_versions
                         )
                         n = self.settings.inferences_per_heartbeat
-                        device.agent.simulate_traffic(model.alias, n, n if failing else 0)
+                        try:
+                            device.agent.simulate_traffic(model.alias, n, n if failing else 0)
+                        except NotFound:  # the device's own reconcile swapped it out meanwhile
+                            continue
                 ok = device.daemon.heartbeat_once()
                 with self._lock:
                     if ok:
