@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from edgefleet.core.deviceplane import (
     IN_PROGRESS,
     Action,
+    CaptureReport,
+    CaptureUpload,
     Definition,
     Deployment,
     DeploymentResult,
@@ -32,6 +34,7 @@ from edgefleet.core.deviceplane import (
     PackageRef,
     Registration,
     Result,
+    SummaryWindow,
     Verdict,
 )
 from edgefleet.server.api import schemas as s
@@ -52,6 +55,19 @@ HEARTBEAT = Heartbeat(
     agent_metrics=(METRIC,),
     models=(ModelReport("detector", "7", "detector", AT, AT, (METRIC,)),),
     platform=("linux", "aarch64", "none"),
+    capture=CaptureReport(
+        backlog_records=3,
+        backlog_bytes=4096,
+        oldest_age_seconds=1.5,
+        dropped=1,
+        failed=2,
+        uploads=(
+            CaptureUpload(
+                "p/fleet/detector/2026/05/04/03/" + "a" * 32 + ".jsonl", "detector", "7", 10, 999, AT, AT, 2
+            ),
+        ),
+    ),
+    summaries=(SummaryWindow("detector", "7", AT, AT, 42, {"Version": 1, "Inputs": []}),),
 )
 RESULT = DeploymentResult(
     deployment_name="plan.canary",
@@ -120,6 +136,23 @@ def test_heartbeat_models_and_metrics_match() -> None:
     _reads_back(s.EdgeMetric, METRIC.to_wire())
     without_handle = {k: v for k, v in model.items() if k != "ModelHandle"}
     _same_defaults(s.HeartbeatModel, without_handle, lambda raw: ModelReport.from_wire(raw).to_wire())
+
+
+def test_heartbeat_capture_and_summaries_match() -> None:
+    capture = HEARTBEAT.capture
+    assert capture is not None
+    wire = capture.to_wire()
+    assert _fields(s.CaptureReportModel) == set(wire)
+    assert _fields(s.CaptureUploadModel) == set(capture.uploads[0].to_wire())
+    _reads_back(s.CaptureReportModel, wire)
+    _same_defaults(s.CaptureReportModel, wire, lambda raw: CaptureReport.from_wire(raw).to_wire())
+    upload = capture.uploads[0].to_wire()
+    _same_defaults(s.CaptureUploadModel, upload, lambda raw: CaptureUpload.from_wire(raw).to_wire())
+    window = HEARTBEAT.summaries[0].to_wire()
+    assert _fields(s.SummaryWindowModel) == set(window)
+    _reads_back(s.SummaryWindowModel, window)
+    _same_defaults(s.SummaryWindowModel, window, lambda raw: SummaryWindow.from_wire(raw).to_wire())
+    assert Heartbeat.from_wire(HEARTBEAT.to_wire()) == HEARTBEAT
 
 
 def test_deployment_result_matches() -> None:

@@ -41,6 +41,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--artifacts", help="artifact store URI: s3://bucket/prefix or file:///dir (default: --data-dir)"
     )
+    parser.add_argument(
+        "--captures", help="capture store URI: s3://bucket/prefix or file:///dir (default: --data-dir)"
+    )
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint for non-AWS stores (MinIO, Ceph, ...)")
     parser.add_argument(
         "--trust", type=Path, help="trusted package signers' root certificates (default: DATA/trust)"
@@ -91,6 +94,7 @@ def build_config(args: argparse.Namespace) -> Any:
         data_dir=args.data_dir or default_data_dir(),
         database_url=args.database,
         artifacts_uri=args.artifacts,
+        captures_uri=args.captures,
         s3_endpoint_url=args.s3_endpoint_url,
         trust_dir=args.trust,
         host=args.host,

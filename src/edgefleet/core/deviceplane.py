@@ -341,6 +341,135 @@ class ModelReport:
 
 
 @dataclass(frozen=True)
+class CaptureUpload:
+    """One capture object the store confirmed (a ``.jsonl`` batch): what the server's capture index holds."""
+
+    #: the object's key under the destination (``<prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<id>.jsonl``)
+    key: str
+    model_name: str
+    model_version: str
+    #: capture records in the object
+    records: int
+    #: the object's size in bytes (raw-data files not included)
+    size: int
+    #: inference times of the first and last record
+    first_inference: datetime | None = None
+    last_inference: datetime | None = None
+    #: how many raw-data payload files (under ``raw-data/``) the object's records refer to
+    raw_objects: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """A heartbeat ``Capture.Uploads`` item."""
+        return {
+            "Key": self.key,
+            "ModelName": self.model_name,
+            "ModelVersion": self.model_version,
+            "Records": self.records,
+            "Size": self.size,
+            "FirstInferenceTime": timestamp(self.first_inference),
+            "LastInferenceTime": timestamp(self.last_inference),
+            "RawObjects": self.raw_objects,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> CaptureUpload:
+        """Parse a ``Capture.Uploads`` item."""
+        return cls(
+            key=str(raw["Key"]),
+            model_name=str(raw["ModelName"]),
+            model_version=str(raw.get("ModelVersion") or ""),
+            records=int(raw.get("Records") or 0),
+            size=int(raw.get("Size") or 0),
+            first_inference=parse_timestamp(raw.get("FirstInferenceTime")),
+            last_inference=parse_timestamp(raw.get("LastInferenceTime")),
+            raw_objects=int(raw.get("RawObjects") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class CaptureReport:
+    """The device's capture spool and what it uploaded since the last heartbeat (edgefleet extension)."""
+
+    #: captures acknowledged and not yet confirmed by the store, their payload bytes, the oldest's age
+    backlog_records: int = 0
+    backlog_bytes: int = 0
+    oldest_age_seconds: float = 0.0
+    #: captures given up so far (since the agent started): dropped by the full policy, and failed
+    dropped: int = 0
+    failed: int = 0
+    #: objects the store confirmed since the previous heartbeat
+    uploads: tuple[CaptureUpload, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The heartbeat's ``Capture`` object."""
+        return {
+            "BacklogRecords": self.backlog_records,
+            "BacklogBytes": self.backlog_bytes,
+            "OldestBacklogAgeSeconds": self.oldest_age_seconds,
+            "Dropped": self.dropped,
+            "Failed": self.failed,
+            "Uploads": [u.to_wire() for u in self.uploads],
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> CaptureReport:
+        """Parse the heartbeat's ``Capture`` object."""
+        return cls(
+            backlog_records=int(raw.get("BacklogRecords") or 0),
+            backlog_bytes=int(raw.get("BacklogBytes") or 0),
+            oldest_age_seconds=float(raw.get("OldestBacklogAgeSeconds") or 0.0),
+            dropped=int(raw.get("Dropped") or 0),
+            failed=int(raw.get("Failed") or 0),
+            uploads=tuple(CaptureUpload.from_wire(u) for u in raw.get("Uploads") or []),
+        )
+
+
+@dataclass(frozen=True)
+class SummaryWindow:
+    """One loaded model version's live input/output summary over one window (edgefleet extension).
+
+    ``summary`` is :meth:`edgefleet.monitoring.ModelSummary.to_wire` (mergeable sketches); the
+    server merges windows per fleet, device tag and model version and scores them against the
+    version's baseline.
+    """
+
+    model_name: str
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    #: Predict calls summarised in the window
+    calls: int
+    summary: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        """A heartbeat ``ModelSummaries`` item."""
+        return {
+            "ModelName": self.model_name,
+            "ModelVersion": self.model_version,
+            "WindowStart": timestamp(self.window_start),
+            "WindowEnd": timestamp(self.window_end),
+            "Calls": self.calls,
+            "Summary": dict(self.summary),
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> SummaryWindow:
+        """Parse a ``ModelSummaries`` item."""
+        start = parse_timestamp(raw.get("WindowStart")) or datetime.now(UTC)
+        summary = raw.get("Summary")
+        if not isinstance(summary, Mapping):
+            raise InvalidArgument("a ModelSummaries item needs a Summary object")
+        return cls(
+            model_name=str(raw["ModelName"]),
+            model_version=str(raw.get("ModelVersion") or ""),
+            window_start=start,
+            window_end=parse_timestamp(raw.get("WindowEnd")) or start,
+            calls=int(raw.get("Calls") or 0),
+            summary=summary,
+        )
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What SendHeartbeat carries (the deployment result travels separately, see :class:`ControlPlane`)."""
 
@@ -350,6 +479,10 @@ class Heartbeat:
     models: tuple[ModelReport, ...] = ()
     #: (os, arch, accelerator) the device runs, so the server picks matching packages
     platform: tuple[str, str, str] | None = None
+    #: the capture spool's backlog and the objects uploaded since the last heartbeat (None: not known)
+    capture: CaptureReport | None = None
+    #: live model summaries, one per loaded model version and window (empty unless the agent keeps them)
+    summaries: tuple[SummaryWindow, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         """The heartbeat body without the device's name and fleet (the transport adds those)."""
@@ -362,6 +495,10 @@ class Heartbeat:
         if self.platform is not None:
             os_name, arch, accelerator = self.platform
             body["Platform"] = {"Os": os_name, "Arch": arch, "Accelerator": accelerator}
+        if self.capture is not None:
+            body["Capture"] = self.capture.to_wire()
+        if self.summaries:
+            body["ModelSummaries"] = [w.to_wire() for w in self.summaries]
         return body
 
     @classmethod
@@ -380,6 +517,10 @@ class Heartbeat:
                 str(platform["Arch"]),
                 str(platform.get("Accelerator", "none")),
             ),
+            capture=CaptureReport.from_wire(raw["Capture"])
+            if isinstance(raw.get("Capture"), Mapping)
+            else None,
+            summaries=tuple(SummaryWindow.from_wire(w) for w in raw.get("ModelSummaries") or []),
         )
 
 

@@ -71,6 +71,9 @@ class ServerConfig:
     database_url: str | None = None
     #: artifact store URI (``file:///dir``, ``s3://bucket/prefix``); default: ``data_dir/artifacts``
     artifacts_uri: str | None = None
+    #: capture store URI devices' captured data goes to (``s3://bucket/prefix``, ``file:///dir``);
+    #: default: ``data_dir/captures``
+    captures_uri: str | None = None
     #: S3 endpoint for S3-protocol stores other than AWS (MinIO, moto, Ceph ...)
     s3_endpoint_url: str | None = None
     #: directory of trusted signer certificates checked on package upload; default ``data_dir/trust``
@@ -106,6 +109,11 @@ class ServerConfig:
     def resolved_artifacts_uri(self) -> str:
         """The artifact store URI, defaulting to ``artifacts/`` in the data directory."""
         return self.artifacts_uri or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def resolved_captures_uri(self) -> str:
+        """The capture store URI, defaulting to ``captures/`` in the data directory."""
+        return self.captures_uri or (self.data_dir / "captures").resolve().as_uri()
 
     @property
     def resolved_trust_dir(self) -> Path:

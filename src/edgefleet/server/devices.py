@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased, lazyload
 
+from edgefleet.core import deviceplane as dp
 from edgefleet.core.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 ENROLMENT_TOKEN_PREFIX = "efe1"
 MAX_HEARTBEAT_MODELS = 100
 MAX_METRICS = 200
+#: most capture objects one heartbeat reports (a daemon sends more in its next heartbeats)
+MAX_HEARTBEAT_UPLOADS = 500
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Heartbeat:
     agent_metrics: list[dict[str, Any]] = field(default_factory=list)
     models: list[ModelReport] = field(default_factory=list)
     platform: tuple[str, str, str] | None = None
+    #: the capture spool and the objects uploaded since the last heartbeat (edgefleet extension)
+    capture: dp.CaptureReport | None = None
+    #: live model summaries per loaded model version and window (edgefleet extension)
+    summaries: tuple[dp.SummaryWindow, ...] = ()
 
 
 def split_enrolment_token(token: str) -> tuple[str, str]:
@@ -390,6 +397,10 @@ def check_heartbeat(heartbeat: Heartbeat) -> None:
             )
         if len(model.metrics) > MAX_METRICS:
             raise InvalidArgument(f"model {model.name!r}: at most {MAX_METRICS} metrics")
+    if heartbeat.capture is not None and len(heartbeat.capture.uploads) > MAX_HEARTBEAT_UPLOADS:
+        raise InvalidArgument(f"a heartbeat reports at most {MAX_HEARTBEAT_UPLOADS} capture uploads")
+    if len(heartbeat.summaries) > MAX_HEARTBEAT_MODELS:
+        raise InvalidArgument(f"a heartbeat carries at most {MAX_HEARTBEAT_MODELS} model summaries")
 
 
 def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:

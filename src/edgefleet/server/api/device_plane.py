@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.core import deviceplane as dp
 from edgefleet.core.deviceplane import HealthReport
 from edgefleet.server import devices
 from edgefleet.server.api import render
@@ -126,6 +127,10 @@ def heartbeat_of(body: s.HeartbeatRequest) -> devices.Heartbeat:
             for m in body.Models
         ],
         platform=(body.Platform.Os, body.Platform.Arch, body.Platform.Accelerator) if body.Platform else None,
+        capture=None
+        if body.Capture is None
+        else dp.CaptureReport.from_wire(body.Capture.model_dump(mode="json")),
+        summaries=tuple(dp.SummaryWindow.from_wire(w.model_dump(mode="json")) for w in body.ModelSummaries),
     )
 
 

@@ -467,6 +467,35 @@ class DevicePlatform(Lenient):
     Accelerator: str = "none"
 
 
+class CaptureUploadModel(Lenient):
+    Key: str
+    ModelName: str
+    ModelVersion: str = ""
+    Records: int = 0
+    Size: int = 0
+    FirstInferenceTime: datetime | None = None
+    LastInferenceTime: datetime | None = None
+    RawObjects: int = 0
+
+
+class CaptureReportModel(Lenient):
+    BacklogRecords: int = 0
+    BacklogBytes: int = 0
+    OldestBacklogAgeSeconds: float = 0.0
+    Dropped: int = 0
+    Failed: int = 0
+    Uploads: list[CaptureUploadModel] = Field(default_factory=list)
+
+
+class SummaryWindowModel(Lenient):
+    ModelName: str
+    ModelVersion: str = ""
+    WindowStart: datetime
+    WindowEnd: datetime
+    Calls: int = 0
+    Summary: dict[str, Any]
+
+
 class HeartbeatRequest(Lenient):
     AgentVersion: str
     DeviceName: str
@@ -475,6 +504,10 @@ class HeartbeatRequest(Lenient):
     Models: list[HeartbeatModel] = Field(default_factory=list)
     DeploymentResult: DeploymentResultModel | None = None
     Platform: DevicePlatform | None = Field(default=None, description="edgefleet extension: picks packages")
+    Capture: CaptureReportModel | None = Field(default=None, description="edgefleet extension: capture spool")
+    ModelSummaries: list[SummaryWindowModel] = Field(
+        default_factory=list, description="edgefleet extension: live model summaries for drift"
+    )
 
 
 class ChecksumModel(Out):

@@ -15,6 +15,7 @@ from edgefleet.server.deviceplane.download import DownloadService
 from edgefleet.server.deviceplane.heartbeat import HeartbeatService
 from edgefleet.server.deviceplane.poll import PollService
 from edgefleet.server.deviceplane.result import ResultService
+from edgefleet.storage import ObjectStore, StoreOptions, open_store
 
 
 @dataclass
@@ -25,6 +26,8 @@ class AppState:
     db: Database
     artifacts: ArtifactStore
     ca: FleetCA
+    #: where devices' captured data is stored (default: opened from ``config.resolved_captures_uri``)
+    captures: ObjectStore = field(default=None)  # type: ignore[assignment]
     #: identifies this replica in job leases
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     #: the URL devices use for the data plane (given to them at enrolment)
@@ -36,6 +39,9 @@ class AppState:
     downloads: DownloadService = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.captures is None:
+            options = StoreOptions(what="capture object", s3_endpoint_url=self.config.s3_endpoint_url)
+            self.captures = open_store(self.config.resolved_captures_uri, options, purpose="capture store")
         self.heartbeats = HeartbeatService(self.db)
         self.polls = PollService(self.db)
         self.results = ResultService(self.db)
