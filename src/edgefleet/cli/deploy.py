@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, dump_json
+from edgefleet.cli.output import add_client_arguments, dump_json, emit
 from edgefleet.core.deviceplane import DEFAULT_MIN_INFERENCES, DEFAULT_OBSERVATION_SECONDS, HealthGate
 
 CREATE_HELP = """Create a deployment plan.
@@ -270,18 +270,15 @@ def create_plan(args: argparse.Namespace) -> int:
 
 
 def list_plans(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         rows = list(client.list_plans(fleet=args.fleet))
-    if args.json:
-        dump_json(rows)
-    else:
-        table(
-            rows,
-            [("PLAN", "EdgeDeploymentPlanName"), ("FLEET", "DeviceFleetName"), ("CREATED", "CreationTime")],
-        )
-    return 0
+    return emit(
+        args,
+        rows,
+        [("PLAN", "EdgeDeploymentPlanName"), ("FLEET", "DeviceFleetName"), ("CREATED", "CreationTime")],
+    )
 
 
 def describe_plan(args: argparse.Namespace) -> int:
@@ -365,25 +362,22 @@ def stop_stage(args: argparse.Namespace) -> int:
 
 
 def stage_devices(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         rows = list(client.stage_devices(args.name, args.stage, status=args.status))
-    if args.json:
-        dump_json(rows)
-    else:
-        table(
-            rows,
-            [
-                ("DEVICE", "DeviceName"),
-                ("STATUS", "DeviceDeploymentStatus"),
-                ("RESULT", "DeviceResult"),
-                ("ROLLBACK", "Rollback"),
-                ("STARTED", "DeploymentStartTime"),
-                ("MESSAGE", "DeviceDeploymentStatusMessage"),
-            ],
-        )
-    return 0
+    return emit(
+        args,
+        rows,
+        [
+            ("DEVICE", "DeviceName"),
+            ("STATUS", "DeviceDeploymentStatus"),
+            ("RESULT", "DeviceResult"),
+            ("ROLLBACK", "Rollback"),
+            ("STARTED", "DeploymentStartTime"),
+            ("MESSAGE", "DeviceDeploymentStatusMessage"),
+        ],
+    )
 
 
 def delete_plan(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments, emit
 
 DEVICE_FIELDS = [
     ("Name", "DeviceName"),
@@ -69,27 +69,24 @@ def add_operator_commands(commands: Any) -> None:
 
 
 def register_devices(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, parse_key_values, table
+    from edgefleet.cli.output import client_from_args, parse_key_values
 
     devices = [{"DeviceName": name, "Description": args.description} for name in args.names]
     with client_from_args(args) as client:
         registered = client.register_devices(args.fleet, devices, tags=parse_key_values(args.tag, "tag"))
-    if args.json:
-        dump_json(registered)
-    else:
-        table(
-            registered,
-            [
-                ("DEVICE", "DeviceName"),
-                ("ENROLMENT TOKEN (shown once)", "EnrolmentToken"),
-                ("EXPIRES", "EnrolmentTokenExpiresAt"),
-            ],
-        )
-    return 0
+    return emit(
+        args,
+        registered,
+        [
+            ("DEVICE", "DeviceName"),
+            ("ENROLMENT TOKEN (shown once)", "EnrolmentToken"),
+            ("EXPIRES", "EnrolmentTokenExpiresAt"),
+        ],
+    )
 
 
 def update_device(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, parse_key_values
 
     changes: dict[str, Any] = {}
     if args.description is not None:
@@ -101,8 +98,7 @@ def update_device(args: argparse.Namespace) -> int:
         changes["Platform"] = {"Os": args.os, "Arch": args.arch, "Accelerator": args.accelerator}
     with client_from_args(args) as client:
         device = client.update_device(args.name, **changes)
-    dump_json(device) if args.json else fields(device, DEVICE_FIELDS)
-    return 0
+    return emit(args, device, DEVICE_FIELDS)
 
 
 def deregister_devices(args: argparse.Namespace) -> int:

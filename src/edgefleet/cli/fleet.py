@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments, emit
 
 FLEET_FIELDS = [
     ("Name", "DeviceFleetName"),
@@ -67,7 +67,7 @@ def _flat(fleet: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, parse_key_values
 
     with client_from_args(args) as client:
         fleet = client.create_fleet(
@@ -77,12 +77,11 @@ def create_fleet(args: argparse.Namespace) -> int:
             kms_key_id=args.kms_key_id,
             tags=parse_key_values(args.tag, "tag"),
         )
-    dump_json(fleet) if args.json else fields(_flat(fleet), FLEET_FIELDS)
-    return 0
+    return emit(args, _flat(fleet), FLEET_FIELDS)
 
 
 def update_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields, parse_key_values
+    from edgefleet.cli.output import client_from_args, parse_key_values
 
     changes: dict[str, Any] = {}
     if args.output is not None or args.kms_key_id is not None:
@@ -98,31 +97,27 @@ def update_fleet(args: argparse.Namespace) -> int:
         changes["Tags"] = tags
     with client_from_args(args) as client:
         fleet = client.update_fleet(args.name, **changes)
-    dump_json(fleet) if args.json else fields(_flat(fleet), FLEET_FIELDS)
-    return 0
+    return emit(args, _flat(fleet), FLEET_FIELDS)
 
 
 def list_fleets(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         rows = list(client.list_fleets(name_contains=args.name_contains))
-    if args.json:
-        dump_json(rows)
-    else:
-        table(
-            rows, [("NAME", "DeviceFleetName"), ("CREATED", "CreationTime"), ("MODIFIED", "LastModifiedTime")]
-        )
-    return 0
+    return emit(
+        args,
+        rows,
+        [("NAME", "DeviceFleetName"), ("CREATED", "CreationTime"), ("MODIFIED", "LastModifiedTime")],
+    )
 
 
 def describe_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         fleet = client.describe_fleet(args.name)
-    dump_json(fleet) if args.json else fields(_flat(fleet), FLEET_FIELDS)
-    return 0
+    return emit(args, _flat(fleet), FLEET_FIELDS)
 
 
 def delete_fleet(args: argparse.Namespace) -> int:

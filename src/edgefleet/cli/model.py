@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments, emit
 from edgefleet.core.files import sha256_file
 
 VERSION_FIELDS = [
@@ -144,32 +144,28 @@ def upload_packages(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         model = client.create_model(args.name, description=args.description)
-    dump_json(model) if args.json else fields(model, [("Model", "ModelName"), ("Created", "CreationTime")])
-    return 0
+    return emit(args, model, [("Model", "ModelName"), ("Created", "CreationTime")])
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         rows = list(client.list_models(name_contains=args.name_contains))
-    if args.json:
-        dump_json(rows)
-    else:
-        table(
-            rows,
-            [
-                ("MODEL", "ModelName"),
-                ("ALIASES", "Aliases"),
-                ("CREATED", "CreationTime"),
-                ("BY", "CreatedBy"),
-            ],
-        )
-    return 0
+    return emit(
+        args,
+        rows,
+        [
+            ("MODEL", "ModelName"),
+            ("ALIASES", "Aliases"),
+            ("CREATED", "CreationTime"),
+            ("BY", "CreatedBy"),
+        ],
+    )
 
 
 def list_versions(args: argparse.Namespace) -> int:
@@ -222,12 +218,11 @@ def describe_entry(args: argparse.Namespace) -> int:
 
 
 def set_approval(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields
+    from edgefleet.cli.output import client_from_args
 
     with client_from_args(args) as client:
         version = client.set_approval(args.name, args.version, args.status, reason=args.reason)
-    dump_json(version) if args.json else fields(version, VERSION_FIELDS)
-    return 0
+    return emit(args, version, VERSION_FIELDS)
 
 
 def set_alias(args: argparse.Namespace) -> int:

@@ -180,6 +180,18 @@ def fields(record: dict[str, Any], keys: Sequence[Column], out: TextIO | None = 
         out.write(f"{label.ljust(width)}  {fmt(record.get(key))}\n")
 
 
+def emit(args: Any, value: Any, columns: Sequence[Column]) -> int:
+    """``value`` as JSON under ``--json``; otherwise a list of rows as a :func:`table`, one record
+    (a dict) as :func:`fields`. Returns 0, a command's exit status."""
+    if getattr(args, "json", False):
+        dump_json(value)
+    elif isinstance(value, dict):
+        fields(value, columns)
+    else:
+        table(value, columns)
+    return 0
+
+
 def dump_json(value: Any, out: TextIO | None = None) -> None:
     """Pretty JSON."""
     out = out or sys.stdout
