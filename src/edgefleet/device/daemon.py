@@ -406,10 +406,6 @@ class Daemon:
         return outcomes
 
     # -- running --------------------------------------------------------------------------------
-    def poke(self) -> None:
-        """Run a reconcile pass now instead of at the next interval."""
-        self._wake.set()
-
     def run(self, stop: threading.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
         """Start, then run both loops until :meth:`stop` (or ``stop`` is set); blocks.
 

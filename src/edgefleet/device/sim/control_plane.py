@@ -91,23 +91,6 @@ class FakeControlPlane:
         with self._lock:
             self.deployments = list(deployments)
 
-    def request_rollback(self, name: str) -> None:
-        """Ask the device to roll ``name`` back (as after a failed stage or health gate)."""
-        with self._lock:
-            self.deployments = [
-                replace(d, action=Action.ROLLBACK) if d.name == name else d for d in self.deployments
-            ]
-            if not any(d.name == name for d in self.deployments):
-                raise NotFound(f"fake server: no deployment {name!r}")
-
-    def result_of(self, name: str) -> DeploymentResult | None:
-        """The latest result the device reported for ``name``."""
-        with self._lock:
-            for result in reversed(self.results):
-                if result.deployment_name == name:
-                    return result
-        return None
-
     def _enter(self, call: str) -> None:
         if self.hook is not None:
             self.hook(call)
