@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.cli.output import dump_json, fields, table
 from edgefleet.core.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -323,8 +324,6 @@ def _unreachable(address: str, exc: Unavailable) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import dump_json, table
-
     with _connect(args) as client:
         models = client.list()
     if args.json:
@@ -363,8 +362,6 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _unload(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import dump_json
-
     with _connect(args) as client:
         client.unload(args.name)
     if args.json:
@@ -375,8 +372,6 @@ def _unload(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import dump_json, table
-
     with _connect(args) as client:
         stats = client.model_stats(args.name)
     rows = [_stats_dict(s) for s in stats]
@@ -407,8 +402,6 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import dump_json, table
-
     output_path: Path | None = args.output
     if output_path is not None and output_path.is_dir():
         raise UsageError(
@@ -569,8 +562,6 @@ def _model_dict(model: ModelInfo) -> dict[str, Any]:
 
 
 def _show_model(model: ModelInfo, as_json: bool) -> None:
-    from edgefleet.cli.output import dump_json, fields, table
-
     if as_json:
         dump_json(_model_dict(model))
         return

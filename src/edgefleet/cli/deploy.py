@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, dump_json, emit
+from edgefleet.cli.output import add_client_arguments, client_from_args, dump_json, emit, fields, table
 from edgefleet.core.deviceplane import DEFAULT_MIN_INFERENCES, DEFAULT_OBSERVATION_SECONDS, HealthGate
 
 CREATE_HELP = """Create a deployment plan.
@@ -201,8 +201,6 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
-    from edgefleet.cli.output import fields, table
-
     fields(
         plan,
         [
@@ -260,8 +258,6 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 
 def create_plan(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     body = plan_body(args)
     with client_from_args(args) as client:
         plan = client.create_plan(body)
@@ -270,8 +266,6 @@ def create_plan(args: argparse.Namespace) -> int:
 
 
 def list_plans(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         rows = list(client.list_plans(fleet=args.fleet))
     return emit(
@@ -282,8 +276,6 @@ def list_plans(args: argparse.Namespace) -> int:
 
 
 def describe_plan(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         plan = client.describe_plan(args.name)
     dump_json(plan) if args.json else _print_plan(plan)
@@ -329,8 +321,6 @@ def _follow(client: Any, plan_name: str, stage: str, poll: float, *, as_json: bo
 
 
 def start_stage(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         plan = client.start_stage(args.name, args.stage)
         if args.wait:
@@ -342,8 +332,6 @@ def start_stage(args: argparse.Namespace) -> int:
 
 
 def watch_stage(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         try:
             return _follow(client, args.name, args.stage, args.poll, as_json=args.json)
@@ -353,8 +341,6 @@ def watch_stage(args: argparse.Namespace) -> int:
 
 
 def stop_stage(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         plan = client.stop_stage(args.name, args.stage)
     dump_json(plan) if args.json else print(_stage_line(plan, args.stage)[1])
@@ -362,8 +348,6 @@ def stop_stage(args: argparse.Namespace) -> int:
 
 
 def stage_devices(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         rows = list(client.stage_devices(args.name, args.stage, status=args.status))
     return emit(
@@ -381,8 +365,6 @@ def stage_devices(args: argparse.Namespace) -> int:
 
 
 def delete_plan(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         client.delete_plan(args.name)
     if args.json:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, emit
+from edgefleet.cli.output import (
+    add_client_arguments,
+    client_from_args,
+    dump_json,
+    emit,
+    fields,
+    parse_key_values,
+    table,
+)
 
 DEVICE_FIELDS = [
     ("Name", "DeviceName"),
@@ -69,8 +77,6 @@ def add_operator_commands(commands: Any) -> None:
 
 
 def register_devices(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, parse_key_values
-
     devices = [{"DeviceName": name, "Description": args.description} for name in args.names]
     with client_from_args(args) as client:
         registered = client.register_devices(args.fleet, devices, tags=parse_key_values(args.tag, "tag"))
@@ -86,8 +92,6 @@ def register_devices(args: argparse.Namespace) -> int:
 
 
 def update_device(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, parse_key_values
-
     changes: dict[str, Any] = {}
     if args.description is not None:
         changes["Description"] = args.description
@@ -102,8 +106,6 @@ def update_device(args: argparse.Namespace) -> int:
 
 
 def deregister_devices(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         for name in args.names:
             client.deregister_device(name)
@@ -115,8 +117,6 @@ def deregister_devices(args: argparse.Namespace) -> int:
 
 
 def describe_device(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields, table
-
     with client_from_args(args) as client:
         device = client.describe_device(args.name)
     if args.json:
@@ -137,8 +137,6 @@ def describe_device(args: argparse.Namespace) -> int:
 
 
 def list_devices(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
-
     with client_from_args(args) as client:
         rows = list(
             client.list_devices(
@@ -164,8 +162,6 @@ def list_devices(args: argparse.Namespace) -> int:
 
 
 def new_token(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         result = client.new_enrolment_token(args.name)
     if args.json:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, emit
+from edgefleet.cli.output import (
+    add_client_arguments,
+    cell,
+    client_from_args,
+    dump_json,
+    emit,
+    parse_key_values,
+    table,
+)
 
 FLEET_FIELDS = [
     ("Name", "DeviceFleetName"),
@@ -67,8 +75,6 @@ def _flat(fleet: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, parse_key_values
-
     with client_from_args(args) as client:
         fleet = client.create_fleet(
             args.name,
@@ -81,8 +87,6 @@ def create_fleet(args: argparse.Namespace) -> int:
 
 
 def update_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, parse_key_values
-
     changes: dict[str, Any] = {}
     if args.output is not None or args.kms_key_id is not None:
         current = None
@@ -101,8 +105,6 @@ def update_fleet(args: argparse.Namespace) -> int:
 
 
 def list_fleets(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         rows = list(client.list_fleets(name_contains=args.name_contains))
     return emit(
@@ -113,16 +115,12 @@ def list_fleets(args: argparse.Namespace) -> int:
 
 
 def describe_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         fleet = client.describe_fleet(args.name)
     return emit(args, _flat(fleet), FLEET_FIELDS)
 
 
 def delete_fleet(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         client.delete_fleet(args.name)
     if args.json:
@@ -133,8 +131,6 @@ def delete_fleet(args: argparse.Namespace) -> int:
 
 
 def show_report(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import cell, client_from_args, dump_json, table
-
     with client_from_args(args) as client:
         report = client.fleet_report(args.name, regenerate=args.regenerate)
     if args.json:

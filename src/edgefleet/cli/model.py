@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, emit
+from edgefleet.cli.output import (
+    ProgressBar,
+    add_client_arguments,
+    client_from_args,
+    dump_json,
+    emit,
+    fields,
+    human_size,
+    table,
+)
 from edgefleet.core.files import sha256_file
 
 VERSION_FIELDS = [
@@ -116,16 +125,12 @@ def add_parser(sub: Any) -> None:
 
 
 def _show_version(version: dict[str, Any]) -> None:
-    from edgefleet.cli.output import fields, table
-
     fields(version, VERSION_FIELDS)
     print()
     table(version["Packages"], PACKAGE_COLUMNS)
 
 
 def upload_packages(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import ProgressBar, client_from_args, dump_json
-
     stored = []
     with client_from_args(args) as client:
         for path in args.packages:
@@ -144,16 +149,12 @@ def upload_packages(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         model = client.create_model(args.name, description=args.description)
     return emit(args, model, [("Model", "ModelName"), ("Created", "CreationTime")])
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         rows = list(client.list_models(name_contains=args.name_contains))
     return emit(
@@ -169,8 +170,6 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def list_versions(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
-
     with client_from_args(args) as client:
         rows = list(client.list_versions(args.name, approval_status=args.status))
     if args.json:
@@ -192,8 +191,6 @@ def list_versions(args: argparse.Namespace) -> int:
 
 
 def describe_entry(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, fields
-
     with client_from_args(args) as client:
         if args.version is None:
             record = client.describe_model(args.name)
@@ -218,16 +215,12 @@ def describe_entry(args: argparse.Namespace) -> int:
 
 
 def set_approval(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         version = client.set_approval(args.name, args.version, args.status, reason=args.reason)
     return emit(args, version, VERSION_FIELDS)
 
 
 def set_alias(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         model = client.set_alias(args.name, args.alias, args.version)
     dump_json(model) if args.json else print(f"{args.name}@{args.alias} -> version {args.version}")
@@ -235,8 +228,6 @@ def set_alias(args: argparse.Namespace) -> int:
 
 
 def delete_alias(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         model = client.delete_alias(args.name, args.alias)
     dump_json(model) if args.json else print(f"alias {args.alias} of {args.name} removed")
@@ -244,8 +235,6 @@ def delete_alias(args: argparse.Namespace) -> int:
 
 
 def delete_entry(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     with client_from_args(args) as client:
         if args.version is None:
             client.delete_model(args.name)
@@ -261,8 +250,6 @@ def delete_entry(args: argparse.Namespace) -> int:
 
 
 def download_package(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import ProgressBar, client_from_args, dump_json, human_size
-
     bar = ProgressBar(f"downloading {args.name} {args.version}")
     try:
         with client_from_args(args) as client:
