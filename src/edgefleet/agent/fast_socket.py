@@ -1,5 +1,6 @@
-"""The agent's fast-socket server: Predict over a plain Unix socket beside the gRPC one (extension
-``fast-predict``, frames of :mod:`edgefleet.protocol.agent.framing`). gRPC hands every call through
+"""The agent's fast-socket server: Predict (and, under the ``EFP2`` greeting, CaptureData and
+GetCaptureDataStatus) over a plain Unix socket beside the gRPC one (extensions ``fast-predict``,
+``fast-capture``; frames of :mod:`edgefleet.protocol.agent.framing`). gRPC hands every call through
 several threads on each side, each hand-off a wake-up (most of a Predict's overhead on small
 machines); here one agent thread per connection reads, runs and answers: one wake-up per side."""
 
@@ -10,16 +11,18 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from edgefleet.core.errors import Code, EdgefleetError, grpc_status_number, quoted, wire_message
+from edgefleet.core.errors import Code, EdgefleetError, grpc_status_number, wire_message
 from edgefleet.protocol.agent.framing import (
     FAST_PATH_MAX_FRAME_BYTES,
     MAGIC,
+    MAGIC_METHODS,
+    METHOD_PREDICT,
     FrameReader,
     recv_exact,
     reply_frame,
@@ -28,9 +31,14 @@ from edgefleet.protocol.agent.proto import agent_pb2
 
 log = logging.getLogger(__name__)
 
+#: A method of ``EFP2`` connections: its request message class and the call answering it (raising
+#: EdgefleetError on refusal).
+Method = tuple[Any, Callable[[Any], Any]]
+
 
 class FastSocketServer:
-    """Listens on ``path`` and serves Predict with ``predict`` (raising EdgefleetError on refusal)."""
+    """Listens on ``path`` and serves Predict with ``predict`` (raising EdgefleetError on refusal),
+    and to ``EFP2`` connections the ``methods`` by their method byte as well."""
 
     def __init__(
         self,
@@ -38,13 +46,15 @@ class FastSocketServer:
         predict: Callable[[Any], Any],
         *,
         mode: int,
+        methods: Mapping[int, Method] | None = None,
         max_frame_bytes: int = FAST_PATH_MAX_FRAME_BYTES,
         idle_seconds: float = 60.0,
         frame_seconds: float = 10.0,
         max_connections: int = 64,
     ) -> None:
         self.path = path
-        self._predict = predict
+        self._methods: dict[int, Method] = {METHOD_PREDICT: (agent_pb2.PredictRequest, predict)}
+        self._methods.update(methods or {})
         self._max_frame = max_frame_bytes
         self._idle_seconds = idle_seconds
         self._frame_seconds = frame_seconds
@@ -134,17 +144,19 @@ class FastSocketServer:
     def _serve(self, conn: socket.socket, frames: FrameReader) -> None:
         try:
             hello = recv_exact(conn, len(MAGIC))
-            if hello is None or bytes(hello) != MAGIC:
+            if hello is None or bytes(hello) not in (MAGIC, MAGIC_METHODS):
                 if hello is not None:
                     log.info("fast path: a client opened with %r, not %r; closing", bytes(hello), MAGIC)
                     conn.sendall(
                         reply_frame(
                             grpc_status_number(Code.INVALID_ARGUMENT),
-                            f"the fast path expects the greeting {MAGIC.decode()}".encode(),
+                            f"the fast path expects the greeting {MAGIC.decode()} or "
+                            f"{MAGIC_METHODS.decode()}".encode(),
                         )
                     )
                 return
-            conn.sendall(MAGIC)
+            with_methods = bytes(hello) == MAGIC_METHODS
+            conn.sendall(hello)
             taking = f"the client did not take its reply within {self._frame_seconds:g} s"
             while True:
                 length = frames.next_length()
@@ -164,7 +176,10 @@ class FastSocketServer:
                     return
                 body = frames.body(length)
                 frames.expect(None, "")  # the inference takes what it takes
-                reply = self._answer(body)
+                if with_methods:
+                    reply = self._answer(memoryview(body)[1:], body[0]) if length else _empty_frame()
+                else:
+                    reply = self._answer(body, METHOD_PREDICT)
                 del body  # not held while the client takes its time to read the reply
                 # A reply the client does not read within the frame time closes the connection
                 # instead of holding this thread forever.
@@ -178,20 +193,28 @@ class FastSocketServer:
                 self._connections.pop(conn, None)
             conn.close()
 
-    def _answer(self, body: memoryview | bytearray) -> bytes:
+    def _answer(self, body: memoryview | bytearray, method: int) -> bytes:
+        known = self._methods.get(method)
+        if known is None:
+            return reply_frame(
+                grpc_status_number(Code.UNIMPLEMENTED),
+                f"this agent's fast path has no method {method} (known: "
+                f"{', '.join(map(str, sorted(self._methods)))})".encode(),
+            )
+        kind, call = known
         try:
-            request = agent_pb2.PredictRequest.FromString(body)
+            request = kind.FromString(body)
         except DecodeError as exc:
             return reply_frame(
                 grpc_status_number(Code.INVALID_ARGUMENT),
-                f"the frame is not a PredictRequest: {exc}".encode(),
+                f"the frame is not a {kind.__name__}: {exc}".encode(),
             )
         try:
-            response = self._predict(request)
+            response = call(request)
         except EdgefleetError as exc:
             return reply_frame(grpc_status_number(exc.code), wire_message(exc).encode("utf-8", "replace"))
         except Exception:  # a bug: answer INTERNAL like gRPC would, and keep serving
-            log.exception("fast path Predict on %s failed", quoted(request.name))
+            log.exception("fast path %s failed", kind.__name__)
             return reply_frame(
                 grpc_status_number(Code.INTERNAL), b"internal error in the agent (see its log)"
             )
@@ -216,6 +239,12 @@ class FastSocketServer:
         self._thread.join(timeout=5)
         self._watchdog.join(timeout=5)
         unlink_if_ours(self.path, self._identity)
+
+
+def _empty_frame() -> bytes:
+    return reply_frame(
+        grpc_status_number(Code.INVALID_ARGUMENT), b"an EFP2 request frame starts with a method byte"
+    )
 
 
 def unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:

@@ -29,7 +29,13 @@ from edgefleet.core.errors import EdgefleetError, FailedPrecondition, Unavailabl
 from edgefleet.core.manifest import MANIFEST_FILE, Manifest
 from edgefleet.core.package import parse_manifest, unpack_package, verify_package_dir
 from edgefleet.core.signing import check_trust_dir
-from edgefleet.protocol.agent.framing import MAX_SOCKET_PATH, fast_path_for, socket_path
+from edgefleet.protocol.agent.framing import (
+    MAX_SOCKET_PATH,
+    METHOD_CAPTURE_DATA,
+    METHOD_CAPTURE_STATUS,
+    fast_path_for,
+    socket_path,
+)
 from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.runtimes.base import RuntimeOptions
 
@@ -303,6 +309,10 @@ def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> Fas
         server = FastSocketServer(
             fast_path,
             agent.predict,
+            methods={
+                METHOD_CAPTURE_DATA: (agent_pb2.CaptureDataRequest, agent.capture_data),
+                METHOD_CAPTURE_STATUS: (agent_pb2.GetCaptureDataStatusRequest, agent.capture_status),
+            },
             mode=config.socket_mode,
             max_frame_bytes=config.fast_path_max_frame_bytes,
             idle_seconds=config.fast_path_idle_seconds,
@@ -313,7 +323,7 @@ def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> Fas
         return None
     finally:
         os.umask(old_umask)
-    log.info("fast path (Predict over a plain socket) on %s", fast_path)
+    log.info("fast path (Predict and captures over a plain socket) on %s", fast_path)
     return server
 
 

@@ -63,7 +63,11 @@ _CAPTURE_STATUS = {
     CaptureStatus.NOT_FOUND: agent_pb2.NOT_FOUND,
 }
 _ENCODINGS = {v: k for k, v in agent_pb2.Encoding.items()}
-_NO_CAPTURE = EdgefleetError("this agent does not capture", Code.UNIMPLEMENTED)
+
+
+def _no_capture() -> EdgefleetError:
+    return EdgefleetError("this agent does not capture", Code.UNIMPLEMENTED)
+
 
 T = TypeVar("T")
 
@@ -324,8 +328,15 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     # -- capture -----------------------------------------------------------------------------
     def CaptureData(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.capture_data(request)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+
+    def capture_data(self, request: Any) -> Any:
+        """One CaptureData, for any transport: the response, or an EdgefleetError with its code."""
         if self._capture is None:
-            return _abort(context, _NO_CAPTURE)
+            raise _no_capture()
         try:
             slot = self._models.get(request.model_name)
             capture = CaptureRequest(
@@ -342,7 +353,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             slot.stats.record_capture()
         except EdgefleetError as exc:
             log.info("CaptureData %s refused: %s", quoted(request.capture_id), exc)
-            return _abort(context, exc)
+            raise
         return agent_pb2.CaptureDataResponse()
 
     def _capture_tensor(self, tensor: Any, what: str) -> CaptureTensor:
@@ -359,10 +370,17 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         return CaptureAux(name=aux.name, encoding=encoding, data=bytes(data))
 
     def GetCaptureDataStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.capture_status(request)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+
+    def capture_status(self, request: Any) -> Any:
+        """One GetCaptureDataStatus, for any transport."""
         if self._capture is None:
-            return _abort(context, _NO_CAPTURE)
+            raise _no_capture()
         if not request.capture_id:
-            return _abort(context, InvalidArgument("capture_id is empty"))
+            raise InvalidArgument("capture_id is empty")
         status = self._capture.status(request.capture_id)
         return agent_pb2.GetCaptureDataStatusResponse(status=_CAPTURE_STATUS[status])
 
@@ -442,6 +460,7 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
         self._extensions = [
             *extensions,
             *(["fast-predict"] if fast_path else []),
+            *(["fast-capture"] if fast_path and agent.capture is not None else []),
             *(["capture-statistics"] if agent.capture is not None else []),
             *(["model-summaries"] if agent.summariser is not None else []),
         ]

@@ -367,6 +367,16 @@ class AgentClient:
             self.grpc_predict_calls += 1
         return self._call("Predict", request)
 
+    def _fast_or_call(self, method: str, request: Any) -> Any:
+        """CaptureData / GetCaptureDataStatus over the fast socket when it answers (extension
+        ``fast-capture``), over the transport otherwise."""
+        if self._fast is not None and not self._closed:
+            fast = self._fast.capture_data if method == "CaptureData" else self._fast.capture_status
+            response = fast(request)
+            if response is not None:
+                return response
+        return self._call(method, request)
+
     # -- capture --------------------------------------------------------------------------------
     def capture(
         self,
@@ -399,7 +409,7 @@ class AgentClient:
                 outputs=self._aux(aux_outputs, segments),
             )
 
-        self._leased_call(build, lambda request: self._call("CaptureData", request))
+        self._leased_call(build, lambda request: self._fast_or_call("CaptureData", request))
         return capture_id
 
     def _aux(
@@ -428,7 +438,7 @@ class AgentClient:
 
     def capture_status(self, capture_id: str) -> CaptureStatusName:
         """``SUCCESS``, ``IN_PROGRESS``, ``FAILURE`` or ``NOT_FOUND``."""
-        response = self._call(
+        response = self._fast_or_call(
             "GetCaptureDataStatus", agent_pb2.GetCaptureDataStatusRequest(capture_id=capture_id)
         )
         status = _CAPTURE_STATUS.get(int(response.status))

@@ -1,9 +1,11 @@
-"""The framing of the agent's fast path (extension ``fast-predict``), shared by agent and client.
-Contract (docs/agent-protocol.md, "Fast path"): the socket is the agent's socket path + ``.fast``;
-the client greets with ``EFP1``, the agent answers ``EFP1``; a request is a frame (a little-endian
-u32 length, then a serialized ``PredictRequest``); a reply is a frame holding one status byte (the
-gRPC status number, 0 = OK), then a ``PredictResponse`` (OK) or the UTF-8 error message. Calls on
-one connection are sequential; open several connections for concurrent calls."""
+"""The framing of the agent's fast path (extensions ``fast-predict``, ``fast-capture``), shared by
+agent and client. Contract (docs/agent-protocol.md, "Fast path"): the socket is the agent's socket
+path + ``.fast``; the client greets with ``EFP1`` (Predict only) or ``EFP2`` (a method byte first in
+every request), the agent answers the same greeting; a request is a frame (a little-endian u32
+length, then, under ``EFP2``, one method byte, then the serialized request message); a reply is a
+frame holding one status byte (the gRPC status number, 0 = OK), then the response message (OK) or
+the UTF-8 error message. Calls on one connection are sequential; open several connections for
+concurrent calls."""
 
 from __future__ import annotations
 
@@ -16,6 +18,12 @@ from pathlib import Path
 from edgefleet.core.errors import InvalidArgument, quoted
 
 MAGIC = b"EFP1"
+#: The greeting of connections whose requests start with a method byte.
+MAGIC_METHODS = b"EFP2"
+#: The method bytes of ``EFP2`` requests.
+METHOD_PREDICT = 1
+METHOD_CAPTURE_DATA = 2
+METHOD_CAPTURE_STATUS = 3
 SUFFIX = ".fast"
 #: The length prefix of every frame (little-endian u32).
 FRAME_LENGTH = struct.Struct("<I")
