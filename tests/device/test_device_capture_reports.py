@@ -191,3 +191,35 @@ def test_a_damaged_cursor_and_bad_bounds_are_refused(tmp_path: Path) -> None:
         CaptureReporter(connection, tmp_path)
     with pytest.raises(InvalidArgument, match="between 1 and 500"):
         CaptureReporter(connection, None, max_uploads=501)
+
+
+class RefusingUploads(FakeControlPlane):
+    """A control plane that refuses, for good, every heartbeat carrying capture uploads."""
+
+    def send_heartbeat(self, heartbeat: Heartbeat) -> None:
+        if heartbeat.capture is not None and heartbeat.capture.uploads:
+            raise InvalidArgument("capture upload key outside the fleet's prefix")
+        super().send_heartbeat(heartbeat)
+
+
+def test_uploads_the_server_refuses_for_good_do_not_stop_heartbeats(
+    tmp_path: Path, trust: Path, keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    package = build_null(keys, tmp_path / "pkgs", name="cam", version="1.0")
+    agent = agent_in(tmp_path / "agent", trust)
+    client = AgentClient(agent.address, timeout=60)
+    try:
+        client.load(str(package), "cam")
+        plane = RefusingUploads()
+        dev = make_device(tmp_path / "state", trust, plane, client)
+        capture_some(client, 2)
+        with caplog.at_level(logging.ERROR, logger="edgefleet.device.captures"):
+            assert dev.daemon.heartbeat_once()  # taken without the uploads the server refuses
+        (heartbeat,) = plane.heartbeats
+        assert heartbeat.capture is not None and heartbeat.capture.uploads == ()
+        assert any("refused 2 capture upload(s) for good" in r.getMessage() for r in caplog.records)
+        assert json.loads((tmp_path / "state" / CURSOR_FILE).read_text())["after"] == 2
+        assert dev.daemon.heartbeat_once() and len(plane.heartbeats) == 2  # heartbeats go on
+    finally:
+        client.close()
+        agent.stop()

@@ -60,8 +60,9 @@ class CaptureReporter:
         self.path = None if state_dir is None else state_dir / CURSOR_FILE
         self.max_uploads = max_uploads
         self.cursor = self._load()
-        #: the cursor the last built report reaches, committed by :meth:`accepted`
+        #: the cursor the last built report reaches, committed by :meth:`accepted`, and its uploads
         self._pending: UploadCursor | None = None
+        self._pending_uploads = 0
         self._warned = False
 
     def _load(self) -> UploadCursor:
@@ -113,6 +114,7 @@ class CaptureReporter:
                 page.first_log_id - after - 1,
             )
         self._pending = UploadCursor(page.epoch, page.next_after)
+        self._pending_uploads = len(page.report.uploads)
         return page.report
 
     def accepted(self) -> None:
@@ -127,6 +129,22 @@ class CaptureReporter:
     def withhold(self, heartbeat: Heartbeat) -> Heartbeat:
         """``heartbeat`` without its uploads (to be queued: the next heartbeat sends them again)."""
         self._pending = None
-        if heartbeat.capture is None or not heartbeat.capture.uploads:
-            return heartbeat
-        return replace(heartbeat, capture=replace(heartbeat.capture, uploads=()))
+        return without_uploads(heartbeat)
+
+    def skip(self, refusal: EdgefleetError) -> None:
+        """The server refused the last report's uploads but took the heartbeat without them: they
+        can never be reported, so move past them (loudly) rather than stop heartbeats for good."""
+        if self._pending is not None and self._pending_uploads:
+            log.error(
+                "the server refused %d capture upload(s) for good; its capture index will miss them: %s",
+                self._pending_uploads,
+                refusal,
+            )
+        self.accepted()
+
+
+def without_uploads(heartbeat: Heartbeat) -> Heartbeat:
+    """``heartbeat`` with its capture backlog but no uploads."""
+    if heartbeat.capture is None or not heartbeat.capture.uploads:
+        return heartbeat
+    return replace(heartbeat, capture=replace(heartbeat.capture, uploads=()))

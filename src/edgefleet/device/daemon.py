@@ -36,7 +36,7 @@ from edgefleet.client.handles import HANDLES_FILE
 from edgefleet.core.deviceplane import Action, Deployment, HealthReport, Heartbeat, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError, NotFound
 from edgefleet.device.agentlink import AgentConnection, AgentSupervisor, wait_ready
-from edgefleet.device.captures import CaptureReporter
+from edgefleet.device.captures import CaptureReporter, without_uploads
 from edgefleet.device.config import DaemonConfig
 from edgefleet.device.executor import Executor, Outcome, deployment_result, serving_models, utcnow
 from edgefleet.device.metrics import DeviceMetrics, model_reports
@@ -246,10 +246,26 @@ class Daemon:
             if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
                 self._offline(exc)
                 self.outbox.add(self.capture.withhold(heartbeat))  # its uploads go with the next one
+            elif exc.code is not Code.UNAUTHENTICATED and heartbeat.capture and heartbeat.capture.uploads:
+                return self._heartbeat_without_uploads(heartbeat, exc)
             else:
                 self._refused("SendHeartbeat", exc)
             return False
         self.capture.accepted()
+        self._online()
+        self.flush_results()
+        return True
+
+    def _heartbeat_without_uploads(self, heartbeat: Heartbeat, refusal: EdgefleetError) -> bool:
+        """The server refused a heartbeat carrying capture uploads: send it again without them. If
+        that is taken, the uploads are what the server refuses, for good: they are skipped (logged),
+        or no heartbeat would ever get through again."""
+        try:
+            self.plane.send_heartbeat(without_uploads(heartbeat))
+        except EdgefleetError as exc:
+            self._refused("SendHeartbeat", exc)
+            return False
+        self.capture.skip(refusal)
         self._online()
         self.flush_results()
         return True
