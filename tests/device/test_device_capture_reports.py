@@ -82,7 +82,7 @@ def test_uploads_reach_the_server_once_and_a_failed_heartbeats_go_with_the_next(
     client = AgentClient(agent.address, timeout=60)
     try:
         client.load(str(package), "cam")
-        dev = make_device(tmp_path / "state", trust, plane, client)  # type: ignore[arg-type]
+        dev = make_device(tmp_path / "state", trust, plane, client)
 
         assert dev.daemon.heartbeat_once()
         first = plane.accepted[-1].capture
@@ -119,7 +119,7 @@ def test_uploads_reach_the_server_once_and_a_failed_heartbeats_go_with_the_next(
         assert sent_keys(plane) == logged_keys(client) and len(set(sent_keys(plane))) == 5
 
         # a restarted daemon resumes after its persisted cursor: nothing is sent twice
-        restarted = make_device(tmp_path / "state", trust, plane, client)  # type: ignore[arg-type]
+        restarted = make_device(tmp_path / "state", trust, plane, client)
         assert restarted.daemon.heartbeat_once()
         assert sent_keys(plane) == logged_keys(client)
 
@@ -151,7 +151,7 @@ def test_an_agent_with_a_new_upload_log_is_reported_from_its_start(
         for client in (old_client, new_client):
             client.load(str(package), "cam")
         capture_some(old_client, 3)
-        dev = make_device(tmp_path / "state", trust, plane, old_client)  # type: ignore[arg-type]
+        dev = make_device(tmp_path / "state", trust, plane, old_client)
         assert dev.daemon.heartbeat_once()
         assert len(sent_keys(plane)) == 3
         # the device's agent now keeps another spool (its data was wiped): its log starts at 1 again

@@ -13,7 +13,7 @@ from support import build_null, start, wait_for
 
 from edgefleet.client import AgentClient
 from edgefleet.core.errors import InvalidArgument
-from edgefleet.protocol.agent.proto import extensions_pb2, extensions_pb2_grpc
+from edgefleet.protocol.agent.proto import extensions_pb2
 
 
 def test_capture_uploads_over_the_socket(tmp_path: Path, trust: Path, keys: Path) -> None:
@@ -64,7 +64,7 @@ def test_capture_uploads_over_the_socket(tmp_path: Path, trust: Path, keys: Path
             with pytest.raises(InvalidArgument, match="need after >= 0"):
                 client.capture_uploads(after=-1)
             # limit 0 on the wire means the default page
-            stub = extensions_pb2_grpc.AgentExtensionsStub(agent.channel())  # type: ignore[no-untyped-call]
+            stub = agent.ext()
             raw = stub.GetCaptureUploads(extensions_pb2.CaptureUploadsRequest(after=0, limit=0))
             assert len(raw.uploads) == len(uploads)
             with pytest.raises(grpc.RpcError) as refused:

@@ -228,17 +228,25 @@ def encode_payload(request: CaptureRequest, *, device_name: str, fleet_name: str
     return b"".join(chunks)
 
 
+def _payload_header(blob: bytes) -> tuple[Any, int]:
+    """The JSON header of a spooled payload and the offset of the first payload byte.
+
+    ValueError (or struct.error) when the blob is too short or the header is not JSON.
+    """
+    (length,) = _HEADER_LENGTH.unpack_from(blob)
+    header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].decode("utf-8"))
+    return header, _HEADER_LENGTH.size + length
+
+
 def decode_payload(blob: bytes) -> tuple[CaptureRequest, str, str]:
     """Inverse of :func:`encode_payload`: ``(request, device_name, fleet_name)``.
 
     INVALID_ARGUMENT if the blob is damaged (the capture can then never be written).
     """
     try:
-        (length,) = _HEADER_LENGTH.unpack_from(blob)
-        header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].decode("utf-8"))
+        header, offset = _payload_header(blob)
         if header.get("format") != _PAYLOAD_FORMAT:
             raise ValueError(f"unknown payload format {header.get('format')!r}")
-        offset = _HEADER_LENGTH.size + length
 
         def take(size: int) -> bytes:
             nonlocal offset
@@ -758,8 +766,7 @@ def _payload_version(blob: bytes) -> str:
     """The model version in a spooled payload's header ("" when the header cannot be read: such a
     capture is damaged and will be given up as FAILURE when its batch is written)."""
     try:
-        (length,) = _HEADER_LENGTH.unpack_from(blob)
-        header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].decode("utf-8"))
+        header, _ = _payload_header(blob)
         return str(header.get("model_version", "")) if isinstance(header, dict) else ""
     except (ValueError, struct.error):
         return ""
