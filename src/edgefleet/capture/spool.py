@@ -7,7 +7,9 @@ GetCaptureDataStatus and duplicate detection, ``uploads`` is the upload log (one
 the store confirmed, appended in the transaction that finishes its batch, so an entry exists if and
 only if its captures left the spool as SUCCESS), and ``meta`` holds the log's epoch and trimmed
 count. Schema 2 added the captures' model version (one object holds one model version) and the
-upload log; a schema-1 spool is migrated in place when it is opened, keeping its captures. With ``fsync`` the database runs with
+upload log; a schema-1 spool is migrated in place when it is opened, keeping its captures.
+
+With ``fsync`` the database runs with
 ``synchronous=FULL``: a committed capture survives power loss; without it (``NORMAL``) it still
 survives the process being killed. One process at a time owns a spool directory (``flock``).
 """
@@ -703,23 +705,7 @@ class Spool:
                     self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _translate(exc, self.directory) from exc
-        entries = tuple(
-            LoggedUpload(
-                log_id=int(log_id),
-                uploaded_at=float(uploaded_at),
-                upload=CaptureUpload(
-                    key=str(key),
-                    model_name=str(model_name),
-                    model_version=str(model_version),
-                    records=int(records),
-                    size=int(size),
-                    first_inference=_utc(first_inference),
-                    last_inference=_utc(last_inference),
-                    raw_objects=int(raw_objects),
-                ),
-            )
-            for log_id, uploaded_at, key, model_name, model_version, records, size, first_inference, last_inference, raw_objects in rows
-        )
+        entries = tuple(_logged_upload(row) for row in rows)
         return UploadPage(
             epoch=str(meta.get("log_epoch", "")),
             entries=entries,
@@ -749,6 +735,25 @@ class Spool:
         db.execute(
             "DELETE FROM finished WHERE seq <= (SELECT MAX(seq) FROM finished) - ?", (self.status_history,)
         )
+
+
+def _logged_upload(row: Sequence[Any]) -> LoggedUpload:
+    """An ``uploads`` row (columns in the order :meth:`Spool.uploads_after` selects them)."""
+    log_id, uploaded_at, key, model_name, model_version, records, size, first, last, raw_objects = row
+    return LoggedUpload(
+        log_id=int(log_id),
+        uploaded_at=float(uploaded_at),
+        upload=CaptureUpload(
+            key=str(key),
+            model_name=str(model_name),
+            model_version=str(model_version),
+            records=int(records),
+            size=int(size),
+            first_inference=_utc(first),
+            last_inference=_utc(last),
+            raw_objects=int(raw_objects),
+        ),
+    )
 
 
 def _utc(seconds: float | None) -> datetime | None:
