@@ -63,6 +63,8 @@ _CAPTURE_STATUS = {
     CaptureStatus.NOT_FOUND: agent_pb2.NOT_FOUND,
 }
 _ENCODINGS = {v: k for k, v in agent_pb2.Encoding.items()}
+#: Upload-log entries GetCaptureUploads returns when the request leaves ``limit`` 0.
+DEFAULT_UPLOADS_PAGE = 500
 
 
 def _no_capture() -> EdgefleetError:
@@ -70,6 +72,11 @@ def _no_capture() -> EdgefleetError:
 
 
 T = TypeVar("T")
+
+
+def _seconds(when: datetime | None) -> float:
+    """Unix seconds on the wire (0 = unknown)."""
+    return 0.0 if when is None else when.timestamp()
 
 
 def _abort(context: grpc.ServicerContext, exc: EdgefleetError) -> Any:
@@ -461,7 +468,7 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             *extensions,
             *(["fast-predict"] if fast_path else []),
             *(["fast-capture"] if fast_path and agent.capture is not None else []),
-            *(["capture-statistics"] if agent.capture is not None else []),
+            *(["capture-statistics", "capture-uploads"] if agent.capture is not None else []),
             *(["model-summaries"] if agent.summariser is not None else []),
         ]
 
@@ -487,6 +494,42 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             auto_captured=auto.get("captured", 0),
             auto_skipped=auto.get("skipped", 0),
             auto_refused=auto.get("refused", 0),
+        )
+
+    def GetCaptureUploads(self, request: Any, context: grpc.ServicerContext) -> Any:
+        capture = self._agent.capture
+        if capture is None:
+            return _abort(context, Unimplemented("GetCaptureUploads: this agent has no capture pipeline"))
+        try:
+            page = capture.uploads(request.after, request.limit or DEFAULT_UPLOADS_PAGE)
+            stats = capture.stats()
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return extensions_pb2.CaptureUploadsResponse(
+            backlog_records=stats["pending"],
+            backlog_bytes=stats["pending_bytes"] or 0,
+            oldest_backlog_age_seconds=stats["oldest_pending_age_seconds"] or 0.0,
+            dropped=stats["dropped"],
+            failed=stats["failed"],
+            uploads=[
+                extensions_pb2.CaptureUploadEntry(
+                    log_id=e.log_id,
+                    key=e.upload.key,
+                    model_name=e.upload.model_name,
+                    model_version=e.upload.model_version,
+                    records=e.upload.records,
+                    size=e.upload.size,
+                    first_inference_time=_seconds(e.upload.first_inference),
+                    last_inference_time=_seconds(e.upload.last_inference),
+                    raw_objects=e.upload.raw_objects,
+                    uploaded_time=e.uploaded_at,
+                )
+                for e in page.entries
+            ],
+            next_after=page.next_after,
+            log_epoch=page.epoch,
+            trimmed=page.trimmed,
+            first_log_id=page.first_log_id,
         )
 
     def GetModelSummaries(self, request: Any, context: grpc.ServicerContext) -> Any:

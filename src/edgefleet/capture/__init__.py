@@ -17,7 +17,7 @@ from edgefleet.capture.records import (
 )
 from edgefleet.capture.service import CaptureConfig, CaptureService, FullPolicy, RetryPolicy, ServiceState
 from edgefleet.capture.sinks import DiskSink, Sink, open_sink
-from edgefleet.capture.spool import CaptureStatus
+from edgefleet.capture.spool import CaptureStatus, LoggedUpload, UploadPage
 
 __all__ = [
     "CaptureAux",
@@ -29,9 +29,11 @@ __all__ = [
     "CaptureTensor",
     "DiskSink",
     "FullPolicy",
+    "LoggedUpload",
     "RetryPolicy",
     "ServiceState",
     "Sink",
+    "UploadPage",
     "decode_record",
     "entry_array",
     "entry_bytes",

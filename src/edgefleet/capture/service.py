@@ -42,9 +42,11 @@ from edgefleet.capture.spool import (
     OpenBatch,
     PendingCapture,
     Spool,
+    UploadPage,
     decode_payload,
     encode_payload,
 )
+from edgefleet.core.deviceplane import CaptureUpload
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, ResourceExhausted, Unavailable
 from edgefleet.storage.base import is_safe_component
 
@@ -151,6 +153,9 @@ class CaptureConfig:
     fsync: bool = True
     #: Finished capture ids remembered for GetCaptureDataStatus and duplicate detection.
     status_history: int = 100_000
+    #: Upload-log entries kept (objects the store confirmed, read by the device daemon for its
+    #: heartbeats); older ones are trimmed and counted.
+    upload_log: int = 100_000
     #: How far in the future an inference time may be (device clock skew) before OUT_OF_RANGE.
     clock_skew_seconds: float = 5.0
     #: Largest total payload of one capture, in bytes (RESOURCE_EXHAUSTED above it).
@@ -177,6 +182,8 @@ class CaptureConfig:
             raise InvalidArgument("capture buffer bytes must be at least 1 (or unset: no byte bound)")
         if self.status_history < 0 or self.max_capture_bytes < 1:
             raise InvalidArgument("capture status history must be >= 0 and max capture bytes >= 1")
+        if self.upload_log < 1:
+            raise InvalidArgument("capture upload log must keep at least 1 entry")
 
 
 class ServiceState(enum.Enum):
@@ -221,7 +228,12 @@ class CaptureService:
         self._rng = rng if rng is not None else random.Random()
         self.sink: Sink = sink if sink is not None else DiskSink(config.destination_root, fsync=config.fsync)
         self._clock = clock
-        self._spool = Spool(config.spool_dir, fsync=config.fsync, status_history=config.status_history)
+        self._spool = Spool(
+            config.spool_dir,
+            fsync=config.fsync,
+            status_history=config.status_history,
+            upload_log=config.upload_log,
+        )
         self._state = ServiceState.RUNNING
         self._write_lock = threading.Lock()
         self._wakeup = threading.Condition()
@@ -271,6 +283,7 @@ class CaptureService:
             enqueued_at=now.timestamp(),
             fleet=self.config.fleet_name,
             model_name=valid.model_name,
+            model_version=valid.model_version,
             partition=partition_of(valid.inference_time),
             payload=payload,
             capacity=self.config.buffer_size,
@@ -365,6 +378,15 @@ class CaptureService:
         finally:
             self._spool.close()
             self._state = ServiceState.CLOSED
+
+    def uploads(self, after: int = 0, limit: int = 500) -> UploadPage:
+        """The objects the store confirmed after log id ``after`` (oldest first, at most ``limit``).
+
+        The log survives restarts (it lives in the spool); INVALID_ARGUMENT for a negative cursor
+        or a limit outside 1..``spool.MAX_UPLOADS_PAGE``.
+        """
+        self._check_open()
+        return self._spool.uploads_after(after, limit)
 
     def stats(self) -> dict[str, Any]:
         """Counters since start and the backlog.
@@ -470,12 +492,14 @@ class CaptureService:
         pending = self._spool.unassigned()
         if not pending or not (force or self._due(pending, now.timestamp())):
             return
-        groups: dict[tuple[str, str, str], list[PendingCapture]] = {}
+        # one object per model version: the server's capture index files each object under one
+        groups: dict[tuple[str, str, str, str], list[PendingCapture]] = {}
         for capture in pending:
-            groups.setdefault((capture.fleet, capture.model_name, capture.partition), []).append(capture)
+            group = (capture.fleet, capture.model_name, capture.model_version, capture.partition)
+            groups.setdefault(group, []).append(capture)
         batches: list[tuple[str, str, list[int]]] = []
         size = self.config.batch_size
-        for (fleet, model_name, partition), members in groups.items():
+        for (fleet, model_name, _version, partition), members in groups.items():
             directory = object_dir(self.config.folder_prefix, fleet, model_name, partition)
             for start in range(0, len(members), size):
                 batch_id = uuid.uuid4().hex
@@ -505,6 +529,7 @@ class CaptureService:
         lines: list[bytes] = []
         raw: list[RawPayload] = []
         damaged: list[str] = []
+        requests: list[CaptureRequest] = []
         for capture in self._spool.batch_captures(batch.batch_id):
             try:
                 request, device_name, fleet_name = decode_payload(capture.payload)
@@ -522,6 +547,7 @@ class CaptureService:
                 continue
             lines.append(encoded.line)
             raw.extend(encoded.raw)
+            requests.append(request)
         if damaged:
             self._spool.fail_captures(damaged, self._now().timestamp())
             self._count(failed=len(damaged))
@@ -537,7 +563,22 @@ class CaptureService:
             )
             self._write_failed(batch, error)
             return error
-        written = self._spool.finish_batch(batch.batch_id, CaptureStatus.SUCCESS, self._now().timestamp())
+        upload = None
+        if lines:
+            times = [r.inference_time for r in requests]
+            upload = CaptureUpload(
+                key=batch.object_key,
+                model_name=requests[0].model_name,
+                model_version=requests[0].model_version,
+                records=len(lines),
+                size=sum(len(line) for line in lines),
+                first_inference=min(times),
+                last_inference=max(times),
+                raw_objects=len(raw),
+            )
+        written = self._spool.finish_batch(
+            batch.batch_id, CaptureStatus.SUCCESS, self._now().timestamp(), upload=upload
+        )
         with self._counters_lock:
             self._counters.written += written
             self._counters.batches_written += 1 if lines else 0

@@ -1,9 +1,15 @@
 """The durable capture buffer: a bounded on-disk spool in SQLite (WAL).
 
-Three tables: ``pending`` holds acknowledged captures with their payload until written,
+Five tables: ``pending`` holds acknowledged captures with their payload until written,
 ``batches`` holds each batch's object key once it has been chosen (so a crash mid-write rewrites
-the same key), and ``finished`` remembers the outcome of the last ``status_history`` captures for
-GetCaptureDataStatus and duplicate detection. With ``fsync`` the database runs with
+the same key), ``finished`` remembers the outcome of the last ``status_history`` captures for
+GetCaptureDataStatus and duplicate detection, ``uploads`` is the upload log (one entry per object
+the store confirmed, appended in the transaction that finishes its batch, so an entry exists if and
+only if its captures left the spool as SUCCESS), and ``meta`` holds the log's epoch and trimmed
+count. Schema 2 added the captures' model version (one object holds one model version) and the
+upload log; a schema-1 spool is migrated in place when it is opened, keeping its captures.
+
+With ``fsync`` the database runs with
 ``synchronous=FULL``: a committed capture survives power loss; without it (``NORMAL``) it still
 survives the process being killed. One process at a time owns a spool directory (``flock``).
 """
@@ -18,14 +24,16 @@ import os
 import sqlite3
 import struct
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgefleet.capture.records import CaptureAux, CaptureRequest, CaptureTensor
+from edgefleet.core.deviceplane import CaptureUpload
 from edgefleet.core.errors import (
     AlreadyExists,
     EdgefleetError,
@@ -41,7 +49,9 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "spool.sqlite3"
 LOCK_FILE = "spool.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Most upload-log entries one call of :meth:`Spool.uploads_after` returns.
+MAX_UPLOADS_PAGE = 10_000
 _PAYLOAD_FORMAT = 1
 _HEADER_LENGTH = struct.Struct(">I")
 
@@ -62,7 +72,8 @@ CREATE TABLE IF NOT EXISTS pending (
     model_name TEXT NOT NULL,
     partition TEXT NOT NULL,
     payload BLOB NOT NULL,
-    batch_id TEXT REFERENCES batches(batch_id)
+    batch_id TEXT REFERENCES batches(batch_id),
+    model_version TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pending_batch ON pending(batch_id);
 CREATE TABLE IF NOT EXISTS finished (
@@ -71,6 +82,26 @@ CREATE TABLE IF NOT EXISTS finished (
     status INTEGER NOT NULL,
     finished_at REAL NOT NULL,
     object_key TEXT
+);
+"""
+
+# Added by schema 2 (also created on a fresh spool).
+_SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS uploads (
+    log_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    object_key TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    records INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    first_inference REAL,
+    last_inference REAL,
+    raw_objects INTEGER NOT NULL,
+    uploaded_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -94,6 +125,7 @@ class PendingCapture:
     fleet: str
     model_name: str
     partition: str
+    model_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +145,7 @@ class _Add:
     """One add() waiting for the group commit, and its answer."""
 
     key: str
-    row: tuple[str, float, str, str, str, bytes]
+    row: tuple[str, float, str, str, str, str, bytes]
     capacity: int
     capacity_bytes: int | None
     drop_oldest: bool
@@ -132,6 +164,32 @@ class Backlog:
     bytes: int
     #: when the oldest of them was spooled (POSIX seconds), None when the spool is empty
     oldest_enqueued_at: float | None
+
+
+@dataclass(frozen=True)
+class LoggedUpload:
+    """An upload-log entry: an object the store confirmed, and where it stands in the log."""
+
+    #: position in the log (increasing, never reused by this spool)
+    log_id: int
+    #: when the store confirmed it (POSIX seconds)
+    uploaded_at: float
+    upload: CaptureUpload
+
+
+@dataclass(frozen=True)
+class UploadPage:
+    """Upload-log entries after a cursor (see :meth:`Spool.uploads_after`)."""
+
+    #: names this spool's log; a reader holding a cursor of another epoch starts again from 0
+    epoch: str
+    entries: tuple[LoggedUpload, ...]
+    #: the cursor for the next call: the last entry's log id, or the ``after`` given when none
+    next_after: int
+    #: entries trimmed (oldest first) to keep the log within its bound, since the spool was created
+    trimmed: int
+    #: log id of the oldest entry still kept (0 when the log is empty)
+    first_log_id: int
 
 
 @dataclass(frozen=True)
@@ -172,17 +230,25 @@ def encode_payload(request: CaptureRequest, *, device_name: str, fleet_name: str
     return b"".join(chunks)
 
 
+def _payload_header(blob: bytes) -> tuple[Any, int]:
+    """The JSON header of a spooled payload and the offset of the first payload byte.
+
+    ValueError (or struct.error) when the blob is too short or the header is not JSON.
+    """
+    (length,) = _HEADER_LENGTH.unpack_from(blob)
+    header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].decode("utf-8"))
+    return header, _HEADER_LENGTH.size + length
+
+
 def decode_payload(blob: bytes) -> tuple[CaptureRequest, str, str]:
     """Inverse of :func:`encode_payload`: ``(request, device_name, fleet_name)``.
 
     INVALID_ARGUMENT if the blob is damaged (the capture can then never be written).
     """
     try:
-        (length,) = _HEADER_LENGTH.unpack_from(blob)
-        header = json.loads(blob[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].decode("utf-8"))
+        header, offset = _payload_header(blob)
         if header.get("format") != _PAYLOAD_FORMAT:
             raise ValueError(f"unknown payload format {header.get('format')!r}")
-        offset = _HEADER_LENGTH.size + length
 
         def take(size: int) -> bytes:
             nonlocal offset
@@ -243,9 +309,18 @@ class Spool:
     spool of a version this code knows.
     """
 
-    def __init__(self, directory: Path, *, fsync: bool = True, status_history: int = 100_000) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: bool = True,
+        status_history: int = 100_000,
+        upload_log: int = 100_000,
+    ) -> None:
         self.directory = Path(directory)
         self.status_history = status_history
+        #: upload-log entries kept at most (older ones are trimmed and counted)
+        self.upload_log = upload_log
         self._lock = threading.Lock()
         # group commit of add(): requests waiting, and whether one of their threads is committing
         self._group = threading.Condition(threading.Lock())
@@ -293,13 +368,29 @@ class Spool:
                 )
             db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise FailedPrecondition(
                     f"capture spool {self.directory} has schema version {version}; this edgefleet "
-                    f"understands {SCHEMA_VERSION}"
+                    f"understands 1 to {SCHEMA_VERSION}"
                 )
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version != SCHEMA_VERSION:
+                # one transaction: a crash mid-migration leaves the schema-1 spool as it was
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if version == 1:
+                        _migrate_1_to_2(db)
+                    else:
+                        for statement in (_SCHEMA + _SCHEMA_2).split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                        _init_meta(db)
+                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                if version == 1:
+                    log.info("capture spool %s migrated from schema 1 to %d", self.directory, SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise FailedPrecondition(f"capture spool {self.directory} is not usable: {exc}") from exc
@@ -353,6 +444,7 @@ class Spool:
         capacity: int,
         capacity_bytes: int | None = None,
         drop_oldest: bool = False,
+        model_version: str = "",
     ) -> list[str]:
         """Store a capture durably, or raise ALREADY_EXISTS / RESOURCE_EXHAUSTED storing nothing.
 
@@ -371,7 +463,7 @@ class Spool:
             )
         request = _Add(
             key,
-            (key, enqueued_at, fleet, model_name, partition, payload),
+            (key, enqueued_at, fleet, model_name, model_version, partition, payload),
             capacity,
             capacity_bytes,
             drop_oldest,
@@ -455,8 +547,8 @@ class Spool:
             db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq, _ in victims])
             request.dropped = [victim for _, victim in victims]
         db.execute(
-            "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, partition, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pending (capture_key, enqueued_at, fleet, model_name, model_version, partition, "
+            "payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
             request.row,
         )
         return left + 1, room + size
@@ -487,7 +579,7 @@ class Spool:
     def unassigned(self) -> list[PendingCapture]:
         """Spooled captures not in a batch yet, oldest first."""
         rows = self._query(
-            "SELECT seq, capture_key, enqueued_at, fleet, model_name, partition FROM pending "
+            "SELECT seq, capture_key, enqueued_at, fleet, model_name, partition, model_version FROM pending "
             "WHERE batch_id IS NULL ORDER BY seq"
         )
         return [PendingCapture(*row) for row in rows]
@@ -531,8 +623,16 @@ class Spool:
             row = db.execute("SELECT attempts FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
         return int(row[0]) if row else 0
 
-    def finish_batch(self, batch_id: str, status: CaptureStatus, now: float) -> int:
-        """Move a batch's captures to ``finished`` with ``status`` and drop the batch; return how many."""
+    def finish_batch(
+        self, batch_id: str, status: CaptureStatus, now: float, *, upload: CaptureUpload | None = None
+    ) -> int:
+        """Move a batch's captures to ``finished`` with ``status`` and drop the batch; return how many.
+
+        ``upload`` (with SUCCESS: the object the store confirmed) is appended to the upload log in
+        the same transaction, so a crash leaves either the batch open and no entry (the batch is
+        written again, to the same key, and logged then) or the batch finished and its entry
+        logged: never one without the other.
+        """
         with self._transaction() as db:
             row = db.execute("SELECT object_key FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
             object_key = row[0] if row and status is CaptureStatus.SUCCESS else None
@@ -547,8 +647,72 @@ class Spool:
             removed = db.execute("DELETE FROM pending WHERE batch_id = ?", (batch_id,)).rowcount
             self._count, self._bytes = self._count - removed, self._bytes - int(size)
             db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+            if upload is not None and status is CaptureStatus.SUCCESS and row is not None:
+                self._log_upload(db, upload, now)
             self._trim(db)
         return int(count)
+
+    def _log_upload(self, db: sqlite3.Connection, upload: CaptureUpload, now: float) -> None:
+        db.execute(
+            "INSERT INTO uploads (object_key, model_name, model_version, records, size, first_inference, "
+            "last_inference, raw_objects, uploaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                upload.key,
+                upload.model_name,
+                upload.model_version,
+                upload.records,
+                upload.size,
+                None if upload.first_inference is None else upload.first_inference.timestamp(),
+                None if upload.last_inference is None else upload.last_inference.timestamp(),
+                upload.raw_objects,
+                now,
+            ),
+        )
+        trimmed = db.execute(
+            "DELETE FROM uploads WHERE log_id <= (SELECT MAX(log_id) FROM uploads) - ?", (self.upload_log,)
+        ).rowcount
+        if trimmed > 0:
+            db.execute(
+                "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) WHERE name = 'uploads_trimmed'",
+                (trimmed,),
+            )
+
+    def uploads_after(self, after: int, limit: int) -> UploadPage:
+        """Upload-log entries with a log id above ``after``, oldest first, at most ``limit``.
+
+        INVALID_ARGUMENT unless ``after >= 0`` and ``1 <= limit <= MAX_UPLOADS_PAGE``.
+        """
+        if after < 0:
+            raise InvalidArgument(f"upload log cursor must be >= 0, not {after}")
+        if not 1 <= limit <= MAX_UPLOADS_PAGE:
+            raise InvalidArgument(
+                f"upload log page size must be between 1 and {MAX_UPLOADS_PAGE}, not {limit}"
+            )
+        with self._lock:
+            try:
+                # one read transaction: the entries, the trimmed count and the oldest id agree
+                self._db.execute("BEGIN")
+                try:
+                    rows = self._db.execute(
+                        "SELECT log_id, uploaded_at, object_key, model_name, model_version, records, size, "
+                        "first_inference, last_inference, raw_objects FROM uploads WHERE log_id > ? "
+                        "ORDER BY log_id LIMIT ?",
+                        (after, limit),
+                    ).fetchall()
+                    meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+                    (first,) = self._db.execute("SELECT MIN(log_id) FROM uploads").fetchone()
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.directory) from exc
+        entries = tuple(_logged_upload(row) for row in rows)
+        return UploadPage(
+            epoch=str(meta.get("log_epoch", "")),
+            entries=entries,
+            next_after=entries[-1].log_id if entries else after,
+            trimmed=int(meta.get("uploads_trimmed", 0)),
+            first_log_id=int(first or 0),
+        )
 
     def fail_captures(self, keys: Sequence[str], now: float) -> None:
         """Mark captures FAILURE and drop them from the spool (they can never be written)."""
@@ -571,3 +735,68 @@ class Spool:
         db.execute(
             "DELETE FROM finished WHERE seq <= (SELECT MAX(seq) FROM finished) - ?", (self.status_history,)
         )
+
+
+def _logged_upload(row: Sequence[Any]) -> LoggedUpload:
+    """An ``uploads`` row (columns in the order :meth:`Spool.uploads_after` selects them)."""
+    log_id, uploaded_at, key, model_name, model_version, records, size, first, last, raw_objects = row
+    return LoggedUpload(
+        log_id=int(log_id),
+        uploaded_at=float(uploaded_at),
+        upload=CaptureUpload(
+            key=str(key),
+            model_name=str(model_name),
+            model_version=str(model_version),
+            records=int(records),
+            size=int(size),
+            first_inference=_utc(first),
+            last_inference=_utc(last),
+            raw_objects=int(raw_objects),
+        ),
+    )
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(float(seconds), UTC)
+
+
+def _init_meta(db: sqlite3.Connection) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
+        [("log_epoch", uuid.uuid4().hex), ("uploads_trimmed", "0")],
+    )
+
+
+def _payload_version(blob: bytes) -> str:
+    """The model version in a spooled payload's header ("" when the header cannot be read: such a
+    capture is damaged and will be given up as FAILURE when its batch is written)."""
+    try:
+        header, _ = _payload_header(blob)
+        return str(header.get("model_version", "")) if isinstance(header, dict) else ""
+    except (ValueError, struct.error):
+        return ""
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, inside the caller's transaction.
+
+    Adds ``pending.model_version`` (filled from each payload's header), the upload log and its
+    meta, and splits open batches that mix model versions: a batch keeps the captures of its
+    oldest capture's version (and its object key: if a crash left that object written with the
+    other versions in it too, rewriting the key replaces it), the others go back to be batched
+    again, so every object holds one model version and no capture is written twice or lost.
+    """
+    db.execute("ALTER TABLE pending ADD COLUMN model_version TEXT NOT NULL DEFAULT ''")
+    rows = db.execute("SELECT seq, payload FROM pending").fetchall()
+    db.executemany(
+        "UPDATE pending SET model_version = ? WHERE seq = ?", [(_payload_version(p), seq) for seq, p in rows]
+    )
+    db.execute(
+        "UPDATE pending SET batch_id = NULL WHERE batch_id IS NOT NULL AND model_version != ("
+        "SELECT first.model_version FROM pending AS first WHERE first.batch_id = pending.batch_id "
+        "ORDER BY first.seq LIMIT 1)"
+    )
+    for statement in _SCHEMA_2.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    _init_meta(db)

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from edgefleet.client.fast_socket import FastSocketTransport
 from edgefleet.client.grpc_transport import GrpcTransport
 from edgefleet.client.shm import OwnedSegment, SegmentPool
+from edgefleet.core.deviceplane import CaptureReport, CaptureUpload
 from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition, InvalidArgument
 from edgefleet.core.tensors import DataType, TensorSpec
 from edgefleet.protocol.agent.codec import (
@@ -145,6 +146,21 @@ class CaptureStatistics:
 
 
 @dataclass(frozen=True)
+class CaptureUploads:
+    """The capture backlog and the objects the store confirmed after a cursor (extension
+    ``capture-uploads``): ``report`` is what a heartbeat's ``Capture`` carries."""
+
+    report: CaptureReport
+    #: pass as ``after`` next time (the last entry's log id, or the ``after`` given when none)
+    next_after: int
+    #: names the agent's upload log; a cursor from another epoch must start again from 0
+    epoch: str
+    #: entries the agent trimmed from its log so far, and the oldest log id it still keeps (0: none)
+    trimmed: int
+    first_log_id: int
+
+
+@dataclass(frozen=True)
 class LiveSummary:
     """One loaded model's input/output summary since ``window_start`` (extension ``model-summaries``);
     ``summary`` is the JSON wire form of :class:`edgefleet.monitoring.ModelSummary`."""
@@ -175,6 +191,11 @@ class Transport(Protocol):
     def close(self) -> None:
         """Release the connection."""
         ...
+
+
+def _datetime(seconds: float) -> datetime | None:
+    """A wire time in Unix seconds (0 = unknown) as a UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
 
 def _timestamp(when: datetime | float | None) -> agent_pb2.Timestamp:
@@ -490,6 +511,36 @@ class AgentClient:
         """The capture spool's backlog (records, bytes, oldest age), bounds and counters."""
         r = self._call("GetCaptureStatistics", extensions_pb2.CaptureStatisticsRequest())
         return CaptureStatistics(**{f.name: getattr(r, f.name) for f in fields(CaptureStatistics)})
+
+    def capture_uploads(self, after: int = 0, limit: int = 500) -> CaptureUploads:
+        """The capture backlog and up to ``limit`` objects confirmed after log id ``after``, oldest first.
+
+        INVALID_ARGUMENT for a negative cursor or a limit outside 1..10000.
+        """
+        if after < 0 or limit < 1:
+            raise InvalidArgument(f"capture uploads: need after >= 0 and limit >= 1 (got {after}, {limit})")
+        r = self._call("GetCaptureUploads", extensions_pb2.CaptureUploadsRequest(after=after, limit=limit))
+        report = CaptureReport(
+            backlog_records=r.backlog_records,
+            backlog_bytes=r.backlog_bytes,
+            oldest_age_seconds=r.oldest_backlog_age_seconds,
+            dropped=r.dropped,
+            failed=r.failed,
+            uploads=tuple(
+                CaptureUpload(
+                    key=u.key,
+                    model_name=u.model_name,
+                    model_version=u.model_version,
+                    records=u.records,
+                    size=u.size,
+                    first_inference=_datetime(u.first_inference_time),
+                    last_inference=_datetime(u.last_inference_time),
+                    raw_objects=u.raw_objects,
+                )
+                for u in r.uploads
+            ),
+        )
+        return CaptureUploads(report, r.next_after, r.log_epoch, r.trimmed, r.first_log_id)
 
     def model_summaries(self, *, reset: bool = False) -> builtins.list[LiveSummary]:
         """Each loaded model's live summary; ``reset`` starts new windows (the daemon, per heartbeat)."""

@@ -386,6 +386,10 @@ class CaptureUpload:
         )
 
 
+#: Most capture uploads one heartbeat reports (devices send more in the following heartbeats).
+MAX_HEARTBEAT_UPLOADS = 500
+
+
 @dataclass(frozen=True)
 class CaptureReport:
     """The device's capture spool and what it uploaded since the last heartbeat (edgefleet extension)."""

@@ -36,6 +36,7 @@ from edgefleet.client.handles import HANDLES_FILE
 from edgefleet.core.deviceplane import Action, Deployment, HealthReport, Heartbeat, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError, NotFound
 from edgefleet.device.agentlink import AgentConnection, AgentSupervisor, wait_ready
+from edgefleet.device.captures import CaptureReporter, without_uploads
 from edgefleet.device.config import DaemonConfig
 from edgefleet.device.executor import Executor, Outcome, deployment_result, serving_models, utcnow
 from edgefleet.device.metrics import DeviceMetrics, model_reports
@@ -84,8 +85,11 @@ class Daemon:
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         renewal: CertificateRenewal | None = None,
+        capture: CaptureReporter | None = None,
     ) -> None:
         self.config = config
+        #: each heartbeat's capture backlog and uploads, and the upload-log cursor
+        self.capture = capture if capture is not None else CaptureReporter(agent, config.state_dir)
         #: renews the device certificate before it expires (None: this daemon's plane has none)
         self.renewal = renewal
         self.store = store
@@ -228,6 +232,7 @@ class Daemon:
             agent_metrics=agent_metrics,
             models=model_reports(installed, stats, now),
             platform=self.platform,
+            capture=self.capture.report(),
         )
 
     def heartbeat_once(self) -> bool:
@@ -240,10 +245,27 @@ class Daemon:
         except EdgefleetError as exc:
             if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
                 self._offline(exc)
-                self.outbox.add(heartbeat)
+                self.outbox.add(self.capture.withhold(heartbeat))  # its uploads go with the next one
+            elif exc.code is not Code.UNAUTHENTICATED and heartbeat.capture and heartbeat.capture.uploads:
+                return self._heartbeat_without_uploads(heartbeat, exc)
             else:
                 self._refused("SendHeartbeat", exc)
             return False
+        self.capture.accepted()
+        self._online()
+        self.flush_results()
+        return True
+
+    def _heartbeat_without_uploads(self, heartbeat: Heartbeat, refusal: EdgefleetError) -> bool:
+        """The server refused a heartbeat carrying capture uploads: send it again without them. If
+        that is taken, the uploads are what the server refuses, for good: they are skipped (logged),
+        or no heartbeat would ever get through again."""
+        try:
+            self.plane.send_heartbeat(without_uploads(heartbeat))
+        except EdgefleetError as exc:
+            self._refused("SendHeartbeat", exc)
+            return False
+        self.capture.skip(refusal)
         self._online()
         self.flush_results()
         return True

@@ -25,6 +25,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased, lazyload
 
 from edgefleet.core import deviceplane as dp
+from edgefleet.core.deviceplane import MAX_HEARTBEAT_UPLOADS
 from edgefleet.core.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 ENROLMENT_TOKEN_PREFIX = "efe1"
 MAX_HEARTBEAT_MODELS = 100
 MAX_METRICS = 200
-#: most capture objects one heartbeat reports (a daemon sends more in its next heartbeats)
-MAX_HEARTBEAT_UPLOADS = 500
 
 
 @dataclass(frozen=True)

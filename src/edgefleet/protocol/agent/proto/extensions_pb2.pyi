@@ -6,6 +6,62 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CaptureUploadsRequest(_message.Message):
+    __slots__ = ("after", "limit")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after: int
+    limit: int
+    def __init__(self, after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CaptureUploadEntry(_message.Message):
+    __slots__ = ("log_id", "key", "model_name", "model_version", "records", "size", "first_inference_time", "last_inference_time", "raw_objects", "uploaded_time")
+    LOG_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INFERENCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_INFERENCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RAW_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_TIME_FIELD_NUMBER: _ClassVar[int]
+    log_id: int
+    key: str
+    model_name: str
+    model_version: str
+    records: int
+    size: int
+    first_inference_time: float
+    last_inference_time: float
+    raw_objects: int
+    uploaded_time: float
+    def __init__(self, log_id: _Optional[int] = ..., key: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., records: _Optional[int] = ..., size: _Optional[int] = ..., first_inference_time: _Optional[float] = ..., last_inference_time: _Optional[float] = ..., raw_objects: _Optional[int] = ..., uploaded_time: _Optional[float] = ...) -> None: ...
+
+class CaptureUploadsResponse(_message.Message):
+    __slots__ = ("backlog_records", "backlog_bytes", "oldest_backlog_age_seconds", "dropped", "failed", "uploads", "next_after", "log_epoch", "trimmed", "first_log_id")
+    BACKLOG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_BACKLOG_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LOG_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LOG_ID_FIELD_NUMBER: _ClassVar[int]
+    backlog_records: int
+    backlog_bytes: int
+    oldest_backlog_age_seconds: float
+    dropped: int
+    failed: int
+    uploads: _containers.RepeatedCompositeFieldContainer[CaptureUploadEntry]
+    next_after: int
+    log_epoch: str
+    trimmed: int
+    first_log_id: int
+    def __init__(self, backlog_records: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., oldest_backlog_age_seconds: _Optional[float] = ..., dropped: _Optional[int] = ..., failed: _Optional[int] = ..., uploads: _Optional[_Iterable[_Union[CaptureUploadEntry, _Mapping]]] = ..., next_after: _Optional[int] = ..., log_epoch: _Optional[str] = ..., trimmed: _Optional[int] = ..., first_log_id: _Optional[int] = ...) -> None: ...
+
 class CaptureStatisticsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -79,6 +79,11 @@ class AgentExtensionsStub:
                 request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesResponse.FromString,
                 _registered_method=True)
+        self.GetCaptureUploads = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/GetCaptureUploads',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentExtensionsServicer:
@@ -146,6 +151,13 @@ class AgentExtensionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaptureUploads(self, request, context):
+        """The capture backlog and the objects the store confirmed after a cursor (extension "capture-uploads").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentExtensionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +205,11 @@ def add_AgentExtensionsServicer_to_server(servicer, server):
                     servicer.GetModelSummaries,
                     request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesRequest.FromString,
                     response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesResponse.SerializeToString,
+            ),
+            'GetCaptureUploads': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaptureUploads,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +455,33 @@ class AgentExtensions:
             '/edgefleet.agent.v1.AgentExtensions/GetModelSummaries',
             edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesRequest.SerializeToString,
             edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ModelSummariesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaptureUploads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/GetCaptureUploads',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsResponse.FromString,
             options,
             channel_credentials,
             insecure,
