@@ -289,6 +289,11 @@ def test_baseline_create_and_show(registered: DriftServer, run: Any, tmp_path: P
     assert sum(summary.classes["y"].counts().values()) == 2000
     code, out, _ = run("baseline", "show", "--model", "digits", "--version", "1", "--json")
     assert code == 0 and json.loads(out)["Samples"] == 2000
+    code, out, _ = run(
+        "baseline", "create", "--model", "digits", "--version", "1", "--inputs", str(inputs), "--json"
+    )  # again, inputs only: it replaces the first
+    assert code == 0 and json.loads(out)["Summary"]["outputs"] == {}
+    assert registered.op.get_baseline("digits", "1")["Summary"]["outputs"] == {}
 
 
 def test_baseline_refusals(registered: DriftServer, run: Any, tmp_path: Path) -> None:
