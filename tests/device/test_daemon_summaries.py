@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_testkit import make_device
+from device_testkit import FLEET, LoopbackServer, make_device
 from support import AgentProcess, build, make_linear_onnx, start, wait_for
 
+from edgefleet.cli.baseline import summarise
 from edgefleet.client import AgentClient
 from edgefleet.core.errors import InvalidArgument
+from edgefleet.device.https import HttpsControlPlane, enroller
+from edgefleet.device.identity import enroll
 from edgefleet.device.sim.control_plane import FakeControlPlane
 from edgefleet.device.summaries import SummaryWindows
 from edgefleet.monitoring import ModelSummary
@@ -147,3 +150,41 @@ def test_an_agent_without_summaries_does_not_stop_heartbeats(
             assert len(warnings) == 1 and "model summaries are off" in warnings[0].getMessage()
     finally:
         proc.stop()
+
+
+def test_drift_end_to_end_agent_daemon_server(
+    tmp_path: Path,
+    trust: Path,
+    package: Path,
+    agent: tuple[AgentProcess, AgentClient],
+    server: LoopbackServer,
+) -> None:
+    """Live traffic summarised by a real agent, sent by the daemon over mutual TLS, stored and
+    scored by the real server: shifted inputs score a higher PSI than the reference distribution."""
+    _, client = agent
+    server.op.upload_package(package)
+    reference = np.random.default_rng(7).normal(size=(2000, 4)).astype(np.float32)
+    (scores,) = client.predict("live", {"x": reference}).values()
+    wait_for(lambda: client.model_summaries(), "the reference call summarised")
+    client.model_summaries(reset=True)  # live windows start after it
+    server.op.put_baseline("drift-model", "2.1", summarise({"x": reference}, {"y": scores}).to_wire())
+    (registered,) = server.op.register_devices(FLEET, [{"DeviceName": "drift-dev"}])
+    state = tmp_path / "state"
+    identity = enroll(state, server.api_url, registered["EnrolmentToken"], enroller())
+    plane = HttpsControlPlane(identity, timeout=30)
+    dev = make_device(state, trust, plane, client)  # type: ignore[arg-type]
+    try:
+        start = server.running.state.db.now()
+        traffic(client, 200)
+        assert dev.daemon.heartbeat_once() is True
+        calm = server.op.fleet_drift(FLEET, "drift-model", version="2.1", since=start.isoformat())
+        middle = server.running.state.db.now()
+        traffic(client, 200, shift=3.0)
+        assert dev.daemon.heartbeat_once() is True
+        drifted = server.op.fleet_drift(FLEET, "drift-model", version="2.1", since=middle.isoformat())
+        assert [(b["Calls"], b["Devices"]) for b in calm["Buckets"]] == [(200, 1)]
+        assert [(b["Calls"], b["Devices"]) for b in drifted["Buckets"]] == [(200, 1)]
+        assert drifted["Buckets"][0]["MaxPsi"] > 1.0 > calm["Buckets"][0]["MaxPsi"]
+        assert drifted["Features"][0]["Tensor"] == "x" and drifted["Features"][0]["Kind"] == "input"
+    finally:
+        plane.close()
