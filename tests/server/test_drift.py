@@ -420,3 +420,33 @@ def test_drift_report_refusals(registered: DriftServer, run: Any) -> None:
         assert code == 1 and "has no baseline" in err
     finally:
         cam.close()
+
+
+def test_the_periodic_work_deletes_windows_past_their_retention(
+    db: Db, clock: FakeClock, tmp_path: Path
+) -> None:
+    from edgefleet.server.api.state import AppState
+    from edgefleet.server.artifacts import open_artifact_store
+    from edgefleet.server.ca import FleetCA
+    from edgefleet.server.config import ServerConfig, Timing
+    from edgefleet.server.jobs import run_once
+
+    serials = enrolled_fleet(db, "retained", ["cam-a"])
+    writer = HeartbeatService(db)
+    now = db.now()
+    old, recent = window(now - timedelta(days=3)), window(now - timedelta(hours=1))
+    try:
+        beat = devices.Heartbeat(agent_version="1.0", summaries=(old, recent))
+        assert writer.one(HeartbeatItem("cam-a", serials["cam-a"], "retained", beat))
+    finally:
+        writer.close()
+    state = AppState(
+        config=ServerConfig(data_dir=tmp_path, timing=Timing(summary_retention=2 * 86400)),
+        db=db,
+        artifacts=open_artifact_store(str(tmp_path / "artifacts")),
+        ca=FleetCA.load_or_create(db),
+    )
+    run_once(state)
+    with db.session() as s:
+        kept = s.scalars(select(SummaryWindowRow.window_start)).all()
+    assert kept == [recent.window_start]

@@ -14,12 +14,13 @@ KS per input and output feature, Jensen-Shannon per output's predicted classes, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
 from edgefleet.core import deviceplane as dp
@@ -29,6 +30,8 @@ from edgefleet.server import registry
 from edgefleet.server.db.engine import one_of
 from edgefleet.server.db.schema import Baseline, Device, DeviceTag, ModelVersion, SummaryWindowRow
 from edgefleet.server.fleets import get_fleet
+
+log = logging.getLogger(__name__)
 
 _WINDOW_KEY = ["device_id", "model_name", "model_version", "window_start"]
 
@@ -95,6 +98,15 @@ def store_windows(
     if rows:
         conn.execute(_insert_new(conn), rows)
     return len(rows)
+
+
+def purge_windows(session: Session, before: datetime) -> int:
+    """Delete the summary windows that ended before ``before`` (their retention passed); returns how many."""
+    result = session.execute(delete(SummaryWindowRow).where(SummaryWindowRow.window_end < before))
+    count = int(getattr(result, "rowcount", 0) or 0)
+    if count:
+        log.info("deleted %d model summary windows that ended before %s", count, before.isoformat())
+    return count
 
 
 def _insert_new(conn: Connection) -> Any:

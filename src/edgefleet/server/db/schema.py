@@ -382,6 +382,8 @@ class SummaryWindowRow(Base):
         ),
         # the drift report reads one fleet's windows of one model version over a time range
         Index("ix_summary_windows_fleet_model", "fleet_id", "model_name", "model_version", "window_end"),
+        # the periodic work deletes windows past their retention (docs/fleet-api.md §6)
+        Index("ix_summary_windows_window_end", "window_end"),
     )
 
 

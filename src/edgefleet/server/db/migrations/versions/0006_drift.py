@@ -45,6 +45,7 @@ def upgrade() -> None:
         ["fleet_id", "model_name", "model_version", "window_end"],
         unique=False,
     )
+    op.create_index("ix_summary_windows_window_end", "summary_windows", ["window_end"], unique=False)
     op.create_table(
         "baselines",
         sa.Column("model_version_id", sa.Integer(), nullable=False),
@@ -59,5 +60,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("baselines")
+    op.drop_index("ix_summary_windows_window_end", table_name="summary_windows")
     op.drop_index("ix_summary_windows_fleet_model", table_name="summary_windows")
     op.drop_table("summary_windows")
