@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, emit
+from edgefleet.cli.output import add_client_arguments, client_from_args, emit
 
 BASELINE_FIELDS = [
     ("Model", "ModelName"),
@@ -124,8 +124,6 @@ def _described(baseline: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_baseline(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     inputs = load_tensors(args.inputs, "inputs")
     outputs = load_tensors(args.outputs, "outputs") if args.outputs is not None else {}
     clash = set(inputs) & set(outputs)
@@ -140,8 +138,6 @@ def create_baseline(args: argparse.Namespace) -> int:
 
 
 def show_baseline(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         baseline = client.get_baseline(args.model, args.version)
     return emit(args, baseline if args.json else _described(baseline), BASELINE_FIELDS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments
+from edgefleet.cli.output import add_client_arguments, client_from_args, dump_json, table
 
 
 def add_parser(sub: Any) -> None:
@@ -32,8 +32,6 @@ def _score(value: Any) -> str:
 
 
 def drift_report(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, table
-
     with client_from_args(args) as client:
         report = client.fleet_drift(
             args.fleet,
