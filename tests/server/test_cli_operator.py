@@ -171,6 +171,10 @@ def _json_commands() -> set[tuple[str, ...]]:
 JSON_TESTED_ELSEWHERE = {
     ("compile",): "tests/compiler/test_compiler_cli.py",
     ("device", "status"): "tests/device/test_device_daemon.py",
+    **{
+        cmd: "tests/server/test_drift.py"
+        for cmd in (("baseline", "create"), ("baseline", "show"), ("drift", "report"))
+    },
     # the agent's operator subcommands talk to a running agent, not to the server
     **{
         ("agent", sub): "tests/integration/test_agent_cli.py"

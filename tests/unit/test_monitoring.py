@@ -129,3 +129,12 @@ def test_mismatched_summaries_are_reported_not_scored() -> None:
 def test_bad_wire_summaries_are_refused(wire: object, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         ModelSummary.from_wire(wire)  # type: ignore[arg-type]
+
+
+def test_read_only_tensors_are_summarised() -> None:
+    # a tensor decoded from a response buffer is read-only; the sketches' bindings need a writable one
+    x = np.frombuffer(np.arange(12, dtype=np.float32).tobytes(), dtype=np.float32).reshape(3, 4)
+    assert not x.flags.writeable
+    summary = ModelSummary.empty()
+    summary.update({"x": x}, ["y"], [x[:, :3]])
+    assert summary.inputs["x"].count == 3 and summary.outputs["y"].feature(2).get_quantile(1.0) == 10.0

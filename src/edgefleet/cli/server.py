@@ -68,6 +68,12 @@ def add_parser(sub: Any) -> None:
         "--report-interval", type=float, default=86400.0, help="seconds between fleet report regenerations"
     )
     parser.add_argument(
+        "--summary-retention",
+        type=float,
+        default=30 * 86400.0,
+        help="seconds model summary windows (drift monitoring) are kept (default: 30 days)",
+    )
+    parser.add_argument(
         "--connected-window",
         type=float,
         default=600.0,
@@ -105,7 +111,11 @@ def build_config(args: argparse.Namespace) -> Any:
         tls_names=tuple(args.tls_name),
         device_url=args.device_url,
         workers=args.workers,
-        timing=Timing(report_interval=args.report_interval, connected_window=args.connected_window),
+        timing=Timing(
+            report_interval=args.report_interval,
+            connected_window=args.connected_window,
+            summary_retention=args.summary_retention,
+        ),
     )
 
 

@@ -9,6 +9,7 @@ server's pydantic schemas against these. Imports nothing above :mod:`edgefleet.c
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -426,6 +427,20 @@ class CaptureReport:
             failed=int(raw.get("Failed") or 0),
             uploads=tuple(CaptureUpload.from_wire(u) for u in raw.get("Uploads") or []),
         )
+
+
+#: Model summaries one heartbeat carries at most (the server refuses more: INVALID_ARGUMENT).
+MAX_HEARTBEAT_SUMMARIES = 32
+#: Bytes of one window's ``Summary`` as compact JSON at most (the server refuses more).
+MAX_SUMMARY_BYTES = 256 * 1024
+#: Bytes of all the summaries in one heartbeat at most, so a heartbeat stays well inside the
+#: server's 1 MiB JSON body limit; the device sends the rest with the next heartbeat.
+MAX_HEARTBEAT_SUMMARY_BYTES = 512 * 1024
+
+
+def summary_bytes(summary: Mapping[str, Any]) -> int:
+    """Size of a ``Summary`` object as compact JSON, the measure of :data:`MAX_SUMMARY_BYTES`."""
+    return len(json.dumps(summary, separators=(",", ":")))
 
 
 @dataclass(frozen=True)

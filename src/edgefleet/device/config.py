@@ -68,6 +68,9 @@ class Timing:
     health_interval_seconds: float = 10.0
     #: Deadline of one HTTP request to the server.
     request_timeout_seconds: float = 30.0
+    #: Length of a live model summary window: how often the daemon takes the agent's summaries
+    #: (drift monitoring) and sends them with the next heartbeat.
+    summary_window_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -101,9 +104,11 @@ class QueueLimits:
     max_heartbeats: int = 120
     #: Deployment results kept while offline; the oldest are dropped beyond this (never expected).
     max_results: int = 200
+    #: Model summary windows kept (in memory) until the server takes them; the oldest are dropped beyond.
+    max_summary_windows: int = 256
 
     def __post_init__(self) -> None:
-        if self.max_heartbeats < 1 or self.max_results < 1:
+        if self.max_heartbeats < 1 or self.max_results < 1 or self.max_summary_windows < 1:
             raise InvalidArgument("queue bounds must be at least 1")
 
 

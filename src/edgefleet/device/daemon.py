@@ -9,7 +9,9 @@ Two loops then run until stopped:
 
 - **heartbeat** (``timing.heartbeat_interval_seconds``): device, agent and per-model metrics; when the
   server is unreachable the heartbeat is queued (bounded, on disk) and the queue is sent oldest
-  first once the server answers again; unsent deployment results go out with it.
+  first once the server answers again; unsent deployment results go out with it. Every
+  ``timing.summary_window_seconds`` the agent's live model summaries are taken and ride on the
+  heartbeats until the server has them (:mod:`edgefleet.device.summaries`).
 - **reconcile** (``timing.poll_interval_seconds``, or the health interval while a health gate
   observes the device): make sure the agent runs (a restarted agent child gets its models and
   handles back at once: handles live in the agent's memory), fetch the deployments, act on each (apply,
@@ -44,6 +46,7 @@ from edgefleet.device.outbox import Outbox
 from edgefleet.device.protocol import ControlPlane
 from edgefleet.device.renewal import CertificateRenewal, RenewalState
 from edgefleet.device.state import HistoryEntry, JournalKind, StateStore, Watch
+from edgefleet.device.summaries import SummaryWindows
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,14 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         #: the outcomes of every deployment attempt since start (for tests and the simulator)
         self.outcomes: list[Outcome] = []
+        #: live model summary windows waiting to ride on a heartbeat (see device/summaries.py)
+        self.summaries = SummaryWindows(
+            lambda: self.agent.api.model_summaries(reset=True),
+            config.timing.summary_window_seconds,
+            max_pending=config.queue.max_summary_windows,
+            monotonic=monotonic,
+            now=now,
+        )
 
     @property
     def ready(self) -> bool:
@@ -233,6 +244,7 @@ class Daemon:
             models=model_reports(installed, stats, now),
             platform=self.platform,
             capture=self.capture.report(),
+            summaries=self.summaries.for_heartbeat(),
         )
 
     def heartbeat_once(self) -> bool:
@@ -245,13 +257,16 @@ class Daemon:
         except EdgefleetError as exc:
             if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
                 self._offline(exc)
-                self.outbox.add(self.capture.withhold(heartbeat))  # its uploads go with the next one
+                # its uploads go with the next one; the windows wait in self.summaries
+                self.outbox.add(replace(self.capture.withhold(heartbeat), summaries=()))
             elif exc.code is not Code.UNAUTHENTICATED and heartbeat.capture and heartbeat.capture.uploads:
                 return self._heartbeat_without_uploads(heartbeat, exc)
             else:
                 self._refused("SendHeartbeat", exc)
+                self.summaries.refused(heartbeat.summaries, exc)
             return False
         self.capture.accepted()
+        self.summaries.accepted(heartbeat.summaries)
         self._online()
         self.flush_results()
         return True
@@ -264,8 +279,10 @@ class Daemon:
             self.plane.send_heartbeat(without_uploads(heartbeat))
         except EdgefleetError as exc:
             self._refused("SendHeartbeat", exc)
+            self.summaries.refused(heartbeat.summaries, exc)
             return False
         self.capture.skip(refusal)
+        self.summaries.accepted(heartbeat.summaries)
         self._online()
         self.flush_results()
         return True

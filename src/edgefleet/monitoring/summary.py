@@ -52,7 +52,7 @@ def as_rows(array: np.ndarray) -> np.ndarray:
     if a.ndim < 2 or a.shape[1] > MAX_FEATURES or a.shape[1] == 0:
         flat = a.reshape(-1)
         rows = flat[:: -(-flat.size // MAX_ROWS)] if flat.size > MAX_ROWS else flat
-        return np.ascontiguousarray(rows.reshape(-1, 1), dtype=np.float32)
+        return _writable(rows.reshape(-1, 1))
     # [batch, features, rest...]: stride over batch x rest before moving the feature axis last, so
     # an image is sampled, not copied whole
     grid = a.reshape(a.shape[0], a.shape[1], -1)
@@ -64,7 +64,13 @@ def as_rows(array: np.ndarray) -> np.ndarray:
         else:
             grid = grid[:: -(-grid.shape[0] * grid.shape[2] // MAX_ROWS)]
     rows = np.moveaxis(grid, 1, -1).reshape(-1, a.shape[1])
-    return np.ascontiguousarray(rows[:MAX_ROWS] if rows.shape[0] > MAX_ROWS else rows, dtype=np.float32)
+    return _writable(rows[:MAX_ROWS] if rows.shape[0] > MAX_ROWS else rows)
+
+
+def _writable(rows: np.ndarray) -> np.ndarray:
+    # The sketches' bindings take only writable float32 C arrays; a read-only one (a tensor decoded
+    # from a response buffer) is copied.
+    return np.require(rows, dtype=np.float32, requirements=["C", "W"])
 
 
 def predicted_classes(array: np.ndarray) -> list[str] | None:

@@ -147,6 +147,29 @@ class FleetClient:
         result: Json = self.request("POST" if regenerate else "GET", f"/api/v1/fleets/{name}/report")
         return result
 
+    def fleet_drift(
+        self,
+        fleet: str,
+        model: str,
+        *,
+        version: str | None = None,
+        since: str | None = None,
+        bucket_seconds: int | None = None,
+        device_tag: str | None = None,
+    ) -> Json:
+        """The fleet's drift report for ``model`` (``since``: ISO 8601 time; ``device_tag``: KEY=VALUE)."""
+        params = {
+            "ModelName": model,
+            "ModelVersion": version,
+            "Since": since,
+            "BucketSeconds": bucket_seconds,
+            "DeviceTag": device_tag,
+        }
+        result: Json = self.request(
+            "GET", f"/api/v1/fleets/{fleet}/drift", params={k: v for k, v in params.items() if v is not None}
+        )
+        return result
+
     # ------------------------------------------------------------------ devices
 
     def register_devices(
@@ -220,6 +243,17 @@ class FleetClient:
     def set_approval(self, name: str, version: str, status: str, *, reason: str | None = None) -> Json:
         body = {"ApprovalStatus": status, "Reason": reason}
         result: Json = self.request("PUT", f"/api/v1/models/{name}/versions/{version}/approval", json=body)
+        return result
+
+    def put_baseline(self, name: str, version: str, summary: dict[str, Any]) -> Json:
+        """Attach ``summary`` (``ModelSummary.to_wire()``) to the version as its drift baseline."""
+        result: Json = self.request(
+            "PUT", f"/api/v1/models/{name}/versions/{version}/baseline", json={"Summary": summary}
+        )
+        return result
+
+    def get_baseline(self, name: str, version: str) -> Json:
+        result: Json = self.request("GET", f"/api/v1/models/{name}/versions/{version}/baseline")
         return result
 
     def set_alias(self, name: str, alias: str, version: str) -> Json:

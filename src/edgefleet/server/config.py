@@ -59,6 +59,8 @@ class Timing:
     device_keep_alive: float = 75.0
     #: idle operator connections stay open this long
     api_keep_alive: float = 5.0
+    #: live model summary windows (drift monitoring) older than this are deleted by the periodic work
+    summary_retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from edgefleet.core.errors import (
     NotFound,
     PermissionDenied,
 )
+from edgefleet.server import drift
 from edgefleet.server.ca import FleetCA, IssuedCertificate, check_new_key
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import Device, DeviceModel, DeviceTag, RevokedCertificate
@@ -398,8 +399,7 @@ def check_heartbeat(heartbeat: Heartbeat) -> None:
             raise InvalidArgument(f"model {model.name!r}: at most {MAX_METRICS} metrics")
     if heartbeat.capture is not None and len(heartbeat.capture.uploads) > MAX_HEARTBEAT_UPLOADS:
         raise InvalidArgument(f"a heartbeat reports at most {MAX_HEARTBEAT_UPLOADS} capture uploads")
-    if len(heartbeat.summaries) > MAX_HEARTBEAT_MODELS:
-        raise InvalidArgument(f"a heartbeat carries at most {MAX_HEARTBEAT_MODELS} model summaries")
+    drift.check_windows(heartbeat.summaries)
 
 
 def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:

@@ -571,3 +571,68 @@ class HealthOut(Out):
     Verdict: str = Field(description=" | ".join(dp.Verdict))
     Reason: str
     Action: str = Field(description="NONE | ROLLBACK")
+
+
+# ------------------------------------------------------------------------------------------- drift
+
+
+class BaselineRequest(Strict):
+    Summary: dict[str, Any] = Field(
+        description="the reference data's summary: edgefleet.monitoring.ModelSummary.to_wire()"
+    )
+
+
+class BaselineOut(Out):
+    ModelName: str
+    ModelVersion: str
+    Samples: int = Field(description="reference samples summarised")
+    CreationTime: datetime
+    CreatedBy: str
+    Summary: dict[str, Any]
+
+
+class DriftBucketOut(Out):
+    ModelVersion: str
+    BucketStart: datetime
+    BucketEnd: datetime
+    Windows: int = Field(description="summary windows merged")
+    Devices: int
+    Calls: int = Field(description="Predict calls summarised")
+    MaxPsi: float
+    MaxKs: float
+    MaxJs: float
+    Mismatches: list[str] = Field(
+        description="tensors only in the baseline or only live, feature counts that differ"
+    )
+
+
+class FeatureDriftOut(Out):
+    ModelVersion: str
+    BucketStart: datetime
+    Kind: str = Field(description="input or output")
+    Tensor: str
+    Feature: int
+    Psi: float
+    Ks: float
+    BaselineCount: int
+    LiveCount: int
+
+
+class ClassDriftOut(Out):
+    ModelVersion: str
+    BucketStart: datetime
+    Output: str
+    Js: float = Field(description="Jensen-Shannon divergence (base 2, 0-1) of the predicted classes")
+    Baseline: dict[str, int]
+    Live: dict[str, int]
+
+
+class DriftReportOut(Out):
+    DeviceFleetName: str
+    ModelName: str
+    Since: datetime
+    BucketSeconds: int
+    Buckets: list[DriftBucketOut]
+    Features: list[FeatureDriftOut] = Field(description="worst (PSI, then KS) first")
+    Classes: list[ClassDriftOut] = Field(description="worst (JS) first")
+    MissingBaselines: list[str] = Field(description="versions seen in the range that have no baseline")

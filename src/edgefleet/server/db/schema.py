@@ -356,3 +356,48 @@ class FleetReport(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None]
+
+
+class SummaryWindowRow(Base):
+    """One device's live summary of one model version over one window (drift monitoring).
+
+    ``summary`` is :meth:`edgefleet.monitoring.ModelSummary.to_wire`. A window is stored once:
+    a heartbeat sent again (its answer lost) names the same (device, model, version, start).
+    """
+
+    __tablename__ = "summary_windows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(63))
+    model_version: Mapped[str] = mapped_column(String(30))
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    calls: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]
+    __table_args__ = (
+        UniqueConstraint(
+            "device_id", "model_name", "model_version", "window_start", name="uq_summary_windows_window"
+        ),
+        # the drift report reads one fleet's windows of one model version over a time range
+        Index("ix_summary_windows_fleet_model", "fleet_id", "model_name", "model_version", "window_end"),
+        # the periodic work deletes windows past their retention (docs/fleet-api.md §6)
+        Index("ix_summary_windows_window_end", "window_end"),
+    )
+
+
+class Baseline(Base):
+    """The reference summary of a model version's inputs and outputs that drift is scored against."""
+
+    __tablename__ = "baselines"
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    summary: Mapped[dict[str, Any]]
+    #: reference samples summarised
+    samples: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+
+    model_version: Mapped[ModelVersion] = relationship(lazy="joined")

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
 from edgefleet.core.errors import InvalidArgument, NotFound
-from edgefleet.server import devices
+from edgefleet.server import devices, drift
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
 from edgefleet.server.deployments.device_side import record_result
@@ -167,6 +167,7 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
         with self.db.session() as session:
             device = item.authenticate(session, self.db.now(), item.fleet_name)
             devices.record_heartbeat(session, device, item.heartbeat, self.db.now())
+            drift.store_windows(session.connection(), [(device.id, item.heartbeat.summaries)], self.db.now())
             if item.result is not None:
                 try:
                     record_result(session, device, item.result, self.db.now())
@@ -196,10 +197,16 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
         if lost:  # revoked (or deregistered) since their identity was cached
             self._evict(lost)
         # an item counts as stored if its device's row was written with the item's own certificate
-        return [
+        outcome = [
             device_id is not None and device_id in stored and latest[device_id].serial == item.serial
             for item, device_id in zip(batch, ids, strict=True)
         ]
+        # every stored item's summary windows count, not only a device's newest heartbeat's
+        windows = [
+            (i, p.heartbeat.summaries) for p, i, ok in zip(batch, ids, outcome, strict=True) if ok and i
+        ]
+        drift.store_windows(conn, windows, now)
+        return outcome
 
     def _resolve(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[int | None]:
         """Device id per item, or None when the identity is not a registered device of that fleet."""
