@@ -73,6 +73,12 @@ def add_parser(sub: Any) -> None:
         default=600.0,
         help="heartbeat age (s) under which a device is connected",
     )
+    parser.add_argument(
+        "--capture-upload-url-ttl",
+        type=float,
+        default=900.0,
+        help="seconds a presigned capture upload URL handed to a device stays valid (default: 900)",
+    )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
@@ -105,7 +111,11 @@ def build_config(args: argparse.Namespace) -> Any:
         tls_names=tuple(args.tls_name),
         device_url=args.device_url,
         workers=args.workers,
-        timing=Timing(report_interval=args.report_interval, connected_window=args.connected_window),
+        timing=Timing(
+            report_interval=args.report_interval,
+            connected_window=args.connected_window,
+            capture_upload_url_ttl=args.capture_upload_url_ttl,
+        ),
     )
 
 

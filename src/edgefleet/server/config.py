@@ -26,6 +26,8 @@ class Limits:
     max_json_body_bytes: int = 1024 * 1024
     #: largest enrolment request (a token and a CSR: a few KiB), in bytes
     max_enrol_body_bytes: int = 64 * 1024
+    #: largest capture object a device uploads through the server (relay mode), in bytes
+    max_capture_object_bytes: int = 64 * 1024 * 1024
     #: largest page a list call returns
     max_page_size: int = 1000
     #: most devices in one register call
@@ -59,6 +61,8 @@ class Timing:
     device_keep_alive: float = 75.0
     #: idle operator connections stay open this long
     api_keep_alive: float = 5.0
+    #: lifetime of a presigned capture upload URL handed to a device (PresignUploads)
+    capture_upload_url_ttl: float = 900.0
 
 
 @dataclass(frozen=True)

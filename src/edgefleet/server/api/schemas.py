@@ -571,3 +571,14 @@ class HealthOut(Out):
     Verdict: str = Field(description=" | ".join(dp.Verdict))
     Reason: str
     Action: str = Field(description="NONE | ROLLBACK")
+
+
+class PresignRequest(DeviceRef):
+    """Keys of capture objects the device is about to upload (edgefleet extension)."""
+
+    Keys: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="object keys, each under the device's fleet prefix '<fleet>/' (at most 100; none: "
+        "only the Location and Prefix)",
+    )
