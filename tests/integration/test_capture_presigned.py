@@ -200,3 +200,97 @@ def test_no_certificate_fails_the_start(tmp_path: Path, trust: Path) -> None:
         in log
     )
     assert "capture.device_cert_file (sagemaker_edge_provider_aws_cert_file)" in log
+
+
+class StoreFront:
+    """An HTTP front of the S3 server that refuses (403) the first PUT of each key, as S3 refuses
+    a presigned URL that expired before it was used, or answers 503 to every PUT when ``down``."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        self.puts: list[str] = []
+        self.down = False
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and "X-Amz-Signature" in self.path:
+                    path = self.path.split("?", 1)[0]
+                    front.puts.append(path)
+                    refused = 503 if front.down else 403 if front.puts.count(path) == 1 else 0
+                    if refused:
+                        self.send_response(refused)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                answer = httpx.request(self.command, upstream + self.path, content=body, headers=headers)
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_a_refused_url_is_asked_for_again_and_an_outage_is_unavailable(
+    tmp_path: Path, trust: Path, s3_endpoint: str
+) -> None:
+    from edgefleet.core.errors import Unavailable
+    from edgefleet.storage.presigned import ControlPlaneStore, DeviceEndpoint
+
+    front = StoreFront(s3_endpoint)
+    captures = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    try:
+        with control_plane(tmp_path, trust, captures, front.url) as (server, identity):
+            store = ControlPlaneStore(
+                DeviceEndpoint(
+                    identity.device_url,
+                    DEVICE,
+                    FLEET,
+                    identity.cert_path,
+                    identity.key_path,
+                    identity.ca_path,
+                )
+            )
+            try:
+                store.check()
+                key = f"{FLEET}/cap-model/2026/05/28/20/{uuid.uuid4().hex}.jsonl"
+                store.put_bytes(key, b"line\n")
+                assert len(front.puts) == 2  # refused once, then a fresh URL from the control plane
+                assert server.state.captures.get_bytes(key) == b"line\n"
+                front.down = True
+                with pytest.raises(Unavailable, match="the store answered 503"):
+                    store.put_bytes(f"{FLEET}/cap-model/2026/05/28/20/other.jsonl", b"x")
+            finally:
+                store.close()
+    finally:
+        front.close()
