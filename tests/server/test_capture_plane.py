@@ -213,3 +213,14 @@ def test_relay_body_over_its_cap_is_refused(relay_plane: tuple[Any, DeviceClient
     assert server.state.captures.list() == []
     # JSON device calls keep their own cap and checks
     assert cam1.call("capture/PresignUploads", {"Keys": [KEY]}).status_code == 200
+
+
+def test_the_url_lifetime_and_relay_cap_are_server_knobs() -> None:
+    from edgefleet.cli.main import build_parser
+    from edgefleet.cli.server import build_config
+    from edgefleet.server.config import Limits, ServerConfig
+
+    assert ServerConfig().timing.capture_upload_url_ttl == 900.0
+    assert Limits().max_capture_object_bytes == 64 * 1024 * 1024
+    args = build_parser().parse_args(["server", "--capture-upload-url-ttl", "60"])
+    assert build_config(args).timing.capture_upload_url_ttl == 60.0
