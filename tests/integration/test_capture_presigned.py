@@ -294,3 +294,33 @@ def test_a_refused_url_is_asked_for_again_and_an_outage_is_unavailable(
                 store.close()
     finally:
         front.close()
+
+
+def test_a_certificate_replaced_on_disk_is_read_again(tmp_path: Path, trust: Path) -> None:
+    """The daemon replaces the certificate files in place (renewal, re-enrolment) and the server
+    then refuses the old certificate (401): the store reads the files again and goes on."""
+    from edgefleet.opclient.client import FleetClient
+    from edgefleet.opclient.config import ClientConfig
+    from edgefleet.server import tokens
+    from edgefleet.storage.presigned import ControlPlaneStore, DeviceEndpoint, UploadMode
+
+    with control_plane(tmp_path, trust, (tmp_path / "c").as_uri(), None) as (server, identity):
+        endpoint = DeviceEndpoint(
+            identity.device_url, DEVICE, FLEET, identity.cert_path, identity.key_path, identity.ca_path
+        )
+        store = ControlPlaneStore(endpoint, UploadMode.RELAY)
+        try:
+            store.check()
+            with server.state.db.session() as session:
+                secret = tokens.create_token(session, "ops-2", server.state.db.now())
+            op = FleetClient(ClientConfig(server.endpoints.api_url, secret, Path(server.endpoints.ca_cert)))
+            try:
+                token = op.new_enrolment_token(DEVICE)["EnrolmentToken"]
+            finally:
+                op.close()
+            enroll(tmp_path / "device", server.endpoints.api_url, token, enroller(), force=True)
+            key = f"{FLEET}/cap-model/2026/05/28/20/{uuid.uuid4().hex}.jsonl"
+            store.put_bytes(key, b"after re-enrolment\n")
+            assert server.state.captures.get_bytes(key) == b"after re-enrolment\n"
+        finally:
+            store.close()

@@ -140,10 +140,27 @@ class ControlPlaneStore(ObjectStore):
         except httpx.TransportError as exc:
             raise Unavailable(f"{what}: cannot reach {url.split('?', 1)[0]}: {exc}") from exc
 
+    def _mtls(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """A request to the control plane with the device certificate. Refused as unauthenticated
+        (401), the certificate files are read again and the request sent once more: the device
+        daemon renews the certificate in place, and the server revokes the old one at first use of
+        the new one."""
+        response = self._send(self._client(), method, url, what, **kwargs)
+        if response.status_code == 401:
+            self._reset_device()
+            response = self._send(self._client(), method, url, what, **kwargs)
+        return response
+
+    def _reset_device(self) -> None:
+        with self._lock:
+            if self._device is not None:
+                self._device.close()
+                self._device = None
+
     def grant(self, keys: list[str]) -> UploadGrant:
         """Upload targets for ``keys`` from the control plane (no keys: only where objects live)."""
         what = f"asking {self._base} for capture upload URLs"
-        response = self._send(self._client(), "POST", PRESIGN_PATH, what, json={**self._ref, "Keys": keys})
+        response = self._mtls("POST", PRESIGN_PATH, what, json={**self._ref, "Keys": keys})
         if response.status_code >= 300:
             raise error_from_http(response.status_code, response.content, what)
         try:
@@ -197,13 +214,8 @@ class ControlPlaneStore(ObjectStore):
     def _put(self, target: UploadTarget, data: bytes) -> httpx.Response:
         headers = dict(target.headers)
         if target.relayed:
-            return self._send(
-                self._client(),
-                target.method,
-                target.url,
-                f"uploading {target.key}",
-                content=data,
-                headers=headers,
+            return self._mtls(
+                target.method, target.url, f"uploading {target.key}", content=data, headers=headers
             )
         return self._send(
             self._plain, target.method, target.url, f"uploading {target.key}", content=data, headers=headers
@@ -238,10 +250,7 @@ class ControlPlaneStore(ObjectStore):
     def close(self) -> None:
         """Close the connections."""
         self._plain.close()
-        with self._lock:
-            if self._device is not None:
-                self._device.close()
-                self._device = None
+        self._reset_device()
 
 
 __all__ = ["ControlPlaneStore", "DeviceEndpoint", "UploadMode"]
