@@ -67,7 +67,18 @@ class CaptureSettings:
     base64_embed_limit: int = 3072
     #: fsync the spool on every capture so acknowledged captures survive power loss.
     fsync: bool = True
-    #: Bucket for Cloud captures (credentials from the standard AWS chain on the device).
+    #: How Cloud captures reach the store: ``aws`` (the standard AWS credential chain on the device),
+    #: ``presigned`` (short-lived URLs from the control plane, no credentials on the device) or
+    #: ``relay`` (through the control plane). Empty: ``presigned`` when ``control_plane_url`` and
+    #: the device certificate, key and CA are set, else ``aws``.
+    upload: str = ""
+    #: The control plane's device endpoint (``https://host:8444``) for presigned and relay uploads.
+    control_plane_url: str = ""
+    #: The device certificate, its key and the fleet CA (PEM) for mutual TLS with the control plane.
+    device_cert_file: Path | None = None
+    device_key_file: Path | None = None
+    ca_cert_file: Path | None = None
+    #: Bucket for Cloud captures with ``upload = aws``.
     s3_bucket: str = ""
     #: S3-protocol endpoint for Cloud captures (MinIO, Ceph ...; empty: AWS).
     s3_endpoint_url: str = ""
@@ -171,14 +182,68 @@ class AgentConfig:
             raise InvalidArgument(
                 f"capture destination {self.capture.destination!r} unknown (known: Disk, Cloud)"
             )
-        if self.capture.destination == "Cloud" and not self.capture.s3_bucket:
-            raise InvalidArgument(
-                "capture destination Cloud needs a bucket: sagemaker_edge_provider_s3_bucket_name "
-                "(or capture.s3_bucket in a native config)"
-            )
+        self._check_upload()
         if self.capture.buffer_bytes < 0:
             raise InvalidArgument("capture buffer_bytes must be >= 0 (0: a tenth of the free disk)")
         FullPolicy.parse(self.capture.full_policy)
+
+    def _check_upload(self) -> None:
+        capture = self.capture
+        known = ("aws", "presigned", "relay")
+        if capture.upload not in ("", *known):
+            raise InvalidArgument(f"capture.upload {capture.upload!r} is unknown (known: {', '.join(known)})")
+        mode = self.capture_upload
+        if capture.destination != "Cloud":
+            if capture.upload not in ("", "aws"):
+                raise InvalidArgument(
+                    f"capture.upload = {capture.upload} applies to the Cloud destination, not {capture.destination}"
+                )
+            return
+        if mode == "aws":
+            if not capture.s3_bucket:
+                raise InvalidArgument(
+                    "capture destination Cloud needs a bucket: sagemaker_edge_provider_s3_bucket_name "
+                    "(or capture.s3_bucket in a native config)"
+                )
+            return
+        missing = [
+            name
+            for name, value in (
+                ("capture.control_plane_url", capture.control_plane_url),
+                (
+                    "capture.device_cert_file (sagemaker_edge_provider_aws_cert_file)",
+                    capture.device_cert_file,
+                ),
+                (
+                    "capture.device_key_file (sagemaker_edge_provider_aws_cert_pk_file)",
+                    capture.device_key_file,
+                ),
+                ("capture.ca_cert_file (sagemaker_edge_provider_aws_ca_cert_file)", capture.ca_cert_file),
+            )
+            if not value
+        ]
+        if missing:
+            raise InvalidArgument(
+                f"capture.upload = {mode} sends captures through the control plane over mutual TLS and "
+                f"needs: {', '.join(missing)}"
+            )
+        if capture.folder_prefix.strip("/"):
+            raise InvalidArgument(
+                f"capture.upload = {mode}: the control plane keeps each fleet's captures under "
+                f"'<fleet>/' in its capture store (its --captures URI carries any prefix), so "
+                f"folder_prefix must be empty, not {capture.folder_prefix!r}"
+            )
+
+    @property
+    def capture_upload(self) -> str:
+        """How Cloud captures are uploaded: ``aws``, ``presigned`` or ``relay`` (the default resolved)."""
+        capture = self.capture
+        if capture.upload:
+            return capture.upload
+        identity = capture.device_cert_file and capture.device_key_file and capture.ca_cert_file
+        if capture.destination == "Cloud" and capture.control_plane_url and identity:
+            return "presigned"
+        return "aws"
 
     @property
     def capture_disk_path(self) -> Path:
@@ -197,7 +262,10 @@ class AgentConfig:
 
     @property
     def capture_destination(self) -> str:
-        """Where captures go: the Disk directory, or ``s3://<bucket>`` for Cloud."""
+        """Where captures go: the Disk directory, ``s3://<bucket>`` for Cloud, or for uploads through
+        the control plane its URL."""
+        if self.capture.destination == "Cloud" and self.capture_upload != "aws":
+            return self.capture.control_plane_url
         if self.capture.destination == "Cloud":
             return f"s3://{self.capture.s3_bucket}"
         return str(self.capture_disk_path)
@@ -234,15 +302,15 @@ _VENDOR_KEYS: dict[str, tuple[str, str, str]] = {
         "float",
     ),
     "sagemaker_edge_provider_s3_bucket_name": ("capture", "s3_bucket", "str"),
+    "sagemaker_edge_provider_aws_cert_file": ("capture", "device_cert_file", "path"),
+    "sagemaker_edge_provider_aws_cert_pk_file": ("capture", "device_key_file", "path"),
+    "sagemaker_edge_provider_aws_ca_cert_file": ("capture", "ca_cert_file", "path"),
 }
-# Vendor keys understood but with nothing to configure in the agent itself (TLS material and the
-# provider are the device daemon's business).
+# Vendor keys understood but with nothing to configure in the agent itself (the provider and the
+# IoT credentials endpoint are the device daemon's business).
 _VENDOR_ACCEPTED = {
     "sagemaker_edge_provider_provider",
     "sagemaker_edge_provider_provider_path",
-    "sagemaker_edge_provider_aws_ca_cert_file",
-    "sagemaker_edge_provider_aws_cert_file",
-    "sagemaker_edge_provider_aws_cert_pk_file",
     "sagemaker_edge_provider_aws_iot_cred_endpoint",
     "sagemaker_edge_core_capture_data_destination_upload",
 }

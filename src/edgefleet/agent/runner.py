@@ -38,6 +38,7 @@ from edgefleet.protocol.agent.framing import (
 )
 from edgefleet.protocol.agent.proto import agent_pb2, extensions_pb2
 from edgefleet.runtimes.base import RuntimeOptions
+from edgefleet.storage.presigned import DeviceEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +166,39 @@ def make_verifier(
 CAPTURE_RETRY_JITTER = 0.25
 
 
+def capture_control_plane(config: AgentConfig) -> DeviceEndpoint | None:
+    """The control plane endpoint for presigned or relay capture uploads (None with ``aws``)."""
+    capture = config.capture
+    if config.capture_upload == "aws":
+        return None
+    assert capture.device_cert_file and capture.device_key_file and capture.ca_cert_file  # config checked
+    return DeviceEndpoint(
+        capture.control_plane_url,
+        config.device_name,
+        config.fleet_name,
+        capture.device_cert_file,
+        capture.device_key_file,
+        capture.ca_cert_file,
+    )
+
+
 def open_capture_sink(config: AgentConfig) -> Sink:
     """The capture destination, checked now: a misconfigured one fails the start, not a later write.
 
     FAILED_PRECONDITION naming the destination and the reason (unknown bucket, refused or missing
-    credentials, unreachable endpoint, unwritable directory, boto3 not installed).
+    credentials, unreachable endpoint or control plane, unreadable device certificate, unwritable
+    directory, boto3 not installed).
     """
     destination = config.capture_destination
+    if config.capture.destination == "Cloud" and config.capture_upload != "aws":
+        destination = f"{config.capture_upload} upload through the control plane {destination}"
     try:
         sink = open_sink(
-            destination, fsync=config.capture.fsync, s3_endpoint_url=config.capture.s3_endpoint_url or None
+            config.capture_destination,
+            fsync=config.capture.fsync,
+            s3_endpoint_url=config.capture.s3_endpoint_url or None,
+            upload=config.capture_upload,
+            control_plane=capture_control_plane(config),
         )
         sink.check()
     except Unavailable as exc:
@@ -194,7 +218,10 @@ def open_capture_sink(config: AgentConfig) -> Sink:
         raise FailedPrecondition(
             f"capture destination {config.capture.destination} ({destination}) cannot be used: {exc.message}"
         ) from exc
-    log.info("capture destination: %s", sink.store.uri)
+    if destination != config.capture_destination:
+        log.info("capture destination: %s (%s)", sink.store.uri, destination)
+    else:
+        log.info("capture destination: %s", sink.store.uri)
     return sink
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from edgefleet.core.errors import InvalidArgument, NotFound
+from edgefleet.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.storage import ObjectStore, StoreOptions, open_store, validate_key
 from edgefleet.storage.file import FileStore
+from edgefleet.storage.presigned import ControlPlaneStore, DeviceEndpoint, UploadMode
 
 #: Destination schemes capture writes to: a directory (Disk) or an S3-protocol bucket (Cloud).
 SCHEMES = ("file", "s3")
@@ -79,13 +80,36 @@ class DiskSink(Sink):
         return self.get(key)
 
 
-def open_sink(target: str | Path, *, fsync: bool = True, s3_endpoint_url: str | None = None) -> Sink:
+def open_sink(
+    target: str | Path,
+    *,
+    fsync: bool = True,
+    s3_endpoint_url: str | None = None,
+    upload: UploadMode | str = UploadMode.AWS,
+    control_plane: DeviceEndpoint | None = None,
+) -> Sink:
     """The sink for ``target``: a ``file://`` URI or a plain path gives a :class:`DiskSink`,
     ``s3://bucket[/prefix]`` a sink over an S3-protocol store (``s3_endpoint_url``: MinIO, Ceph ...;
     None = AWS; credentials from the standard AWS chain).
 
-    Unknown schemes fail with INVALID_ARGUMENT listing the known ones.
+    ``upload`` ``presigned`` or ``relay`` instead sends the objects through the control plane at
+    ``control_plane`` (:mod:`edgefleet.storage.presigned`): no store credentials on the device, and
+    ``target`` is not used (the control plane's capture store is the destination).
+
+    Unknown schemes or upload modes fail with INVALID_ARGUMENT listing the known ones.
     """
     options = StoreOptions(what="capture object", fsync=fsync, s3_endpoint_url=s3_endpoint_url)
+    try:
+        mode = UploadMode(upload)
+    except ValueError as exc:
+        known = ", ".join(m.value for m in UploadMode)
+        raise InvalidArgument(f"capture upload mode {upload!r} is unknown (known: {known})") from exc
+    if mode is not UploadMode.AWS:
+        if control_plane is None:
+            raise FailedPrecondition(
+                f"capture upload mode {mode.value} needs the control plane's device URL and this device's "
+                "certificate, key and CA"
+            )
+        return Sink(ControlPlaneStore(control_plane, mode, options))
     store = open_store(target, options, schemes=SCHEMES, purpose="capture destination")
     return DiskSink(store.root, fsync=fsync) if isinstance(store, FileStore) else Sink(store)

@@ -79,6 +79,12 @@ def add_parser(sub: Any) -> None:
         default=600.0,
         help="heartbeat age (s) under which a device is connected",
     )
+    parser.add_argument(
+        "--capture-upload-url-ttl",
+        type=float,
+        default=900.0,
+        help="seconds a presigned capture upload URL handed to a device stays valid (default: 900)",
+    )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
@@ -115,6 +121,7 @@ def build_config(args: argparse.Namespace) -> Any:
             report_interval=args.report_interval,
             connected_window=args.connected_window,
             summary_retention=args.summary_retention,
+            capture_upload_url_ttl=args.capture_upload_url_ttl,
         ),
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -649,4 +649,84 @@ class HealthVerdict:
             verdict=parse_enum(Verdict, raw.get("Verdict", "PENDING"), "health Verdict"),
             reason=str(raw.get("Reason", "")),
             rollback=str(raw.get("Action", "NONE")).upper() == "ROLLBACK",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# capture uploads (edgefleet extension): POST /device/v1/capture/PresignUploads
+
+#: most keys one PresignUploads call may ask for
+MAX_UPLOAD_KEYS = 100
+#: path (on the device endpoint) of the relay upload of one capture object: ``<path><key>``
+CAPTURE_OBJECTS_PATH = "/device/v1/capture/objects/"
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where and how the device PUTs one capture object: a presigned store URL, or the relay path
+    on the device endpoint (then ``expires`` is None and the call is made with the device certificate)."""
+
+    key: str
+    url: str
+    method: str = "PUT"
+    #: headers the PUT must carry exactly as given
+    headers: Mapping[str, str] = field(default_factory=dict)
+    expires: datetime | None = None
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the bytes go through the control plane (a path on its device endpoint)."""
+        return self.url.startswith(CAPTURE_OBJECTS_PATH)
+
+    def to_wire(self) -> dict[str, Any]:
+        """A ``PresignUploads`` answer's ``Uploads`` item."""
+        return {
+            "Key": self.key,
+            "Url": self.url,
+            "Method": self.method,
+            "Headers": dict(self.headers),
+            "Expires": timestamp(self.expires),
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> UploadTarget:
+        """Parse an ``Uploads`` item."""
+        headers = raw.get("Headers") or {}
+        if not isinstance(headers, Mapping):
+            raise InvalidArgument(f"upload Headers must be an object, not {headers!r}")
+        return cls(
+            key=str(raw["Key"]),
+            url=str(raw["Url"]),
+            method=str(raw.get("Method") or "PUT"),
+            headers={str(k): str(v) for k, v in headers.items()},
+            expires=parse_timestamp(raw.get("Expires")),
+        )
+
+
+@dataclass(frozen=True)
+class UploadGrant:
+    """The answer to PresignUploads: one target per key asked for, and where the fleet's objects live."""
+
+    uploads: tuple[UploadTarget, ...]
+    #: the capture store's URI (``s3://bucket/prefix``, ``file:///dir``): an object's URI is
+    #: ``<Location>/<key>`` (what capture records name in ``data-ref``)
+    location: str
+    #: the key prefix the device's keys must start with (``<fleet>/``)
+    prefix: str
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{Uploads, Location, Prefix}``."""
+        return {
+            "Uploads": [u.to_wire() for u in self.uploads],
+            "Location": self.location,
+            "Prefix": self.prefix,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> UploadGrant:
+        """Parse ``{Uploads, Location, Prefix}``."""
+        return cls(
+            uploads=tuple(UploadTarget.from_wire(u) for u in raw.get("Uploads") or []),
+            location=str(raw.get("Location") or ""),
+            prefix=str(raw.get("Prefix") or ""),
         )

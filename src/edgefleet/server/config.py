@@ -26,6 +26,8 @@ class Limits:
     max_json_body_bytes: int = 1024 * 1024
     #: largest enrolment request (a token and a CSR: a few KiB), in bytes
     max_enrol_body_bytes: int = 64 * 1024
+    #: largest capture object a device uploads through the server (relay mode), in bytes
+    max_capture_object_bytes: int = 64 * 1024 * 1024
     #: largest page a list call returns
     max_page_size: int = 1000
     #: most devices in one register call
@@ -61,6 +63,8 @@ class Timing:
     api_keep_alive: float = 5.0
     #: live model summary windows (drift monitoring) older than this are deleted by the periodic work
     summary_retention: float = 30 * 86400.0
+    #: lifetime of a presigned capture upload URL handed to a device (PresignUploads)
+    capture_upload_url_ttl: float = 900.0
 
 
 @dataclass(frozen=True)

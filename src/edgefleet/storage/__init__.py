@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgefleet.core.errors import InvalidArgument
-from edgefleet.storage.base import ObjectStore, StoreOptions, validate_key
+from edgefleet.storage.base import ObjectStore, PresignedPut, StoreOptions, validate_key
 
 #: URI scheme -> the module and class implementing it (imported only when chosen).
 STORES: dict[str, tuple[str, str]] = {
@@ -48,4 +48,4 @@ def open_store(
     return store.from_uri(target, options)
 
 
-__all__ = ["STORES", "ObjectStore", "StoreOptions", "open_store", "validate_key"]
+__all__ = ["STORES", "ObjectStore", "PresignedPut", "StoreOptions", "open_store", "validate_key"]

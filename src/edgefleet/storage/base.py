@@ -10,7 +10,8 @@ import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,6 +67,17 @@ class StoreOptions:
     s3_endpoint_url: str | None = None
 
 
+@dataclass(frozen=True)
+class PresignedPut:
+    """A URL that lets its holder PUT one object, without credentials, until ``expires``."""
+
+    url: str
+    #: headers the PUT must carry exactly as given (they are part of what was signed)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: when the URL stops working (UTC)
+    expires: datetime | None = None
+
+
 class ObjectStore(ABC):
     """A flat key -> bytes store (a directory, a bucket, memory).
 
@@ -118,6 +130,12 @@ class ObjectStore(ABC):
 
         Called at start-up so that a misconfigured store fails loudly then, not at the first write.
         """
+
+    def presign_put(self, key: str, ttl: float) -> PresignedPut | None:
+        """A URL to PUT ``key`` directly to the store for ``ttl`` seconds, or None when this kind of
+        store cannot hand out such URLs (a directory, memory): callers then relay the bytes."""
+        validate_key(key, self.what)
+        return None
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``."""

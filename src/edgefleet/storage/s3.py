@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -20,7 +21,17 @@ from edgefleet.core.errors import (
     PermissionDenied,
     Unavailable,
 )
-from edgefleet.storage.base import CHUNK_SIZE, ObjectStore, StoreOptions, validate_key, validate_prefix
+from edgefleet.storage.base import (
+    CHUNK_SIZE,
+    ObjectStore,
+    PresignedPut,
+    StoreOptions,
+    validate_key,
+    validate_prefix,
+)
+
+#: S3's longest presigned URL lifetime (SigV4: 7 days)
+MAX_PRESIGN_SECONDS = 7 * 86400
 
 
 def _error_code(exc: Exception) -> str:
@@ -48,6 +59,11 @@ class S3Store(ObjectStore):
             "s3",
             endpoint_url=options.s3_endpoint_url,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+        # SigV4 puts the lifetime inside the signature (X-Amz-Expires), so the store enforces it
+        # and a holder cannot extend it; the older scheme's expiry is not enforced by every store.
+        self._signer: Any = boto3.session.Session().client(
+            "s3", endpoint_url=options.s3_endpoint_url, config=Config(signature_version="s3v4")
         )
 
     @classmethod
@@ -145,3 +161,16 @@ class S3Store(ObjectStore):
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def presign_put(self, key: str, ttl: float) -> PresignedPut:
+        """A SigV4 presigned PUT URL for ``key``, valid ``ttl`` seconds (1 s to 7 days)."""
+        seconds = int(ttl)
+        if not 1 <= seconds <= MAX_PRESIGN_SECONDS:
+            raise InvalidArgument(f"a presigned URL lives 1 to {MAX_PRESIGN_SECONDS} seconds, not {ttl}")
+        full = self._key(key)
+        now = datetime.now(UTC)
+        with self._translated(key):
+            url = self._signer.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=seconds
+            )
+        return PresignedPut(str(url), {}, now + timedelta(seconds=seconds))

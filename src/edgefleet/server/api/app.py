@@ -11,7 +11,16 @@ from fastapi import FastAPI, Request
 from sqlalchemy import text
 
 from edgefleet import __version__
-from edgefleet.server.api import deployments, device_plane, devices, drift, enrolment, fleets, models
+from edgefleet.server.api import (
+    capture_plane,
+    deployments,
+    device_plane,
+    devices,
+    drift,
+    enrolment,
+    fleets,
+    models,
+)
 from edgefleet.server.api.auth import app_state
 from edgefleet.server.api.docs import install_docs
 from edgefleet.server.api.errors import install_error_handlers
@@ -67,6 +76,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         drift.router,
         enrolment.router,
         device_plane.router,
+        capture_plane.router,
     ):
         app.include_router(router)
 

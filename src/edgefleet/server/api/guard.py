@@ -8,7 +8,8 @@ with no token would have its whole body read (however large) only to be told 401
    a client certificate (revocation is still checked by the route);
 2. the URL: no NUL in the path or a query parameter (:func:`~edgefleet.server.validation.check_url`);
 3. the size: a declared ``Content-Length`` above the route's cap is refused (413) unread. Package
-   uploads stream up to ``Limits.max_package_bytes``; enrolment (authenticated by the token inside
+   uploads stream up to ``Limits.max_package_bytes`` and relayed capture objects (``PUT
+   /device/v1/capture/objects/...``, not JSON) up to ``Limits.max_capture_object_bytes``; enrolment (authenticated by the token inside
    its body) gets ``max_enrol_body_bytes``; every other body ``max_json_body_bytes``.
 
 Then JSON bodies are read up to their cap (a chunked body that goes past it is refused as soon as it
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 
+from edgefleet.core.deviceplane import CAPTURE_OBJECTS_PATH
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.server.api.asgi import (
     ASGIApp,
@@ -57,7 +59,8 @@ class RequestGuard:
             return
         path: str = scope["path"]
         upload = path == UPLOAD_PATH and scope["method"] == "POST"
-        limit = self.body_limit(path, upload)
+        capture = path.startswith(CAPTURE_OBJECTS_PATH) and scope["method"] == "PUT"
+        limit = self.body_limit(path, upload, capture)
         try:
             await self._authenticate(scope, path)
             check_url(path, scope.get("query_string", b""))
@@ -67,8 +70,10 @@ class RequestGuard:
         except EdgefleetError as exc:
             await _refuse(exc, scope, receive, send, unread=has_body(scope))
             return
-        if upload:  # streamed to a file by the route: counted here, never held in memory
-            await self.app(scope, _counted(receive, limit), send)
+        if upload or capture:  # streamed by the route (not JSON): counted here, never held here
+            await self.app(
+                scope, _counted(receive, limit, "the package" if upload else "the capture object"), send
+            )
             return
         chunks: list[bytes] = []
         size = 0
@@ -93,11 +98,13 @@ class RequestGuard:
             return
         await self.app(scope, replay(chunks, True, None, receive), send)
 
-    def body_limit(self, path: str, upload: bool) -> int:
+    def body_limit(self, path: str, upload: bool, capture: bool = False) -> int:
         """The most bytes a request body to ``path`` may have."""
         limits = self.state.config.limits
         if upload:
             return limits.max_package_bytes
+        if capture:
+            return limits.max_capture_object_bytes
         if path == ENROL_PATH:
             return limits.max_enrol_body_bytes
         return limits.max_json_body_bytes
@@ -119,7 +126,7 @@ def too_large(declared: int | None, limit: int) -> str:
     return f"the request body {size}; this server accepts at most {limit} bytes here"
 
 
-def _counted(receive: Receive, limit: int) -> Receive:
+def _counted(receive: Receive, limit: int, what: str) -> Receive:
     """``receive`` that fails with RESOURCE_EXHAUSTED once more than ``limit`` body bytes arrived."""
     size = 0
 
@@ -129,7 +136,7 @@ def _counted(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             size += len(message.get("body", b""))
             if size > limit:
-                raise BodyTooLarge(f"the package is larger than {limit} bytes, the most this server accepts")
+                raise BodyTooLarge(f"{what} is larger than {limit} bytes, the most this server accepts")
         return message
 
     return next_message

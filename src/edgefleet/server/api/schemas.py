@@ -636,3 +636,17 @@ class DriftReportOut(Out):
     Features: list[FeatureDriftOut] = Field(description="worst (PSI, then KS) first")
     Classes: list[ClassDriftOut] = Field(description="worst (JS) first")
     MissingBaselines: list[str] = Field(description="versions seen in the range that have no baseline")
+
+
+# ------------------------------------------------------------------------------------ capture plane
+
+
+class PresignRequest(DeviceRef):
+    """Keys of capture objects the device is about to upload (edgefleet extension)."""
+
+    Keys: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="object keys, each under the device's fleet prefix '<fleet>/' (at most 100; none: "
+        "only the Location and Prefix)",
+    )
