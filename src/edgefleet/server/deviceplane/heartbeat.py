@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
 from edgefleet.core.errors import InvalidArgument, NotFound
-from edgefleet.server import devices
+from edgefleet.server import captures, devices
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
 from edgefleet.server.deployments.device_side import record_result
@@ -150,6 +150,8 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
             return False
         try:
             devices.check_heartbeat(item.heartbeat)
+            if item.heartbeat.capture is not None:
+                captures.check_report(item.heartbeat.capture, item.fleet_name)
         except InvalidArgument:
             return False
         return True
@@ -167,6 +169,8 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
         with self.db.session() as session:
             device = item.authenticate(session, self.db.now(), item.fleet_name)
             devices.record_heartbeat(session, device, item.heartbeat, self.db.now())
+            if item.heartbeat.capture is not None:
+                captures.record_device_report(session, device, item.heartbeat.capture, self.db.now())
             if item.result is not None:
                 try:
                     record_result(session, device, item.result, self.db.now())
@@ -196,10 +200,21 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
         if lost:  # revoked (or deregistered) since their identity was cached
             self._evict(lost)
         # an item counts as stored if its device's row was written with the item's own certificate
-        return [
+        answers = [
             device_id is not None and device_id in stored and latest[device_id].serial == item.serial
             for item, device_id in zip(batch, ids, strict=True)
         ]
+        # every stored heartbeat's uploads, not only the newest one's of a device
+        captures.record_batch(
+            conn,
+            [
+                (device_id, item.heartbeat.capture)
+                for item, device_id, ok in zip(batch, ids, answers, strict=True)
+                if ok and device_id is not None and item.heartbeat.capture is not None
+            ],
+            now,
+        )
+        return answers
 
     def _resolve(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[int | None]:
         """Device id per item, or None when the identity is not a registered device of that fleet."""

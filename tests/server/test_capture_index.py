@@ -1,0 +1,208 @@
+"""The capture index: heartbeats' ``Capture.Uploads`` are indexed once per key (a retried heartbeat
+adds nothing), keys outside the device's fleet are refused with nothing stored, and each device's
+spool backlog is kept; through the group commit, the exact tier and a real server. SQLite, and
+PostgreSQL when reachable."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_testkit import FakeClock, enrol, enrolled_fleet
+from sqlalchemy import func, select
+
+from edgefleet.core import deviceplane as dp
+from edgefleet.core.errors import InvalidArgument
+from edgefleet.server import captures, devices
+from edgefleet.server.db.schema import CaptureObject, DeviceCaptureStatus
+from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
+
+Db = Any
+Server = Any
+Client = Any
+
+HOUR = datetime(2030, 1, 1, 11, tzinfo=UTC)
+
+
+def capture_key(fleet: str, model: str, *, prefix: str = "captures", hour: datetime = HOUR) -> str:
+    """A key of the capture layout (docs/capture-format.md) with a fresh batch id."""
+    folders = hour.strftime("%Y/%m/%d/%H")
+    return "/".join(p for p in (prefix, fleet, model, folders, f"{uuid.uuid4().hex}.jsonl") if p)
+
+
+def upload(
+    key: str, model: str = "det", version: str = "1", *, records: int = 3, at: datetime = HOUR
+) -> dp.CaptureUpload:
+    return dp.CaptureUpload(
+        key=key,
+        model_name=model,
+        model_version=version,
+        records=records,
+        size=100 * records,
+        first_inference=at,
+        last_inference=at + timedelta(seconds=records),
+        raw_objects=1,
+    )
+
+
+def beat(*uploads: dp.CaptureUpload, backlog: int = 0) -> devices.Heartbeat:
+    report = dp.CaptureReport(backlog_records=backlog, backlog_bytes=10 * backlog, uploads=uploads)
+    return devices.Heartbeat(agent_version="1.0", capture=report)
+
+
+def indexed(db: Db) -> list[tuple[str, str, str, int, int]]:
+    with db.session() as s:
+        rows = s.scalars(select(CaptureObject).order_by(CaptureObject.key))
+        return [(r.key, r.device.name, r.model_version, r.records, r.size) for r in rows]
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+def test_keys_are_read_from_their_end_whatever_the_prefix() -> None:
+    batch = uuid.uuid4().hex
+    for prefix in ("", "captures", "a/b/c"):
+        key = "/".join(p for p in (prefix, f"line-1/det/2030/01/31/09/{batch}.jsonl") if p)
+        parsed = captures.parse_key(key)
+        assert (parsed.prefix, parsed.fleet, parsed.model_name, parsed.batch_id) == (
+            prefix,
+            "line-1",
+            "det",
+            batch,
+        )
+        assert parsed.hour == datetime(2030, 1, 31, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("line-1/det/2030/01/31/09/zz.jsonl", "is not <prefix>/<fleet>/<model>"),
+        (f"det/2030/01/31/09/{'a' * 32}.jsonl", "is not <prefix>/<fleet>/<model>"),
+        (f"line-1/det/2030/01/31/09/raw-data/{'a' * 32}.jsonl", "year folder '01' is not 4 digits"),
+        (f"line-1/det/2030/13/31/09/{'a' * 32}.jsonl", "the hour folders are not a UTC hour"),
+        (f"line-1/det/2030/1/31/09/{'a' * 32}.jsonl", "month folder '1' is not 2 digits"),
+        (f"line-1/../2030/01/31/09/{'a' * 32}.jsonl", "unsafe component '..'"),
+        (f"/line-1/det/2030/01/31/09/{'a' * 32}.jsonl", "must be a non-empty relative"),
+    ],
+)
+def test_keys_not_of_the_layout_are_refused(key: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        captures.parse_key(key)
+
+
+def test_an_upload_outside_the_fleet_or_the_model_folder_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="is outside fleet 'line-1'"):
+        captures.check_upload(upload(capture_key("line-2", "det")), "line-1")
+    with pytest.raises(InvalidArgument, match="folder of model 'other', not of its ModelName 'det'"):
+        captures.check_upload(upload(capture_key("line-1", "other")), "line-1")
+    late = dp.CaptureUpload(
+        capture_key("line-1", "det"),
+        "det",
+        "1",
+        1,
+        1,
+        first_inference=HOUR,
+        last_inference=HOUR - timedelta(1),
+    )
+    with pytest.raises(InvalidArgument, match="FirstInferenceTime is after LastInferenceTime"):
+        captures.check_upload(late, "line-1")
+    with pytest.raises(InvalidArgument, match="Records must be 0 or more"):
+        captures.check_upload(dp.CaptureUpload(capture_key("line-1", "det"), "det", "1", -1, 0), "line-1")
+    with pytest.raises(InvalidArgument, match=r"Capture\.BacklogRecords must be a count"):
+        captures.check_report(dp.CaptureReport(backlog_records=-1), "line-1")
+
+
+# --- the heartbeat's two tiers --------------------------------------------------------------------
+
+
+def test_uploads_are_indexed_once_by_either_tier(db: Db, clock: FakeClock) -> None:
+    serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b"])
+    writer = HeartbeatService(db)
+    k1, k2, k3 = (capture_key("line-1", "det") for _ in range(3))
+    try:
+        # one batch: cam-a twice (its older heartbeat's uploads count too), cam-b once, k1 twice
+        first = beat(upload(k1), backlog=5)
+        second = beat(upload(k1), upload(k2, version="2"), backlog=2)
+        assert writer.batch(
+            [
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", first),
+                HeartbeatItem("cam-b", serials["cam-b"], "line-1", beat(upload(k3, records=7))),
+                HeartbeatItem("cam-a", serials["cam-a"], "line-1", second),
+            ]
+        ) == [True, True, True]
+        expected = sorted(
+            [(k1, "cam-a", "1", 3, 300), (k2, "cam-a", "2", 3, 300), (k3, "cam-b", "1", 7, 700)]
+        )
+        assert indexed(db) == expected
+        # a retried heartbeat (either tier, either device) adds nothing and changes no row
+        clock.advance(30)
+        assert writer.batch([HeartbeatItem("cam-a", serials["cam-a"], "line-1", second)]) == [True]
+        assert writer.run(
+            [HeartbeatItem("cam-b", serials["cam-b"], "line-1", beat(upload(k1, records=9)))]
+        ) == [True]
+        assert indexed(db) == expected
+        # the exact tier indexes new keys the same way
+        k4 = capture_key("line-1", "det", prefix="")
+        assert writer.one(HeartbeatItem("cam-b", serials["cam-b"], "line-1", beat(upload(k4), backlog=4)))
+        assert indexed(db) == sorted([*expected, (k4, "cam-b", "1", 3, 300)])
+        with db.session() as s:
+            status = {row.device_id: row for row in s.scalars(select(DeviceCaptureStatus))}
+            by_name = {devices.get_device(s, n).id: n for n in ("cam-a", "cam-b")}
+            backlog = {
+                by_name[i]: (r.backlog_records, r.backlog_bytes, r.reported_at) for i, r in status.items()
+            }
+        # the newest report of a device wins its spool figures
+        assert backlog == {"cam-a": (2, 20, db.now()), "cam-b": (4, 40, db.now())}
+    finally:
+        writer.close()
+
+
+def test_a_heartbeat_with_a_key_outside_its_fleet_is_refused_whole(db: Db, clock: FakeClock) -> None:
+    serials = enrolled_fleet(db, "line-1", ["cam-a"])
+    with db.session() as s:
+        before = devices.get_device(s, "cam-a").last_heartbeat_at
+    writer = HeartbeatService(db)
+    try:
+        clock.advance(30)
+        good, foreign = capture_key("line-1", "det"), capture_key("line-2", "det")
+        item = HeartbeatItem("cam-a", serials["cam-a"], "line-1", beat(upload(good), upload(foreign)))
+        assert not writer.batchable(item)  # left to the exact tier, which gives the error
+        [error] = writer.run([item])
+        assert isinstance(error, InvalidArgument)
+        assert f"key {foreign!r} is outside fleet 'line-1'" in str(error)
+        # nothing of it was kept: no object, no backlog, not the heartbeat itself
+        assert indexed(db) == []
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(DeviceCaptureStatus)) == 0
+            assert devices.get_device(s, "cam-a").last_heartbeat_at == before
+    finally:
+        writer.close()
+
+
+def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Client, tmp_path: Path) -> None:
+    op.create_fleet("cap-hb", "s3://bucket/cap-hb")
+    [registered] = op.register_devices("cap-hb", [{"DeviceName": "cap-hb-1"}])
+    cam = enrol(fleet_server.endpoints.api_url, registered["EnrolmentToken"], tmp_path / "cam")
+    key = capture_key("cap-hb", "det")
+    wire = dp.CaptureReport(backlog_records=1, uploads=(upload(key),)).to_wire()
+    try:
+        for _ in range(2):  # sent twice (a retry): one row
+            response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Capture": wire})
+            assert response.status_code == 200, response.text
+        db = fleet_server.state.db
+        with db.session() as s:
+            rows = list(s.scalars(select(CaptureObject).where(CaptureObject.key == key)))
+        assert [(r.device.name, r.fleet.name, r.records, r.raw_objects) for r in rows] == [
+            ("cap-hb-1", "cap-hb", 3, 1)
+        ]
+        foreign = dp.CaptureReport(uploads=(upload(capture_key("other", "det")),)).to_wire()
+        response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Capture": foreign})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
+        assert "is outside fleet 'cap-hb'" in response.json()["error"]["message"]
+    finally:
+        cam.close()
