@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 
 from edgefleet.core import deviceplane as dp
 from edgefleet.core.errors import InvalidArgument
-from edgefleet.server import captures, devices
+from edgefleet.server import captures, devices, reports
+from edgefleet.server.api import render
 from edgefleet.server.db.schema import CaptureObject, DeviceCaptureStatus
 from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
@@ -190,9 +191,15 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
     key = capture_key("cap-hb", "det")
     wire = dp.CaptureReport(backlog_records=1, uploads=(upload(key),)).to_wire()
     try:
+        models = [{"ModelName": "det", "ModelVersion": "1"}]
         for _ in range(2):  # sent twice (a retry): one row
-            response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Capture": wire})
+            response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Models": models, "Capture": wire})
             assert response.status_code == 200, response.text
+        # DescribeDevice and the fleet report see the sample
+        [model] = op.describe_device("cap-hb-1")["Models"]
+        assert datetime.fromisoformat(model["LatestSampleTime"]) == HOUR + timedelta(seconds=3)
+        [stats] = op.fleet_report("cap-hb", regenerate=True)["ModelStats"]
+        assert (stats["ModelName"], stats["SamplingDeviceCount"]) == ("det", 1)
         db = fleet_server.state.db
         with db.session() as s:
             rows = list(s.scalars(select(CaptureObject).where(CaptureObject.key == key)))
@@ -206,3 +213,66 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
         assert "is outside fleet 'cap-hb'" in response.json()["error"]["message"]
     finally:
         cam.close()
+
+
+# --- what the index feeds: the fleet report's sampling counts, DescribeDevice's LatestSampleTime ---
+
+WINDOW = timedelta(minutes=10)
+
+
+def _sampling(db: Db, fleet: str) -> dict[tuple[str, str], int]:
+    with db.session() as s:
+        report = reports.generate_report(s, fleet, db.now(), WINDOW).report
+    assert report is not None
+    return {(m["ModelName"], m["ModelVersion"]): m["SamplingDeviceCount"] for m in report["ModelStats"]}
+
+
+def _samples(db: Db, name: str) -> dict[tuple[str, str], datetime | None]:
+    with db.session() as s:
+        row = devices.get_device(s, name)
+        return {
+            (m.ModelName, m.ModelVersion): m.LatestSampleTime
+            for m in render.device(row, captures.latest_samples(s, row)).Models
+        }
+
+
+def test_the_index_feeds_sampling_counts_and_latest_sample_times(db: Db, clock: FakeClock) -> None:
+    enrolled_fleet(db, "line-1", ["cam-a", "cam-b", "cam-c"])
+    now = db.now()
+    models = [devices.ModelReport("det", "1"), devices.ModelReport("det", "2")]
+
+    def send(name: str, *uploads: dp.CaptureUpload, sample: datetime | None = None) -> None:
+        reported = [devices.ModelReport(m.name, m.version, latest_sample=sample) for m in models]
+        heartbeat = devices.Heartbeat("1.0", models=reported, capture=dp.CaptureReport(uploads=uploads))
+        with db.session() as s:
+            device = devices.get_device(s, name)
+            devices.record_heartbeat(s, device, heartbeat, db.now())
+            captures.record_device_report(s, device, heartbeat.capture, db.now())  # type: ignore[arg-type]
+
+    recent, old = now - timedelta(minutes=2), now - timedelta(hours=2)
+    # cam-a uploaded det 1 captures just now (its last record 3 s after the first), det 2 long ago
+    send(
+        "cam-a",
+        upload(capture_key("line-1", "det"), at=recent),
+        upload(capture_key("line-1", "det"), "det", "2", at=old),
+    )
+    # cam-b says nothing of samples: it uploaded an older det 1 object only
+    send("cam-b", upload(capture_key("line-1", "det"), at=old))
+    # cam-c is an Edge Manager agent: no uploads, its own LatestSampleTime
+    send("cam-c", sample=recent)
+    assert _sampling(db, "line-1") == {("det", "1"): 2, ("det", "2"): 1}
+    assert _samples(db, "cam-a") == {
+        ("det", "1"): recent + timedelta(seconds=3),
+        ("det", "2"): old + timedelta(seconds=3),
+    }
+    assert _samples(db, "cam-b") == {("det", "1"): old + timedelta(seconds=3), ("det", "2"): None}
+    assert _samples(db, "cam-c") == {("det", "1"): recent, ("det", "2"): recent}
+    # the later of the two wins: a reported time newer than the index, and an index newer than it
+    send("cam-b", sample=recent)
+    assert _samples(db, "cam-b") == {("det", "1"): recent, ("det", "2"): recent}
+    send("cam-a", sample=old)
+    assert _samples(db, "cam-a")[("det", "1")] == recent + timedelta(seconds=3)
+    # the window moves on: nobody sampled in the last ten minutes; offline devices never count
+    clock.advance(3600)
+    send("cam-a", upload(capture_key("line-1", "det"), at=db.now() - timedelta(minutes=1)))
+    assert _sampling(db, "line-1") == {("det", "1"): 1, ("det", "2"): 0}

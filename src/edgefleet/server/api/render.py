@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from edgefleet.server.api import schemas as s
@@ -75,7 +78,9 @@ def report(fleet_row: Fleet, row: FleetReport) -> s.FleetReportOut:
     )
 
 
-def device(row: Device) -> s.DeviceOut:
+def device(row: Device, samples: Mapping[tuple[str, str], datetime | None]) -> s.DeviceOut:
+    """DescribeDevice of ``row``; ``samples``: each model's latest sample time
+    (:func:`edgefleet.server.captures.latest_samples`)."""
     platform = None
     if row.platform_arch is not None:
         platform = {
@@ -95,7 +100,7 @@ def device(row: Device) -> s.DeviceOut:
             s.DeviceModelOut(
                 ModelName=m.model_name,
                 ModelVersion=m.model_version,
-                LatestSampleTime=m.latest_sample_at,
+                LatestSampleTime=samples.get((m.model_name, m.model_version)),
                 LatestInference=m.latest_inference_at,
             )
             for m in row.models
