@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from sqlalchemy import text
 
 from edgefleet import __version__
-from edgefleet.server.api import deployments, device_plane, devices, enrolment, fleets, models
+from edgefleet.server.api import captures, deployments, device_plane, devices, enrolment, fleets, models
 from edgefleet.server.api.auth import app_state
 from edgefleet.server.api.docs import install_docs
 from edgefleet.server.api.errors import install_error_handlers
@@ -63,6 +63,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         fleets.router,
         devices.router,
         models.router,
+        captures.router,
         deployments.router,
         enrolment.router,
         device_plane.router,

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from edgefleet.server.api import schemas as s
 from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.db.schema import (
+    CaptureObject,
     DeploymentPlan,
     Device,
     Fleet,
@@ -279,4 +280,20 @@ def deployment(item: DeviceDeployment, artifacts: ArtifactStore) -> s.Deployment
             for d in item.definitions
         ],
         HealthGate=None if gate is None else s.HealthGateOut(**gate.to_wire()),
+    )
+
+
+def capture_object(row: CaptureObject) -> s.CaptureObjectOut:
+    return s.CaptureObjectOut(
+        Key=row.key,
+        DeviceName=row.device.name,
+        DeviceFleetName=row.fleet.name,
+        ModelName=row.model_name,
+        ModelVersion=row.model_version,
+        Records=row.records,
+        Size=row.size,
+        RawObjects=row.raw_objects,
+        FirstInferenceTime=row.first_inference_at,
+        LastInferenceTime=row.last_inference_at,
+        ReportedTime=row.reported_at,
     )

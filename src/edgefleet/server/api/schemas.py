@@ -405,6 +405,30 @@ class EnrolResponse(CertificateOut):
     DeviceEndpoint: str = Field(description="base URL of the device data plane (mutual TLS)")
 
 
+# ---------------------------------------------------------------------------------------- captures
+
+
+class CaptureObjectOut(Out):
+    """One capture object (a ``.jsonl`` batch of records) in the capture index."""
+
+    Key: str = Field(description="the object's key in the capture store (docs/capture-format.md layout)")
+    DeviceName: str
+    DeviceFleetName: str
+    ModelName: str
+    ModelVersion: str
+    Records: int = Field(description="capture records in the object")
+    Size: int = Field(description="the object's size in bytes (raw-data files not included)")
+    RawObjects: int = Field(description="raw-data payload files its records refer to")
+    FirstInferenceTime: datetime
+    LastInferenceTime: datetime
+    ReportedTime: datetime = Field(description="when the device reported the upload")
+
+
+class CaptureList(Out):
+    Captures: list[CaptureObjectOut]
+    NextToken: str | None = None
+
+
 # ----------------------------------------------------------------------------------- device plane
 
 
