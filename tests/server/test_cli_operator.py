@@ -171,6 +171,7 @@ def _json_commands() -> set[tuple[str, ...]]:
 JSON_TESTED_ELSEWHERE = {
     ("compile",): "tests/compiler/test_compiler_cli.py",
     ("device", "status"): "tests/device/test_device_daemon.py",
+    **{("capture", sub): "tests/server/test_cli_capture.py" for sub in ("list", "show", "fetch", "export")},
     # the agent's operator subcommands talk to a running agent, not to the server
     **{
         ("agent", sub): "tests/integration/test_agent_cli.py"

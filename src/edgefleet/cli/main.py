@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "device": ("device", None),  # the daemon's commands need nothing; the operator's ones need cli
     "model": ("model", "cli"),
     "deploy": ("deploy", "cli"),
+    "capture": ("capture", "cli"),
     "simulate": ("simulate", None),
 }
 

@@ -274,15 +274,16 @@ def list_objects(
     limit: int,
     next_token: str | None = None,
 ) -> Page[CaptureObject]:
-    """Indexed objects, oldest first, filtered (all must match).
+    """Indexed objects, oldest first (by first inference, then key), filtered (all must match).
 
     ``since``/``until`` select the objects with a record in ``[since, until)`` by inference time.
     NOT_FOUND for an unknown fleet or device; INVALID_ARGUMENT if ``until`` is not after ``since``.
     """
     if since is not None and until is not None and until <= since:
         raise InvalidArgument("until must be after since")
+    # the key breaks ties: pages stay stable whatever order the objects were reported in
     stmt: Select[CaptureObject] = select(CaptureObject).order_by(
-        CaptureObject.first_inference_at, CaptureObject.id
+        CaptureObject.first_inference_at, CaptureObject.key
     )
     if fleet_name is not None:
         stmt = stmt.where(CaptureObject.fleet_id == get_fleet(session, fleet_name).id)
