@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from server_testkit import FakeClock, enrol, enrolled_fleet
-from sqlalchemy import func, select
+from alembic import command
+from alembic.config import Config
+from server_testkit import FakeClock, enrol, enrolled_fleet, scratch_pg_database
+from sqlalchemy import func, inspect, select
 
 from edgefleet.core import deviceplane as dp
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.server import captures, devices, reports
 from edgefleet.server.api import render
+from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
 from edgefleet.server.db.schema import CaptureObject, DeviceCaptureStatus
 from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
@@ -111,8 +115,11 @@ def test_an_upload_outside_the_fleet_or_the_model_folder_is_refused() -> None:
     )
     with pytest.raises(InvalidArgument, match="FirstInferenceTime is after LastInferenceTime"):
         captures.check_upload(late, "line-1")
-    with pytest.raises(InvalidArgument, match="Records must be 0 or more"):
+    with pytest.raises(InvalidArgument, match="Records must be 0 to 2147483647, got -1"):
         captures.check_upload(dp.CaptureUpload(capture_key("line-1", "det"), "det", "1", -1, 0), "line-1")
+    too_many = dp.CaptureUpload(capture_key("line-1", "det"), "det", "1", 2**31, 0)
+    with pytest.raises(InvalidArgument, match="Records must be 0 to 2147483647, got 2147483648"):
+        captures.check_upload(too_many, "line-1")
     with pytest.raises(InvalidArgument, match=r"Capture\.BacklogRecords must be a count"):
         captures.check_report(dp.CaptureReport(backlog_records=-1), "line-1")
 
@@ -276,3 +283,56 @@ def test_the_index_feeds_sampling_counts_and_latest_sample_times(db: Db, clock: 
     clock.advance(3600)
     send("cam-a", upload(capture_key("line-1", "det"), at=db.now() - timedelta(minutes=1)))
     assert _sampling(db, "line-1") == {("det", "1"): 1, ("det", "2"): 0}
+
+
+# --- migration 0006 -------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Database]:
+    """An empty database of its own, no migration run yet."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'edgefleet.db'}", clock=clock)
+        try:
+            yield database
+        finally:
+            database.close()
+        return
+    with scratch_pg_database("edgefleet_migration") as url:
+        database = Database(url, clock=clock, pool_size=1)
+        try:
+            yield database
+        finally:
+            database.close()
+
+
+def _migrate(db: Database, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_migration_0006_adds_the_index_and_takes_it_away_again(unmigrated: Database) -> None:
+    db = unmigrated
+    _migrate(db, "0005")
+    enrolled_fleet(db, "line-1", ["cam-a"])
+    _migrate(db, "head")
+    with db.session() as s:
+        device = devices.get_device(s, "cam-a")
+        captures.record_device_report(
+            s,
+            device,
+            dp.CaptureReport(backlog_records=1, uploads=(upload(capture_key("line-1", "det")),)),
+            db.now(),
+        )
+    assert [row[1] for row in indexed(db)] == ["cam-a"]
+    _migrate(db, "0005", down=True)
+    with db.engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+    assert {"capture_objects", "device_capture_status"}.isdisjoint(tables) and "devices" in tables
+    with db.session() as s:
+        assert devices.get_device(s, "cam-a").name == "cam-a"  # the devices are untouched
+    _migrate(db, "head")
+    assert indexed(db) == []

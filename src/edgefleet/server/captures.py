@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 WHAT = "capture object"
 _BATCH_NAME_RE = re.compile(r"[0-9a-f]{32}\.jsonl")
 _HOUR_PARTS = ((4, "year"), (2, "month"), (2, "day"), (2, "hour"))
-#: largest count or size a report may carry (a BIGINT column)
-_MAX_COUNT = 2**63 - 1
+#: largest figures a report may carry: what the INTEGER and BIGINT columns hold
+_MAX_INT, _MAX_BIGINT = 2**31 - 1, 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def check_report(report: dp.CaptureReport, fleet_name: str) -> None:
         "Failed": report.failed,
     }
     for name, value in figures.items():
-        if not 0 <= value <= _MAX_COUNT:
+        if not 0 <= value <= _MAX_BIGINT:
             raise InvalidArgument(f"Capture.{name} must be a count (0 or more), got {value}")
     if not 0 <= report.oldest_age_seconds < float("inf"):
         raise InvalidArgument(
@@ -133,13 +133,14 @@ def check_upload(upload: dp.CaptureUpload, fleet_name: str) -> CaptureKey:
         )
     if len(upload.model_version) > 30:
         raise InvalidArgument(f"{WHAT} {quoted(upload.key)}: ModelVersion is longer than 30 characters")
-    for name, value in (
-        ("Records", upload.records),
-        ("Size", upload.size),
-        ("RawObjects", upload.raw_objects),
-    ):
-        if not 0 <= value <= _MAX_COUNT:
-            raise InvalidArgument(f"{WHAT} {quoted(upload.key)}: {name} must be 0 or more, got {value}")
+    counts = (
+        ("Records", upload.records, _MAX_INT),
+        ("Size", upload.size, _MAX_BIGINT),
+        ("RawObjects", upload.raw_objects, _MAX_INT),
+    )
+    for name, value, limit in counts:
+        if not 0 <= value <= limit:
+            raise InvalidArgument(f"{WHAT} {quoted(upload.key)}: {name} must be 0 to {limit}, got {value}")
     first, last = upload.first_inference, upload.last_inference
     if first is not None and last is not None and first > last:
         raise InvalidArgument(f"{WHAT} {quoted(upload.key)}: FirstInferenceTime is after LastInferenceTime")
@@ -148,15 +149,15 @@ def check_upload(upload: dp.CaptureUpload, fleet_name: str) -> CaptureKey:
 
 def record_reports(
     conn: Connection, reports: Sequence[tuple[int, int, dp.CaptureReport]], now: datetime
-) -> int:
+) -> None:
     """Index the uploads and replace the spool figures of ``(device id, fleet id, report)`` items.
 
     The reports must have passed :func:`check_report` for the device's fleet. An item later in
-    ``reports`` wins the spool figures of its device. Returns how many objects were newly indexed;
-    a key indexed already (re-reported) is left as it is.
+    ``reports`` wins the spool figures of its device. A key indexed already (re-reported) is left
+    as it is.
     """
     if not reports:
-        return 0
+        return
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     rows: dict[tuple[int, str], dict[str, object]] = {}
     status: dict[int, dict[str, object]] = {}
@@ -188,20 +189,17 @@ def record_reports(
                     "reported_at": now,
                 },
             )
-    added = 0
     if rows:
         # in key order, so that concurrent batches take the unique index's locks in one order
         ordered = [rows[k] for k in sorted(rows)]
         stmt = insert(CaptureObject).on_conflict_do_nothing(index_elements=["fleet_id", "key"])
-        result = conn.execute(stmt, ordered)
-        added = max(result.rowcount, 0)
+        conn.execute(stmt, ordered)
     upsert = insert(DeviceCaptureStatus)
     upsert = upsert.on_conflict_do_update(
         index_elements=["device_id"],
         set_={c: upsert.excluded[c] for c in next(iter(status.values())) if c != "device_id"},
     )
     conn.execute(upsert, [status[d] for d in sorted(status)])
-    return added
 
 
 def record_device_report(session: Session, device: Device, report: dp.CaptureReport, now: datetime) -> None:
