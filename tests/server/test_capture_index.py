@@ -194,6 +194,7 @@ def test_a_heartbeat_with_a_key_outside_its_fleet_is_refused_whole(db: Db, clock
 def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Client, tmp_path: Path) -> None:
     op.create_fleet("cap-hb", "s3://bucket/cap-hb")
     [registered] = op.register_devices("cap-hb", [{"DeviceName": "cap-hb-1"}])
+    assert op.describe_device("cap-hb-1")["Capture"] is None  # nothing reported yet
     cam = enrol(fleet_server.endpoints.api_url, registered["EnrolmentToken"], tmp_path / "cam")
     key = capture_key("cap-hb", "det")
     wire = dp.CaptureReport(backlog_records=1, uploads=(upload(key),)).to_wire()
@@ -203,7 +204,16 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
             response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Models": models, "Capture": wire})
             assert response.status_code == 200, response.text
         # DescribeDevice and the fleet report see the sample
-        [model] = op.describe_device("cap-hb-1")["Models"]
+        described = op.describe_device("cap-hb-1")
+        backlog = {k: v for k, v in described["Capture"].items() if k != "ReportedTime"}
+        assert backlog == {
+            "BacklogRecords": 1,
+            "BacklogBytes": 0,
+            "OldestBacklogAgeSeconds": 0.0,
+            "Dropped": 0,
+            "Failed": 0,
+        }
+        [model] = described["Models"]
         assert datetime.fromisoformat(model["LatestSampleTime"]) == HOUR + timedelta(seconds=3)
         [stats] = op.fleet_report("cap-hb", regenerate=True)["ModelStats"]
         assert (stats["ModelName"], stats["SamplingDeviceCount"]) == ("det", 1)
@@ -239,7 +249,7 @@ def _samples(db: Db, name: str) -> dict[tuple[str, str], datetime | None]:
         row = devices.get_device(s, name)
         return {
             (m.ModelName, m.ModelVersion): m.LatestSampleTime
-            for m in render.device(row, captures.latest_samples(s, row)).Models
+            for m in render.device(row, captures.latest_samples(s, row), None).Models
         }
 
 

@@ -105,7 +105,7 @@ def test_two_versions_of_a_model_are_kept_shown_and_counted(db: Db, clock: FakeC
     assert _versions(db, "cam-a") == served
     with db.session() as s:
         row = devices.get_device(s, "cam-a")
-        described = render.device(row, captures.latest_samples(s, row))
+        described = render.device(row, captures.latest_samples(s, row), None)
         assert [(m.ModelName, m.ModelVersion) for m in described.Models] == served
         assert render.device_summary(devices.get_device(s, "cam-a")).Models == [
             {"ModelName": "counter", "ModelVersion": "1"},

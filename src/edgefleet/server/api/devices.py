@@ -87,7 +87,9 @@ def describe_device(name: str, request: Request, actor: Actor) -> s.DeviceOut:
     st = app_state(request)
     with st.db.session() as session:
         row = devices.get_device(session, name)
-        return render.device(row, captures.latest_samples(session, row))
+        return render.device(
+            row, captures.latest_samples(session, row), captures.capture_status(session, row)
+        )
 
 
 @router.patch("/{name}", response_model=s.DeviceOut, summary="UpdateDevices (one device)")
@@ -106,7 +108,9 @@ def update_device(name: str, body: s.UpdateDeviceRequest, request: Request, acto
             tags=body.Tags,
             platform=platform,
         )
-        return render.device(row, captures.latest_samples(session, row))
+        return render.device(
+            row, captures.latest_samples(session, row), captures.capture_status(session, row)
+        )
 
 
 @router.delete("/{name}", status_code=204, response_class=Response, summary="DeregisterDevices (one device)")

@@ -13,6 +13,7 @@ from edgefleet.server.db.schema import (
     CaptureObject,
     DeploymentPlan,
     Device,
+    DeviceCaptureStatus,
     Fleet,
     FleetReport,
     Model,
@@ -79,9 +80,14 @@ def report(fleet_row: Fleet, row: FleetReport) -> s.FleetReportOut:
     )
 
 
-def device(row: Device, samples: Mapping[tuple[str, str], datetime | None]) -> s.DeviceOut:
+def device(
+    row: Device,
+    samples: Mapping[tuple[str, str], datetime | None],
+    capture: DeviceCaptureStatus | None,
+) -> s.DeviceOut:
     """DescribeDevice of ``row``; ``samples``: each model's latest sample time
-    (:func:`edgefleet.server.captures.latest_samples`)."""
+    (:func:`edgefleet.server.captures.latest_samples`), ``capture``: its spool figures
+    (:func:`edgefleet.server.captures.capture_status`)."""
     platform = None
     if row.platform_arch is not None:
         platform = {
@@ -113,6 +119,16 @@ def device(row: Device, samples: Mapping[tuple[str, str], datetime | None]) -> s
         EnrolmentTime=row.enrolled_at,
         CertificateExpiresAt=row.cert_not_after,
         AgentMetrics=list(row.agent_metrics),
+        Capture=None
+        if capture is None
+        else s.DeviceCaptureOut(
+            BacklogRecords=capture.backlog_records,
+            BacklogBytes=capture.backlog_bytes,
+            OldestBacklogAgeSeconds=capture.oldest_age_seconds,
+            Dropped=capture.dropped,
+            Failed=capture.failed,
+            ReportedTime=capture.reported_at,
+        ),
     )
 
 

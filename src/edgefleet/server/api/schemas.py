@@ -159,6 +159,15 @@ class DeviceModelOut(Out):
     LatestInference: datetime | None
 
 
+class DeviceCaptureOut(Out):
+    BacklogRecords: int = Field(description="captures acknowledged, not yet confirmed by the store")
+    BacklogBytes: int
+    OldestBacklogAgeSeconds: float
+    Dropped: int = Field(description="captures dropped by the full-spool policy (since the agent started)")
+    Failed: int = Field(description="captures that failed for good (since the agent started)")
+    ReportedTime: datetime
+
+
 class DeviceOut(Out):
     DeviceArn: str
     DeviceName: str
@@ -175,6 +184,9 @@ class DeviceOut(Out):
     EnrolmentTime: datetime | None
     CertificateExpiresAt: datetime | None
     AgentMetrics: list[dict[str, Any]]
+    Capture: DeviceCaptureOut | None = Field(
+        default=None, description="the capture spool as the latest heartbeat reported it (extension)"
+    )
 
 
 class DeviceSummary(Out):
