@@ -147,7 +147,7 @@ def test_bad_input_is_refused_clearly(captured: dict[str, Any], fleet_server: Se
         device = s.query(Device).filter_by(name="capi-1").one()
         captures.record_reports(
             s.connection(),
-            [(device.id, device.fleet_id, captures.dp.CaptureReport(uploads=(gone,)))],
+            [(device.id, captures.dp.CaptureReport(uploads=(gone,)))],
             db.now(),
         )
     store.delete(gone.key)

@@ -20,14 +20,15 @@ sampling counts and DescribeDevice's ``LatestSampleTime`` both come from it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, func, select, type_coerce
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import ColumnElement, Connection, Select, func, select, text, type_coerce
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -54,6 +55,43 @@ _BATCH_NAME_RE = re.compile(r"[0-9a-f]{32}\.jsonl")
 _HOUR_PARTS = ((4, "year"), (2, "month"), (2, "day"), (2, "hour"))
 #: largest figures a report may carry: what the INTEGER and BIGINT columns hold
 _MAX_INT, _MAX_BIGINT = 2**31 - 1, 2**63 - 1
+
+
+_STATUS_COLUMNS = (
+    "backlog_records",
+    "backlog_bytes",
+    "oldest_age_seconds",
+    "dropped",
+    "failed",
+    "reported_at",
+)
+_PG_INSERT_OBJECTS = text(
+    """
+    INSERT INTO capture_objects
+        (fleet_id, device_id, key, model_name, model_version, records, size, raw_objects,
+         first_inference_at, last_inference_at, reported_at)
+    SELECT d.fleet_id, r.device_id, r.key, r.model_name, r.model_version, r.records, r.size,
+           r.raw_objects, r.first_inference_at, r.last_inference_at, r.reported_at
+    FROM json_to_recordset(CAST(:rows AS JSON)) AS r(
+        device_id INTEGER, key VARCHAR, model_name VARCHAR, model_version VARCHAR,
+        records INTEGER, size BIGINT, raw_objects INTEGER, first_inference_at TIMESTAMPTZ,
+        last_inference_at TIMESTAMPTZ, reported_at TIMESTAMPTZ)
+    JOIN devices AS d ON d.id = r.device_id
+    ORDER BY d.fleet_id, r.key
+    ON CONFLICT (fleet_id, key) DO NOTHING
+    """
+)
+_PG_UPSERT_STATUS = text(
+    f"""
+    INSERT INTO device_capture_status (device_id, {", ".join(_STATUS_COLUMNS)})
+    SELECT r.device_id, {", ".join(f"r.{c}" for c in _STATUS_COLUMNS)}
+    FROM json_to_recordset(CAST(:rows AS JSON)) AS r(
+        device_id INTEGER, backlog_records BIGINT, backlog_bytes BIGINT,
+        oldest_age_seconds DOUBLE PRECISION, dropped BIGINT, failed BIGINT, reported_at TIMESTAMPTZ)
+    ON CONFLICT (device_id) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in _STATUS_COLUMNS)}
+    """
+)
 
 
 @dataclass(frozen=True)
@@ -147,21 +185,19 @@ def check_upload(upload: dp.CaptureUpload, fleet_name: str) -> CaptureKey:
     return parsed
 
 
-def record_reports(
-    conn: Connection, reports: Sequence[tuple[int, int, dp.CaptureReport]], now: datetime
-) -> None:
-    """Index the uploads and replace the spool figures of ``(device id, fleet id, report)`` items.
+def record_reports(conn: Connection, reports: Sequence[tuple[int, dp.CaptureReport]], now: datetime) -> None:
+    """Index the uploads and replace the spool figures of ``(device id, report)`` items, in the
+    order received, on the caller's connection and transaction.
 
     The reports must have passed :func:`check_report` for the device's fleet. An item later in
-    ``reports`` wins the spool figures of its device. A key indexed already (re-reported) is left
-    as it is.
+    ``reports`` wins the spool figures of its device. A key indexed already in the device's fleet
+    (re-reported) is left as it is.
     """
     if not reports:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    rows: dict[tuple[int, str], dict[str, object]] = {}
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
     status: dict[int, dict[str, object]] = {}
-    for device_id, fleet_id, report in reports:
+    for device_id, report in reports:
         status[device_id] = {
             "device_id": device_id,
             "backlog_records": report.backlog_records,
@@ -174,9 +210,8 @@ def record_reports(
         for upload in report.uploads:
             first = upload.first_inference or upload.last_inference or now
             rows.setdefault(
-                (fleet_id, upload.key),
+                (device_id, upload.key),
                 {
-                    "fleet_id": fleet_id,
                     "device_id": device_id,
                     "key": upload.key,
                     "model_name": upload.model_name,
@@ -189,38 +224,40 @@ def record_reports(
                     "reported_at": now,
                 },
             )
+    # rows in key order, so that concurrent batches take the unique index's locks in one order
+    spools = [status[d] for d in sorted(status)]
+    if conn.dialect.name == "postgresql":
+        # one statement per table for the whole batch, its rows as one JSON document (as the
+        # heartbeat's own statements do), the fleet taken from the device row
+        if rows:
+            dumped = json.dumps(list(rows.values()), default=datetime.isoformat)
+            conn.execute(_PG_INSERT_OBJECTS, {"rows": dumped})
+        conn.execute(_PG_UPSERT_STATUS, {"rows": json.dumps(spools, default=datetime.isoformat)})
+        return
     if rows:
-        # in key order, so that concurrent batches take the unique index's locks in one order
-        ordered = [rows[k] for k in sorted(rows)]
-        stmt = insert(CaptureObject).on_conflict_do_nothing(index_elements=["fleet_id", "key"])
-        conn.execute(stmt, ordered)
-    upsert = insert(DeviceCaptureStatus)
+        ids = sorted({device_id for device_id, _ in rows})
+        fleets = dict(conn.execute(select(Device.id, Device.fleet_id).where(Device.id.in_(ids))).all())
+        objects = sorted(
+            ({**row, "fleet_id": fleets[row["device_id"]]} for row in rows.values()), key=_index_order
+        )
+        conn.execute(
+            sqlite_insert(CaptureObject).on_conflict_do_nothing(index_elements=["fleet_id", "key"]), objects
+        )
+    upsert = sqlite_insert(DeviceCaptureStatus)
     upsert = upsert.on_conflict_do_update(
-        index_elements=["device_id"],
-        set_={c: upsert.excluded[c] for c in next(iter(status.values())) if c != "device_id"},
+        index_elements=["device_id"], set_={c: upsert.excluded[c] for c in _STATUS_COLUMNS}
     )
-    conn.execute(upsert, [status[d] for d in sorted(status)])
+    conn.execute(upsert, spools)
+
+
+def _index_order(row: dict[str, Any]) -> tuple[int, str]:
+    return row["fleet_id"], row["key"]
 
 
 def record_device_report(session: Session, device: Device, report: dp.CaptureReport, now: datetime) -> None:
     """Check and store one heartbeat's capture report (the heartbeat's exact tier)."""
     check_report(report, device.fleet.name)
-    record_reports(session.connection(), [(device.id, device.fleet_id, report)], now)
-
-
-def record_batch(conn: Connection, reports: Sequence[tuple[int, dp.CaptureReport]], now: datetime) -> None:
-    """Store the capture reports of a batch of stored heartbeats, ``(device id, report)`` in the
-    order received (the batch tier: each report passed :func:`check_report` for its device's fleet)."""
-    if not reports:
-        return
-    device_ids = sorted({device_id for device_id, _ in reports})
-    fleets: dict[int, int] = {
-        device_id: fleet_id
-        for device_id, fleet_id in conn.execute(
-            select(Device.id, Device.fleet_id).where(Device.id.in_(device_ids))
-        )
-    }
-    record_reports(conn, [(d, fleets[d], r) for d, r in reports], now)
+    record_reports(session.connection(), [(device.id, report)], now)
 
 
 def latest_sample(dialect: str) -> ColumnElement[datetime | None]:

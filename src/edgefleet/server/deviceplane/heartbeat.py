@@ -205,7 +205,7 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
             for item, device_id in zip(batch, ids, strict=True)
         ]
         # every stored heartbeat's uploads, not only the newest one's of a device
-        captures.record_batch(
+        captures.record_reports(
             conn,
             [
                 (device_id, item.heartbeat.capture)
