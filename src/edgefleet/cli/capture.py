@@ -12,13 +12,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgefleet.cli.output import add_client_arguments, emit
+from edgefleet.cli.output import (
+    ProgressBar,
+    add_client_arguments,
+    client_from_args,
+    dump_json,
+    emit,
+    human_size,
+)
+from edgefleet.core.errors import EdgefleetError, FailedPrecondition, InvalidArgument
+from edgefleet.core.files import atomic_writer, write_json_atomic
+from edgefleet.storage.base import is_safe_component
 
 LIST_COLUMNS = [
     ("KEY", "Key"),
@@ -105,8 +116,6 @@ def _time(value: str) -> datetime:
 
 
 def list_captures(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         rows = list(
             client.list_captures(
@@ -122,19 +131,13 @@ def list_captures(args: argparse.Namespace) -> int:
 
 
 def show_capture(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args
-
     with client_from_args(args) as client:
         row = client.describe_capture(args.key)
     return emit(args, row, SHOW_FIELDS)
 
 
 def fetch_capture(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json, human_size
-
     if args.output.is_dir():
-        from edgefleet.core.errors import InvalidArgument
-
         raise InvalidArgument(f"{args.output} is a directory: give the file to write")
     with client_from_args(args) as client:
         size = client.fetch_capture(args.key, args.output)
@@ -146,8 +149,6 @@ def fetch_capture(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from edgefleet.cli.output import client_from_args, dump_json
-
     parquet = None if args.parquet == "auto" else args.parquet == "yes"
     with client_from_args(args) as client:
         manifest = export_captures(
@@ -179,8 +180,6 @@ class ExportProgress:
     """Progress of an export on stderr: a bar on a terminal, else a line per object."""
 
     def __init__(self, out: TextIO | None = None) -> None:
-        from edgefleet.cli.output import ProgressBar
-
         self.out = out or sys.stderr
         self.bar = ProgressBar("exporting captures", self.out)
 
@@ -226,8 +225,6 @@ def export_captures(
     import numpy as np
 
     from edgefleet.capture.records import decode_record
-    from edgefleet.core.errors import EdgefleetError, InvalidArgument
-    from edgefleet.core.files import atomic_writer, write_json_atomic
 
     pyarrow = _pyarrow(parquet)
     if pyarrow is None and parquet is None and progress is not None:
@@ -305,6 +302,7 @@ def export_captures(
     if pyarrow is not None:
         _write_parquet(pyarrow, out_dir / "records.parquet", records, tensors)
         parquet_written = True
+    per_object = Counter(r["Object"] for r in records)
     manifest = {
         "ManifestVersion": MANIFEST_VERSION,
         "DeviceFleetName": fleet,
@@ -318,7 +316,7 @@ def export_captures(
                 "Key": o["Key"],
                 "DeviceName": o["DeviceName"],
                 "ModelVersion": o["ModelVersion"],
-                "Records": sum(1 for r in records if r["Object"] == o["Key"]),
+                "Records": per_object[o["Key"]],
                 "FirstInferenceTime": o["FirstInferenceTime"],
                 "LastInferenceTime": o["LastInferenceTime"],
             }
@@ -342,8 +340,6 @@ def _pyarrow(wanted: bool | None) -> Any:
         importlib.import_module("pyarrow.parquet")
     except ImportError as exc:
         if wanted:
-            from edgefleet.core.errors import FailedPrecondition
-
             raise FailedPrecondition(
                 f"--parquet yes needs pyarrow, which is not installed here ({PARQUET_HINT})"
             ) from exc
@@ -384,8 +380,6 @@ def _write_parquet(
 
 def _raw_fetcher(client: Any, key: str) -> Callable[[str], bytes]:
     """Reads a record's ``data-ref`` through the server: the payload beside the object ``key``."""
-    from edgefleet.core.errors import InvalidArgument
-
     directory = key.rsplit("/", 1)[0]
 
     def fetch(uri: str) -> bytes:
@@ -400,8 +394,6 @@ def _raw_fetcher(client: Any, key: str) -> Callable[[str], bytes]:
 
 def _file_stem(name: str, used: set[str], folder: str) -> str:
     """A safe, unique file name stem for a tensor called ``name`` (client-chosen) in ``folder``."""
-    from edgefleet.storage.base import is_safe_component
-
     stem = name if is_safe_component(name) and len(name) <= 100 else "tensor"
     candidate, n = stem, 1
     while f"{folder}/{candidate}" in used:
