@@ -289,9 +289,10 @@ def write_native_config(
     capture_dir: Path,
     agent: dict[str, Any] | None = None,
     capture: dict[str, Any] | None = None,
+    device: dict[str, Any] | None = None,
 ) -> Path:
     config: dict[str, Any] = {
-        "device": {"name": "test-device", "fleet": "test-fleet"},
+        "device": {"name": "test-device", "fleet": "test-fleet", **(device or {})},
         "agent": {
             "data_dir": str(data_dir),
             **({"trust_dir": str(trust_dir)} if trust_dir else {}),
@@ -381,6 +382,7 @@ def start(
     capture: dict[str, Any] | None = None,
     config_path: Path | None = None,
     socket: Path | None = None,
+    device: dict[str, Any] | None = None,
 ) -> AgentProcess:
     data_dir = workdir / "agent-data"
     capture_dir = workdir / "captures"
@@ -392,6 +394,7 @@ def start(
             capture_dir=capture_dir,
             agent=agent,
             capture=capture,
+            device=device,
         )
     socket = socket or short_socket_dir() / "agent.sock"
     log_path = workdir / "agent.log"

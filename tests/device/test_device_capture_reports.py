@@ -57,7 +57,10 @@ def plane(server: LoopbackServer, tmp_path: Path) -> Iterator[Recorded]:
 
 def agent_in(workdir: Path, trust: Path) -> AgentProcess:
     workdir.mkdir(parents=True)
-    return start(workdir, trust, capture={"batch_size": 1, "push_period_seconds": 0.05})
+    # the agent's device belongs to the server's fleet: the server indexes only its own fleet's keys
+    return start(
+        workdir, trust, capture={"batch_size": 1, "push_period_seconds": 0.05}, device={"fleet": FLEET}
+    )
 
 
 def capture_some(client: AgentClient, count: int) -> None:

@@ -285,3 +285,82 @@ def scratch_pg_database(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def captured_batch(
+    store: Any,
+    fleet: str,
+    device: str,
+    model: str,
+    version: str,
+    start: datetime,
+    count: int,
+    *,
+    prefix: str = "captures",
+    big: bool = False,
+) -> Any:
+    """Write a capture batch object of ``count`` records into ``store`` the way a device's sink does
+    (records from capture/records.py, raw-data files for payloads over the embed limit when ``big``);
+    the ``CaptureUpload`` a heartbeat reports for it. Input ``x`` is float32 (2, 3) holding the
+    record's index, output ``y`` int64 (1,) = index; with ``big`` ``x`` is (32, 32)."""
+    import uuid as _uuid
+
+    import numpy as np
+
+    from edgefleet.capture import records as rec
+    from edgefleet.core import deviceplane as dp
+    from edgefleet.core.tensors import DataType
+
+    directory = rec.object_dir(prefix, fleet, model, rec.partition_of(start))
+    key = rec.object_key(directory, _uuid.uuid4().hex)
+    lines, raw = [], 0
+    for i in range(count):
+        x = np.full((32, 32) if big else (2, 3), float(i), dtype=np.float32)
+        y = np.array([i], dtype=np.int64)
+        request = rec.CaptureRequest(
+            capture_id=str(_uuid.uuid4()),
+            model_name=model,
+            model_version=version,
+            inference_time=start + timedelta(seconds=i),
+            inputs=(rec.CaptureTensor("x", DataType.FLOAT32, x.shape, x.tobytes()),),
+            outputs=(rec.CaptureTensor("y", DataType.INT64, y.shape, y.tobytes()),),
+        )
+        encoded = rec.encode_record(
+            request,
+            device_name=device,
+            fleet_name=fleet,
+            directory=directory,
+            embed_limit=rec.MAX_EMBED_LIMIT,
+            uri=store.url,
+        )
+        for payload in encoded.raw:
+            store.put_bytes(payload.key, payload.data)
+            raw += 1
+        lines.append(encoded.line)
+    data = b"".join(lines)
+    store.put_bytes(key, data)
+    return dp.CaptureUpload(
+        key=key,
+        model_name=model,
+        model_version=version,
+        records=count,
+        size=len(data),
+        first_inference=start.replace(microsecond=0),
+        last_inference=(start + timedelta(seconds=count - 1)).replace(microsecond=0),
+        raw_objects=raw,
+    )
+
+
+def heartbeat_uploads(
+    device: DeviceClient, uploads: Sequence[Any], models: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Send one SendHeartbeat reporting ``uploads`` (``CaptureUpload``s) and ``models`` loaded."""
+    from edgefleet.core import deviceplane as dp
+
+    body = {
+        "AgentVersion": "1.0",
+        "Models": [{"ModelName": m, "ModelVersion": v} for m, v in models],
+        "Capture": dp.CaptureReport(uploads=tuple(uploads)).to_wire(),
+    }
+    response: Any = device.call("SendHeartbeat", body)
+    assert response.status_code == 200, response.text

@@ -175,6 +175,7 @@ JSON_TESTED_ELSEWHERE = {
         cmd: "tests/server/test_drift.py"
         for cmd in (("baseline", "create"), ("baseline", "show"), ("drift", "report"))
     },
+    **{("capture", sub): "tests/server/test_cli_capture.py" for sub in ("list", "show", "fetch", "export")},
     # the agent's operator subcommands talk to a running agent, not to the server
     **{
         ("agent", sub): "tests/integration/test_agent_cli.py"

@@ -19,7 +19,7 @@ from alembic.migration import MigrationContext
 from server_testkit import FakeClock, enrolled_fleet, scratch_pg_database, stored_model
 from sqlalchemy import func, insert, inspect, select
 
-from edgefleet.server import devices, reports
+from edgefleet.server import captures, devices, reports
 from edgefleet.server.api import render
 from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
 from edgefleet.server.db.schema import Base, Device, DeviceModel, Fleet
@@ -104,7 +104,8 @@ def test_two_versions_of_a_model_are_kept_shown_and_counted(db: Db, clock: FakeC
     served = [("counter", "1"), ("det", "2.0"), ("det", "3.0")]
     assert _versions(db, "cam-a") == served
     with db.session() as s:
-        described = render.device(devices.get_device(s, "cam-a"))
+        row = devices.get_device(s, "cam-a")
+        described = render.device(row, captures.latest_samples(s, row), None)
         assert [(m.ModelName, m.ModelVersion) for m in described.Models] == served
         assert render.device_summary(devices.get_device(s, "cam-a")).Models == [
             {"ModelName": "counter", "ModelVersion": "1"},

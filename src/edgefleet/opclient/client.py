@@ -10,13 +10,15 @@ import hashlib
 import os
 import ssl
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from edgefleet.core.errors import InvalidArgument, NotFound, Unavailable, error_from_http
-from edgefleet.core.files import fsync_dir, fsync_file, sha256_file
+from edgefleet.core.files import atomic_writer, fsync_dir, fsync_file, sha256_file
 from edgefleet.opclient.config import ENV_CA_CERT, ClientConfig
 
 Json = dict[str, Any]
@@ -99,7 +101,9 @@ class FleetClient:
             return None
         return response.json()
 
-    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[Json]:
+    def _pages(
+        self, path: str, key: str, params: dict[str, Any], *, token_param: str = "NextToken"
+    ) -> Iterator[Json]:
         params = {k: v for k, v in params.items() if v is not None}
         while True:
             body = self.request("GET", path, params=params)
@@ -107,7 +111,7 @@ class FleetClient:
             token = body.get("NextToken")
             if not token:
                 return
-            params["NextToken"] = token
+            params[token_param] = token
 
     # ------------------------------------------------------------------ fleets
 
@@ -381,6 +385,74 @@ class FleetClient:
         except OSError as exc:
             raise InvalidArgument(f"cannot write {part}: {exc}") from exc
         return digest.hexdigest()
+
+    # ------------------------------------------------------------------ captures
+
+    def list_captures(
+        self,
+        *,
+        fleet: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        device: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Json]:
+        """Indexed capture objects, oldest first (every page)."""
+        params = {
+            "fleet": fleet,
+            "model": model,
+            "version": version,
+            "device": device,
+            "since": since.isoformat() if isinstance(since, datetime) else since,
+            "until": until.isoformat() if isinstance(until, datetime) else until,
+            "limit": page_size,
+        }
+        return self._pages("/api/v1/captures", "Captures", params, token_param="next_token")
+
+    def describe_capture(self, key: str) -> Json:
+        """The index's row of the capture object ``key``."""
+        result: Json = self.request("GET", f"/api/v1/captures/{quote(key)}")
+        return result
+
+    def fetch_capture(self, key: str, dest: Path) -> int:
+        """Download the capture object ``key`` into the file ``dest`` (replaced whole); its size."""
+        return self._stream_to(f"/api/v1/captures/{quote(key)}/object", dest)
+
+    def capture_bytes(self, key: str) -> bytes:
+        """The capture object ``key``'s bytes."""
+        return self._get_bytes(f"/api/v1/captures/{quote(key)}/object")
+
+    def capture_raw(self, key: str, name: str) -> bytes:
+        """A raw-data payload (``raw-data/<name>`` beside the object ``key``) its records refer to."""
+        return self._get_bytes(f"/api/v1/captures/{quote(key)}/raw/{quote(name, safe='')}")
+
+    def _get_bytes(self, url: str) -> bytes:
+        try:
+            response = self._http.get(url)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise error_from_http(response.status_code, response.content)
+        return response.content
+
+    def _stream_to(self, url: str, dest: Path) -> int:
+        size = 0
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_http(response.status_code, response.content)
+                with atomic_writer(dest) as out:
+                    for chunk in response.iter_bytes(_CHUNK):
+                        out.write(chunk)
+                        size += len(chunk)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        except OSError as exc:
+            raise InvalidArgument(f"cannot write {dest}: {exc}") from exc
+        return size
 
     # ------------------------------------------------------------------ deployments
 

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from edgefleet import __version__
 from edgefleet.server.api import (
     capture_plane,
+    captures,
     deployments,
     device_plane,
     devices,
@@ -72,6 +73,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         fleets.router,
         devices.router,
         models.router,
+        captures.router,
         deployments.router,
         drift.router,
         enrolment.router,

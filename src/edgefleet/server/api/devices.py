@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from edgefleet.server import devices
+from edgefleet.server import captures, devices
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
 from edgefleet.server.api.auth import app_state, operator
@@ -86,7 +86,10 @@ def list_devices(
 def describe_device(name: str, request: Request, actor: Actor) -> s.DeviceOut:
     st = app_state(request)
     with st.db.session() as session:
-        return render.device(devices.get_device(session, name))
+        row = devices.get_device(session, name)
+        return render.device(
+            row, captures.latest_samples(session, row), captures.capture_status(session, row)
+        )
 
 
 @router.patch("/{name}", response_model=s.DeviceOut, summary="UpdateDevices (one device)")
@@ -105,7 +108,9 @@ def update_device(name: str, body: s.UpdateDeviceRequest, request: Request, acto
             tags=body.Tags,
             platform=platform,
         )
-        return render.device(row)
+        return render.device(
+            row, captures.latest_samples(session, row), captures.capture_status(session, row)
+        )
 
 
 @router.delete("/{name}", status_code=204, response_class=Response, summary="DeregisterDevices (one device)")

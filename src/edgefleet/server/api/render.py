@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from edgefleet.server.api import schemas as s
 from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.db.schema import (
+    CaptureObject,
     DeploymentPlan,
     Device,
+    DeviceCaptureStatus,
     Fleet,
     FleetReport,
     Model,
@@ -75,7 +80,14 @@ def report(fleet_row: Fleet, row: FleetReport) -> s.FleetReportOut:
     )
 
 
-def device(row: Device) -> s.DeviceOut:
+def device(
+    row: Device,
+    samples: Mapping[tuple[str, str], datetime | None],
+    capture: DeviceCaptureStatus | None,
+) -> s.DeviceOut:
+    """DescribeDevice of ``row``; ``samples``: each model's latest sample time
+    (:func:`edgefleet.server.captures.latest_samples`), ``capture``: its spool figures
+    (:func:`edgefleet.server.captures.capture_status`)."""
     platform = None
     if row.platform_arch is not None:
         platform = {
@@ -95,7 +107,7 @@ def device(row: Device) -> s.DeviceOut:
             s.DeviceModelOut(
                 ModelName=m.model_name,
                 ModelVersion=m.model_version,
-                LatestSampleTime=m.latest_sample_at,
+                LatestSampleTime=samples.get((m.model_name, m.model_version)),
                 LatestInference=m.latest_inference_at,
             )
             for m in row.models
@@ -107,6 +119,16 @@ def device(row: Device) -> s.DeviceOut:
         EnrolmentTime=row.enrolled_at,
         CertificateExpiresAt=row.cert_not_after,
         AgentMetrics=list(row.agent_metrics),
+        Capture=None
+        if capture is None
+        else s.DeviceCaptureOut(
+            BacklogRecords=capture.backlog_records,
+            BacklogBytes=capture.backlog_bytes,
+            OldestBacklogAgeSeconds=capture.oldest_age_seconds,
+            Dropped=capture.dropped,
+            Failed=capture.failed,
+            ReportedTime=capture.reported_at,
+        ),
     )
 
 
@@ -274,4 +296,20 @@ def deployment(item: DeviceDeployment, artifacts: ArtifactStore) -> s.Deployment
             for d in item.definitions
         ],
         HealthGate=None if gate is None else s.HealthGateOut(**gate.to_wire()),
+    )
+
+
+def capture_object(row: CaptureObject) -> s.CaptureObjectOut:
+    return s.CaptureObjectOut(
+        Key=row.key,
+        DeviceName=row.device.name,
+        DeviceFleetName=row.fleet.name,
+        ModelName=row.model_name,
+        ModelVersion=row.model_version,
+        Records=row.records,
+        Size=row.size,
+        RawObjects=row.raw_objects,
+        FirstInferenceTime=row.first_inference_at,
+        LastInferenceTime=row.last_inference_at,
+        ReportedTime=row.reported_at,
     )

@@ -159,6 +159,15 @@ class DeviceModelOut(Out):
     LatestInference: datetime | None
 
 
+class DeviceCaptureOut(Out):
+    BacklogRecords: int = Field(description="captures acknowledged, not yet confirmed by the store")
+    BacklogBytes: int
+    OldestBacklogAgeSeconds: float
+    Dropped: int = Field(description="captures dropped by the full-spool policy (since the agent started)")
+    Failed: int = Field(description="captures that failed for good (since the agent started)")
+    ReportedTime: datetime
+
+
 class DeviceOut(Out):
     DeviceArn: str
     DeviceName: str
@@ -175,6 +184,9 @@ class DeviceOut(Out):
     EnrolmentTime: datetime | None
     CertificateExpiresAt: datetime | None
     AgentMetrics: list[dict[str, Any]]
+    Capture: DeviceCaptureOut | None = Field(
+        default=None, description="the capture spool as the latest heartbeat reported it (extension)"
+    )
 
 
 class DeviceSummary(Out):
@@ -403,6 +415,30 @@ class CertificateOut(Out):
 
 class EnrolResponse(CertificateOut):
     DeviceEndpoint: str = Field(description="base URL of the device data plane (mutual TLS)")
+
+
+# ---------------------------------------------------------------------------------------- captures
+
+
+class CaptureObjectOut(Out):
+    """One capture object (a ``.jsonl`` batch of records) in the capture index."""
+
+    Key: str = Field(description="the object's key in the capture store (docs/capture-format.md layout)")
+    DeviceName: str
+    DeviceFleetName: str
+    ModelName: str
+    ModelVersion: str
+    Records: int = Field(description="capture records in the object")
+    Size: int = Field(description="the object's size in bytes (raw-data files not included)")
+    RawObjects: int = Field(description="raw-data payload files its records refer to")
+    FirstInferenceTime: datetime
+    LastInferenceTime: datetime
+    ReportedTime: datetime = Field(description="when the device reported the upload")
+
+
+class CaptureList(Out):
+    Captures: list[CaptureObjectOut]
+    NextToken: str | None = None
 
 
 # ----------------------------------------------------------------------------------- device plane

@@ -401,3 +401,57 @@ class Baseline(Base):
     created_by: Mapped[str] = mapped_column(String(100))
 
     model_version: Mapped[ModelVersion] = relationship(lazy="joined")
+
+
+class CaptureObject(Base):
+    """One capture object (a ``.jsonl`` batch) a device reported uploaded: the capture index.
+
+    Fed by heartbeats (``Capture.Uploads``, :mod:`edgefleet.server.captures`); a key is indexed
+    once per fleet, so a device re-reporting an upload (a retried heartbeat) adds nothing. The
+    inference times are the report time when the device gave none.
+    """
+
+    __tablename__ = "capture_objects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(1024))
+    model_name: Mapped[str] = mapped_column(String(63))
+    model_version: Mapped[str] = mapped_column(String(30))
+    records: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    raw_objects: Mapped[int] = mapped_column(Integer)
+    first_inference_at: Mapped[datetime]
+    last_inference_at: Mapped[datetime]
+    reported_at: Mapped[datetime]
+
+    device: Mapped[Device] = relationship(lazy="joined")
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+    __table_args__ = (
+        UniqueConstraint("fleet_id", "key", name="uq_capture_objects_fleet_key"),
+        # browsing a fleet's captures of a model (version) by time
+        Index(
+            "ix_capture_objects_fleet_model", "fleet_id", "model_name", "model_version", "first_inference_at"
+        ),
+        # a device model's latest sample (fleet report, DescribeDevice)
+        Index(
+            "ix_capture_objects_device_model", "device_id", "model_name", "model_version", "last_inference_at"
+        ),
+    )
+
+
+class DeviceCaptureStatus(Base):
+    """A device's capture spool as its latest heartbeat with a ``Capture`` report gave it.
+
+    A table of its own rather than columns of ``devices``: most heartbeats carry no capture report,
+    and the group-committed device UPDATE stays as it is.
+    """
+
+    __tablename__ = "device_capture_status"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    backlog_records: Mapped[int] = mapped_column(BigInteger)
+    backlog_bytes: Mapped[int] = mapped_column(BigInteger)
+    oldest_age_seconds: Mapped[float] = mapped_column(Float)
+    dropped: Mapped[int] = mapped_column(BigInteger)
+    failed: Mapped[int] = mapped_column(BigInteger)
+    reported_at: Mapped[datetime]

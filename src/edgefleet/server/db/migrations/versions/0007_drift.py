@@ -1,7 +1,7 @@
 """drift monitoring: live model summary windows from heartbeats, and baselines per model version
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 
 ``summary_windows`` holds each device's live summary (mergeable sketches, JSON) of a model version
 per window, as heartbeats bring them; ``baselines`` the reference summary of a model version that
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
