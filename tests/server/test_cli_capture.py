@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,10 +121,19 @@ def test_export_writes_stacked_tensors_and_a_manifest(run: Any, captured: Any, t
         f"export: 2/3 objects ({b.key})",
         f"export: 3/3 objects ({c.key})",
     ]
-    if not HAVE_PYARROW:
-        assert "pyarrow is not installed: no records.parquet (pip install pyarrow" in err
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["RecordCount"] == 7
+    if HAVE_PYARROW:  # the dev install has it (extra `parquet`)
+        import pyarrow.parquet as pq
+
+        assert manifest["Parquet"] == "records.parquet"
+        rows = pq.read_table(out_dir / "records.parquet").to_pylist()
+        assert [r["capture_id"] for r in rows] == [r["CaptureId"] for r in manifest["Records"]]
+        assert [r["output.y"] for r in rows] == [[0], [1], [2], [0], [1], [0], [1]]
+        assert rows[3]["input.x.shape"] == [32, 32] and rows[0]["input.x.shape"] == [2, 3]
+        assert rows[0]["input.x"] == np.load(out_dir / "inputs/x.2x3.float32.npy")[0].reshape(-1).tolist()
+    else:
+        assert "pyarrow is not installed: no records.parquet (pip install pyarrow" in err
     assert [(o["Key"], o["DeviceName"], o["Records"]) for o in manifest["Objects"]] == [
         (a.key, "ccli-1", 3),
         (b.key, "ccli-1", 2),
@@ -166,10 +176,10 @@ def test_export_writes_stacked_tensors_and_a_manifest(run: Any, captured: Any, t
     assert [t["Files"][0]["File"] for t in manifest["Tensors"]] == ["inputs/x.npy", "outputs/y.npy"]
 
 
-@pytest.mark.skipif(HAVE_PYARROW, reason="pyarrow is installed here")
 def test_export_asked_for_parquet_without_pyarrow_says_what_to_install(
-    run: Any, captured: Any, tmp_path: Path
+    run: Any, captured: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed: importing it fails
     out_dir = tmp_path / "pq"
     code, out, err = run(
         "capture", "export", "--fleet", "ccli", "--model", "det", "-o", str(out_dir), "--parquet", "yes"
@@ -177,6 +187,12 @@ def test_export_asked_for_parquet_without_pyarrow_says_what_to_install(
     assert code == 1 and out == ""
     assert "--parquet yes needs pyarrow, which is not installed here (pip install pyarrow)" in err
     assert not out_dir.exists()  # refused before anything was written
+    # by default the export goes ahead without it, and says what Parquet needs
+    code, out, err = run("capture", "export", "--fleet", "ccli", "--model", "det", "-o", str(out_dir))
+    assert code == 0, err
+    assert "pyarrow is not installed: no records.parquet (pip install pyarrow" in err
+    assert json.loads((out_dir / "manifest.json").read_text())["Parquet"] is None
+    assert not (out_dir / "records.parquet").exists()
 
 
 def test_bad_input(run: Any, captured: Any, tmp_path: Path) -> None:
