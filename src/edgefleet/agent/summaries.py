@@ -1,16 +1,20 @@
 """Live summaries of each loaded model's inputs and outputs, for drift monitoring.
 
 Predict hands each answered call (a sample of them, ``sample`` being the fraction) to
-:meth:`Summariser.offer`, which copies the inputs (they may live in a client's shared memory) and
-queues them; a background thread folds them into one :class:`~edgefleet.monitoring.ModelSummary`
-per loaded model, so the request path never pays for the sketches. The device daemon takes the
-summaries per heartbeat window (:meth:`Summariser.take` with ``reset``). A full queue skips the
-call and counts it, never blocking Predict.
+:meth:`Summariser.offer`, which appends it to a list the request path does not wait on: inputs
+that live in the request's own bytes (inline tensors) are kept as they are, inputs in a client's
+shared memory (reused once the call returns) are cut to the rows the sketches will see and
+copied. A background thread wakes every :data:`BATCH_SECONDS`, takes what arrived and folds it into
+one :class:`~edgefleet.monitoring.ModelSummary` per loaded model, so the request path pays neither
+for the sketches nor for waking that thread. The device daemon takes the summaries per heartbeat
+window (:meth:`Summariser.take` with ``reset``). Beyond :data:`QUEUE_LIMIT` waiting calls a call
+is skipped and counted, never blocking Predict.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
+import logging
 import random
 import threading
 import time
@@ -21,15 +25,18 @@ import numpy as np
 
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
-from edgefleet.monitoring.summary import as_rows
+from edgefleet.monitoring.summary import MAX_ROWS, as_rows
+
+log = logging.getLogger(__name__)
 
 #: Calls waiting to be summarised; beyond this a call is skipped (counted).
 QUEUE_LIMIT = 1024
-#: How long the summariser gathers calls before folding them into the sketches together.
+#: How often the summariser takes the calls that arrived and folds them into the sketches together.
 BATCH_SECONDS = 0.05
 
 #: (alias, package model name, version): one summary per loaded model.
 Key = tuple[str, str, str]
+_Call = tuple[Key, dict[str, np.ndarray], Sequence[str], Sequence[np.ndarray]]
 
 
 @dataclass
@@ -39,6 +46,15 @@ class Window:
     key: Key
     start: float
     summary: ModelSummary
+
+
+def _kept(array: np.ndarray) -> np.ndarray:
+    """``array`` itself when its memory is immutable bytes (an inline tensor of the request),
+    otherwise the rows the sketches will see, copied (shared memory is the client's to reuse)."""
+    base: object = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return array if isinstance(base, bytes) else as_rows(array).copy()
 
 
 class Summariser:
@@ -58,9 +74,9 @@ class Summariser:
         self._clock = clock
         self._windows: dict[Key, Window] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Key, dict[str, np.ndarray], list[str], list[np.ndarray]] | None] = (
-            queue.Queue(QUEUE_LIMIT)
-        )
+        # appended by request threads, taken by the summariser (a deque's ends are thread-safe)
+        self._pending: collections.deque[_Call] = collections.deque()
+        self._stop = threading.Event()
         self.skipped = 0
         self._thread = threading.Thread(target=self._run, name="edgefleet-summaries", daemon=True)
         self._thread.start()
@@ -72,68 +88,41 @@ class Summariser:
         output_names: Sequence[str],
         outputs: Sequence[np.ndarray],
     ) -> None:
-        """Queue one answered call (sampled); never blocks."""
+        """Queue one answered call (sampled); never blocks. ``outputs`` are the runtime's own arrays."""
         if self.sample < 1 and self._rng.random() >= self.sample:
             return
-        # Only the sampled rows the sketches will see are kept (copied: inputs may live in a
-        # client's shared memory); outputs are the runtime's own arrays.
-        item = (
-            key,
-            {n: as_rows(a).copy() for n, a in inputs.items()},
-            list(output_names),
-            list(outputs),
-        )
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        if len(self._pending) >= QUEUE_LIMIT:
             with self._lock:
                 self.skipped += 1
+            return
+        self._pending.append((key, {n: _kept(a) for n, a in inputs.items()}, output_names, outputs))
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                self._queue.task_done()
-                return
-            # Gather what arrives in the next moment and fold it in one go: the sketches' cost is
-            # per update, not per value, and this thread then takes the interpreter lock a few
-            # times a second instead of once per Predict.
-            time.sleep(BATCH_SECONDS)
-            items = [first]
-            stop = False
-            while len(items) < QUEUE_LIMIT:
+        # Waking a few times a second and folding what arrived in one go: the sketches' cost is per
+        # update, not per value, and neither a request thread nor this one waits on the other.
+        while not self._stop.wait(BATCH_SECONDS):
+            items: list[_Call] = []
+            while self._pending and len(items) < QUEUE_LIMIT:
+                items.append(self._pending.popleft())
+            if items:
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                items.append(item)
-            try:
-                self._fold(items)
-            finally:
-                for _ in range(len(items) + stop):
-                    self._queue.task_done()
-            if stop:
-                return
+                    self._fold(items)
+                except Exception:  # a bug: the calls are lost to the summary, Predict goes on
+                    log.exception("model summaries: %d calls could not be summarised", len(items))
 
-    def _fold(self, items: list[tuple[Key, dict[str, np.ndarray], list[str], list[np.ndarray]]]) -> None:
-        groups: dict[Key, list[tuple[dict[str, np.ndarray], list[str], list[np.ndarray]]]] = {}
+    def _fold(self, items: list[_Call]) -> None:
+        groups: dict[Key, list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]] = {}
         for key, inputs, names, outputs in items:
-            groups.setdefault(key, []).append((inputs, names, outputs))
+            # inputs as the rows the sketches see; outputs whole (their classes are per output row)
+            rowed = ({n: as_rows(a) for n, a in inputs.items()}, names, list(outputs))
+            groups.setdefault(key, []).append(rowed)
         for key, calls in groups.items():
             with self._lock:
                 window = self._windows.get(key)
                 if window is None:
                     window = self._windows[key] = Window(key, self._clock(), ModelSummary.empty())
-                try:  # calls of one model usually stack along the batch axis into one update
-                    inputs = {n: np.concatenate([c[0][n] for c in calls]) for n in calls[0][0]}
-                    outputs = [np.concatenate([c[2][i] for c in calls]) for i in range(len(calls[0][2]))]
-                    window.summary.update(inputs, calls[0][1], outputs, calls=len(calls))
-                except (ValueError, KeyError, IndexError):  # shapes differ: one update per call
-                    for one_inputs, names, one_outputs in calls:
-                        window.summary.update(one_inputs, names, one_outputs)
+                for chunk in _chunks(calls):
+                    _update(window.summary, chunk)
 
     def take(self, *, reset: bool = False) -> list[Window]:
         """Every model's window so far; with ``reset``, later calls start new windows."""
@@ -153,10 +142,42 @@ class Summariser:
 
     def close(self) -> None:
         """Stop the background thread and drop the sketches."""
-        self._queue.put(None)
+        self._stop.set()
         self._thread.join()
+        self._pending.clear()
         with self._lock:
             self._windows = {}
+
+
+def _chunks(
+    calls: list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]],
+) -> list[list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]]:
+    """Runs of calls with at most :data:`MAX_ROWS` rows in any tensor: stacked, they reach the
+    sketches whole (a summary samples the rows of a larger update)."""
+    chunks: list[list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]] = []
+    rows = MAX_ROWS
+    for call in calls:
+        size = max((a.shape[0] for a in (*call[0].values(), *call[2])), default=0)
+        if rows + size > MAX_ROWS:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(call)
+        rows += size
+    return chunks
+
+
+def _update(
+    summary: ModelSummary, calls: list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]
+) -> None:
+    """One update for calls that stack along the batch axis (the usual case), else one per call."""
+    try:
+        inputs = {n: np.concatenate([c[0][n] for c in calls]) for n in calls[0][0]}
+        outputs = [np.concatenate([c[2][i] for c in calls]) for i in range(len(calls[0][2]))]
+    except (ValueError, KeyError, IndexError):  # shapes differ
+        for one_inputs, names, one_outputs in calls:
+            summary.update(one_inputs, list(names), one_outputs)
+        return
+    summary.update(inputs, list(calls[0][1]), outputs, calls=len(calls))
 
 
 def _copy(summary: ModelSummary) -> ModelSummary:

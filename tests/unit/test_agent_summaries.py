@@ -1,0 +1,93 @@
+"""The agent's summariser: calls folded off the request path, inline inputs kept without a copy,
+shared-memory inputs copied before the client reuses them, sampling, the queue bound."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from support import wait_for
+
+from edgefleet.agent import summaries
+from edgefleet.agent.summaries import Summariser, _kept
+
+KEY = ("alias", "digits", "1")
+
+
+def folded(summariser: Summariser, calls: int) -> summaries.Window:
+    def ready() -> summaries.Window | None:
+        windows = summariser.take()
+        return windows[0] if windows and windows[0].summary.calls >= calls else None
+
+    window: summaries.Window = wait_for(ready, f"{calls} calls folded into the summary")
+    return window
+
+
+def test_inline_inputs_are_kept_as_they_are_and_shared_memory_is_copied() -> None:
+    inline = np.frombuffer(np.arange(64, dtype=np.float32).tobytes(), np.float32).reshape(1, 64)
+    assert _kept(inline) is inline  # immutable request bytes: nothing to copy on the request path
+    shared = bytearray(np.arange(64, dtype=np.float32).tobytes())  # stands for a client's segment
+    view = np.frombuffer(shared, np.float32).reshape(1, 64)
+    kept = _kept(view)
+    assert kept is not view and not np.shares_memory(kept, view)
+    np.testing.assert_array_equal(kept, view)
+
+
+def test_a_segment_reused_after_the_call_does_not_reach_the_summary() -> None:
+    summariser = Summariser()
+    try:
+        segment = bytearray(np.full((1, 4), 1.0, np.float32).tobytes())
+        summariser.offer(
+            KEY, {"x": np.frombuffer(segment, np.float32).reshape(1, 4)}, ("y",), [np.ones((1, 2))]
+        )
+        segment[:] = np.full((1, 4), 1e9, np.float32).tobytes()  # the client writes its next request
+        window = folded(summariser, 1)
+        sketch = window.summary.inputs["x"].feature(0)
+        assert sketch.get_max_value() == 1.0
+    finally:
+        summariser.close()
+
+
+def test_every_call_of_a_burst_is_folded_and_counted() -> None:
+    summariser = Summariser()
+    try:
+        x = np.frombuffer(np.zeros((1, 8), np.float32).tobytes(), np.float32).reshape(1, 8)
+        for _ in range(500):
+            summariser.offer(KEY, {"x": x}, ("y",), [np.eye(1, 3)])
+        window = folded(summariser, 500)
+        assert window.summary.inputs["x"].count == 500
+        assert window.summary.classes["y"].counts() == {"0": 500}
+        assert window.summary.outputs["y"].count == 500
+        assert summariser.skipped == 0
+    finally:
+        summariser.close()
+
+
+def test_sampling_keeps_the_fraction_the_random_source_picks() -> None:
+    picks = random.Random(7)
+    expected = sum(picks.random() < 0.25 for _ in range(400))
+    summariser = Summariser(0.25, rng=random.Random(7))
+    try:
+        for _ in range(400):
+            summariser.offer(KEY, {"x": np.zeros((1, 2), np.float32)}, ("y",), [np.zeros((1, 2))])
+        assert folded(summariser, expected).summary.calls == expected
+    finally:
+        summariser.close()
+
+
+def test_a_full_queue_skips_and_counts_instead_of_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(summaries, "QUEUE_LIMIT", 0)
+    summariser = Summariser()
+    try:
+        for _ in range(25):
+            summariser.offer(KEY, {"x": np.zeros((1, 2), np.float32)}, ("y",), [np.zeros((1, 2))])
+        assert summariser.skipped == 25
+        assert summariser.take() == []
+    finally:
+        summariser.close()
+
+
+def test_bad_sample_fraction_is_refused() -> None:
+    with pytest.raises(Exception, match="above 0 and at most 1"):
+        Summariser(0)
