@@ -228,8 +228,43 @@ async def _enrol_all(job: EnrolJob) -> list[DeviceFiles]:
 # heartbeats
 
 
-def heartbeat_body(device: DeviceFiles, models: dict[str, str], rng: random.Random) -> dict[str, Any]:
-    """A heartbeat shaped like the device daemon's: 9 agent metrics, per model 5 metrics."""
+def digits_summary(calls: int = 300) -> dict[str, Any]:
+    """The wire form of a live summary like the agent keeps for the digits model over a window of
+    ``calls`` Predicts: KLL sketches of 64 input features and 10 output scores, predicted classes."""
+    import numpy as np
+
+    from edgefleet.monitoring import ModelSummary
+
+    data = np.random.default_rng(0)
+    summary = ModelSummary.empty()
+    for _ in range(calls):
+        scores = data.random((1, 10), dtype=np.float32)
+        summary.update({"input": data.random((1, 64), dtype=np.float32) * 16}, ["probabilities"], [scores])
+    wire: dict[str, Any] = summary.to_wire()
+    return wire
+
+
+def summary_window(model: str, version: str, summary: dict[str, Any], start: float) -> dict[str, Any]:
+    """One ``ModelSummaries`` item for the window starting at Unix second ``start`` (a window a
+    device has not sent before: the server stores each once)."""
+    return {
+        "ModelName": model,
+        "ModelVersion": version,
+        "WindowStart": start,
+        "WindowEnd": start + 300.0,
+        "Calls": 300,
+        "Summary": summary,
+    }
+
+
+def heartbeat_body(
+    device: DeviceFiles,
+    models: dict[str, str],
+    rng: random.Random,
+    summaries: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A heartbeat shaped like the device daemon's: 9 agent metrics, per model 5 metrics; and
+    ``summaries``, the model summary windows it carries (``ModelSummaries``)."""
     stamp = time.time()
     agent = [
         ("device", "cpu_percent", rng.uniform(0, 100)),
@@ -263,6 +298,7 @@ def heartbeat_body(device: DeviceFiles, models: dict[str, str], rng: random.Rand
             for name, version in models.items()
         ],
         "Platform": {"Os": "linux", "Arch": "x86_64", "Accelerator": "none"},
+        **({"ModelSummaries": summaries} if summaries else {}),
     }
 
 
@@ -277,6 +313,8 @@ class HeartbeatJob:
     concurrency: int
     #: length of the measured window (seconds)
     seconds: float
+    #: every N-th heartbeat of a device carries a model summary window (0: none)
+    summary_every: int = 0
 
 
 def heartbeat_worker(job: HeartbeatJob, warmed: Any, go: Any, start_at: Any, results: Any) -> None:
@@ -294,14 +332,24 @@ async def _heartbeats(job: HeartbeatJob, warmed: Any, go: Any, start_value: Any)
     latencies: list[float] = []
     ok = 0
     index = 0
+    summary = digits_summary() if job.summary_every else None
+    sent = [0] * len(conns)
+    #: model summary windows the server acknowledged within the measured window
+    windows = 0
 
-    async def one(i: int) -> bool:
+    async def one(i: int) -> int:
+        """0: refused; 1: taken; 2: taken, with a summary window."""
+        carried = None
+        if summary is not None and sent[i] % job.summary_every == 0:
+            # each window a new one of this device (the server stores each once)
+            carried = [summary_window("detector", "1", summary, 1e9 + 300.0 * sent[i])]
+        sent[i] += 1
         try:
-            await conns[i].call("SendHeartbeat", heartbeat_body(job.devices[i], models, rng))
-            return True
+            await conns[i].call("SendHeartbeat", heartbeat_body(job.devices[i], models, rng, carried))
+            return 2 if carried else 1
         except HttpError as exc:
             errors[str(exc)[:160]] += 1
-            return False
+            return 0
 
     sem = asyncio.Semaphore(job.concurrency)
 
@@ -321,7 +369,7 @@ async def _heartbeats(job: HeartbeatJob, warmed: Any, go: Any, start_value: Any)
     cpu_start = time.process_time()
 
     async def lane() -> None:
-        nonlocal ok, index
+        nonlocal ok, index, windows
         while time.time() < end_at:
             i = index % len(conns)
             index += 1
@@ -330,6 +378,7 @@ async def _heartbeats(job: HeartbeatJob, warmed: Any, go: Any, start_value: Any)
             finished = time.time()
             if success and start_at <= finished < end_at:
                 ok += 1
+                windows += success == 2
                 latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(lane() for _ in range(job.concurrency)))
@@ -339,6 +388,7 @@ async def _heartbeats(job: HeartbeatJob, warmed: Any, go: Any, start_value: Any)
     return {
         "cpu_seconds": cpu,
         "ok": ok,
+        "windows": windows,
         "errors": dict(errors),
         "warmup_errors": warm_errors,
         "latencies": latencies,

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fleet_scale.py                      # everything (about 15 minutes)
     .venv/bin/python bench/fleet_scale.py --backends postgresql --rollout-devices 1000 --hb-seconds 10
+    .venv/bin/python bench/fleet_scale.py --backends postgresql --rollout-devices "" --summary-every 30
 
 For each backend a real server process (``edgefleet server``'s replica runner, ``--workers``) is
 started on loopback with a fresh database (PostgreSQL: a throw-away database on 127.0.0.1:5432,
@@ -128,7 +129,14 @@ def heartbeat_phase(
     go = ctx.Event()
     start_at = ctx.Value("d", 0.0)
     jobs = [
-        HeartbeatJob(server.device_url, str(server.ca_cert), part, args.hb_concurrency, args.hb_seconds)
+        HeartbeatJob(
+            server.device_url,
+            str(server.ca_cert),
+            part,
+            args.hb_concurrency,
+            args.hb_seconds,
+            args.summary_every,
+        )
         for part in _split(devices, args.clients)
     ]
     procs = [ctx.Process(target=heartbeat_worker, args=(job, warmed, go, start_at, results)) for job in jobs]
@@ -149,6 +157,7 @@ def heartbeat_phase(
     for proc in procs:
         proc.join(60)
     ok = sum(a["ok"] for a in answers)
+    windows = sum(a["windows"] for a in answers)
     latencies = sorted(x for a in answers for x in a["latencies"])
     errors: dict[str, int] = {}
     for a in answers:
@@ -167,6 +176,12 @@ def heartbeat_phase(
         f"load generator {client_cpu / window:.2f}, whole machine {(busy1 - busy0) / window:.2f}; "
         f"server {server_cpu / max(ok, 1) * 1e6:.0f} us/heartbeat; "
         f"errors {sum(errors.values())}; TLS handshakes {sum(a['handshakes'] for a in answers)}"
+        + (
+            f"; model summary windows stored {windows / window:.0f}/s (every {args.summary_every}. "
+            "heartbeat carries one)"
+            if args.summary_every
+            else ""
+        )
     )
     print(f"  heartbeats: {rate:.0f}/s  ({detail})", flush=True)
     for message, count in sorted(errors.items(), key=lambda kv: -kv[1])[:5]:
@@ -435,6 +450,15 @@ def main() -> int:
     parser.add_argument("--hb-seconds", type=float, default=20.0, help="measured window")
     parser.add_argument(
         "--hb-concurrency", type=int, default=32, help="heartbeats in flight per client process"
+    )
+    parser.add_argument(
+        "--summary-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every N-th heartbeat of a device carries a model summary window of the digits model "
+        "(KLL sketches of 64 inputs and 10 outputs; 0: none). A daemon with 10 s heartbeats and "
+        "300 s windows sends one in 30",
     )
     parser.add_argument(
         "--rollout-devices", default="1000,10000", help="comma-separated fleet sizes ('' to skip rollouts)"
