@@ -78,41 +78,6 @@ def load_tensors(path: Path, what: str) -> dict[str, Any]:
     return arrays
 
 
-def summarise(inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
-    """A :class:`~edgefleet.monitoring.ModelSummary` of reference samples (first axis: the sample),
-    fed in chunks small enough that the sketches see every row (see ``monitoring.summary.MAX_ROWS``)."""
-    import numpy as np
-
-    from edgefleet.core.errors import InvalidArgument
-    from edgefleet.monitoring import ModelSummary
-    from edgefleet.monitoring.summary import MAX_ROWS
-
-    tensors = {**inputs, **outputs}
-    for name, array in tensors.items():
-        if array.ndim == 0 or array.shape[0] == 0:
-            raise InvalidArgument(f"tensor {name!r} has no samples (shape {array.shape})")
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise InvalidArgument(f"tensor {name!r} is not numeric ({array.dtype})")
-    samples = {array.shape[0] for array in tensors.values()}
-    if len(samples) != 1:
-        shapes = ", ".join(f"{n} {a.shape}" for n, a in tensors.items())
-        raise InvalidArgument(f"every tensor needs the same number of samples (first axis): {shapes}")
-    (count,) = samples
-    positions = max(int(np.prod(a.shape[2:], dtype=np.int64)) for a in tensors.values())
-    chunk = max(1, MAX_ROWS // max(positions, 1))
-    summary = ModelSummary.empty()
-    names = list(outputs)
-    for begin in range(0, count, chunk):
-        end = min(begin + chunk, count)
-        summary.update(
-            {n: a[begin:end] for n, a in inputs.items()},
-            names,
-            [outputs[n][begin:end] for n in names],
-            calls=end - begin,
-        )
-    return summary
-
-
 def _described(baseline: dict[str, Any]) -> dict[str, Any]:
     summary = baseline.get("Summary") or {}
     return {
@@ -131,7 +96,9 @@ def create_baseline(args: argparse.Namespace) -> int:
         from edgefleet.core.errors import InvalidArgument
 
         raise InvalidArgument(f"tensors named both as input and output: {', '.join(sorted(clash))}")
-    summary = summarise(inputs, outputs)
+    from edgefleet.monitoring.baseline import summarise_reference
+
+    summary = summarise_reference(inputs, outputs)
     with client_from_args(args) as client:
         baseline = client.put_baseline(args.model, args.version, summary.to_wire())
     return emit(args, baseline if args.json else _described(baseline), BASELINE_FIELDS)

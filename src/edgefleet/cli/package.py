@@ -50,6 +50,20 @@ def add_parser(subparsers: Any) -> None:
         metavar="PATH",
         help="extra file to include at the package's top level (repeatable)",
     )
+    build.add_argument(
+        "--baseline-inputs",
+        type=Path,
+        metavar="REF.npz",
+        help="reference inputs (tensor name -> array, first axis the sample): their summary travels in "
+        "the package as baseline.json and becomes the version's drift baseline when the package is "
+        "uploaded (unless the version has one)",
+    )
+    build.add_argument(
+        "--baseline-outputs",
+        type=Path,
+        metavar="OUT.npz",
+        help="the model's outputs on the reference inputs (default for ONNX models: run them here)",
+    )
     build.set_defaults(func=_build)
 
     verify = sub.add_parser("verify", help="verify a package's signature, certificate chain and files")
@@ -66,6 +80,29 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.baseline_outputs is not None and args.baseline_inputs is None:
+        raise InvalidArgument("--baseline-outputs goes with --baseline-inputs")
+    if args.baseline_inputs is None:
+        return _build_package(args, [])
+    from edgefleet.cli.baseline import load_tensors
+    from edgefleet.packager.baseline import write_baseline
+
+    inputs = load_tensors(args.baseline_inputs, "baseline inputs")
+    outputs = (
+        None if args.baseline_outputs is None else load_tensors(args.baseline_outputs, "baseline outputs")
+    )
+    model = args.model
+    if model.is_dir():  # a compile output: its model file
+        from edgefleet.compiler.output import read_package_metadata
+
+        model = model / str(read_package_metadata(model)["model_file"])
+    with tempfile.TemporaryDirectory(prefix="edgefleet-baseline-") as tmp:
+        return _build_package(args, [write_baseline(model, inputs, outputs, Path(tmp))])
+
+
+def _build_package(args: argparse.Namespace, baseline: list[Path]) -> int:
     from edgefleet.core.manifest import Target
     from edgefleet.packager.build import build_package
 
@@ -80,7 +117,12 @@ def _build(args: argparse.Namespace) -> int:
             )
         print(
             build_package_from_output(
-                args.model, name=args.name, version=args.version, key_dir=args.key, out_dir=args.output
+                args.model,
+                name=args.name,
+                version=args.version,
+                key_dir=args.key,
+                out_dir=args.output,
+                extra_files=[*args.extra_files, *baseline],
             )
         )
         return 0
@@ -92,7 +134,7 @@ def _build(args: argparse.Namespace) -> int:
         out_dir=args.output,
         runtime=args.runtime,
         target=Target(os=args.target_os, arch=args.arch, accelerator=args.accelerator),
-        extra_files=args.extra_files,
+        extra_files=[*args.extra_files, *baseline],
     )
     print(path)
     return 0

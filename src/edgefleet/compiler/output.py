@@ -93,9 +93,16 @@ def read_package_metadata(directory: Path) -> dict[str, Any]:
 
 
 def build_package_from_output(
-    directory: Path, *, name: str, version: str, key_dir: Path, out_dir: Path
+    directory: Path,
+    *,
+    name: str,
+    version: str,
+    key_dir: Path,
+    out_dir: Path,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
-    """Sign a package of a compiler output directory with :func:`edgefleet.packager.build.build_package`.
+    """Sign a package of a compiler output directory with :func:`edgefleet.packager.build.build_package`
+    (``extra_files`` go at the package's top level beside the compiler's).
 
     Runtime, target and tensor metadata come from ``edgefleet-package.json``; the provenance records
     the SHA-256 of the model given to the compiler and the target it was compiled for.
@@ -113,6 +120,7 @@ def build_package_from_output(
         outputs = tuple(TensorSpec.from_dict(t) for t in meta["outputs"])
         model_file = str(meta["model_file"])
         extra = [(directory / rel, str(rel)) for rel in meta["extra_files"]]
+        extra += [(path, path.name) for path in extra_files]
         source = str(meta["source_sha256"])
     except (KeyError, TypeError) as exc:
         raise InvalidArgument(f"{directory / PACKAGE_METADATA_FILE} is incomplete: {exc}") from exc

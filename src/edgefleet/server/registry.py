@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,7 +24,7 @@ from edgefleet.core.manifest import Manifest, validate_version
 from edgefleet.server.artifacts import ArtifactStore
 from edgefleet.server.db.engine import Database
 from edgefleet.server.db.paging import paginate
-from edgefleet.server.db.schema import Model, ModelAlias, ModelPackage, ModelVersion, PlanModel
+from edgefleet.server.db.schema import Baseline, Model, ModelAlias, ModelPackage, ModelVersion, PlanModel
 from edgefleet.server.validation import Page, validate_name
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,7 @@ def add_package(
     """
     verified = verify_archive(archive, trust_dir)
     m = verified.manifest
+    baseline = packaged_baseline(archive, m)
     if expect_model is not None and m.name != expect_model:
         raise InvalidArgument(f"the package is for model {m.name!r}, not {expect_model!r}")
     if expect_version is not None and m.version != expect_version:
@@ -344,6 +346,11 @@ def add_package(
             session.add(package)
             session.flush()
             package_id = package.id
+            if baseline is not None and session.get(Baseline, version.id) is None:
+                from edgefleet.server import drift  # drift builds on the registry
+
+                drift.put_baseline(session, m.name, m.version, baseline, actor, now)
+                log.info("model %s %s: the package's baseline.json is its drift baseline", m.name, m.version)
     except BaseException:
         artifacts.delete(key)
         raise
@@ -356,6 +363,39 @@ def add_package(
         actor,
     )
     return package_id
+
+
+def packaged_baseline(archive: Path, manifest: Manifest) -> dict[str, Any] | None:
+    """The drift baseline a verified package carries (``baseline.json``, edgefleet package build
+    --baseline-inputs), checked against the signed manifest's digest; None when it has none.
+    INVALID_ARGUMENT when it is too large or not a model summary."""
+    import json
+    import tarfile
+
+    from edgefleet.monitoring import ModelSummary
+    from edgefleet.monitoring.baseline import BASELINE_FILE, MAX_BASELINE_BYTES
+
+    entry = next((f for f in manifest.files if f.path == BASELINE_FILE), None)
+    if entry is None:
+        return None
+    if entry.size > MAX_BASELINE_BYTES:
+        raise InvalidArgument(
+            f"the package's {BASELINE_FILE} is {entry.size} bytes (at most {MAX_BASELINE_BYTES})"
+        )
+    with tarfile.open(archive, "r:gz") as tar:
+        member = tar.getmember(BASELINE_FILE)
+        handle = tar.extractfile(member)
+        data = handle.read(MAX_BASELINE_BYTES + 1) if handle is not None else b""
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise InvalidArgument(f"the package's {BASELINE_FILE} does not match its manifest digest")
+    try:
+        wire = json.loads(data)
+        if not isinstance(wire, dict):
+            raise InvalidArgument("not a JSON object")
+        ModelSummary.from_wire(wire)
+    except (ValueError, InvalidArgument) as exc:
+        raise InvalidArgument(f"the package's {BASELINE_FILE} is not a model summary: {exc}") from exc
+    return wire
 
 
 def _check_can_add(session: Session, verified: VerifiedPackage) -> None:
