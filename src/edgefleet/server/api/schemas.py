@@ -301,6 +301,10 @@ class HealthGateIn(Strict):
     MaxP99LatencyMs: float | None = None
     MinInferences: int = Field(default=dp.DEFAULT_MIN_INFERENCES, le=MAX_INT32)
     ObservationSeconds: float = dp.DEFAULT_OBSERVATION_SECONDS
+    MaxDriftScore: float | None = Field(
+        default=None,
+        description="highest worst-feature PSI of the new version on the stage's devices (server-judged)",
+    )
 
 
 class CreatePlanRequest(Strict):
@@ -310,6 +314,10 @@ class CreatePlanRequest(Strict):
     Stages: list[StageIn]
     HealthGate: HealthGateIn | None = None
     DeviceTimeoutSeconds: float | None = None
+    WatchSeconds: float = Field(
+        default=0.0, description="after a stage is DEPLOYED, keep checking the gate this long (0: no watch)"
+    )
+    WatchPolicy: str = Field(default="ROLLBACK", description="ROLLBACK | ALERT_ONLY")
 
 
 class StageStatusOut(Out):
@@ -532,6 +540,7 @@ class HealthGateOut(Out):
     MaxP99LatencyMs: float | None
     MinInferences: int
     ObservationSeconds: float
+    MaxDriftScore: float | None = None
 
 
 class DeploymentOut(Out):
