@@ -323,6 +323,13 @@ class EdgeMetric:
         )
 
 
+#: per-model heartbeat metrics (``ModelMetrics``, the model's handle as ``Dimension``) the server
+#: reads: Predict calls and failed calls since the version was loaded, and its p99 latency (ms)
+MODEL_REQUESTS = "requests"
+MODEL_ERRORS = "errors"
+MODEL_LATENCY_P99_MS = "latency_p99_ms"
+
+
 @dataclass(frozen=True)
 class ModelReport:
     """One model in a heartbeat."""

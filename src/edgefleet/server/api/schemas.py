@@ -330,11 +330,25 @@ class StageStatusOut(Out):
     EdgeDeploymentStageStartTime: datetime | None
 
 
+class StageWatchOut(Out):
+    WatchUntil: datetime = Field(description="the watch period of the DEPLOYED stage ends then")
+    LastCheckTime: datetime | None = Field(description="when the periodic work last checked the limits")
+    BreachReason: str | None = Field(description="the breach the last check found (names limit and figure)")
+
+
+class StageEventOut(Out):
+    Time: datetime
+    Kind: str = Field(description="WATCH_ALERT | WATCH_ROLLBACK")
+    Message: str
+
+
 class StageOut(Out):
     StageName: str
     DeviceSelectionConfig: SelectionModel
     DeploymentConfig: StageConfigModel
     DeploymentStatus: StageStatusOut
+    Watch: StageWatchOut | None = Field(default=None, description="extension: the stage's watch period")
+    Events: list[StageEventOut] = Field(default_factory=list, description="extension: newest first")
 
 
 class ModelConfigOut(Out):
@@ -355,6 +369,8 @@ class PlanOut(Out):
     EdgeDeploymentFailed: int
     HealthGate: HealthGateIn | None
     DeviceTimeoutSeconds: float | None
+    WatchSeconds: float
+    WatchPolicy: str
     CreationTime: datetime
     LastModifiedTime: datetime
     CreatedBy: str
