@@ -9,6 +9,7 @@ version's figures are; the watch is driven by one round of the server's periodic
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -371,3 +372,60 @@ def test_bad_watch_and_drift_settings_are_refused(
     with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
         server.plan("bad-input", "bad-input", "1", **extra)
     assert [p["EdgeDeploymentPlanName"] for p in server.op.list_plans(fleet="bad-input")] == []
+
+
+@pytest.fixture
+def run(server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``edgefleet ARGS`` in-process against the test server; (exit code, stdout, stderr)."""
+    from edgefleet.cli import main as cli_main
+
+    endpoints = server.running.endpoints
+    monkeypatch.setenv("EDGEFLEET_CLIENT_CONFIG", str(server.workdir / "client.json"))
+    monkeypatch.setenv("EDGEFLEET_SERVER", endpoints.api_url)
+    monkeypatch.setenv("EDGEFLEET_CA_CERT", str(endpoints.ca_cert))
+    monkeypatch.setenv("EDGEFLEET_TOKEN", server.op.config.token)
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli_main.main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def test_deploy_create_takes_the_drift_limit_and_the_watch(server: Server, run: Any) -> None:
+    server.op.create_fleet("cli-watch", "s3://bucket/cli-watch")
+    common = [
+        "deploy",
+        "create",
+        "--fleet",
+        "cli-watch",
+        "--model",
+        f"{MODEL}:1",
+        "--stage",
+        "canary percent=100",
+    ]
+    code, out, err = run(
+        *common,
+        "cli-watch",
+        "--max-drift-score",
+        "0.3",
+        "--watch-seconds",
+        "120",
+        "--watch-policy",
+        "ALERT_ONLY",
+        "--json",
+    )
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["HealthGate"]["MaxDriftScore"] == 0.3
+    assert (plan["WatchSeconds"], plan["WatchPolicy"]) == (120.0, "ALERT_ONLY")
+    code, out, err = run("deploy", "describe", "cli-watch")
+    assert code == 0, err
+    assert "Watch policy" in out and "ALERT_ONLY" in out and "WATCH" in out
+    code, _, err = run(*common, "cli-watch-bad", "--max-drift-score", "0", "--watch-seconds", "-5")
+    assert code == 1 and "HealthGate.MaxDriftScore must be positive" in err
+    code, _, err = run(*common, "cli-watch-bad", "--max-error-rate", "0.1", "--watch-seconds", "-5")
+    assert code == 1 and "WatchSeconds must not be negative" in err
+    assert [p["EdgeDeploymentPlanName"] for p in server.op.list_plans(fleet="cli-watch")] == ["cli-watch"]
