@@ -226,6 +226,31 @@ def test_a_health_gate_on_drift_rolls_a_stage_back(server: Server) -> None:
             device.close()
 
 
+def test_a_drift_breach_under_do_nothing_fails_the_stage_and_leaves_its_devices(server: Server) -> None:
+    (device,) = server.fleet("drift-keep", "keep-a")
+    try:
+        stages = [
+            {
+                "StageName": "canary",
+                "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
+                "DeploymentConfig": {"FailureHandlingPolicy": "DO_NOTHING"},
+            }
+        ]
+        server.plan("drift-keep", "drift-keep", "1", HealthGate=DRIFT_GATE, Stages=stages)
+        server.op.start_stage("drift-keep", "canary")
+        activate(device, "drift-keep.canary")
+        send_windows(device, shift=4.0, seed=50)
+        report_health(device, "drift-keep.canary")
+        status = server.stage("drift-keep")["DeploymentStatus"]
+        assert status["StageStatus"] == "FAILED"
+        assert "drift score (worst PSI)" in status["EdgeDeploymentStatusMessage"]
+        assert "rolling the stage back" not in status["EdgeDeploymentStatusMessage"]
+        assert server.devices("drift-keep") == {"keep-a": "DEPLOYED"}
+        assert _ok(device.call("GetDeployments"))["Deployments"] == []
+    finally:
+        device.close()
+
+
 def test_a_health_gate_on_drift_deploys_a_stage_without_drift(server: Server) -> None:
     devices = server.fleet("drift-ok", "ok-a", "ok-b")
     try:
