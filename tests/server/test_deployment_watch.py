@@ -151,9 +151,9 @@ def report_health(
     return _ok(device.call("ReportDeploymentHealth", body))
 
 
-def send_windows(device: DeviceClient, *, shift: float, seed: int) -> None:
-    """Three summary windows of the new version, starting after the device activated it."""
-    start = datetime.now(UTC) + timedelta(seconds=1)
+def send_windows(device: DeviceClient, *, shift: float, seed: int, start: datetime | None = None) -> None:
+    """Three summary windows of the new version, by default starting now (after the device activated it)."""
+    start = start or datetime.now(UTC) + timedelta(seconds=1)
     windows = []
     for i in range(3):
         summary = summary_of(digits(200, shift=shift, seed=seed + i))
@@ -256,7 +256,9 @@ def test_a_health_gate_on_drift_deploys_a_stage_without_drift(server: Server) ->
     try:
         server.plan("drift-ok", "drift-ok", "1", HealthGate=DRIFT_GATE)
         server.op.start_stage("drift-ok", "canary")
-        for device in devices:
+        for index, device in enumerate(devices):
+            # windows from before the activation (another deployment's traffic) do not count
+            send_windows(device, shift=4.0, seed=70 + index, start=datetime.now(UTC) - timedelta(hours=1))
             activate(device, "drift-ok.canary")
             report_health(device, "drift-ok.canary")
         # every device passed, but no summary window came yet: too few calls to judge drift
@@ -336,6 +338,31 @@ def test_the_watch_period_rolls_a_deployed_stage_back_on_an_error_rate_breach(se
     finally:
         for device in devices:
             device.close()
+
+
+def test_the_watch_period_rolls_a_stage_back_when_its_inputs_drift_after_deployed(server: Server) -> None:
+    (device,) = server.fleet("watch-drift", "wd-a")
+    try:
+        server.plan("watch-drift", "watch-drift", "1", HealthGate=DRIFT_GATE, WatchSeconds=3600)
+        server.op.start_stage("watch-drift", "canary")
+        activate(device, "watch-drift.canary")
+        send_windows(device, shift=0.0, seed=300)
+        report_health(device, "watch-drift.canary")
+        assert server.stage("watch-drift")["DeploymentStatus"]["StageStatus"] == "DEPLOYED"
+        server.periodic_work()
+        assert server.stage("watch-drift")["Watch"]["BreachReason"] is None
+        for seed in (310, 320, 330):  # the inputs shift after the stage was DEPLOYED
+            send_windows(device, shift=6.0, seed=seed, start=datetime.now(UTC) + timedelta(minutes=seed))
+        server.periodic_work()
+        stage = server.stage("watch-drift")
+        assert stage["DeploymentStatus"]["StageStatus"] == "FAILED"
+        reason = stage["Watch"]["BreachReason"]
+        assert reason.startswith("watch period breached: drift score (worst PSI)") and "> 0.25" in reason
+        assert [e["Kind"] for e in stage["Events"]] == ["WATCH_ROLLBACK"]
+        roll_back(device, "watch-drift.canary")
+        assert server.devices("watch-drift") == {"wd-a": "STOPPED"}
+    finally:
+        device.close()
 
 
 def test_an_alert_only_watch_records_the_breach_and_changes_nothing(
