@@ -397,6 +397,14 @@ def test_an_alert_only_watch_records_the_breach_and_changes_nothing(
         assert len(warnings) == 1 and "alert only" in warnings[0].getMessage()
         assert server.devices("watch-alert") == {"alert-a": "DEPLOYED"}
         assert _ok(devices[0].call("GetDeployments"))["Deployments"] == []
+        # a clean check ends the breach; a new one is a new alert
+        send_metrics(devices[0], requests=1000, errors=0)
+        server.periodic_work()
+        assert server.stage("watch-alert")["Watch"]["BreachReason"] is None
+        send_metrics(devices[0], requests=1000, errors=500)
+        server.periodic_work()
+        kinds = [e["Kind"] for e in server.stage("watch-alert")["Events"]]
+        assert kinds == ["WATCH_ALERT", "WATCH_ALERT"]
     finally:
         for device in devices:
             device.close()
