@@ -415,6 +415,10 @@ def test_an_alert_only_watch_records_the_breach_and_changes_nothing(
     [
         ({"WatchSeconds": -1, "HealthGate": ERROR_GATE}, "WatchSeconds must not be negative (got -1)"),
         (
+            {"WatchSeconds": 1e300, "HealthGate": ERROR_GATE},
+            "WatchSeconds must be at most 31536000 (365 days)",
+        ),
+        (
             {"WatchSeconds": 60, "WatchPolicy": "PAGE_ME", "HealthGate": ERROR_GATE},
             "WatchPolicy 'PAGE_ME' is invalid (known: ROLLBACK, ALERT_ONLY)",
         ),
@@ -422,7 +426,14 @@ def test_an_alert_only_watch_records_the_breach_and_changes_nothing(
         ({"HealthGate": {"MaxDriftScore": -0.5}}, "HealthGate.MaxDriftScore must be positive"),
         ({"WatchSeconds": 60}, "WatchSeconds needs a HealthGate with at least one limit"),
     ],
-    ids=["negative-watch", "unknown-policy", "zero-drift", "negative-drift", "watch-without-gate"],
+    ids=[
+        "negative-watch",
+        "endless-watch",
+        "unknown-policy",
+        "zero-drift",
+        "negative-drift",
+        "watch-without-gate",
+    ],
 )
 def test_bad_watch_and_drift_settings_are_refused(
     server: Server, extra: dict[str, Any], message: str

@@ -26,6 +26,8 @@ from edgefleet.server.validation import Page, validate_name, validate_tags
 MAX_STAGES = 10
 MAX_MODEL_CONFIGS = 10
 MAX_SELECTED_NAMES = 10000
+#: the longest watch period after a stage is DEPLOYED (a year; longer is a typo, and overflows times)
+MAX_WATCH_SECONDS = 365 * 86400.0
 
 
 def create_plan(session: Session, spec: PlanSpec, actor: str, now: datetime) -> DeploymentPlan:
@@ -43,6 +45,8 @@ def create_plan(session: Session, spec: PlanSpec, actor: str, now: datetime) -> 
         raise InvalidArgument("DeviceTimeoutSeconds must be positive")
     if spec.watch_seconds < 0:
         raise InvalidArgument(f"WatchSeconds must not be negative (got {spec.watch_seconds:g})")
+    if spec.watch_seconds > MAX_WATCH_SECONDS:
+        raise InvalidArgument(f"WatchSeconds must be at most {MAX_WATCH_SECONDS:.0f} (365 days)")
     watch_policy = parse_enum(WatchPolicy, spec.watch_policy, "WatchPolicy")
     if spec.watch_seconds > 0 and not spec.health_gate.enabled:
         raise InvalidArgument("WatchSeconds needs a HealthGate with at least one limit to watch")
