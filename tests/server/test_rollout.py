@@ -112,6 +112,8 @@ def test_stage_events_are_set_updates_in_any_order(event: StageEvent, policy: Fa
     assert not touched & {DeviceStatus.FAILED, DeviceStatus.STOPPED, DeviceStatus.STOPPING}
     if event == StageEvent.STOP:
         assert touched == PENDING  # a stop leaves deployed devices alone, whatever the policy
+    elif event == StageEvent.WATCH_BREACH:
+        assert touched == PENDING | {DeviceStatus.DEPLOYED}  # the watch policy decided, not the stage's
     elif policy == FailurePolicy.DO_NOTHING:
         assert groups == []
     else:
@@ -119,6 +121,27 @@ def test_stage_events_are_set_updates_in_any_order(event: StageEvent, policy: Fa
     for _, change in groups:
         assert change.status in (DeviceStatus.STOPPED, DeviceStatus.STOPPING)
         assert (change.rollback == Rollback.REQUESTED) == (change.status == DeviceStatus.STOPPING)
+
+
+@given(st.sampled_from(sorted(REACHABLE)), policies, st.booleans())
+def test_a_watch_breach_rolls_deployed_devices_back_and_their_rollback_finishes(
+    row: tuple[DeviceStatus, Rollback], policy: FailurePolicy, gated: bool
+) -> None:
+    status, rollback = row
+    change = transition(status, rollback, StageEvent.WATCH_BREACH, policy=policy, gated=gated)
+    if status == DeviceStatus.DEPLOYED:
+        assert change is not None and change.status == DeviceStatus.STOPPING
+        assert change.rollback == Rollback.REQUESTED and change.message is not None
+        assert "watch period breached" in change.message
+        # the device's rollback report then finishes the row through the ordinary rollback path
+        for report, done in (
+            (Result.FAILED_ROLLED_BACK, (DeviceStatus.STOPPED, Rollback.DONE)),
+            (Result.FAILED_ROLLBACK_FAILED, (DeviceStatus.FAILED, Rollback.FAILED)),
+        ):
+            after = _after(status, rollback, change)
+            assert _after(*after, transition(*after, report, policy=policy, gated=gated)) == done
+    elif status in (DeviceStatus.FAILED, DeviceStatus.STOPPED, DeviceStatus.STOPPING):
+        assert change is None  # finished or already rolling back: left alone
 
 
 @given(statuses, rollbacks, events, policies, st.booleans(), st.text(), st.none() | st.text())

@@ -439,6 +439,7 @@ def test_health_gate_failure_rolls_the_device_back(
             "MaxP99LatencyMs": 20.0,
             "MinInferences": 5,
             "ObservationSeconds": 30.0,
+            "MaxDriftScore": None,
         }
         op.start_stage("gated-2", "all")
         [deployment] = device.call("GetDeployments").json()["Deployments"]

@@ -41,6 +41,7 @@ gates = st.builds(
     max_p99_latency_ms=st.none() | st.floats(min_value=0.001, max_value=1e6),
     min_inferences=st.integers(min_value=1, max_value=2**31 - 1),
     observation_seconds=st.floats(min_value=0, max_value=1e7),
+    max_drift_score=st.none() | st.floats(min_value=0.001, max_value=1e3),
 )
 
 
@@ -125,6 +126,8 @@ def test_health_gate_defaults_are_the_documented_ones() -> None:
     assert HealthGate() == HealthGate(None, None, DEFAULT_MIN_INFERENCES, DEFAULT_OBSERVATION_SECONDS)
     assert not HealthGate().enabled
     assert gate.enabled and HealthGate(max_p99_latency_ms=5).enabled
+    # a drift limit alone is a gate too (judged by the server; devices still report their figures)
+    assert HealthGate(max_drift_score=0.25).enabled and gate.max_drift_score is None
 
 
 def test_unknown_enum_values_are_refused_with_the_known_ones() -> None:

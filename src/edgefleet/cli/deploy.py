@@ -67,7 +67,26 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_OBSERVATION_SECONDS,
         help="health gate: seconds to observe a device",
     )
+    create.add_argument(
+        "--max-drift-score",
+        type=float,
+        help="health gate: highest drift score (worst feature PSI against the version's baseline, "
+        "e.g. 0.25) of the new version on a stage's devices; needs a baseline per version",
+    )
     create.add_argument("--device-timeout", type=float, help="seconds after which an unfinished device fails")
+    create.add_argument(
+        "--watch-seconds",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after a stage is DEPLOYED, keep checking the health gate's limits this long (default 0: no watch)",
+    )
+    create.add_argument(
+        "--watch-policy",
+        choices=["ROLLBACK", "ALERT_ONLY"],
+        default="ROLLBACK",
+        help="what a breach in the watch period does (default ROLLBACK)",
+    )
     create.set_defaults(func=create_plan)
 
     listing = commands.add_parser("list", help="list deployment plans")
@@ -192,11 +211,20 @@ def plan_body(args: argparse.Namespace) -> dict[str, Any]:
         "ModelConfigs": [parse_model(m) for m in args.model],
         "Stages": [parse_stage(s) for s in args.stage],
     }
-    gate = HealthGate(args.max_error_rate, args.max_p99_ms, args.min_inferences, args.observe)
+    gate = HealthGate(
+        args.max_error_rate,
+        args.max_p99_ms,
+        args.min_inferences,
+        args.observe,
+        max_drift_score=args.max_drift_score,
+    )
     if gate.enabled:
         body["HealthGate"] = gate.to_wire()
     if args.device_timeout is not None:
         body["DeviceTimeoutSeconds"] = args.device_timeout
+    if args.watch_seconds:
+        body["WatchSeconds"] = args.watch_seconds
+        body["WatchPolicy"] = args.watch_policy
     return body
 
 
@@ -210,6 +238,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
             ("Pending", "EdgeDeploymentPending"),
             ("Failed", "EdgeDeploymentFailed"),
             ("Health gate", "HealthGate"),
+            ("Watch", "WatchSeconds"),
+            ("Watch policy", "WatchPolicy"),
             ("Created", "CreationTime"),
         ],
     )
@@ -239,6 +269,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
                 "failed": status["EdgeDeploymentFailedInStage"],
                 "stopped": status["EdgeDeploymentStoppedInStage"],
                 "message": status["EdgeDeploymentStatusMessage"],
+                "watch": _watch_text(stage.get("Watch")),
             }
         )
     table(
@@ -253,8 +284,25 @@ def _print_plan(plan: dict[str, Any]) -> None:
             ("FAILED", "failed"),
             ("STOPPED", "stopped"),
             ("MESSAGE", "message"),
+            ("WATCH", "watch"),
         ],
     )
+    events = [
+        {"stage": stage["StageName"], **event}
+        for stage in plan["Stages"]
+        for event in stage.get("Events") or []
+    ]
+    if events:
+        print()
+        table(events, [("STAGE", "stage"), ("TIME", "Time"), ("EVENT", "Kind"), ("MESSAGE", "Message")])
+
+
+def _watch_text(watch: dict[str, Any] | None) -> str:
+    """A stage's watch period in one cell: until when, and the breach if any."""
+    if not watch:
+        return "-"
+    text = f"until {watch['WatchUntil']}"
+    return f"{text}; {watch['BreachReason']}" if watch.get("BreachReason") else text
 
 
 def create_plan(args: argparse.Namespace) -> int:

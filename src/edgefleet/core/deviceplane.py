@@ -196,17 +196,31 @@ class Definition:
 
 @dataclass(frozen=True)
 class HealthGate:
-    """Limits the server judges the device's figures for a new model against (after activation)."""
+    """Limits the server judges the device's figures for a new model against (after activation).
+
+    ``max_drift_score`` is judged by the server alone, from the stage's devices' model summary
+    windows of the new version (``ModelSummaries`` on heartbeats) merged and scored against the
+    version's baseline: the score is the worst PSI over the version's input and output features.
+    PSI because it has the field's conventional reading (below 0.1 stable, 0.1-0.25 moderate,
+    above 0.25 a significant shift) whatever the feature's scale, and because unlike KS it does not
+    grow more alarming merely with more samples; the devices need not know it.
+    """
 
     max_error_rate: float | None = None
     max_p99_latency_ms: float | None = None
     min_inferences: int = DEFAULT_MIN_INFERENCES
     observation_seconds: float = DEFAULT_OBSERVATION_SECONDS
+    #: highest drift score (worst PSI over the new version's features) the stage may show
+    max_drift_score: float | None = None
 
     @property
     def enabled(self) -> bool:
         """Whether any limit is set (a plan without one has no gate)."""
-        return self.max_error_rate is not None or self.max_p99_latency_ms is not None
+        return (
+            self.max_error_rate is not None
+            or self.max_p99_latency_ms is not None
+            or self.max_drift_score is not None
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON form."""
@@ -215,6 +229,7 @@ class HealthGate:
             "MaxP99LatencyMs": self.max_p99_latency_ms,
             "MinInferences": self.min_inferences,
             "ObservationSeconds": self.observation_seconds,
+            "MaxDriftScore": self.max_drift_score,
         }
 
     @classmethod
@@ -222,11 +237,13 @@ class HealthGate:
         """Parse a ``HealthGate`` object."""
         rate = raw.get("MaxErrorRate")
         p99 = raw.get("MaxP99LatencyMs")
+        drift = raw.get("MaxDriftScore")
         return cls(
             max_error_rate=None if rate is None else float(rate),
             max_p99_latency_ms=None if p99 is None else float(p99),
             min_inferences=int(raw.get("MinInferences", DEFAULT_MIN_INFERENCES)),
             observation_seconds=float(raw.get("ObservationSeconds", DEFAULT_OBSERVATION_SECONDS)),
+            max_drift_score=None if drift is None else float(drift),
         )
 
 
@@ -304,6 +321,13 @@ class EdgeMetric:
             value=float(raw["Value"]),
             at=at or datetime.now(UTC),
         )
+
+
+#: per-model heartbeat metrics (``ModelMetrics``, the model's handle as ``Dimension``) the server
+#: reads: Predict calls and failed calls since the version was loaded, and its p99 latency (ms)
+MODEL_REQUESTS = "requests"
+MODEL_ERRORS = "errors"
+MODEL_LATENCY_P99_MS = "latency_p99_ms"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 import psutil
 
 from edgefleet.client import ModelStatistics
-from edgefleet.core.deviceplane import EdgeMetric, ModelReport
+from edgefleet.core.deviceplane import (
+    MODEL_ERRORS,
+    MODEL_LATENCY_P99_MS,
+    MODEL_REQUESTS,
+    EdgeMetric,
+    ModelReport,
+)
 from edgefleet.device.state import InstalledModel
 
 log = logging.getLogger(__name__)
@@ -101,10 +107,10 @@ def model_reports(
         metrics: tuple[EdgeMetric, ...] = ()
         if s is not None:
             metrics = (
-                EdgeMetric(handle, "requests", float(s.request_count), now),
-                EdgeMetric(handle, "errors", float(s.error_count), now),
+                EdgeMetric(handle, MODEL_REQUESTS, float(s.request_count), now),
+                EdgeMetric(handle, MODEL_ERRORS, float(s.error_count), now),
                 EdgeMetric(handle, "latency_p50_ms", float(s.p50_ms), now),
-                EdgeMetric(handle, "latency_p99_ms", float(s.p99_ms), now),
+                EdgeMetric(handle, MODEL_LATENCY_P99_MS, float(s.p99_ms), now),
                 EdgeMetric(handle, "in_flight", float(s.in_flight), now),
             )
         reports.append(

@@ -1,5 +1,6 @@
-"""Periodic work every replica runs: due fleet reports, stage refreshes (device timeouts) and the
-deletion of model summary windows past their retention (drift monitoring).
+"""Periodic work every replica runs: due fleet reports, stage refreshes (device timeouts), the
+watch periods of DEPLOYED stages, and the deletion of model summary windows past their retention
+(drift monitoring).
 
 Safe with several replicas: report generation is claimed through a lease row
 (:func:`edgefleet.server.reports.regenerate_due_reports`) and stage refreshes lock the stage row,
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from edgefleet.server import drift
 from edgefleet.server.api.state import AppState
 from edgefleet.server.deployments.stages import refresh_active_stages
+from edgefleet.server.deployments.watch import watch_stages
 from edgefleet.server.reports import regenerate_due_reports
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ def run_once(state: AppState) -> list[str]:
     )
     with state.db.session() as session:
         refresh_active_stages(session, state.db.now())
+    with state.db.session() as session:
+        watch_stages(session, state.db.now())
     with state.db.session() as session:
         drift.purge_windows(session, state.db.now() - timedelta(seconds=timing.summary_retention))
     return generated

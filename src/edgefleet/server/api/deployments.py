@@ -43,6 +43,8 @@ def _spec(body: s.CreatePlanRequest) -> PlanSpec:
         ],
         health_gate=gate,
         device_timeout_seconds=body.DeviceTimeoutSeconds,
+        watch_seconds=body.WatchSeconds,
+        watch_policy=body.WatchPolicy,
     )
 
 

@@ -23,6 +23,7 @@ from edgefleet.server.db.schema import (
 )
 from edgefleet.server.deployments.records import DeviceDeployment, StageCounts, plan_gate
 from edgefleet.server.deployments.stages import stage_counts
+from edgefleet.server.deployments.watch import stage_events
 from edgefleet.server.registry import aliases_of
 
 ARN_PREFIX = "arn:edgefleet:"
@@ -222,6 +223,17 @@ def plan(session: Session, row: DeploymentPlan) -> s.PlanOut:
                     EdgeDeploymentStatusMessage=stage.status_message,
                     EdgeDeploymentStageStartTime=stage.started_at,
                 ),
+                Watch=None
+                if stage.watch_until is None
+                else s.StageWatchOut(
+                    WatchUntil=stage.watch_until,
+                    LastCheckTime=stage.watch_checked_at,
+                    BreachReason=stage.watch_breach,
+                ),
+                Events=[
+                    s.StageEventOut(Time=e.at, Kind=e.kind, Message=e.message)
+                    for e in stage_events(session, stage)
+                ],
             )
         )
     gate = plan_gate(row)
@@ -244,6 +256,8 @@ def plan(session: Session, row: DeploymentPlan) -> s.PlanOut:
         EdgeDeploymentFailed=totals.failed,
         HealthGate=s.HealthGateIn(**gate.to_wire()) if gate.enabled else None,
         DeviceTimeoutSeconds=row.device_timeout_seconds,
+        WatchSeconds=row.watch_seconds,
+        WatchPolicy=row.watch_policy,
         CreationTime=row.created_at,
         LastModifiedTime=row.updated_at,
         CreatedBy=row.created_by,

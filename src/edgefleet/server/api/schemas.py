@@ -313,6 +313,10 @@ class HealthGateIn(Strict):
     MaxP99LatencyMs: float | None = None
     MinInferences: int = Field(default=dp.DEFAULT_MIN_INFERENCES, le=MAX_INT32)
     ObservationSeconds: float = dp.DEFAULT_OBSERVATION_SECONDS
+    MaxDriftScore: float | None = Field(
+        default=None,
+        description="highest worst-feature PSI of the new version on the stage's devices (server-judged)",
+    )
 
 
 class CreatePlanRequest(Strict):
@@ -322,6 +326,10 @@ class CreatePlanRequest(Strict):
     Stages: list[StageIn]
     HealthGate: HealthGateIn | None = None
     DeviceTimeoutSeconds: float | None = None
+    WatchSeconds: float = Field(
+        default=0.0, description="after a stage is DEPLOYED, keep checking the gate this long (0: no watch)"
+    )
+    WatchPolicy: str = Field(default="ROLLBACK", description="ROLLBACK | ALERT_ONLY")
 
 
 class StageStatusOut(Out):
@@ -334,11 +342,25 @@ class StageStatusOut(Out):
     EdgeDeploymentStageStartTime: datetime | None
 
 
+class StageWatchOut(Out):
+    WatchUntil: datetime = Field(description="the watch period of the DEPLOYED stage ends then")
+    LastCheckTime: datetime | None = Field(description="when the periodic work last checked the limits")
+    BreachReason: str | None = Field(description="the breach the last check found (names limit and figure)")
+
+
+class StageEventOut(Out):
+    Time: datetime
+    Kind: str = Field(description="WATCH_ALERT | WATCH_ROLLBACK")
+    Message: str
+
+
 class StageOut(Out):
     StageName: str
     DeviceSelectionConfig: SelectionModel
     DeploymentConfig: StageConfigModel
     DeploymentStatus: StageStatusOut
+    Watch: StageWatchOut | None = Field(default=None, description="extension: the stage's watch period")
+    Events: list[StageEventOut] = Field(default_factory=list, description="extension: newest first")
 
 
 class ModelConfigOut(Out):
@@ -359,6 +381,8 @@ class PlanOut(Out):
     EdgeDeploymentFailed: int
     HealthGate: HealthGateIn | None
     DeviceTimeoutSeconds: float | None
+    WatchSeconds: float
+    WatchPolicy: str
     CreationTime: datetime
     LastModifiedTime: datetime
     CreatedBy: str
@@ -568,6 +592,7 @@ class HealthGateOut(Out):
     MaxP99LatencyMs: float | None
     MinInferences: int
     ObservationSeconds: float
+    MaxDriftScore: float | None = None
 
 
 class DeploymentOut(Out):

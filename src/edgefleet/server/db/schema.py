@@ -259,6 +259,12 @@ class DeploymentPlan(Base):
     min_inferences: Mapped[int] = mapped_column(Integer)
     observation_seconds: Mapped[float] = mapped_column(Float)
     device_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    #: health gate: highest drift score (worst PSI) of the new version on a stage's devices
+    max_drift_score: Mapped[float | None] = mapped_column(Float)
+    #: after a stage is DEPLOYED, how long the gate's limits keep being checked (0: no watch)
+    watch_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: what a breach in the watch period does: ROLLBACK or ALERT_ONLY
+    watch_policy: Mapped[str] = mapped_column(String(16), default="ROLLBACK")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(100))
@@ -306,12 +312,30 @@ class PlanStage(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    #: a DEPLOYED stage's watch period ends then (None: not watched)
+    watch_until: Mapped[datetime | None]
+    #: when the watch last checked the gate's limits
+    watch_checked_at: Mapped[datetime | None]
+    #: the first breach the watch found (names the limit and the figure)
+    watch_breach: Mapped[str | None] = mapped_column(Text)
 
     plan: Mapped[DeploymentPlan] = relationship(back_populates="stages", lazy="joined")
     __table_args__ = (
         UniqueConstraint("plan_id", "name", name="uq_plan_stages_plan_name"),
         UniqueConstraint("plan_id", "position", name="uq_plan_stages_plan_position"),
     )
+
+
+class StageEventRow(Base):
+    """Something that happened to a stage that its status does not say (a watch alert, a breach)."""
+
+    __tablename__ = "stage_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("plan_stages.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_stage_events_stage", "stage_id", "at"),)
 
 
 class StageDevice(Base):

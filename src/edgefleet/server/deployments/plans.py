@@ -11,7 +11,14 @@ from edgefleet.core.deviceplane import FailurePolicy, HealthGate, parse_enum
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import DeploymentPlan, PlanModel, PlanStage, StageDevice
-from edgefleet.server.deployments.records import PlanSpec, StageSpec, StageStatus, SubsetType, outstanding
+from edgefleet.server.deployments.records import (
+    PlanSpec,
+    StageSpec,
+    StageStatus,
+    SubsetType,
+    WatchPolicy,
+    outstanding,
+)
 from edgefleet.server.fleets import get_fleet
 from edgefleet.server.registry import resolve_version
 from edgefleet.server.validation import Page, validate_name, validate_tags
@@ -19,6 +26,8 @@ from edgefleet.server.validation import Page, validate_name, validate_tags
 MAX_STAGES = 10
 MAX_MODEL_CONFIGS = 10
 MAX_SELECTED_NAMES = 10000
+#: the longest watch period after a stage is DEPLOYED (a year; longer is a typo, and overflows times)
+MAX_WATCH_SECONDS = 365 * 86400.0
 
 
 def create_plan(session: Session, spec: PlanSpec, actor: str, now: datetime) -> DeploymentPlan:
@@ -34,6 +43,13 @@ def create_plan(session: Session, spec: PlanSpec, actor: str, now: datetime) -> 
     _check_gate(spec.health_gate)
     if spec.device_timeout_seconds is not None and spec.device_timeout_seconds <= 0:
         raise InvalidArgument("DeviceTimeoutSeconds must be positive")
+    if spec.watch_seconds < 0:
+        raise InvalidArgument(f"WatchSeconds must not be negative (got {spec.watch_seconds:g})")
+    if spec.watch_seconds > MAX_WATCH_SECONDS:
+        raise InvalidArgument(f"WatchSeconds must be at most {MAX_WATCH_SECONDS:.0f} (365 days)")
+    watch_policy = parse_enum(WatchPolicy, spec.watch_policy, "WatchPolicy")
+    if spec.watch_seconds > 0 and not spec.health_gate.enabled:
+        raise InvalidArgument("WatchSeconds needs a HealthGate with at least one limit to watch")
     plan = DeploymentPlan(
         name=spec.name,
         fleet_id=fleet.id,
@@ -42,7 +58,10 @@ def create_plan(session: Session, spec: PlanSpec, actor: str, now: datetime) -> 
         max_p99_latency_ms=spec.health_gate.max_p99_latency_ms,
         min_inferences=spec.health_gate.min_inferences,
         observation_seconds=spec.health_gate.observation_seconds,
+        max_drift_score=spec.health_gate.max_drift_score,
         device_timeout_seconds=spec.device_timeout_seconds,
+        watch_seconds=spec.watch_seconds,
+        watch_policy=watch_policy.value,
         created_at=now,
         updated_at=now,
         created_by=actor,
@@ -79,6 +98,10 @@ def _check_gate(gate: HealthGate) -> None:
         raise InvalidArgument("HealthGate.MaxErrorRate must be a fraction in [0, 1]")
     if gate.max_p99_latency_ms is not None and gate.max_p99_latency_ms <= 0:
         raise InvalidArgument("HealthGate.MaxP99LatencyMs must be positive")
+    if gate.max_drift_score is not None and gate.max_drift_score <= 0:
+        raise InvalidArgument(
+            f"HealthGate.MaxDriftScore must be positive (a PSI, e.g. 0.25; got {gate.max_drift_score:g})"
+        )
     if gate.min_inferences < 1:
         raise InvalidArgument("HealthGate.MinInferences must be at least 1")
     if gate.observation_seconds < 0:

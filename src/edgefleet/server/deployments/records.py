@@ -28,6 +28,15 @@ class StageStatus(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
+class WatchPolicy(enum.StrEnum):
+    """What a breach of the gate's limits in a DEPLOYED stage's watch period does."""
+
+    #: the stage's devices roll back and the stage becomes FAILED
+    ROLLBACK = "ROLLBACK"
+    #: a stage event is recorded and logged at WARNING; the stage stays DEPLOYED
+    ALERT_ONLY = "ALERT_ONLY"
+
+
 class SubsetType(enum.StrEnum):
     """How a stage selects devices (TAGS is an edgefleet extension)."""
 
@@ -43,6 +52,7 @@ GATE_COLUMNS = (
     DeploymentPlan.max_p99_latency_ms,
     DeploymentPlan.min_inferences,
     DeploymentPlan.observation_seconds,
+    DeploymentPlan.max_drift_score,
 )
 
 
@@ -82,6 +92,10 @@ class PlanSpec:
     health_gate: HealthGate = field(default_factory=HealthGate)
     #: a device still unfinished this long after its stage started counts as failed (None: wait forever)
     device_timeout_seconds: float | None = None
+    #: after a stage is DEPLOYED, how long the gate's limits keep being checked (0: no watch)
+    watch_seconds: float = 0.0
+    #: what a breach in the watch period does (a :class:`WatchPolicy` value)
+    watch_policy: str = WatchPolicy.ROLLBACK.value
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,12 @@ class Rollback(enum.StrEnum):
 
 
 class StageEvent(enum.StrEnum):
-    """What happens to every device of a stage at once: an operator stops it, or it fails."""
+    """What happens to every device of a stage at once: an operator stops it, it fails, or the watch
+    period of a DEPLOYED stage found a breach of the gate's limits (watch policy ROLLBACK)."""
 
     STOP = "STOP"
     FAIL = "FAIL"
+    WATCH_BREACH = "WATCH_BREACH"
 
 
 #: a device report: the closed result set, or None while the device says INPROGRESS
@@ -109,14 +111,22 @@ def transition(
     return None
 
 
+_WHY = {
+    StageEvent.STOP: "stage stopped",
+    StageEvent.FAIL: "stage failed",
+    StageEvent.WATCH_BREACH: "watch period breached",
+}
+
+
 def _stage_event(status: DeviceStatus, event: StageEvent, policy: FailurePolicy) -> Change | None:
     if event == StageEvent.FAIL and policy != FailurePolicy.ROLLBACK_ON_FAILURE:
         return None  # DO_NOTHING: finished devices keep what they run, unfinished ones carry on
-    why = "stage stopped" if event == StageEvent.STOP else "stage failed"
+    # a watch breach rolls back whatever the failure policy: the plan's watch policy chose it
+    why = _WHY[event]
     if status == DeviceStatus.READYTODEPLOY:
         return Change(DeviceStatus.STOPPED, f"{why} before the device started", observing=False)
-    # a stop leaves deployed devices alone; a failed stage rolls them back too
-    if status == DeviceStatus.INPROGRESS or (status == DeviceStatus.DEPLOYED and event == StageEvent.FAIL):
+    # a stop leaves deployed devices alone; a failed stage or a watch breach rolls them back too
+    if status == DeviceStatus.INPROGRESS or (status == DeviceStatus.DEPLOYED and event != StageEvent.STOP):
         return Change(DeviceStatus.STOPPING, f"{why}: rolling back", Rollback.REQUESTED, observing=False)
     return None
 

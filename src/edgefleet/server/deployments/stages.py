@@ -17,6 +17,7 @@ from edgefleet.core.deviceplane import FailurePolicy, parse_enum
 from edgefleet.core.errors import FailedPrecondition
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import DeploymentPlan, Device, DeviceTag, PlanStage, StageDevice
+from edgefleet.server.deployments import evidence
 from edgefleet.server.deployments.plans import get_plan, get_stage
 from edgefleet.server.deployments.records import PENDING, StageCounts, StageStatus, SubsetType, change_values
 from edgefleet.server.deployments.rollout import DeviceStatus, Rollback, StageEvent, stage_changes
@@ -80,6 +81,11 @@ def start_stage(session: Session, plan_name: str, stage_name: str, now: datetime
             raise FailedPrecondition(
                 f"stage {earlier.name!r} is {earlier.status}; stage {stage_name!r} starts after it is DEPLOYED"
             )
+        if earlier.watch_until is not None and earlier.watch_until > now:
+            raise FailedPrecondition(
+                f"stage {earlier.name!r} is in its watch period until {earlier.watch_until.isoformat()}; "
+                f"stage {stage_name!r} starts after it"
+            )
     for config in plan.model_configs:
         version = config.model_version
         if version.approval_status != Approval.APPROVED:
@@ -88,6 +94,7 @@ def start_stage(session: Session, plan_name: str, stage_name: str, now: datetime
             )
         if not version.packages:
             raise FailedPrecondition(f"version {version.version!r} of {version.model.name!r} has no package")
+    evidence.require_baselines(session, plan)
     if stage.status == StageStatus.STOPPED:
         _restart_rows(session, stage, now)
     else:
@@ -112,6 +119,7 @@ def start_stage(session: Session, plan_name: str, stage_name: str, now: datetime
     stage.status_message = None
     stage.started_at = now
     stage.finished_at = None
+    stage.watch_until = stage.watch_checked_at = stage.watch_breach = None
     stage.updated_at = now
     plan.updated_at = now
     session.flush()
@@ -203,7 +211,7 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
         raise FailedPrecondition(
             f"stage {stage_name!r} is {stage.status}; only STARTING or INPROGRESS stages stop"
         )
-    _set_rows(session, stage, StageEvent.STOP, now)
+    set_rows(session, stage, StageEvent.STOP, now)
     stage.status = StageStatus.STOPPING.value
     stage.status_message = "stopped by an operator"
     stage.updated_at = now
@@ -212,7 +220,7 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
     return stage
 
 
-def _set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> None:
+def set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> None:
     """Apply a stage event to every device row it changes (one UPDATE per change)."""
     for sources, change in stage_changes(event, FailurePolicy(stage.failure_policy)):
         values = {**change_values(change, "", None, now), "updated_at": now}
@@ -284,14 +292,12 @@ def refresh_stage(session: Session, stage: PlanStage, now: datetime, *, locked: 
         failed = _count_in(session, stage, [DeviceStatus.FAILED])
         total = _count_in(session, stage, None) if failed else 0  # only the threshold needs it
         if total and failed / total > stage.failure_threshold:
-            _fail_stage(session, stage, failed, total, now)
-        elif not _any_in(session, stage, PENDING):
-            counts = stage_counts(session, stage)
-            stage.status = StageStatus.DEPLOYED.value
-            stage.status_message = (
-                f"{counts.success} device(s) deployed, {counts.failed} failed, {counts.stopped} stopped"
+            threshold = f"{stage.failure_threshold:.0%}"
+            fail_stage(
+                session, stage, f"{failed}/{total} device(s) failed, above the threshold of {threshold}", now
             )
-            stage.finished_at = now
+        elif not _any_in(session, stage, PENDING):
+            _finish_stage(session, stage, now)
         elif stage.status == StageStatus.STARTING:
             fetched = _any_in(session, stage, [s for s in DeviceStatus if s != DeviceStatus.READYTODEPLOY])
             stage.status = (StageStatus.INPROGRESS if fetched else StageStatus.STARTING).value
@@ -321,13 +327,38 @@ def _count_in(session: Session, stage: PlanStage, statuses: Sequence[DeviceStatu
     return session.scalar(stmt) or 0
 
 
-def _fail_stage(session: Session, stage: PlanStage, failed: int, total: int, now: datetime) -> None:
+def _finish_stage(session: Session, stage: PlanStage, now: datetime) -> None:
+    """Every device finished within the threshold: DEPLOYED, unless the drift limit says otherwise
+    (FAILED on a breach; still INPROGRESS while the windows hold too few calls to judge)."""
+    # with nobody deployed there is nothing to judge
+    if stage.plan.max_drift_score is not None and _any_in(session, stage, [DeviceStatus.DEPLOYED]):
+        judgement = evidence.drift(session, stage)
+        if judgement.breaches:
+            fail_stage(session, stage, "health gate breached: " + "; ".join(judgement.breaches), now)
+            return
+        if judgement.waiting:
+            stage.status = StageStatus.INPROGRESS.value
+            stage.status_message = "health gate waiting: " + "; ".join(judgement.waiting)
+            return
+    counts = stage_counts(session, stage)
+    stage.status = StageStatus.DEPLOYED.value
+    stage.status_message = (
+        f"{counts.success} device(s) deployed, {counts.failed} failed, {counts.stopped} stopped"
+    )
+    stage.finished_at = now
+    watch = stage.plan.watch_seconds
+    if watch > 0:
+        stage.watch_until = now + timedelta(seconds=watch)
+        stage.watch_checked_at = stage.watch_breach = None
+
+
+def fail_stage(session: Session, stage: PlanStage, reason: str, now: datetime) -> None:
+    """The stage FAILED for ``reason``; its devices roll back under ROLLBACK_ON_FAILURE."""
     stage.status = StageStatus.FAILED.value
     stage.finished_at = now
-    share = f"{failed}/{total} device(s) failed, above the threshold of {stage.failure_threshold:.0%}"
     rolls_back = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
-    stage.status_message = share + "; rolling the stage back" if rolls_back else share
-    _set_rows(session, stage, StageEvent.FAIL, now)
+    stage.status_message = reason + "; rolling the stage back" if rolls_back else reason
+    set_rows(session, stage, StageEvent.FAIL, now)
 
 
 def settle_stage(session: Session, stage_id: int, now: datetime, *, device_failed: bool) -> None:

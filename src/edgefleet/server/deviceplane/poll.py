@@ -172,7 +172,7 @@ def _outstanding_rows(conn: Connection, polls: Sequence[PollItem]) -> dict[str, 
         if device is None:
             device = devices[r[1]] = _Device(r[0], r[2] or "", r[3], (r[4], r[5], r[6]))
         if r[7] is not None:
-            gate = HealthGate(*r[15:19])
+            gate = HealthGate(*r[15 : 15 + len(GATE_COLUMNS)])
             device.rows.append(_Row(r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], gate))
     return devices
 
