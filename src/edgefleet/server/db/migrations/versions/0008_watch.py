@@ -1,7 +1,7 @@
 """deployment watch periods and drift limits: plan and stage columns, stage events
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 
 A plan's health gate may limit the new version's drift score (``max_drift_score``, worst PSI) and
 keep checking its limits for ``watch_seconds`` after a stage is DEPLOYED, rolling it back or only
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
