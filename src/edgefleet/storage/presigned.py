@@ -24,10 +24,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
-
-import httpx
 
 from edgefleet.core.deviceplane import CAPTURE_OBJECTS_PATH, UploadGrant, UploadTarget
 from edgefleet.core.errors import (
@@ -39,6 +37,9 @@ from edgefleet.core.errors import (
     error_from_http,
 )
 from edgefleet.storage.base import CHUNK_SIZE, ObjectStore, StoreOptions, validate_key
+
+if TYPE_CHECKING:  # imported when a store is made: an agent without this upload mode never pays for it
+    import httpx
 
 PRESIGN_PATH = "/device/v1/capture/PresignUploads"
 
@@ -108,6 +109,9 @@ class ControlPlaneStore(ObjectStore):
         self._ref = {"DeviceName": endpoint.device_name, "DeviceFleetName": endpoint.fleet_name}
         self._lock = threading.Lock()
         self._location: str | None = None
+        import httpx
+
+        self._httpx = httpx
         self._device: httpx.Client | None = None  # mutual TLS, to the control plane
         self._plain = httpx.Client(timeout=endpoint.timeout, trust_env=False)  # presigned URLs
 
@@ -125,7 +129,7 @@ class ControlPlaneStore(ObjectStore):
     def _client(self) -> httpx.Client:
         with self._lock:
             if self._device is None:
-                self._device = httpx.Client(
+                self._device = self._httpx.Client(
                     base_url=self._base,
                     verify=self.endpoint.context(),
                     timeout=self.endpoint.timeout,
@@ -137,7 +141,7 @@ class ControlPlaneStore(ObjectStore):
     def _send(self, client: httpx.Client, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         try:
             return client.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
+        except self._httpx.TransportError as exc:
             raise Unavailable(f"{what}: cannot reach {url.split('?', 1)[0]}: {exc}") from exc
 
     def _mtls(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
