@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "deploy": ("deploy", "cli"),
     "baseline": ("baseline", "cli"),
     "drift": ("drift", "cli"),
+    "alert": ("alert", "cli"),
     "simulate": ("simulate", None),
 }
 

@@ -11,7 +11,16 @@ from fastapi import FastAPI, Request
 from sqlalchemy import text
 
 from edgefleet import __version__
-from edgefleet.server.api import deployments, device_plane, devices, drift, enrolment, fleets, models
+from edgefleet.server.api import (
+    alerts,
+    deployments,
+    device_plane,
+    devices,
+    drift,
+    enrolment,
+    fleets,
+    models,
+)
 from edgefleet.server.api.auth import app_state
 from edgefleet.server.api.docs import install_docs
 from edgefleet.server.api.errors import install_error_handlers
@@ -65,6 +74,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         models.router,
         deployments.router,
         drift.router,
+        alerts.router,
         enrolment.router,
         device_plane.router,
     ):
