@@ -8,7 +8,6 @@ from typing import Any
 
 from edgefleet.cli.output import add_client_arguments, client_from_args, emit
 
-
 #: the environment variable ``alert set --secret-env`` reads by default (a secret on the command
 #: line would be visible to every user of the machine)
 SECRET_ENV = "EDGEFLEET_WEBHOOK_SECRET"
