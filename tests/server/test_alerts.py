@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from edgefleet.cli import main as cli_main
 from edgefleet.core.errors import InvalidArgument, NotFound
-from edgefleet.server.db.schema import DriftBucketRow, DriftScoreRow, WebhookDeliveryRow
+from edgefleet.server.db.schema import DriftBucketRow, DriftScoreRow, Fleet, WebhookDeliveryRow
 from edgefleet.server.jobs import MonitoringRound, run_monitoring
 
 SECRET = "s3cret-for-tests"
@@ -409,6 +409,44 @@ def test_bad_alert_rules_are_refused_and_nothing_is_stored(server: AlertServer, 
     with pytest.raises(NotFound, match="has no alert rule 'bad'"):
         server.op.get_alert_rule("digits", "bad")
     assert "bad" not in {r["AlertRuleName"] for r in server.op.list_alert_rules("digits")}
+
+
+def test_late_windows_and_a_new_baseline_score_a_bucket_again(server: AlertServer) -> None:
+    devices = server.devices("late", 2)
+    try:
+        bucket = server.bucket()
+        send_windows(devices, bucket, shift=0.0, seed=600)
+        server.complete(bucket)
+        assert server.monitor().buckets_scored >= 1
+
+        def stored() -> tuple[int, int]:
+            with server.db.session() as s:
+                (row,) = s.scalars(
+                    select(DriftBucketRow)
+                    .join(Fleet, Fleet.id == DriftBucketRow.fleet_id)
+                    .where(Fleet.name == "late", DriftBucketRow.bucket_start == bucket)
+                ).all()
+                return row.windows, row.calls
+
+        assert stored() == (6, 1200)
+        assert server.monitor().buckets_scored == 0
+        # a device that was offline sends its window of that bucket late: the bucket is scored again
+        late = heartbeat_body(window(bucket + timedelta(minutes=40), x=digits(100, seed=650)))
+        assert devices[0].call("SendHeartbeat", late).status_code == 200
+        server.clock.advance(30)
+        assert server.monitor().buckets_scored == 1
+        assert stored() == (7, 1300)
+        report = server.op.fleet_drift("late", "digits", version="1", since=bucket.isoformat())
+        assert [(b["Windows"], b["Calls"]) for b in report["Buckets"]] == [(7, 1300)]
+        # a new baseline: every bucket in the look-back is scored against it
+        server.op.put_baseline("digits", "1", summary_of(digits(2000, seed=2)).to_wire())
+        server.clock.advance(30)
+        with server.db.session() as s:
+            buckets = len(s.scalars(select(DriftBucketRow.id)).all())
+        assert server.monitor().buckets_scored == buckets
+        assert server.monitor().buckets_scored == 0
+    finally:
+        close_all(devices)
 
 
 @pytest.fixture

@@ -500,58 +500,129 @@ class SeriesKey:
     model_version: str
 
 
-def score_due_buckets(
-    db: Database, *, now: datetime, bucket_seconds: int, grace: timedelta, lookback: timedelta
-) -> list[tuple[SeriesKey, datetime]]:
-    """Score every complete bucket (ended ``grace`` ago, within ``lookback``) whose windows or
-    baseline changed since it was last scored, and store its rows; returns (series, bucket start)
-    of the buckets stored.
+class DriftScorer:
+    """Scores complete buckets into the stored time series (:meth:`run`, from the periodic work).
+
+    A bucket is scored once it is complete (ended ``grace`` ago) and again whenever its windows or
+    its version's baseline changed since; buckets that ended before ``lookback`` are left as they
+    are. The scorer remembers when it last looked, so a round reads only the windows that arrived
+    since (and the buckets that completed since) instead of the whole look-back; the first round
+    of a process reads it all. Nothing of this memory matters for correctness: every bucket is
+    compared with what is stored before it is scored again.
 
     Safe on several replicas: each bucket is written under its row's lock (PostgreSQL) or the one
     writer (SQLite), and a bucket another replica stored from the same inputs meanwhile is kept.
     """
-    seconds = check_bucket(bucket_seconds)
-    first = bucket_bounds(bucket_index(now - lookback, seconds), seconds)[0]
-    complete_before = now - grace
-    with db.session() as session:
-        rows = [
-            _WindowMeta(*r)
-            for r in session.execute(select(*_WINDOW_META).where(SummaryWindowRow.window_end >= first))
-        ]
-        groups: dict[tuple[SeriesKey, int], list[_WindowMeta]] = {}
-        for row in rows:
-            index = bucket_index(row.window_end, seconds)
-            if bucket_bounds(index, seconds)[1] > complete_before:
+
+    #: windows committed this long after the time they were received at are still seen
+    COMMIT_MARGIN = timedelta(minutes=2)
+
+    def __init__(self, db: Database, *, bucket_seconds: int, grace: timedelta, lookback: timedelta) -> None:
+        self.db = db
+        self.seconds = check_bucket(bucket_seconds)
+        self.grace = grace
+        self.lookback = lookback
+        self._last: datetime | None = None
+
+    def run(self, now: datetime) -> list[tuple[SeriesKey, datetime]]:
+        """One round; returns (series, bucket start) of the buckets stored."""
+        seconds = self.seconds
+        first = bucket_bounds(bucket_index(now - self.lookback, seconds), seconds)[0]
+        complete_before = now - self.grace
+        with self.db.session() as session:
+            candidates = self._candidates(session, first)
+            known = {
+                (SeriesKey(b.fleet_id, b.model_name, b.model_version), b.bucket_start): _Inputs.stored(b)
+                for b in session.scalars(select(DriftBucketRow).where(DriftBucketRow.bucket_start >= first))
+                if (b.bucket_end - b.bucket_start).total_seconds() == seconds
+            }
+            versions = {(k.model_name, k.model_version) for k, _ in candidates}
+            versions |= {(k.model_name, k.model_version) for k, _ in known}
+            baselines = _baselines_of(session, versions)
+        # a bucket scored against an older baseline is scored again
+        for (key, begin), inputs in known.items():
+            baseline = baselines.get((key.model_name, key.model_version))
+            if baseline is not None and inputs.baseline_at != baseline[0]:
+                candidates.add((key, bucket_index(begin, seconds)))
+        due = sorted(
+            (
+                (index, key.fleet_id, key.model_name, key.model_version)
+                for key, index in candidates
+                if first <= bucket_bounds(index, seconds)[0]
+                and bucket_bounds(index, seconds)[1] <= complete_before
+            )
+        )
+        stored: list[tuple[SeriesKey, datetime]] = []
+        for index, fleet_id, model_name, model_version in due:
+            key = SeriesKey(fleet_id, model_name, model_version)
+            baseline = baselines.get((model_name, model_version))
+            if baseline is None:
                 continue
-            key = SeriesKey(row.fleet_id, row.model_name, row.model_version)
-            groups.setdefault((key, index), []).append(row)
-        baselines = _baselines_of(session, {(k.model_name, k.model_version) for k, _ in groups})
-        known = {
-            (SeriesKey(b.fleet_id, b.model_name, b.model_version), b.bucket_start): _Inputs.stored(b)
-            for b in session.scalars(select(DriftBucketRow).where(DriftBucketRow.bucket_start >= first))
-            if (b.bucket_end - b.bucket_start).total_seconds() == seconds
-        }
-    stored: list[tuple[SeriesKey, datetime]] = []
-    for (key, index), members in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0].fleet_id)):
-        baseline = baselines.get((key.model_name, key.model_version))
-        if baseline is None:
-            continue
-        begin, end = bucket_bounds(index, seconds)
-        inputs = _Inputs.of(members, baseline[0])
-        if known.get((key, begin)) == inputs:
-            continue
-        with db.session() as session:
-            merged = _merge(session, [m.id for m in members])
-        report = compare(baseline[1], merged)
-        bucket = _Scored(key, begin, end, members, inputs, report)
-        try:
-            if _store_bucket(db, bucket, now):
-                stored.append((key, begin))
-        except AlreadyExists:  # another replica stored this bucket first
-            log.debug("bucket %s of %s was stored by another replica", begin.isoformat(), key)
-    if stored:
-        log.info("scored %d drift buckets", len(stored))
-    return stored
+            begin, end = bucket_bounds(index, seconds)
+            with self.db.session() as session:
+                members = _members(session, key, begin, end)
+                if not members:
+                    continue
+                inputs = _Inputs.of(members, baseline[0])
+                if known.get((key, begin)) == inputs:
+                    continue
+                merged = _merge(session, [m.id for m in members])
+            scored = _Scored(key, begin, end, members, inputs, compare(baseline[1], merged))
+            try:
+                if _store_bucket(self.db, scored, now):
+                    stored.append((key, begin))
+            except AlreadyExists:  # another replica stored this bucket first
+                log.debug("bucket %s of %s was stored by another replica", begin.isoformat(), key)
+        self._last = now
+        if stored:
+            log.info("scored %d drift buckets", len(stored))
+        return stored
+
+    def _candidates(self, session: Session, first: datetime) -> set[tuple[SeriesKey, int]]:
+        """(series, bucket) of the windows that arrived since the last round, or of the buckets
+        that completed since; on the first round every bucket in the look-back."""
+        columns = (
+            SummaryWindowRow.fleet_id,
+            SummaryWindowRow.model_name,
+            SummaryWindowRow.model_version,
+            SummaryWindowRow.window_end,
+        )
+        queries = []
+        if self._last is None:
+            queries.append(select(*columns).where(SummaryWindowRow.window_end >= first))
+        else:
+            arrived = self._last - self.COMMIT_MARGIN
+            queries.append(
+                select(*columns).where(
+                    SummaryWindowRow.window_end >= first, SummaryWindowRow.received_at > arrived
+                )
+            )
+            pending = bucket_bounds(bucket_index(self._last - self.grace, self.seconds), self.seconds)[0]
+            queries.append(select(*columns).where(SummaryWindowRow.window_end >= max(first, pending)))
+        found: set[tuple[SeriesKey, int]] = set()
+        for query in queries:
+            for fleet_id, model_name, model_version, window_end in session.execute(query.distinct()):
+                found.add(
+                    (SeriesKey(fleet_id, model_name, model_version), bucket_index(window_end, self.seconds))
+                )
+        return found
+
+
+def _in_bucket(key: SeriesKey, begin: datetime, end: datetime) -> tuple[Any, ...]:
+    return (
+        SummaryWindowRow.fleet_id == key.fleet_id,
+        SummaryWindowRow.model_name == key.model_name,
+        SummaryWindowRow.model_version == key.model_version,
+        SummaryWindowRow.window_end >= begin,
+        SummaryWindowRow.window_end < end,
+    )
+
+
+def _members(session: Session, key: SeriesKey, begin: datetime, end: datetime) -> list[_WindowMeta]:
+    """The windows (without summaries) of one series' bucket."""
+    return [
+        _WindowMeta(*r) for r in session.execute(select(*_WINDOW_META).where(*_in_bucket(key, begin, end)))
+    ]
 
 
 def _baselines_of(

@@ -39,14 +39,7 @@ class MonitoringRound:
 
 def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
     """Score complete drift buckets, reconcile alert rules with them, post due webhooks."""
-    timing = state.config.timing
-    scored = drift.score_due_buckets(
-        state.db,
-        now=state.db.now(),
-        bucket_seconds=timing.drift_bucket,
-        grace=timedelta(seconds=timing.drift_bucket_grace),
-        lookback=timedelta(seconds=timing.drift_lookback),
-    )
+    scored = state.drift_scorer.run(state.db.now())
     changes = alerts.evaluate(state.db)
     outcome = webhooks.deliver_due(state.db, state.config.webhooks, rng=rng)
     return MonitoringRound(len(scored), changes, outcome)

@@ -156,7 +156,6 @@ def deliver_due(
 def _claim(db: Database, policy: WebhookPolicy) -> list[_Claimed]:
     """Take the due deliveries for this replica: their next attempt moves past a post's time."""
     now = db.now()
-    lease = timedelta(seconds=2 * policy.timeout + 30.0)
     with db.session() as session:
         rows = session.scalars(
             select(WebhookDeliveryRow)
@@ -165,6 +164,9 @@ def _claim(db: Database, policy: WebhookPolicy) -> list[_Claimed]:
             .limit(policy.batch)
             .with_for_update(skip_locked=True)
         ).all()
+        # the claim lasts as long as posting them all one after another can take (each post's
+        # connect, write and read may each take the timeout)
+        lease = timedelta(seconds=len(rows) * 3 * policy.timeout + 30.0)
         claimed = []
         for row in rows:
             row.next_attempt_at = now + lease

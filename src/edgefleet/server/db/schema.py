@@ -384,6 +384,8 @@ class SummaryWindowRow(Base):
         Index("ix_summary_windows_fleet_model", "fleet_id", "model_name", "model_version", "window_end"),
         # the periodic work deletes windows past their retention (docs/fleet-api.md §6)
         Index("ix_summary_windows_window_end", "window_end"),
+        # the drift scorer reads the windows that arrived since its last round
+        Index("ix_summary_windows_received_at", "received_at"),
     )
 
 

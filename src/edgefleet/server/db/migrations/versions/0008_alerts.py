@@ -7,7 +7,8 @@ Revises: 0006
 (server/drift.py); ``alert_rules`` the thresholds per model (optionally fleet and version),
 ``alert_events`` the crossings (one open per rule, fleet, version, feature and kind), and
 ``webhook_deliveries`` the durable outbox of webhook posts (server/alerts.py, server/webhooks.py).
-All start empty.
+All start empty. ``summary_windows`` gets an index on ``received_at``: the scorer reads the windows
+that arrived since its last round.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _TIME = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    op.create_index("ix_summary_windows_received_at", "summary_windows", ["received_at"], unique=False)
     op.create_table(
         "drift_buckets",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -152,3 +154,4 @@ def downgrade() -> None:
     op.drop_table("drift_scores")
     op.drop_index("ix_drift_buckets_bucket_end", table_name="drift_buckets")
     op.drop_table("drift_buckets")
+    op.drop_index("ix_summary_windows_received_at", table_name="summary_windows")
