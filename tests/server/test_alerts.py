@@ -500,3 +500,9 @@ def test_alert_cli(server: AlertServer, run: Any, monkeypatch: pytest.MonkeyPatc
     assert code == 0 and "deleted alert rule cli-rule" in out
     code, _, err = run("alert", "delete", "--model", "digits", "--name", "cli-rule")
     assert code == 1 and "has no alert rule 'cli-rule'" in err
+
+
+def test_server_refuses_a_bad_drift_bucket(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main.main(["server", "--data-dir", str(tmp_path), "--port", "0", "--drift-bucket", "5"])
+    assert code == 1 and "the bucket must be 60-2678400 seconds (got 5)" in capsys.readouterr().err
+    assert not (tmp_path / "edgefleet.db").exists()
