@@ -248,7 +248,7 @@ def test_a_shifted_stream_opens_an_alert_and_fires_the_webhook_an_unshifted_one_
                 "shifted",
             )
             assert body["ScoreKind"] == "PSI" and body["Score"] > body["Threshold"] == 0.25
-            assert body["BucketStart"].startswith(bucket.strftime("%Y-%m-%dT%H:%M:%S"))
+            assert body["BucketStart"] == bucket.strftime("%Y-%m-%dT%H:%M:%SZ")
             assert body["ClearedAt"] is None and body["Feature"].startswith(("input x[", "output y["))
         assert {p.payload["Feature"] for p in posts} == {c.feature for c in opened}
 
@@ -506,3 +506,87 @@ def test_server_refuses_a_bad_drift_bucket(tmp_path: Path, capsys: pytest.Captur
     code = cli_main.main(["server", "--data-dir", str(tmp_path), "--port", "0", "--drift-bucket", "5"])
     assert code == 1 and "the bucket must be 60-2678400 seconds (got 5)" in capsys.readouterr().err
     assert not (tmp_path / "edgefleet.db").exists()
+
+
+def test_replicas_posting_at_once_deliver_each_webhook_once(
+    db: Any, clock: FakeClock, receiver: Receiver
+) -> None:
+    """Two replicas' rounds claim the due deliveries at the same moment: every delivery is posted
+    by exactly one of them (SKIP LOCKED on PostgreSQL, the one writer on SQLite)."""
+    from edgefleet.server import webhooks
+    from edgefleet.server.config import WebhookPolicy
+    from edgefleet.server.db.schema import AlertEventRow
+
+    now = clock.current
+    with db.session() as s:
+        event = AlertEventRow(
+            rule_name="r", fleet_name="f", model_name="m", model_version="1", feature="input x[0]",
+            kind="PSI", score=1.0, threshold=0.5, bucket_start=now, bucket_end=now, opened_at=now,
+        )  # fmt: skip
+        s.add(event)
+        s.flush()
+        for i in range(40):
+            webhooks.enqueue(
+                s, event_id=event.id, url=f"{receiver.url}/race", payload={"Type": "alert.opened", "N": i},
+                secret=SECRET, now=now,
+            )  # fmt: skip
+    policy = WebhookPolicy(batch=25)
+    start = threading.Barrier(2)
+    outcomes: list[webhooks.Outcome] = []
+
+    def replica() -> None:
+        start.wait(30)
+        outcomes.append(webhooks.deliver_due(db, policy))
+
+    threads = [threading.Thread(target=replica) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # whatever the two rounds left (each takes at most 25) goes in one more round
+    outcomes.append(webhooks.deliver_due(db, policy))
+    posts = receiver.at("/race")
+    assert sorted(p.payload["N"] for p in posts) == list(range(40))
+    assert len({p.headers["X-Edgefleet-Delivery"] for p in posts}) == 40 and all(signed(p) for p in posts)
+    assert sum(o.delivered for o in outcomes) == 40
+    with db.session() as s:
+        rows = s.scalars(select(WebhookDeliveryRow)).all()
+        assert all(r.attempts == 1 and r.delivered_at == now for r in rows)
+
+
+def test_migration_0008_downgrades_and_upgrades_again(empty_db_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
+
+    db = Database(empty_db_url)
+    try:
+        db.migrate()
+
+        def tables() -> set[str]:
+            with db.engine.connect() as conn:
+                return set(inspect(conn).get_table_names())
+
+        new = {"drift_buckets", "drift_scores", "alert_rules", "alert_events", "webhook_deliveries"}
+        assert new <= tables()
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+        assert not new & tables() and "summary_windows" in tables()
+        db.migrate()
+        assert new <= tables()
+    finally:
+        db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
+        return
+    with scratch_pg_database("edgefleet_alerts_migration") as url:
+        yield url

@@ -8,8 +8,8 @@ from typing import Any
 
 from edgefleet.cli.output import add_client_arguments, client_from_args, emit
 
-#: the environment variable ``alert set --secret-env`` reads by default (a secret on the command
-#: line would be visible to every user of the machine)
+#: the environment variable the help suggests for ``alert set --secret-env`` (the secret is read from
+#: the environment because one on the command line would be visible to every user of the machine)
 SECRET_ENV = "EDGEFLEET_WEBHOOK_SECRET"
 
 

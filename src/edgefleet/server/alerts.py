@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -261,7 +261,8 @@ def payload(event: AlertEventRow, kind: str, now: datetime) -> dict[str, Any]:
     """The webhook body of an event (docs/fleet-api.md, "Drift alerts")."""
 
     def when(value: datetime | None) -> str | None:
-        return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # as the API's answers write times: RFC 3339 UTC, fractions only when there are some
+        return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     return {
         "Type": kind,
