@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from edgefleet.cli.output import add_client_arguments, client_from_args, emit
+from edgefleet.cli.output import add_client_arguments, client_from_args, dump_json, emit
 
 #: the environment variable the help suggests for ``alert set --secret-env`` (the secret is read from
 #: the environment because one on the command line would be visible to every user of the machine)
@@ -121,7 +121,9 @@ def list_rules(args: argparse.Namespace) -> int:
 def delete_rule(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         client.delete_alert_rule(args.model, args.name)
-    if not args.json:
+    if args.json:
+        dump_json({"Deleted": {"ModelName": args.model, "AlertRuleName": args.name}})
+    else:
         print(f"deleted alert rule {args.name} of model {args.model}")
     return 0
 
