@@ -449,6 +449,37 @@ def test_late_windows_and_a_new_baseline_score_a_bucket_again(server: AlertServe
         close_all(devices)
 
 
+def test_a_bucket_that_cannot_be_merged_is_logged_and_the_others_are_scored(
+    server: AlertServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+
+    from edgefleet.core import deviceplane as dp
+    from edgefleet.monitoring import ModelSummary
+
+    odd, fine = server.devices("odd", 2), server.devices("fine", 1)
+    try:
+        bucket = server.bucket()
+        send_windows(odd[:1] + fine, bucket, shift=0.0, seed=700)
+        narrow = ModelSummary.empty()
+        narrow.update({"x": np.zeros((10, 4), np.float32)}, [], [], calls=10)  # 4 features, not 8
+        other = dp.SummaryWindow("digits", "1", bucket, bucket + timedelta(minutes=5), 10, narrow.to_wire())
+        assert odd[1].call("SendHeartbeat", heartbeat_body(other)).status_code == 200
+        server.complete(bucket)
+        with caplog.at_level("ERROR", logger="edgefleet.server.drift"):
+            assert server.monitor().buckets_scored == 1
+        assert "cannot be scored" in caplog.text and "cannot merge summaries of" in caplog.text
+        with server.db.session() as s:
+            fleets = s.scalars(
+                select(Fleet.name)
+                .join(DriftBucketRow, DriftBucketRow.fleet_id == Fleet.id)
+                .where(DriftBucketRow.bucket_start == bucket)
+            ).all()
+        assert fleets == ["fine"]
+    finally:
+        close_all(odd + fine)
+
+
 @pytest.fixture
 def run(server: AlertServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
     """``edgefleet ARGS`` in-process against the test server; (exit code, stdout, stderr)."""

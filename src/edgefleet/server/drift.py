@@ -400,7 +400,11 @@ def _merge(session: Session, window_ids: Sequence[int]) -> ModelSummary:
     merged = ModelSummary.empty()
     for start in range(0, len(window_ids), 500):
         chunk = list(window_ids[start : start + 500])
-        query = select(SummaryWindowRow.summary).where(SummaryWindowRow.id.in_(chunk))
+        query = (
+            select(SummaryWindowRow.summary)
+            .where(SummaryWindowRow.id.in_(chunk))
+            .order_by(SummaryWindowRow.id)
+        )
         summary: dict[str, Any]
         for summary in session.scalars(query):
             merged.merge(ModelSummary.from_wire(summary))
@@ -566,7 +570,13 @@ class DriftScorer:
                 inputs = _Inputs.of(members, baseline[0])
                 if known.get((key, begin)) == inputs:
                     continue
-                merged = _merge(session, [m.id for m in members])
+                try:
+                    merged = _merge(session, [m.id for m in members])
+                except InvalidArgument as exc:
+                    # e.g. devices summarising one tensor with different feature counts: the
+                    # other buckets are still scored; this one is tried again next round
+                    log.error("drift bucket %s of %s cannot be scored: %s", begin.isoformat(), key, exc)
+                    continue
             scored = _Scored(key, begin, end, members, inputs, compare(baseline[1], merged))
             try:
                 if _store_bucket(self.db, scored, now):
