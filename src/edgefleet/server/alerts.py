@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -191,8 +191,10 @@ class Change:
     score: float
 
 
-def evaluate(db: Database) -> list[Change]:
-    """Reconcile every rule's open events with the latest scored buckets; returns what changed."""
+def evaluate(db: Database, *, lookback: timedelta) -> list[Change]:
+    """Reconcile every rule's open events with the latest scored buckets (of those that started
+    within ``lookback``: a series scored no more than that long clears its events); returns what
+    changed."""
     with db.session() as session:
         rule_ids = list(session.scalars(select(AlertRuleRow.id).order_by(AlertRuleRow.id)))
     changes: list[Change] = []
@@ -200,7 +202,8 @@ def evaluate(db: Database) -> list[Change]:
         with db.session() as session:
             rule = session.get(AlertRuleRow, rule_id, with_for_update=True)
             if rule is not None:
-                changes.extend(_evaluate_rule(session, rule, db.now()))
+                now = db.now()
+                changes.extend(_evaluate_rule(session, rule, now, now - lookback))
     return changes
 
 
@@ -209,13 +212,13 @@ def _thresholds(rule: AlertRuleRow) -> dict[str, float]:
     return {kind: value for kind, value in values.items() if value is not None}
 
 
-def _evaluate_rule(session: Session, rule: AlertRuleRow, now: datetime) -> list[Change]:
+def _evaluate_rule(session: Session, rule: AlertRuleRow, now: datetime, since: datetime) -> list[Change]:
     model = session.get_one(Model, rule.model_id)
     latest = select(
         DriftBucketRow.fleet_id,
         DriftBucketRow.model_version,
         func.max(DriftBucketRow.bucket_start).label("start"),
-    ).where(DriftBucketRow.model_name == model.name)
+    ).where(DriftBucketRow.model_name == model.name, DriftBucketRow.bucket_start >= since)
     if rule.fleet_id is not None:
         latest = latest.where(DriftBucketRow.fleet_id == rule.fleet_id)
     if rule.model_version is not None:

@@ -40,7 +40,7 @@ class MonitoringRound:
 def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
     """Score complete drift buckets, reconcile alert rules with them, post due webhooks."""
     scored = state.drift_scorer.run(state.db.now())
-    changes = alerts.evaluate(state.db)
+    changes = alerts.evaluate(state.db, lookback=timedelta(seconds=state.config.timing.drift_lookback))
     outcome = webhooks.deliver_due(state.db, state.config.webhooks, rng=rng)
     return MonitoringRound(len(scored), changes, outcome)
 
