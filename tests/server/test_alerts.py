@@ -379,8 +379,43 @@ def test_a_delivery_that_keeps_failing_is_given_up(server: AlertServer, receiver
         # deleting the rule clears its open events; their alert.cleared deliveries are due now
         server.op.delete_alert_rule("digits", "down")
         assert list(server.op.list_alert_events("digits", fleet="down", open_only=True)) == []
+        with server.db.session() as s:
+            due = s.scalars(
+                select(WebhookDeliveryRow).where(
+                    WebhookDeliveryRow.url.endswith("/hook-down"), WebhookDeliveryRow.delivered_at.is_(None)
+                )
+            ).all()
+            cleared = [r.payload for r in due if r.payload["Type"] == "alert.cleared"]
+            assert len(cleared) == events and all(p["Score"] is None and p["ClearedAt"] for p in cleared)
     finally:
         receiver.fail["/hook-down"] = 0
+        close_all(devices)
+
+
+def test_changing_a_rule_opens_and_clears_at_the_next_round(server: AlertServer, receiver: Receiver) -> None:
+    devices = server.devices("tune", 2)
+    try:
+        rule = {"DeviceFleetName": "tune", "ModelVersion": "1", "MaxPsi": 0.25}
+        server.op.put_alert_rule("digits", "tune", rule)
+        bucket = server.bucket()
+        send_windows(devices, bucket, shift=4.0, seed=800)
+        server.complete(bucket)
+        opened = server.monitor().alerts
+        assert opened and {c.score_kind for c in opened} == {"PSI"}
+        # a looser PSI threshold and a KS one: the PSI events clear, KS events open, all at once
+        server.op.put_alert_rule("digits", "tune", {**rule, "MaxPsi": 1000, "MaxKs": 0.2})
+        changed = server.monitor().alerts
+        assert sorted(c.feature for c in changed if c.kind == "alert.cleared") == sorted(
+            c.feature for c in opened
+        )
+        ks = [c for c in changed if c.kind == "alert.opened"]
+        assert ks and {c.score_kind for c in ks} == {"KS"}
+        events = list(server.op.list_alert_events("digits", rule="tune", open_only=True))
+        assert {e["ScoreKind"] for e in events} == {"KS"} and all(e["Threshold"] == 0.2 for e in events)
+        # the rule has no webhook: its events are logged and listed only
+        assert [r for r in receiver.received if r.payload["DeviceFleetName"] == "tune"] == []
+    finally:
+        server.op.delete_alert_rule("digits", "tune")
         close_all(devices)
 
 
