@@ -50,10 +50,20 @@ class Receiver:
     url: str
     received: list[Received] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    arrived: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arrived = threading.Condition(self.lock)
 
     def at(self, path: str) -> list[Received]:
         with self.lock:
+            return [r for r in self.received if r.path == path]
+
+    def wait_for(self, path: str, count: int, timeout: float = 60.0) -> list[Received]:
+        """The posts to ``path`` once there are ``count`` of them (or what came within ``timeout``)."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: len([r for r in self.received if r.path == path]) >= count, timeout)
             return [r for r in self.received if r.path == path]
 
 
@@ -74,6 +84,7 @@ def endpoint() -> Iterator[Receiver]:
                 )
                 state.received.append(Received(self.path, dict(self.headers), body))
                 status = 500 if tries < state.fail.get(self.path, 0) else 200
+                state.arrived.notify_all()
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -656,3 +667,41 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with scratch_pg_database("edgefleet_alerts_migration") as url:
         yield url
+
+
+def test_the_server_runs_the_monitoring_by_itself(tmp_path: Path, keys: Path, receiver: Receiver) -> None:
+    """With its periodic work on, a replica scores, alerts and posts every monitoring tick."""
+    from edgefleet.opclient.client import FleetClient
+    from edgefleet.opclient.config import ClientConfig
+    from edgefleet.server import tokens
+    from edgefleet.server.config import ServerConfig, Timing
+    from edgefleet.server.runner import start_in_thread
+
+    clock = FakeClock(datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3))
+    config = ServerConfig(
+        data_dir=tmp_path / "server", port=0, device_port=0, trust_dir=keys / "trust",
+        timing=Timing(shutdown_grace=1, monitoring_tick=0.2, drift_bucket=HOUR, drift_bucket_grace=GRACE),
+    )  # fmt: skip
+    running = start_in_thread(config, clock=clock, run_jobs=True)
+    try:
+        with running.state.db.session() as session:
+            token = tokens.create_token(session, "ops", running.state.db.now())
+        endpoints = running.endpoints
+        with FleetClient(ClientConfig(endpoints.api_url, token, Path(endpoints.ca_cert))) as op:
+            op.upload_package(build_test_package(keys, tmp_path / "packages", "digits", "1"))
+            op.put_baseline("digits", "1", summary_of(digits(2000, seed=1)).to_wire())
+            op.create_fleet("auto", "s3://bucket/auto")
+            (registered,) = op.register_devices("auto", [{"DeviceName": "auto-0"}])
+            device = enrol(endpoints.api_url, registered["EnrolmentToken"], tmp_path / "auto-0")
+            try:
+                rule = {"MaxPsi": 0.25, "Webhook": {"Url": f"{receiver.url}/hook-auto", "Secret": SECRET}}
+                op.put_alert_rule("digits", "auto", rule)
+                bucket = clock.current
+                send_windows([device], bucket, shift=4.0, seed=900)
+                clock.current = bucket + timedelta(seconds=HOUR + GRACE)
+                posts = receiver.wait_for("/hook-auto", 1)
+                assert posts and all(signed(p) and p.payload["Type"] == "alert.opened" for p in posts)
+            finally:
+                device.close()
+    finally:
+        running.stop()
