@@ -10,6 +10,11 @@ reference data (``edgefleet baseline create``). The **drift report** (:func:`fle
 a fleet's windows of a model per version and time bucket (optionally only devices with a tag) and
 scores each bucket against the version's baseline with :func:`edgefleet.monitoring.compare`: PSI and
 KS per input and output feature, Jensen-Shannon per output's predicted classes, worst first.
+
+The **time series** (:class:`DriftScorer`, run by the periodic work) stores those scores for every
+complete bucket of each fleet's model version (``drift_buckets``, ``drift_scores``), scored again
+when late windows arrive or the baseline is replaced; the alert rules (server/alerts.py) watch it,
+and a report answers the complete buckets it holds from it.
 """
 
 from __future__ import annotations
