@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from drift_testkit import FEATURES, T0, classify, digits, heartbeat_body, summary_of, window
 from server_testkit import (
     DeviceClient,
     FakeClock,
@@ -32,40 +33,6 @@ from edgefleet.server.db.schema import SummaryWindowRow
 from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
 Db = Any
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-#: a digits-like table: 8 features, values 0..16
-FEATURES = 8
-
-
-def digits(rows: int, *, shift: float = 0.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(rng.normal(8.0 + shift, 3.0, size=(rows, FEATURES)), 0, 16 + shift).astype(np.float32)
-
-
-def classify(x: np.ndarray) -> np.ndarray:
-    """A fixed linear "model": scores of 4 classes."""
-    weights = np.random.default_rng(42).normal(size=(FEATURES, 4)).astype(np.float32)
-    return ((x - 8.0) @ weights).astype(np.float32)
-
-
-def summary_of(x: np.ndarray) -> ModelSummary:
-    summary = ModelSummary.empty()
-    summary.update({"x": x}, ["y"], [classify(x)], calls=x.shape[0])
-    return summary
-
-
-def window(
-    start: datetime, *, x: np.ndarray | None = None, model: str = "digits", version: str = "1"
-) -> dp.SummaryWindow:
-    summary = summary_of(digits(50) if x is None else x)
-    return dp.SummaryWindow(
-        model, version, start, start + timedelta(minutes=5), summary.calls, summary.to_wire()
-    )
-
-
-def heartbeat_body(*windows: dp.SummaryWindow) -> dict[str, Any]:
-    beat = dp.Heartbeat(agent_version="1.0", taken_at=T0, summaries=tuple(windows))
-    return beat.to_wire()
 
 
 def _error(response: httpx.Response) -> tuple[int, str, str]:

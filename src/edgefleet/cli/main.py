@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "baseline": ("baseline", "cli"),
     "drift": ("drift", "cli"),
     "capture": ("capture", "cli"),
+    "alert": ("alert", "cli"),
     "simulate": ("simulate", None),
 }
 

@@ -74,6 +74,18 @@ def add_parser(sub: Any) -> None:
         help="seconds model summary windows (drift monitoring) are kept (default: 30 days)",
     )
     parser.add_argument(
+        "--drift-bucket",
+        type=int,
+        default=3600,
+        help="seconds of each bucket of the stored drift score series that alerts watch (default: 3600)",
+    )
+    parser.add_argument(
+        "--webhook-give-up",
+        type=float,
+        default=86400.0,
+        help="seconds an alert webhook is retried before it is given up (default: a day)",
+    )
+    parser.add_argument(
         "--connected-window",
         type=float,
         default=600.0,
@@ -100,7 +112,10 @@ def _positive_int(text: str) -> int:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~edgefleet.server.config.ServerConfig` for parsed flags."""
-    from edgefleet.server.config import ServerConfig, Timing, default_data_dir
+    from edgefleet.server.config import ServerConfig, Timing, WebhookPolicy, default_data_dir
+    from edgefleet.server.drift import check_bucket
+
+    check_bucket(args.drift_bucket)
 
     return ServerConfig(
         data_dir=args.data_dir or default_data_dir(),
@@ -122,7 +137,9 @@ def build_config(args: argparse.Namespace) -> Any:
             connected_window=args.connected_window,
             summary_retention=args.summary_retention,
             capture_upload_url_ttl=args.capture_upload_url_ttl,
+            drift_bucket=args.drift_bucket,
         ),
+        webhooks=WebhookPolicy(give_up_after=args.webhook_give_up),
     )
 
 

@@ -260,6 +260,30 @@ class FleetClient:
         result: Json = self.request("GET", f"/api/v1/models/{name}/versions/{version}/baseline")
         return result
 
+    def put_alert_rule(self, model: str, rule: str, body: dict[str, Any]) -> Json:
+        """Create or replace the drift alert rule ``rule`` of ``model`` (``{MaxPsi, MaxKs, MaxJs,
+        DeviceFleetName, ModelVersion, Webhook: {Url, Secret}}``)."""
+        result: Json = self.request("PUT", f"/api/v1/models/{model}/alert-rules/{rule}", json=body)
+        return result
+
+    def list_alert_rules(self, model: str) -> list[Json]:
+        result: Json = self.request("GET", f"/api/v1/models/{model}/alert-rules")
+        return list(result["AlertRules"])
+
+    def get_alert_rule(self, model: str, rule: str) -> Json:
+        result: Json = self.request("GET", f"/api/v1/models/{model}/alert-rules/{rule}")
+        return result
+
+    def delete_alert_rule(self, model: str, rule: str) -> None:
+        self.request("DELETE", f"/api/v1/models/{model}/alert-rules/{rule}")
+
+    def list_alert_events(
+        self, model: str, *, rule: str | None = None, fleet: str | None = None, open_only: bool = False
+    ) -> Iterator[Json]:
+        """The model's alert events, newest first."""
+        params = {"AlertRuleName": rule, "DeviceFleetName": fleet, "OpenOnly": "true" if open_only else None}
+        return self._pages(f"/api/v1/models/{model}/alert-events", "AlertEvents", params)
+
     def set_alias(self, name: str, alias: str, version: str) -> Json:
         result: Json = self.request(
             "PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"ModelVersion": version}

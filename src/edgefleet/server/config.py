@@ -65,6 +65,33 @@ class Timing:
     summary_retention: float = 30 * 86400.0
     #: lifetime of a presigned capture upload URL handed to a device (PresignUploads)
     capture_upload_url_ttl: float = 900.0
+    #: how often each replica scores complete drift buckets, evaluates alert rules and posts due
+    #: webhooks (the rest of the periodic work keeps ``job_tick``)
+    monitoring_tick: float = 30.0
+    #: length of the stored drift time series' buckets (aligned to the Unix epoch)
+    drift_bucket: int = 3600
+    #: a bucket is scored this long after it ends (windows arrive with the next heartbeats)
+    drift_bucket_grace: float = 300.0
+    #: buckets that ended longer ago than this are not scored (again) by the periodic work
+    drift_lookback: float = 86400.0
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """How alert webhooks are posted and retried (exponential backoff with jitter)."""
+
+    #: one POST's timeout (connect, read, write), seconds
+    timeout: float = 10.0
+    #: delay before the second attempt, seconds; it doubles with each failure
+    first_backoff: float = 5.0
+    #: longest delay between two attempts, seconds
+    max_backoff: float = 600.0
+    #: each delay is shortened by a random fraction up to this (0: no jitter)
+    jitter: float = 0.5
+    #: a delivery still failing this long after its event is given up (logged at ERROR), seconds
+    give_up_after: float = 86400.0
+    #: most deliveries one replica posts per round
+    batch: int = 50
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,7 @@ class ServerConfig:
     request_threads: int = 8
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
 
     @property
     def resolved_database_url(self) -> str:

@@ -10,6 +10,11 @@ reference data (``edgefleet baseline create``). The **drift report** (:func:`fle
 a fleet's windows of a model per version and time bucket (optionally only devices with a tag) and
 scores each bucket against the version's baseline with :func:`edgefleet.monitoring.compare`: PSI and
 KS per input and output feature, Jensen-Shannon per output's predicted classes, worst first.
+
+The **time series** (:class:`DriftScorer`, run by the periodic work) stores those scores for every
+complete bucket of each fleet's model version (``drift_buckets``, ``drift_scores``), scored again
+when late windows arrive or the baseline is replaced; the alert rules (server/alerts.py) watch it,
+and a report answers the complete buckets it holds from it.
 """
 
 from __future__ import annotations
@@ -18,17 +23,26 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
 
 from edgefleet.core import deviceplane as dp
-from edgefleet.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.monitoring import ClassDrift, DriftReport, FeatureDrift, ModelSummary, compare
 from edgefleet.server import registry
-from edgefleet.server.db.engine import one_of
-from edgefleet.server.db.schema import Baseline, Device, DeviceTag, ModelVersion, SummaryWindowRow
+from edgefleet.server.db.engine import Database, one_of
+from edgefleet.server.db.schema import (
+    Baseline,
+    Device,
+    DeviceTag,
+    DriftBucketRow,
+    DriftScoreRow,
+    Model,
+    ModelVersion,
+    SummaryWindowRow,
+)
 from edgefleet.server.fleets import get_fleet
 
 log = logging.getLogger(__name__)
@@ -260,7 +274,8 @@ def fleet_drift(
             .where(ModelVersion.model_id == model.id)
         )
         baselines = {str(v): ModelSummary.from_wire(cast(dict[str, Any], summary)) for v, summary in stored}
-    query = select(SummaryWindowRow).where(
+    baseline_times = _baseline_times(session, model.id)
+    query = select(*_WINDOW_META).where(
         SummaryWindowRow.fleet_id == fleet.id,
         SummaryWindowRow.model_name == model_name,
         SummaryWindowRow.window_end >= start,
@@ -274,7 +289,10 @@ def fleet_drift(
             & (DeviceTag.key == tag[0])
             & (DeviceTag.value == tag[1]),
         )
-    rows = session.scalars(query.order_by(SummaryWindowRow.window_end).limit(MAX_REPORT_WINDOWS + 1)).all()
+    rows = [
+        _WindowMeta(*r)
+        for r in session.execute(query.order_by(SummaryWindowRow.window_end).limit(MAX_REPORT_WINDOWS + 1))
+    ]
     if len(rows) > MAX_REPORT_WINDOWS:
         raise InvalidArgument(
             f"more than {MAX_REPORT_WINDOWS} summary windows since {start.isoformat()}: ask for a later Since"
@@ -286,22 +304,29 @@ def fleet_drift(
             f"no version of model {model_name!r} seen in fleet {fleet_name!r} has a baseline "
             f"({', '.join(seen)}): edgefleet baseline create"
         )
-    groups: dict[tuple[str, int], list[SummaryWindowRow]] = {}
+    groups: dict[tuple[str, int], list[_WindowMeta]] = {}
     for row in rows:
         if row.model_version in baselines:
-            index = int((row.window_end - _EPOCH).total_seconds() // seconds)
-            groups.setdefault((row.model_version, index), []).append(row)
+            groups.setdefault((row.model_version, bucket_index(row.window_end, seconds)), []).append(row)
+    # complete buckets the periodic work scored from exactly these windows are answered from the
+    # stored series; the rest (the current bucket, a first bucket cut by Since, a device tag) live
+    scored = _stored_buckets(session, fleet.id, model_name, version, start, seconds) if tag is None else {}
     buckets = []
     for (model_version, index), members in sorted(groups.items()):
-        merged = ModelSummary.empty()
-        for member in members:
-            merged.merge(ModelSummary.from_wire(member.summary))
-        begin = _EPOCH + timedelta(seconds=index * seconds)
+        begin, end = bucket_bounds(index, seconds)
+        known = scored.get((model_version, begin))
+        inputs = _Inputs.of(members, baseline_times.get(model_version))
+        if known is not None and begin >= start and _Inputs.stored(known[0]) == inputs:
+            kept, scores = known
+            report = _report(kept, scores)
+            buckets.append(Bucket(model_version, begin, end, kept.windows, kept.devices, kept.calls, report))
+            continue
+        merged = _merge(session, [m.id for m in members])
         buckets.append(
             Bucket(
                 model_version,
                 begin,
-                begin + timedelta(seconds=seconds),
+                end,
                 len(members),
                 len({m.device_id for m in members}),
                 sum(m.calls for m in members),
@@ -309,3 +334,404 @@ def fleet_drift(
             )
         )
     return FleetDrift(fleet_name, model_name, start, seconds, tuple(buckets), missing)
+
+
+def bucket_index(when: datetime, seconds: int) -> int:
+    """The epoch-aligned bucket of ``seconds`` that a window ending at ``when`` falls in."""
+    return int((when - _EPOCH).total_seconds() // seconds)
+
+
+def bucket_bounds(index: int, seconds: int) -> tuple[datetime, datetime]:
+    """Start and end of bucket ``index``."""
+    begin = _EPOCH + timedelta(seconds=index * seconds)
+    return begin, begin + timedelta(seconds=seconds)
+
+
+_WINDOW_META = (
+    SummaryWindowRow.id,
+    SummaryWindowRow.device_id,
+    SummaryWindowRow.fleet_id,
+    SummaryWindowRow.model_name,
+    SummaryWindowRow.model_version,
+    SummaryWindowRow.window_end,
+    SummaryWindowRow.calls,
+    SummaryWindowRow.received_at,
+)
+
+
+class _WindowMeta(NamedTuple):
+    """A stored window without its summary."""
+
+    id: int
+    device_id: int
+    fleet_id: int
+    model_name: str
+    model_version: str
+    window_end: datetime
+    calls: int
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a bucket's scores were computed from: its windows (stored once, never changed) and the
+    baseline (its creation time)."""
+
+    windows: int
+    last_received_at: datetime
+    baseline_at: datetime | None
+
+    @classmethod
+    def of(cls, members: Sequence[_WindowMeta], baseline_at: datetime | None) -> _Inputs:
+        return cls(len(members), max(m.received_at for m in members), baseline_at)
+
+    @classmethod
+    def stored(cls, row: DriftBucketRow) -> _Inputs:
+        return cls(row.windows, row.last_received_at, row.baseline_at)
+
+
+def _baseline_times(session: Session, model_id: int) -> dict[str, datetime]:
+    """version -> its baseline's creation time, for the versions of a model that have one."""
+    rows = session.execute(
+        select(ModelVersion.version, Baseline.created_at)
+        .join(Baseline, Baseline.model_version_id == ModelVersion.id)
+        .where(ModelVersion.model_id == model_id)
+    )
+    return {str(v): created for v, created in rows}
+
+
+def _merge(session: Session, window_ids: Sequence[int]) -> ModelSummary:
+    """The windows' summaries merged into one."""
+    merged = ModelSummary.empty()
+    for start in range(0, len(window_ids), 500):
+        chunk = list(window_ids[start : start + 500])
+        query = (
+            select(SummaryWindowRow.summary)
+            .where(SummaryWindowRow.id.in_(chunk))
+            .order_by(SummaryWindowRow.id)
+        )
+        summary: dict[str, Any]
+        for summary in session.scalars(query):
+            merged.merge(ModelSummary.from_wire(summary))
+    return merged
+
+
+def _stored_buckets(
+    session: Session, fleet_id: int, model_name: str, version: str | None, start: datetime, seconds: int
+) -> dict[tuple[str, datetime], tuple[DriftBucketRow, list[DriftScoreRow]]]:
+    """(version, bucket start) -> the stored bucket of ``seconds`` and its scores, from ``start`` on."""
+    query = select(DriftBucketRow).where(
+        DriftBucketRow.fleet_id == fleet_id,
+        DriftBucketRow.model_name == model_name,
+        DriftBucketRow.bucket_start >= start,
+    )
+    if version is not None:
+        query = query.where(DriftBucketRow.model_version == version)
+    rows = [r for r in session.scalars(query) if (r.bucket_end - r.bucket_start).total_seconds() == seconds]
+    if not rows:
+        return {}
+    scores: dict[int, list[DriftScoreRow]] = {r.id: [] for r in rows}
+    ids = list(scores)
+    for begin in range(0, len(ids), 500):
+        chunk = ids[begin : begin + 500]
+        for score in session.scalars(select(DriftScoreRow).where(DriftScoreRow.bucket_id.in_(chunk))):
+            scores[score.bucket_id].append(score)
+    return {(r.model_version, r.bucket_start): (r, scores[r.id]) for r in rows}
+
+
+# ----------------------------------------------------------------------- the stored time series
+
+#: score kinds of the time series
+PSI, KS, JS = "PSI", "KS", "JS"
+SCORE_KINDS = (PSI, KS, JS)
+
+
+def feature_name(kind: str, tensor: str, index: int) -> str:
+    """How a feature is named in the time series and in alerts: ``input x[3]``."""
+    return f"{kind} {tensor}[{index}]"
+
+
+def _score_rows(report: DriftReport) -> list[dict[str, Any]]:
+    """The time series rows (without bucket columns) of one bucket's report."""
+    rows: list[dict[str, Any]] = []
+    for f in report.features:
+        detail = {
+            "Kind": f.kind,
+            "Tensor": f.tensor,
+            "Feature": f.feature,
+            "BaselineCount": f.baseline_count,
+            "LiveCount": f.live_count,
+        }
+        name = feature_name(f.kind, f.tensor, f.feature)
+        rows.append({"feature": name, "kind": PSI, "score": f.psi, "detail": detail})
+        rows.append({"feature": name, "kind": KS, "score": f.ks, "detail": detail})
+    for c in report.classes:
+        detail = {"Output": c.output, "Baseline": c.baseline, "Live": c.live}
+        rows.append({"feature": f"output {c.output}", "kind": JS, "score": c.js, "detail": detail})
+    return rows
+
+
+def _report(bucket: DriftBucketRow, scores: Sequence[DriftScoreRow]) -> DriftReport:
+    """The drift report of a stored bucket, as :func:`~edgefleet.monitoring.compare` made it."""
+    pairs: dict[str, dict[str, DriftScoreRow]] = {}
+    classes: list[ClassDrift] = []
+    for row in scores:
+        if row.kind == JS:
+            d = row.detail
+            classes.append(ClassDrift(str(d["Output"]), row.score, dict(d["Baseline"]), dict(d["Live"])))
+        else:
+            pairs.setdefault(row.feature, {})[row.kind] = row
+    features = []
+    for pair in pairs.values():
+        d = pair[PSI].detail
+        features.append(
+            FeatureDrift(
+                str(d["Tensor"]),
+                str(d["Kind"]),
+                int(d["Feature"]),
+                pair[PSI].score,
+                pair[KS].score,
+                int(d["BaselineCount"]),
+                int(d["LiveCount"]),
+            )
+        )
+    features.sort(key=lambda f: (-f.psi, -f.ks, f.tensor, f.feature))
+    classes.sort(key=lambda c: (-c.js, c.output))
+    return DriftReport(tuple(features), tuple(classes), tuple(str(m) for m in bucket.mismatches))
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """One stored series: a fleet's model version."""
+
+    fleet_id: int
+    model_name: str
+    model_version: str
+
+
+class DriftScorer:
+    """Scores complete buckets into the stored time series (:meth:`run`, from the periodic work).
+
+    A bucket is scored once it is complete (ended ``grace`` ago) and again whenever its windows or
+    its version's baseline changed since; buckets that ended before ``lookback`` are left as they
+    are. The scorer remembers when it last looked, so a round reads only the windows that arrived
+    since (and the buckets that completed since) instead of the whole look-back; the first round
+    of a process reads it all. Nothing of this memory matters for correctness: every bucket is
+    compared with what is stored before it is scored again.
+
+    Safe on several replicas: each bucket is written under its row's lock (PostgreSQL) or the one
+    writer (SQLite), and a bucket another replica stored from the same inputs meanwhile is kept.
+    """
+
+    #: windows committed this long after the time they were received at are still seen
+    COMMIT_MARGIN = timedelta(minutes=2)
+
+    def __init__(self, db: Database, *, bucket_seconds: int, grace: timedelta, lookback: timedelta) -> None:
+        self.db = db
+        self.seconds = check_bucket(bucket_seconds)
+        self.grace = grace
+        self.lookback = lookback
+        self._last: datetime | None = None
+
+    def run(self, now: datetime) -> list[tuple[SeriesKey, datetime]]:
+        """One round; returns (series, bucket start) of the buckets stored."""
+        seconds = self.seconds
+        first = bucket_bounds(bucket_index(now - self.lookback, seconds), seconds)[0]
+        complete_before = now - self.grace
+        with self.db.session() as session:
+            candidates = self._candidates(session, first)
+            known = {
+                (SeriesKey(b.fleet_id, b.model_name, b.model_version), b.bucket_start): _Inputs.stored(b)
+                for b in session.scalars(select(DriftBucketRow).where(DriftBucketRow.bucket_start >= first))
+                if (b.bucket_end - b.bucket_start).total_seconds() == seconds
+            }
+            versions = {(k.model_name, k.model_version) for k, _ in candidates}
+            versions |= {(k.model_name, k.model_version) for k, _ in known}
+            baselines = _baselines_of(session, versions)
+        # a bucket scored against an older baseline is scored again
+        for (key, begin), inputs in known.items():
+            baseline = baselines.get((key.model_name, key.model_version))
+            if baseline is not None and inputs.baseline_at != baseline[0]:
+                candidates.add((key, bucket_index(begin, seconds)))
+        due = sorted(
+            (
+                (index, key.fleet_id, key.model_name, key.model_version)
+                for key, index in candidates
+                if first <= bucket_bounds(index, seconds)[0]
+                and bucket_bounds(index, seconds)[1] <= complete_before
+            )
+        )
+        stored: list[tuple[SeriesKey, datetime]] = []
+        for index, fleet_id, model_name, model_version in due:
+            key = SeriesKey(fleet_id, model_name, model_version)
+            baseline = baselines.get((model_name, model_version))
+            if baseline is None:
+                continue
+            begin, end = bucket_bounds(index, seconds)
+            with self.db.session() as session:
+                members = _members(session, key, begin, end)
+                if not members:
+                    continue
+                inputs = _Inputs.of(members, baseline[0])
+                if known.get((key, begin)) == inputs:
+                    continue
+                try:
+                    merged = _merge(session, [m.id for m in members])
+                except InvalidArgument as exc:
+                    # e.g. devices summarising one tensor with different feature counts: the
+                    # other buckets are still scored; this one is tried again next round
+                    log.error("drift bucket %s of %s cannot be scored: %s", begin.isoformat(), key, exc)
+                    continue
+            scored = _Scored(key, begin, end, members, inputs, compare(baseline[1], merged))
+            try:
+                if _store_bucket(self.db, scored, now):
+                    stored.append((key, begin))
+            except AlreadyExists:  # another replica stored this bucket first
+                log.debug("bucket %s of %s was stored by another replica", begin.isoformat(), key)
+        self._last = now
+        if stored:
+            log.info("scored %d drift buckets", len(stored))
+        return stored
+
+    def _candidates(self, session: Session, first: datetime) -> set[tuple[SeriesKey, int]]:
+        """(series, bucket) of the windows that arrived since the last round, or of the buckets
+        that completed since; on the first round every bucket in the look-back."""
+        columns = (
+            SummaryWindowRow.fleet_id,
+            SummaryWindowRow.model_name,
+            SummaryWindowRow.model_version,
+            SummaryWindowRow.window_end,
+        )
+        queries = []
+        if self._last is None:
+            queries.append(select(*columns).where(SummaryWindowRow.window_end >= first))
+        else:
+            arrived = self._last - self.COMMIT_MARGIN
+            queries.append(
+                select(*columns).where(
+                    SummaryWindowRow.window_end >= first, SummaryWindowRow.received_at > arrived
+                )
+            )
+            pending = bucket_bounds(bucket_index(self._last - self.grace, self.seconds), self.seconds)[0]
+            queries.append(select(*columns).where(SummaryWindowRow.window_end >= max(first, pending)))
+        found: set[tuple[SeriesKey, int]] = set()
+        for query in queries:
+            for fleet_id, model_name, model_version, window_end in session.execute(query.distinct()):
+                found.add(
+                    (SeriesKey(fleet_id, model_name, model_version), bucket_index(window_end, self.seconds))
+                )
+        return found
+
+
+def _in_bucket(key: SeriesKey, begin: datetime, end: datetime) -> tuple[Any, ...]:
+    return (
+        SummaryWindowRow.fleet_id == key.fleet_id,
+        SummaryWindowRow.model_name == key.model_name,
+        SummaryWindowRow.model_version == key.model_version,
+        SummaryWindowRow.window_end >= begin,
+        SummaryWindowRow.window_end < end,
+    )
+
+
+def _members(session: Session, key: SeriesKey, begin: datetime, end: datetime) -> list[_WindowMeta]:
+    """The windows (without summaries) of one series' bucket."""
+    return [
+        _WindowMeta(*r) for r in session.execute(select(*_WINDOW_META).where(*_in_bucket(key, begin, end)))
+    ]
+
+
+def _baselines_of(
+    session: Session, versions: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[datetime, ModelSummary]]:
+    """(model, version) -> (baseline time, baseline) for those of ``versions`` that have one."""
+    if not versions:
+        return {}
+    names = sorted({m for m, _ in versions})
+    rows = session.execute(
+        select(Model.name, ModelVersion.version, Baseline.created_at, Baseline.summary)
+        .join(ModelVersion, ModelVersion.model_id == Model.id)
+        .join(Baseline, Baseline.model_version_id == ModelVersion.id)
+        .where(Model.name.in_(names))
+    )
+    return {
+        (str(m), str(v)): (cast(datetime, created), ModelSummary.from_wire(cast(dict[str, Any], summary)))
+        for m, v, created, summary in rows
+        if (m, v) in versions
+    }
+
+
+@dataclass(frozen=True)
+class _Scored:
+    key: SeriesKey
+    start: datetime
+    end: datetime
+    members: Sequence[_WindowMeta]
+    inputs: _Inputs
+    report: DriftReport
+
+
+def _store_bucket(db: Database, scored: _Scored, now: datetime) -> bool:
+    """Replace the stored bucket with ``scored`` in one transaction; False if an equal one is stored."""
+    key = scored.key
+    with db.session() as session:
+        row = session.scalar(
+            select(DriftBucketRow)
+            .where(
+                DriftBucketRow.fleet_id == key.fleet_id,
+                DriftBucketRow.model_name == key.model_name,
+                DriftBucketRow.model_version == key.model_version,
+                DriftBucketRow.bucket_start == scored.start,
+                DriftBucketRow.bucket_end == scored.end,
+            )
+            .with_for_update()
+        )
+        if row is not None and _Inputs.stored(row) == scored.inputs:
+            return False
+        if row is None:
+            row = DriftBucketRow(
+                fleet_id=key.fleet_id,
+                model_name=key.model_name,
+                model_version=key.model_version,
+                bucket_start=scored.start,
+                bucket_end=scored.end,
+            )
+            session.add(row)
+        else:
+            session.execute(delete(DriftScoreRow).where(DriftScoreRow.bucket_id == row.id))
+        devices = len({m.device_id for m in scored.members})
+        calls = sum(m.calls for m in scored.members)
+        row.windows = scored.inputs.windows
+        row.last_received_at = scored.inputs.last_received_at
+        assert scored.inputs.baseline_at is not None
+        row.baseline_at = scored.inputs.baseline_at
+        row.devices = devices
+        row.calls = calls
+        row.mismatches = list(scored.report.mismatches)
+        row.scored_at = now
+        session.flush()
+        series = {
+            "bucket_id": row.id,
+            "fleet_id": key.fleet_id,
+            "model_name": key.model_name,
+            "model_version": key.model_version,
+            "bucket_start": scored.start,
+            "bucket_end": scored.end,
+            "devices": devices,
+            "calls": calls,
+        }
+        values = [{**series, **r} for r in _score_rows(scored.report)]
+        if values:
+            session.execute(insert(DriftScoreRow), values)
+    return True
+
+
+def purge_scores(session: Session, before: datetime) -> int:
+    """Delete the stored buckets (and their scores) that ended before ``before``; returns how many."""
+    ids = list(session.scalars(select(DriftBucketRow.id).where(DriftBucketRow.bucket_end < before)))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(delete(DriftScoreRow).where(DriftScoreRow.bucket_id.in_(chunk)))
+        session.execute(delete(DriftBucketRow).where(DriftBucketRow.id.in_(chunk)))
+    if ids:
+        log.info("deleted %d scored drift buckets that ended before %s", len(ids), before.isoformat())
+    return len(ids)

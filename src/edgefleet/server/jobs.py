@@ -1,27 +1,50 @@
 """Periodic work every replica runs: due fleet reports, stage refreshes (device timeouts), the
-watch periods of DEPLOYED stages, and the deletion of model summary windows past their retention
-(drift monitoring).
+watch periods of DEPLOYED stages, the deletion of model summary windows and drift scores past their
+retention, and drift monitoring (scoring complete buckets into the stored time series, alert rules,
+webhook deliveries).
 
 Safe with several replicas: report generation is claimed through a lease row
-(:func:`edgefleet.server.reports.regenerate_due_reports`) and stage refreshes lock the stage row,
-so running them on every replica only costs a few queries.
+(:func:`edgefleet.server.reports.regenerate_due_reports`), stage refreshes lock the stage row, a
+drift bucket is written under its row's lock, a rule is evaluated under its row's lock and webhook
+deliveries are claimed with ``SKIP LOCKED``, so running them on every replica only costs a few
+queries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.server import drift
+from edgefleet.server import alerts, drift, webhooks
 from edgefleet.server.api.state import AppState
 from edgefleet.server.deployments.stages import refresh_active_stages
 from edgefleet.server.deployments.watch import watch_stages
 from edgefleet.server.reports import regenerate_due_reports
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MonitoringRound:
+    """What one round of :func:`run_monitoring` did."""
+
+    buckets_scored: int
+    alerts: list[alerts.Change]
+    webhooks: webhooks.Outcome
+
+
+def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
+    """Score complete drift buckets, reconcile alert rules with them, post due webhooks."""
+    scored = state.drift_scorer.run(state.db.now())
+    changes = alerts.evaluate(state.db, lookback=timedelta(seconds=state.config.timing.drift_lookback))
+    outcome = webhooks.deliver_due(state.db, state.config.webhooks, rng=rng)
+    return MonitoringRound(len(scored), changes, outcome)
 
 
 def run_once(state: AppState) -> list[str]:
@@ -36,23 +59,36 @@ def run_once(state: AppState) -> list[str]:
     )
     with state.db.session() as session:
         refresh_active_stages(session, state.db.now())
+    retained = state.db.now() - timedelta(seconds=timing.summary_retention)
     with state.db.session() as session:
         watch_stages(session, state.db.now())
     with state.db.session() as session:
-        drift.purge_windows(session, state.db.now() - timedelta(seconds=timing.summary_retention))
+        drift.purge_windows(session, retained)
+    with state.db.session() as session:
+        drift.purge_scores(session, retained)
+    run_monitoring(state)
     return generated
 
 
 async def run_periodic(state: AppState, stop: asyncio.Event) -> None:
-    """Run :func:`run_once` every tick until ``stop`` is set. A failed round is logged and retried next tick."""
-    tick = min(state.config.timing.job_tick, state.config.timing.report_interval)
+    """Run :func:`run_once` every job tick and :func:`run_monitoring` every monitoring tick in
+    between, until ``stop`` is set. A failed round is logged and retried next tick."""
+    timing = state.config.timing
+    job_tick = min(timing.job_tick, timing.report_interval)
+    tick = min(job_tick, timing.monitoring_tick)
+    last_full = time.monotonic()
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=tick)
             return
         except TimeoutError:
             pass
+        full = time.monotonic() - last_full >= job_tick - tick / 2
         try:
-            await run_in_threadpool(run_once, state)
+            if full:
+                last_full = time.monotonic()
+                await run_in_threadpool(run_once, state)
+            else:
+                await run_in_threadpool(run_monitoring, state)
         except Exception:  # the loop must outlive a bad round (e.g. the database restarting)
             log.exception("periodic work failed; retrying in %.0f s", tick)

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from edgefleet import __version__
 from edgefleet.server.api import (
+    alerts,
     capture_plane,
     captures,
     deployments,
@@ -76,6 +77,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         captures.router,
         deployments.router,
         drift.router,
+        alerts.router,
         enrolment.router,
         device_plane.router,
         capture_plane.router,

@@ -711,3 +711,67 @@ class PresignRequest(DeviceRef):
         description="object keys, each under the device's fleet prefix '<fleet>/' (at most 100; none: "
         "only the Location and Prefix)",
     )
+
+
+# ------------------------------------------------------------------------------------------ alerts
+
+
+class WebhookIn(Strict):
+    Url: str = Field(description="http or https URL the alert events are posted to")
+    Secret: str | None = Field(
+        default=None, description="key of the X-Edgefleet-Signature HMAC-SHA256 header (never shown again)"
+    )
+
+
+class AlertRuleRequest(Strict):
+    DeviceFleetName: str | None = Field(default=None, description="only this fleet (default: every fleet)")
+    ModelVersion: str | None = Field(default=None, description="only this version (default: every version)")
+    MaxPsi: float | None = None
+    MaxKs: float | None = None
+    MaxJs: float | None = None
+    Webhook: WebhookIn | None = None
+
+
+class WebhookOut(Out):
+    Url: str
+    HasSecret: bool
+
+
+class AlertRuleOut(Out):
+    AlertRuleName: str
+    ModelName: str
+    DeviceFleetName: str | None
+    ModelVersion: str | None
+    MaxPsi: float | None
+    MaxKs: float | None
+    MaxJs: float | None
+    Webhook: WebhookOut | None
+    CreationTime: datetime
+    LastModifiedTime: datetime
+    UpdatedBy: str
+
+
+class AlertRuleList(Out):
+    AlertRules: list[AlertRuleOut]
+
+
+class AlertEventOut(Out):
+    EventId: int
+    AlertRuleName: str
+    DeviceFleetName: str
+    ModelName: str
+    ModelVersion: str
+    Feature: str = Field(description="'input x[3]', 'output y[0]' (PSI, KS) or 'output y' (JS)")
+    ScoreKind: str = Field(description="PSI, KS or JS")
+    Score: float = Field(description="the score that opened the event")
+    Threshold: float
+    BucketStart: datetime
+    BucketEnd: datetime
+    OpenedAt: datetime
+    ClearedAt: datetime | None
+    ClearedScore: float | None
+
+
+class AlertEventList(Out):
+    AlertEvents: list[AlertEventOut]
+    NextToken: str | None

@@ -15,6 +15,7 @@ from edgefleet.server.deviceplane.download import DownloadService
 from edgefleet.server.deviceplane.heartbeat import HeartbeatService
 from edgefleet.server.deviceplane.poll import PollService
 from edgefleet.server.deviceplane.result import ResultService
+from edgefleet.server.drift import DriftScorer
 from edgefleet.storage import ObjectStore, StoreOptions, open_store
 
 
@@ -37,6 +38,8 @@ class AppState:
     polls: PollService = field(init=False)
     results: ResultService = field(init=False)
     downloads: DownloadService = field(init=False)
+    #: scores complete drift buckets for the periodic work (remembers only when it last looked)
+    drift_scorer: DriftScorer = field(init=False)
 
     def __post_init__(self) -> None:
         if self.captures is None:
@@ -46,6 +49,13 @@ class AppState:
         self.polls = PollService(self.db)
         self.results = ResultService(self.db)
         self.downloads = DownloadService(self.db, self.artifacts)
+        timing = self.config.timing
+        self.drift_scorer = DriftScorer(
+            self.db,
+            bucket_seconds=timing.drift_bucket,
+            grace=timedelta(seconds=timing.drift_bucket_grace),
+            lookback=timedelta(seconds=timing.drift_lookback),
+        )
 
     def close(self) -> None:
         """Stop the services' batch threads (after finishing what they hold), then close the database."""

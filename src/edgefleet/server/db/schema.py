@@ -408,6 +408,8 @@ class SummaryWindowRow(Base):
         Index("ix_summary_windows_fleet_model", "fleet_id", "model_name", "model_version", "window_end"),
         # the periodic work deletes windows past their retention (docs/fleet-api.md §6)
         Index("ix_summary_windows_window_end", "window_end"),
+        # the drift scorer reads the windows that arrived since its last round
+        Index("ix_summary_windows_received_at", "received_at"),
     )
 
 
@@ -479,3 +481,146 @@ class DeviceCaptureStatus(Base):
     dropped: Mapped[int] = mapped_column(BigInteger)
     failed: Mapped[int] = mapped_column(BigInteger)
     reported_at: Mapped[datetime]
+
+
+class DriftBucketRow(Base):
+    """One scored bucket of the drift time series: a fleet's windows of one model version merged
+    over one complete time bucket (by window end) and scored against the version's baseline.
+
+    ``windows`` and ``last_received_at`` name the inputs it was scored from (windows are stored
+    once and never change), ``baseline_at`` the baseline's ``created_at``: a bucket whose windows or
+    baseline changed since is scored again, and the drift report uses a stored bucket only while
+    they still match.
+    """
+
+    __tablename__ = "drift_buckets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(63))
+    model_version: Mapped[str] = mapped_column(String(30))
+    bucket_start: Mapped[datetime]
+    bucket_end: Mapped[datetime]
+    windows: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[int] = mapped_column(Integer)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    last_received_at: Mapped[datetime]
+    baseline_at: Mapped[datetime]
+    mismatches: Mapped[list[Any]]
+    scored_at: Mapped[datetime]
+    __table_args__ = (
+        UniqueConstraint(
+            "fleet_id", "model_name", "model_version", "bucket_start", "bucket_end", name="uq_drift_buckets"
+        ),
+        # retention deletes by bucket end
+        Index("ix_drift_buckets_bucket_end", "bucket_end"),
+    )
+
+
+class DriftScoreRow(Base):
+    """One score of one bucket: PSI or KS of a feature, or JS of an output's predicted classes.
+
+    ``feature`` names it as ``input x[3]``, ``output y[0]`` (PSI, KS) or ``output y`` (JS).
+    """
+
+    __tablename__ = "drift_scores"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("drift_buckets.id", ondelete="CASCADE"))
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(63))
+    model_version: Mapped[str] = mapped_column(String(30))
+    bucket_start: Mapped[datetime]
+    bucket_end: Mapped[datetime]
+    feature: Mapped[str] = mapped_column(String(200))
+    #: PSI, KS or JS
+    kind: Mapped[str] = mapped_column(String(3))
+    score: Mapped[float] = mapped_column(Float)
+    devices: Mapped[int] = mapped_column(Integer)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    #: what the drift report shows besides the score: tensor, direction, index and counts (PSI, KS)
+    #: or the class counts (JS)
+    detail: Mapped[dict[str, Any]]
+    __table_args__ = (
+        Index("ix_drift_scores_bucket", "bucket_id"),
+        Index("ix_drift_scores_series", "fleet_id", "model_name", "model_version", "bucket_start"),
+    )
+
+
+class AlertRuleRow(Base):
+    """Drift thresholds of a model (optionally one fleet, one version) and where events are posted."""
+
+    __tablename__ = "alert_rules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    fleet_id: Mapped[int | None] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    model_version: Mapped[str | None] = mapped_column(String(30))
+    max_psi: Mapped[float | None] = mapped_column(Float)
+    max_ks: Mapped[float | None] = mapped_column(Float)
+    max_js: Mapped[float | None] = mapped_column(Float)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    #: HMAC-SHA256 key of the webhook's signature header (stored as given: the server signs with it)
+    webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(100))
+    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_alert_rules_model_name"),)
+
+
+#: SQL of "an alert event is open", for the partial unique index that allows one open event per series
+OPEN_EVENT_SQL = "cleared_at IS NULL"
+
+
+class AlertEventRow(Base):
+    """A score above a rule's threshold: opened when it crossed, cleared when it fell back."""
+
+    __tablename__ = "alert_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("alert_rules.id", ondelete="SET NULL"))
+    rule_name: Mapped[str] = mapped_column(String(63))
+    fleet_name: Mapped[str] = mapped_column(String(63))
+    model_name: Mapped[str] = mapped_column(String(63))
+    model_version: Mapped[str] = mapped_column(String(30))
+    feature: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(3))
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    bucket_start: Mapped[datetime]
+    bucket_end: Mapped[datetime]
+    opened_at: Mapped[datetime]
+    cleared_at: Mapped[datetime | None]
+    #: the score of the bucket that cleared it
+    cleared_score: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (
+        # one open event per (rule, fleet, version, feature, kind): no event storms, even with replicas
+        Index(
+            "uq_alert_events_open",
+            "rule_id",
+            "fleet_name",
+            "model_version",
+            "feature",
+            "kind",
+            unique=True,
+            postgresql_where=text(OPEN_EVENT_SQL),
+            sqlite_where=text(OPEN_EVENT_SQL),
+        ),
+        Index("ix_alert_events_model", "model_name", "opened_at"),
+    )
+
+
+class WebhookDeliveryRow(Base):
+    """The outbox of webhook posts: written with the event, posted by the periodic work until
+    delivered or given up. ``signature`` is computed when the payload is written."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("alert_events.id", ondelete="SET NULL"))
+    url: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict[str, Any]]
+    signature: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (Index("ix_webhook_deliveries_due", "next_attempt_at"),)
