@@ -13,7 +13,6 @@ import pytest
 from device_testkit import FLEET, LoopbackServer, make_device
 from support import AgentProcess, build, make_linear_onnx, start, wait_for
 
-from edgefleet.cli.baseline import summarise
 from edgefleet.client import AgentClient
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.device.https import HttpsControlPlane, enroller
@@ -21,6 +20,7 @@ from edgefleet.device.identity import enroll
 from edgefleet.device.sim.control_plane import FakeControlPlane
 from edgefleet.device.summaries import SummaryWindows
 from edgefleet.monitoring import ModelSummary
+from edgefleet.monitoring.baseline import summarise_reference
 
 
 @pytest.fixture
@@ -167,7 +167,9 @@ def test_drift_end_to_end_agent_daemon_server(
     (scores,) = client.predict("live", {"x": reference}).values()
     wait_for(lambda: client.model_summaries(), "the reference call summarised")
     client.model_summaries(reset=True)  # live windows start after it
-    server.op.put_baseline("drift-model", "2.1", summarise({"x": reference}, {"y": scores}).to_wire())
+    server.op.put_baseline(
+        "drift-model", "2.1", summarise_reference({"x": reference}, {"y": scores}).to_wire()
+    )
     (registered,) = server.op.register_devices(FLEET, [{"DeviceName": "drift-dev"}])
     state = tmp_path / "state"
     identity = enroll(state, server.api_url, registered["EnrolmentToken"], enroller())
