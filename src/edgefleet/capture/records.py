@@ -377,7 +377,9 @@ def rebase_data_refs(body: bytes, directory: str, uri: Callable[[str], str]) -> 
             record = json.loads(line)
             entries = [entry for section, _, _ in SECTIONS for entry in record[section]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgument(f"line {number} of a capture object in {directory} is not a record") from exc
+            raise InvalidArgument(
+                f"line {number} of a capture object in {directory} is not a record"
+            ) from exc
         for entry in entries:
             ref = entry.get("data-ref") if isinstance(entry, dict) else None
             if ref is None:

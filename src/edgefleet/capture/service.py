@@ -37,7 +37,6 @@ from edgefleet.capture.records import (
     validate_request,
 )
 from edgefleet.capture.sinks import DiskSink, Sink
-from edgefleet.capture.transfer import TransferWorker
 from edgefleet.capture.spool import (
     CaptureStatus,
     OpenBatch,
@@ -47,6 +46,7 @@ from edgefleet.capture.spool import (
     decode_payload,
     encode_payload,
 )
+from edgefleet.capture.transfer import TransferWorker
 from edgefleet.core.deviceplane import CaptureUpload
 from edgefleet.core.errors import (
     Code,
@@ -246,7 +246,9 @@ class CaptureService:
         self._rng = rng if rng is not None else random.Random()
         self.sink: Sink = sink if sink is not None else DiskSink(config.destination_root, fsync=config.fsync)
         if periodic_upload is not None and not isinstance(self.sink, DiskSink):
-            raise InvalidArgument(f"periodic upload uploads what Disk holds; the destination is {self.sink!r}")
+            raise InvalidArgument(
+                f"periodic upload uploads what Disk holds; the destination is {self.sink!r}"
+            )
         self._clock = clock
         self._spool = Spool(
             config.spool_dir,

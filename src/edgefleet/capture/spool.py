@@ -436,7 +436,10 @@ class Spool:
                 db.execute("COMMIT")
                 if version:
                     log.info(
-                        "capture spool %s migrated from schema %d to %d", self.directory, version, SCHEMA_VERSION
+                        "capture spool %s migrated from schema %d to %d",
+                        self.directory,
+                        version,
+                        SCHEMA_VERSION,
                     )
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -748,9 +751,7 @@ class Spool:
     def transfer_progress(self, transfer_id: int, parts_done: int) -> None:
         """Record that the store confirmed the first ``parts_done`` parts of a transfer."""
         with self._transaction() as db:
-            db.execute(
-                "UPDATE transfers SET parts_done = ? WHERE transfer_id = ?", (parts_done, transfer_id)
-            )
+            db.execute("UPDATE transfers SET parts_done = ? WHERE transfer_id = ?", (parts_done, transfer_id))
 
     def transfer_failed(self, transfer_id: int, error: str) -> None:
         """Count a failed attempt of a transfer (it stays at the head of the queue)."""
