@@ -341,8 +341,8 @@ def config_file(tmp_path: Path, trust: Path, **capture: Any) -> Path:
         ({"s3_bucket": ""}, "INVALID_ARGUMENT: capture destination Disk with periodic upload needs a bucket"),
         (
             {"s3_bucket": "", "upload": "presigned", "control_plane_url": "https://127.0.0.1:9"},
-            "capture.upload = presigned sends captures \\(Disk with periodic upload\\) through the control "
-            "plane over mutual TLS and needs: capture.device_cert_file",
+            "capture.upload = presigned sends captures through the control plane over mutual TLS and "
+            "needs: capture.device_cert_file .* \\(for Disk with periodic upload\\)",
         ),
     ],
 )

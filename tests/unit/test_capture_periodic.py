@@ -78,8 +78,8 @@ def test_the_native_keys_and_the_upload_modes() -> None:
         ({"periodic_upload": True}, "capture destination Disk with periodic upload needs a bucket"),
         (
             {"periodic_upload": True, "upload": "presigned", "control_plane_url": "https://cp:8444"},
-            r"capture.upload = presigned sends captures \(Disk with periodic upload\) .* needs: "
-            r"capture.device_cert_file",
+            r"capture.upload = presigned sends captures through the control plane over mutual TLS and "
+            r"needs: capture.device_cert_file .* \(for Disk with periodic upload\)$",
         ),
         (
             {

@@ -234,8 +234,8 @@ class AgentConfig:
         ]
         if missing:
             raise InvalidArgument(
-                f"capture.upload = {mode} sends captures ({what}) through the control plane over mutual "
-                f"TLS and needs: {', '.join(missing)}"
+                f"capture.upload = {mode} sends captures through the control plane over mutual TLS and "
+                f"needs: {', '.join(missing)}{'' if what == 'Cloud' else f' (for {what})'}"
             )
         if capture.folder_prefix.strip("/"):
             raise InvalidArgument(
