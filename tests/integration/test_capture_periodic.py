@@ -360,3 +360,54 @@ def test_a_misconfigured_periodic_upload_fails_the_start(
     log = log_path.read_text()
     assert code != 0, log
     assert re.search(expected, log), log
+
+
+def test_periodic_upload_through_the_control_plane(
+    tmp_path: Path, trust: Path, package: Path, s3_endpoint: str
+) -> None:
+    from test_capture_presigned import FLEET, INFERENCE_SECONDS, control_plane
+
+    captures = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    capture_id = str(uuid.uuid4())
+    with control_plane(tmp_path, trust, captures, s3_endpoint) as (server, identity):
+        knobs = {
+            "destination": "Disk",
+            "periodic_upload": True,
+            "periodic_upload_period_seconds": 0.5,
+            "batch_size": 1,
+            "control_plane_url": identity.device_url,
+            "device_cert_file": str(identity.cert_path),
+            "device_key_file": str(identity.key_path),
+            "ca_cert_file": str(identity.ca_path),
+        }
+        (tmp_path / "agent").mkdir()
+        proc = start(tmp_path / "agent", trust, capture=knobs)
+        try:
+            stub = proc.stub()
+            stub.LoadModel(agent_pb2.LoadModelRequest(url=str(package), name="cap"))
+            stub.CaptureData(capture_request(capture_id, seconds=INFERENCE_SECONDS))
+            wait_status(stub, capture_id, agent_pb2.SUCCESS)
+            ext = proc.ext()
+            wait_for(
+                lambda: ext.GetCaptureStatistics(extensions_pb2.CaptureStatisticsRequest()).transferred,
+                "the periodic upload",
+            )
+            uploads = ext.GetCaptureUploads(extensions_pb2.CaptureUploadsRequest()).uploads
+        finally:
+            proc.stop()
+        assert (
+            "capture periodic upload: " in proc.log()
+            and "presigned upload through the control plane" in proc.log()
+        )
+        store = server.state.captures
+        stored = {key: store.get_bytes(key) for key in store.list(f"{FLEET}/")}
+    disk_root = tmp_path / "agent" / "captures"
+    on_disk = {
+        p.relative_to(disk_root).as_posix(): p.read_bytes() for p in disk_root.rglob("*") if p.is_file()
+    }
+    assert set(stored) == set(on_disk)  # the same keys
+    (key,) = [k for k in on_disk if k.endswith(".jsonl")]
+    assert [u.key for u in uploads] == [key]
+    # the records, byte for byte, once the data-ref root names the store instead of the disk
+    assert on_disk[key].replace(disk_root.as_uri().encode(), store.uri.encode()) == stored[key]
+    assert all(stored[k] == v for k, v in on_disk.items() if "/raw-data/" in k)
