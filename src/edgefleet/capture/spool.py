@@ -1,11 +1,12 @@
 """The durable capture buffer: a bounded on-disk spool in SQLite (WAL).
 
-Five tables: ``pending`` holds acknowledged captures with their payload until written,
+Six tables: ``pending`` holds acknowledged captures with their payload until written,
 ``batches`` holds each batch's object key once it has been chosen (so a crash mid-write rewrites
 the same key), ``finished`` remembers the outcome of the last ``status_history`` captures for
 GetCaptureDataStatus and duplicate detection, ``uploads`` is the upload log (one entry per object
 the store confirmed, appended in the transaction that finishes its batch, so an entry exists if and
-only if its captures left the spool as SUCCESS), and ``meta`` holds the log's epoch and trimmed
+only if its captures left the spool as SUCCESS; with periodic upload, in the one that takes the
+object off the transfer queue once the cloud store confirmed it), and ``meta`` holds the log's epoch and trimmed
 count. Schema 2 added the captures' model version (one object holds one model version) and the
 upload log; schema 3 the transfer queue of Disk with periodic upload (``transfers``: one row per
 object written to Disk and not yet confirmed by the cloud store, with how many of its parts the

@@ -98,6 +98,8 @@ class TransferWorker:
                     self._failures = 0
                     return None
                 for transfer in batch:
+                    if self._stopped.is_set():  # closing: the rest waits for the next start
+                        return None
                     error = self._transfer(transfer)
                     if error is not None:
                         self._failures += 1
