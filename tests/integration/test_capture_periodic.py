@@ -411,3 +411,42 @@ def test_periodic_upload_through_the_control_plane(
     # the records, byte for byte, once the data-ref root names the store instead of the disk
     assert on_disk[key].replace(disk_root.as_uri().encode(), store.uri.encode()) == stored[key]
     assert all(stored[k] == v for k, v in on_disk.items() if "/raw-data/" in k)
+
+
+def test_the_agent_rides_out_a_store_outage(
+    tmp_path: Path,
+    trust: Path,
+    package: Path,
+    restartable_s3: RestartableS3,  # noqa: F811 - the fixture
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    proc = start(tmp_path, trust, capture=periodic(restartable_s3.url, prefix, batch_size=1))
+    try:
+        stub, ext = proc.stub(), proc.ext()
+        stub.LoadModel(agent_pb2.LoadModelRequest(url=str(package), name="cap"))
+        restartable_s3.stop()
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        for capture_id in ids:
+            stub.CaptureData(capture_request(capture_id))
+        for capture_id in ids:
+            wait_status(stub, capture_id, agent_pb2.SUCCESS)  # Disk does not wait for the store
+        assert len(list((tmp_path / "captures").rglob("*.jsonl"))) == 3
+        stats = wait_for(
+            lambda: (s := ext.GetCaptureStatistics(extensions_pb2.CaptureStatisticsRequest())).transfer_errors
+            and s,
+            "a failed transfer",
+        )
+        assert stats.transfer_pending == 3 and stats.transfer_pending_bytes > 0
+        assert stats.transfer_oldest_age_seconds > 0 and stats.transfer_last_error
+        assert ext.GetCaptureUploads(extensions_pb2.CaptureUploadsRequest()).uploads == []
+        restartable_s3.start()
+        wait_for(
+            lambda: ext.GetCaptureStatistics(extensions_pb2.CaptureStatisticsRequest()).transfer_pending == 0,
+            "the transfer after the outage",
+        )
+        uploads = ext.GetCaptureUploads(extensions_pb2.CaptureUploadsRequest()).uploads
+    finally:
+        proc.stop()
+    objects = bucket_objects(restartable_s3.url, prefix + "/")
+    assert Counter(event_ids(objects)) == Counter(ids)
+    assert sorted(u.key for u in uploads) == sorted(k for k in objects if k.endswith(".jsonl"))
