@@ -269,9 +269,9 @@ class CaptureService:
                 "capture spool %s holds %d captures from an earlier run; writing them", config.spool_dir, left
             )
         self.transfer: TransferWorker | None = None
+        waiting = self._spool.transfer_backlog().records
         if periodic_upload is not None:
             assert isinstance(self.sink, DiskSink)  # checked above
-            waiting = self._spool.transfer_backlog().records
             if waiting:
                 log.info("capture: %d object(s) on Disk wait for the periodic upload", waiting)
             self.transfer = TransferWorker(
@@ -283,14 +283,12 @@ class CaptureService:
                 clock=self._now,
                 start=start,
             )
-        else:
-            waiting = self._spool.transfer_backlog().records
-            if waiting:
-                log.warning(
-                    "capture: %d object(s) on Disk wait for a periodic upload, which is off now: they stay "
-                    "on Disk, unreported, and go up when it is on again",
-                    waiting,
-                )
+        elif waiting:
+            log.warning(
+                "capture: %d object(s) on Disk wait for a periodic upload, which is off now: they stay "
+                "on Disk, unreported, and go up when it is on again",
+                waiting,
+            )
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name="edgefleet-capture-writer", daemon=True)
