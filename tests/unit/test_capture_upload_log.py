@@ -36,7 +36,7 @@ from edgefleet.capture import (
     RetryPolicy,
 )
 from edgefleet.capture.records import object_dir, object_key, partition_of
-from edgefleet.capture.spool import DB_FILE, MAX_UPLOADS_PAGE, encode_payload
+from edgefleet.capture.spool import DB_FILE, MAX_UPLOADS_PAGE, SCHEMA_VERSION, encode_payload
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from edgefleet.core.tensors import DataType
 
@@ -340,15 +340,15 @@ def test_a_schema_1_spool_opens_and_writes_its_pending_captures_one_version_per_
         ("3.0", 1),
     ]
     with sqlite3.connect(tmp_path / "spool" / DB_FILE) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_a_spool_of_a_newer_schema_is_refused(make: Callable[..., CaptureService], tmp_path: Path) -> None:
     (tmp_path / "spool").mkdir()
     db = sqlite3.connect(tmp_path / "spool" / DB_FILE)
-    db.execute("PRAGMA user_version = 3")
+    db.execute("PRAGMA user_version = 4")
     db.close()
-    with pytest.raises(FailedPrecondition, match="has schema version 3; this edgefleet understands 1 to 2"):
+    with pytest.raises(FailedPrecondition, match="has schema version 4; this edgefleet understands 1 to 3"):
         make()
 
 

@@ -84,8 +84,10 @@ class CaptureSettings:
     s3_endpoint_url: str = ""
     #: Capture policies for Predict traffic by the package's model name (``*``: every model).
     auto: dict[str, AutoCapturePolicy] = field(default_factory=dict)
-    #: With Disk: also upload to the object store later (not yet implemented: warned about).
+    #: With Disk: also upload what was written to Disk, every ``periodic_upload_period_seconds``, to
+    #: the cloud store Cloud would use (``upload``, ``s3_bucket`` or the control plane settings).
     periodic_upload: bool = False
+    #: Seconds between two rounds of the periodic upload.
     periodic_upload_period_seconds: float = 8.0
 
 
@@ -182,6 +184,11 @@ class AgentConfig:
             raise InvalidArgument(
                 f"capture destination {self.capture.destination!r} unknown (known: Disk, Cloud)"
             )
+        if self.capture.periodic_upload_period_seconds <= 0:
+            raise InvalidArgument(
+                "capture periodic_upload_period_seconds (sagemaker_edge_core_capture_data_periodic_upload_"
+                f"period_seconds) must be positive, not {self.capture.periodic_upload_period_seconds}"
+            )
         self._check_upload()
         if self.capture.buffer_bytes < 0:
             raise InvalidArgument("capture buffer_bytes must be >= 0 (0: a tenth of the free disk)")
@@ -193,17 +200,20 @@ class AgentConfig:
         if capture.upload not in ("", *known):
             raise InvalidArgument(f"capture.upload {capture.upload!r} is unknown (known: {', '.join(known)})")
         mode = self.capture_upload
-        if capture.destination != "Cloud":
+        if not self.uploads_to_cloud:
             if capture.upload not in ("", "aws"):
                 raise InvalidArgument(
-                    f"capture.upload = {capture.upload} applies to the Cloud destination, not {capture.destination}"
+                    f"capture.upload = {capture.upload} applies to the Cloud destination, not "
+                    f"{capture.destination} (or to Disk with periodic_upload = true)"
                 )
             return
+        what = "Cloud" if capture.destination == "Cloud" else "Disk with periodic upload"
         if mode == "aws":
             if not capture.s3_bucket:
                 raise InvalidArgument(
-                    "capture destination Cloud needs a bucket: sagemaker_edge_provider_s3_bucket_name "
-                    "(or capture.s3_bucket in a native config)"
+                    f"capture destination {what} needs a bucket: sagemaker_edge_provider_s3_bucket_name "
+                    "(or capture.s3_bucket in a native config), or capture.upload = presigned/relay "
+                    "with the control plane"
                 )
             return
         missing = [
@@ -225,7 +235,7 @@ class AgentConfig:
         if missing:
             raise InvalidArgument(
                 f"capture.upload = {mode} sends captures through the control plane over mutual TLS and "
-                f"needs: {', '.join(missing)}"
+                f"needs: {', '.join(missing)}{'' if what == 'Cloud' else f' (for {what})'}"
             )
         if capture.folder_prefix.strip("/"):
             raise InvalidArgument(
@@ -235,15 +245,34 @@ class AgentConfig:
             )
 
     @property
+    def periodic_upload(self) -> bool:
+        """Disk with periodic upload (the key is ignored, with a warning at load, with Cloud)."""
+        return self.capture.destination == "Disk" and self.capture.periodic_upload
+
+    @property
+    def uploads_to_cloud(self) -> bool:
+        """Whether captures go to a cloud store: the Cloud destination, or Disk with periodic upload."""
+        return self.capture.destination == "Cloud" or self.periodic_upload
+
+    @property
     def capture_upload(self) -> str:
-        """How Cloud captures are uploaded: ``aws``, ``presigned`` or ``relay`` (the default resolved)."""
+        """How Cloud captures (or Disk's periodic upload) are uploaded: ``aws``, ``presigned`` or
+        ``relay`` (the default resolved)."""
         capture = self.capture
         if capture.upload:
             return capture.upload
         identity = capture.device_cert_file and capture.device_key_file and capture.ca_cert_file
-        if capture.destination == "Cloud" and capture.control_plane_url and identity:
+        if self.uploads_to_cloud and capture.control_plane_url and identity:
             return "presigned"
         return "aws"
+
+    @property
+    def capture_cloud_target(self) -> str:
+        """The cloud side of Cloud or of Disk's periodic upload: ``s3://<bucket>``, or for uploads
+        through the control plane its URL."""
+        if self.capture_upload != "aws":
+            return self.capture.control_plane_url
+        return f"s3://{self.capture.s3_bucket}"
 
     @property
     def capture_disk_path(self) -> Path:
@@ -264,10 +293,8 @@ class AgentConfig:
     def capture_destination(self) -> str:
         """Where captures go: the Disk directory, ``s3://<bucket>`` for Cloud, or for uploads through
         the control plane its URL."""
-        if self.capture.destination == "Cloud" and self.capture_upload != "aws":
-            return self.capture.control_plane_url
         if self.capture.destination == "Cloud":
-            return f"s3://{self.capture.s3_bucket}"
+            return self.capture_cloud_target
         return str(self.capture_disk_path)
 
     def capture_buffer_bytes(self) -> int:
@@ -362,14 +389,21 @@ def from_vendor(raw: dict[str, Any], *, base: dict[str, Any] | None = None) -> A
         log.warning(
             "config keys with no meaning for edgefleet's agent, ignored: %s", ", ".join(sorted(unknown))
         )
-    if raw.get("sagemaker_edge_core_capture_data_periodic_upload") in (True, "true"):
-        log.warning("capture periodic upload is not available yet: captures stay on disk")
     for required in ("device_name", "fleet_name"):
         if required not in top:
             raise InvalidArgument(
                 f"config is missing sagemaker_edge_core_{'device_name' if required == 'device_name' else 'device_fleet_name'}"
             )
-    return AgentConfig(capture=CaptureSettings(**capture), **top)
+    return _built(AgentConfig(capture=CaptureSettings(**capture), **top))
+
+
+def _built(config: AgentConfig) -> AgentConfig:
+    if config.capture.periodic_upload and config.capture.destination != "Disk":
+        log.warning(
+            "capture periodic upload applies to the Disk destination; with %s it has no effect",
+            config.capture.destination,
+        )
+    return config
 
 
 def from_native(raw: dict[str, Any]) -> AgentConfig:
@@ -418,7 +452,7 @@ def from_native(raw: dict[str, Any]) -> AgentConfig:
         capture[key] = _native_value(f"capture.{key}", value, known_capture[key].type)
     if "device_name" not in top or "fleet_name" not in top:
         raise InvalidArgument("config needs device.name and device.fleet")
-    return AgentConfig(capture=CaptureSettings(**capture), **top)
+    return _built(AgentConfig(capture=CaptureSettings(**capture), **top))
 
 
 def _native_value(key: str, value: Any, annotation: Any) -> Any:

@@ -189,23 +189,13 @@ def open_capture_sink(config: AgentConfig) -> Sink:
     credentials, unreachable endpoint or control plane, unreadable device certificate, unwritable
     directory, boto3 not installed).
     """
+    if config.capture.destination == "Cloud":
+        return open_cloud_sink(config, "capture destination Cloud")
     destination = config.capture_destination
-    if config.capture.destination == "Cloud" and config.capture_upload != "aws":
-        destination = f"{config.capture_upload} upload through the control plane {destination}"
     try:
-        sink = open_sink(
-            config.capture_destination,
-            fsync=config.capture.fsync,
-            s3_endpoint_url=config.capture.s3_endpoint_url or None,
-            upload=config.capture_upload,
-            control_plane=capture_control_plane(config),
-        )
+        sink = open_sink(destination, fsync=config.capture.fsync)
         sink.check()
     except Unavailable as exc:
-        if config.capture.destination == "Cloud":
-            raise FailedPrecondition(
-                f"capture destination Cloud ({destination}) cannot be used: {exc.message}"
-            ) from exc
         # A local directory that fails now (a full disk, a mount not there yet) may work later:
         # captures are spooled and retried, never lost, so the agent serves meanwhile.
         log.error(
@@ -218,10 +208,32 @@ def open_capture_sink(config: AgentConfig) -> Sink:
         raise FailedPrecondition(
             f"capture destination {config.capture.destination} ({destination}) cannot be used: {exc.message}"
         ) from exc
-    if destination != config.capture_destination:
-        log.info("capture destination: %s (%s)", sink.store.uri, destination)
+    log.info("capture destination: %s", sink.store.uri)
+    return sink
+
+
+def open_cloud_sink(config: AgentConfig, what: str) -> Sink:
+    """The cloud store of Cloud or of Disk's periodic upload (``what`` names which), checked now:
+    FAILED_PRECONDITION naming it and the reason, as :func:`open_capture_sink`."""
+    target = config.capture_cloud_target
+    where = target
+    if config.capture_upload != "aws":
+        where = f"{config.capture_upload} upload through the control plane {target}"
+    try:
+        sink = open_sink(
+            target,
+            fsync=config.capture.fsync,
+            s3_endpoint_url=config.capture.s3_endpoint_url or None,
+            upload=config.capture_upload,
+            control_plane=capture_control_plane(config),
+        )
+        sink.check()
+    except EdgefleetError as exc:
+        raise FailedPrecondition(f"{what} ({where}) cannot be used: {exc.message}") from exc
+    if where != target:
+        log.info("%s: %s (%s)", what, sink.store.uri, where)
     else:
-        log.info("capture destination: %s", sink.store.uri)
+        log.info("%s: %s", what, sink.store.uri)
     return sink
 
 
@@ -231,6 +243,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     if config.trust_dir is not None:
         check_trust_dir(config.trust_dir)
     sink = open_capture_sink(config)
+    periodic = open_cloud_sink(config, "capture periodic upload") if config.periodic_upload else None
     prepare_socket(path, force=force)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     state = AgentLifecycle()
@@ -266,8 +279,10 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
             base64_embed_limit=config.capture.base64_embed_limit,
             fsync=config.capture.fsync,
             retry=RetryPolicy(jitter=CAPTURE_RETRY_JITTER),
+            periodic_upload_period_seconds=config.capture.periodic_upload_period_seconds,
         ),
         sink,
+        periodic_upload=periodic,
     )
     shm = SharedMemoryReader()
     options = [

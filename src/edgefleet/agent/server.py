@@ -494,6 +494,15 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             auto_captured=auto.get("captured", 0),
             auto_skipped=auto.get("skipped", 0),
             auto_refused=auto.get("refused", 0),
+            periodic_upload=stats["periodic_upload"],
+            transfer_destination=stats.get("transfer_destination") or "",
+            transfer_pending=stats.get("transfer_pending") or 0,
+            transfer_pending_bytes=stats.get("transfer_pending_bytes") or 0,
+            transfer_oldest_age_seconds=stats.get("transfer_oldest_age_seconds") or 0.0,
+            transferred=stats.get("transferred", 0),
+            transfer_errors=stats.get("transfer_errors", 0),
+            transfer_given_up=stats.get("transfer_given_up", 0),
+            transfer_last_error=stats.get("transfer_last_error") or "",
         )
 
     def GetCaptureUploads(self, request: Any, context: grpc.ServicerContext) -> Any:

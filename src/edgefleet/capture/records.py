@@ -13,6 +13,7 @@ import binascii
 import json
 import math
 import re
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -54,6 +55,9 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("deviceFleetAuxiliaryInputs", "Input", "auxinput"),
     ("deviceFleetAuxiliaryOutputs", "Output", "auxoutput"),
 )
+
+#: A raw-data file's name (see :func:`raw_key`).
+_RAW_NAME_RE = re.compile(r"[0-9a-f]{32}-(input|output|auxinput|auxoutput)-[0-9]+\.(bin|csv|json|b64)")
 
 _HEX = "[0-9a-fA-F]"
 _UUID_HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
@@ -353,6 +357,41 @@ def encode_record(
     }
     line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
     return EncodedRecord(line=line.encode("utf-8"), raw=tuple(raw))
+
+
+def rebase_data_refs(body: bytes, directory: str, uri: Callable[[str], str]) -> tuple[bytes, list[str]]:
+    """A batch object's bytes with every ``data-ref`` pointing at ``uri(key)`` instead, and the keys.
+
+    ``body`` is a ``.jsonl`` object written to ``directory`` (its hour folder) by
+    :func:`encode_record` with another sink's URIs (Disk's ``file://``); each ``data-ref`` names a
+    file ``<directory>/raw-data/<name>``, whose key is rebuilt from the layout (not from the old
+    URI, so a Disk root that moved since does not matter). The lines are encoded again as
+    :func:`encode_record` encodes them, so the result is byte for byte what a sink of ``uri``
+    would have written. The raw-data keys are returned in the order the records name them.
+    INVALID_ARGUMENT when a line is not a record or a ``data-ref`` is not a raw-data file name.
+    """
+    lines: list[bytes] = []
+    keys: list[str] = []
+    for number, line in enumerate(body.splitlines(), 1):
+        try:
+            record = json.loads(line)
+            entries = [entry for section, _, _ in SECTIONS for entry in record[section]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(
+                f"line {number} of a capture object in {directory} is not a record"
+            ) from exc
+        for entry in entries:
+            ref = entry.get("data-ref") if isinstance(entry, dict) else None
+            if ref is None:
+                continue
+            name = urllib.parse.unquote(str(ref).rsplit("/", 1)[-1])
+            if not _RAW_NAME_RE.fullmatch(name) or not str(ref).endswith(f"/raw-data/{name}"):
+                raise InvalidArgument(f"data-ref {quoted(str(ref))} in {directory} is not a raw-data file")
+            key = f"{directory}/raw-data/{name}"
+            keys.append(key)
+            entry["data-ref"] = uri(key)
+        lines.append((json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+    return b"".join(lines), keys
 
 
 # --- decoding -------------------------------------------------------------------------------------

@@ -46,8 +46,16 @@ from edgefleet.capture.spool import (
     decode_payload,
     encode_payload,
 )
+from edgefleet.capture.transfer import TransferWorker
 from edgefleet.core.deviceplane import CaptureUpload
-from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument, ResourceExhausted, Unavailable
+from edgefleet.core.errors import (
+    Code,
+    EdgefleetError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from edgefleet.storage.base import is_safe_component
 
 log = logging.getLogger(__name__)
@@ -160,8 +168,10 @@ class CaptureConfig:
     clock_skew_seconds: float = 5.0
     #: Largest total payload of one capture, in bytes (RESOURCE_EXHAUSTED above it).
     max_capture_bytes: int = 64 * 1024 * 1024
-    #: Retries of batches whose write failed.
+    #: Retries of batches whose write failed (and, never giving up, of periodic uploads).
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Disk with periodic upload: seconds between two rounds of uploading what Disk holds.
+    periodic_upload_period_seconds: float = 8.0
 
     def __post_init__(self) -> None:
         if not self.device_name or len(self.device_name) > 63:
@@ -184,6 +194,8 @@ class CaptureConfig:
             raise InvalidArgument("capture status history must be >= 0 and max capture bytes >= 1")
         if self.upload_log < 1:
             raise InvalidArgument("capture upload log must keep at least 1 entry")
+        if self.periodic_upload_period_seconds <= 0:
+            raise InvalidArgument("capture periodic upload period must be positive")
 
 
 class ServiceState(enum.Enum):
@@ -213,6 +225,11 @@ class CaptureService:
     timezone-aware UTC datetimes and drives the future-time check and the push period. With
     ``start=False`` no background writer runs: call :meth:`run_due` or :meth:`flush` to write.
     Captures left in the spool by an earlier process are picked up and written.
+
+    ``periodic_upload`` (Disk with periodic upload, :mod:`edgefleet.capture.transfer`): the cloud
+    sink that every ``config.periodic_upload_period_seconds`` receives what Disk (``sink``, which
+    must then be a :class:`DiskSink`) holds; the upload log then names the cloud objects. With
+    ``start=False`` its worker does not run either: call :meth:`transfer_now`.
     """
 
     def __init__(
@@ -223,10 +240,15 @@ class CaptureService:
         clock: Callable[[], datetime] = utc_now,
         start: bool = True,
         rng: random.Random | None = None,
+        periodic_upload: Sink | None = None,
     ) -> None:
         self.config = config
         self._rng = rng if rng is not None else random.Random()
         self.sink: Sink = sink if sink is not None else DiskSink(config.destination_root, fsync=config.fsync)
+        if periodic_upload is not None and not isinstance(self.sink, DiskSink):
+            raise InvalidArgument(
+                f"periodic upload uploads what Disk holds; the destination is {self.sink!r}"
+            )
         self._clock = clock
         self._spool = Spool(
             config.spool_dir,
@@ -245,6 +267,27 @@ class CaptureService:
         if left:
             log.info(
                 "capture spool %s holds %d captures from an earlier run; writing them", config.spool_dir, left
+            )
+        self.transfer: TransferWorker | None = None
+        waiting = self._spool.transfer_backlog().records
+        if periodic_upload is not None:
+            assert isinstance(self.sink, DiskSink)  # checked above
+            if waiting:
+                log.info("capture: %d object(s) on Disk wait for the periodic upload", waiting)
+            self.transfer = TransferWorker(
+                self._spool,
+                self.sink,
+                periodic_upload,
+                period_seconds=config.periodic_upload_period_seconds,
+                delay=lambda attempts: config.retry.delay(attempts, self._rng),
+                clock=self._now,
+                start=start,
+            )
+        elif waiting:
+            log.warning(
+                "capture: %d object(s) on Disk wait for a periodic upload, which is off now: they stay "
+                "on Disk, unreported, and go up when it is on again",
+                waiting,
             )
         self._thread: threading.Thread | None = None
         if start:
@@ -362,6 +405,8 @@ class CaptureService:
             self._wakeup.notify_all()
         if self._thread is not None:
             self._thread.join()
+        if self.transfer is not None:
+            self.transfer.close()
         try:
             if flush:
                 try:
@@ -379,6 +424,19 @@ class CaptureService:
             self._spool.close()
             self._state = ServiceState.CLOSED
 
+    def transfer_now(self) -> None:
+        """Disk with periodic upload: run one upload round now, in the caller's thread.
+
+        Raises the error of the part that failed (it stays queued); FAILED_PRECONDITION when
+        periodic upload is off.
+        """
+        self._check_open()
+        if self.transfer is None:
+            raise FailedPrecondition("periodic upload is off in this capture service")
+        error = self.transfer.run_once()
+        if error is not None:
+            raise type(error)(f"capture periodic upload: {error.message}", error.code) from error
+
     def uploads(self, after: int = 0, limit: int = 500) -> UploadPage:
         """The objects the store confirmed after log id ``after`` (oldest first, at most ``limit``).
 
@@ -394,23 +452,43 @@ class CaptureService:
         ``pending`` (captures in the spool), ``pending_bytes``, ``oldest_pending_age_seconds``
         (None when empty), the bounds ``buffer_size``/``buffer_bytes``, ``written``, ``failed``
         (includes ``dropped``), ``dropped`` (by the full policy), ``batches_written``,
-        ``write_errors``, ``last_write_time``, ``last_error``.
+        ``write_errors``, ``last_write_time``, ``last_error``; with periodic upload
+        (``periodic_upload`` true) also its backlog ``transfer_pending`` (objects on Disk not yet
+        confirmed by the cloud store), ``transfer_pending_bytes`` (theirs and their raw-data
+        files' bytes), ``transfer_oldest_age_seconds`` (since Disk confirmed the oldest; None when
+        empty), and ``transferred``, ``transfer_errors``, ``transfer_given_up``,
+        ``transfer_last_error``, ``last_transfer_time``, ``transfer_destination``.
         """
-        backlog = None
+        backlog = transfers = None
         if self._state is not ServiceState.CLOSED:
             backlog = self._spool.backlog()
+            transfers = self._spool.transfer_backlog() if self.transfer is not None else None
             with self._counters_lock:
                 self._counters.pending = backlog.records
         oldest = None if backlog is None else backlog.oldest_enqueued_at
+        now = self._now().timestamp()
+        periodic: dict[str, Any] = {"periodic_upload": self.transfer is not None}
+        if self.transfer is not None:
+            t = self.transfer.counters()
+            first = None if transfers is None else transfers.oldest_enqueued_at
+            periodic |= {
+                "transfer_pending": None if transfers is None else transfers.records,
+                "transfer_pending_bytes": None if transfers is None else transfers.bytes,
+                "transfer_oldest_age_seconds": None if first is None else max(now - first, 0.0),
+                "transferred": t.transferred,
+                "transfer_errors": t.errors,
+                "transfer_given_up": t.given_up,
+                "transfer_last_error": t.last_error,
+                "last_transfer_time": t.last_transfer_time,
+                "transfer_destination": self.transfer.cloud.store.uri,
+            }
         with self._counters_lock:
             c = self._counters
-            return {
+            return periodic | {
                 "state": self._state.value,
                 "pending": c.pending,
                 "pending_bytes": None if backlog is None else backlog.bytes,
-                "oldest_pending_age_seconds": (
-                    None if oldest is None else max(self._now().timestamp() - oldest, 0.0)
-                ),
+                "oldest_pending_age_seconds": None if oldest is None else max(now - oldest, 0.0),
                 "buffer_size": self.config.buffer_size,
                 "buffer_bytes": self.config.buffer_bytes,
                 "dropped": c.dropped,
@@ -577,7 +655,16 @@ class CaptureService:
                 raw_objects=len(raw),
             )
         written = self._spool.finish_batch(
-            batch.batch_id, CaptureStatus.SUCCESS, self._now().timestamp(), upload=upload
+            batch.batch_id,
+            CaptureStatus.SUCCESS,
+            self._now().timestamp(),
+            upload=upload,
+            # periodic upload: the upload log names the cloud object, logged once the cloud has it
+            transfer_bytes=(
+                None
+                if self.transfer is None
+                else sum(len(line) for line in lines) + sum(len(item.data) for item in raw)
+            ),
         )
         with self._counters_lock:
             self._counters.written += written

@@ -1,13 +1,17 @@
 """The durable capture buffer: a bounded on-disk spool in SQLite (WAL).
 
-Five tables: ``pending`` holds acknowledged captures with their payload until written,
+Six tables: ``pending`` holds acknowledged captures with their payload until written,
 ``batches`` holds each batch's object key once it has been chosen (so a crash mid-write rewrites
 the same key), ``finished`` remembers the outcome of the last ``status_history`` captures for
 GetCaptureDataStatus and duplicate detection, ``uploads`` is the upload log (one entry per object
 the store confirmed, appended in the transaction that finishes its batch, so an entry exists if and
-only if its captures left the spool as SUCCESS), and ``meta`` holds the log's epoch and trimmed
+only if its captures left the spool as SUCCESS; with periodic upload, in the one that takes the
+object off the transfer queue once the cloud store confirmed it), and ``meta`` holds the log's epoch and trimmed
 count. Schema 2 added the captures' model version (one object holds one model version) and the
-upload log; a schema-1 spool is migrated in place when it is opened, keeping its captures.
+upload log; schema 3 the transfer queue of Disk with periodic upload (``transfers``: one row per
+object written to Disk and not yet confirmed by the cloud store, with how many of its parts the
+store confirmed so far; its head is the transfer's durable cursor). An older spool is migrated in
+place when it is opened, keeping its captures.
 
 With ``fsync`` the database runs with
 ``synchronous=FULL``: a committed capture survives power loss; without it (``NORMAL``) it still
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "spool.sqlite3"
 LOCK_FILE = "spool.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Most upload-log entries one call of :meth:`Spool.uploads_after` returns.
 MAX_UPLOADS_PAGE = 10_000
 _PAYLOAD_FORMAT = 1
@@ -102,6 +106,26 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+"""
+
+# Added by schema 3 (also created on a fresh spool): Disk objects waiting for the periodic upload.
+_SCHEMA_3 = """
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    object_key TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    records INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    first_inference REAL,
+    last_inference REAL,
+    raw_objects INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    written_at REAL NOT NULL,
+    parts_done INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
 );
 """
 
@@ -190,6 +214,25 @@ class UploadPage:
     trimmed: int
     #: log id of the oldest entry still kept (0 when the log is empty)
     first_log_id: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A Disk object waiting for the periodic upload (a ``transfers`` row)."""
+
+    transfer_id: int
+    #: what the object holds (its ``size`` is the Disk object's; the cloud's is logged on upload)
+    upload: CaptureUpload
+    #: bytes on Disk: the ``.jsonl`` object and its raw-data files
+    bytes: int
+    #: when Disk confirmed it (POSIX seconds)
+    written_at: float
+    #: parts the cloud store confirmed so far (raw-data files in the order the records name them,
+    #: then the ``.jsonl`` object): a restart goes on from there
+    parts_done: int
+    #: failed attempts so far, and the last one's error
+    attempts: int
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -368,7 +411,7 @@ class Spool:
                 )
             db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 raise FailedPrecondition(
                     f"capture spool {self.directory} has schema version {version}; this edgefleet "
                     f"understands 1 to {SCHEMA_VERSION}"
@@ -377,20 +420,28 @@ class Spool:
                 # one transaction: a crash mid-migration leaves the schema-1 spool as it was
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    if version == 1:
-                        _migrate_1_to_2(db)
-                    else:
+                    if version == 0:
                         for statement in (_SCHEMA + _SCHEMA_2).split(";"):
                             if statement.strip():
                                 db.execute(statement)
                         _init_meta(db)
+                    elif version == 1:
+                        _migrate_1_to_2(db)
+                    for statement in _SCHEMA_3.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
-                if version == 1:
-                    log.info("capture spool %s migrated from schema 1 to %d", self.directory, SCHEMA_VERSION)
+                if version:
+                    log.info(
+                        "capture spool %s migrated from schema %d to %d",
+                        self.directory,
+                        version,
+                        SCHEMA_VERSION,
+                    )
         except sqlite3.DatabaseError as exc:
             db.close()
             raise FailedPrecondition(f"capture spool {self.directory} is not usable: {exc}") from exc
@@ -624,14 +675,22 @@ class Spool:
         return int(row[0]) if row else 0
 
     def finish_batch(
-        self, batch_id: str, status: CaptureStatus, now: float, *, upload: CaptureUpload | None = None
+        self,
+        batch_id: str,
+        status: CaptureStatus,
+        now: float,
+        *,
+        upload: CaptureUpload | None = None,
+        transfer_bytes: int | None = None,
     ) -> int:
         """Move a batch's captures to ``finished`` with ``status`` and drop the batch; return how many.
 
         ``upload`` (with SUCCESS: the object the store confirmed) is appended to the upload log in
         the same transaction, so a crash leaves either the batch open and no entry (the batch is
         written again, to the same key, and logged then) or the batch finished and its entry
-        logged: never one without the other.
+        logged: never one without the other. With ``transfer_bytes`` (Disk with periodic upload:
+        the object's and its raw-data files' bytes) it is queued for the transfer instead, in the
+        same transaction, and logged when the cloud store confirms it (:meth:`finish_transfer`).
         """
         with self._transaction() as db:
             row = db.execute("SELECT object_key FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
@@ -648,25 +707,74 @@ class Spool:
             self._count, self._bytes = self._count - removed, self._bytes - int(size)
             db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
             if upload is not None and status is CaptureStatus.SUCCESS and row is not None:
-                self._log_upload(db, upload, now)
+                if transfer_bytes is None:
+                    self._log_upload(db, upload, now)
+                else:
+                    db.execute(
+                        "INSERT INTO transfers (object_key, model_name, model_version, records, size, "
+                        "first_inference, last_inference, raw_objects, bytes, written_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*_upload_row(upload), transfer_bytes, now),
+                    )
             self._trim(db)
         return int(count)
+
+    # --- the transfer queue (Disk with periodic upload) -----------------------------------------
+
+    def transfers(self, limit: int = 100) -> list[Transfer]:
+        """The oldest ``limit`` objects waiting for the periodic upload, oldest first."""
+        rows = self._query(
+            "SELECT transfer_id, object_key, model_name, model_version, records, size, first_inference, "
+            "last_inference, raw_objects, bytes, written_at, parts_done, attempts, last_error "
+            "FROM transfers ORDER BY transfer_id LIMIT ?",
+            (limit,),
+        )
+        return [
+            Transfer(
+                transfer_id=int(row[0]),
+                upload=_upload_of(row[1:9]),
+                bytes=int(row[9]),
+                written_at=float(row[10]),
+                parts_done=int(row[11]),
+                attempts=int(row[12]),
+                last_error=row[13],
+            )
+            for row in rows
+        ]
+
+    def transfer_backlog(self) -> Backlog:
+        """Objects waiting for the periodic upload, their bytes on Disk and when the oldest was written."""
+        ((count, size, oldest),) = self._query(
+            "SELECT COUNT(*), TOTAL(bytes), MIN(written_at) FROM transfers"
+        )
+        return Backlog(int(count), int(size), None if oldest is None else float(oldest))
+
+    def transfer_progress(self, transfer_id: int, parts_done: int) -> None:
+        """Record that the store confirmed the first ``parts_done`` parts of a transfer."""
+        with self._transaction() as db:
+            db.execute("UPDATE transfers SET parts_done = ? WHERE transfer_id = ?", (parts_done, transfer_id))
+
+    def transfer_failed(self, transfer_id: int, error: str) -> None:
+        """Count a failed attempt of a transfer (it stays at the head of the queue)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE transfers SET attempts = attempts + 1, last_error = ? WHERE transfer_id = ?",
+                (error, transfer_id),
+            )
+
+    def finish_transfer(self, transfer_id: int, upload: CaptureUpload | None, now: float) -> None:
+        """Take a transfer off the queue and, in the same transaction, log ``upload`` (the object
+        the cloud store confirmed; None: the transfer was given up, nothing is logged)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM transfers WHERE transfer_id = ?", (transfer_id,))
+            if upload is not None:
+                self._log_upload(db, upload, now)
 
     def _log_upload(self, db: sqlite3.Connection, upload: CaptureUpload, now: float) -> None:
         db.execute(
             "INSERT INTO uploads (object_key, model_name, model_version, records, size, first_inference, "
             "last_inference, raw_objects, uploaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                upload.key,
-                upload.model_name,
-                upload.model_version,
-                upload.records,
-                upload.size,
-                None if upload.first_inference is None else upload.first_inference.timestamp(),
-                None if upload.last_inference is None else upload.last_inference.timestamp(),
-                upload.raw_objects,
-                now,
-            ),
+            (*_upload_row(upload), now),
         )
         trimmed = db.execute(
             "DELETE FROM uploads WHERE log_id <= (SELECT MAX(log_id) FROM uploads) - ?", (self.upload_log,)
@@ -737,23 +845,37 @@ class Spool:
         )
 
 
+def _upload_row(upload: CaptureUpload) -> tuple[Any, ...]:
+    """The columns an upload is stored in (``uploads`` and ``transfers``), in :func:`_upload_of`'s order."""
+    return (
+        upload.key,
+        upload.model_name,
+        upload.model_version,
+        upload.records,
+        upload.size,
+        None if upload.first_inference is None else upload.first_inference.timestamp(),
+        None if upload.last_inference is None else upload.last_inference.timestamp(),
+        upload.raw_objects,
+    )
+
+
+def _upload_of(row: Sequence[Any]) -> CaptureUpload:
+    key, model_name, model_version, records, size, first, last, raw_objects = row
+    return CaptureUpload(
+        key=str(key),
+        model_name=str(model_name),
+        model_version=str(model_version),
+        records=int(records),
+        size=int(size),
+        first_inference=_utc(first),
+        last_inference=_utc(last),
+        raw_objects=int(raw_objects),
+    )
+
+
 def _logged_upload(row: Sequence[Any]) -> LoggedUpload:
     """An ``uploads`` row (columns in the order :meth:`Spool.uploads_after` selects them)."""
-    log_id, uploaded_at, key, model_name, model_version, records, size, first, last, raw_objects = row
-    return LoggedUpload(
-        log_id=int(log_id),
-        uploaded_at=float(uploaded_at),
-        upload=CaptureUpload(
-            key=str(key),
-            model_name=str(model_name),
-            model_version=str(model_version),
-            records=int(records),
-            size=int(size),
-            first_inference=_utc(first),
-            last_inference=_utc(last),
-            raw_objects=int(raw_objects),
-        ),
-    )
+    return LoggedUpload(log_id=int(row[0]), uploaded_at=float(row[1]), upload=_upload_of(row[2:]))
 
 
 def _utc(seconds: float | None) -> datetime | None:

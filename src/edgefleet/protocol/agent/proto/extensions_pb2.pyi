@@ -67,7 +67,7 @@ class CaptureStatisticsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CaptureStatisticsResponse(_message.Message):
-    __slots__ = ("pending", "pending_bytes", "oldest_pending_age_seconds", "buffer_size", "buffer_bytes", "written", "failed", "dropped", "write_errors", "last_error", "destination", "auto_picked", "auto_captured", "auto_skipped", "auto_refused")
+    __slots__ = ("pending", "pending_bytes", "oldest_pending_age_seconds", "buffer_size", "buffer_bytes", "written", "failed", "dropped", "write_errors", "last_error", "destination", "auto_picked", "auto_captured", "auto_skipped", "auto_refused", "periodic_upload", "transfer_destination", "transfer_pending", "transfer_pending_bytes", "transfer_oldest_age_seconds", "transferred", "transfer_errors", "transfer_given_up", "transfer_last_error")
     PENDING_FIELD_NUMBER: _ClassVar[int]
     PENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
     OLDEST_PENDING_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,15 @@ class CaptureStatisticsResponse(_message.Message):
     AUTO_CAPTURED_FIELD_NUMBER: _ClassVar[int]
     AUTO_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     AUTO_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    PERIODIC_UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_PENDING_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_PENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_OLDEST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_GIVEN_UP_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     pending: int
     pending_bytes: int
     oldest_pending_age_seconds: float
@@ -98,7 +107,16 @@ class CaptureStatisticsResponse(_message.Message):
     auto_captured: int
     auto_skipped: int
     auto_refused: int
-    def __init__(self, pending: _Optional[int] = ..., pending_bytes: _Optional[int] = ..., oldest_pending_age_seconds: _Optional[float] = ..., buffer_size: _Optional[int] = ..., buffer_bytes: _Optional[int] = ..., written: _Optional[int] = ..., failed: _Optional[int] = ..., dropped: _Optional[int] = ..., write_errors: _Optional[int] = ..., last_error: _Optional[str] = ..., destination: _Optional[str] = ..., auto_picked: _Optional[int] = ..., auto_captured: _Optional[int] = ..., auto_skipped: _Optional[int] = ..., auto_refused: _Optional[int] = ...) -> None: ...
+    periodic_upload: bool
+    transfer_destination: str
+    transfer_pending: int
+    transfer_pending_bytes: int
+    transfer_oldest_age_seconds: float
+    transferred: int
+    transfer_errors: int
+    transfer_given_up: int
+    transfer_last_error: str
+    def __init__(self, pending: _Optional[int] = ..., pending_bytes: _Optional[int] = ..., oldest_pending_age_seconds: _Optional[float] = ..., buffer_size: _Optional[int] = ..., buffer_bytes: _Optional[int] = ..., written: _Optional[int] = ..., failed: _Optional[int] = ..., dropped: _Optional[int] = ..., write_errors: _Optional[int] = ..., last_error: _Optional[str] = ..., destination: _Optional[str] = ..., auto_picked: _Optional[int] = ..., auto_captured: _Optional[int] = ..., auto_skipped: _Optional[int] = ..., auto_refused: _Optional[int] = ..., periodic_upload: _Optional[bool] = ..., transfer_destination: _Optional[str] = ..., transfer_pending: _Optional[int] = ..., transfer_pending_bytes: _Optional[int] = ..., transfer_oldest_age_seconds: _Optional[float] = ..., transferred: _Optional[int] = ..., transfer_errors: _Optional[int] = ..., transfer_given_up: _Optional[int] = ..., transfer_last_error: _Optional[str] = ...) -> None: ...
 
 class ModelSummariesRequest(_message.Message):
     __slots__ = ("reset",)
