@@ -25,7 +25,7 @@ import numpy as np
 
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
-from edgefleet.monitoring.summary import MAX_ROWS, as_rows
+from edgefleet.monitoring.summary import MAX_FEATURES, MAX_ROWS, as_rows
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Summariser:
         groups: dict[Key, list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]] = {}
         for key, inputs, names, outputs in items:
             # inputs as the rows the sketches see; outputs whole (their classes are per output row)
-            rowed = ({n: as_rows(a) for n, a in inputs.items()}, names, list(outputs))
+            rowed = ({n: _rows(a) for n, a in inputs.items()}, names, list(outputs))
             groups.setdefault(key, []).append(rowed)
         for key, calls in groups.items():
             with self._lock:
@@ -147,6 +147,14 @@ class Summariser:
         self._pending.clear()
         with self._lock:
             self._windows = {}
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """``array`` as the rows the sketches see; an array that is rows already (batch x features, the
+    usual small model) as it is, since :func:`as_rows` costs more than the sketches for one row."""
+    if array.ndim == 2 and 0 < array.shape[1] <= MAX_FEATURES:
+        return array
+    return as_rows(array)
 
 
 def _chunks(
