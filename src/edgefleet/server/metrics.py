@@ -222,7 +222,7 @@ class FleetCollector:
                 .group_by(Fleet.name)
             ):
                 online[name] = int(count)
-            for name in (s.labels[0] for s in registered.samples):
+            for name in (s.labels["fleet"] for s in registered.samples):
                 connected.add_metric([name], float(online.get(name, 0)))
             for state, count in session.execute(
                 select(StageDevice.status, func.count()).group_by(StageDevice.status).order_by(StageDevice.status)
