@@ -12,7 +12,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-
 ROOT = Path(__file__).resolve().parents[2]
 #: name -> type, as docs/metrics.md lists them
 DOCUMENTED = {
@@ -87,12 +86,19 @@ def test_metrics_series_after_heartbeats(fleet_server: Any, operator_token: str,
             assert after[name].type == kind, name
     assert value(after, "edgefleet_heartbeats_received", "edgefleet_heartbeats_received_total") == beats + 2
     route = "/device/v1/SendHeartbeat"
-    assert value(
-        after, "edgefleet_http_requests", "edgefleet_http_requests_total", route=route, status="2xx"
-    ) >= 2
-    assert value(
-        after, "edgefleet_http_request_duration_seconds", "edgefleet_http_request_duration_seconds_count", route=route
-    ) >= 2
+    assert (
+        value(after, "edgefleet_http_requests", "edgefleet_http_requests_total", route=route, status="2xx")
+        >= 2
+    )
+    assert (
+        value(
+            after,
+            "edgefleet_http_request_duration_seconds",
+            "edgefleet_http_request_duration_seconds_count",
+            route=route,
+        )
+        >= 2
+    )
     # the previous scrape counted, by its route
     assert value(after, "edgefleet_http_requests", "edgefleet_http_requests_total", route="/metrics") >= 1
     fleet = {"fleet": "metrics-fleet"}
@@ -101,7 +107,9 @@ def test_metrics_series_after_heartbeats(fleet_server: Any, operator_token: str,
     labels = {"fleet": "metrics-fleet", "model": "det", "version": "1"}
     assert value(after, "edgefleet_model_requests", "edgefleet_model_requests", **labels) == 20
     assert value(after, "edgefleet_model_errors", "edgefleet_model_errors", **labels) == 2
-    assert value(after, "edgefleet_model_latency_p99_seconds", "edgefleet_model_latency_p99_seconds", **labels) == pytest.approx(0.008)
+    assert value(
+        after, "edgefleet_model_latency_p99_seconds", "edgefleet_model_latency_p99_seconds", **labels
+    ) == pytest.approx(0.008)
     # no raw paths as labels: every route label is a template or "unmatched"
     for sample in after["edgefleet_http_requests"].samples:
         assert sample.labels["route"] == "unmatched" or sample.labels["route"].startswith("/"), sample
@@ -118,7 +126,12 @@ def _devices(server: Any, tmp_path: Path) -> list[Any]:
         fleets.create_fleet(s, fleets.FleetSpec(name="metrics-fleet", output_location="s3://b/p"), db.now())
     with db.session() as s:
         registrations = devices.register_devices(
-            s, "metrics-fleet", [devices.DeviceSpec(n) for n in ("m-dev-1", "m-dev-2")], state.ca, db.now(), TOKEN_TTL
+            s,
+            "metrics-fleet",
+            [devices.DeviceSpec(n) for n in ("m-dev-1", "m-dev-2")],
+            state.ca,
+            db.now(),
+            TOKEN_TTL,
         )
         tokens = [r.enrolment_token for r in registrations]
     return [enrol(server.endpoints.api_url, t, tmp_path / str(i)) for i, t in enumerate(tokens)]

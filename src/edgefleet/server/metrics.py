@@ -225,7 +225,9 @@ class FleetCollector:
             for name in (s.labels["fleet"] for s in registered.samples):
                 connected.add_metric([name], float(online.get(name, 0)))
             for state, count in session.execute(
-                select(StageDevice.status, func.count()).group_by(StageDevice.status).order_by(StageDevice.status)
+                select(StageDevice.status, func.count())
+                .group_by(StageDevice.status)
+                .order_by(StageDevice.status)
             ):
                 stage.add_metric([state], float(count))
             figures: dict[tuple[str, str, str], _ModelFigures] = defaultdict(_ModelFigures)
@@ -274,8 +276,12 @@ class FleetCollector:
                     ),
                 )
                 .join(Fleet, Fleet.id == DriftScoreRow.fleet_id)
-                .group_by(Fleet.name, DriftScoreRow.model_name, DriftScoreRow.model_version, DriftScoreRow.kind)
-                .order_by(Fleet.name, DriftScoreRow.model_name, DriftScoreRow.model_version, DriftScoreRow.kind)
+                .group_by(
+                    Fleet.name, DriftScoreRow.model_name, DriftScoreRow.model_version, DriftScoreRow.kind
+                )
+                .order_by(
+                    Fleet.name, DriftScoreRow.model_name, DriftScoreRow.model_version, DriftScoreRow.kind
+                )
             ):
                 drift.add_metric([fleet, model, version, kind], float(score))
         return [registered, connected, stage, m_devices, m_requests, m_errors, m_p50, m_p99, drift]

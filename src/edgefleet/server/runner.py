@@ -214,7 +214,9 @@ class Replica:
         device_app = HTTPMetrics(
             DeviceFastPath(app, self.state), self.state, listener=DEVICE_LISTENER, routes=app.router.routes
         )
-        api_app = HTTPMetrics(app, self.state, listener=OPERATOR_LISTENER, routes=app.router.routes, serve=True)
+        api_app = HTTPMetrics(
+            app, self.state, listener=OPERATOR_LISTENER, routes=app.router.routes, serve=True
+        )
         common: dict[str, Any] = {
             "ssl_certfile": str(self.tls.cert),
             "ssl_keyfile": str(self.tls.key),
