@@ -100,7 +100,7 @@ class ServerMetrics:
         if self._own is not None:
             registry.register(_Forward(self._own))
         else:
-            MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+            MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
         registry.register(self.fleet)
         return registry
 
@@ -237,7 +237,7 @@ class FleetCollector:
                 .join(Fleet, Fleet.id == Device.fleet_id)
                 .where(Device.last_heartbeat_at >= cutoff)
             ):
-                _add(figures[(fleet, model, version)], metrics)
+                _add(figures[(str(fleet), str(model), str(version))], metrics)
             for key in sorted(figures):
                 f = figures[key]
                 values = list(key)
