@@ -65,6 +65,11 @@ def add_parser(sub: Any) -> None:
         help="server processes sharing both ports, each a full replica (default: 1; about one per core)",
     )
     parser.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics on the operator port without an API token (default: token required)",
+    )
+    parser.add_argument(
         "--report-interval", type=float, default=86400.0, help="seconds between fleet report regenerations"
     )
     parser.add_argument(
@@ -132,6 +137,7 @@ def build_config(args: argparse.Namespace) -> Any:
         tls_names=tuple(args.tls_name),
         device_url=args.device_url,
         workers=args.workers,
+        metrics_public=args.metrics_public,
         timing=Timing(
             report_interval=args.report_interval,
             connected_window=args.connected_window,

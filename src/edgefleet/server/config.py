@@ -130,6 +130,8 @@ class ServerConfig:
     event_loop: str = "auto"
     #: threads per worker for blocking request handlers (more only add GIL contention)
     request_threads: int = 8
+    #: serve ``GET /metrics`` on the operator port without an API token (``--metrics-public``)
+    metrics_public: bool = False
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)

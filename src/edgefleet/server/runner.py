@@ -9,7 +9,9 @@ TLS files once, then starts that many worker processes that inherit the sockets 
 full replica (the kernel hands each new connection to whichever worker accepts it first, so busy
 workers take fewer). Workers keep nothing in memory that matters (everything durable is in the
 database and the artifact store), so this is the same as several replicas behind a balancer.
-Only the first worker runs the periodic jobs. A worker that dies is started again.
+Only the first worker runs the periodic jobs. A worker that dies is started again. The workers'
+request metrics go to files in a directory the supervisor creates and removes (prometheus-client's
+multiprocess mode, :mod:`edgefleet.server.metrics`), so any worker's ``/metrics`` shows them all.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ import logging
 import multiprocessing
 import os
 import queue
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -36,11 +42,13 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from edgefleet.server.api.app import create_app
 from edgefleet.server.api.fastpath import DeviceFastPath
+from edgefleet.server.api.metrics import DEVICE_LISTENER, OPERATOR_LISTENER, HTTPMetrics
 from edgefleet.server.api.state import AppState
 from edgefleet.server.artifacts import open_artifact_store
 from edgefleet.server.ca import FleetCA
 from edgefleet.server.config import ServerConfig
 from edgefleet.server.db.engine import Clock, Database, utc_now
+from edgefleet.server.metrics import MULTIPROC_ENV, ServerMetrics
 from edgefleet.server.tls import TLSFiles, client_cert_protocol, prepare_tls
 
 log = logging.getLogger(__name__)
@@ -61,15 +69,22 @@ class Endpoints:
     device_port: int = 0
 
 
-def open_state(config: ServerConfig, *, clock: Clock = utc_now, migrate: bool = True) -> AppState:
-    """Database (migrated unless ``migrate`` is False), fleet CA and artifact store of a replica."""
+def open_state(
+    config: ServerConfig, *, clock: Clock = utc_now, migrate: bool = True, metrics_dir: Path | None = None
+) -> AppState:
+    """Database (migrated unless ``migrate`` is False), fleet CA and artifact store of a replica;
+    its metrics in the multiprocess directory ``metrics_dir`` when given."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.resolved_database_url, clock=clock)
     if migrate:
         db.migrate()
     ca = FleetCA.load_or_create(db)
     artifacts = open_artifact_store(config.resolved_artifacts_uri, s3_endpoint_url=config.s3_endpoint_url)
-    return AppState(config=config, db=db, artifacts=artifacts, ca=ca)
+    metrics = None
+    if metrics_dir is not None:
+        window = timedelta(seconds=config.timing.connected_window)
+        metrics = ServerMetrics(db, window, multiprocess_dir=metrics_dir)
+    return AppState(config=config, db=db, artifacts=artifacts, ca=ca, metrics=metrics)  # type: ignore[arg-type]
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -158,6 +173,8 @@ class _Listeners:
     device_sock: socket.socket
     tls: TLSFiles
     device_url: str
+    #: prometheus-client's multiprocess directory, shared by the workers
+    metrics_dir: Path | None = None
 
 
 class Replica:
@@ -172,7 +189,8 @@ class Replica:
         listeners: _Listeners | None = None,
     ) -> None:
         self.config = config
-        self.state = open_state(config, clock=clock, migrate=listeners is None)
+        metrics_dir = listeners.metrics_dir if listeners is not None else None
+        self.state = open_state(config, clock=clock, migrate=listeners is None, metrics_dir=metrics_dir)
         if listeners is None:
             self.tls: TLSFiles = prepare_tls(config, self.state.ca, self.state.db.now())
             self._api_sock = _bind(config.host, config.port)
@@ -192,7 +210,13 @@ class Replica:
             self._device_sock.getsockname()[1],
         )
         app = create_app(self.state, run_jobs=run_jobs)
-        device_app = DeviceFastPath(app, self.state)
+        # counted in front of everything: the device listener's fast path answers outside the app
+        device_app = HTTPMetrics(
+            DeviceFastPath(app, self.state), self.state, listener=DEVICE_LISTENER, routes=app.router.routes
+        )
+        api_app = HTTPMetrics(
+            app, self.state, listener=OPERATOR_LISTENER, routes=app.router.routes, serve=True
+        )
         common: dict[str, Any] = {
             "ssl_certfile": str(self.tls.cert),
             "ssl_keyfile": str(self.tls.key),
@@ -204,7 +228,7 @@ class Replica:
         self._servers = [
             _Server(
                 uvicorn.Config(
-                    app, lifespan="on", timeout_keep_alive=int(config.timing.api_keep_alive), **common
+                    api_app, lifespan="on", timeout_keep_alive=int(config.timing.api_keep_alive), **common
                 ),
                 self._started[0],
             ),
@@ -286,7 +310,12 @@ def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> N
     api_sock = _bind(config.host, config.port)
     device_sock = _bind(config.host, config.device_port)
     device_url = config.device_url or _url(config.host, device_sock.getsockname()[1])
-    listeners = _Listeners(api_sock, device_sock, tls, device_url)
+    # fresh for each run (old counts must not add to this run's); the workers inherit the variable,
+    # which prometheus-client reads when it is imported
+    metrics_dir = Path(tempfile.mkdtemp(prefix="edgefleet-metrics-"))
+    previous_env = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    listeners = _Listeners(api_sock, device_sock, tls, device_url, metrics_dir)
     api_port, device_port = api_sock.getsockname()[1], device_sock.getsockname()[1]
     endpoints = Endpoints(_url(config.host, api_port), device_url, str(tls.ca), api_port, device_port)
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
@@ -340,6 +369,11 @@ def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> N
         device_sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if previous_env is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous_env
 
 
 def _worker_main(

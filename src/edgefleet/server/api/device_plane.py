@@ -156,6 +156,7 @@ async def send_heartbeat(body: s.HeartbeatRequest, st: State, identity: Identity
             identity.name, identity.serial, body.DeviceFleetName, beat, result=result, named=body.DeviceName
         )
     )
+    st.metrics.heartbeats.inc()
     return {}
 
 

@@ -31,12 +31,15 @@ from edgefleet.server.api import device_plane, schemas
 from edgefleet.server.api.asgi import ASGIApp, Receive, Scope, Send, content_length, header, replay
 from edgefleet.server.api.auth import DeviceIdentity, identity_from_scope
 from edgefleet.server.api.errors import error_response, exception_response
+from edgefleet.server.api.metrics import ROUTE_SCOPE_KEY
 from edgefleet.server.api.state import AppState
 from edgefleet.server.validation import MAX_ID, check_json_text
 
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "/device/v1/packages/"
+#: the download route's template (the application's route of the same path), for the metrics
+PACKAGE_ROUTE = PACKAGE_PREFIX + "{package_id}"
 #: bodies larger than this go to the application (a daemon's heartbeat is a few KiB)
 MAX_FAST_BODY = 256 * 1024
 
@@ -88,6 +91,8 @@ class DeviceFastPath:
             await self.app(scope, replay(chunks, not more, None, receive), send)
             return
 
+        scope[ROUTE_SCOPE_KEY] = scope["path"]  # the fast path's routes have no parameters
+
         async def answer() -> Response:
             out = await route[1](body, self.state, identity_from_scope(scope))
             data = out.model_dump_json() if isinstance(out, BaseModel) else json.dumps(out)
@@ -102,6 +107,8 @@ class DeviceFastPath:
             _fall_back(scope, f"the package id {package[:40]!r}")
             await self.app(scope, receive, send)
             return
+
+        scope[ROUTE_SCOPE_KEY] = PACKAGE_ROUTE
 
         async def answer() -> Response:
             identity = identity_from_scope(scope)

@@ -16,6 +16,7 @@ from edgefleet.server.deviceplane.heartbeat import HeartbeatService
 from edgefleet.server.deviceplane.poll import PollService
 from edgefleet.server.deviceplane.result import ResultService
 from edgefleet.server.drift import DriftScorer
+from edgefleet.server.metrics import ServerMetrics
 from edgefleet.storage import ObjectStore, StoreOptions, open_store
 
 
@@ -40,11 +41,15 @@ class AppState:
     downloads: DownloadService = field(init=False)
     #: scores complete drift buckets for the periodic work (remembers only when it last looked)
     drift_scorer: DriftScorer = field(init=False)
+    #: Prometheus series of this replica (default: single-process; the runner's workers share files)
+    metrics: ServerMetrics = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.captures is None:
             options = StoreOptions(what="capture object", s3_endpoint_url=self.config.s3_endpoint_url)
             self.captures = open_store(self.config.resolved_captures_uri, options, purpose="capture store")
+        if self.metrics is None:
+            self.metrics = ServerMetrics(self.db, self.connected_window)
         self.heartbeats = HeartbeatService(self.db)
         self.polls = PollService(self.db)
         self.results = ResultService(self.db)
