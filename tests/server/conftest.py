@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server_testkit import FakeClock, scratch_pg_database
@@ -112,3 +113,23 @@ def op(fleet_server: object, operator_token: str) -> Iterator[object]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
+    """An empty database of its own on each backend, no migration run yet (migration tests)."""
+    from edgefleet.server.db.engine import Database
+
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'edgefleet.db'}", clock=clock)
+        try:
+            yield database
+        finally:
+            database.close()
+        return
+    with scratch_pg_database("edgefleet_migration") as url:
+        database = Database(url, clock=clock, pool_size=1)
+        try:
+            yield database
+        finally:
+            database.close()

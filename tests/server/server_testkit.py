@@ -364,3 +364,17 @@ def heartbeat_uploads(
     }
     response: Any = device.call("SendHeartbeat", body)
     assert response.status_code == 200, response.text
+
+
+def migrate(db: Any, revision: str, *, down: bool = False) -> None:
+    """Run the server's alembic migrations on ``db`` up (or ``down``) to ``revision``."""
+    from alembic import command
+    from alembic.config import Config
+
+    from edgefleet.server.db.engine import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)

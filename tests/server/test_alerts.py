@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from drift_testkit import digits, heartbeat_body, summary_of, window
-from server_testkit import DeviceClient, FakeClock, build_test_package, enrol, scratch_pg_database
+from server_testkit import DeviceClient, FakeClock, build_test_package, enrol, migrate, scratch_pg_database
 from sqlalchemy import select
 
 from edgefleet.cli import main as cli_main
@@ -631,42 +631,22 @@ def test_replicas_posting_at_once_deliver_each_webhook_once(
         assert all(r.attempts == 1 and r.delivered_at == now for r in rows)
 
 
-def test_migration_0008_downgrades_and_upgrades_again(empty_db_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
+def test_migration_0009_downgrades_and_upgrades_again(unmigrated: Any) -> None:
     from sqlalchemy import inspect
 
-    from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
+    db = unmigrated
+    db.migrate()
 
-    db = Database(empty_db_url)
-    try:
-        db.migrate()
+    def tables() -> set[str]:
+        with db.engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
 
-        def tables() -> set[str]:
-            with db.engine.connect() as conn:
-                return set(inspect(conn).get_table_names())
-
-        new = {"drift_buckets", "drift_scores", "alert_rules", "alert_events", "webhook_deliveries"}
-        assert new <= tables()
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with db.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0008")
-        assert not new & tables() and "summary_windows" in tables()
-        db.migrate()
-        assert new <= tables()
-    finally:
-        db.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
-        return
-    with scratch_pg_database("edgefleet_alerts_migration") as url:
-        yield url
+    new = {"drift_buckets", "drift_scores", "alert_rules", "alert_events", "webhook_deliveries"}
+    assert new <= tables()
+    migrate(db, "0008", down=True)
+    assert not new & tables() and "summary_windows" in tables()
+    db.migrate()
+    assert new <= tables()
 
 
 def test_the_server_runs_the_monitoring_by_itself(tmp_path: Path, keys: Path, receiver: Receiver) -> None:

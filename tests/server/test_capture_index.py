@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from server_testkit import FakeClock, enrol, enrolled_fleet, scratch_pg_database
+from server_testkit import FakeClock, enrol, enrolled_fleet, migrate
 from sqlalchemy import func, inspect, select
 
 from edgefleet.core import deviceplane as dp
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.server import captures, devices, reports
 from edgefleet.server.api import render
-from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
+from edgefleet.server.db.engine import Database
 from edgefleet.server.db.schema import CaptureObject, DeviceCaptureStatus
 from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
@@ -298,37 +295,11 @@ def test_the_index_feeds_sampling_counts_and_latest_sample_times(db: Db, clock: 
 # --- migration 0006 -------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def unmigrated(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Database]:
-    """An empty database of its own, no migration run yet."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'edgefleet.db'}", clock=clock)
-        try:
-            yield database
-        finally:
-            database.close()
-        return
-    with scratch_pg_database("edgefleet_migration") as url:
-        database = Database(url, clock=clock, pool_size=1)
-        try:
-            yield database
-        finally:
-            database.close()
-
-
-def _migrate(db: Database, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
-
 def test_migration_0006_adds_the_index_and_takes_it_away_again(unmigrated: Database) -> None:
     db = unmigrated
-    _migrate(db, "0005")
+    migrate(db, "0005")
     enrolled_fleet(db, "line-1", ["cam-a"])
-    _migrate(db, "head")
+    migrate(db, "head")
     with db.session() as s:
         device = devices.get_device(s, "cam-a")
         captures.record_device_report(
@@ -338,11 +309,11 @@ def test_migration_0006_adds_the_index_and_takes_it_away_again(unmigrated: Datab
             db.now(),
         )
     assert [row[1] for row in indexed(db)] == ["cam-a"]
-    _migrate(db, "0005", down=True)
+    migrate(db, "0005", down=True)
     with db.engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
     assert {"capture_objects", "device_capture_status"}.isdisjoint(tables) and "devices" in tables
     with db.session() as s:
         assert devices.get_device(s, "cam-a").name == "cam-a"  # the devices are untouched
-    _migrate(db, "head")
+    migrate(db, "head")
     assert indexed(db) == []

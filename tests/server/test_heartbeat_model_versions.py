@@ -6,22 +6,17 @@ SQLite, and PostgreSQL when reachable."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
-from server_testkit import FakeClock, enrolled_fleet, scratch_pg_database, stored_model
+from server_testkit import FakeClock, enrolled_fleet, migrate, stored_model
 from sqlalchemy import func, insert, inspect, select
 
 from edgefleet.server import captures, devices, reports
 from edgefleet.server.api import render
-from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
+from edgefleet.server.db.engine import Database
 from edgefleet.server.db.schema import Base, Device, DeviceModel, Fleet
 from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
 
@@ -230,35 +225,6 @@ def test_the_migrated_schema_matches_the_models(db: Db) -> None:
         }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Database]:
-    """An empty database of its own (no migration run yet) on each backend."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'edgefleet.db'}", clock=clock)
-        try:
-            yield database
-        finally:
-            database.close()
-        return
-    with scratch_pg_database("edgefleet_migration") as url:
-        database = Database(url, clock=clock, pool_size=1)
-        try:
-            yield database
-        finally:
-            database.close()
-
-
-def _migrate(db: Database, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        if down:
-            command.downgrade(config, revision)
-        else:
-            command.upgrade(config, revision)
-
-
 def _rows(db: Database) -> list[tuple[str, str, str]]:
     with db.engine.connect() as conn:
         return [
@@ -277,9 +243,9 @@ def _key(db: Database) -> list[str]:
         return columns
 
 
-def test_migration_0004_keeps_the_models_and_downgrades_to_one_version_per_name(empty_db: Database) -> None:
-    db = empty_db
-    _migrate(db, "0003")
+def test_migration_0004_keeps_the_models_and_downgrades_to_one_version_per_name(unmigrated: Database) -> None:
+    db = unmigrated
+    migrate(db, "0003")
     assert _key(db) == ["device_id", "model_name"]
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     t1 = t0 + timedelta(seconds=30)
@@ -315,7 +281,7 @@ def test_migration_0004_keeps_the_models_and_downgrades_to_one_version_per_name(
                 model("cam-b", "det", "3.0", t0),
             ],
         )
-    _migrate(db, "head")
+    migrate(db, "head")
     assert _key(db) == ["device_id", "model_name", "model_version"]
     assert _rows(db) == [("cam-a", "counter", "1"), ("cam-a", "det", "2.0"), ("cam-b", "det", "3.0")]
     with db.engine.begin() as conn:  # a second version of a model fits now
@@ -327,10 +293,10 @@ def test_migration_0004_keeps_the_models_and_downgrades_to_one_version_per_name(
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
 
     # Down again: per device and name the most recent report stays (of equal ones, the highest version).
-    _migrate(db, "0003", down=True)
+    migrate(db, "0003", down=True)
     assert _key(db) == ["device_id", "model_name"]
     assert _rows(db) == [("cam-a", "counter", "1"), ("cam-a", "det", "3.0"), ("cam-b", "det", "4.0")]
-    _migrate(db, "head")
+    migrate(db, "head")
     assert _key(db) == ["device_id", "model_name", "model_version"]
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

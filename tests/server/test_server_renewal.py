@@ -4,20 +4,16 @@ expired certificates, reused keys and revoked devices are refused; migration 000
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from server_testkit import TOKEN_TTL, FakeClock, make_csr, scratch_pg_database
+from server_testkit import TOKEN_TTL, FakeClock, make_csr, migrate
 from sqlalchemy import func, insert, inspect, select
 
 from edgefleet.core.errors import Code, EdgefleetError, InvalidArgument
 from edgefleet.server import devices, fleets
 from edgefleet.server.ca import FleetCA
-from edgefleet.server.db.engine import MIGRATIONS_DIR, Database
+from edgefleet.server.db.engine import Database
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet, RevokedCertificate
 
 CERT_DAYS = 3
@@ -135,35 +131,9 @@ def test_deregistration_and_re_enrolment_revoke_an_unused_renewal(db: Database, 
         assert s.get(RevokedCertificate, again) is not None
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def unmigrated(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Database]:
-    """An empty database of its own, no migration run yet."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'edgefleet.db'}", clock=clock)
-        try:
-            yield database
-        finally:
-            database.close()
-        return
-    with scratch_pg_database("edgefleet_migration") as url:
-        database = Database(url, clock=clock, pool_size=1)
-        try:
-            yield database
-        finally:
-            database.close()
-
-
-def _migrate(db: Database, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
-
 def test_migration_0005_keeps_devices_and_their_rows_both_ways(unmigrated: Database) -> None:
     db = unmigrated
-    _migrate(db, "0004")
+    migrate(db, "0004")
     t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     devices_table, models_table = Device.__table__, DeviceModel.__table__
     with db.engine.begin() as conn:
@@ -190,7 +160,7 @@ def test_migration_0005_keeps_devices_and_their_rows_both_ways(unmigrated: Datab
                 device_id=device_id, model_name="det", model_version="1", metrics=[], updated_at=t0
             )
         )
-    _migrate(db, "head")
+    migrate(db, "head")
     with db.session() as s:
         device = devices.get_device(s, "cam-1")
         assert (device.cert_serial, device.renewed_cert_serial, device.renewed_cert_not_after) == (
@@ -199,7 +169,7 @@ def test_migration_0005_keeps_devices_and_their_rows_both_ways(unmigrated: Datab
             None,
         )
         device.renewed_cert_serial, device.renewed_cert_not_after = "def", t0
-    _migrate(db, "0004", down=True)  # an unused renewal is forgotten; nothing else is
+    migrate(db, "0004", down=True)  # an unused renewal is forgotten; nothing else is
     with db.engine.connect() as conn:
         assert conn.execute(select(devices_table.c.name, devices_table.c.cert_serial)).all() == [
             ("cam-1", "abc")
