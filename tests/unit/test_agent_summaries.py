@@ -34,6 +34,17 @@ def test_inline_inputs_are_kept_as_they_are_and_shared_memory_is_copied() -> Non
     np.testing.assert_array_equal(kept, view)
 
 
+def test_a_decoded_tensor_viewing_request_bytes_through_a_memoryview_is_not_copied() -> None:
+    # The agent decodes a tensor as a view of the request's bytes through a memoryview.
+    data = np.arange(64, dtype=np.float32).tobytes()
+    decoded = np.frombuffer(memoryview(data), np.float32).reshape(1, 64)
+    assert _kept(decoded) is decoded
+    segment = memoryview(bytearray(data))  # a mutable buffer behind the memoryview: copied
+    view = np.frombuffer(segment, np.float32).reshape(1, 64)
+    kept = _kept(view)
+    assert kept is not view and not np.shares_memory(kept, view)
+
+
 def test_a_segment_reused_after_the_call_does_not_reach_the_summary() -> None:
     summariser = Summariser()
     try:

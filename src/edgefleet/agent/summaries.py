@@ -54,6 +54,8 @@ def _kept(array: np.ndarray) -> np.ndarray:
     base: object = array
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
+    if isinstance(base, memoryview):  # a decoded tensor: a view of the request's bytes
+        base = base.obj
     return array if isinstance(base, bytes) else as_rows(array).copy()
 
 
