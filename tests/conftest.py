@@ -16,6 +16,15 @@ settings.register_profile("edgefleet", deadline=None, suppress_health_check=[Hea
 settings.load_profile("edgefleet")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--browser-artifacts",
+        default="test-artifacts/browser",
+        help="where the browser tests (tests/browser) save screenshots and logs; relative to the "
+        "repository (default: test-artifacts/browser)",
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _scratch_root(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Helpers in support.py make their scratch directories under pytest's base temporary dir."""
