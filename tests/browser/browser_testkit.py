@@ -207,6 +207,17 @@ class Dashboard:
         return f"{self.base_url}{path}"
 
 
+def login(page: Any, dashboard: Dashboard, token: str | None = None) -> None:
+    """Log in through the login form (the dashboard redirects ``/ui/`` there without a session)."""
+    from playwright.sync_api import expect
+
+    page.goto(dashboard.url("/ui/"))
+    expect(page.locator("#login-form")).to_be_visible()
+    page.fill("#token", token or dashboard.token)
+    page.click("#login-submit")
+    expect(page.locator("#nav-fleets")).to_be_visible()
+
+
 def by_id(element_id: str) -> str:
     """A selector for the element with id ``element_id`` (ids here hold dots: ``model-row-det-1.0``)."""
     return f'[id="{element_id}"]'

@@ -35,6 +35,7 @@ from browser_testkit import (
     Simulation,
     chromium_executable,
     clear_artifacts,
+    login,
 )
 from support import build_null, wait_for
 
@@ -158,17 +159,6 @@ def dashboard(
 
         wait_for(all_heartbeating, "every simulated device's first heartbeat", timeout=180)
         yield Dashboard(server, token, op, simulation, artifacts, packages)
-
-
-def login(page: Any, dashboard: Dashboard, token: str | None = None) -> None:
-    """Log in through the login form (the dashboard redirects ``/ui/`` there without a session)."""
-    from playwright.sync_api import expect
-
-    page.goto(dashboard.url("/ui/"))
-    expect(page.locator("#login-form")).to_be_visible()
-    page.fill("#token", token or dashboard.token)
-    page.click("#login-submit")
-    expect(page.locator("#nav-fleets")).to_be_visible()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,241 @@
+"""The web dashboard in a real browser (headless Chromium): logging in and out, no access without a
+session, fleets with simulated devices, the device list's filters, approving and rejecting model
+versions, a deployment watched live to DEPLOYED, a stage that fails and rolls back, the monitoring
+charts. Each main page is saved as a screenshot in the artifacts directory (see conftest)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from browser_testkit import (
+    DEPLOY_MODEL,
+    IDLE_DEVICES,
+    IDLE_FLEET,
+    REVIEW_MODEL,
+    ROLLOUT_TIMEOUT_MS,
+    SIM_DEVICES,
+    SIM_FLEET,
+    Dashboard,
+    by_id,
+    login,
+)
+from support import wait_for
+
+pytestmark = pytest.mark.browser
+
+#: the pages behind the navigation bar
+PAGES = ("/ui/", "/ui/fleets", "/ui/devices", "/ui/models", "/ui/deployments", "/ui/monitoring")
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def device_rows(page: Any) -> set[str]:
+    """The names of the devices the device table lists."""
+    ids = page.locator("#device-table [id^='device-row-']").evaluate_all("rows => rows.map(r => r.id)")
+    return {i.removeprefix("device-row-") for i in ids}
+
+
+def create_plan(dashboard: Dashboard, plan: str, version: str) -> None:
+    """A one-stage plan rolling ``det`` ``version`` out to every device of the simulated fleet."""
+    dashboard.op.create_plan(
+        {
+            "EdgeDeploymentPlanName": plan,
+            "DeviceFleetName": SIM_FLEET,
+            "ModelConfigs": [{"ModelHandle": "detector", "ModelName": DEPLOY_MODEL, "ModelVersion": version}],
+            "Stages": [
+                {
+                    "StageName": "all",
+                    "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
+                }
+            ],
+        }
+    )
+
+
+def open_plan(page: Any, plan: str) -> None:
+    """From the deployments page to the plan's own page."""
+    page.click("#nav-deployments")
+    row = page.locator(by_id(f"deployment-row-{plan}"))
+    expect(row).to_be_visible()
+    row.get_by_role("link", name=plan).first.click()
+    expect(page.locator("#progress")).to_be_visible()
+
+
+def start_and_watch(page: Any, plan: str, stage: str, status: str) -> None:
+    """Press the stage's start button, then wait for ``status`` in the progress panel, which must get
+    there by live updates (no navigation of the page after the start)."""
+    page.click(by_id(f"start-{stage}"))
+    page.wait_for_load_state()
+    expect(page.locator("#progress")).to_be_visible()
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    expect(page.locator("#progress")).to_contain_text(status, timeout=ROLLOUT_TIMEOUT_MS)
+    assert navigations == [], f"the progress panel reloaded the page instead of updating: {navigations}"
+
+
+def stage_status(dashboard: Dashboard, plan: str) -> str:
+    return str(dashboard.op.describe_plan(plan)["Stages"][0]["DeploymentStatus"]["StageStatus"])
+
+
+# ------------------------------------------------------------------------------- sessions
+
+
+def test_login_rejects_a_bad_token_then_logs_in_and_out(
+    anonymous_page: Any, dashboard: Dashboard, shoot: Any
+) -> None:
+    page = anonymous_page
+    page.goto(dashboard.url("/ui/"))
+    expect(page.locator("#login-form")).to_be_visible()
+    shoot(page, "login")
+    page.fill("#token", "not-a-token")
+    page.click("#login-submit")
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).not_to_be_empty()
+    expect(page.locator("#nav-fleets")).to_have_count(0)
+
+    login(page, dashboard)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "edgefleet_session"]
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] in ("Strict", "Lax")
+
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    page.goto(dashboard.url("/ui/devices"))
+    expect(page.locator("#login-form")).to_be_visible()  # the session ended with the logout
+
+
+def test_nothing_is_served_without_a_session(anonymous_page: Any, dashboard: Dashboard) -> None:
+    page = anonymous_page
+    for path in PAGES:
+        page.goto(dashboard.url(path))
+        expect(page.locator("#login-form")).to_be_visible()
+        assert "/ui/login" in page.url, (path, page.url)
+    # what htmx asks for (a fragment) and a POST are refused outright, not redirected
+    fragment = page.request.get(dashboard.url("/ui/devices"), headers={"HX-Request": "true"}, max_redirects=0)
+    assert fragment.status == 401, fragment.text()
+    posted = page.request.post(dashboard.url("/ui/logout"), form={"csrf_token": "x"}, max_redirects=0)
+    assert posted.status in (401, 403), posted.text()
+
+
+# ------------------------------------------------------------------------------- fleets and devices
+
+
+def test_fleets_page_shows_the_simulated_devices(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    page.goto(dashboard.url("/ui/"))
+    page.click("#nav-fleets")
+    table = page.locator("#fleet-table")
+    expect(table).to_contain_text(SIM_FLEET)
+    expect(table).to_contain_text(IDLE_FLEET)
+    row = table.locator("tr", has_text=SIM_FLEET)
+    expect(row).to_contain_text(str(len(SIM_DEVICES)))
+    shoot(page, "fleets")
+
+
+def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    page.goto(dashboard.url("/ui/"))
+    page.click("#nav-devices")
+    expect(page.locator("#device-table")).to_be_visible()
+    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_be_visible()
+    assert device_rows(page) == {*SIM_DEVICES, *IDLE_DEVICES}
+    shoot(page, "devices")
+
+    def apply(**fields: str) -> None:
+        form = page.locator("#device-filter")
+        for name in ("fleet", "status", "tag", "model"):
+            field = form.locator(f"#filter-{name}")
+            value = fields.get(name, "")
+            if field.evaluate("e => e.tagName") == "SELECT":
+                field.select_option(value)
+            else:
+                field.fill(value)
+        form.locator("[type=submit]").first.click()
+        page.wait_for_load_state()
+
+    apply(fleet=IDLE_FLEET)
+    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_have_count(0)
+    assert device_rows(page) == set(IDLE_DEVICES)
+    apply(tag="site=north")
+    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[-1]}"))).to_have_count(0)
+    assert device_rows(page) == set(SIM_DEVICES[:3])
+    shoot(page, "devices-filtered")
+    apply(tag="site=nowhere")
+    expect(page.locator("#empty-state")).to_be_visible()
+    apply()
+    expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[0]}"))).to_be_visible()
+
+    page.locator(by_id(f"device-row-{SIM_DEVICES[0]}")).get_by_role("link", name=SIM_DEVICES[0]).click()
+    expect(page.locator("body")).to_contain_text(SIM_DEVICES[0])
+    expect(page.locator("body")).to_contain_text("ago")  # last seen, relative
+    shoot(page, "device-detail")
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def test_approve_and_reject_model_versions(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    page.goto(dashboard.url("/ui/"))
+    page.click("#nav-models")
+    approved, rejected = f"{REVIEW_MODEL}-1.0", f"{REVIEW_MODEL}-2.0"
+    expect(page.locator(by_id(f"model-row-{approved}"))).to_contain_text("Pending")
+    shoot(page, "models")
+
+    page.click(by_id(f"approve-{approved}"))
+    expect(page.locator(by_id(f"model-row-{approved}"))).to_contain_text("Approved")
+    expect(page.locator(by_id(f"approve-{approved}"))).to_have_count(0)
+    page.click(by_id(f"reject-{rejected}"))
+    expect(page.locator(by_id(f"model-row-{rejected}"))).to_contain_text("Rejected")
+    shoot(page, "models-reviewed")
+
+    # the same service layer as the API: the API sees the operator's decisions
+    assert dashboard.op.describe_version(REVIEW_MODEL, "1.0")["ModelApprovalStatus"] == "Approved"
+    assert dashboard.op.describe_version(REVIEW_MODEL, "2.0")["ModelApprovalStatus"] == "Rejected"
+
+
+# ------------------------------------------------------------------------------- deployments
+
+
+def test_a_deployment_watched_to_deployed(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    create_plan(dashboard, "rollout-good", "1.0")
+    page.goto(dashboard.url("/ui/"))
+    page.click("#nav-deployments")
+    expect(page.locator(by_id("deployment-row-rollout-good"))).to_be_visible()
+    shoot(page, "deployments")
+    open_plan(page, "rollout-good")
+    start_and_watch(page, "rollout-good", "all", "DEPLOYED")
+    shoot(page, "deployment-detail")
+    assert stage_status(dashboard, "rollout-good") == "DEPLOYED"
+
+
+def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    create_plan(dashboard, "rollout-bad", "2.0")  # det 2.0 fails its smoke test on every device
+    page.goto(dashboard.url("/ui/"))
+    open_plan(page, "rollout-bad")
+    start_and_watch(page, "rollout-bad", "all", "FAILED")
+    events = page.locator("#events")
+    expect(events).to_contain_text("ROLLED_BACK")
+    shoot(page, "deployment-failed")
+    assert stage_status(dashboard, "rollout-bad") == "FAILED"
+    devices = wait_for(
+        lambda: (rows := list(dashboard.op.stage_devices("rollout-bad", "all")))
+        and {d["DeviceDeploymentStatus"] for d in rows} <= {"FAILED", "STOPPED"}
+        and rows,
+        "every device of the failed stage to finish or stop",
+        timeout=180,
+    )
+    assert "FAILED_ROLLED_BACK" in {d["DeviceResult"] for d in devices}
+
+
+# ------------------------------------------------------------------------------- monitoring
+
+
+def test_monitoring_charts(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    page.goto(dashboard.url("/ui/"))
+    page.click("#nav-monitoring")
+    for chart in ("chart-latency", "chart-errors", "chart-drift"):
+        expect(page.locator(f"#{chart}")).to_be_visible()
+    expect(page.locator("#chart-latency canvas").first).to_be_visible()
+    shoot(page, "monitoring")
