@@ -208,10 +208,10 @@ class Dashboard:
 
 
 def login(page: Any, dashboard: Dashboard, token: str | None = None) -> None:
-    """Log in through the login form (the dashboard redirects ``/ui/`` there without a session)."""
+    """Log in through the login form (the dashboard redirects ``/ui`` there without a session)."""
     from playwright.sync_api import expect
 
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     expect(page.locator("#login-form")).to_be_visible()
     page.fill("#token", token or dashboard.token)
     page.click("#login-submit")

@@ -26,7 +26,7 @@ from support import wait_for
 pytestmark = pytest.mark.browser
 
 #: the pages behind the navigation bar
-PAGES = ("/ui/", "/ui/fleets", "/ui/devices", "/ui/models", "/ui/deployments", "/ui/monitoring")
+PAGES = ("/ui", "/ui/devices", "/ui/models", "/ui/deployments", "/ui/monitoring")
 
 
 def expect(locator: Any) -> Any:
@@ -90,7 +90,7 @@ def test_login_rejects_a_bad_token_then_logs_in_and_out(
     anonymous_page: Any, dashboard: Dashboard, shoot: Any
 ) -> None:
     page = anonymous_page
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     expect(page.locator("#login-form")).to_be_visible()
     shoot(page, "login")
     page.fill("#token", "not-a-token")
@@ -115,29 +115,42 @@ def test_nothing_is_served_without_a_session(anonymous_page: Any, dashboard: Das
         page.goto(dashboard.url(path))
         expect(page.locator("#login-form")).to_be_visible()
         assert "/ui/login" in page.url, (path, page.url)
-    # what htmx asks for (a fragment) and a POST are refused outright, not redirected
+    # what htmx asks for (a fragment), a chart's data and a POST are refused outright, not redirected
     fragment = page.request.get(dashboard.url("/ui/devices"), headers={"HX-Request": "true"}, max_redirects=0)
     assert fragment.status == 401, fragment.text()
-    posted = page.request.post(dashboard.url("/ui/logout"), form={"csrf_token": "x"}, max_redirects=0)
-    assert posted.status in (401, 403), posted.text()
+    assert fragment.headers.get("hx-redirect") == "/ui/login"
+    data = page.request.get(dashboard.url("/ui/data/figures"), max_redirects=0)
+    assert data.status == 401 and data.json()["error"]["code"] == "UNAUTHENTICATED", data.text()
+    posted = page.request.post(
+        dashboard.url(f"/ui/models/{DEPLOY_MODEL}/versions/1.0/approval"),
+        form={"csrf_token": "x", "status": "Rejected"},
+        max_redirects=0,
+    )
+    assert posted.status == 401, posted.text()
+    assert dashboard.op.describe_version(DEPLOY_MODEL, "1.0")["ApprovalStatus"] == "Approved"
 
 
 # ------------------------------------------------------------------------------- fleets and devices
 
 
 def test_fleets_page_shows_the_simulated_devices(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     page.click("#nav-fleets")
     table = page.locator("#fleet-table")
-    expect(table).to_contain_text(SIM_FLEET)
-    expect(table).to_contain_text(IDLE_FLEET)
-    row = table.locator("tr", has_text=SIM_FLEET)
-    expect(row).to_contain_text(str(len(SIM_DEVICES)))
+    expect(table).to_be_visible()
+    cells = table.locator(by_id(f"fleet-row-{SIM_FLEET}")).locator("td")
+    # registered, connected, offline: every simulated device heartbeats
+    expect(cells.nth(0)).to_have_text(str(len(SIM_DEVICES)))
+    expect(cells.nth(1)).to_have_text(str(len(SIM_DEVICES)))
+    expect(cells.nth(2)).to_have_text("0")
+    idle = table.locator(by_id(f"fleet-row-{IDLE_FLEET}")).locator("td")
+    expect(idle.nth(0)).to_have_text(str(len(IDLE_DEVICES)))
+    expect(idle.nth(1)).to_have_text("0")
     shoot(page, "fleets")
 
 
 def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     page.click("#nav-devices")
     expect(page.locator("#device-table")).to_be_visible()
     expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_be_visible()
@@ -163,6 +176,8 @@ def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, 
     expect(page.locator(by_id(f"device-row-{SIM_DEVICES[-1]}"))).to_have_count(0)
     assert device_rows(page) == set(SIM_DEVICES[:3])
     shoot(page, "devices-filtered")
+    apply(status="connected")
+    assert device_rows(page) == set(SIM_DEVICES)
     apply(tag="site=nowhere")
     expect(page.locator("#empty-state")).to_be_visible()
     apply()
@@ -178,7 +193,7 @@ def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, 
 
 
 def test_approve_and_reject_model_versions(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     page.click("#nav-models")
     approved, rejected = f"{REVIEW_MODEL}-1.0", f"{REVIEW_MODEL}-2.0"
     expect(page.locator(by_id(f"model-row-{approved}"))).to_contain_text("Pending")
@@ -192,8 +207,9 @@ def test_approve_and_reject_model_versions(page: Any, dashboard: Dashboard, shoo
     shoot(page, "models-reviewed")
 
     # the same service layer as the API: the API sees the operator's decisions
-    assert dashboard.op.describe_version(REVIEW_MODEL, "1.0")["ModelApprovalStatus"] == "Approved"
-    assert dashboard.op.describe_version(REVIEW_MODEL, "2.0")["ModelApprovalStatus"] == "Rejected"
+    reviewed = dashboard.op.describe_version(REVIEW_MODEL, "1.0")
+    assert reviewed["ApprovalStatus"] == "Approved" and reviewed["ApprovalUpdatedBy"] == "ops-browser"
+    assert dashboard.op.describe_version(REVIEW_MODEL, "2.0")["ApprovalStatus"] == "Rejected"
 
 
 # ------------------------------------------------------------------------------- deployments
@@ -201,7 +217,7 @@ def test_approve_and_reject_model_versions(page: Any, dashboard: Dashboard, shoo
 
 def test_a_deployment_watched_to_deployed(page: Any, dashboard: Dashboard, shoot: Any) -> None:
     create_plan(dashboard, "rollout-good", "1.0")
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     page.click("#nav-deployments")
     expect(page.locator(by_id("deployment-row-rollout-good"))).to_be_visible()
     shoot(page, "deployments")
@@ -213,7 +229,7 @@ def test_a_deployment_watched_to_deployed(page: Any, dashboard: Dashboard, shoot
 
 def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any) -> None:
     create_plan(dashboard, "rollout-bad", "2.0")  # det 2.0 fails its smoke test on every device
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     open_plan(page, "rollout-bad")
     start_and_watch(page, "rollout-bad", "all", "FAILED")
     events = page.locator("#events")
@@ -234,7 +250,7 @@ def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any)
 
 
 def test_monitoring_charts(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    page.goto(dashboard.url("/ui/"))
+    page.goto(dashboard.url("/ui"))
     page.click("#nav-monitoring")
     for chart in ("chart-latency", "chart-errors", "chart-drift"):
         expect(page.locator(f"#{chart}")).to_be_visible()
