@@ -70,13 +70,31 @@ def open_plan(page: Any, plan: str) -> None:
 def start_and_watch(page: Any, plan: str, stage: str, status: str) -> None:
     """Press the stage's start button, then wait for ``status`` in the progress panel, which must get
     there by live updates (no navigation of the page after the start)."""
-    page.click(by_id(f"start-{stage}"))
-    page.wait_for_load_state()
-    expect(page.locator("#progress")).to_be_visible()
+    start = page.locator(by_id(f"start-{plan}"))
+    expect(start).to_contain_text(f"stage {stage}")
+    start.click()
+    expect(page.locator(by_id(f"stop-{plan}"))).to_be_enabled()  # the page after the start: running
+    expect(page.locator("#progress")).to_have_attribute("data-running", "true")
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
-    expect(page.locator("#progress")).to_contain_text(status, timeout=ROLLOUT_TIMEOUT_MS)
+    expect(page.locator(by_id(f"stage-status-{stage}"))).to_have_text(status, timeout=ROLLOUT_TIMEOUT_MS)
     assert navigations == [], f"the progress panel reloaded the page instead of updating: {navigations}"
+
+
+def ensure_serving(dashboard: Dashboard) -> None:
+    """Wait until every simulated device serves ``det`` 1.0 (rolled out through the API first when
+    no earlier test of the session has done it), so that their heartbeats carry model figures."""
+
+    def serving() -> bool:
+        rows = list(dashboard.op.list_devices(fleet=SIM_FLEET, model=DEPLOY_MODEL))
+        return len(rows) == len(SIM_DEVICES)
+
+    if not serving() and "rollout-good" not in {
+        p["EdgeDeploymentPlanName"] for p in dashboard.op.list_plans()
+    }:
+        create_plan(dashboard, "rollout-good", "1.0")
+        dashboard.op.start_stage("rollout-good", "all")
+    wait_for(serving, f"every simulated device to serve {DEPLOY_MODEL}", timeout=180)
 
 
 def stage_status(dashboard: Dashboard, plan: str) -> str:
@@ -184,8 +202,9 @@ def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, 
     expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[0]}"))).to_be_visible()
 
     page.locator(by_id(f"device-row-{SIM_DEVICES[0]}")).get_by_role("link", name=SIM_DEVICES[0]).click()
-    expect(page.locator("body")).to_contain_text(SIM_DEVICES[0])
-    expect(page.locator("body")).to_contain_text("ago")  # last seen, relative
+    expect(page.locator("h1")).to_contain_text(SIM_DEVICES[0])
+    expect(page.locator("#device-status")).to_contain_text("connected")
+    expect(page.locator("#last-seen")).to_contain_text("ago")  # relative, then the UTC time
     shoot(page, "device-detail")
 
 
@@ -201,7 +220,7 @@ def test_approve_and_reject_model_versions(page: Any, dashboard: Dashboard, shoo
 
     page.click(by_id(f"approve-{approved}"))
     expect(page.locator(by_id(f"model-row-{approved}"))).to_contain_text("Approved")
-    expect(page.locator(by_id(f"approve-{approved}"))).to_have_count(0)
+    expect(page.locator(by_id(f"approve-{approved}"))).to_be_disabled()
     page.click(by_id(f"reject-{rejected}"))
     expect(page.locator(by_id(f"model-row-{rejected}"))).to_contain_text("Rejected")
     shoot(page, "models-reviewed")
@@ -227,32 +246,63 @@ def test_a_deployment_watched_to_deployed(page: Any, dashboard: Dashboard, shoot
     assert stage_status(dashboard, "rollout-good") == "DEPLOYED"
 
 
-def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    create_plan(dashboard, "rollout-bad", "2.0")  # det 2.0 fails its smoke test on every device
-    page.goto(dashboard.url("/ui"))
-    open_plan(page, "rollout-bad")
-    start_and_watch(page, "rollout-bad", "all", "FAILED")
-    events = page.locator("#events")
-    expect(events).to_contain_text(re.compile(r"rolled[ _]back", re.IGNORECASE))
-    shoot(page, "deployment-failed")
-    assert stage_status(dashboard, "rollout-bad") == "FAILED"
-    devices = wait_for(
+def failed_rollout(dashboard: Dashboard) -> list[dict[str, Any]]:
+    """The stage devices of "rollout-bad" once each has finished or stopped."""
+    return wait_for(
         lambda: (rows := list(dashboard.op.stage_devices("rollout-bad", "all")))
         and {d["DeviceDeploymentStatus"] for d in rows} <= {"FAILED", "STOPPED"}
         and rows,
         "every device of the failed stage to finish or stop",
         timeout=180,
     )
-    assert "FAILED_ROLLED_BACK" in {d["DeviceResult"] for d in devices}
+
+
+def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    create_plan(dashboard, "rollout-bad", "2.0")  # det 2.0 fails its smoke test on every device
+    page.goto(dashboard.url("/ui"))
+    open_plan(page, "rollout-bad")
+    start_and_watch(page, "rollout-bad", "all", "FAILED")
+    stage = page.locator("#stage-all")
+    expect(stage).to_contain_text("rolling the stage back")  # the reason, as the API words it
+    assert stage_status(dashboard, "rollout-bad") == "FAILED"
+    rows = failed_rollout(dashboard)
+    rolled_back = sorted(d["DeviceName"] for d in rows if d["DeviceResult"] == "FAILED_ROLLED_BACK")
+    assert rolled_back, rows
+    page.reload()  # the panel stops polling once the stage has ended; devices may have reported since
+    for name in rolled_back:
+        row = page.locator(by_id(f"stage-device-all-{name}"))
+        expect(row).to_contain_text("FAILED_ROLLED_BACK")
+        expect(row).to_contain_text("null model configured to fail")  # the device's own reason
+    shoot(page, "deployment-failed")
+
+
+@pytest.mark.xfail(
+    reason="a stage that fails on its device threshold writes no stage event (only the watch does), "
+    "so the events list stays empty",
+    strict=True,
+)
+def test_a_failed_stage_is_listed_in_the_events(page: Any, dashboard: Dashboard) -> None:
+    if "rollout-bad" not in {p["EdgeDeploymentPlanName"] for p in dashboard.op.list_plans()}:
+        create_plan(dashboard, "rollout-bad", "2.0")
+        dashboard.op.start_stage("rollout-bad", "all")
+    failed_rollout(dashboard)
+    page.goto(dashboard.url("/ui/deployments/rollout-bad"))
+    expect(page.locator("#events")).to_contain_text(re.compile(r"fail", re.IGNORECASE), timeout=5_000)
 
 
 # ------------------------------------------------------------------------------- monitoring
 
 
 def test_monitoring_charts(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    ensure_serving(dashboard)
     page.goto(dashboard.url("/ui"))
     page.click("#nav-monitoring")
-    for chart in ("chart-latency", "chart-errors", "chart-drift"):
-        expect(page.locator(f"#{chart}")).to_be_visible()
-    expect(page.locator("#chart-latency canvas").first).to_be_visible()
+    latency = page.locator("#chart-latency")
+    expect(latency).to_have_attribute("data-state", "drawn")
+    expect(latency.locator("canvas").first).to_be_visible()
+    expect(latency).to_contain_text(f"{SIM_FLEET} {DEPLOY_MODEL}:1.0")  # the series' legend
+    expect(page.locator("#chart-errors")).to_have_attribute("data-state", "drawn")
+    # no baseline was uploaded, so no drift scores: the chart says so
+    expect(page.locator("#chart-drift")).to_have_attribute("data-state", "empty")
+    expect(page.locator("#chart-drift")).to_contain_text("no drift scores yet")
     shoot(page, "monitoring")
