@@ -40,10 +40,13 @@ from browser_testkit import (
 from support import build_null, wait_for
 
 
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-    """Remember each phase's outcome on the item, for the failure screenshot in ``page``'s teardown."""
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Remember whether the test failed (an expected failure does not), for ``page``'s teardown."""
+    report = yield
     if call.when == "call":
-        item.stash[_FAILED] = call.excinfo is not None
+        item.stash[_FAILED] = report.failed
+    return report
 
 
 _FAILED = pytest.StashKey[bool]()
@@ -214,11 +217,11 @@ def anonymous_page(
 
 @pytest.fixture
 def shoot(artifacts: Path) -> Any:
-    """``shoot(page, name)`` saves a full-page screenshot as ``<artifacts>/<name>.png``."""
+    """``shoot(page, name)`` saves a (full-page unless ``full_page=False``) screenshot as ``<artifacts>/<name>.png``."""
 
-    def screenshot(page: Any, name: str) -> Path:
+    def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
         path = artifacts / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
+        page.screenshot(path=str(path), full_page=full_page)
         return path
 
     return screenshot
