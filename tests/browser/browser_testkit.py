@@ -181,7 +181,9 @@ SIM_FLEET = "line-a"
 IDLE_FLEET = "line-b"
 #: simulated devices: the first half tagged site=north, the rest site=south
 SIM_DEVICES = [f"cam-{i:02d}" for i in range(6)]
-IDLE_DEVICES = [f"spare-{i:02d}" for i in range(3)]
+IDLE_DEVICES = [f"spare-{i:02d}" for i in range(55)]
+#: rows on one page of the dashboard's device list (more devices than this: a next page)
+DEVICE_PAGE = 50
 #: the model the deployment tests roll out (approved through the API): 1.0 works, 2.0 fails its smoke test
 DEPLOY_MODEL = "det"
 #: the model whose versions the approval test approves and rejects in the browser (uploaded pending)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from browser_testkit import (
     DEPLOY_MODEL,
+    DEVICE_PAGE,
     IDLE_DEVICES,
     IDLE_FLEET,
     REVIEW_MODEL,
@@ -172,7 +173,9 @@ def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, 
     page.click("#nav-devices")
     expect(page.locator("#device-table")).to_be_visible()
     expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_be_visible()
-    assert device_rows(page) == {*SIM_DEVICES, *IDLE_DEVICES}
+    # one page of rows in name order (cam-*, then spare-*), and a link to the next
+    assert device_rows(page) == {*SIM_DEVICES, *IDLE_DEVICES[: DEVICE_PAGE - len(SIM_DEVICES)]}
+    expect(page.locator("#next-page")).to_be_visible()
     shoot(page, "devices")
 
     def apply(**fields: str) -> None:
@@ -189,7 +192,12 @@ def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, 
 
     apply(fleet=IDLE_FLEET)
     expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_have_count(0)
-    assert device_rows(page) == set(IDLE_DEVICES)
+    assert device_rows(page) == set(IDLE_DEVICES[:DEVICE_PAGE])
+    page.click("#next-page")  # the next page keeps the filter
+    expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[-1]}"))).to_be_visible()
+    assert device_rows(page) == set(IDLE_DEVICES[DEVICE_PAGE:])
+    expect(page.locator("#next-page")).to_have_count(0)
+    expect(page.locator("#filter-fleet")).to_have_value(IDLE_FLEET)
     apply(tag="site=north")
     expect(page.locator(by_id(f"device-row-{SIM_DEVICES[-1]}"))).to_have_count(0)
     assert device_rows(page) == set(SIM_DEVICES[:3])
