@@ -149,73 +149,6 @@ def test_nothing_is_served_without_a_session(anonymous_page: Any, dashboard: Das
     assert dashboard.op.describe_version(DEPLOY_MODEL, "1.0")["ApprovalStatus"] == "Approved"
 
 
-# ------------------------------------------------------------------------------- fleets and devices
-
-
-def test_fleets_page_shows_the_simulated_devices(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    page.goto(dashboard.url("/ui"))
-    page.click("#nav-fleets")
-    table = page.locator("#fleet-table")
-    expect(table).to_be_visible()
-    cells = table.locator(by_id(f"fleet-row-{SIM_FLEET}")).locator("td")
-    # registered, connected, offline: every simulated device heartbeats
-    expect(cells.nth(0)).to_have_text(str(len(SIM_DEVICES)))
-    expect(cells.nth(1)).to_have_text(str(len(SIM_DEVICES)))
-    expect(cells.nth(2)).to_have_text("0")
-    idle = table.locator(by_id(f"fleet-row-{IDLE_FLEET}")).locator("td")
-    expect(idle.nth(0)).to_have_text(str(len(IDLE_DEVICES)))
-    expect(idle.nth(1)).to_have_text("0")
-    shoot(page, "fleets")
-
-
-def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, shoot: Any) -> None:
-    page.goto(dashboard.url("/ui"))
-    page.click("#nav-devices")
-    expect(page.locator("#device-table")).to_be_visible()
-    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_be_visible()
-    # one page of rows in name order (cam-*, then spare-*), and a link to the next
-    assert device_rows(page) == {*SIM_DEVICES, *IDLE_DEVICES[: DEVICE_PAGE - len(SIM_DEVICES)]}
-    expect(page.locator("#next-page")).to_be_visible()
-    shoot(page, "devices")
-
-    def apply(**fields: str) -> None:
-        form = page.locator("#device-filter")
-        for name in ("fleet", "status", "tag", "model"):
-            field = form.locator(f"#filter-{name}")
-            value = fields.get(name, "")
-            if field.evaluate("e => e.tagName") == "SELECT":
-                field.select_option(value)
-            else:
-                field.fill(value)
-        form.locator("[type=submit]").first.click()
-        page.wait_for_load_state()
-
-    apply(fleet=IDLE_FLEET)
-    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_have_count(0)
-    assert device_rows(page) == set(IDLE_DEVICES[:DEVICE_PAGE])
-    page.click("#next-page")  # the next page keeps the filter
-    expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[-1]}"))).to_be_visible()
-    assert device_rows(page) == set(IDLE_DEVICES[DEVICE_PAGE:])
-    expect(page.locator("#next-page")).to_have_count(0)
-    expect(page.locator("#filter-fleet")).to_have_value(IDLE_FLEET)
-    apply(tag="site=north")
-    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[-1]}"))).to_have_count(0)
-    assert device_rows(page) == set(SIM_DEVICES[:3])
-    shoot(page, "devices-filtered")
-    apply(status="connected")
-    assert device_rows(page) == set(SIM_DEVICES)
-    apply(tag="site=nowhere")
-    expect(page.locator("#empty-state")).to_be_visible()
-    apply()
-    expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[0]}"))).to_be_visible()
-
-    page.locator(by_id(f"device-row-{SIM_DEVICES[0]}")).get_by_role("link", name=SIM_DEVICES[0]).click()
-    expect(page.locator("h1")).to_contain_text(SIM_DEVICES[0])
-    expect(page.locator("#device-status")).to_contain_text("connected")
-    expect(page.locator("#last-seen")).to_contain_text("ago")  # relative, then the UTC time
-    shoot(page, "device-detail")
-
-
 # ------------------------------------------------------------------------------- models
 
 
@@ -296,6 +229,85 @@ def test_a_failed_stage_is_listed_in_the_events(page: Any, dashboard: Dashboard)
     failed_rollout(dashboard)
     page.goto(dashboard.url("/ui/deployments/rollout-bad"))
     expect(page.locator("#events")).to_contain_text(re.compile(r"fail", re.IGNORECASE), timeout=5_000)
+
+
+# ------------------------------------------------------------------------------- fleets and devices
+
+
+def test_fleets_page_shows_the_simulated_devices(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    ensure_serving(dashboard)
+    page.goto(dashboard.url("/ui"))
+    page.click("#nav-fleets")
+    table = page.locator("#fleet-table")
+    expect(table).to_be_visible()
+    cells = table.locator(by_id(f"fleet-row-{SIM_FLEET}")).locator("td")
+    # registered, connected, offline: every simulated device heartbeats
+    expect(cells.nth(0)).to_have_text(str(len(SIM_DEVICES)))
+    expect(cells.nth(1)).to_have_text(str(len(SIM_DEVICES)))
+    expect(cells.nth(2)).to_have_text("0")
+    idle = table.locator(by_id(f"fleet-row-{IDLE_FLEET}")).locator("td")
+    expect(idle.nth(0)).to_have_text(str(len(IDLE_DEVICES)))
+    expect(idle.nth(1)).to_have_text("0")
+    # the model versions in use in the fleet, with the figures of the devices' heartbeats
+    in_use = page.locator("section.fleet", has_text=SIM_FLEET).locator(
+        "table.models tr", has_text=DEPLOY_MODEL
+    )
+    expect(in_use.locator("td").nth(1)).to_have_text("1.0")
+    expect(in_use.locator("td").nth(2)).to_have_text(str(len(SIM_DEVICES)))  # connected devices serving it
+    shoot(page, "fleets")
+
+
+def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, shoot: Any) -> None:
+    ensure_serving(dashboard)
+    page.goto(dashboard.url("/ui"))
+    page.click("#nav-devices")
+    expect(page.locator("#device-table")).to_be_visible()
+    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_be_visible()
+    # one page of rows in name order (cam-*, then spare-*), and a link to the next
+    assert device_rows(page) == {*SIM_DEVICES, *IDLE_DEVICES[: DEVICE_PAGE - len(SIM_DEVICES)]}
+    expect(page.locator("#next-page")).to_be_visible()
+    shoot(page, "devices")
+
+    def apply(**fields: str) -> None:
+        form = page.locator("#device-filter")
+        for name in ("fleet", "status", "tag", "model"):
+            field = form.locator(f"#filter-{name}")
+            value = fields.get(name, "")
+            if field.evaluate("e => e.tagName") == "SELECT":
+                field.select_option(value)
+            else:
+                field.fill(value)
+        form.locator("[type=submit]").first.click()
+        page.wait_for_load_state()
+
+    apply(fleet=IDLE_FLEET)
+    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[0]}"))).to_have_count(0)
+    assert device_rows(page) == set(IDLE_DEVICES[:DEVICE_PAGE])
+    page.click("#next-page")  # the next page keeps the filter
+    expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[-1]}"))).to_be_visible()
+    assert device_rows(page) == set(IDLE_DEVICES[DEVICE_PAGE:])
+    expect(page.locator("#next-page")).to_have_count(0)
+    expect(page.locator("#filter-fleet")).to_have_value(IDLE_FLEET)
+    apply(tag="site=north")
+    expect(page.locator(by_id(f"device-row-{SIM_DEVICES[-1]}"))).to_have_count(0)
+    assert device_rows(page) == set(SIM_DEVICES[:3])
+    shoot(page, "devices-filtered")
+    apply(status="connected")
+    assert device_rows(page) == set(SIM_DEVICES)
+    apply(model=DEPLOY_MODEL)
+    assert device_rows(page) == set(SIM_DEVICES)
+    apply(tag="site=nowhere")
+    expect(page.locator("#empty-state")).to_be_visible()
+    apply()
+    expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[0]}"))).to_be_visible()
+
+    page.locator(by_id(f"device-row-{SIM_DEVICES[0]}")).get_by_role("link", name=SIM_DEVICES[0]).click()
+    expect(page.locator("h1")).to_contain_text(SIM_DEVICES[0])
+    expect(page.locator("#device-status")).to_contain_text("connected")
+    expect(page.locator("#last-seen")).to_contain_text("ago")  # relative, then the UTC time
+    expect(page.locator("#device-models tr", has_text=DEPLOY_MODEL)).to_contain_text("1.0")
+    expect(page.locator("#deployment-history")).to_contain_text("rollout-good")
+    shoot(page, "device-detail")
 
 
 # ------------------------------------------------------------------------------- monitoring
