@@ -496,3 +496,37 @@ def test_migration_0010_downgrades_and_upgrades_again(unmigrated: Any) -> None:
     assert "ui_sessions" not in tables() and "operator_tokens" in tables()
     db.migrate()
     assert "ui_sessions" in tables()
+
+
+def test_drift_scores_reach_the_monitoring_data(fresh: UI) -> None:
+    """Windows from a heartbeat, scored by the periodic work's scorer, come back as a chart series."""
+    from datetime import timedelta
+
+    from drift_testkit import digits, summary_of, window
+    from server_testkit import enrolled_fleet
+
+    from edgefleet.server import devices, drift
+    from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
+
+    db = fresh.state.db
+    serials = enrolled_fleet(db, "cams", ["cam-a"])
+    add_versions(fresh.state, "digits", ("1",))
+    with db.session() as session:
+        drift.put_baseline(session, "digits", "1", summary_of(digits(500)).to_wire(), "ops-alice", db.now())
+    hour = db.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    writer = HeartbeatService(db)
+    try:
+        shifted = window(hour + timedelta(minutes=10), x=digits(200, shift=3.0))
+        beat = devices.Heartbeat(agent_version="1.0", summaries=(shifted,))
+        assert writer.one(HeartbeatItem("cam-a", serials["cam-a"], "cams", beat))
+    finally:
+        writer.close()
+    assert fresh.state.drift_scorer.run(db.now())
+    assert fresh.login().status_code == 303
+    body = fresh.client.get("/ui/data/drift").json()
+    kinds = {s["kind"] for s in body["series"] if s["model"] == "digits" and s["version"] == "1"}
+    assert kinds and kinds <= {"PSI", "KS", "JS"}
+    psi = next(s for s in body["series"] if s["kind"] == "PSI")
+    assert psi["points"][0][0] == hour.timestamp() and psi["points"][0][1] > 0
+    assert fresh.client.get("/ui/data/drift", params={"hours": 0}).status_code == 400
+    assert fresh.client.get("/ui/data/drift", params={"fleet": "nope"}).status_code == 404
