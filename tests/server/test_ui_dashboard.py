@@ -530,3 +530,17 @@ def test_drift_scores_reach_the_monitoring_data(fresh: UI) -> None:
     assert psi["points"][0][0] == hour.timestamp() and psi["points"][0][1] > 0
     assert fresh.client.get("/ui/data/drift", params={"hours": 0}).status_code == 400
     assert fresh.client.get("/ui/data/drift", params={"fleet": "nope"}).status_code == 404
+
+
+def test_the_session_lifetime_is_a_server_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli.main import build_parser
+    from edgefleet.cli.server import build_config
+
+    parser = build_parser()
+    config = build_config(parser.parse_args(["server", "--ui-session-ttl", "600"]))
+    assert config.timing.ui_session_ttl == 600.0
+    assert build_config(parser.parse_args(["server"])).timing.ui_session_ttl == 12 * 3600.0
+    for bad in ("0", "-5", "soon", "inf"):
+        with pytest.raises(SystemExit, match="2"):
+            parser.parse_args(["server", "--ui-session-ttl", bad])
+        assert "must be a number of seconds above 0" in capsys.readouterr().err
