@@ -167,7 +167,9 @@ def test_a_post_without_the_right_csrf_token_is_403_and_changes_nothing(ui: UI, 
     assert 'id="error"' in response.text and "CSRF" in response.text
     assert _version_row(ui, "detector", "2")[0] == "PendingManualApproval"
     header = ui.client.post(
-        "/ui/models/detector/versions/2/approval", data={"status": "Rejected"}, headers={"X-CSRF-Token": "nope"}
+        "/ui/models/detector/versions/2/approval",
+        data={"status": "Rejected"},
+        headers={"X-CSRF-Token": "nope"},
     )
     assert header.status_code == 403
     assert _version_row(ui, "detector", "2")[0] == "PendingManualApproval"
@@ -193,7 +195,8 @@ def test_form_bodies_are_bounded_and_must_be_url_encoded(ui: UI) -> None:
     csrf = ui.csrf()
     limit = ui.state.config.limits.max_form_body_bytes
     big = ui.client.post(
-        "/ui/models/detector/versions/2/approval", data={"status": "Rejected", "csrf_token": csrf, "x": "a" * limit}
+        "/ui/models/detector/versions/2/approval",
+        data={"status": "Rejected", "csrf_token": csrf, "x": "a" * limit},
     )
     assert big.status_code == 413
     as_json = ui.client.post(
@@ -323,12 +326,22 @@ def _listed(html: str) -> list[str]:
 
 def test_the_device_list_filters(ui: UI) -> None:
     page = ui.client.get("/ui/devices")
-    for element in ("device-filter", "filter-fleet", "filter-status", "filter-tag", "filter-model", "device-table"):
+    for element in (
+        "device-filter",
+        "filter-fleet",
+        "filter-status",
+        "filter-tag",
+        "filter-model",
+        "device-table",
+    ):
         assert f'id="{element}"' in page.text
     assert _listed(page.text) == [f"cams-{i:03d}" for i in range(5)]
     assert _listed(ui.client.get("/ui/devices", params={"status": "offline"}).text) == ["cams-004"]
     assert len(_listed(ui.client.get("/ui/devices", params={"status": "connected"}).text)) == 4
-    assert _listed(ui.client.get("/ui/devices", params={"tag": "site=paris"}).text) == ["cams-001", "cams-003"]
+    assert _listed(ui.client.get("/ui/devices", params={"tag": "site=paris"}).text) == [
+        "cams-001",
+        "cams-003",
+    ]
     assert len(_listed(ui.client.get("/ui/devices", params={"model": "detector", "fleet": "cams"}).text)) == 4
     assert len(_listed(ui.client.get("/ui/devices", params={"seen": "1h"}).text)) == 4
     none = ui.client.get("/ui/devices", params={"model": "other"})
@@ -426,7 +439,13 @@ def test_the_session_cookie_stores_only_a_hash(fresh: UI) -> None:
 
 
 def test_static_assets_are_served_from_the_package(ui: UI) -> None:
-    for asset in ("ui.css", "monitoring.js", "vendor/htmx.min.js", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css"):
+    for asset in (
+        "ui.css",
+        "monitoring.js",
+        "vendor/htmx.min.js",
+        "vendor/uPlot.iife.min.js",
+        "vendor/uPlot.min.css",
+    ):
         response = ui.client.get(f"/ui/static/{asset}")
         assert response.status_code == 200, asset
     page = ui.client.get("/ui/monitoring").text
@@ -459,3 +478,69 @@ def devices_ttl() -> Any:
     from datetime import timedelta
 
     return timedelta(days=1)
+
+
+def test_migration_0010_downgrades_and_upgrades_again(unmigrated: Any) -> None:
+    from server_testkit import migrate
+    from sqlalchemy import inspect
+
+    db = unmigrated
+    db.migrate()
+
+    def tables() -> set[str]:
+        with db.engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+
+    assert "ui_sessions" in tables()
+    migrate(db, "0009", down=True)
+    assert "ui_sessions" not in tables() and "operator_tokens" in tables()
+    db.migrate()
+    assert "ui_sessions" in tables()
+
+
+def test_drift_scores_reach_the_monitoring_data(fresh: UI) -> None:
+    """Windows from a heartbeat, scored by the periodic work's scorer, come back as a chart series."""
+    from datetime import timedelta
+
+    from drift_testkit import digits, summary_of, window
+    from server_testkit import enrolled_fleet
+
+    from edgefleet.server import devices, drift
+    from edgefleet.server.deviceplane.heartbeat import HeartbeatItem, HeartbeatService
+
+    db = fresh.state.db
+    serials = enrolled_fleet(db, "cams", ["cam-a"])
+    add_versions(fresh.state, "digits", ("1",))
+    with db.session() as session:
+        drift.put_baseline(session, "digits", "1", summary_of(digits(500)).to_wire(), "ops-alice", db.now())
+    hour = db.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    writer = HeartbeatService(db)
+    try:
+        shifted = window(hour + timedelta(minutes=10), x=digits(200, shift=3.0))
+        beat = devices.Heartbeat(agent_version="1.0", summaries=(shifted,))
+        assert writer.one(HeartbeatItem("cam-a", serials["cam-a"], "cams", beat))
+    finally:
+        writer.close()
+    assert fresh.state.drift_scorer.run(db.now())
+    assert fresh.login().status_code == 303
+    body = fresh.client.get("/ui/data/drift").json()
+    kinds = {s["kind"] for s in body["series"] if s["model"] == "digits" and s["version"] == "1"}
+    assert kinds and kinds <= {"PSI", "KS", "JS"}
+    psi = next(s for s in body["series"] if s["kind"] == "PSI")
+    assert psi["points"][0][0] == hour.timestamp() and psi["points"][0][1] > 0
+    assert fresh.client.get("/ui/data/drift", params={"hours": 0}).status_code == 400
+    assert fresh.client.get("/ui/data/drift", params={"fleet": "nope"}).status_code == 404
+
+
+def test_the_session_lifetime_is_a_server_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli.main import build_parser
+    from edgefleet.cli.server import build_config
+
+    parser = build_parser()
+    config = build_config(parser.parse_args(["server", "--ui-session-ttl", "600"]))
+    assert config.timing.ui_session_ttl == 600.0
+    assert build_config(parser.parse_args(["server"])).timing.ui_session_ttl == 12 * 3600.0
+    for bad in ("0", "-5", "soon", "inf"):
+        with pytest.raises(SystemExit, match="2"):
+            parser.parse_args(["server", "--ui-session-ttl", bad])
+        assert "must be a number of seconds above 0" in capsys.readouterr().err

@@ -84,7 +84,10 @@ def fill_fleet(state: Any, fleet: str = "cams", count: int = 3, *, model: str = 
     names = [f"{fleet}-{i:03d}" for i in range(count)]
     with db.session() as session:
         fleets.create_fleet(session, fleets.FleetSpec(fleet, f"file:///tmp/{fleet}"), now)
-        specs = [devices.DeviceSpec(n, tags={"site": "berlin" if i % 2 == 0 else "paris"}) for i, n in enumerate(names)]
+        specs = [
+            devices.DeviceSpec(n, tags={"site": "berlin" if i % 2 == 0 else "paris"})
+            for i, n in enumerate(names)
+        ]
         devices.register_devices(session, fleet, specs, state.ca, now, timedelta(days=1))
     with db.session() as session:
         for name in names[:-1]:

@@ -785,4 +785,6 @@ def score_series(
         stmt = stmt.where(DriftScoreRow.fleet_id == get_fleet(session, fleet_name).id)
     if model_name is not None:
         stmt = stmt.where(DriftScoreRow.model_name == model_name)
-    return [ScorePoint(str(f), str(m), str(v), str(k), t, float(s)) for f, m, v, k, t, s in session.execute(stmt)]
+    return [
+        ScorePoint(str(f), str(m), str(v), str(k), t, float(s)) for f, m, v, k, t, s in session.execute(stmt)
+    ]

@@ -109,7 +109,7 @@ def login(request: Request, form: Form) -> Response:
     timing = st.config.timing
     try:
         with st.db.session() as session:
-            secret, info = sessions.open_session(
+            secret, _ = sessions.open_session(
                 session,
                 form.get("token", ""),
                 st.db.now(),
@@ -288,7 +288,9 @@ def device_page(name: str, request: Request, info: Info) -> HTMLResponse:
     try:
         with st.db.session() as session:
             row = devices.get_device(session, name)
-            device = bodies.device(row, captures.latest_samples(session, row), captures.capture_status(session, row))
+            device = bodies.device(
+                row, captures.latest_samples(session, row), captures.capture_status(session, row)
+            )
             model_metrics = {(m.model_name, m.model_version): list(m.metrics or ()) for m in row.models}
             history = [
                 bodies.stage_device(plan, stage, item)
@@ -320,7 +322,9 @@ def device_page(name: str, request: Request, info: Info) -> HTMLResponse:
 def _models_context(st: AppState) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     with st.db.session() as session:
-        for model in registry.list_models(session, limit=st.config.limits.max_page_size, next_token=None).items:
+        for model in registry.list_models(
+            session, limit=st.config.limits.max_page_size, next_token=None
+        ).items:
             out = bodies.model(session, model)
             versions = []
             for version in registry.list_versions(
@@ -332,7 +336,11 @@ def _models_context(st: AppState) -> dict[str, Any]:
                     provenance[package.target] = dict(manifest.get("provenance") or {})
                 aliases = sorted(a for a, v in out.Aliases.items() if v == version.version)
                 versions.append(
-                    {"out": bodies.version(version, st.artifacts), "provenance": provenance, "aliases": aliases}
+                    {
+                        "out": bodies.version(version, st.artifacts),
+                        "provenance": provenance,
+                        "aliases": aliases,
+                    }
                 )
             items.append({"model": out, "versions": versions})
     return {"models": items}
@@ -387,10 +395,7 @@ def _plan_context(request: Request, name: str, operator: str) -> dict[str, Any]:
     status = [st_.DeploymentStatus.StageStatus for st_ in plan.Stages]
     startable = next((x.StageName for x in plan.Stages if x.DeploymentStatus.StageStatus in _STARTABLE), None)
     stoppable = next((x.StageName for x in plan.Stages if x.DeploymentStatus.StageStatus in _STOPPABLE), None)
-    events = sorted(
-        ({"stage": x.StageName, "event": e} for x in plan.Stages for e in x.Events),
-        key=lambda item: item["event"].Time,
-    )
+    events = sorted(((x.StageName, e) for x in plan.Stages for e in x.Events), key=lambda item: item[1].Time)
     return {
         "plan": plan,
         "stage_devices": devices_of,
@@ -422,12 +427,16 @@ def deployment_progress(name: str, request: Request, info: Info) -> HTMLResponse
     return render(request, "progress.html", context, info=info)
 
 
-def _stage_action(name: str, request: Request, info: SessionInfo, form: dict[str, str], start: bool) -> Response:
+def _stage_action(
+    name: str, request: Request, info: SessionInfo, form: dict[str, str], start: bool
+) -> Response:
     check_csrf(request, info, form)
     stage = form.get("stage", "")
     try:
         if not stage:
-            raise InvalidArgument(f"plan {name!r} has no stage that can be {'started' if start else 'stopped'} now")
+            raise InvalidArgument(
+                f"plan {name!r} has no stage that can be {'started' if start else 'stopped'} now"
+            )
         if start:
             api_deployments.start_stage(name, stage, request, info.operator)
         else:
@@ -437,7 +446,9 @@ def _stage_action(name: str, request: Request, info: SessionInfo, form: dict[str
             context = _plan_context(request, name, info.operator)
         except EdgefleetError:
             return error_page(request, exc, info)
-        return render(request, "deployment.html", {**context, "error": exc}, status=exc.http_status, info=info)
+        return render(
+            request, "deployment.html", {**context, "error": exc}, status=exc.http_status, info=info
+        )
     return see_other(f"{PREFIX}/deployments/{name}")
 
 
@@ -506,7 +517,9 @@ def drift_data(request: Request, info: Info, fleet: str = "", hours: int = 24) -
         raise Refused(InvalidArgument(f"hours must be between 1 and {24 * 90}, got {hours}"))
     try:
         with st.db.session() as session:
-            points = drift.score_series(session, st.db.now() - timedelta(hours=hours), fleet_name=fleet or None)
+            points = drift.score_series(
+                session, st.db.now() - timedelta(hours=hours), fleet_name=fleet or None
+            )
     except EdgefleetError as exc:
         raise Refused(exc) from exc
     series: dict[tuple[str, str, str, str], list[list[float]]] = {}

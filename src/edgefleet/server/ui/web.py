@@ -93,14 +93,14 @@ def _iso(when: datetime | None) -> str:
 
 def _number(value: float | int | None, digits: int = 1) -> str:
     if value is None:
-        return "–"
+        return "\N{EN DASH}"
     if isinstance(value, int) or float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:,.{digits}f}"
 
 
 def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.2f} %"
+    return "\N{EN DASH}" if value is None else f"{value * 100:.2f} %"
 
 
 templates = Environment(
@@ -127,9 +127,7 @@ def render(
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def error_page(
-    request: Request, error: EdgefleetError, info: SessionInfo | None = None
-) -> HTMLResponse:
+def error_page(request: Request, error: EdgefleetError, info: SessionInfo | None = None) -> HTMLResponse:
     """The API's error (code and message) on a page of its own, with the code's HTTP status."""
     if is_htmx(request):
         return render(request, "error_fragment.html", {"error": error}, status=error.http_status, info=info)
@@ -183,7 +181,9 @@ def check_csrf(request: Request, info: SessionInfo, form: Mapping[str, str]) -> 
     sent = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
     if not sessions.csrf_matches(info.csrf_token, sent):
         raise Refused(
-            PermissionDenied("the form's CSRF token does not match your session: reload the page and try again")
+            PermissionDenied(
+                "the form's CSRF token does not match your session: reload the page and try again"
+            )
         )
 
 
@@ -210,7 +210,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> Response:
         if request.url.path.startswith(DATA_PREFIX):
-            return JSONResponse(error_body(exc.error.code, exc.error.message), status_code=exc.error.http_status)
+            return JSONResponse(
+                error_body(exc.error.code, exc.error.message), status_code=exc.error.http_status
+            )
         return await run_in_threadpool(error_page, request, exc.error)
 
 
