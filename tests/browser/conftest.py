@@ -217,9 +217,12 @@ def anonymous_page(
 
 @pytest.fixture
 def shoot(artifacts: Path) -> Any:
-    """``shoot(page, name)`` saves a (full-page unless ``full_page=False``) screenshot as ``<artifacts>/<name>.png``."""
+    """``shoot(page, name)`` checks that the page fits the window's width (1280 px: no horizontal
+    scrolling) and saves a (full-page unless ``full_page=False``) screenshot as ``<artifacts>/<name>.png``."""
 
     def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{name}: {overflow} px wider than the {VIEWPORT['width']} px window"
         path = artifacts / f"{name}.png"
         page.screenshot(path=str(path), full_page=full_page)
         return path
