@@ -302,6 +302,10 @@ def test_device_list_filters_and_device_detail(page: Any, dashboard: Dashboard, 
     assert device_rows(page) == set(SIM_DEVICES)
     apply(tag="site=nowhere")
     expect(page.locator("#empty-state")).to_be_visible()
+    apply(tag="site")  # a bad filter: the API's code and message, on the page
+    expect(page.locator("#error")).to_have_text(
+        "INVALID_ARGUMENT: tag filter 'site' must look like KEY=VALUE"
+    )
     apply()
     expect(page.locator(by_id(f"device-row-{IDLE_DEVICES[0]}"))).to_be_visible()
 
