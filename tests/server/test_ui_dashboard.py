@@ -448,8 +448,13 @@ def test_static_assets_are_served_from_the_package(ui: UI) -> None:
     ):
         response = ui.client.get(f"/ui/static/{asset}")
         assert response.status_code == 200, asset
-    page = ui.client.get("/ui/monitoring").text
+    response = ui.client.get("/ui/monitoring")
+    page = response.text
     assert "http://" not in page and "https://" not in page  # nothing from off the server
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page  # no inline script (the policy would block it)
 
 
 def test_the_device_port_does_not_serve_the_dashboard(ui: UI, tmp_path: Path) -> None:
