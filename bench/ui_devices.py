@@ -7,7 +7,7 @@ For each size: a SQLite database filled through the server's own registration pa
 (``devices.record_heartbeat``: 90 % of the devices connected, serving a model, tagged
 ``site=berlin`` or ``site=paris``); then a real control plane on loopback (TLS), a dashboard login,
 and ``GET /ui/devices`` timed over HTTPS: the first page, and a filtered page (status connected,
-tag ``site=paris``, model ``detector``). Prints the median and p90 of each, and the ratio of the
+tag ``site=paris``, model ``detector``), and the last page (the list pages by offset). Prints the median and p90 of each, and the ratio of the
 large to the small fleet (the page shows 50 devices either way, so the ratio is the cost of the
 fleet's size: it should stay near 1).
 """
@@ -86,12 +86,18 @@ def measure(count: int, repeat: int) -> dict[str, list[float]]:
                     "/ui/login", data={"token": secret, "csrf_token": csrf.group(1)}, follow_redirects=False
                 )
                 assert login.status_code == 303, login.text
-                times: dict[str, list[float]] = {"first page": [], "filtered page": []}
+                from edgefleet.server.ui.pages import DEVICE_PAGE
+                from edgefleet.server.validation import encode_page_token
+
+                # the device list pages by offset (server/db/paging.py): the last page is the slowest
+                last = {"page": encode_page_token(max(0, count - DEVICE_PAGE))}
+                cases = (("first page", {}), ("filtered page", FILTERED), ("last page", last))
+                times: dict[str, list[float]] = {label: [] for label, _ in cases}
                 for _ in range(3):  # warm up connections and caches
                     client.get("/ui/devices")
                     client.get("/ui/devices", params=FILTERED)
                 for _ in range(repeat):
-                    for label, params in (("first page", {}), ("filtered page", FILTERED)):
+                    for label, params in cases:
                         began = time.perf_counter()
                         response = client.get("/ui/devices", params=params)
                         times[label].append(time.perf_counter() - began)

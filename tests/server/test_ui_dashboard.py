@@ -448,8 +448,13 @@ def test_static_assets_are_served_from_the_package(ui: UI) -> None:
     ):
         response = ui.client.get(f"/ui/static/{asset}")
         assert response.status_code == 200, asset
-    page = ui.client.get("/ui/monitoring").text
+    response = ui.client.get("/ui/monitoring")
+    page = response.text
     assert "http://" not in page and "https://" not in page  # nothing from off the server
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page  # no inline script (the policy would block it)
 
 
 def test_the_device_port_does_not_serve_the_dashboard(ui: UI, tmp_path: Path) -> None:
@@ -544,3 +549,81 @@ def test_the_session_lifetime_is_a_server_flag(capsys: pytest.CaptureFixture[str
         with pytest.raises(SystemExit, match="2"):
             parser.parse_args(["server", "--ui-session-ttl", bad])
         assert "must be a number of seconds above 0" in capsys.readouterr().err
+
+
+def _drive(state: Any, names: list[str], deployment: str, results: dict[str, str]) -> None:
+    """Each device fetches its deployments and reports its result (the device plane's services)."""
+    from edgefleet.server import devices
+    from edgefleet.server.deployments.device_side import device_deployments, record_result
+    from edgefleet.server.deployments.records import ResultReport
+
+    db = state.db
+    for name in names:
+        with db.session() as session:
+            device_deployments(session, devices.get_device(session, name), db.now())
+    for name in names:
+        with db.session() as session:
+            report = ResultReport(deployment, results.get(name, "SUCCEEDED"))
+            record_result(session, devices.get_device(session, name), report, db.now())
+
+
+def _prepare(state: Any, fleet: str, plan: str) -> list[str]:
+    from edgefleet.server import devices
+
+    names = fill_fleet(state, fleet, 3)
+    with state.db.session() as session:
+        for name in names:
+            devices.update_device(session, name, state.db.now(), platform=("linux", "x86_64", "none"))
+    add_plan(state, plan, fleet)
+    return names
+
+
+def test_a_stage_started_in_the_ui_is_watched_to_deployed(fresh: UI) -> None:
+    add_versions(fresh.state, "detector", ("1",))
+    names = _prepare(fresh.state, "cams", "rollout")
+    assert fresh.login().status_code == 303
+    csrf = fresh.csrf()
+    approved = fresh.client.post(
+        "/ui/models/detector/versions/1/approval", data={"status": "Approved", "csrf_token": csrf}
+    )
+    assert approved.status_code == 303
+    assert (
+        fresh.client.post(
+            "/ui/deployments/rollout/start", data={"stage": "canary", "csrf_token": csrf}
+        ).status_code
+        == 303
+    )
+    running = fresh.client.get("/ui/deployments/rollout/progress", headers={"HX-Request": "true"}).text
+    assert 'data-running="true"' in running
+    _drive(fresh.state, names, "rollout.canary", {})
+    done = fresh.client.get("/ui/deployments/rollout/progress", headers={"HX-Request": "true"}).text
+    assert 'id="stage-status-canary">DEPLOYED<' in done
+    assert 'data-running="false"' in done and "hx-trigger" not in done  # polling stops
+    assert "3 deployed" in done
+    history = fresh.client.get(f"/ui/devices/{names[0]}").text
+    assert 'href="/ui/deployments/rollout"' in history and "DEPLOYED" in history
+
+
+def test_a_failed_stage_shows_its_failures_and_rollbacks(fresh: UI) -> None:
+    add_versions(fresh.state, "detector", ("1",))
+    with fresh.state.db.session() as session:
+        from edgefleet.server import registry
+
+        registry.set_approval(session, "detector", "1", "Approved", "ops-alice", fresh.state.db.now())
+    names = _prepare(fresh.state, "dogs", "risky")
+    assert fresh.login().status_code == 303
+    csrf = fresh.csrf()
+    assert (
+        fresh.client.post(
+            "/ui/deployments/risky/start", data={"stage": "canary", "csrf_token": csrf}
+        ).status_code
+        == 303
+    )
+    _drive(fresh.state, names, "risky.canary", {names[1]: "FAILED_ROLLED_BACK"})
+    page = fresh.client.get("/ui/deployments/risky").text
+    assert 'id="stage-status-canary">FAILED<' in page
+    row = page[page.index(f'id="stage-device-canary-{names[1]}"') :]
+    assert "FAILED_ROLLED_BACK" in row[: row.index("</tr>")]
+    assert 'id="events"' in page
+    again = fresh.client.post("/ui/deployments/risky/stop", data={"stage": "canary", "csrf_token": csrf})
+    assert again.status_code == 412 and "only STARTING or INPROGRESS stages stop" in again.text
