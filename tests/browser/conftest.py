@@ -39,6 +39,11 @@ from browser_testkit import (
 )
 from support import build_null, wait_for
 
+#: whether the test's call phase failed (set by the report hook, read by the page fixtures)
+_FAILED = pytest.StashKey[bool]()
+#: the artifacts directory, once a browser test has made it (for the terminal summary)
+ARTIFACTS = pytest.StashKey[Path]()
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
@@ -47,9 +52,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "call":
         item.stash[_FAILED] = report.failed
     return report
-
-
-_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +64,6 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     clear_artifacts(directory)
     request.config.stash[ARTIFACTS] = directory
     return directory
-
-
-ARTIFACTS = pytest.StashKey[Path]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
