@@ -430,15 +430,19 @@ def main() -> int:
         session = ort.InferenceSession(str(digits_onnx), so, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         x = x_test[:1]
-        res = {} if args.summaries_only else interleaved(
-            {
-                "in-process ONNX Runtime": lambda: session.run(None, {name: x}),
-                "agent (inline)": lambda: client.predict("digits", {name: x}),
-                "agent fast path (inline)": lambda: fast.predict("digits", {name: x}),
-                "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
-                "bare socket floor (raw bytes)": lambda: raw.predict("digits", {name: x}),
-            },
-            args.iterations * 5,
+        res = (
+            {}
+            if args.summaries_only
+            else interleaved(
+                {
+                    "in-process ONNX Runtime": lambda: session.run(None, {name: x}),
+                    "agent (inline)": lambda: client.predict("digits", {name: x}),
+                    "agent fast path (inline)": lambda: fast.predict("digits", {name: x}),
+                    "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
+                    "bare socket floor (raw bytes)": lambda: raw.predict("digits", {name: x}),
+                },
+                args.iterations * 5,
+            )
         )
         if res:
             base = res["in-process ONNX Runtime"]
