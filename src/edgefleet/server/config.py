@@ -92,6 +92,8 @@ class WebhookPolicy:
     give_up_after: float = 86400.0
     #: most deliveries one replica posts per round
     batch: int = 50
+    #: most receivers (webhook URLs) posted to at once; each receiver's deliveries go in turn
+    concurrency: int = 8
 
 
 @dataclass(frozen=True)
