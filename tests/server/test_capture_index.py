@@ -166,6 +166,56 @@ def test_uploads_are_indexed_once_by_either_tier(db: Db, clock: FakeClock) -> No
         writer.close()
 
 
+def test_index_rows_past_the_retention_are_deleted_and_newer_ones_kept(db: Db, clock: FakeClock) -> None:
+    """The periodic work's purge forgets the objects whose newest record is older than the
+    retention, in every fleet and model version, and keeps the rest (an object straddling the
+    cut-off among them)."""
+    serials = enrolled_fleet(db, "line-1", ["cam-a"]) | enrolled_fleet(db, "line-2", ["cam-b"])
+    writer = HeartbeatService(db)
+    old, cut = HOUR - timedelta(days=100), HOUR - timedelta(days=90)
+    keys = {
+        "old-a": capture_key("line-1", "det", hour=old),
+        "old-b": capture_key("line-2", "det", hour=old),
+        "old-v2": capture_key("line-1", "det", hour=old),
+        "straddles": capture_key("line-1", "det", hour=cut - timedelta(hours=1)),
+        "new": capture_key("line-1", "det"),
+    }
+    try:
+        writer.one(
+            HeartbeatItem(
+                "cam-a", serials["cam-a"], "line-1",
+                beat(
+                    upload(keys["old-a"], at=old), upload(keys["old-v2"], version="2", at=old),
+                    # first record an hour before the cut-off, last a day after it
+                    dp.CaptureUpload(
+                        key=keys["straddles"], model_name="det", model_version="1", records=2, size=200,
+                        first_inference=cut - timedelta(hours=1), last_inference=cut + timedelta(days=1),
+                        raw_objects=1,
+                    ),
+                    upload(keys["new"]),
+                ),
+            )
+        )  # fmt: skip
+        writer.one(HeartbeatItem("cam-b", serials["cam-b"], "line-2", beat(upload(keys["old-b"], at=old))))
+        assert len(indexed(db)) == 5
+        with db.session() as s:
+            assert captures.purge_objects(s, cut) == 3
+        assert sorted(k for k, *_ in indexed(db)) == sorted([keys["straddles"], keys["new"]])
+        with db.session() as s:  # nothing more to forget
+            assert captures.purge_objects(s, cut) == 0
+    finally:
+        writer.close()
+
+
+def test_the_server_refuses_a_negative_capture_retention(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main(["server", "--capture-retention", "-1"])
+    assert exited.value.code == 2
+    assert "must be a number of seconds, 0 or more, got '-1'" in capsys.readouterr().err
+
+
 def test_a_heartbeat_with_a_key_outside_its_fleet_is_refused_whole(db: Db, clock: FakeClock) -> None:
     serials = enrolled_fleet(db, "line-1", ["cam-a"])
     with db.session() as s:

@@ -79,6 +79,13 @@ def add_parser(sub: Any) -> None:
         help="seconds model summary windows (drift monitoring) are kept (default: 30 days)",
     )
     parser.add_argument(
+        "--capture-retention",
+        type=_seconds,
+        default=90 * 86400.0,
+        help="seconds the capture index keeps an object after its newest record (0: forever; "
+        "default: 90 days); the objects themselves stay in the capture store",
+    )
+    parser.add_argument(
         "--drift-bucket",
         type=int,
         default=3600,
@@ -103,6 +110,16 @@ def add_parser(sub: Any) -> None:
         help="seconds a presigned capture upload URL handed to a device stays valid (default: 900)",
     )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -142,6 +159,7 @@ def build_config(args: argparse.Namespace) -> Any:
             report_interval=args.report_interval,
             connected_window=args.connected_window,
             summary_retention=args.summary_retention,
+            capture_retention=args.capture_retention,
             capture_upload_url_ttl=args.capture_upload_url_ttl,
             drift_bucket=args.drift_bucket,
         ),

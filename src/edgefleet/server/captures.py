@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, func, select, text, type_coerce
+from sqlalchemy import ColumnElement, Connection, Select, delete, func, select, text, type_coerce
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -258,6 +258,33 @@ def record_device_report(session: Session, device: Device, report: dp.CaptureRep
     """Check and store one heartbeat's capture report (the heartbeat's exact tier)."""
     check_report(report, device.fleet.name)
     record_reports(session.connection(), [(device.id, report)], now)
+
+
+def purge_objects(session: Session, before: datetime) -> int:
+    """Delete the index rows of capture objects whose newest record was inferred before ``before``
+    (their retention passed); returns how many. Only the index: the objects stay in the capture
+    store, whose own lifecycle rules (an S3 expiration rule, say) delete them.
+
+    One range delete per fleet model version on ``ix_capture_objects_fleet_model`` (a batch's
+    first inference precedes its last), so the periodic work never scans the whole index."""
+    groups = session.execute(
+        select(CaptureObject.fleet_id, CaptureObject.model_name, CaptureObject.model_version).distinct()
+    ).all()
+    count = 0
+    for fleet_id, model_name, model_version in groups:
+        result = session.execute(
+            delete(CaptureObject).where(
+                CaptureObject.fleet_id == fleet_id,
+                CaptureObject.model_name == model_name,
+                CaptureObject.model_version == model_version,
+                CaptureObject.first_inference_at < before,
+                CaptureObject.last_inference_at < before,
+            )
+        )
+        count += int(getattr(result, "rowcount", 0) or 0)
+    if count:
+        log.info("deleted %d capture index rows of captures older than %s", count, before.isoformat())
+    return count
 
 
 def latest_sample(dialect: str) -> ColumnElement[datetime | None]:

@@ -63,6 +63,9 @@ class Timing:
     api_keep_alive: float = 5.0
     #: live model summary windows (drift monitoring) older than this are deleted by the periodic work
     summary_retention: float = 30 * 86400.0
+    #: the capture index forgets objects whose newest record is older than this (the periodic
+    #: work; the objects themselves are the capture store's to expire); 0 keeps them forever
+    capture_retention: float = 90 * 86400.0
     #: lifetime of a presigned capture upload URL handed to a device (PresignUploads)
     capture_upload_url_ttl: float = 900.0
     #: how often each replica scores complete drift buckets, evaluates alert rules and posts due
