@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from server_testkit import FakeClock, enrol, enrolled_fleet, migrate
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from edgefleet.core import deviceplane as dp
 from edgefleet.core.errors import InvalidArgument
@@ -244,7 +244,13 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
     assert op.describe_device("cap-hb-1")["Capture"] is None  # nothing reported yet
     cam = enrol(fleet_server.endpoints.api_url, registered["EnrolmentToken"], tmp_path / "cam")
     key = capture_key("cap-hb", "det")
-    wire = dp.CaptureReport(backlog_records=1, uploads=(upload(key),)).to_wire()
+    wire = dp.CaptureReport(
+        backlog_records=1,
+        uploads=(upload(key),),
+        transfer_pending=4,
+        transfer_pending_bytes=4096,
+        transfer_oldest_age_seconds=12.5,
+    ).to_wire()
     try:
         models = [{"ModelName": "det", "ModelVersion": "1"}]
         for _ in range(2):  # sent twice (a retry): one row
@@ -259,6 +265,9 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
             "OldestBacklogAgeSeconds": 0.0,
             "Dropped": 0,
             "Failed": 0,
+            "TransferPending": 4,
+            "TransferPendingBytes": 4096,
+            "OldestTransferAgeSeconds": 12.5,
         }
         [model] = described["Models"]
         assert datetime.fromisoformat(model["LatestSampleTime"]) == HOUR + timedelta(seconds=3)
@@ -275,6 +284,18 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
         assert "is outside fleet 'cap-hb'" in response.json()["error"]["message"]
+        for bad, message in (
+            ({"TransferPending": -1}, "Capture.TransferPending must be a count (0 or more), got -1"),
+            (
+                {"OldestTransferAgeSeconds": -2.0},
+                "Capture.OldestTransferAgeSeconds must be 0 or more, got -2.0",
+            ),
+        ):
+            response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Capture": bad})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["message"] == message
+        # the refused heartbeats changed nothing
+        assert op.describe_device("cap-hb-1")["Capture"]["TransferPending"] == 4
     finally:
         cam.close()
 
@@ -367,3 +388,41 @@ def test_migration_0006_adds_the_index_and_takes_it_away_again(unmigrated: Datab
         assert devices.get_device(s, "cam-a").name == "cam-a"  # the devices are untouched
     migrate(db, "head")
     assert indexed(db) == []
+
+
+def test_migration_0012_adds_the_transfer_backlog_and_takes_it_away_again(unmigrated: Database) -> None:
+    db = unmigrated
+    migrate(db, "0009")
+    serials = enrolled_fleet(db, "line-1", ["cam-a"])
+    assert serials
+    with db.engine.begin() as conn:  # a status row written before the migration
+        device_id = conn.execute(text("SELECT id FROM devices WHERE name = 'cam-a'")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO device_capture_status (device_id, backlog_records, backlog_bytes, "
+                "oldest_age_seconds, dropped, failed, reported_at) VALUES (:d, 5, 50, 1.0, 0, 0, :t)"
+            ),
+            {"d": device_id, "t": HOUR},
+        )
+    migrate(db, "head")
+    with db.session() as s:
+        row = s.get(DeviceCaptureStatus, device_id)
+        assert row is not None and (
+            row.backlog_records,
+            row.transfer_pending,
+            row.transfer_pending_bytes,
+        ) == (
+            5,
+            0,
+            0,
+        )
+        assert row.transfer_oldest_age_seconds == 0.0
+
+    def columns() -> set[str]:
+        with db.engine.connect() as conn:
+            return {c["name"] for c in inspect(conn).get_columns("device_capture_status")}
+
+    migrate(db, "0009", down=True)
+    assert not {c for c in columns() if c.startswith("transfer_")} and "backlog_records" in columns()
+    migrate(db, "head")
+    assert {"transfer_pending", "transfer_pending_bytes", "transfer_oldest_age_seconds"} <= columns()

@@ -520,6 +520,9 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             oldest_backlog_age_seconds=stats["oldest_pending_age_seconds"] or 0.0,
             dropped=stats["dropped"],
             failed=stats["failed"],
+            transfer_pending=stats.get("transfer_pending") or 0,
+            transfer_pending_bytes=stats.get("transfer_pending_bytes") or 0,
+            transfer_oldest_age_seconds=stats.get("transfer_oldest_age_seconds") or 0.0,
             uploads=[
                 extensions_pb2.CaptureUploadEntry(
                     log_id=e.log_id,

@@ -526,6 +526,9 @@ class AgentClient:
             oldest_age_seconds=r.oldest_backlog_age_seconds,
             dropped=r.dropped,
             failed=r.failed,
+            transfer_pending=r.transfer_pending,
+            transfer_pending_bytes=r.transfer_pending_bytes,
+            transfer_oldest_age_seconds=r.transfer_oldest_age_seconds,
             uploads=tuple(
                 CaptureUpload(
                     key=u.key,

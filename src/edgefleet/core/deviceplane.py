@@ -428,6 +428,11 @@ class CaptureReport:
     failed: int = 0
     #: objects the store confirmed since the previous heartbeat
     uploads: tuple[CaptureUpload, ...] = ()
+    #: Disk with periodic upload: objects on Disk not yet confirmed by the cloud store, their bytes
+    #: (raw-data files included), the oldest's age (all 0 when the upload is off or caught up)
+    transfer_pending: int = 0
+    transfer_pending_bytes: int = 0
+    transfer_oldest_age_seconds: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
         """The heartbeat's ``Capture`` object."""
@@ -438,6 +443,9 @@ class CaptureReport:
             "Dropped": self.dropped,
             "Failed": self.failed,
             "Uploads": [u.to_wire() for u in self.uploads],
+            "TransferPending": self.transfer_pending,
+            "TransferPendingBytes": self.transfer_pending_bytes,
+            "OldestTransferAgeSeconds": self.transfer_oldest_age_seconds,
         }
 
     @classmethod
@@ -450,6 +458,9 @@ class CaptureReport:
             dropped=int(raw.get("Dropped") or 0),
             failed=int(raw.get("Failed") or 0),
             uploads=tuple(CaptureUpload.from_wire(u) for u in raw.get("Uploads") or []),
+            transfer_pending=int(raw.get("TransferPending") or 0),
+            transfer_pending_bytes=int(raw.get("TransferPendingBytes") or 0),
+            transfer_oldest_age_seconds=float(raw.get("OldestTransferAgeSeconds") or 0.0),
         )
 
 

@@ -63,6 +63,9 @@ _STATUS_COLUMNS = (
     "oldest_age_seconds",
     "dropped",
     "failed",
+    "transfer_pending",
+    "transfer_pending_bytes",
+    "transfer_oldest_age_seconds",
     "reported_at",
 )
 _PG_INSERT_OBJECTS = text(
@@ -87,7 +90,9 @@ _PG_UPSERT_STATUS = text(
     SELECT r.device_id, {", ".join(f"r.{c}" for c in _STATUS_COLUMNS)}
     FROM json_to_recordset(CAST(:rows AS JSON)) AS r(
         device_id INTEGER, backlog_records BIGINT, backlog_bytes BIGINT,
-        oldest_age_seconds DOUBLE PRECISION, dropped BIGINT, failed BIGINT, reported_at TIMESTAMPTZ)
+        oldest_age_seconds DOUBLE PRECISION, dropped BIGINT, failed BIGINT, transfer_pending BIGINT,
+        transfer_pending_bytes BIGINT, transfer_oldest_age_seconds DOUBLE PRECISION,
+        reported_at TIMESTAMPTZ)
     ON CONFLICT (device_id) DO UPDATE SET
         {", ".join(f"{c} = EXCLUDED.{c}" for c in _STATUS_COLUMNS)}
     """
@@ -144,14 +149,19 @@ def check_report(report: dp.CaptureReport, fleet_name: str) -> None:
         "BacklogBytes": report.backlog_bytes,
         "Dropped": report.dropped,
         "Failed": report.failed,
+        "TransferPending": report.transfer_pending,
+        "TransferPendingBytes": report.transfer_pending_bytes,
     }
     for name, value in figures.items():
         if not 0 <= value <= _MAX_BIGINT:
             raise InvalidArgument(f"Capture.{name} must be a count (0 or more), got {value}")
-    if not 0 <= report.oldest_age_seconds < float("inf"):
-        raise InvalidArgument(
-            f"Capture.OldestBacklogAgeSeconds must be 0 or more, got {report.oldest_age_seconds}"
-        )
+    ages = {
+        "OldestBacklogAgeSeconds": report.oldest_age_seconds,
+        "OldestTransferAgeSeconds": report.transfer_oldest_age_seconds,
+    }
+    for name, age in ages.items():
+        if not 0 <= age < float("inf"):
+            raise InvalidArgument(f"Capture.{name} must be 0 or more, got {age}")
     for upload in report.uploads:
         check_upload(upload, fleet_name)
 
@@ -205,6 +215,9 @@ def record_reports(conn: Connection, reports: Sequence[tuple[int, dp.CaptureRepo
             "oldest_age_seconds": report.oldest_age_seconds,
             "dropped": report.dropped,
             "failed": report.failed,
+            "transfer_pending": report.transfer_pending,
+            "transfer_pending_bytes": report.transfer_pending_bytes,
+            "transfer_oldest_age_seconds": report.transfer_oldest_age_seconds,
             "reported_at": now,
         }
         for upload in report.uploads:

@@ -165,6 +165,11 @@ class DeviceCaptureOut(Out):
     OldestBacklogAgeSeconds: float
     Dropped: int = Field(description="captures dropped by the full-spool policy (since the agent started)")
     Failed: int = Field(description="captures that failed for good (since the agent started)")
+    TransferPending: int = Field(
+        0, description="Disk with periodic upload: objects on Disk not yet confirmed by the cloud store"
+    )
+    TransferPendingBytes: int = 0
+    OldestTransferAgeSeconds: float = 0.0
     ReportedTime: datetime
 
 
@@ -545,6 +550,9 @@ class CaptureReportModel(Lenient):
     Dropped: int = 0
     Failed: int = 0
     Uploads: list[CaptureUploadModel] = Field(default_factory=list)
+    TransferPending: int = 0
+    TransferPendingBytes: int = 0
+    OldestTransferAgeSeconds: float = 0.0
 
 
 class SummaryWindowModel(Lenient):

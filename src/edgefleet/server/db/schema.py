@@ -480,6 +480,10 @@ class DeviceCaptureStatus(Base):
     oldest_age_seconds: Mapped[float] = mapped_column(Float)
     dropped: Mapped[int] = mapped_column(BigInteger)
     failed: Mapped[int] = mapped_column(BigInteger)
+    # Disk with periodic upload: the transfer queue to the cloud store
+    transfer_pending: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    transfer_pending_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    transfer_oldest_age_seconds: Mapped[float] = mapped_column(Float, server_default=text("0"))
     reported_at: Mapped[datetime]
 
 

@@ -39,7 +39,7 @@ class CaptureUploadEntry(_message.Message):
     def __init__(self, log_id: _Optional[int] = ..., key: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., records: _Optional[int] = ..., size: _Optional[int] = ..., first_inference_time: _Optional[float] = ..., last_inference_time: _Optional[float] = ..., raw_objects: _Optional[int] = ..., uploaded_time: _Optional[float] = ...) -> None: ...
 
 class CaptureUploadsResponse(_message.Message):
-    __slots__ = ("backlog_records", "backlog_bytes", "oldest_backlog_age_seconds", "dropped", "failed", "uploads", "next_after", "log_epoch", "trimmed", "first_log_id")
+    __slots__ = ("backlog_records", "backlog_bytes", "oldest_backlog_age_seconds", "dropped", "failed", "uploads", "next_after", "log_epoch", "trimmed", "first_log_id", "transfer_pending", "transfer_pending_bytes", "transfer_oldest_age_seconds")
     BACKLOG_RECORDS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     OLDEST_BACKLOG_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,9 @@ class CaptureUploadsResponse(_message.Message):
     LOG_EPOCH_FIELD_NUMBER: _ClassVar[int]
     TRIMMED_FIELD_NUMBER: _ClassVar[int]
     FIRST_LOG_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_PENDING_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_PENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_OLDEST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     backlog_records: int
     backlog_bytes: int
     oldest_backlog_age_seconds: float
@@ -60,7 +63,10 @@ class CaptureUploadsResponse(_message.Message):
     log_epoch: str
     trimmed: int
     first_log_id: int
-    def __init__(self, backlog_records: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., oldest_backlog_age_seconds: _Optional[float] = ..., dropped: _Optional[int] = ..., failed: _Optional[int] = ..., uploads: _Optional[_Iterable[_Union[CaptureUploadEntry, _Mapping]]] = ..., next_after: _Optional[int] = ..., log_epoch: _Optional[str] = ..., trimmed: _Optional[int] = ..., first_log_id: _Optional[int] = ...) -> None: ...
+    transfer_pending: int
+    transfer_pending_bytes: int
+    transfer_oldest_age_seconds: float
+    def __init__(self, backlog_records: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., oldest_backlog_age_seconds: _Optional[float] = ..., dropped: _Optional[int] = ..., failed: _Optional[int] = ..., uploads: _Optional[_Iterable[_Union[CaptureUploadEntry, _Mapping]]] = ..., next_after: _Optional[int] = ..., log_epoch: _Optional[str] = ..., trimmed: _Optional[int] = ..., first_log_id: _Optional[int] = ..., transfer_pending: _Optional[int] = ..., transfer_pending_bytes: _Optional[int] = ..., transfer_oldest_age_seconds: _Optional[float] = ...) -> None: ...
 
 class CaptureStatisticsRequest(_message.Message):
     __slots__ = ()
