@@ -83,6 +83,20 @@ def predicted_classes(array: np.ndarray) -> list[str] | None:
     return None
 
 
+def class_counts(array: np.ndarray) -> dict[str, int] | None:
+    """How often each class is predicted in ``array`` (the classes of :func:`predicted_classes`,
+    counted in one vectorised pass), or None when it predicts none."""
+    a = np.asarray(array)
+    if np.issubdtype(a.dtype, np.floating) and a.ndim >= 2 and a.shape[-1] > 1:
+        ids = a.reshape(-1, a.shape[-1]).argmax(axis=1)
+    elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        ids = a.reshape(-1).astype(np.int64, copy=False)
+    else:
+        return None
+    values, counts = np.unique(ids, return_counts=True)
+    return {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
+
+
 class TensorSummary:
     """KLL sketches of one tensor's features; the first update fixes the number of features."""
 
@@ -151,7 +165,11 @@ class ClassCounts:
         self._sketch = _sketches().frequent_strings_sketch(lg_k)
 
     def update(self, classes: Sequence[str]) -> None:
-        for label, count in Counter(classes).items():
+        self.add(Counter(classes))
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Count each class ``counts`` times more."""
+        for label, count in counts.items():
             self._sketch.update(label, count)
 
     def merge(self, other: ClassCounts) -> None:
@@ -204,9 +222,9 @@ class ModelSummary:
             self._tensor(self.inputs, name, array)
         for name, array in zip(output_names, outputs, strict=True):
             self._tensor(self.outputs, name, array)
-            classes = predicted_classes(array)
-            if classes is not None:
-                self.classes.setdefault(name, ClassCounts()).update(classes)
+            counts = class_counts(array)
+            if counts is not None:
+                self.classes.setdefault(name, ClassCounts()).add(counts)
         self.calls += calls
 
     @staticmethod
