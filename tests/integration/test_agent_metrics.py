@@ -6,6 +6,7 @@ The agent logs JSON here (``log_format = "json"``): every line of its log is che
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -107,6 +108,15 @@ def test_metrics_count_what_the_agent_served(tmp_path: Path, keys: Path) -> None
     assert samples["edgefleet_agent_capture_dropped_total"] == {(): 0}
     (info,) = samples["edgefleet_agent_info"]
     assert dict(info)["device"] == "test-device"
+    # every series is documented (the process collector's under its RSS row)
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    for name in samples:
+        assert name.startswith("edgefleet_agent_"), name
+        if name.startswith("edgefleet_agent_process_"):
+            assert f"`_{name.removeprefix('edgefleet_agent_process_')}`" in doc or f"`{name}`" in doc, name
+            continue
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert f"`{base}`" in doc, name
     # stopped with the agent: nothing listens any more
     with pytest.raises(OSError, match="refused"):
         urllib.request.urlopen(url, timeout=10)

@@ -184,7 +184,7 @@ def _run_arguments(container: Any, *, dest_prefix: str, required: bool) -> None:
         "--log-format",
         dest=f"{dest_prefix}log_format",
         choices=LOG_FORMATS,
-        help="override the config's log format: text, or json (one object per line, docs/agent-config.md)",
+        help="override the config's log format: text, or json (one object per line, docs/logs.md)",
     )
     container.add_argument(
         "--metrics-address",

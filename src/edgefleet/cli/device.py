@@ -60,7 +60,7 @@ def add_parser(sub: Any) -> None:
         choices=LOG_FORMATS,
         default="text",
         help="log lines on stderr as text or json, one object per line (default: text; fields in "
-        "docs/device-daemon.md)",
+        "docs/logs.md)",
     )
     run.set_defaults(func=run_daemon, log_level=logging.INFO)  # a service: its log is its output
 

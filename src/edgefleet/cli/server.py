@@ -108,7 +108,7 @@ def add_parser(sub: Any) -> None:
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
-        help="log lines on stderr as text or json, one object per line (default: text; fields in docs/fleet-api.md)",
+        help="log lines on stderr as text or json, one object per line (default: text; fields in docs/logs.md)",
     )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 

@@ -13,7 +13,8 @@ Vector, Loki ...) with the same fields whichever process wrote it:
   one device, from the fields given to :func:`configure_logging`;
 - ``exception``: with a traceback, ``{"type", "message", "traceback"}``.
 
-``text`` (the default) keeps the human-readable ``time level logger: message`` lines.
+``text`` (the default) keeps the human-readable ``time level logger: message`` lines. docs/logs.md
+is the operator's description of both.
 """
 
 from __future__ import annotations
