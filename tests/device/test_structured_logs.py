@@ -176,6 +176,13 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
     (result,) = [e for e in daemon_entries if "SUCCEEDED" in e["event"]]
     assert result["deployment"] == "logs-plan.all"
 
+    # the agent child the daemon started logs JSON too, with the same device and fleet
+    agent_entries = json_lines(state / "agent" / "agent.log", "agent")
+    for e in agent_entries:
+        assert (e["device"], e["fleet"]) == (DEVICE, FLEET), e
+    (loaded,) = [e for e in agent_entries if e["event"].startswith("loaded model det")]
+    assert (loaded["model"], loaded["version"]) == ("det", "1.0")
+
 
 def _parsed(path: Path) -> list[dict[str, Any]]:
     entries = []

@@ -110,7 +110,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format, "daemon")
     config = load_config(args.config)
-    daemon = build_daemon(config)
+    daemon = build_daemon(config, log_format=args.log_format)
     # one daemon, one device: its name and fleet go on every record, whichever module logs it
     configure_logging(args.log_format, "daemon", fields=daemon.log_fields)
     stop = threading.Event()

@@ -530,10 +530,15 @@ def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
 
 
 def build_daemon(
-    config: DaemonConfig, *, plane: ControlPlane | None = None, now: Callable[[], datetime] = utcnow
+    config: DaemonConfig,
+    *,
+    plane: ControlPlane | None = None,
+    now: Callable[[], datetime] = utcnow,
+    log_format: str | None = None,
 ) -> Daemon:
     """A daemon with the real parts: the enrolled identity over HTTPS (renewing its certificate),
-    the agent, the package cache. ``now`` is the daemon's clock."""
+    the agent, the package cache. ``now`` is the daemon's clock; ``log_format``, when given, is
+    also the spawned agent's (``--log-format``)."""
     from edgefleet.core.platform import host_arch
     from edgefleet.device.agentlink import write_agent_config
     from edgefleet.device.https import HttpsControlPlane
@@ -576,6 +581,7 @@ def build_daemon(
             Path(agent_config),
             state_dir / "agent" / "agent.log",
             ready_timeout=config.agent.ready_timeout_seconds,
+            log_format=log_format,
         )
     store = StateStore(state_dir)
     packages = PackageStore(
