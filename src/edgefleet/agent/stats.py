@@ -1,15 +1,51 @@
-"""Per-model request statistics: counts, errors, latency percentiles over a recent window."""
+"""Per-model request statistics: counts, errors, latency percentiles over a recent window, and a
+latency histogram since load (what the agent's Prometheus ``/metrics`` shows, agent/metrics.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 WINDOW = 2048
+#: Upper bounds (seconds) of the latency histogram's buckets, from a small model's ~20 us to a
+#: large one's seconds; a last bucket (+Inf) takes the rest.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True)
+class LatencyHistogram:
+    """Successful Predict calls since load by latency: ``counts[i]`` calls took at most
+    ``LATENCY_BUCKETS[i]`` seconds and more than the bound before (the last: more than every bound);
+    not cumulative. ``sum`` is their total latency in seconds."""
+
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 @dataclass(frozen=True)
@@ -38,6 +74,10 @@ class ModelStats:
         self.error_count = 0
         self.last_inference_time = 0.0
         self.last_capture_time = 0.0
+        # one bisect and two adds under the lock record() takes anyway: the histogram costs the
+        # Predict path well under a microsecond
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
 
     def record(self, latency_s: float, ok: bool) -> None:
         """Record one finished Predict."""
@@ -48,6 +88,8 @@ class ModelStats:
                 self.error_count += 1
                 return
             self._latencies[self._next] = latency_s
+            self._buckets[bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+            self._latency_sum += latency_s
             self._next = (self._next + 1) % WINDOW
             self._filled = min(self._filled + 1, WINDOW)
             self.last_inference_time = now
@@ -55,6 +97,11 @@ class ModelStats:
     def record_capture(self) -> None:
         with self._lock:
             self.last_capture_time = self._clock()
+
+    def histogram(self) -> LatencyHistogram:
+        """The latency histogram of the successful calls since load."""
+        with self._lock:
+            return LatencyHistogram(tuple(self._buckets), self._latency_sum)
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

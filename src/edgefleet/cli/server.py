@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.logs import LOG_FORMATS, configure_logging
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -109,6 +111,12 @@ def add_parser(sub: Any) -> None:
         default=900.0,
         help="seconds a presigned capture upload URL handed to a device stays valid (default: 900)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines on stderr as text or json, one object per line (default: text; fields in docs/logs.md)",
+    )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
@@ -190,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from edgefleet.server.runner import Endpoints
     from edgefleet.server.runner import run as serve
 
+    configure_logging(args.log_format, "server")  # uvicorn's loggers go through it too (runner.py)
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # its start-up chatter is not news
     config = build_config(args)
@@ -204,10 +213,11 @@ def run(args: argparse.Namespace) -> int:
         )
         trust = config.resolved_trust_dir
         if not trust.is_dir():
-            print(
-                f"note: no package trust store at {trust}; uploads are refused until it exists",
-                file=sys.stderr,
-            )
+            note = f"no package trust store at {trust}; uploads are refused until it exists"
+            if args.log_format == "json":  # only JSON on stderr
+                logging.getLogger("edgefleet.server").warning(note)
+            else:
+                print(f"note: {note}", file=sys.stderr)
 
     serve(config, ready)
     return 0

@@ -284,7 +284,9 @@ def enrol(
     device.updated_at = now
     device.enrolment_token_hash = None
     device.enrolment_expires_at = None
-    log.info("device %s enrolled (certificate serial %s)", device.name, issued.serial)
+    log.info(
+        "device %s enrolled (certificate serial %s)", device.name, issued.serial, extra={"device": device.name}
+    )
     return device, issued.cert_pem
 
 
@@ -330,6 +332,7 @@ def _switch_to_renewed(session: Session, device: Device, now: datetime) -> None:
         device.name,
         device.renewed_cert_serial,
         device.cert_serial,
+        extra={"device": device.name},
     )
     device.cert_serial = device.renewed_cert_serial
     device.cert_not_after = device.renewed_cert_not_after
@@ -368,7 +371,12 @@ def renew_certificate(
     device.renewed_cert_serial = issued.serial
     device.renewed_cert_not_after = issued.not_after
     device.updated_at = now
-    log.info("device %s renewed its certificate (new serial %s, not used yet)", device.name, issued.serial)
+    log.info(
+        "device %s renewed its certificate (new serial %s, not used yet)",
+        device.name,
+        issued.serial,
+        extra={"device": device.name},
+    )
     return issued
 
 

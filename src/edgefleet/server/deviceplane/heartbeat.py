@@ -178,7 +178,13 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
                 except NotFound as exc:
                     # A queued result for a plan deleted since must not block heartbeats forever.
                     name = item.result.deployment_name
-                    log.warning("device %s: ignoring the result for %s: %s", device.name, name, exc)
+                    log.warning(
+                        "device %s: ignoring the result for %s: %s",
+                        device.name,
+                        name,
+                        exc,
+                        extra={"device": device.name, "deployment": name},
+                    )
         return True
 
     def _store(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[bool]:
