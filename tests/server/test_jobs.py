@@ -38,7 +38,9 @@ def worker(data_dir: Path, log: Path, *extra: str) -> Iterator[subprocess.Popen[
     command += ["--lease", LEASE, "--heartbeat", HEARTBEAT, *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     with log.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         yield proc
     finally:
@@ -100,8 +102,34 @@ def test_a_worker_process_compiles_a_model_to_succeeded(
     job = op.submit_job("compile", spec)
     assert job["State"] == "QUEUED"
     assert job["Attempt"] == 1
-    with worker(data_dir, tmp_path / "worker.log", "--workers", "1"):
-        done = wait_for(lambda: ended(op, job["JobId"]), "the compile job to end", timeout=240)
+    # followed from before a worker takes it: the lines arrive while it runs, the CLI ends with it
+    follow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet",
+            "job",
+            "logs",
+            "--follow",
+            job["JobId"],
+            *cli_flags(fleet_server, op),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    try:
+        with worker(data_dir, tmp_path / "worker.log", "--workers", "1"):
+            done = wait_for(lambda: ended(op, job["JobId"]), "the compile job to end", timeout=240)
+        followed, errors = follow.communicate(timeout=120)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 0, errors
+    assert "#1  compiling linear.onnx" in followed
+    assert followed.rstrip().endswith("#1  attempt 1 succeeded")
     assert done["State"] == "SUCCEEDED", (done, (tmp_path / "worker.log").read_text())
     assert done["Progress"]["Fraction"] == 1.0
     result = done["Result"]
@@ -143,7 +171,9 @@ def test_a_sigkilled_worker_s_job_is_queued_again_and_finished_once_by_another(
     )
     again = job_state(op, job_id)
     assert (again["State"], again["Attempt"], again["WorkerId"]) == ("QUEUED", 2, None)
-    assert any("lost (lease expired); queued again as attempt 2 of 3" in line for line in lines_of(op, job_id))
+    assert any(
+        "lost (lease expired); queued again as attempt 2 of 3" in line for line in lines_of(op, job_id)
+    )
     with worker(data_dir, tmp_path / "second.log"):
         second = wait_for(
             lambda: (j := job_state(op, job_id))["State"] == "RUNNING" and j["Attempt"] == 2 and j,
@@ -192,14 +222,14 @@ def test_a_job_whose_worker_is_lost_on_its_last_attempt_fails_with_the_reason(
     assert done["Error"] == {"Code": "UNAVAILABLE", "Message": "worker lost (lease expired) after 1 attempts"}
 
 
-def test_bad_job_requests_are_refused_with_clear_errors_and_record_nothing(
-    op: Any, tmp_path: Path
-) -> None:
+def test_bad_job_requests_are_refused_with_clear_errors_and_record_nothing(op: Any, tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"not really")
     before = len(list(op.list_jobs()))
     good = {"Model": str(model), "Framework": "onnx", "Target": "linux-x86_64"}
-    with pytest.raises(InvalidArgument, match=r"unknown target 'riscv-toaster': known targets are linux-aarch64"):
+    with pytest.raises(
+        InvalidArgument, match=r"unknown target 'riscv-toaster': known targets are linux-aarch64"
+    ):
         op.submit_job("compile", {**good, "Target": "riscv-toaster"})
     with pytest.raises(NotFound, match=r"Model '/nonexistent/model.onnx' does not exist or is not a file"):
         op.submit_job("compile", {**good, "Model": "/nonexistent/model.onnx"})
@@ -293,10 +323,25 @@ def test_a_queue_that_cannot_take_the_job_fails_it_at_once(db: Any, tmp_path: Pa
 
 
 def test_unknown_queue_urls_name_the_known_schemes(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match=r"scheme 'amqp' is not supported \(known: sqlite, redis, rediss\)"):
+    with pytest.raises(
+        InvalidArgument, match=r"scheme 'amqp' is not supported \(known: sqlite, redis, rediss\)"
+    ):
         JobQueue("amqp://127.0.0.1:5672")
     with pytest.raises(InvalidArgument, match=r"give a file, sqlite:///path/queue.db"):
         JobQueue("sqlite://")
+
+
+def test_migration_0011_adds_the_job_tables_and_takes_them_away_again(unmigrated: Any) -> None:
+    from server_testkit import migrate
+    from sqlalchemy import inspect
+
+    db = unmigrated
+    migrate(db, "0011")
+    assert {"jobs", "job_logs"} <= set(inspect(db.engine).get_table_names())
+    migrate(db, "0012", down=True)
+    assert not {"jobs", "job_logs"} & set(inspect(db.engine).get_table_names())
+    migrate(db, "head")
+    assert {"jobs", "job_logs"} <= set(inspect(db.engine).get_table_names())
 
 
 # ------------------------------------------------------------------ scale mode
@@ -313,7 +358,9 @@ def redis_reachable() -> bool:
         return False
 
 
-def test_a_worker_on_a_redis_queue_runs_a_job(op: Any, fleet_server: Any, data_dir: Path, tmp_path: Path) -> None:
+def test_a_worker_on_a_redis_queue_runs_a_job(
+    op: Any, fleet_server: Any, data_dir: Path, tmp_path: Path
+) -> None:
     if not redis_reachable():
         pytest.skip(f"Redis is not reachable on {REDIS[0]}:{REDIS[1]} (scale mode needs a broker)")
     pytest.importorskip("redis", reason="the scale extra (redis client) is not installed")
