@@ -307,6 +307,22 @@ def test_claims_heartbeats_and_outcomes_are_fenced_by_attempt_and_worker(
     assert logged[-1] == "attempt 2 succeeded"
 
 
+def test_a_running_job_cancelled_stops_its_worker_at_the_next_heartbeat(db: Any, tmp_path: Path) -> None:
+    queue = NoQueue(tmp_path)
+    row = tasks.submit(db, queue, "wait", {"Path": str(tmp_path / "p")}, "ops", POLICY)
+    assert tasks.claim(db, row.id, 1, "w1", 2.0) is not None
+    assert tasks.cancel(db, row.id, "ops-bob").state == "CANCELLED"
+    assert not tasks.heartbeat(db, row.id, 1, "w1", 2.0)
+    assert not tasks.finish(db, row.id, 1, "w1", result={})
+    with db.session() as session:
+        job = tasks.get_job(session, row.id)
+        assert (job.state, job.error_code, job.error_message) == (
+            "CANCELLED",
+            "ABORTED",
+            "cancelled by ops-bob",
+        )
+
+
 def test_a_queue_that_cannot_take_the_job_fails_it_at_once(db: Any, tmp_path: Path) -> None:
     from edgefleet.core.errors import Unavailable
 
