@@ -363,6 +363,28 @@ def test_migration_0011_adds_the_job_tables_and_takes_them_away_again(unmigrated
 # ------------------------------------------------------------------ scale mode
 
 
+def test_a_worker_refuses_to_start_on_a_queue_it_cannot_reach(tmp_path: Path) -> None:
+    pytest.importorskip("redis", reason="the scale extra (redis client) is not installed")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet",
+            "worker",
+            "--data-dir",
+            str(tmp_path),
+            "--queue",
+            "redis://127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "task queue redis://127.0.0.1:1/0 is unavailable" in done.stderr
+
+
 REDIS = ("127.0.0.1", 6379)
 
 
