@@ -369,6 +369,7 @@ def test_cli_shadow_commands(client: AgentClient, agent: AgentProcess, keys: Pat
 
 def test_agent_stops_cleanly_with_a_pair_mirroring(keys: Path, trust: Path, tmp_path: Path) -> None:
     gate = tmp_path / "open"
+    (tmp_path / "agent").mkdir()
     with running_agent(tmp_path / "agent", trust) as proc, AgentClient(proc.address, timeout=60) as client:
         client.load(build_null(keys, tmp_path / "c", name="det", version="1"), "det-v1")
         client.load(build_null(keys, tmp_path / "s", name="det", version="2", gate=str(gate)), "det-v2")
