@@ -98,9 +98,10 @@ def check_format(fmt: str) -> str:
 
 
 def configure_logging(fmt: str, component: str, *, fields: Mapping[str, str] | None = None) -> None:
-    """Format the root logger's handlers as ``fmt`` for ``component`` (a stderr handler is added
-    when there is none). Idempotent: call it again once more context is known (the daemon, after
-    reading its identity).
+    """Log as ``fmt`` for ``component`` (a stderr handler is added to the root logger when it has
+    none). ``json`` formats every root handler with a :class:`JsonFormatter`; ``text`` leaves the
+    handlers as they are (the CLI's set-up writes :data:`TEXT_FORMAT`). Idempotent: call it again
+    once more context is known (the daemon, after reading its identity).
 
     With ``json``, Python warnings and uncaught exceptions (main thread and other threads) are
     logged too, so that nothing but JSON reaches stderr.
@@ -109,16 +110,18 @@ def configure_logging(fmt: str, component: str, *, fields: Mapping[str, str] | N
     check_format(fmt)
     root = logging.getLogger()
     if not root.handlers:
-        root.addHandler(logging.StreamHandler(sys.stderr))
-    formatter: logging.Formatter
-    formatter = JsonFormatter(component, fields) if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter(TEXT_FORMAT))
+        root.addHandler(stderr)
+    _active = fmt
+    if fmt != "json":
+        return
+    formatter = JsonFormatter(component, fields)
     for handler in root.handlers:
         handler.setFormatter(formatter)
-    _active = fmt
-    if fmt == "json":
-        logging.captureWarnings(True)
-        sys.excepthook = _log_uncaught
-        threading.excepthook = _log_thread_uncaught
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
 
 
 def active_format() -> str:
