@@ -215,3 +215,15 @@ def test_an_agent_that_cannot_start_says_why_in_json(tmp_path: Path) -> None:
     assert entry["component"] == "agent"
     assert entry["level"] == "ERROR"
     assert entry["event"].startswith("edgefleet: error: INVALID_ARGUMENT: metrics_address must be host:port")
+
+
+def test_the_agent_dashboard_uses_documented_series() -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana" / "edgefleet-agent.json").read_text())
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    agent_doc = doc[doc.index("## Agent metrics") :]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        for name in re.findall(r"\bedgefleet_[a-z0-9_]+", expr):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert f"`{base}`" in agent_doc, (name, expr)
