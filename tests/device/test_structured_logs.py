@@ -166,9 +166,12 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
     assert (stored["model"], stored["version"]) == ("det", "1.0")
     (enrolment,) = [e for e in served if "enrolled" in e["event"]]
     assert enrolment["device"] == DEVICE
-    access = [e["event"] for e in served if e["logger"] == "uvicorn.access"]  # --access-log
-    assert any('"POST /api/v1/fleets HTTP/1.1" 2' in event for event in access), access[:5]
-    assert any("/device/v1/" in event for event in access), "the device listener's requests too"
+    access = [e for e in served if e["logger"] == "uvicorn.access"]  # --access-log
+    (created,) = [e for e in access if (e["method"], e["path"]) == ("POST", "/api/v1/fleets")]
+    assert created["status"] == 201
+    assert created["client"].startswith("127.0.0.1:")
+    assert '"POST /api/v1/fleets HTTP/1.1" 201' in created["event"]
+    assert any(e["path"].startswith("/device/v1/") for e in access), "the device listener's requests too"
 
     daemon_entries = json_lines(daemon_err, "daemon")
     for e in daemon_entries:  # one daemon, one device: every record names it

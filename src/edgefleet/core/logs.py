@@ -11,7 +11,8 @@ Vector, Loki ...) with the same fields whichever process wrote it:
 - ``device``, ``fleet``, ``model``, ``version``, ``deployment``, ``worker``: where known, from the
   record's ``extra=`` (:func:`bind` gives a logger that adds them) or, for a process that serves
   one device, from the fields given to :func:`configure_logging`;
-- ``exception``: with a traceback, ``{"type", "message", "traceback"}``.
+- ``exception``: with a traceback, ``{"type", "message", "traceback"}``;
+- ``client``, ``method``, ``path``, ``status``: on the server's access log records (``--access-log``).
 
 ``text`` (the default) keeps the human-readable ``time level logger: message`` lines. docs/logs.md
 is the operator's description of both.
@@ -35,6 +36,8 @@ LOG_FORMATS = ("text", "json")
 COMPONENTS = ("agent", "daemon", "server")
 #: Context fields taken from a record's ``extra=`` (or the process's defaults), in output order.
 CONTEXT_FIELDS = ("device", "fleet", "model", "version", "deployment", "worker")
+#: uvicorn's access log, whose records also get ``client``, ``method``, ``path`` and ``status`` fields.
+ACCESS_LOGGER = "uvicorn.access"
 #: The text format's line (what ``edgefleet`` has always written).
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -76,6 +79,10 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name, self.fields.get(name))
             if value is not None and value != "":
                 entry[name] = value if isinstance(value, int | float | bool) else str(value)
+        if record.name == ACCESS_LOGGER and isinstance(record.args, tuple) and len(record.args) == 5:
+            # uvicorn's access record: (client, method, path, HTTP version, status)
+            client, method, path, _, status = record.args
+            entry |= {"client": str(client), "method": str(method), "path": str(path), "status": status}
         if record.exc_info and record.exc_info[0] is not None:
             kind, exc, tb = record.exc_info
             entry["exception"] = {
