@@ -111,7 +111,8 @@ def test_a_bad_log_format_is_a_usage_error(argv: list[str], capsys: pytest.Captu
 def test_the_text_format_is_the_default() -> None:
     parser = build_parser()
     assert parser.parse_args(["server"]).log_format == "text"
-    assert parser.parse_args(["device", "run", "--config", "d.toml"]).log_format == "text"
+    # None: text for the daemon, and its spawned agent keeps its config's format
+    assert parser.parse_args(["device", "run", "--config", "d.toml"]).log_format is None
     assert parser.parse_args(["agent", "run", "-c", "a.toml"]).log_format is None  # the config's
 
 
