@@ -3,8 +3,8 @@
 A server and a device daemon (with its agent child) run as processes with JSON logs; the device
 enrols, heartbeats and takes a deployment. Every line either wrote on stderr must be a JSON object
 with the documented fields (docs/device-daemon.md, docs/fleet-api.md): time (RFC 3339 UTC), level,
-component, event, logger; the daemon's carry its device and fleet; uvicorn's own records come out as
-JSON too.
+component, event, logger; the daemon's carry its device and fleet; uvicorn's own records (its
+access log included, with --access-log) come out as JSON too.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
     server = spawn(
         "server", "--port", "0", "--port-file", str(port_file), "--data-dir", str(data),
         "--trust", str(keys / "trust"), "--connected-window", "60", "--log-format", "json",
-        out=tmp_path / "server.out", err=server_err,
+        "--access-log", out=tmp_path / "server.out", err=server_err,
     )  # fmt: skip
     daemon: subprocess.Popen[bytes] | None = None
     sockets = short_socket_dir()
@@ -166,6 +166,12 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
     assert (stored["model"], stored["version"]) == ("det", "1.0")
     (enrolment,) = [e for e in served if "enrolled" in e["event"]]
     assert enrolment["device"] == DEVICE
+    access = [e for e in served if e["logger"] == "uvicorn.access"]  # --access-log
+    (created,) = [e for e in access if (e["method"], e["path"]) == ("POST", "/api/v1/fleets")]
+    assert created["status"] == 201
+    assert created["client"].startswith("127.0.0.1:")
+    assert '"POST /api/v1/fleets HTTP/1.1" 201' in created["event"]
+    assert any(e["path"].startswith("/device/v1/") for e in access), "the device listener's requests too"
 
     daemon_entries = json_lines(daemon_err, "daemon")
     for e in daemon_entries:  # one daemon, one device: every record names it

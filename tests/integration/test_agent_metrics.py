@@ -199,3 +199,31 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(FailedPrecondition, match=r"pip install 'edgefleet\[metrics\]'") as caught:
         require_prometheus_client()
     assert caught.value.code is Code.FAILED_PRECONDITION
+
+
+def test_an_agent_that_cannot_start_says_why_in_json(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[device]\nname = "d"\nfleet = "f"\n[agent]\nmetrics_address = "nowhere"\n')
+    sock = short_socket_dir() / "agent.sock"
+    failed = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "agent", "run", "-a", f"unix://{sock}", "-c", str(config),
+         "--log-format", "json"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    (entry,) = [json.loads(line) for line in failed.stderr.splitlines()]
+    assert entry["component"] == "agent"
+    assert entry["level"] == "ERROR"
+    assert entry["event"].startswith("edgefleet: error: INVALID_ARGUMENT: metrics_address must be host:port")
+
+
+def test_the_agent_dashboard_uses_documented_series() -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana" / "edgefleet-agent.json").read_text())
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    agent_doc = doc[doc.index("## Agent metrics") :]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        for name in re.findall(r"\bedgefleet_[a-z0-9_]+", expr):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert f"`{base}`" in agent_doc, (name, expr)

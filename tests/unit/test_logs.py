@@ -111,5 +111,35 @@ def test_a_bad_log_format_is_a_usage_error(argv: list[str], capsys: pytest.Captu
 def test_the_text_format_is_the_default() -> None:
     parser = build_parser()
     assert parser.parse_args(["server"]).log_format == "text"
-    assert parser.parse_args(["device", "run", "--config", "d.toml"]).log_format == "text"
+    # None: text for the daemon, and its spawned agent keeps its config's format
+    assert parser.parse_args(["device", "run", "--config", "d.toml"]).log_format is None
     assert parser.parse_args(["agent", "run", "-c", "a.toml"]).log_format is None  # the config's
+
+
+def test_configure_logging_json_formats_the_root_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import threading
+
+    root = logging.getLogger()
+    handler = Collect(logging.Formatter(logs.TEXT_FORMAT))
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(logs, "_active", "text")
+    logs.configure_logging("text", "server")
+    assert not isinstance(handler.formatter, logs.JsonFormatter)  # text leaves the handlers alone
+    logs.configure_logging("json", "server", fields={"worker": "1"})
+    try:
+        assert logs.active_format() == "json"
+        logging.getLogger("uvicorn.error").warning("Started server process [1]")
+        entry = json.loads(handler.lines[-1])
+        assert (entry["component"], entry["logger"], entry["worker"]) == ("server", "uvicorn.error", "1")
+        thread = threading.Thread(target=lambda: 1 / 0, name="boom")
+        thread.start()
+        thread.join()
+        crash = json.loads(handler.lines[-1])
+        assert crash["level"] == "CRITICAL"
+        assert crash["event"] == "uncaught exception in thread boom"
+        assert crash["exception"]["type"] == "ZeroDivisionError"
+    finally:
+        logging.captureWarnings(False)

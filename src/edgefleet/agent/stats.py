@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     5.0,
     10.0,
 )
+_BOUNDS = np.array(LATENCY_BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,13 @@ class ModelStats:
         self.error_count = 0
         self.last_inference_time = 0.0
         self.last_capture_time = 0.0
-        # one bisect and two adds under the lock record() takes anyway: the histogram costs the
-        # Predict path well under a microsecond
-        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        # The histogram is folded from the ring, not counted per call: the latencies from
+        # ``_fold_start`` to ``_next`` are not in it yet. They are folded when the ring wraps
+        # (before any is overwritten: one vectorised pass per WINDOW calls) and when it is read,
+        # so the Predict path pays one comparison for it.
+        self._buckets = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
         self._latency_sum = 0.0
+        self._fold_start = 0
 
     def record(self, latency_s: float, ok: bool) -> None:
         """Record one finished Predict."""
@@ -88,11 +91,21 @@ class ModelStats:
                 self.error_count += 1
                 return
             self._latencies[self._next] = latency_s
-            self._buckets[bisect_left(LATENCY_BUCKETS, latency_s)] += 1
-            self._latency_sum += latency_s
             self._next = (self._next + 1) % WINDOW
+            if not self._next:  # wrapped: the oldest latencies are overwritten next
+                self._fold(WINDOW)
             self._filled = min(self._filled + 1, WINDOW)
             self.last_inference_time = now
+
+    def _fold(self, end: int) -> None:
+        """Add the ring's latencies from ``_fold_start`` to ``end`` to the histogram (lock held)."""
+        segment = self._latencies[self._fold_start : end]
+        if segment.size:
+            # side="left": a latency equal to a bound counts in that bound's bucket (le)
+            index = np.searchsorted(_BOUNDS, segment, side="left")
+            self._buckets += np.bincount(index, minlength=len(_BOUNDS) + 1)
+            self._latency_sum += float(segment.sum())
+        self._fold_start = end % WINDOW
 
     def record_capture(self) -> None:
         with self._lock:
@@ -101,7 +114,8 @@ class ModelStats:
     def histogram(self) -> LatencyHistogram:
         """The latency histogram of the successful calls since load."""
         with self._lock:
-            return LatencyHistogram(tuple(self._buckets), self._latency_sum)
+            self._fold(self._next)
+            return LatencyHistogram(tuple(int(c) for c in self._buckets), self._latency_sum)
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

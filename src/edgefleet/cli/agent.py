@@ -349,6 +349,8 @@ def run_agent(
     from edgefleet.agent.config import load_config
     from edgefleet.agent.runner import run_until_signal, start_agent
 
+    if log_format is not None:  # the config's own warnings and errors in that format too
+        configure_logging(log_format, "agent")
     config = load_config(config_path)
     if metrics_address is not None:
         config = replace(config, metrics_address=metrics_address)  # checked like the config's key

@@ -58,9 +58,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
-        default="text",
         help="log lines on stderr as text or json, one object per line (default: text; fields in "
-        "docs/logs.md)",
+        "docs/logs.md); a spawned agent logs the same way (default: as its config says)",
     )
     run.set_defaults(func=run_daemon, log_level=logging.INFO)  # a service: its log is its output
 
@@ -108,11 +107,12 @@ def run_daemon(args: argparse.Namespace) -> int:
     from edgefleet.device.config import load_config
     from edgefleet.device.daemon import build_daemon
 
-    configure_logging(args.log_format, "daemon")
+    fmt = args.log_format or "text"
+    configure_logging(fmt, "daemon")
     config = load_config(args.config)
     daemon = build_daemon(config, log_format=args.log_format)
     # one daemon, one device: its name and fleet go on every record, whichever module logs it
-    configure_logging(args.log_format, "daemon", fields=daemon.log_fields)
+    configure_logging(fmt, "daemon", fields=daemon.log_fields)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -120,7 +120,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    if args.log_format == "json":  # only JSON on stderr
+    if fmt == "json":  # only JSON on stderr
         daemon.log.info("device daemon starting (state in %s)", config.state_dir)
     else:
         print(f"edgefleet device daemon starting (state in {config.state_dir})", file=sys.stderr, flush=True)

@@ -122,6 +122,11 @@ def add_parser(sub: Any) -> None:
         help="seconds a presigned capture upload URL handed to a device stays valid (default: 900)",
     )
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request on both listeners (uvicorn's access log; default: off)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
@@ -174,6 +179,7 @@ def build_config(args: argparse.Namespace) -> Any:
         device_url=args.device_url,
         workers=args.workers,
         metrics_public=args.metrics_public,
+        access_log=args.access_log,
         timing=Timing(
             report_interval=args.report_interval,
             connected_window=args.connected_window,

@@ -11,7 +11,8 @@ Vector, Loki ...) with the same fields whichever process wrote it:
 - ``device``, ``fleet``, ``model``, ``version``, ``deployment``, ``worker``: where known, from the
   record's ``extra=`` (:func:`bind` gives a logger that adds them) or, for a process that serves
   one device, from the fields given to :func:`configure_logging`;
-- ``exception``: with a traceback, ``{"type", "message", "traceback"}``.
+- ``exception``: with a traceback, ``{"type", "message", "traceback"}``;
+- ``client``, ``method``, ``path``, ``status``: on the server's access log records (``--access-log``).
 
 ``text`` (the default) keeps the human-readable ``time level logger: message`` lines. docs/logs.md
 is the operator's description of both.
@@ -35,6 +36,8 @@ LOG_FORMATS = ("text", "json")
 COMPONENTS = ("agent", "daemon", "server")
 #: Context fields taken from a record's ``extra=`` (or the process's defaults), in output order.
 CONTEXT_FIELDS = ("device", "fleet", "model", "version", "deployment", "worker")
+#: uvicorn's access log, whose records also get ``client``, ``method``, ``path`` and ``status`` fields.
+ACCESS_LOGGER = "uvicorn.access"
 #: The text format's line (what ``edgefleet`` has always written).
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -76,6 +79,10 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name, self.fields.get(name))
             if value is not None and value != "":
                 entry[name] = value if isinstance(value, int | float | bool) else str(value)
+        if record.name == ACCESS_LOGGER and isinstance(record.args, tuple) and len(record.args) == 5:
+            # uvicorn's access record: (client, method, path, HTTP version, status)
+            client, method, path, _, status = record.args
+            entry |= {"client": str(client), "method": str(method), "path": str(path), "status": status}
         if record.exc_info and record.exc_info[0] is not None:
             kind, exc, tb = record.exc_info
             entry["exception"] = {
@@ -98,9 +105,10 @@ def check_format(fmt: str) -> str:
 
 
 def configure_logging(fmt: str, component: str, *, fields: Mapping[str, str] | None = None) -> None:
-    """Format the root logger's handlers as ``fmt`` for ``component`` (a stderr handler is added
-    when there is none). Idempotent: call it again once more context is known (the daemon, after
-    reading its identity).
+    """Log as ``fmt`` for ``component`` (a stderr handler is added to the root logger when it has
+    none). ``json`` formats every root handler with a :class:`JsonFormatter`; ``text`` leaves the
+    handlers as they are (the CLI's set-up writes :data:`TEXT_FORMAT`). Idempotent: call it again
+    once more context is known (the daemon, after reading its identity).
 
     With ``json``, Python warnings and uncaught exceptions (main thread and other threads) are
     logged too, so that nothing but JSON reaches stderr.
@@ -109,16 +117,18 @@ def configure_logging(fmt: str, component: str, *, fields: Mapping[str, str] | N
     check_format(fmt)
     root = logging.getLogger()
     if not root.handlers:
-        root.addHandler(logging.StreamHandler(sys.stderr))
-    formatter: logging.Formatter
-    formatter = JsonFormatter(component, fields) if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter(TEXT_FORMAT))
+        root.addHandler(stderr)
+    _active = fmt
+    if fmt != "json":
+        return
+    formatter = JsonFormatter(component, fields)
     for handler in root.handlers:
         handler.setFormatter(formatter)
-    _active = fmt
-    if fmt == "json":
-        logging.captureWarnings(True)
-        sys.excepthook = _log_uncaught
-        threading.excepthook = _log_thread_uncaught
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
 
 
 def active_format() -> str:

@@ -154,6 +154,9 @@ class ServerConfig:
     request_threads: int = 8
     #: serve ``GET /metrics`` on the operator port without an API token (``--metrics-public``)
     metrics_public: bool = False
+    #: log one line per request (uvicorn's access log, ``uvicorn.access``; ``--access-log``): off
+    #: by default, ``/metrics`` counts requests without a log line each
+    access_log: bool = False
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)

@@ -221,11 +221,11 @@ class Replica:
         common: dict[str, Any] = {
             "ssl_certfile": str(self.tls.cert),
             "ssl_keyfile": str(self.tls.key),
-            # uvicorn leaves logging alone: its loggers (uvicorn.error; the per-request access log
-            # is off, /metrics counts requests) propagate to the root handler, which writes text or
-            # JSON like every other record (edgefleet.core.logs.configure_logging)
+            # uvicorn leaves logging alone: its loggers (uvicorn.error, and uvicorn.access with
+            # --access-log) propagate to the root handler, which writes text or JSON like every
+            # other record (edgefleet.core.logs.configure_logging)
             "log_config": None,
-            "access_log": False,
+            "access_log": config.access_log,
             "timeout_graceful_shutdown": config.timing.shutdown_grace,
         }
         self._started = [threading.Event(), threading.Event()]
