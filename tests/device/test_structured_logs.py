@@ -99,7 +99,12 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
         assert server.poll() is None, server_err.read_text()
         api_url = json.loads(port_file.read_text())["api_url"]
         token_out = tmp_path / "token.out"
-        assert spawn("admin", "create-token", "ops", "--data-dir", str(data), out=token_out, err=token_out).wait(60) == 0
+        assert (
+            spawn("admin", "create-token", "ops", "--data-dir", str(data), out=token_out, err=token_out).wait(
+                60
+            )
+            == 0
+        )
         token = next(w for w in token_out.read_text().split() if w.startswith("eft_"))
         op = FleetClient(ClientConfig(api_url, token, data / "tls" / "ca.pem"))
         op.request(
@@ -146,9 +151,7 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
         )
         op.start_stage("logs-plan", "all")
         wait_for(
-            lambda: any(
-                "deployment" in e and "SUCCEEDED" in e["event"] for e in _parsed(daemon_err)
-            ),
+            lambda: any("deployment" in e and "SUCCEEDED" in e["event"] for e in _parsed(daemon_err)),
             "the deployment's result in the daemon's log",
         )
     finally:
@@ -161,7 +164,9 @@ def test_server_and_daemon_log_json(tmp_path: Path, keys: Path) -> None:
 
     served = json_lines(server_err, "server")
     assert any(e["logger"].startswith("uvicorn") for e in served), "uvicorn's records are JSON too"
-    assert any(e["logger"] == "uvicorn.error" and e["event"].startswith("Started server process") for e in served)
+    assert any(
+        e["logger"] == "uvicorn.error" and e["event"].startswith("Started server process") for e in served
+    )
     (stored,) = [e for e in served if e["event"].startswith("stored package det 1.0")]
     assert (stored["model"], stored["version"]) == ("det", "1.0")
     (enrolment,) = [e for e in served if "enrolled" in e["event"]]
@@ -204,7 +209,9 @@ def test_a_daemon_that_cannot_start_says_why_in_json(tmp_path: Path, keys: Path)
     config = tmp_path / "device.toml"
     config.write_text(f'[daemon]\ntrust_dir = "{keys / "trust"}"\nstate_dir = "{tmp_path / "state"}"\n')
     err = tmp_path / "daemon.err"
-    daemon = spawn("device", "run", "--config", str(config), "--log-format", "json", out=tmp_path / "o", err=err)
+    daemon = spawn(
+        "device", "run", "--config", str(config), "--log-format", "json", out=tmp_path / "o", err=err
+    )
     assert daemon.wait(60) == 1
     entries = json_lines(err, "daemon")
     assert entries[-1]["level"] == "ERROR"

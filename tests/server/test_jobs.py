@@ -354,7 +354,7 @@ def test_migration_0011_adds_the_job_tables_and_takes_them_away_again(unmigrated
     db = unmigrated
     migrate(db, "0011")
     assert {"jobs", "job_logs"} <= set(inspect(db.engine).get_table_names())
-    migrate(db, "0009", down=True)
+    migrate(db, "0010", down=True)
     assert not {"jobs", "job_logs"} & set(inspect(db.engine).get_table_names())
     migrate(db, "head")
     assert {"jobs", "job_logs"} <= set(inspect(db.engine).get_table_names())

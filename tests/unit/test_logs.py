@@ -105,7 +105,9 @@ def test_a_bad_log_format_is_a_usage_error(argv: list[str], capsys: pytest.Captu
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(argv)
     assert exited.value.code == 2
-    assert "argument --log-format: invalid choice: 'xml' (choose from 'text', 'json')" in capsys.readouterr().err
+    assert (
+        "argument --log-format: invalid choice: 'xml' (choose from 'text', 'json')" in capsys.readouterr().err
+    )
 
 
 def test_the_text_format_is_the_default() -> None:

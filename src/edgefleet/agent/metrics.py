@@ -67,13 +67,17 @@ class AgentCollector:
         )
 
         info = GaugeMetricFamily(
-            f"{PREFIX}_info", "The agent: its version, device and fleet (always 1)", labels=["version", "device", "fleet"]
+            f"{PREFIX}_info",
+            "The agent: its version, device and fleet (always 1)",
+            labels=["version", "device", "fleet"],
         )
         info.add_metric([__version__, self._device, self._fleet], 1)
         yield info
 
         requests = CounterMetricFamily(
-            f"{PREFIX}_predict_requests", "Predict calls on the model since it was loaded", labels=MODEL_LABELS
+            f"{PREFIX}_predict_requests",
+            "Predict calls on the model since it was loaded",
+            labels=MODEL_LABELS,
         )
         errors = CounterMetricFamily(
             f"{PREFIX}_predict_errors",
@@ -138,7 +142,9 @@ class AgentCollector:
             "Age of the oldest capture in the spool (0 when it is empty)",
             value=stats["oldest_pending_age_seconds"] or 0.0,
         )
-        yield counter(f"{PREFIX}_capture_written", "Captures written to the destination", value=stats["written"])
+        yield counter(
+            f"{PREFIX}_capture_written", "Captures written to the destination", value=stats["written"]
+        )
         yield counter(
             f"{PREFIX}_capture_failed", "Captures given up (dropped ones included)", value=stats["failed"]
         )

@@ -85,6 +85,12 @@ def add_parser(sub: Any) -> None:
         "--report-interval", type=float, default=86400.0, help="seconds between fleet report regenerations"
     )
     parser.add_argument(
+        "--ui-session-ttl",
+        type=_positive_seconds,
+        default=12 * 3600.0,
+        help="seconds a web dashboard login (/ui) lasts (default: 12 hours)",
+    )
+    parser.add_argument(
         "--summary-retention",
         type=float,
         default=30 * 86400.0,
@@ -155,6 +161,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~edgefleet.server.config.ServerConfig` for parsed flags."""
     from edgefleet.server.config import JobPolicy, ServerConfig, Timing, WebhookPolicy, default_data_dir
@@ -187,6 +203,7 @@ def build_config(args: argparse.Namespace) -> Any:
             capture_retention=args.capture_retention,
             capture_upload_url_ttl=args.capture_upload_url_ttl,
             drift_bucket=args.drift_bucket,
+            ui_session_ttl=args.ui_session_ttl,
         ),
         webhooks=WebhookPolicy(give_up_after=args.webhook_give_up),
         jobs=JobPolicy(max_attempts=args.job_max_attempts),

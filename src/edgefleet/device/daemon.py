@@ -205,7 +205,9 @@ class Daemon:
         was = self.registered
         self.registered = registration.status == "REGISTERED"
         if not self.registered:
-            self.log.error("the server says this device is %s; keeping the installed models", registration.status)
+            self.log.error(
+                "the server says this device is %s; keeping the installed models", registration.status
+            )
         elif not was:
             self.log.info("the device is registered again")
         self._registration_due = self._monotonic() + max(registration.cache_ttl_seconds, 1.0)

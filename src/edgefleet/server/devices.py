@@ -285,7 +285,10 @@ def enrol(
     device.enrolment_token_hash = None
     device.enrolment_expires_at = None
     log.info(
-        "device %s enrolled (certificate serial %s)", device.name, issued.serial, extra={"device": device.name}
+        "device %s enrolled (certificate serial %s)",
+        device.name,
+        issued.serial,
+        extra={"device": device.name},
     )
     return device, issued.cert_pem
 
@@ -444,11 +447,16 @@ def list_devices(
     fleet_name: str | None = None,
     model_name: str | None = None,
     heartbeat_after: datetime | None = None,
+    heartbeat_before: datetime | None = None,
     tags: dict[str, str] | None = None,
     limit: int,
     next_token: str | None = None,
 ) -> Page[Device]:
-    """Registered devices by name, filtered by fleet, loaded model, latest heartbeat and tags (all must match)."""
+    """Registered devices by name, filtered by fleet, loaded model, latest heartbeat and tags (all must match).
+
+    ``heartbeat_after``: the latest heartbeat is newer; ``heartbeat_before``: it is not newer, or
+    the device never sent one (with the connected window's cutoff: the offline devices).
+    """
     stmt: Select[Device] = select(Device).where(Device.deregistered_at.is_(None)).order_by(Device.name)
     if fleet_name is not None:
         fleet = get_fleet(session, fleet_name)
@@ -462,6 +470,8 @@ def list_devices(
         )
     if heartbeat_after is not None:
         stmt = stmt.where(Device.last_heartbeat_at > heartbeat_after)
+    if heartbeat_before is not None:
+        stmt = stmt.where(Device.last_heartbeat_at.is_(None) | (Device.last_heartbeat_at <= heartbeat_before))
     for key, value in (tags or {}).items():
         tag = aliased(DeviceTag)
         stmt = stmt.join(tag, (tag.device_id == Device.id) & (tag.key == key) & (tag.value == value))

@@ -674,3 +674,23 @@ class JobLogRow(Base):
     logged_at: Mapped[datetime]
     line: Mapped[str] = mapped_column(Text)
     __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
+
+
+class UISession(Base):
+    """A web dashboard login (server/ui/sessions.py): the cookie's secret is stored only as its
+    SHA-256, with the operator token it was opened with (a revoked token ends its sessions) and the
+    session's CSRF token, which every form and htmx request of the session must send back."""
+
+    __tablename__ = "ui_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("operator_tokens.id", ondelete="CASCADE"))
+    operator: Mapped[str] = mapped_column(String(100))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    __table_args__ = (
+        Index("ix_ui_sessions_token", "token_id"),
+        # expired sessions are deleted by expiry
+        Index("ix_ui_sessions_expires_at", "expires_at"),
+    )
