@@ -589,7 +589,13 @@ class ShadowReport:
     @property
     def pair(self) -> tuple[str, str, str, str, str]:
         """What names the pair on its device: (handle, champion model, version, shadow model, version)."""
-        return (self.handle, self.champion_model, self.champion_version, self.shadow_model, self.shadow_version)
+        return (
+            self.handle,
+            self.champion_model,
+            self.champion_version,
+            self.shadow_model,
+            self.shadow_version,
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """A heartbeat ``Shadows`` item."""

@@ -185,7 +185,9 @@ class FleetClient:
         """The fleet's shadow figures per model pair (``since``: ISO 8601 time)."""
         params = {"ChampionModel": champion_model, "ShadowModel": shadow_model, "Since": since}
         result: Json = self.request(
-            "GET", f"/api/v1/fleets/{fleet}/shadows", params={k: v for k, v in params.items() if v is not None}
+            "GET",
+            f"/api/v1/fleets/{fleet}/shadows",
+            params={k: v for k, v in params.items() if v is not None},
         )
         return result
 
