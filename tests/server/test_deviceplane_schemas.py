@@ -69,7 +69,9 @@ HEARTBEAT = Heartbeat(
         ),
     ),
     summaries=(SummaryWindow("detector", "7", AT, AT, 42, {"Version": 1, "Inputs": []}),),
-    shadows=(ShadowReport("detector", "detector", "7", "detector", "8", 9, 8, 7, 1, 1, 0, 1.5, 3.0, 2.0, 4.5),),
+    shadows=(
+        ShadowReport("detector", "detector", "7", "detector", "8", 9, 8, 7, 1, 1, 0, 1.5, 3.0, 2.0, 4.5),
+    ),
 )
 RESULT = DeploymentResult(
     deployment_name="plan.canary",

@@ -536,6 +536,15 @@ def _count(raw: Mapping[str, Any], name: str) -> int:
     raise InvalidArgument(f"Shadows.{name} must be a whole number, got {value!r}")
 
 
+def _text(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> str:
+    value = raw.get(name)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"a Shadows item needs {name} as text, got {value!r}")
+    return value
+
+
 def _milliseconds(raw: Mapping[str, Any], name: str) -> float:
     value = raw.get(name) or 0.0
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -612,24 +621,22 @@ class ShadowReport:
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> ShadowReport:
         """Parse a ``Shadows`` item (INVALID_ARGUMENT for a missing name or a figure that is not a number)."""
-        names: dict[str, str] = {}
-        for attribute, wire in (
-            ("handle", "Handle"),
-            ("champion_model", "ChampionModel"),
-            ("champion_version", "ChampionVersion"),
-            ("shadow_model", "ShadowModel"),
-            ("shadow_version", "ShadowVersion"),
-        ):
-            value = raw.get(wire)
-            if value is None and wire.endswith("Version"):
-                value = ""
-            if not isinstance(value, str):
-                raise InvalidArgument(f"a Shadows item needs {wire} as text, got {value!r}")
-            names[attribute] = value
         return cls(
-            **names,
-            **{name: _count(raw, wire) for name, wire in SHADOW_COUNTS},
-            **{name: _milliseconds(raw, wire) for name, wire in SHADOW_LATENCIES},
+            handle=_text(raw, "Handle"),
+            champion_model=_text(raw, "ChampionModel"),
+            champion_version=_text(raw, "ChampionVersion", optional=True),
+            shadow_model=_text(raw, "ShadowModel"),
+            shadow_version=_text(raw, "ShadowVersion", optional=True),
+            mirrored=_count(raw, "Mirrored"),
+            completed=_count(raw, "Completed"),
+            agreed=_count(raw, "Agreed"),
+            disagreed=_count(raw, "Disagreed"),
+            shadow_errors=_count(raw, "ShadowErrors"),
+            dropped=_count(raw, "Dropped"),
+            champion_p50_ms=_milliseconds(raw, "ChampionLatencyP50Ms"),
+            champion_p99_ms=_milliseconds(raw, "ChampionLatencyP99Ms"),
+            shadow_p50_ms=_milliseconds(raw, "ShadowLatencyP50Ms"),
+            shadow_p99_ms=_milliseconds(raw, "ShadowLatencyP99Ms"),
         )
 
 
