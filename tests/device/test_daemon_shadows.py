@@ -13,8 +13,10 @@ from device_testkit import FLEET, LoopbackServer, make_device
 from support import build, make_linear_onnx, start, wait_for
 
 from edgefleet.client import AgentClient, ShadowStatistics
+from edgefleet.device.agentlink import AgentConnection
 from edgefleet.device.https import HttpsControlPlane, enroller
 from edgefleet.device.identity import enroll
+from edgefleet.device.shadows import ShadowReporter
 from edgefleet.device.sim.control_plane import FakeControlPlane
 from edgefleet.device.sim.nullagent import NullAgent
 
@@ -33,7 +35,7 @@ def calls(client: AgentClient, count: int, seed: int) -> ShadowStatistics:
 
 
 def test_shadow_figures_reach_the_server(
-    tmp_path: Path, trust: Path, keys: Path, server: LoopbackServer
+    tmp_path: Path, trust: Path, keys: Path, server: LoopbackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = make_linear_onnx(tmp_path / "lin.onnx", seed=0)
     champion = build(model, keys, tmp_path / "c", name="lin", version="1")
@@ -65,6 +67,19 @@ def test_shadow_figures_reach_the_server(
         assert dev.daemon.heartbeat_once() is True
         (got,) = server.op.fleet_shadows(FLEET)["ShadowPairs"]
         assert (got["Completed"], got["Agreed"], got["DeviceCount"]) == (30, 30, 1)
+
+        # a second pair; a reporter bounded to one pair reports the first by handle, and says so once
+        client.set_handle("lin2", "lin-v1")
+        client.load_shadow("lin2", "lin-v2")
+        bounded = ShadowReporter(AgentConnection(client, client), max_pairs=1)
+        with caplog.at_level(logging.WARNING, logger="edgefleet.device.shadows"):
+            assert [r.handle for r in bounded.report()] == ["lin"]
+            assert [r.handle for r in bounded.report()] == ["lin"]
+        assert [r.getMessage() for r in caplog.records if r.name == "edgefleet.device.shadows"] == [
+            "the agent has 2 shadow pairs; heartbeats report the first 1 (by handle)"
+        ]
+        assert [r.handle for r in dev.daemon.shadows.report()] == ["lin", "lin2"]
+        client.unload_shadow("lin2")
 
         # promoted: the pair is over, heartbeats carry no Shadows, the server keeps its last figures
         client.promote_shadow("lin")
