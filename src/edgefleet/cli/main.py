@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "demo": ("demo", "demo"),
     "compile": ("compile", "compiler"),
     "server": ("server", "server"),
+    "worker": ("worker", "server"),
+    "job": ("job", "cli"),
     "admin": ("admin", "server"),
     "fleet": ("fleet", "cli"),
     "device": ("device", None),  # the daemon's commands need nothing; the operator's ones need cli
@@ -58,9 +60,11 @@ EXTRA_OF_MODULE: dict[str, str] = {
             "botocore",
             "uvloop",
             "httptools",
+            "huey",
         ),
         "server",
     ),
+    "redis": "scale",
     **dict.fromkeys(("httpx", "httpcore", "rich"), "cli"),
     **dict.fromkeys(
         ("onnx", "onnxsim", "skl2onnx", "onnxmltools", "sklearn", "xgboost", "lightgbm", "PIL"), "compiler"
@@ -74,6 +78,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
 #: extra -> the extras whose modules it installs too (pyproject.toml's optional-dependencies)
 _CONTAINS: dict[str, set[str]] = {
     "server": {"server", "cli", "metrics"},
+    "scale": {"scale", "server", "cli", "metrics"},
     "compiler": {"compiler"},
     "demo": {"demo", "compiler", "server", "cli", "litert"},
 }

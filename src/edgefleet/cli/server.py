@@ -46,6 +46,16 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--captures", help="capture store URI: s3://bucket/prefix or file:///dir (default: --data-dir)"
     )
+    parser.add_argument(
+        "--queue",
+        help="task queue URL for jobs: redis://host:6379/0 (workers anywhere) (default: SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--job-max-attempts",
+        type=_positive_int,
+        default=3,
+        help="attempts a job gets when its workers are lost (default: 3; a request may set its own)",
+    )
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint for non-AWS stores (MinIO, Ceph, ...)")
     parser.add_argument(
         "--trust", type=Path, help="trusted package signers' root certificates (default: DATA/trust)"
@@ -142,7 +152,7 @@ def _positive_int(text: str) -> int:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~edgefleet.server.config.ServerConfig` for parsed flags."""
-    from edgefleet.server.config import ServerConfig, Timing, WebhookPolicy, default_data_dir
+    from edgefleet.server.config import JobPolicy, ServerConfig, Timing, WebhookPolicy, default_data_dir
     from edgefleet.server.drift import check_bucket
 
     check_bucket(args.drift_bucket)
@@ -152,6 +162,7 @@ def build_config(args: argparse.Namespace) -> Any:
         database_url=args.database,
         artifacts_uri=args.artifacts,
         captures_uri=args.captures,
+        queue_url=args.queue,
         s3_endpoint_url=args.s3_endpoint_url,
         trust_dir=args.trust,
         host=args.host,
@@ -172,6 +183,7 @@ def build_config(args: argparse.Namespace) -> Any:
             drift_bucket=args.drift_bucket,
         ),
         webhooks=WebhookPolicy(give_up_after=args.webhook_give_up),
+        jobs=JobPolicy(max_attempts=args.job_max_attempts),
     )
 
 
