@@ -11,7 +11,8 @@ Two loops then run until stopped:
   server is unreachable the heartbeat is queued (bounded, on disk) and the queue is sent oldest
   first once the server answers again; unsent deployment results go out with it. Every
   ``timing.summary_window_seconds`` the agent's live model summaries are taken and ride on the
-  heartbeats until the server has them (:mod:`edgefleet.device.summaries`).
+  heartbeats until the server has them (:mod:`edgefleet.device.summaries`); the agent's shadow
+  pairs' cumulative figures ride on every heartbeat (:mod:`edgefleet.device.shadows`).
 - **reconcile** (``timing.poll_interval_seconds``, or the health interval while a health gate
   observes the device): make sure the agent runs (a restarted agent child gets its models and
   handles back at once: handles live in the agent's memory), fetch the deployments, act on each (apply,
@@ -46,6 +47,7 @@ from edgefleet.device.metrics import DeviceMetrics, model_reports
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.protocol import ControlPlane
 from edgefleet.device.renewal import CertificateRenewal, RenewalState
+from edgefleet.device.shadows import ShadowReporter
 from edgefleet.device.state import HistoryEntry, JournalKind, StateStore, Watch
 from edgefleet.device.summaries import SummaryWindows
 
@@ -90,6 +92,7 @@ class Daemon:
         now: Callable[[], datetime] = utcnow,
         renewal: CertificateRenewal | None = None,
         capture: CaptureReporter | None = None,
+        shadows: ShadowReporter | None = None,
         device: str | None = None,
         fleet: str | None = None,
     ) -> None:
@@ -98,6 +101,8 @@ class Daemon:
         self.log_fields = {k: v for k, v in (("device", device), ("fleet", fleet)) if v}
         #: the daemon's logger: every record carries :attr:`log_fields`
         self.log = bind(log, **self.log_fields)
+        #: each heartbeat's shadow pairs and their figures (cumulative, so nothing to keep here)
+        self.shadows = shadows if shadows is not None else ShadowReporter(agent)
         #: each heartbeat's capture backlog and uploads, and the upload-log cursor
         self.capture = capture if capture is not None else CaptureReporter(agent, config.state_dir)
         #: renews the device certificate before it expires (None: this daemon's plane has none)
@@ -254,6 +259,7 @@ class Daemon:
             platform=self.platform,
             capture=self.capture.report(),
             summaries=self.summaries.for_heartbeat(),
+            shadows=self.shadows.report(),
         )
 
     def heartbeat_once(self) -> bool:

@@ -487,6 +487,37 @@ class DeviceCaptureStatus(Base):
     reported_at: Mapped[datetime]
 
 
+class DeviceShadow(Base):
+    """A device's shadow pair as its latest heartbeat reported it: the figures are the agent's,
+    cumulative since the pair started, so the latest report is all the server needs to keep.
+
+    A pair is named on its device by the handle and both model versions; a pair that ends stays
+    (its last figures), a pair started again on the same handle and versions starts its counters
+    afresh. ``reported_at`` is the server's time of the heartbeat.
+    """
+
+    __tablename__ = "device_shadows"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    handle: Mapped[str] = mapped_column(String(63), primary_key=True)
+    champion_model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    champion_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    shadow_model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    shadow_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    mirrored: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    agreed: Mapped[int] = mapped_column(BigInteger)
+    disagreed: Mapped[int] = mapped_column(BigInteger)
+    shadow_errors: Mapped[int] = mapped_column(BigInteger)
+    dropped: Mapped[int] = mapped_column(BigInteger)
+    champion_p50_ms: Mapped[float] = mapped_column(Float)
+    champion_p99_ms: Mapped[float] = mapped_column(Float)
+    shadow_p50_ms: Mapped[float] = mapped_column(Float)
+    shadow_p99_ms: Mapped[float] = mapped_column(Float)
+    reported_at: Mapped[datetime]
+    # the fleet's report reads one shadow model's pairs (the pipeline's shadow step)
+    __table_args__ = (Index("ix_device_shadows_models", "shadow_model", "champion_model"),)
+
+
 class DriftBucketRow(Base):
     """One scored bucket of the drift time series: a fleet's windows of one model version merged
     over one complete time bucket (by window end) and scored against the version's baseline.
