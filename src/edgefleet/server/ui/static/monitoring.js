@@ -8,6 +8,11 @@
   const plots = {};
   const palette = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#57606a"];
 
+  // a lone sample gets a few minutes of axis around it (uPlot would otherwise span years)
+  function widen(plot, xs) {
+    if (xs.length === 1) plot.setScale("x", { min: xs[0] - 300, max: xs[0] + 60 });
+  }
+
   function width(el) { return Math.max(320, el.clientWidth || 900); }
 
   function draw(id, labels, xs, columns) {
@@ -22,13 +27,18 @@
     el.dataset.state = "drawn";
     el.dataset.series = labels.length;
     const data = [xs].concat(columns);
-    if (plots[id] && plots[id].series.length === labels.length + 1) { plots[id].setData(data); return; }
+    if (plots[id] && plots[id].series.length === labels.length + 1) {
+      plots[id].setData(data);
+      widen(plots[id], xs);
+      return;
+    }
     if (plots[id]) plots[id].destroy();
     el.textContent = "";
     const series = [{}].concat(labels.map(function (label, i) {
       return { label: label, stroke: palette[i % palette.length], width: 2, spanGaps: true };
     }));
     plots[id] = new uPlot({ width: width(el), height: 260, series: series, scales: { x: { time: true } } }, data, el);
+    widen(plots[id], xs);
   }
 
   // align several [[t, v], ...] series on one sorted x axis (null where a series has no point)
