@@ -6,6 +6,7 @@ run is refused before anything is registered."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,11 +45,21 @@ def digits(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> tuple[Path, 
     """A signed ONNX Runtime package of a digits classifier trained here, and held-out digits."""
     pytest.importorskip("sklearn", reason="training the digits model needs scikit-learn")
     pytest.importorskip("skl2onnx", reason="exporting the digits model needs skl2onnx")
-    from edgefleet.demo.device import train_digits
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
     from edgefleet.packager.build import build_package
 
     work = tmp_path_factory.mktemp("digits")
-    model, x_test, y_test, _ = train_digits(work, lambda line: None)
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, data.target, test_size=0.3, random_state=0)
+    classifier = LogisticRegression(max_iter=300).fit(x_train, y_train)  # a second, ~96 % accurate
+    model = work / "digits.onnx"
+    onx = to_onnx(classifier, x_train[:1], options={id(classifier): {"zipmap": False}}, target_opset=17)
+    model.write_bytes(onx.SerializeToString())
     package = build_package(model, name="digits", version="1.0", key_dir=keys, out_dir=work / "packages")
     return package, x_test, y_test
 
@@ -110,3 +121,131 @@ def test_twins_enrol_heartbeat_deploy_and_predict(
     codes = fleet.stop()
     assert all(not psutil.pid_exists(p) for p in pids if p is not None)
     assert set(codes.values()) == {0}, codes
+
+
+def _cli_env(plane: Plane) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "EDGEFLEET_SERVER": plane.url,
+        "EDGEFLEET_TOKEN": plane.token,
+        "EDGEFLEET_CA_CERT": str(plane.ca_cert),
+        "EDGEFLEET_CLIENT_CONFIG": "/nonexistent/client.json",
+    }
+
+
+def _edgefleet(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _twin_pids(workdir: Path) -> list[int]:
+    return [t.pid for t in TwinFleet.attach(workdir).twins if t.pid is not None]
+
+
+def test_cli_up_detached_status_down(plane: Plane, keys: Path, tmp_path: Path) -> None:
+    env = _cli_env(plane)
+    workdir = tmp_path / "w"
+    common = ("--workdir", str(workdir))
+    up = _edgefleet(
+        "twin", "up", "2", "--fleet", "cli-twins", "--trust", str(keys / "trust"), "--heartbeat-seconds", "1",
+        "--poll-seconds", "1", "--detach", *common, env=env,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "twin 1/2 cli-twins-01: enrolled" in up.stdout and "twin 2/2 cli-twins-02: heartbeat" in up.stdout
+    pids = _twin_pids(workdir)
+    controller = TwinFleet.controller(workdir)
+    assert controller is not None and len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+
+    status = _edgefleet("twin", "status", "--json", *common, env=env)
+    assert status.returncode == 0, status.stderr
+    assert '"Phase": "running"' in status.stdout and str(pids[0]) in status.stdout and "cli-twins-02" in status.stdout
+    again = _edgefleet("twin", "up", "1", "--fleet", "cli-twins", "--trust", str(keys / "trust"), "--detach", *common, env=env)
+    assert again.returncode == 1 and "runs in" in again.stderr and "twin down" in again.stderr
+
+    down = _edgefleet("twin", "down", *common, env=env)
+    assert down.returncode == 0, down.stderr
+    assert "stopped 2 twins of fleet cli-twins" in down.stdout
+    wait_for(lambda: not controller.is_running(), "the controller to exit", 30)
+    assert not any(psutil.pid_exists(p) for p in pids)
+    assert not (workdir / "twins.json").exists()
+    gone = _edgefleet("twin", "status", *common, env=env)
+    assert gone.returncode == 1 and "no twin fleet in" in gone.stderr
+
+
+def test_foreground_up_stops_on_ctrl_c_and_twins_die_with_a_killed_controller(
+    plane: Plane, keys: Path, tmp_path: Path
+) -> None:
+    env = _cli_env(plane)
+    for round_, how in enumerate((signal.SIGINT, signal.SIGKILL)):
+        workdir = tmp_path / f"w{round_}"
+        with (tmp_path / f"up{round_}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgefleet", "twin", "up", "1", "--fleet", "fg-twins", "--trust",
+                 str(keys / "trust"), "--heartbeat-seconds", "1", "--workdir", str(workdir), "--prefix", f"fg{round_}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_for(
+                lambda w=workdir: (w / "twins.json").exists() and TwinFleet.attach(w).phase == "ready",
+                "the twins to be up",
+            )
+            pids = _twin_pids(workdir)
+            proc.send_signal(how)
+            code = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # SIGINT: the controller stops its twins and exits 0; SIGKILL: each twin gets SIGTERM from the
+        # kernel when its parent dies (PR_SET_PDEATHSIG) and stops by itself
+        assert code == (0 if how == signal.SIGINT else -signal.SIGKILL), (tmp_path / f"up{round_}.log").read_text()
+        wait_for(lambda p=pids: not any(psutil.pid_exists(x) for x in p), "the twins to exit", 60)
+        status = (workdir / "fg{}-01".format(round_) / "status.json").read_text()
+        assert '"stopped"' in status
+
+
+def test_a_device_class_this_host_cannot_run_is_refused_before_anything_is_registered(
+    plane: Plane, keys: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(FailedPrecondition, match="qemu-aarch64 not found: cannot emulate aarch64"):
+        resolve_device_class("linux-aarch64", python=sys.executable, which=lambda name: None)
+    with pytest.raises(FailedPrecondition, match="qemu-aarch64 found, but no aarch64 Python"):
+        resolve_device_class("linux-aarch64", python=sys.executable, which=lambda name: f"/usr/bin/{name}")
+    emulated = resolve_device_class(
+        "linux-aarch64", python=sys.executable, emulator_python=Path("/opt/arm64/python3"),
+        which=lambda name: f"/usr/bin/{name}",
+    )  # fmt: skip
+    assert emulated.emulated and emulated.python == ("/usr/bin/qemu-aarch64", "/opt/arm64/python3")
+    with pytest.raises(InvalidArgument, match="unknown target 'linux-sparc'"):
+        resolve_device_class("linux-sparc", python=sys.executable)
+
+    if shutil.which("qemu-aarch64") is None:  # this host: the whole fleet is refused up front
+        fleet = TwinFleet(tmp_path / "arm")
+        with pytest.raises(FailedPrecondition, match="qemu-aarch64 not found: cannot emulate aarch64"):
+            fleet.start(
+                2, "arm-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=keys / "trust",
+                device_class="linux-aarch64",
+            )  # fmt: skip
+        with pytest.raises(NotFound):
+            plane.op.describe_fleet("arm-twins")
+        assert not list((tmp_path / "arm").glob("arm-twins-*"))
+        cli = _edgefleet(
+            "twin", "up", "1", "--fleet", "arm-twins", "--trust", str(keys / "trust"), "--device-class",
+            "linux-aarch64", "--workdir", str(tmp_path / "arm-cli"), env=_cli_env(plane),
+        )  # fmt: skip
+        assert cli.returncode == 1 and "qemu-aarch64 not found: cannot emulate aarch64" in cli.stderr
+
+
+def test_bad_input_is_refused_with_its_code(plane: Plane, keys: Path, tmp_path: Path) -> None:
+    fleet = TwinFleet(tmp_path / "bad")
+    args = {"ca_cert": plane.ca_cert, "trust_dir": keys / "trust"}
+    with pytest.raises(InvalidArgument, match="1 to 1000 twins, not 0"):
+        fleet.start(0, "bad-twins", plane.url, plane.token, **args)
+    with pytest.raises(NotFound, match="is not a directory"):
+        fleet.start(1, "bad-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=tmp_path / "nope")
+    with pytest.raises(NotFound, match="no twin fleet in"):
+        TwinFleet.attach(tmp_path / "empty")
+    with pytest.raises(InvalidArgument, match="timing heartbeat_interval_seconds must be positive"):
+        TwinTiming(heartbeat_interval_seconds=0)

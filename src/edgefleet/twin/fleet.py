@@ -195,6 +195,9 @@ class TwinFleet:
         self.socket_dir: Path | None = None
         self._own_socket_dir = False
         self.trust_dir: Path | None = None
+        #: ``starting``, ``running`` (every twin's agent and daemon run), ``ready`` (every twin's
+        #: heartbeat reached the server) or ``stopping``; kept in the state file
+        self.phase = "starting"
         self._op: FleetClient | None = None
         self._owns_op = False
 
@@ -208,6 +211,7 @@ class TwinFleet:
             self.state_path,
             {
                 "fleet": self.fleet,
+                "phase": self.phase,
                 "device_class": self.device_class.name if self.device_class else None,
                 "socket_dir": str(self.socket_dir) if self.socket_dir else None,
                 "own_socket_dir": self._own_socket_dir,
@@ -225,19 +229,25 @@ class TwinFleet:
         if not isinstance(raw, dict):
             raise NotFound(f"no twin fleet in {fleet.workdir} (no {STATE_FILE}): start one with `edgefleet twin up`")
         fleet.fleet = raw.get("fleet")
+        fleet.phase = str(raw.get("phase", "unknown"))
         fleet.socket_dir = Path(raw["socket_dir"]) if raw.get("socket_dir") else None
         fleet._own_socket_dir = bool(raw.get("own_socket_dir"))
         fleet.twins = [Twin.from_wire(t) for t in raw.get("twins", [])]
         return fleet
 
     @staticmethod
-    def controller(workdir: Path) -> tuple[int, float | None] | None:
-        """The pid (and start time) of the process that started the fleet in ``workdir``, if it runs."""
+    def controller(workdir: Path) -> psutil.Process | None:
+        """The process that started the fleet in ``workdir``, if it still runs."""
         raw = read_json(workdir.absolute() / STATE_FILE)
         if not isinstance(raw, dict) or not isinstance(raw.get("controller_pid"), int):
             return None
         pid, started = raw["controller_pid"], raw.get("controller_started")
-        return (pid, started) if _same_process(pid, started) else None
+        if not _same_process(pid, started):
+            return None
+        try:
+            return psutil.Process(pid)
+        except psutil.Error:
+            return None
 
     # -- start ----------------------------------------------------------------------------------
     def start(
@@ -277,9 +287,9 @@ class TwinFleet:
         prefix = prefix or fleet
         self.workdir.mkdir(parents=True, exist_ok=True)
         running = self.controller(self.workdir)
-        if running is not None and running[0] != os.getpid():
+        if running is not None and running.pid != os.getpid():
             raise FailedPrecondition(
-                f"a twin fleet runs in {self.workdir} already (pid {running[0]}): `edgefleet twin down` first"
+                f"a twin fleet runs in {self.workdir} already (pid {running.pid}): `edgefleet twin down` first"
             )
         self._client(server_url, token, ca_cert, client)
         try:
@@ -295,6 +305,8 @@ class TwinFleet:
                 self._launch(twin, timing)
                 self._save()
             self._wait_running(ready_timeout)
+            self.phase = "running"
+            self._save()
         except BaseException:
             self.stop()
             raise
@@ -469,6 +481,8 @@ class TwinFleet:
             return fresh if len(fresh) == n else None
 
         result: dict[str, str] = _wait(all_beat, "a heartbeat from every twin", timeout, interval=0.25)
+        self.phase = "ready"
+        self._save()
         return result
 
     def status(self, client: FleetClient | None = None) -> list[TwinStatus]:
@@ -514,6 +528,7 @@ class TwinFleet:
     def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
         """SIGTERM every twin and wait (SIGKILL after ``timeout`` s); each twin's exit code (None
         when the process was not this one's child). Leaves no twin process behind."""
+        self.phase = "stopping"
         for twin in self.twins:
             if twin.alive() and twin.pid is not None:
                 try:
