@@ -188,8 +188,23 @@ def test_cli_up_detached_status_down(plane: Plane, keys: Path, tmp_path: Path) -
 
     status = _edgefleet("twin", "status", "--json", *common, env=env)
     assert status.returncode == 0, status.stderr
-    assert '"Phase": "running"' in status.stdout and str(pids[0]) in status.stdout and "cli-twins-02" in status.stdout
-    again = _edgefleet("twin", "up", "1", "--fleet", "cli-twins", "--trust", str(keys / "trust"), "--detach", *common, env=env)
+    assert (
+        '"Phase": "running"' in status.stdout
+        and str(pids[0]) in status.stdout
+        and "cli-twins-02" in status.stdout
+    )
+    again = _edgefleet(
+        "twin",
+        "up",
+        "1",
+        "--fleet",
+        "cli-twins",
+        "--trust",
+        str(keys / "trust"),
+        "--detach",
+        *common,
+        env=env,
+    )
     assert again.returncode == 1 and "runs in" in again.stderr and "twin down" in again.stderr
 
     down = _edgefleet("twin", "down", *common, env=env)
@@ -228,9 +243,11 @@ def test_foreground_up_stops_on_ctrl_c_and_twins_die_with_a_killed_controller(
                 proc.wait()
         # SIGINT: the controller stops its twins and exits 0; SIGKILL: each twin gets SIGTERM from the
         # kernel when its parent dies (PR_SET_PDEATHSIG) and stops by itself
-        assert code == (0 if how == signal.SIGINT else -signal.SIGKILL), (tmp_path / f"up{round_}.log").read_text()
+        assert code == (0 if how == signal.SIGINT else -signal.SIGKILL), (
+            tmp_path / f"up{round_}.log"
+        ).read_text()
         wait_for(lambda p=pids: not any(psutil.pid_exists(x) for x in p), "the twins to exit", 60)
-        status = (workdir / "fg{}-01".format(round_) / "status.json").read_text()
+        status = (workdir / f"fg{round_}-01" / "status.json").read_text()
         assert '"stopped"' in status
 
 
@@ -272,7 +289,9 @@ def test_bad_input_is_refused_with_its_code(plane: Plane, keys: Path, tmp_path: 
     with pytest.raises(InvalidArgument, match="1 to 1000 twins, not 0"):
         fleet.start(0, "bad-twins", plane.url, plane.token, **args)
     with pytest.raises(NotFound, match="is not a directory"):
-        fleet.start(1, "bad-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=tmp_path / "nope")
+        fleet.start(
+            1, "bad-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=tmp_path / "nope"
+        )
     with pytest.raises(NotFound, match="no twin fleet in"):
         TwinFleet.attach(tmp_path / "empty")
     with pytest.raises(InvalidArgument, match="timing heartbeat_interval_seconds must be positive"):

@@ -30,7 +30,9 @@ def test_twenty_twins_start_heartbeat_and_idle_cheaply(
     fleet = TwinFleet(tmp_path / "twins")
     with fleet:
         began = time.monotonic()
-        fleet.start(TWINS, "scale-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=keys / "trust")
+        fleet.start(
+            TWINS, "scale-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=keys / "trust"
+        )
         running = time.monotonic() - began
         fleet.wait_heartbeats(300)
         beating = time.monotonic() - began
