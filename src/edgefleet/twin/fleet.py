@@ -582,6 +582,11 @@ class TwinFleet:
             self._op = None
         return codes
 
+    @property
+    def zygote_pid(self) -> int | None:
+        """The pid of the zygote the twins were forked from (None: each twin is its own interpreter)."""
+        return self._zygote_pid[0] if self._zygote_pid else None
+
     def _exit_code(self, twin: Twin) -> int | None:
         if twin.proc is not None:
             return twin.proc.wait()
