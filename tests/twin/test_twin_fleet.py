@@ -22,7 +22,7 @@ import pytest
 from conftest import Plane
 from support import REPO
 
-from edgefleet.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.twin import PRE_PRODUCTION, STAGE_TAG, TwinFleet, TwinTiming, resolve_device_class
 
 pytestmark = pytest.mark.e2e
@@ -296,3 +296,12 @@ def test_bad_input_is_refused_with_its_code(plane: Plane, keys: Path, tmp_path: 
         TwinFleet.attach(tmp_path / "empty")
     with pytest.raises(InvalidArgument, match="timing heartbeat_interval_seconds must be positive"):
         TwinTiming(heartbeat_interval_seconds=0)
+    # a twin's name taken by a device of another fleet: refused, and that device is left alone
+    plane.op.create_fleet("production", (tmp_path / "prod").as_uri())
+    plane.op.register_devices("production", [{"DeviceName": "clash-01"}])
+    with pytest.raises(
+        AlreadyExists, match="device clash-01 is registered in fleet production, not clash-twins"
+    ):
+        TwinFleet(tmp_path / "clash").start(1, "clash-twins", plane.url, plane.token, prefix="clash", **args)
+    assert plane.op.describe_device("clash-01")["DeviceFleetName"] == "production"
+    assert not (tmp_path / "clash" / "twins.json").exists()

@@ -141,7 +141,12 @@ def main() -> int:
                     code = 1
                     try:
                         code = _child(argument, os.getppid(), selector, [wake_r, wake_w])
+                    except BaseException:
+                        import traceback
+
+                        traceback.print_exc()  # into the twin's log, or the zygote's if it failed before
                     finally:
+                        sys.stderr.flush()
                         os._exit(code)
                 children.add(pid)
                 out.write(f"pid {pid}\n")
