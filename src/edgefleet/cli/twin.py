@@ -68,14 +68,14 @@ def add_parser(sub: Any) -> None:
     up.add_argument("--heartbeat-seconds", type=float, default=5.0, help="heartbeat interval (default 5)")
     up.add_argument("--poll-seconds", type=float, default=5.0, help="deployment poll interval (default 5)")
     up.add_argument(
-        "--detach", action="store_true", help="run in the background; stop with `edgefleet twin down`"
+        "--detach", action="store_true", help="run in the background; stop with 'edgefleet twin down'"
     )
     up.set_defaults(func=run_up)
 
     status = commands.add_parser("status", help="show each twin's device, pid, last heartbeat and models")
     status.set_defaults(func=show_status)
 
-    down = commands.add_parser("down", help="stop the twins of a detached `edgefleet twin up`")
+    down = commands.add_parser("down", help="stop the twins of a detached 'edgefleet twin up'")
     down.add_argument("--timeout", type=float, default=60.0, help="seconds before a twin is killed")
     down.set_defaults(func=run_down)
 
