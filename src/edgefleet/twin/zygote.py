@@ -1,6 +1,6 @@
-"""The twins' parent: imports the agent, the daemon and ONNX Runtime once, then forks each twin.
+"""The twins' parent: imports the agent and the daemon once, then forks each twin.
 
-Importing what a twin runs (gRPC, ONNX Runtime, NumPy, the agent, the daemon, httpx, cryptography)
+Importing what a twin runs (gRPC, NumPy, the agent, the daemon, httpx, cryptography)
 takes ~2 s of CPU and ~60 MB per interpreter. Twenty twins that each import it themselves spend
 40 s of CPU on two cores before the first heartbeat, and hold twenty private copies. The zygote
 imports it once, freezes the imported objects out of the garbage collector's reach (``gc.freeze``:
@@ -9,10 +9,11 @@ twin per request: each twin is still its own process with its own state director
 agent socket, ONNX Runtime sessions and daemon (:func:`edgefleet.twin.process.run_twin`), sharing
 only the read-only pages of the modules.
 
-The zygote is single-threaded when it forks (nothing it imported starts a thread that a child
-would miss: checked at start-up; if one did, it says so and every twin is started as a fresh
-interpreter instead). Protocol, one line each way: the fleet writes ``spawn SPEC_PATH``, the
-zygote answers ``pid PID`` (or ``error MESSAGE``); ``exit PID CODE`` when a twin exits. The zygote
+The zygote is single-threaded when it forks, native threads included (checked at start-up: a zygote
+with a thread exits with the reason in its log, and the fleet fails to start its twins, rather than
+fork children that would miss a thread; ``TwinFleet(preload=False)`` does without the zygote).
+
+Protocol, one line each way: the fleet writes ``spawn SPEC_PATH``, the zygote answers ``pid PID`` (or ``error MESSAGE``); ``exit PID CODE`` when a twin exits. The zygote
 exits when its input closes or on SIGTERM, after stopping the twins it forked; it gets SIGTERM when
 its parent dies, and so do the twins when it dies.
 """
@@ -35,9 +36,12 @@ PRELOAD = (
     "edgefleet.device.daemon",
     "edgefleet.device.config",
     "edgefleet.device.https",
-    "edgefleet.runtimes.onnxruntime",
     "edgefleet.capture.sinks",
+    "edgefleet.runtimes.base",
 )
+# ONNX Runtime is not among them: importing it starts a native thread, which a forked child would
+# not have; each twin imports it when it loads its first model (0.1 s of CPU and ~7 MB of its own
+# memory: the library's pages are shared through the page cache anyway).
 
 
 def _child(spec_path: str, zygote: int, selector: selectors.BaseSelector, control: list[int]) -> int:
@@ -71,12 +75,10 @@ def main() -> int:
     die_with_parent(int(sys.argv[1]))
     for name in PRELOAD:
         importlib.import_module(name)
-    import onnxruntime  # noqa: F401  (the runtime itself, not only its backend module)
-
     out = sys.stdout
-    if threading.active_count() != 1:
-        out.write("error the zygote has threads after its imports; it cannot fork safely\n")
-        out.flush()
+    threads = len(os.listdir("/proc/self/task"))  # native threads too, not only Python's
+    if threads != 1:
+        print(f"the zygote has {threads} threads after its imports; it cannot fork safely", file=sys.stderr)
         return 1
     gc.collect()
     gc.freeze()
@@ -183,6 +185,7 @@ class Zygote:
         import subprocess
 
         self.timeout = timeout
+        self.log = log
         self._answers: queue.Queue[str] = queue.Queue()
         self._codes: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -226,10 +229,14 @@ class Zygote:
             self.proc.stdin.flush()
             answer = self._answers.get(timeout=self.timeout)
         except (BrokenPipeError, OSError, queue.Empty) as exc:
-            raise FailedPrecondition(f"the twins' zygote (pid {self.pid}) does not answer: {exc}") from exc
+            raise FailedPrecondition(
+                f"the twins' zygote (pid {self.pid}) does not answer: {exc}; see {self.log}"
+            ) from exc
         kind, _, rest = answer.partition(" ")
         if kind != "pid":
-            raise FailedPrecondition(f"the twins' zygote (pid {self.pid}) cannot start a twin: {rest}")
+            raise FailedPrecondition(
+                f"the twins' zygote (pid {self.pid}) cannot start a twin: {rest}; see {self.log}"
+            )
         return int(rest)
 
     def exit_code(self, pid: int) -> int | None:
