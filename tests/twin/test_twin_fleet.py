@@ -150,6 +150,18 @@ def test_twins_enrol_heartbeat_deploy_and_predict(
     assert all(not psutil.pid_exists(p) for p in pids if p is not None)
     assert set(codes.values()) == {0}, codes
 
+    # again in the same directory: the identities are kept, new heartbeats are waited for, and each
+    # daemon serves its installed model under its handle before it hears from the server
+    lines.clear()
+    with TwinFleet(tmp_path / "twins", say=lines.append) as again:
+        again.start(
+            2, "twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=keys / "trust", timing=FAST
+        )
+        assert sum("enrolled in an earlier run (identity kept)" in line for line in lines) == 2, lines
+        assert set(again.wait_heartbeats(120).values()).isdisjoint(beats.values())
+        with AgentClient(again.twins[0].agent_address, timeout=30) as app:
+            assert int(app.predict("digits", {"X": x_test[:1]})["label"][0]) == labels[0]
+
 
 def _cli_env(plane: Plane) -> dict[str, str]:
     return {

@@ -195,6 +195,7 @@ class TwinFleet:
         self._zygote: Zygote | None = None
         self._zygote_pid: tuple[int, float | None] | None = None
         self._codes: dict[str, int | None] = {}
+        self._beats_before: dict[str, str | None] = {}
         self.say: Say = say or (lambda line: log.info("%s", line))
         self.twins: list[Twin] = []
         self.fleet: str | None = None
@@ -313,7 +314,9 @@ class TwinFleet:
                 Twin(i, name, self.workdir / name, self._socket(name)) for i, name in enumerate(names, 1)
             ]
             self._save()
-            self._enrol_all(server_url, ca_cert)
+            self._enrol_all(server_url)
+            # devices reused from an earlier run have heartbeats already: only newer ones count
+            self._beats_before = self.heartbeats()
             if self.preload and not self.device_class.emulated:
                 self._zygote = Zygote(sys.executable, self.workdir / "zygote.log", twin_environment())
                 self._zygote_pid = (self._zygote.pid, _create_time(self._zygote.pid))
@@ -378,7 +381,7 @@ class TwinFleet:
         assert self.socket_dir is not None
         return f"unix://{self.socket_dir / (name + '.sock')}"
 
-    def _enrol_all(self, server_url: str, ca_cert: Path | None) -> None:
+    def _enrol_all(self, server_url: str) -> None:
         """Register the twins' devices (or reuse those enrolled in a previous run), enrol each."""
         from edgefleet.device.https import enroller
         from edgefleet.device.identity import IDENTITY_FILE, enroll, identity_dir
@@ -484,8 +487,9 @@ class TwinFleet:
         seen = {d["DeviceName"]: d.get("LatestHeartbeat") for d in op.list_devices(fleet=self.fleet)}
         return {t.name: seen.get(t.name) for t in self.twins}
 
-    def wait_heartbeats(self, timeout: float = 120.0, *, after: str | None = None) -> dict[str, str]:
-        """Wait until the server has a heartbeat of every twin (newer than ``after``, an ISO time)."""
+    def wait_heartbeats(self, timeout: float = 120.0) -> dict[str, str]:
+        """Wait until the server has a heartbeat of every twin sent since :meth:`start` (a device
+        reused from an earlier run has older ones); each twin's LatestHeartbeat."""
         n = len(self.twins)
         told: set[str] = set()
 
@@ -494,7 +498,7 @@ class TwinFleet:
                 if not twin.alive():
                     raise FailedPrecondition(f"twin {twin.name} exited; see {twin.directory / LOG_FILE}")
             beats = self.heartbeats()
-            fresh = {k: v for k, v in beats.items() if v is not None and (after is None or v > after)}
+            fresh = {k: v for k, v in beats.items() if v is not None and v != self._beats_before.get(k)}
             for twin in self.twins:
                 if twin.name in fresh and twin.name not in told:
                     told.add(twin.name)
