@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Plane
+from twin_testkit import Plane
 
 from edgefleet.twin import TwinFleet, TwinTiming
 

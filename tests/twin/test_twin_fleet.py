@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import Plane
 from support import REPO
+from twin_testkit import Plane
 
 from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.twin import PRE_PRODUCTION, STAGE_TAG, TwinFleet, TwinTiming, resolve_device_class

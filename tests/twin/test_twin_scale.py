@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import Plane
+from twin_testkit import Plane
 
 from edgefleet.twin import TwinFleet
 
