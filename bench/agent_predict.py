@@ -9,6 +9,11 @@ requests/second with 1, 2 and 4 concurrent client processes. The throughput runs
 --repeat rounds, the ratio to one client the median of each round's ratio.
 Needs torch==2.13.0 for ResNet-18.
 
+The shadow case (also alone with --shadow-only): ResNet-18 on an agent with intra_op_threads = 1,
+the champion's Predict p50 through a handle while a shadow (a second ResNet-18) mirrors every
+request, against the same handle with no shadow, in interleaved rounds on the same agent; the
+figure is the ratio of the medians of the rounds' p50s (budget: at most 1.05).
+
 A second reference, the "bare grpcio floor", is measured in the same run: the least a Python gRPC
 server can do, a grpcio server on a Unix socket whose one method takes the raw input bytes, runs the
 same ONNX Runtime session with the same options as the agent and returns the raw output bytes (no
@@ -286,6 +291,42 @@ def scaling_runs(
     return rates
 
 
+def shadow_cost(
+    client: Any, model: str, inputs: dict[str, np.ndarray], iterations: int, rounds: int = 20
+) -> None:
+    """Champion p50 through handle ``champ`` with a shadow mirroring every call against no shadow."""
+    client.set_handle("champ", model)
+    for _ in range(20):  # warm the champion and the shadow alike
+        client.predict("champ", inputs)
+        client.predict(f"{model}-shadow", inputs)
+    calls = max(10, iterations // 10)
+    on_p50s, off_p50s, deltas = [], [], []
+    mirrored = agreed = 0
+    for _round in range(rounds):
+        client.load_shadow("champ", f"{model}-shadow", sample_rate=1.0)
+        on_p50s.append(float(np.median(measure(lambda: client.predict("champ", inputs), calls))))
+        # the last mirrored call finishes before the round without a shadow starts
+        while (pair := client.shadow_statistics("champ")[0]).completed + pair.shadow_errors < pair.mirrored:
+            time.sleep(0.005)
+        final = client.unload_shadow("champ")
+        mirrored += final.mirrored
+        agreed += final.agreed
+        off_p50s.append(float(np.median(measure(lambda: client.predict("champ", inputs), calls))))
+        deltas.append(on_p50s[-1] - off_p50s[-1])
+    on, off = float(np.median(on_p50s)), float(np.median(off_p50s))
+    print(
+        f"\nshadow testing, {model}, agent.intra_op_threads = 1, fast path System V shm ({rounds} interleaved "
+        f"rounds of {calls} calls; medians of the rounds' p50s):"
+    )
+    print(f"  champion, a shadow mirroring every request  p50 {on:8.3f} ms")
+    print(f"  champion, no shadow                          p50 {off:8.3f} ms")
+    print(
+        f"  ratio {on / off:.3f}x (budget 1.050x), median round difference {float(np.median(deltas)):+.3f} ms; "
+        f"{mirrored} calls mirrored, {agreed} agreed"
+    )
+    client.remove_handle("champ")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -299,6 +340,16 @@ def main() -> int:
         help="interleaved rounds of throughput runs (1, 2, 4 clients each); medians are printed (default 7)",
     )
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument(
+        "--summaries-only",
+        action="store_true",
+        help="only the model-summaries cost (summaries on against off, two agents started alike)",
+    )
+    parser.add_argument(
+        "--shadow-only",
+        action="store_true",
+        help="only the shadow-testing cost (ResNet-18, a shadow mirroring every request against none)",
+    )
     parser.add_argument(
         "--no-spinning",
         dest="spinning",
@@ -388,9 +439,17 @@ def main() -> int:
         )
         so = ort.SessionOptions()
         so.inter_op_num_threads = 1
-        if resnet_onnx is not None:
+        image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        if args.shadow_only:
+            if resnet_onnx is None:
+                raise SystemExit("the shadow case needs ResNet-18 (torch==2.13.0)")
+            shadow_agent = start_agent("shadow", "intra_op_threads = 1\n")
+            with AgentClient(shadow_agent, timeout=60, shm_threshold=0) as c:
+                c.load(str(packages["resnet18"]), "resnet18-shadow")
+                shadow_cost(c, "resnet18", {"input": image}, args.iterations)
+            return 0
+        if resnet_onnx is not None and not args.summaries_only:
             session = ort.InferenceSession(str(resnet_onnx), so, providers=["CPUExecutionProvider"])
-            image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
             inline = AgentClient(address, shm_threshold=1 << 62, fast_path=False)
             shm = AgentClient(address, shm_threshold=0, fast_path=False)
             fast_inline = AgentClient(address, shm_threshold=1 << 62)
@@ -425,47 +484,61 @@ def main() -> int:
         session = ort.InferenceSession(str(digits_onnx), so, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         x = x_test[:1]
-        res = interleaved(
-            {
-                "in-process ONNX Runtime": lambda: session.run(None, {name: x}),
-                "agent (inline)": lambda: client.predict("digits", {name: x}),
-                "agent fast path (inline)": lambda: fast.predict("digits", {name: x}),
-                "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
-                "bare socket floor (raw bytes)": lambda: raw.predict("digits", {name: x}),
-            },
-            args.iterations * 5,
+        res = (
+            {}
+            if args.summaries_only
+            else interleaved(
+                {
+                    "in-process ONNX Runtime": lambda: session.run(None, {name: x}),
+                    "agent (inline)": lambda: client.predict("digits", {name: x}),
+                    "agent fast path (inline)": lambda: fast.predict("digits", {name: x}),
+                    "bare grpcio floor (raw bytes)": lambda: bare.predict("digits", {name: x}),
+                    "bare socket floor (raw bytes)": lambda: raw.predict("digits", {name: x}),
+                },
+                args.iterations * 5,
+            )
         )
-        base = res["in-process ONNX Runtime"]
-        print("\ndigits MLP, 1x64 float32 batch 1:")
-        for label, ms in res.items():
-            print(row(label, ms, None if ms is base else base))
-        print(floor_line(res, "agent (inline)"))
-        print(floor_line(res, "agent fast path (inline)", "bare socket floor (raw bytes)"))
+        if res:
+            base = res["in-process ONNX Runtime"]
+            print("\ndigits MLP, 1x64 float32 batch 1:")
+            for label, ms in res.items():
+                print(row(label, ms, None if ms is base else base))
+            print(floor_line(res, "agent (inline)"))
+            print(floor_line(res, "agent fast path (inline)", "bare socket floor (raw bytes)"))
 
         # Model summaries (drift monitoring) are opt-in; the same calls against an agent with them
-        # on, interleaved with the default agent's, give their cost on Predict.
+        # on, interleaved with those against an agent started alike with them off, give their cost
+        # on Predict (both agents the same age and equally warmed: a long-running agent is faster
+        # than a fresh one, which alone looked like ~70 us on the digits model).
         on_address = start_agent("summaries", "model_summaries = true\n")
+        off_address = start_agent("summaries-off", "model_summaries = false\n")
         summary_cases: list[tuple[str, str, dict[str, np.ndarray], int]] = [
             ("digits MLP, fast path inline", "digits", {name: x}, 0),
         ]
         if resnet_onnx is not None:
             summary_cases.append(("ResNet-18, fast path, System V shm", "resnet18", {"input": image}, 1))
-        print("\nmodel summaries on against off (the default), p50:")
+        print(
+            "\nmodel summaries on against off (the default), p50; per round of interleaved calls the "
+            "difference of the p50s, the figure their median (robust on a busy machine):"
+        )
         for label, model, inputs, use_shm in summary_cases:
             threshold = 0 if use_shm else 1 << 62
             on_client = AgentClient(on_address, timeout=60, shm_threshold=threshold)
-            off_client = AgentClient(address, timeout=60, shm_threshold=threshold)
-            res = interleaved(
-                {
-                    "on": lambda c=on_client, m=model, i=inputs: c.predict(m, i),
-                    "off": lambda c=off_client, m=model, i=inputs: c.predict(m, i),
-                },
-                args.iterations * (5 if model == "digits" else 1),
-            )
-            on, off = float(np.median(res["on"])), float(np.median(res["off"]))
+            off_client = AgentClient(off_address, timeout=60, shm_threshold=threshold)
+            for _ in range(1000 if model == "digits" else 50):  # warm both alike
+                on_client.predict(model, inputs)
+                off_client.predict(model, inputs)
+            calls = args.iterations * (5 if model == "digits" else 1) // 10
+            deltas, on_p50s, off_p50s = [], [], []
+            for _round in range(20):
+                for key, c in (("on", on_client), ("off", off_client)):
+                    ms = measure(lambda c=c, m=model, i=inputs: c.predict(m, i), calls)
+                    (on_p50s if key == "on" else off_p50s).append(float(np.median(ms)))
+                deltas.append(on_p50s[-1] - off_p50s[-1])
+            on, off, delta = float(np.median(on_p50s)), float(np.median(off_p50s)), float(np.median(deltas))
             print(
-                f"  {label:38s} on {on:8.3f} ms  off {off:8.3f} ms  "
-                f"{(on - off) * 1000:+7.1f} us  {on / off:5.3f}x"
+                f"  {label:38s} on {on:8.3f} ms  off {off:8.3f} ms  {delta * 1000:+7.1f} us "
+                f"(rounds {min(deltas) * 1000:+.0f}..{max(deltas) * 1000:+.0f})  {on / off:5.3f}x"
             )
             on_client.close()
             off_client.close()
@@ -493,6 +566,13 @@ def main() -> int:
                     f"  {clients} client(s): {rate:9.1f} req/s   {float(np.median(ratios)):5.2f}x one client   {spread}"
                 )
 
+        if args.summaries_only:
+            return 0
+        if resnet_onnx is not None:
+            shadow_agent = start_agent("shadow", "intra_op_threads = 1\n")
+            with AgentClient(shadow_agent, timeout=60, shm_threshold=0) as c:
+                c.load(str(packages["resnet18"]), "resnet18-shadow")
+                shadow_cost(c, "resnet18", {"input": image}, args.iterations)
         scaling("agent over gRPC, default config", address, "digits", {name: x})
         scaling("agent over its fast path, default config", address, "digits", {name: x}, "fast")
         scaling("bare grpcio floor", bare_address, "digits", {name: x}, "bare")

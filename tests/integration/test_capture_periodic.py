@@ -438,7 +438,11 @@ def test_the_agent_rides_out_a_store_outage(
         )
         assert stats.transfer_pending == 3 and stats.transfer_pending_bytes > 0
         assert stats.transfer_oldest_age_seconds > 0 and stats.transfer_last_error
-        assert ext.GetCaptureUploads(extensions_pb2.CaptureUploadsRequest()).uploads == []
+        # what the daemon puts in heartbeats: nothing uploaded, the transfer backlog
+        page = ext.GetCaptureUploads(extensions_pb2.CaptureUploadsRequest())
+        assert page.uploads == [] and page.transfer_pending == 3
+        assert page.transfer_pending_bytes == stats.transfer_pending_bytes
+        assert page.transfer_oldest_age_seconds > 0
         restartable_s3.start()
         wait_for(
             lambda: ext.GetCaptureStatistics(extensions_pb2.CaptureStatisticsRequest()).transfer_pending == 0,

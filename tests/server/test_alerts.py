@@ -50,6 +50,8 @@ class Receiver:
     url: str
     received: list[Received] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)
+    #: a POST to such a path is answered only once its event is set
+    hold: dict[str, threading.Event] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     arrived: threading.Condition = field(init=False)
 
@@ -85,6 +87,9 @@ def endpoint() -> Iterator[Receiver]:
                 state.received.append(Received(self.path, dict(self.headers), body))
                 status = 500 if tries < state.fail.get(self.path, 0) else 200
                 state.arrived.notify_all()
+                hold = state.hold.get(self.path)
+            if hold is not None:
+                hold.wait(60)
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -110,6 +115,7 @@ def receiver(endpoint: Receiver) -> Receiver:
     with endpoint.lock:
         endpoint.received.clear()
         endpoint.fail.clear()
+        endpoint.hold.clear()
     return endpoint
 
 
@@ -629,6 +635,46 @@ def test_replicas_posting_at_once_deliver_each_webhook_once(
     with db.session() as s:
         rows = s.scalars(select(WebhookDeliveryRow)).all()
         assert all(r.attempts == 1 and r.delivered_at == now for r in rows)
+
+
+def test_a_slow_receiver_does_not_hold_up_another_and_each_gets_its_deliveries_in_order(
+    db: Any, clock: FakeClock, receiver: Receiver
+) -> None:
+    """One round posts to two receivers at once: while the first receiver keeps its answer back,
+    the second gets all of its deliveries; each receiver gets its own deliveries oldest first."""
+    from edgefleet.server import webhooks
+    from edgefleet.server.config import WebhookPolicy
+    from edgefleet.server.db.schema import AlertEventRow
+
+    now = clock.current
+    with db.session() as s:
+        event = AlertEventRow(
+            rule_name="r", fleet_name="f", model_name="m", model_version="1", feature="input x[0]",
+            kind="PSI", score=1.0, threshold=0.5, bucket_start=now, bucket_end=now, opened_at=now,
+        )  # fmt: skip
+        s.add(event)
+        s.flush()
+        for i in range(6):
+            path = "/slow" if i % 2 == 0 else "/quick"
+            webhooks.enqueue(
+                s, event_id=event.id, url=f"{receiver.url}{path}", payload={"Type": "alert.opened", "N": i},
+                secret=SECRET, now=now,
+            )  # fmt: skip
+    release = threading.Event()
+    receiver.hold["/slow"] = release
+    outcomes: list[webhooks.Outcome] = []
+    round_ = threading.Thread(target=lambda: outcomes.append(webhooks.deliver_due(db, WebhookPolicy())))
+    round_.start()
+    try:
+        quick = receiver.wait_for("/quick", 3)
+        # the slow receiver still holds its first delivery's answer back
+        assert [p.payload["N"] for p in quick] == [1, 3, 5]
+        assert [p.payload["N"] for p in receiver.at("/slow")] == [0]
+    finally:
+        release.set()
+        round_.join(60)
+    assert [p.payload["N"] for p in receiver.at("/slow")] == [0, 2, 4]
+    assert outcomes == [webhooks.Outcome(delivered=6)]
 
 
 def test_migration_0009_downgrades_and_upgrades_again(unmigrated: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from server_testkit import FakeClock, enrol, enrolled_fleet, migrate
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from edgefleet.core import deviceplane as dp
 from edgefleet.core.errors import InvalidArgument
@@ -166,6 +166,56 @@ def test_uploads_are_indexed_once_by_either_tier(db: Db, clock: FakeClock) -> No
         writer.close()
 
 
+def test_index_rows_past_the_retention_are_deleted_and_newer_ones_kept(db: Db, clock: FakeClock) -> None:
+    """The periodic work's purge forgets the objects whose newest record is older than the
+    retention, in every fleet and model version, and keeps the rest (an object straddling the
+    cut-off among them)."""
+    serials = enrolled_fleet(db, "line-1", ["cam-a"]) | enrolled_fleet(db, "line-2", ["cam-b"])
+    writer = HeartbeatService(db)
+    old, cut = HOUR - timedelta(days=100), HOUR - timedelta(days=90)
+    keys = {
+        "old-a": capture_key("line-1", "det", hour=old),
+        "old-b": capture_key("line-2", "det", hour=old),
+        "old-v2": capture_key("line-1", "det", hour=old),
+        "straddles": capture_key("line-1", "det", hour=cut - timedelta(hours=1)),
+        "new": capture_key("line-1", "det"),
+    }
+    try:
+        writer.one(
+            HeartbeatItem(
+                "cam-a", serials["cam-a"], "line-1",
+                beat(
+                    upload(keys["old-a"], at=old), upload(keys["old-v2"], version="2", at=old),
+                    # first record an hour before the cut-off, last a day after it
+                    dp.CaptureUpload(
+                        key=keys["straddles"], model_name="det", model_version="1", records=2, size=200,
+                        first_inference=cut - timedelta(hours=1), last_inference=cut + timedelta(days=1),
+                        raw_objects=1,
+                    ),
+                    upload(keys["new"]),
+                ),
+            )
+        )  # fmt: skip
+        writer.one(HeartbeatItem("cam-b", serials["cam-b"], "line-2", beat(upload(keys["old-b"], at=old))))
+        assert len(indexed(db)) == 5
+        with db.session() as s:
+            assert captures.purge_objects(s, cut) == 3
+        assert sorted(k for k, *_ in indexed(db)) == sorted([keys["straddles"], keys["new"]])
+        with db.session() as s:  # nothing more to forget
+            assert captures.purge_objects(s, cut) == 0
+    finally:
+        writer.close()
+
+
+def test_the_server_refuses_a_negative_capture_retention(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main(["server", "--capture-retention", "-1"])
+    assert exited.value.code == 2
+    assert "must be a number of seconds, 0 or more, got '-1'" in capsys.readouterr().err
+
+
 def test_a_heartbeat_with_a_key_outside_its_fleet_is_refused_whole(db: Db, clock: FakeClock) -> None:
     serials = enrolled_fleet(db, "line-1", ["cam-a"])
     with db.session() as s:
@@ -194,7 +244,13 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
     assert op.describe_device("cap-hb-1")["Capture"] is None  # nothing reported yet
     cam = enrol(fleet_server.endpoints.api_url, registered["EnrolmentToken"], tmp_path / "cam")
     key = capture_key("cap-hb", "det")
-    wire = dp.CaptureReport(backlog_records=1, uploads=(upload(key),)).to_wire()
+    wire = dp.CaptureReport(
+        backlog_records=1,
+        uploads=(upload(key),),
+        transfer_pending=4,
+        transfer_pending_bytes=4096,
+        transfer_oldest_age_seconds=12.5,
+    ).to_wire()
     try:
         models = [{"ModelName": "det", "ModelVersion": "1"}]
         for _ in range(2):  # sent twice (a retry): one row
@@ -209,6 +265,9 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
             "OldestBacklogAgeSeconds": 0.0,
             "Dropped": 0,
             "Failed": 0,
+            "TransferPending": 4,
+            "TransferPendingBytes": 4096,
+            "OldestTransferAgeSeconds": 12.5,
         }
         [model] = described["Models"]
         assert datetime.fromisoformat(model["LatestSampleTime"]) == HOUR + timedelta(seconds=3)
@@ -225,6 +284,18 @@ def test_real_heartbeats_carry_uploads_to_the_index(fleet_server: Server, op: Cl
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
         assert "is outside fleet 'cap-hb'" in response.json()["error"]["message"]
+        for bad, message in (
+            ({"TransferPending": -1}, "Capture.TransferPending must be a count (0 or more), got -1"),
+            (
+                {"OldestTransferAgeSeconds": -2.0},
+                "Capture.OldestTransferAgeSeconds must be 0 or more, got -2.0",
+            ),
+        ):
+            response = cam.call("SendHeartbeat", {"AgentVersion": "1.0", "Capture": bad})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["message"] == message
+        # the refused heartbeats changed nothing
+        assert op.describe_device("cap-hb-1")["Capture"]["TransferPending"] == 4
     finally:
         cam.close()
 
@@ -317,3 +388,41 @@ def test_migration_0006_adds_the_index_and_takes_it_away_again(unmigrated: Datab
         assert devices.get_device(s, "cam-a").name == "cam-a"  # the devices are untouched
     migrate(db, "head")
     assert indexed(db) == []
+
+
+def test_migration_0012_adds_the_transfer_backlog_and_takes_it_away_again(unmigrated: Database) -> None:
+    db = unmigrated
+    migrate(db, "0009")
+    serials = enrolled_fleet(db, "line-1", ["cam-a"])
+    assert serials
+    with db.engine.begin() as conn:  # a status row written before the migration
+        device_id = conn.execute(text("SELECT id FROM devices WHERE name = 'cam-a'")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO device_capture_status (device_id, backlog_records, backlog_bytes, "
+                "oldest_age_seconds, dropped, failed, reported_at) VALUES (:d, 5, 50, 1.0, 0, 0, :t)"
+            ),
+            {"d": device_id, "t": HOUR},
+        )
+    migrate(db, "head")
+    with db.session() as s:
+        row = s.get(DeviceCaptureStatus, device_id)
+        assert row is not None and (
+            row.backlog_records,
+            row.transfer_pending,
+            row.transfer_pending_bytes,
+        ) == (
+            5,
+            0,
+            0,
+        )
+        assert row.transfer_oldest_age_seconds == 0.0
+
+    def columns() -> set[str]:
+        with db.engine.connect() as conn:
+            return {c["name"] for c in inspect(conn).get_columns("device_capture_status")}
+
+    migrate(db, "0009", down=True)
+    assert not {c for c in columns() if c.startswith("transfer_")} and "backlog_records" in columns()
+    migrate(db, "head")
+    assert {"transfer_pending", "transfer_pending_bytes", "transfer_oldest_age_seconds"} <= columns()

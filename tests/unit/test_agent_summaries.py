@@ -4,6 +4,7 @@ shared-memory inputs copied before the client reuses them, sampling, the queue b
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -73,6 +74,36 @@ def test_every_call_of_a_burst_is_folded_and_counted() -> None:
         assert summariser.skipped == 0
     finally:
         summariser.close()
+
+
+def test_a_fold_sees_every_row_of_calls_of_any_batch_size_and_of_other_shapes() -> None:
+    """Calls of batch 1..7 (more rows in all than a sketch update takes) reach the sketches row for
+    row; a call whose tensors do not stack with the others' (another feature count) is folded on
+    its own, and a tensor of another feature count is left out of the summary, not the others."""
+    summariser = Summariser()
+    summariser.close()  # no background thread: fold by hand
+    rng = np.random.default_rng(5)
+    calls: list[summaries._Call] = []
+    rows = 0
+    for i in range(120):
+        batch = 1 + i % 7
+        rows += batch
+        probs = rng.random((batch, 4)).astype(np.float32)
+        calls.append((KEY, {"x": rng.random((batch, 8)).astype(np.float32)}, ("y",), [probs]))
+    assert rows > summaries.MAX_ROWS
+    summariser._fold(calls)
+    [window] = summariser.take()
+    summary = window.summary
+    assert summary.calls == 120
+    assert summary.inputs["x"].count == rows and summary.outputs["y"].count == rows
+    expected = Counter(str(int(c)) for _k, _i, _n, (p,) in calls for c in p.argmax(axis=1))
+    assert summary.classes["y"].counts() == dict(expected)
+    odd = (KEY, {"x": np.ones((2, 3), np.float32)}, ("y",), [np.ones((2, 4), np.float32)])
+    summariser._fold([calls[0], odd])
+    [window] = summariser.take()
+    assert window.summary.calls == 122
+    assert window.summary.inputs["x"].count == rows + 1  # the 3-feature tensor is left out
+    assert window.summary.outputs["y"].count == rows + 1 + 2
 
 
 def test_sampling_keeps_the_fraction_the_random_source_picks() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary, TensorSummary, compare, jensen_shannon
-from edgefleet.monitoring.summary import MAX_FEATURES, MAX_ROWS, as_rows, predicted_classes
+from edgefleet.monitoring.summary import MAX_FEATURES, MAX_ROWS, as_rows, class_counts, predicted_classes
 
 RNG = np.random.default_rng(12345)
 
@@ -42,6 +43,13 @@ def test_predicted_classes() -> None:
     assert predicted_classes(np.array([[0.1, 0.9], [0.8, 0.2]])) == ["1", "0"]
     assert predicted_classes(np.array([3, 3, 7])) == ["3", "3", "7"]
     assert predicted_classes(np.array([0.5])) is None  # one float: a score, not classes
+
+
+def test_class_counts_agree_with_the_predicted_classes() -> None:
+    rng = np.random.default_rng(3)
+    for array in (rng.random((300, 7)), rng.integers(0, 5, 40), np.array([True, False, True])):
+        assert class_counts(array) == dict(Counter(predicted_classes(array)))
+    assert class_counts(np.array([0.5])) is None
 
 
 def test_sketches_merged_from_devices_agree_with_one_sketch_of_all_data() -> None:

@@ -18,8 +18,10 @@ import grpc
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
+from edgefleet.agent.metrics import AgentCollector, MetricsEndpoint, require_prometheus_client, start_metrics
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
+from edgefleet.agent.shadow import Shadows
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.agent.summaries import Summariser
 from edgefleet.capture import CaptureConfig, CaptureService, FullPolicy, RetryPolicy
@@ -88,12 +90,18 @@ class RunningAgent:
     auto_capture: AutoCapture | None = None
     #: Live input/output summaries for drift monitoring (None when off).
     summariser: Summariser | None = None
+    #: The Prometheus ``/metrics`` endpoint (None when ``metrics_address`` is empty: off).
+    metrics: MetricsEndpoint | None = None
+    #: Shadow models paired with handles (extension "shadow-models").
+    shadows: Shadows | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
         if not self.state.begin_stop():
             return
         log.info("agent stopping")
+        if self.metrics is not None:
+            self.metrics.stop()
         self.server.stop(grace).wait()
         if self.fast_path is not None:
             self.fast_path.stop()
@@ -102,6 +110,8 @@ class RunningAgent:
             self.auto_capture.close()
         if self.summariser is not None:
             self.summariser.close()  # what it picked goes into the spool before the spool closes
+        if self.shadows is not None:
+            self.shadows.close()
         self.capture.close()
         self.registry.close()
         self.shm.close()
@@ -242,6 +252,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     path = socket_path(address)
     if config.trust_dir is not None:
         check_trust_dir(config.trust_dir)
+    if config.metrics_address:
+        require_prometheus_client()  # before anything is started
     sink = open_capture_sink(config)
     periodic = open_cloud_sink(config, "capture periodic upload") if config.periodic_upload else None
     prepare_socket(path, force=force)
@@ -292,7 +304,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
     auto = AutoCapture(config.capture.auto, capture.submit) if config.capture.auto else None
     summariser = Summariser(config.model_summary_sample) if config.model_summaries else None
-    agent = AgentService(registry, capture, shm, auto_capture=auto, summariser=summariser)
+    shadows = Shadows(registry)
+    agent = AgentService(registry, capture, shm, auto_capture=auto, summariser=summariser, shadows=shadows)
     add_to_server(server, agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"])
     add_to_server(
         server,
@@ -315,15 +328,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     os.replace(bound, path)
     st = path.lstat()
     fast = start_fast_path(config, path, agent) if config.fast_path else None
-    state.set(AgentState.SERVING)
-    log.info(
-        "agent serving on unix://%s (device %s, fleet %s, mode %o)",
-        path,
-        config.device_name,
-        config.fleet_name,
-        config.socket_mode,
-    )
-    return RunningAgent(
+    running = RunningAgent(
         config,
         path,
         server,
@@ -336,7 +341,30 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         fast,
         auto,
         summariser,
+        shadows=shadows,
     )
+    if config.metrics_address:
+        collector = AgentCollector(
+            registry,
+            capture,
+            budget_bytes=config.memory_budget_bytes,
+            device=config.device_name,
+            fleet=config.fleet_name,
+        )
+        try:
+            running.metrics = start_metrics(config.metrics_address, collector)
+        except BaseException:
+            running.stop()  # an agent that was asked for metrics and cannot serve them does not run
+            raise
+    state.set(AgentState.SERVING)
+    log.info(
+        "agent serving on unix://%s (device %s, fleet %s, mode %o)",
+        path,
+        config.device_name,
+        config.fleet_name,
+        config.socket_mode,
+    )
+    return running
 
 
 def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> FastSocketServer | None:

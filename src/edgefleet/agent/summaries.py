@@ -26,6 +26,7 @@ import numpy as np
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
 from edgefleet.monitoring.summary import MAX_FEATURES, MAX_ROWS, as_rows
+from edgefleet.protocol.agent.codec import bytes_backed
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,7 @@ class Window:
 def _kept(array: np.ndarray) -> np.ndarray:
     """``array`` itself when its memory is immutable bytes (an inline tensor of the request),
     otherwise the rows the sketches will see, copied (shared memory is the client's to reuse)."""
-    base: object = array
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):  # a decoded tensor: a view of the request's bytes
-        base = base.obj
-    return array if isinstance(base, bytes) else as_rows(array).copy()
+    return array if bytes_backed(array) else as_rows(array).copy()
 
 
 class Summariser:
@@ -113,18 +109,15 @@ class Summariser:
                     log.exception("model summaries: %d calls could not be summarised", len(items))
 
     def _fold(self, items: list[_Call]) -> None:
-        groups: dict[Key, list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]] = {}
-        for key, inputs, names, outputs in items:
-            # inputs as the rows the sketches see; outputs whole (their classes are per output row)
-            rowed = ({n: _rows(a) for n, a in inputs.items()}, names, list(outputs))
-            groups.setdefault(key, []).append(rowed)
+        groups: dict[Key, list[_Call]] = {}
+        for item in items:
+            groups.setdefault(item[0], []).append(item)
         for key, calls in groups.items():
             with self._lock:
                 window = self._windows.get(key)
                 if window is None:
                     window = self._windows[key] = Window(key, self._clock(), ModelSummary.empty())
-                for chunk in _chunks(calls):
-                    _update(window.summary, chunk)
+                _update(window.summary, calls)
 
     def take(self, *, reset: bool = False) -> list[Window]:
         """Every model's window so far; with ``reset``, later calls start new windows."""
@@ -159,35 +152,30 @@ def _rows(array: np.ndarray) -> np.ndarray:
     return as_rows(array)
 
 
-def _chunks(
-    calls: list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]],
-) -> list[list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]]:
-    """Runs of calls with at most :data:`MAX_ROWS` rows in any tensor: stacked, they reach the
-    sketches whole (a summary samples the rows of a larger update)."""
-    chunks: list[list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]] = []
-    rows = MAX_ROWS
-    for call in calls:
-        size = max((a.shape[0] for a in (*call[0].values(), *call[2])), default=0)
-        if rows + size > MAX_ROWS:
-            chunks.append([])
-            rows = 0
-        chunks[-1].append(call)
-        rows += size
-    return chunks
-
-
-def _update(
-    summary: ModelSummary, calls: list[tuple[dict[str, np.ndarray], Sequence[str], list[np.ndarray]]]
-) -> None:
-    """One update for calls that stack along the batch axis (the usual case), else one per call."""
+def _update(summary: ModelSummary, calls: list[_Call]) -> None:
+    """Fold ``calls`` (of one model) into ``summary``: stacked along the batch axis (the usual
+    case: the calls' tensors differ only in batch size) and handed to the sketches in slices of at
+    most :data:`MAX_ROWS` rows, so the sketches see every row (a summary samples the rows of a
+    larger update) and the per-call cost is a few array references, not a sketch update; calls
+    that do not stack (other shapes, other tensors) one by one."""
+    first_inputs, names, first_outputs = calls[0][1], calls[0][2], calls[0][3]
     try:
-        inputs = {n: np.concatenate([c[0][n] for c in calls]) for n in calls[0][0]}
-        outputs = [np.concatenate([c[2][i] for c in calls]) for i in range(len(calls[0][2]))]
+        inputs = {n: np.concatenate([_rows(c[1][n]) for c in calls]) for n in first_inputs}
+        outputs = [np.concatenate([c[3][i] for c in calls]) for i in range(len(first_outputs))]
+        if any(len(c[1]) != len(first_inputs) or len(c[3]) != len(first_outputs) for c in calls):
+            raise ValueError("the calls have other tensors")
     except (ValueError, KeyError, IndexError):  # shapes differ
-        for one_inputs, names, one_outputs in calls:
-            summary.update(one_inputs, list(names), one_outputs)
+        for _key, one_inputs, one_names, one_outputs in calls:
+            summary.update({n: _rows(a) for n, a in one_inputs.items()}, list(one_names), list(one_outputs))
         return
-    summary.update(inputs, list(calls[0][1]), outputs, calls=len(calls))
+    rows = max((len(a) for a in (*inputs.values(), *outputs)), default=0)
+    for start in range(0, max(rows, 1), MAX_ROWS):
+        part = slice(start, start + MAX_ROWS)
+        part_inputs = {n: a[part] for n, a in inputs.items() if len(a[part])}
+        kept = [(n, a[part]) for n, a in zip(names, outputs, strict=True) if len(a[part])]
+        summary.update(
+            part_inputs, [n for n, _ in kept], [a for _, a in kept], calls=len(calls) if start == 0 else 0
+        )
 
 
 def _copy(summary: ModelSummary) -> ModelSummary:

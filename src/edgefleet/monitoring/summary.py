@@ -73,14 +73,34 @@ def _writable(rows: np.ndarray) -> np.ndarray:
     return np.require(rows, dtype=np.float32, requirements=["C", "W"])
 
 
+def is_class_scores(array: np.ndarray) -> bool:
+    """True for an output of class scores: floating point, 2 or more dims, a last axis over 1
+    (its arg-max over the last axis is the predicted class)."""
+    return bool(np.issubdtype(array.dtype, np.floating) and array.ndim >= 2 and array.shape[-1] > 1)
+
+
 def predicted_classes(array: np.ndarray) -> list[str] | None:
     """The classes an output predicts (arg-max of the last axis of floats, or integer labels)."""
     a = np.asarray(array)
-    if np.issubdtype(a.dtype, np.floating) and a.ndim >= 2 and a.shape[-1] > 1:
+    if is_class_scores(a):
         return [str(int(i)) for i in a.reshape(-1, a.shape[-1]).argmax(axis=1)]
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
         return [str(int(v)) for v in a.reshape(-1)]
     return None
+
+
+def class_counts(array: np.ndarray) -> dict[str, int] | None:
+    """How often each class is predicted in ``array`` (the classes of :func:`predicted_classes`,
+    counted in one vectorised pass), or None when it predicts none."""
+    a = np.asarray(array)
+    if is_class_scores(a):
+        ids = a.reshape(-1, a.shape[-1]).argmax(axis=1)
+    elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        ids = a.reshape(-1).astype(np.int64, copy=False)
+    else:
+        return None
+    values, counts = np.unique(ids, return_counts=True)
+    return {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
 
 
 class TensorSummary:
@@ -151,7 +171,11 @@ class ClassCounts:
         self._sketch = _sketches().frequent_strings_sketch(lg_k)
 
     def update(self, classes: Sequence[str]) -> None:
-        for label, count in Counter(classes).items():
+        self.add(Counter(classes))
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Count each class ``counts`` times more."""
+        for label, count in counts.items():
             self._sketch.update(label, count)
 
     def merge(self, other: ClassCounts) -> None:
@@ -204,9 +228,9 @@ class ModelSummary:
             self._tensor(self.inputs, name, array)
         for name, array in zip(output_names, outputs, strict=True):
             self._tensor(self.outputs, name, array)
-            classes = predicted_classes(array)
-            if classes is not None:
-                self.classes.setdefault(name, ClassCounts()).update(classes)
+            counts = class_counts(array)
+            if counts is not None:
+                self.classes.setdefault(name, ClassCounts()).add(counts)
         self.calls += calls
 
     @staticmethod

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, func, select, text, type_coerce
+from sqlalchemy import ColumnElement, Connection, Select, delete, func, select, text, type_coerce
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -63,6 +63,9 @@ _STATUS_COLUMNS = (
     "oldest_age_seconds",
     "dropped",
     "failed",
+    "transfer_pending",
+    "transfer_pending_bytes",
+    "transfer_oldest_age_seconds",
     "reported_at",
 )
 _PG_INSERT_OBJECTS = text(
@@ -87,7 +90,9 @@ _PG_UPSERT_STATUS = text(
     SELECT r.device_id, {", ".join(f"r.{c}" for c in _STATUS_COLUMNS)}
     FROM json_to_recordset(CAST(:rows AS JSON)) AS r(
         device_id INTEGER, backlog_records BIGINT, backlog_bytes BIGINT,
-        oldest_age_seconds DOUBLE PRECISION, dropped BIGINT, failed BIGINT, reported_at TIMESTAMPTZ)
+        oldest_age_seconds DOUBLE PRECISION, dropped BIGINT, failed BIGINT, transfer_pending BIGINT,
+        transfer_pending_bytes BIGINT, transfer_oldest_age_seconds DOUBLE PRECISION,
+        reported_at TIMESTAMPTZ)
     ON CONFLICT (device_id) DO UPDATE SET
         {", ".join(f"{c} = EXCLUDED.{c}" for c in _STATUS_COLUMNS)}
     """
@@ -144,14 +149,19 @@ def check_report(report: dp.CaptureReport, fleet_name: str) -> None:
         "BacklogBytes": report.backlog_bytes,
         "Dropped": report.dropped,
         "Failed": report.failed,
+        "TransferPending": report.transfer_pending,
+        "TransferPendingBytes": report.transfer_pending_bytes,
     }
     for name, value in figures.items():
         if not 0 <= value <= _MAX_BIGINT:
             raise InvalidArgument(f"Capture.{name} must be a count (0 or more), got {value}")
-    if not 0 <= report.oldest_age_seconds < float("inf"):
-        raise InvalidArgument(
-            f"Capture.OldestBacklogAgeSeconds must be 0 or more, got {report.oldest_age_seconds}"
-        )
+    ages = {
+        "OldestBacklogAgeSeconds": report.oldest_age_seconds,
+        "OldestTransferAgeSeconds": report.transfer_oldest_age_seconds,
+    }
+    for name, age in ages.items():
+        if not 0 <= age < float("inf"):
+            raise InvalidArgument(f"Capture.{name} must be 0 or more, got {age}")
     for upload in report.uploads:
         check_upload(upload, fleet_name)
 
@@ -205,6 +215,9 @@ def record_reports(conn: Connection, reports: Sequence[tuple[int, dp.CaptureRepo
             "oldest_age_seconds": report.oldest_age_seconds,
             "dropped": report.dropped,
             "failed": report.failed,
+            "transfer_pending": report.transfer_pending,
+            "transfer_pending_bytes": report.transfer_pending_bytes,
+            "transfer_oldest_age_seconds": report.transfer_oldest_age_seconds,
             "reported_at": now,
         }
         for upload in report.uploads:
@@ -258,6 +271,33 @@ def record_device_report(session: Session, device: Device, report: dp.CaptureRep
     """Check and store one heartbeat's capture report (the heartbeat's exact tier)."""
     check_report(report, device.fleet.name)
     record_reports(session.connection(), [(device.id, report)], now)
+
+
+def purge_objects(session: Session, before: datetime) -> int:
+    """Delete the index rows of capture objects whose newest record was inferred before ``before``
+    (their retention passed); returns how many. Only the index: the objects stay in the capture
+    store, whose own lifecycle rules (an S3 expiration rule, say) delete them.
+
+    One range delete per fleet model version on ``ix_capture_objects_fleet_model`` (a batch's
+    first inference precedes its last), so the periodic work never scans the whole index."""
+    groups = session.execute(
+        select(CaptureObject.fleet_id, CaptureObject.model_name, CaptureObject.model_version).distinct()
+    ).all()
+    count = 0
+    for fleet_id, model_name, model_version in groups:
+        result = session.execute(
+            delete(CaptureObject).where(
+                CaptureObject.fleet_id == fleet_id,
+                CaptureObject.model_name == model_name,
+                CaptureObject.model_version == model_version,
+                CaptureObject.first_inference_at < before,
+                CaptureObject.last_inference_at < before,
+            )
+        )
+        count += int(getattr(result, "rowcount", 0) or 0)
+    if count:
+        log.info("deleted %d capture index rows of captures older than %s", count, before.isoformat())
+    return count
 
 
 def latest_sample(dialect: str) -> ColumnElement[datetime | None]:

@@ -32,6 +32,8 @@ class Limits:
     max_page_size: int = 1000
     #: most devices in one register call
     max_register_batch: int = 1000
+    #: largest web dashboard form (``/ui``, URL-encoded), in bytes; larger ones get 413 unread
+    max_form_body_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Timing:
     api_keep_alive: float = 5.0
     #: live model summary windows (drift monitoring) older than this are deleted by the periodic work
     summary_retention: float = 30 * 86400.0
+    #: the capture index forgets objects whose newest record is older than this (the periodic
+    #: work; the objects themselves are the capture store's to expire); 0 keeps them forever
+    capture_retention: float = 90 * 86400.0
     #: lifetime of a presigned capture upload URL handed to a device (PresignUploads)
     capture_upload_url_ttl: float = 900.0
     #: how often each replica scores complete drift buckets, evaluates alert rules and posts due
@@ -74,6 +79,11 @@ class Timing:
     drift_bucket_grace: float = 300.0
     #: buckets that ended longer ago than this are not scored (again) by the periodic work
     drift_lookback: float = 86400.0
+    #: a web dashboard login lasts this long, then the operator logs in again with a token
+    ui_session_ttl: float = 12 * 3600.0
+    #: the heartbeat period devices are expected to keep; the dashboard marks a device whose latest
+    #: heartbeat is older than 3 of them as stale
+    heartbeat_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,22 @@ class WebhookPolicy:
     give_up_after: float = 86400.0
     #: most deliveries one replica posts per round
     batch: int = 50
+    #: most receivers (webhook URLs) posted to at once; each receiver's deliveries go in turn
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How jobs on the task queue (server/tasks.py, ``edgefleet worker``) are leased and retried."""
+
+    #: a RUNNING attempt not heard from for this long lost its worker and is re-queued, seconds
+    lease: float = 60.0
+    #: how often a worker renews its lease and flushes progress and log lines, seconds
+    heartbeat: float = 10.0
+    #: attempts a job gets before a lost worker fails it (re-queued after a lost lease until then)
+    max_attempts: int = 3
+    #: longest ``wait`` job (the diagnostic kind), seconds
+    max_wait: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,9 @@ class ServerConfig:
     #: capture store URI devices' captured data goes to (``s3://bucket/prefix``, ``file:///dir``);
     #: default: ``data_dir/captures``
     captures_uri: str | None = None
+    #: task queue URL: ``sqlite:///file`` (embedded) or ``redis://host:port/db`` (workers on other
+    #: machines); default: ``queue.db`` (SQLite) in ``data_dir``
+    queue_url: str | None = None
     #: S3 endpoint for S3-protocol stores other than AWS (MinIO, moto, Ceph ...)
     s3_endpoint_url: str | None = None
     #: directory of trusted signer certificates checked on package upload; default ``data_dir/trust``
@@ -132,14 +161,23 @@ class ServerConfig:
     request_threads: int = 8
     #: serve ``GET /metrics`` on the operator port without an API token (``--metrics-public``)
     metrics_public: bool = False
+    #: log one line per request (uvicorn's access log, ``uvicorn.access``; ``--access-log``): off
+    #: by default, ``/metrics`` counts requests without a log line each
+    access_log: bool = False
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
+    jobs: JobPolicy = field(default_factory=JobPolicy)
 
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to ``edgefleet.db`` in the data directory."""
         return self.database_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"
+
+    @property
+    def resolved_queue_url(self) -> str:
+        """The task queue URL, defaulting to ``queue.db`` (SQLite) in the data directory."""
+        return self.queue_url or f"sqlite:///{(self.data_dir / 'queue.db').resolve()}"
 
     @property
     def resolved_artifacts_uri(self) -> str:

@@ -10,7 +10,7 @@ ERROR, kept with its last error).
 
 Several replicas may post at once: a replica claims due rows by moving their next attempt past
 the time a post can take (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, SQLite's one writer),
-then posts outside any transaction. A replica that dies after claiming leaves rows that become due
+then posts outside any transaction, several receivers at once (each receiver's deliveries in turn). A replica that dies after claiming leaves rows that become due
 again when the claim runs out: delivery is *at least once*; receivers deduplicate by the
 ``X-Edgefleet-Delivery`` header.
 
@@ -24,6 +24,8 @@ import hmac
 import json
 import logging
 import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,52 +107,69 @@ def deliver_due(
     rng: random.Random | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> Outcome:
-    """Post the deliveries that are due (at most ``policy.batch``) and record each outcome."""
+    """Post the deliveries that are due (at most ``policy.batch``) and record each outcome.
+
+    Deliveries to different receivers (URLs) are posted concurrently, up to
+    ``policy.concurrency`` receivers at once, so one slow or dead receiver does not hold up the
+    others; a receiver's own deliveries go one after another, oldest first, so it sees an alert's
+    opening before its clearing."""
     rng = rng or random.Random()
     claimed = _claim(db, policy)
     if not claimed:
         return Outcome()
-    delivered = retrying = given_up = 0
+    by_url: dict[str, list[_Claimed]] = {}
+    for item in claimed:
+        by_url.setdefault(item.url, []).append(item)
+    tally: Counter[str] = Counter()
     with httpx.Client(timeout=policy.timeout, transport=transport, follow_redirects=False) as client:
-        for item in claimed:
-            error = _post(client, item)
-            now = db.now()
-            with db.session() as session:
-                row = session.get(WebhookDeliveryRow, item.id, with_for_update=True)
-                if row is None or row.delivered_at is not None or row.failed_at is not None:
-                    continue
-                row.attempts = item.attempts + 1
-                if error is None:
-                    row.delivered_at, row.next_attempt_at, row.last_error = now, None, None
-                    delivered += 1
-                    log.info(
-                        "webhook delivery %d to %s delivered (attempt %d)", row.id, row.url, row.attempts
-                    )
-                    continue
-                row.last_error = error
-                if now - item.created_at >= timedelta(seconds=policy.give_up_after):
-                    row.failed_at, row.next_attempt_at = now, None
-                    given_up += 1
-                    log.error(
-                        "webhook delivery %d to %s given up after %d attempts: %s",
-                        row.id,
-                        row.url,
-                        row.attempts,
-                        error,
-                    )
-                    continue
-                delay = backoff(policy, row.attempts, rng)
-                row.next_attempt_at = now + timedelta(seconds=delay)
-                retrying += 1
-                log.warning(
-                    "webhook delivery %d to %s failed (attempt %d, next in %.0f s): %s",
-                    row.id,
-                    row.url,
-                    row.attempts,
-                    delay,
-                    error,
-                )
-    return Outcome(delivered, retrying, given_up)
+
+        def post_in_turn(items: list[_Claimed]) -> Counter[str]:
+            return Counter(_record(db, policy, item, _post(client, item), rng) for item in items)
+
+        workers = max(1, min(policy.concurrency, len(by_url)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="edgefleet-webhooks") as pool:
+            for counted in pool.map(post_in_turn, by_url.values()):
+                tally.update(counted)
+    return Outcome(tally["delivered"], tally["retrying"], tally["given_up"])
+
+
+def _record(
+    db: Database, policy: WebhookPolicy, item: _Claimed, error: str | None, rng: random.Random
+) -> str:
+    """Record one post's outcome: ``delivered``, ``retrying``, ``given_up`` (or ``gone``: the row was
+    settled meanwhile)."""
+    now = db.now()
+    with db.session() as session:
+        row = session.get(WebhookDeliveryRow, item.id, with_for_update=True)
+        if row is None or row.delivered_at is not None or row.failed_at is not None:
+            return "gone"
+        row.attempts = item.attempts + 1
+        if error is None:
+            row.delivered_at, row.next_attempt_at, row.last_error = now, None, None
+            log.info("webhook delivery %d to %s delivered (attempt %d)", row.id, row.url, row.attempts)
+            return "delivered"
+        row.last_error = error
+        if now - item.created_at >= timedelta(seconds=policy.give_up_after):
+            row.failed_at, row.next_attempt_at = now, None
+            log.error(
+                "webhook delivery %d to %s given up after %d attempts: %s",
+                row.id,
+                row.url,
+                row.attempts,
+                error,
+            )
+            return "given_up"
+        delay = backoff(policy, row.attempts, rng)
+        row.next_attempt_at = now + timedelta(seconds=delay)
+        log.warning(
+            "webhook delivery %d to %s failed (attempt %d, next in %.0f s): %s",
+            row.id,
+            row.url,
+            row.attempts,
+            delay,
+            error,
+        )
+        return "retrying"
 
 
 def _claim(db: Database, policy: WebhookPolicy) -> list[_Claimed]:
@@ -165,7 +184,8 @@ def _claim(db: Database, policy: WebhookPolicy) -> list[_Claimed]:
             .with_for_update(skip_locked=True)
         ).all()
         # the claim lasts as long as posting them all one after another can take (each post's
-        # connect, write and read may each take the timeout)
+        # connect, write and read may each take the timeout): the bound when they all go to one
+        # receiver, which gets its deliveries in turn
         lease = timedelta(seconds=len(rows) * 3 * policy.timeout + 30.0)
         claimed = []
         for row in rows:

@@ -128,6 +128,9 @@ def device(
             OldestBacklogAgeSeconds=capture.oldest_age_seconds,
             Dropped=capture.dropped,
             Failed=capture.failed,
+            TransferPending=capture.transfer_pending,
+            TransferPendingBytes=capture.transfer_pending_bytes,
+            OldestTransferAgeSeconds=capture.transfer_oldest_age_seconds,
             ReportedTime=capture.reported_at,
         ),
     )

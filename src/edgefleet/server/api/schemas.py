@@ -165,6 +165,11 @@ class DeviceCaptureOut(Out):
     OldestBacklogAgeSeconds: float
     Dropped: int = Field(description="captures dropped by the full-spool policy (since the agent started)")
     Failed: int = Field(description="captures that failed for good (since the agent started)")
+    TransferPending: int = Field(
+        0, description="Disk with periodic upload: objects on Disk not yet confirmed by the cloud store"
+    )
+    TransferPendingBytes: int = 0
+    OldestTransferAgeSeconds: float = 0.0
     ReportedTime: datetime
 
 
@@ -545,6 +550,9 @@ class CaptureReportModel(Lenient):
     Dropped: int = 0
     Failed: int = 0
     Uploads: list[CaptureUploadModel] = Field(default_factory=list)
+    TransferPending: int = 0
+    TransferPendingBytes: int = 0
+    OldestTransferAgeSeconds: float = 0.0
 
 
 class SummaryWindowModel(Lenient):
@@ -554,6 +562,24 @@ class SummaryWindowModel(Lenient):
     WindowEnd: datetime
     Calls: int = 0
     Summary: dict[str, Any]
+
+
+class ShadowReportModel(Lenient):
+    Handle: str
+    ChampionModel: str
+    ChampionVersion: str = ""
+    ShadowModel: str
+    ShadowVersion: str = ""
+    Mirrored: int = 0
+    Completed: int = 0
+    Agreed: int = 0
+    Disagreed: int = 0
+    ShadowErrors: int = 0
+    Dropped: int = 0
+    ChampionLatencyP50Ms: float = 0.0
+    ChampionLatencyP99Ms: float = 0.0
+    ShadowLatencyP50Ms: float = 0.0
+    ShadowLatencyP99Ms: float = 0.0
 
 
 class HeartbeatRequest(Lenient):
@@ -567,6 +593,9 @@ class HeartbeatRequest(Lenient):
     Capture: CaptureReportModel | None = Field(default=None, description="edgefleet extension: capture spool")
     ModelSummaries: list[SummaryWindowModel] = Field(
         default_factory=list, description="edgefleet extension: live model summaries for drift"
+    )
+    Shadows: list[ShadowReportModel] = Field(
+        default_factory=list, description="edgefleet extension: shadow pairs' cumulative figures"
     )
 
 
@@ -699,6 +728,34 @@ class DriftReportOut(Out):
     MissingBaselines: list[str] = Field(description="versions seen in the range that have no baseline")
 
 
+class ShadowPairOut(Out):
+    ChampionModel: str
+    ChampionVersion: str
+    ShadowModel: str
+    ShadowVersion: str
+    DeviceCount: int = Field(description="registered devices of the fleet reporting the pair")
+    Mirrored: int
+    Completed: int
+    Agreed: int
+    Disagreed: int
+    ShadowErrors: int
+    Dropped: int
+    AgreementRate: float | None = Field(description="Agreed / Completed; null before any comparison")
+    ShadowErrorRate: float | None = Field(description="ShadowErrors / (Completed + ShadowErrors)")
+    LatencyRatioP50Median: float | None = Field(description="shadow / champion p50 per device, median")
+    LatencyRatioP50Worst: float | None
+    LatencyRatioP99Median: float | None = Field(description="shadow / champion p99 per device, median")
+    LatencyRatioP99Worst: float | None
+    ChampionLatencyP99MsWorst: float
+    ShadowLatencyP99MsWorst: float
+    LastReportTime: datetime
+
+
+class FleetShadowsOut(Out):
+    DeviceFleetName: str
+    ShadowPairs: list[ShadowPairOut]
+
+
 # ------------------------------------------------------------------------------------ capture plane
 
 
@@ -775,3 +832,91 @@ class AlertEventOut(Out):
 class AlertEventList(Out):
     AlertEvents: list[AlertEventOut]
     NextToken: str | None
+
+
+# -------------------------------------------------------------------------------------------- jobs
+
+
+class CompileJobSpec(Strict):
+    """A compile job (docs/compiler.md): the files are paths on the workers' machines."""
+
+    Model: str = Field(description="absolute path of the trained model file")
+    Framework: str = Field(description="onnx, pytorch, sklearn, xgboost, lightgbm or tflite")
+    Target: str = Field(description="device class (docs/targets.md)")
+    Inputs: list[str] = Field(default_factory=list, description="NAME:SHAPE[:DTYPE][:batch=AXIS|none] each")
+    Backend: str = "auto"
+    Quantize: str = "auto"
+    Calibration: str | None = None
+    Validation: str | None = None
+    MaxAccuracyDrop: float = Field(default=1.0, ge=0)
+    Threads: int = Field(default=0, ge=0, le=1024)
+    BenchmarkSeconds: float = Field(default=2.0, gt=0, le=3600)
+    TuneTrials: int = Field(default=0, ge=0, le=MAX_INT32)
+    TuneMinutes: float = Field(default=0.0, ge=0)
+
+
+class WaitJobSpec(Strict):
+    """A diagnostic job: waits until the file ``Path`` exists on the worker's machine, then writes
+    ``Touch`` (when given) and succeeds; fails after ``TimeoutSeconds``."""
+
+    Path: str
+    Touch: str | None = None
+    TimeoutSeconds: float = Field(default=600.0, gt=0)
+
+
+class JobRequest(Strict):
+    """``Kind`` and the parameters of that kind (``Compile`` or ``Wait``)."""
+
+    Kind: str = Field(description="compile or wait")
+    Compile: CompileJobSpec | None = None
+    Wait: WaitJobSpec | None = None
+    MaxAttempts: int | None = Field(default=None, ge=1, le=20, description="default: the server's")
+
+
+class JobProgress(Out):
+    Fraction: float
+    Message: str | None
+
+
+class JobErrorOut(Out):
+    Code: str
+    Message: str
+
+
+class JobOut(Out):
+    JobId: str
+    Kind: str
+    State: str
+    Params: dict[str, Any]
+    Attempt: int
+    MaxAttempts: int
+    WorkerId: str | None
+    LeaseExpiresAt: datetime | None
+    LastHeartbeatAt: datetime | None
+    Progress: JobProgress
+    Result: dict[str, Any] | None
+    Error: JobErrorOut | None
+    CreationTime: datetime
+    CreatedBy: str
+    StartTime: datetime | None
+    EndTime: datetime | None
+
+
+class JobList(Out):
+    Jobs: list[JobOut]
+    NextToken: str | None
+
+
+class JobLogLine(Out):
+    Id: int
+    Attempt: int
+    Time: datetime
+    Line: str
+
+
+class JobLogs(Out):
+    JobId: str
+    State: str
+    Lines: list[JobLogLine]
+    #: give it as ``After`` to read the lines that follow
+    LastId: int

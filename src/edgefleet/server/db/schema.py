@@ -480,7 +480,42 @@ class DeviceCaptureStatus(Base):
     oldest_age_seconds: Mapped[float] = mapped_column(Float)
     dropped: Mapped[int] = mapped_column(BigInteger)
     failed: Mapped[int] = mapped_column(BigInteger)
+    # Disk with periodic upload: the transfer queue to the cloud store
+    transfer_pending: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    transfer_pending_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    transfer_oldest_age_seconds: Mapped[float] = mapped_column(Float, server_default=text("0"))
     reported_at: Mapped[datetime]
+
+
+class DeviceShadow(Base):
+    """A device's shadow pair as its latest heartbeat reported it: the figures are the agent's,
+    cumulative since the pair started, so the latest report is all the server needs to keep.
+
+    A pair is named on its device by the handle and both model versions; a pair that ends stays
+    (its last figures), a pair started again on the same handle and versions starts its counters
+    afresh. ``reported_at`` is the server's time of the heartbeat.
+    """
+
+    __tablename__ = "device_shadows"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    handle: Mapped[str] = mapped_column(String(63), primary_key=True)
+    champion_model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    champion_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    shadow_model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    shadow_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    mirrored: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    agreed: Mapped[int] = mapped_column(BigInteger)
+    disagreed: Mapped[int] = mapped_column(BigInteger)
+    shadow_errors: Mapped[int] = mapped_column(BigInteger)
+    dropped: Mapped[int] = mapped_column(BigInteger)
+    champion_p50_ms: Mapped[float] = mapped_column(Float)
+    champion_p99_ms: Mapped[float] = mapped_column(Float)
+    shadow_p50_ms: Mapped[float] = mapped_column(Float)
+    shadow_p99_ms: Mapped[float] = mapped_column(Float)
+    reported_at: Mapped[datetime]
+    # the fleet's report reads one shadow model's pairs (the pipeline's shadow step)
+    __table_args__ = (Index("ix_device_shadows_models", "shadow_model", "champion_model"),)
 
 
 class DriftBucketRow(Base):
@@ -624,3 +659,69 @@ class WebhookDeliveryRow(Base):
     failed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (Index("ix_webhook_deliveries_due", "next_attempt_at"),)
+
+
+class JobRow(Base):
+    """A job on the task queue (server/tasks.py): its request, state, current attempt and lease,
+    progress and outcome. Workers change it only with conditional updates fenced by ``attempt``
+    (and ``worker_id`` while RUNNING), so a duplicate or late delivery cannot finish it twice."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    params: Mapped[dict[str, Any]]
+    #: QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED
+    state: Mapped[str] = mapped_column(String(10))
+    #: the attempt queued or running (1 for the first)
+    attempt: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    #: the worker running the attempt (None while QUEUED)
+    worker_id: Mapped[str | None] = mapped_column(String(100))
+    #: a RUNNING attempt whose lease ran out lost its worker (the periodic work's reaper)
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_message: Mapped[str | None] = mapped_column(String(500))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(30))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+    )
+
+
+class JobLogRow(Base):
+    """One line of a job's log, append-only, in order of ``id``."""
+
+    __tablename__ = "job_logs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    logged_at: Mapped[datetime]
+    line: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
+
+
+class UISession(Base):
+    """A web dashboard login (server/ui/sessions.py): the cookie's secret is stored only as its
+    SHA-256, with the operator token it was opened with (a revoked token ends its sessions) and the
+    session's CSRF token, which every form and htmx request of the session must send back."""
+
+    __tablename__ = "ui_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("operator_tokens.id", ondelete="CASCADE"))
+    operator: Mapped[str] = mapped_column(String(100))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    __table_args__ = (
+        Index("ix_ui_sessions_token", "token_id"),
+        # expired sessions are deleted by expiry
+        Index("ix_ui_sessions_expires_at", "expires_at"),
+    )
