@@ -551,6 +551,21 @@ def test_the_session_lifetime_is_a_server_flag(capsys: pytest.CaptureFixture[str
         assert "must be a number of seconds above 0" in capsys.readouterr().err
 
 
+def _button(html: str, element: str) -> tuple[str, str]:
+    """("enabled" | "disabled", label) of the button ``element`` of a page or fragment."""
+    found = re.search(rf'<button id="{element}"([^>]*)>([^<]*)</button>', html)
+    assert found is not None, f"no button {element!r}"
+    return ("disabled" if "disabled" in found.group(1) else "enabled"), found.group(2)
+
+
+def _events(html: str) -> list[str]:
+    """The items of the events list, as text."""
+    listing = html[html.index('id="events"') :]
+    listing = listing[: listing.index("</ol>")]
+    items = re.findall(r"<li[^>]*>(.*?)</li>", listing, re.S)
+    return [" ".join(re.sub(r"<time>[^<]*</time>|<[^>]+>", "", i).split()) for i in items]
+
+
 def _drive(state: Any, names: list[str], deployment: str, results: dict[str, str]) -> None:
     """Each device fetches its deployments and reports its result (the device plane's services)."""
     from edgefleet.server import devices
@@ -595,10 +610,17 @@ def test_a_stage_started_in_the_ui_is_watched_to_deployed(fresh: UI) -> None:
     )
     running = fresh.client.get("/ui/deployments/rollout/progress", headers={"HX-Request": "true"}).text
     assert 'data-running="true"' in running
+    # the buttons are in the polled fragment, with the session's CSRF token on both forms
+    assert _button(running, "stop-rollout") == ("enabled", "Stop stage canary")
+    assert _button(running, "start-rollout") == ("disabled", "Start")
+    assert csrf_of(running) == csrf and running.count(f'name="csrf_token" value="{csrf}"') == 2
     _drive(fresh.state, names, "rollout.canary", {})
     done = fresh.client.get("/ui/deployments/rollout/progress", headers={"HX-Request": "true"}).text
     assert 'id="stage-status-canary">DEPLOYED<' in done
     assert 'data-running="false"' in done and "hx-trigger" not in done  # polling stops
+    # the last poll brings the buttons of the ended stage: nothing left to stop or start
+    assert _button(done, "stop-rollout") == ("disabled", "Stop")
+    assert _button(done, "start-rollout") == ("disabled", "Start")
     assert "3 deployed" in done
     history = fresh.client.get(f"/ui/devices/{names[0]}").text
     assert 'href="/ui/deployments/rollout"' in history and "DEPLOYED" in history
@@ -624,6 +646,21 @@ def test_a_failed_stage_shows_its_failures_and_rollbacks(fresh: UI) -> None:
     assert 'id="stage-status-canary">FAILED<' in page
     row = page[page.index(f'id="stage-device-canary-{names[1]}"') :]
     assert "FAILED_ROLLED_BACK" in row[: row.index("</tr>")]
-    assert 'id="events"' in page
+    # the failure and the rollback are listed with their reasons (the API's stage events), oldest first
+    events = _events(page)
+    assert events == [
+        "canary STAGE_FAILED: 1/3 device(s) failed, above the threshold of 0%",
+        "canary STAGE_ROLLBACK: rolling the stage back: 2 device(s) asked to roll back, "
+        "0 stopped before they started",
+    ]
+    # the same events as the API's DescribeEdgeDeploymentPlan (newest first there)
+    described = fresh.client.get(
+        "/api/v1/deployment-plans/risky", headers={"Authorization": f"Bearer {fresh.token}"}
+    )
+    assert described.status_code == 200, described.text
+    [stage] = described.json()["Stages"]
+    assert [f"canary {e['Kind']}: {e['Message']}" for e in reversed(stage["Events"])] == events
+    fragment = fresh.client.get("/ui/deployments/risky/progress", headers={"HX-Request": "true"}).text
+    assert _events(fragment) == events and _button(fragment, "stop-risky") == ("disabled", "Stop")
     again = fresh.client.post("/ui/deployments/risky/stop", data={"stage": "canary", "csrf_token": csrf})
     assert again.status_code == 412 and "only STARTING or INPROGRESS stages stop" in again.text
