@@ -308,13 +308,28 @@ def test_an_unknown_device_or_plan_shows_the_api_error(ui: UI) -> None:
         assert 'id="error"' in response.text and "NOT_FOUND" in response.text
 
 
+def _listed_stale(html: str) -> set[str]:
+    """The devices the device list marks stale."""
+    rows = re.findall(r'<tr id="device-row-([^"]+)"(.*?)</tr>', html, re.S)
+    return {name for name, row in rows if 'class="stale"' in row}
+
+
 def test_a_device_goes_stale_after_three_heartbeat_intervals(fresh: UI) -> None:
-    fill_fleet(fresh.state, "cams", 2)
+    """On the fake clock: at exactly three heartbeat intervals a device is not stale yet, a second
+    later it is, on its own page and in the device list; a device never seen is never stale."""
+    fill_fleet(fresh.state, "cams", 2)  # cams-000 sent a heartbeat, cams-001 never did
     assert fresh.login().status_code == 303
     assert "stale" not in fresh.client.get("/ui/devices/cams-000").text
-    fresh.clock.advance(3 * fresh.state.config.timing.heartbeat_interval + 1)
+    assert _listed_stale(fresh.client.get("/ui/devices").text) == set()
+    fresh.clock.advance(3 * fresh.state.config.timing.heartbeat_interval)
+    assert 'class="stale"' not in fresh.client.get("/ui/devices/cams-000").text
+    assert _listed_stale(fresh.client.get("/ui/devices").text) == set()
+    fresh.clock.advance(1)
     page = fresh.client.get("/ui/devices/cams-000").text
     assert 'class="stale"' in page and "1 min ago" in page
+    assert _listed_stale(fresh.client.get("/ui/devices").text) == {"cams-000"}
+    never = fresh.client.get("/ui/devices/cams-001").text
+    assert "never seen" in never and 'class="stale"' not in never
 
 
 # ------------------------------------------------------------------------------------- device list
