@@ -191,17 +191,15 @@ def test_a_deployment_watched_to_deployed(page: Any, dashboard: Dashboard, shoot
     assert stage_status(dashboard, "rollout-good") == "DEPLOYED"
 
 
-@pytest.mark.xfail(
-    reason="the Start/Stop buttons are outside the live-updated #progress part: once a stage ends "
-    "while the page is open, Stop stays enabled (and Start disabled) until the page is reloaded",
-    strict=True,
-)
 def test_the_buttons_follow_a_stage_that_ends_live(page: Any, dashboard: Dashboard) -> None:
     create_plan(dashboard, "rollout-again", "1.0")
     page.goto(dashboard.url("/ui"))
     open_plan(page, "rollout-again")
     start_and_watch(page, "rollout-again", "all", "DEPLOYED")
+    # the buttons are in the live part: the update that brings DEPLOYED brings their new state
     expect(page.locator(by_id("stop-rollout-again"))).to_be_disabled(timeout=5_000)
+    expect(page.locator(by_id("start-rollout-again"))).to_be_disabled()  # the plan's only stage is done
+    expect(page.locator(by_id("stop-rollout-again"))).to_have_text("Stop")
 
 
 def failed_rollout(dashboard: Dashboard) -> list[dict[str, Any]]:
@@ -222,6 +220,11 @@ def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any)
     start_and_watch(page, "rollout-bad", "all", "FAILED")
     stage = page.locator("#stage-all")
     expect(stage).to_contain_text("rolling the stage back")  # the reason, as the API words it
+    # the failure and the rollback reach the events list by the same live update, with their reasons
+    events = page.locator("#events")
+    expect(events).to_contain_text(re.compile(r"STAGE_FAILED: \d+/\d+ device\(s\) failed"))
+    expect(events).to_contain_text("STAGE_ROLLBACK: rolling the stage back")
+    expect(page.locator(by_id("stop-rollout-bad"))).to_be_disabled()
     assert stage_status(dashboard, "rollout-bad") == "FAILED"
     rows = failed_rollout(dashboard)
     rolled_back = sorted(d["DeviceName"] for d in rows if d["DeviceResult"] == "FAILED_ROLLED_BACK")
@@ -234,18 +237,23 @@ def test_a_failing_stage_rolls_back(page: Any, dashboard: Dashboard, shoot: Any)
     shoot(page, "deployment-failed")
 
 
-@pytest.mark.xfail(
-    reason="a stage that fails on its device threshold writes no stage event (only the watch does), "
-    "so the events list stays empty",
-    strict=True,
-)
 def test_a_failed_stage_is_listed_in_the_events(page: Any, dashboard: Dashboard) -> None:
     if "rollout-bad" not in {p["EdgeDeploymentPlanName"] for p in dashboard.op.list_plans()}:
         create_plan(dashboard, "rollout-bad", "2.0")
         dashboard.op.start_stage("rollout-bad", "all")
     failed_rollout(dashboard)
     page.goto(dashboard.url("/ui/deployments/rollout-bad"))
-    expect(page.locator("#events")).to_contain_text(re.compile(r"fail", re.IGNORECASE), timeout=5_000)
+    events = page.locator("#events")
+    expect(events).to_contain_text(re.compile(r"fail", re.IGNORECASE), timeout=5_000)
+    # oldest first: the failure with its reason, then the rollback it started
+    items = events.locator("li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_contain_text(
+        re.compile(r"all STAGE_FAILED: \d+/\d+ device\(s\) failed, above the threshold of 0%")
+    )
+    expect(items.nth(1)).to_contain_text(
+        re.compile(r"all STAGE_ROLLBACK: rolling the stage back: \d+ device\(s\) asked to roll back")
+    )
 
 
 # ------------------------------------------------------------------------------- fleets and devices

@@ -26,6 +26,7 @@ from edgefleet.server.deployments.stages import (
     list_stage_devices,
     refresh_stage,
     stage_counts,
+    stage_events,
     start_stage,
     stop_stage,
 )
@@ -89,6 +90,12 @@ def _rows(db: Database, stage: str = "canary") -> dict[str, str]:
     with db.session() as s:
         page = list_stage_devices(s, "rollout", stage, limit=1000, next_token=None)
         return {row.device.name: row.status for row in page.items}
+
+
+def _events(db: Database, stage: str = "canary") -> list[tuple[str, str]]:
+    """The stage's events (kind, message), newest first, as DescribeEdgeDeploymentPlan lists them."""
+    with db.session() as s:
+        return [(e.kind, e.message) for e in stage_events(s, get_stage(get_plan(s, "rollout"), stage))]
 
 
 def _start(db: Database, stage: str = "canary") -> None:
@@ -195,6 +202,50 @@ def test_failed_share_above_threshold_fails_and_rolls_back_the_stage(db: Db) -> 
     _report(db, names[0], "FAILED_ROLLED_BACK")
     _report(db, names[3], "FAILED_NO_CHANGE")
     assert _rows(db)[names[0]] == "STOPPED" and _stage(db) == ("FAILED", StageCounts(failed=2, stopped=2))
+    # the failure and the rollback are stage events with their reasons, recorded once
+    assert _events(db) == [
+        (
+            "STAGE_ROLLBACK",
+            "rolling the stage back: 2 device(s) asked to roll back, 0 stopped before they started",
+        ),
+        ("STAGE_FAILED", "2/4 device(s) failed, above the threshold of 25%"),
+    ]
+
+
+def test_a_failed_stage_is_one_pair_of_events_through_the_api(db: Db) -> None:
+    """A stage whose first device fails (threshold 0): STAGE_FAILED and STAGE_ROLLBACK, newest
+    first, in the API's own plan body; later reports and refreshes add no event."""
+    from edgefleet.server.api import render
+
+    _setup(db, 3)
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100))
+    _start(db)
+    names = sorted(_rows(db))
+    _fetch(db, names[0])  # in progress when the stage fails: asked to roll back
+    _report(db, names[1], "FAILED_ROLLED_BACK")
+    assert _rows(db) == {names[0]: "STOPPING", names[1]: "FAILED", names[2]: "STOPPED"}
+    _report(db, names[0], "FAILED_ROLLED_BACK")
+    assert _stage(db)[0] == "FAILED"
+    with db.session() as s:
+        body = render.plan(s, get_plan(s, "rollout"))
+    [stage] = body.Stages
+    assert [(e.Kind, e.Message) for e in stage.Events] == [
+        (
+            "STAGE_ROLLBACK",
+            "rolling the stage back: 1 device(s) asked to roll back, 1 stopped before they started",
+        ),
+        ("STAGE_FAILED", "1/3 device(s) failed, above the threshold of 0%"),
+    ]
+    assert stage.Events[0].Time == stage.Events[1].Time
+
+
+def test_a_failed_stage_under_do_nothing_records_no_rollback(db: Db) -> None:
+    _setup(db, 2)
+    _plan(db, StageSpec("canary", "PERCENTAGE", percentage=100, failure_policy="DO_NOTHING"))
+    _start(db)
+    _report(db, sorted(_rows(db))[0], "FAILED_NO_CHANGE")
+    assert _stage(db)[0] == "FAILED"
+    assert _events(db) == [("STAGE_FAILED", "1/2 device(s) failed, above the threshold of 0%")]
 
 
 def test_do_nothing_policy_keeps_going_after_failure(db: Db) -> None:
@@ -219,6 +270,12 @@ def test_stop_and_restart_stage(db: Db) -> None:
     with db.session() as s:
         stop_stage(s, "rollout", "canary", db.now())
     assert _rows(db) == {"dev-00": "STOPPING", "dev-01": "DEPLOYED", "dev-02": "STOPPED"}
+    assert _events(db) == [
+        (
+            "STAGE_STOPPED",
+            "stopped by an operator: 1 device(s) asked to roll back, 1 stopped before they started",
+        )
+    ]
     assert _stage(db)[0] == "STOPPING"
     with db.session() as s, pytest.raises(FailedPrecondition, match="in flight; stop them first"):
         delete_plan(s, "rollout")

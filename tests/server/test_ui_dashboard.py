@@ -308,13 +308,28 @@ def test_an_unknown_device_or_plan_shows_the_api_error(ui: UI) -> None:
         assert 'id="error"' in response.text and "NOT_FOUND" in response.text
 
 
+def _listed_stale(html: str) -> set[str]:
+    """The devices the device list marks stale."""
+    rows = re.findall(r'<tr id="device-row-([^"]+)"(.*?)</tr>', html, re.S)
+    return {name for name, row in rows if 'class="stale"' in row}
+
+
 def test_a_device_goes_stale_after_three_heartbeat_intervals(fresh: UI) -> None:
-    fill_fleet(fresh.state, "cams", 2)
+    """On the fake clock: at exactly three heartbeat intervals a device is not stale yet, a second
+    later it is, on its own page and in the device list; a device never seen is never stale."""
+    fill_fleet(fresh.state, "cams", 2)  # cams-000 sent a heartbeat, cams-001 never did
     assert fresh.login().status_code == 303
     assert "stale" not in fresh.client.get("/ui/devices/cams-000").text
-    fresh.clock.advance(3 * fresh.state.config.timing.heartbeat_interval + 1)
+    assert _listed_stale(fresh.client.get("/ui/devices").text) == set()
+    fresh.clock.advance(3 * fresh.state.config.timing.heartbeat_interval)
+    assert 'class="stale"' not in fresh.client.get("/ui/devices/cams-000").text
+    assert _listed_stale(fresh.client.get("/ui/devices").text) == set()
+    fresh.clock.advance(1)
     page = fresh.client.get("/ui/devices/cams-000").text
     assert 'class="stale"' in page and "1 min ago" in page
+    assert _listed_stale(fresh.client.get("/ui/devices").text) == {"cams-000"}
+    never = fresh.client.get("/ui/devices/cams-001").text
+    assert "never seen" in never and 'class="stale"' not in never
 
 
 # ------------------------------------------------------------------------------------- device list
@@ -551,6 +566,21 @@ def test_the_session_lifetime_is_a_server_flag(capsys: pytest.CaptureFixture[str
         assert "must be a number of seconds above 0" in capsys.readouterr().err
 
 
+def _button(html: str, element: str) -> tuple[str, str]:
+    """("enabled" | "disabled", label) of the button ``element`` of a page or fragment."""
+    found = re.search(rf'<button id="{element}"([^>]*)>([^<]*)</button>', html)
+    assert found is not None, f"no button {element!r}"
+    return ("disabled" if "disabled" in found.group(1) else "enabled"), found.group(2)
+
+
+def _events(html: str) -> list[str]:
+    """The items of the events list, as text."""
+    listing = html[html.index('id="events"') :]
+    listing = listing[: listing.index("</ol>")]
+    items = re.findall(r"<li[^>]*>(.*?)</li>", listing, re.S)
+    return [" ".join(re.sub(r"<time>[^<]*</time>|<[^>]+>", "", i).split()) for i in items]
+
+
 def _drive(state: Any, names: list[str], deployment: str, results: dict[str, str]) -> None:
     """Each device fetches its deployments and reports its result (the device plane's services)."""
     from edgefleet.server import devices
@@ -595,10 +625,17 @@ def test_a_stage_started_in_the_ui_is_watched_to_deployed(fresh: UI) -> None:
     )
     running = fresh.client.get("/ui/deployments/rollout/progress", headers={"HX-Request": "true"}).text
     assert 'data-running="true"' in running
+    # the buttons are in the polled fragment, with the session's CSRF token on both forms
+    assert _button(running, "stop-rollout") == ("enabled", "Stop stage canary")
+    assert _button(running, "start-rollout") == ("disabled", "Start")
+    assert csrf_of(running) == csrf and running.count(f'name="csrf_token" value="{csrf}"') == 2
     _drive(fresh.state, names, "rollout.canary", {})
     done = fresh.client.get("/ui/deployments/rollout/progress", headers={"HX-Request": "true"}).text
     assert 'id="stage-status-canary">DEPLOYED<' in done
     assert 'data-running="false"' in done and "hx-trigger" not in done  # polling stops
+    # the last poll brings the buttons of the ended stage: nothing left to stop or start
+    assert _button(done, "stop-rollout") == ("disabled", "Stop")
+    assert _button(done, "start-rollout") == ("disabled", "Start")
     assert "3 deployed" in done
     history = fresh.client.get(f"/ui/devices/{names[0]}").text
     assert 'href="/ui/deployments/rollout"' in history and "DEPLOYED" in history
@@ -624,6 +661,21 @@ def test_a_failed_stage_shows_its_failures_and_rollbacks(fresh: UI) -> None:
     assert 'id="stage-status-canary">FAILED<' in page
     row = page[page.index(f'id="stage-device-canary-{names[1]}"') :]
     assert "FAILED_ROLLED_BACK" in row[: row.index("</tr>")]
-    assert 'id="events"' in page
+    # the failure and the rollback are listed with their reasons (the API's stage events), oldest first
+    events = _events(page)
+    assert events == [
+        "canary STAGE_FAILED: 1/3 device(s) failed, above the threshold of 0%",
+        "canary STAGE_ROLLBACK: rolling the stage back: 2 device(s) asked to roll back, "
+        "0 stopped before they started",
+    ]
+    # the same events as the API's DescribeEdgeDeploymentPlan (newest first there)
+    described = fresh.client.get(
+        "/api/v1/deployment-plans/risky", headers={"Authorization": f"Bearer {fresh.token}"}
+    )
+    assert described.status_code == 200, described.text
+    [stage] = described.json()["Stages"]
+    assert [f"canary {e['Kind']}: {e['Message']}" for e in reversed(stage["Events"])] == events
+    fragment = fresh.client.get("/ui/deployments/risky/progress", headers={"HX-Request": "true"}).text
+    assert _events(fragment) == events and _button(fragment, "stop-risky") == ("disabled", "Stop")
     again = fresh.client.post("/ui/deployments/risky/stop", data={"stage": "canary", "csrf_token": csrf})
     assert again.status_code == 412 and "only STARTING or INPROGRESS stages stop" in again.text

@@ -22,8 +22,7 @@ from edgefleet.server.db.schema import (
     StageDevice,
 )
 from edgefleet.server.deployments.records import DeviceDeployment, StageCounts, plan_gate
-from edgefleet.server.deployments.stages import stage_counts
-from edgefleet.server.deployments.watch import stage_events
+from edgefleet.server.deployments.stages import stage_counts, stage_events
 from edgefleet.server.registry import aliases_of
 
 ARN_PREFIX = "arn:edgefleet:"

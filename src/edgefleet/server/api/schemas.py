@@ -355,7 +355,9 @@ class StageWatchOut(Out):
 
 class StageEventOut(Out):
     Time: datetime
-    Kind: str = Field(description="WATCH_ALERT | WATCH_ROLLBACK")
+    Kind: str = Field(
+        description="STAGE_FAILED | STAGE_ROLLBACK | STAGE_STOPPED | WATCH_ALERT | WATCH_ROLLBACK"
+    )
     Message: str
 
 

@@ -37,6 +37,21 @@ class WatchPolicy(enum.StrEnum):
     ALERT_ONLY = "ALERT_ONLY"
 
 
+class EventKind(enum.StrEnum):
+    """What a stage event records (DescribeEdgeDeploymentPlan's ``Events[].Kind``)."""
+
+    #: the stage FAILED: too many of its devices failed, or the drift limit was breached
+    STAGE_FAILED = "STAGE_FAILED"
+    #: the failed stage's devices are asked to roll back (failure policy ROLLBACK_ON_FAILURE)
+    STAGE_ROLLBACK = "STAGE_ROLLBACK"
+    #: an operator stopped the stage: its started devices are asked to roll back
+    STAGE_STOPPED = "STAGE_STOPPED"
+    #: a breach in the watch period under ``ALERT_ONLY``
+    WATCH_ALERT = "WATCH_ALERT"
+    #: a breach in the watch period that rolled the stage back (``ROLLBACK``)
+    WATCH_ROLLBACK = "WATCH_ROLLBACK"
+
+
 class SubsetType(enum.StrEnum):
     """How a stage selects devices (TAGS is an edgefleet extension)."""
 

@@ -1,5 +1,10 @@
 """Operator stage transitions (start, stop) and the stage status derived from its devices
-(:func:`refresh_stage`, :func:`settle_stage`); every transition locks the stage row first."""
+(:func:`refresh_stage`, :func:`settle_stage`); every transition locks the stage row first.
+
+What happens to a stage beyond its status is kept as stage events (:func:`record_event`, read by
+:func:`stage_events`): a stage that fails (``STAGE_FAILED``, with the reason) and, under
+ROLLBACK_ON_FAILURE, the rollback that follows (``STAGE_ROLLBACK``), an operator's stop
+(``STAGE_STOPPED``), and the watch period's alerts and rollbacks (:mod:`.watch`)."""
 
 from __future__ import annotations
 
@@ -16,16 +21,50 @@ from sqlalchemy.orm.interfaces import ORMOption
 from edgefleet.core.deviceplane import FailurePolicy, parse_enum
 from edgefleet.core.errors import FailedPrecondition
 from edgefleet.server.db.paging import paginate
-from edgefleet.server.db.schema import DeploymentPlan, Device, DeviceTag, PlanStage, StageDevice
+from edgefleet.server.db.schema import (
+    DeploymentPlan,
+    Device,
+    DeviceTag,
+    PlanStage,
+    StageDevice,
+    StageEventRow,
+)
 from edgefleet.server.deployments import evidence
 from edgefleet.server.deployments.plans import get_plan, get_stage
-from edgefleet.server.deployments.records import PENDING, StageCounts, StageStatus, SubsetType, change_values
+from edgefleet.server.deployments.records import (
+    PENDING,
+    EventKind,
+    StageCounts,
+    StageStatus,
+    SubsetType,
+    change_values,
+)
 from edgefleet.server.deployments.rollout import DeviceStatus, Rollback, StageEvent, stage_changes
 from edgefleet.server.registry import Approval
 from edgefleet.server.validation import Page
 
 log = logging.getLogger(__name__)
 _ACTIVE_STAGE = {StageStatus.STARTING, StageStatus.INPROGRESS, StageStatus.STOPPING}
+#: stage events DescribeEdgeDeploymentPlan shows per stage (the newest)
+MAX_SHOWN_EVENTS = 20
+
+
+def record_event(session: Session, stage: PlanStage, kind: EventKind, message: str, now: datetime) -> None:
+    """Add a stage event (shown by DescribeEdgeDeploymentPlan, newest first); the caller holds the
+    stage's lock, so replicas never record one transition twice."""
+    session.add(StageEventRow(stage_id=stage.id, at=now, kind=kind.value, message=message))
+
+
+def stage_events(session: Session, stage: PlanStage) -> list[StageEventRow]:
+    """The stage's newest events, newest first."""
+    return list(
+        session.scalars(
+            select(StageEventRow)
+            .where(StageEventRow.stage_id == stage.id)
+            .order_by(StageEventRow.at.desc(), StageEventRow.id.desc())
+            .limit(MAX_SHOWN_EVENTS)
+        )
+    )
 
 
 def stage_counts(session: Session, stage: PlanStage) -> StageCounts:
@@ -224,24 +263,39 @@ def stop_stage(session: Session, plan_name: str, stage_name: str, now: datetime)
         raise FailedPrecondition(
             f"stage {stage_name!r} is {stage.status}; only STARTING or INPROGRESS stages stop"
         )
-    set_rows(session, stage, StageEvent.STOP, now)
+    moved = set_rows(session, stage, StageEvent.STOP, now)
     stage.status = StageStatus.STOPPING.value
     stage.status_message = "stopped by an operator"
+    record_event(
+        session, stage, EventKind.STAGE_STOPPED, f"stopped by an operator: {rollback_summary(moved)}", now
+    )
     stage.updated_at = now
     plan.updated_at = now
     refresh_stage(session, stage, now, locked=True)
     return stage
 
 
-def set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> None:
-    """Apply a stage event to every device row it changes (one UPDATE per change)."""
+def set_rows(session: Session, stage: PlanStage, event: StageEvent, now: datetime) -> dict[DeviceStatus, int]:
+    """Apply a stage event to every device row it changes (one UPDATE per change); returns how many
+    rows moved to each new status."""
+    moved: dict[DeviceStatus, int] = {}
     for sources, change in stage_changes(event, FailurePolicy(stage.failure_policy)):
         values = {**change_values(change, "", None, now), "updated_at": now}
-        session.execute(
+        result = session.execute(
             update(StageDevice)
             .where(StageDevice.stage_id == stage.id, StageDevice.status.in_([s.value for s in sources]))
             .values(**values)
         )
+        count = int(getattr(result, "rowcount", 0) or 0)
+        moved[change.status] = moved.get(change.status, 0) + count
+    return moved
+
+
+def rollback_summary(moved: dict[DeviceStatus, int]) -> str:
+    """What a stage event did to the stage's devices, from :func:`set_rows`' counts."""
+    asked = moved.get(DeviceStatus.STOPPING, 0)
+    stopped = moved.get(DeviceStatus.STOPPED, 0)
+    return f"{asked} device(s) asked to roll back, {stopped} stopped before they started"
 
 
 def _stage_only() -> tuple[ORMOption, ...]:
@@ -371,7 +425,16 @@ def fail_stage(session: Session, stage: PlanStage, reason: str, now: datetime) -
     stage.finished_at = now
     rolls_back = stage.failure_policy == FailurePolicy.ROLLBACK_ON_FAILURE
     stage.status_message = reason + "; rolling the stage back" if rolls_back else reason
-    set_rows(session, stage, StageEvent.FAIL, now)
+    moved = set_rows(session, stage, StageEvent.FAIL, now)
+    record_event(session, stage, EventKind.STAGE_FAILED, reason, now)
+    if rolls_back:
+        record_event(
+            session,
+            stage,
+            EventKind.STAGE_ROLLBACK,
+            f"rolling the stage back: {rollback_summary(moved)}",
+            now,
+        )
 
 
 def settle_stage(session: Session, stage_id: int, now: datetime, *, device_failed: bool) -> None:

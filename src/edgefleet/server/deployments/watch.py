@@ -24,38 +24,13 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from edgefleet.server.db.schema import PlanStage, StageEventRow
+from edgefleet.server.db.schema import PlanStage
 from edgefleet.server.deployments import evidence
-from edgefleet.server.deployments.records import StageStatus, WatchPolicy
+from edgefleet.server.deployments.records import EventKind, StageStatus, WatchPolicy
 from edgefleet.server.deployments.rollout import StageEvent
-from edgefleet.server.deployments.stages import _lock_stage, set_rows
+from edgefleet.server.deployments.stages import _lock_stage, record_event, set_rows
 
 log = logging.getLogger(__name__)
-
-#: stage event kinds the watch records
-WATCH_ALERT = "WATCH_ALERT"
-WATCH_ROLLBACK = "WATCH_ROLLBACK"
-
-
-def record_event(session: Session, stage: PlanStage, kind: str, message: str, now: datetime) -> None:
-    """Add a stage event (shown by DescribeEdgeDeploymentPlan, newest first)."""
-    session.add(StageEventRow(stage_id=stage.id, at=now, kind=kind, message=message))
-
-
-#: stage events DescribeEdgeDeploymentPlan shows per stage (the newest)
-MAX_SHOWN_EVENTS = 20
-
-
-def stage_events(session: Session, stage: PlanStage) -> list[StageEventRow]:
-    """The stage's newest events, newest first."""
-    return list(
-        session.scalars(
-            select(StageEventRow)
-            .where(StageEventRow.stage_id == stage.id)
-            .order_by(StageEventRow.at.desc(), StageEventRow.id.desc())
-            .limit(MAX_SHOWN_EVENTS)
-        )
-    )
 
 
 def watch_stages(session: Session, now: datetime) -> int:
@@ -93,7 +68,7 @@ def check_stage(session: Session, stage: PlanStage, now: datetime) -> None:
     reason = "watch period breached: " + "; ".join(judgement.breaches)
     if plan.watch_policy == WatchPolicy.ALERT_ONLY:
         if stage.watch_breach is None:
-            record_event(session, stage, WATCH_ALERT, reason, now)
+            record_event(session, stage, EventKind.WATCH_ALERT, reason, now)
             log.warning("plan %s stage %s: %s (alert only)", plan.name, stage.name, reason)
         stage.watch_breach = reason
         return
@@ -104,5 +79,5 @@ def check_stage(session: Session, stage: PlanStage, now: datetime) -> None:
     stage.finished_at = now
     stage.updated_at = now
     plan.updated_at = now
-    record_event(session, stage, WATCH_ROLLBACK, reason, now)
+    record_event(session, stage, EventKind.WATCH_ROLLBACK, reason, now)
     log.warning("plan %s stage %s: %s; rolling the stage back", plan.name, stage.name, reason)

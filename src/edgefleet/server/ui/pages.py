@@ -395,7 +395,11 @@ def _plan_context(request: Request, name: str, operator: str) -> dict[str, Any]:
     status = [st_.DeploymentStatus.StageStatus for st_ in plan.Stages]
     startable = next((x.StageName for x in plan.Stages if x.DeploymentStatus.StageStatus in _STARTABLE), None)
     stoppable = next((x.StageName for x in plan.Stages if x.DeploymentStatus.StageStatus in _STOPPABLE), None)
-    events = sorted(((x.StageName, e) for x in plan.Stages for e in x.Events), key=lambda item: item[1].Time)
+    # oldest first over every stage: each stage's events come newest first, and the events of one
+    # transition share its time, so reversing before a stable sort keeps their order
+    events = sorted(
+        ((x.StageName, e) for x in plan.Stages for e in reversed(x.Events)), key=lambda item: item[1].Time
+    )
     return {
         "plan": plan,
         "stage_devices": devices_of,
