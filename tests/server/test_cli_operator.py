@@ -181,6 +181,15 @@ JSON_TESTED_ELSEWHERE = {
         ("agent", sub): "tests/integration/test_agent_cli.py"
         for sub in ("list", "describe", "load", "unload", "predict", "stats")
     },
+    # shadow pairs live in a running agent too (stats --json; load/unload/promote print the pair)
+    **{
+        ("agent", "shadow", sub): "tests/integration/test_agent_shadow.py"
+        for sub in ("load", "unload", "promote", "stats")
+    },
+    ("fleet", "shadows"): "tests/server/test_shadow_reports.py",
+    **{("job", sub): "tests/server/test_jobs.py" for sub in ("compile", "list", "show", "logs", "cancel")},
+    # twins run on this machine, not in the server
+    **{("twin", sub): "tests/twin/test_twin_fleet.py" for sub in ("up", "status")},
 }
 
 

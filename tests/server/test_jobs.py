@@ -265,6 +265,37 @@ def test_cancel_a_queued_job_and_not_a_finished_one(op: Any, tmp_path: Path) -> 
         op.cancel_job(job["JobId"])
 
 
+def test_every_job_command_prints_json_with_json(
+    op: Any, fleet_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edgefleet job compile|list|show|logs|cancel --json`` print the API's answers as JSON (no
+    worker runs here: the submitted job stays QUEUED until it is cancelled)."""
+    import json
+
+    from edgefleet.cli import main as cli_main
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not read by the server")
+
+    def run(*argv: str) -> Any:
+        code = cli_main.main([*argv, "--json", *cli_flags(fleet_server, op)])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return json.loads(out)
+
+    submitted = run(
+        "job", "compile", str(model), "--framework", "onnx", "--target", "linux-x86_64", "--input", "x:1x64"
+    )
+    job_id = submitted["JobId"]
+    assert submitted["State"] == "QUEUED" and submitted["Kind"] == "compile"
+    listed = run("job", "list", "--kind", "compile")
+    assert job_id in [j["JobId"] for j in (listed if isinstance(listed, list) else listed["Jobs"])]
+    assert run("job", "show", job_id)["JobId"] == job_id
+    logs = run("job", "logs", job_id)
+    assert isinstance(logs, (dict, list))
+    assert run("job", "cancel", job_id)["State"] == "CANCELLED"
+
+
 # ------------------------------------------------------------------ record rules on both databases
 
 
