@@ -12,7 +12,9 @@ The counters are cumulative (each device counts since it loaded the version), so
 an interval is derived from two consecutive samples of a series: errors added / requests added. It
 is left out (null) when no request was added, when a sum went down or when the number of devices
 changed: a device reloaded the version (its counters restarted) or joined or left the connected
-set, and the difference would mix devices (as Prometheus' ``rate`` drops a counter reset). Samples
+set, and the difference would mix devices (as Prometheus' ``rate`` drops a counter reset). The
+first point of a series has no earlier sample: its rate is the one since the devices loaded the
+version (errors / requests, the counters started at zero). Samples
 are deleted after ``Timing.summary_retention`` like the drift series.
 """
 
@@ -79,7 +81,9 @@ def with_rates(points: list[FigurePoint]) -> list[FigurePoint]:
     previous: FigurePoint | None = None
     for p in points:
         rate = None
-        if previous is not None and p.devices == previous.devices:
+        if previous is None:
+            rate = p.errors / p.requests if p.requests > 0 else None
+        elif p.devices == previous.devices:
             added, failed = p.requests - previous.requests, p.errors - previous.errors
             if added > 0 and failed >= 0:
                 rate = failed / added
@@ -100,7 +104,8 @@ def sample(db: Database, now: datetime, *, interval: int, connected_window: time
         figures = model_figures(session, now - connected_window)
         if not figures:
             return 0
-        ids = dict(session.execute(select(Fleet.name, Fleet.id).where(Fleet.name.in_({f for f, _, _ in figures}))))
+        names = sorted({f for f, _, _ in figures})
+        ids = {str(n): int(i) for n, i in session.execute(select(Fleet.name, Fleet.id).where(Fleet.name.in_(names)))}
         rows = [
             {
                 "fleet_id": ids[fleet],
@@ -116,8 +121,9 @@ def sample(db: Database, now: datetime, *, interval: int, connected_window: time
             for (fleet, model, version), f in sorted(figures.items())
             if fleet in ids
         ]
-        result = session.execute(_insert_new(session.connection()), rows)
-        written = int(getattr(result, "rowcount", 0) or 0)
+        # RETURNING names the rows this replica wrote (executemany's rowcount is not reliable)
+        stmt = _insert_new(session.connection()).returning(ModelFigureSample.fleet_id)
+        written = len(session.execute(stmt, rows).all())
     if written:
         log.debug("sampled %d model figure series at %s", written, at.isoformat())
     return written
@@ -172,3 +178,19 @@ def figure_series(
             FigurePoint(row.at, row.devices, row.requests, row.errors, row.p50_ms, row.p99_ms)
         )
     return [FigureSeries(f, m, v, with_rates(points)) for (f, m, v), points in grouped.items()]
+
+
+def with_live(
+    series: list[FigureSeries], live: dict[tuple[str, str, str], ModelFigures], now: datetime
+) -> list[FigureSeries]:
+    """``series`` with a last point at ``now`` from figures computed now (``live``, from
+    :func:`~edgefleet.server.metrics.model_figures`; not stored), rated against the last stored
+    sample by the same rule; versions with live figures but no stored sample get a series."""
+    stored = {(s.fleet, s.model_name, s.model_version): s for s in series}
+    out: list[FigureSeries] = []
+    for key in sorted(stored.keys() | live.keys()):
+        points = list(stored[key].points) if key in stored else []
+        if key in live:
+            points.append(point_of(now, live[key]))
+        out.append(FigureSeries(*key, with_rates(points)))
+    return out
