@@ -92,11 +92,23 @@ def with_rates(points: list[FigurePoint]) -> list[FigurePoint]:
     return rated
 
 
+#: bounds of ``Timing.figures_interval``, seconds (below the monitoring tick, intervals go unsampled)
+MIN_INTERVAL, MAX_INTERVAL = 10, 86400
+
+
+def check_interval(seconds: int) -> int:
+    """``seconds`` if it is a usable sampling interval; INVALID_ARGUMENT otherwise."""
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise InvalidArgument(
+            f"the figures interval must be {MIN_INTERVAL}-{MAX_INTERVAL} seconds (got {seconds})"
+        )
+    return seconds
+
+
 def sample(db: Database, now: datetime, *, interval: int, connected_window: timedelta) -> int:
     """Store the current interval's sample of every fleet's model versions unless one is stored
     already (by this or another replica); returns the rows written."""
-    if interval <= 0:
-        raise InvalidArgument(f"figures interval must be a positive number of seconds, got {interval}")
+    check_interval(interval)
     at = interval_start(now, interval)
     with db.session() as session:
         if session.scalar(select(exists().where(ModelFigureSample.at == at))):
