@@ -25,7 +25,9 @@ Db = Database
 INTERVAL = 60
 
 
-def beat(requests: int, errors: int, *, p50: float = 1.0, p99: float = 4.0, version: str = "1") -> devices.Heartbeat:
+def beat(
+    requests: int, errors: int, *, p50: float = 1.0, p99: float = 4.0, version: str = "1"
+) -> devices.Heartbeat:
     return devices.Heartbeat(
         agent_version="1.0",
         models=[
@@ -210,7 +212,9 @@ def test_the_series_reaches_the_api_and_the_dashboard(served: Any) -> None:
     served.clock.advance(INTERVAL)
     with state.db.session() as s:
         for name in names[:-1]:
-            devices.record_heartbeat(s, devices.get_device(s, name), beat(200, 7, version="1"), state.db.now())
+            devices.record_heartbeat(
+                s, devices.get_device(s, name), beat(200, 7, version="1"), state.db.now()
+            )
     # the detector's figures now come from beat(): model "det"; the old version's rows are gone
     assert run_monitoring(state).figures_sampled == 1
     auth = {"Authorization": f"Bearer {served.token}"}

@@ -117,7 +117,10 @@ def sample(db: Database, now: datetime, *, interval: int, connected_window: time
         if not figures:
             return 0
         names = sorted({f for f, _, _ in figures})
-        ids = {str(n): int(i) for n, i in session.execute(select(Fleet.name, Fleet.id).where(Fleet.name.in_(names)))}
+        ids = {
+            str(n): int(i)
+            for n, i in session.execute(select(Fleet.name, Fleet.id).where(Fleet.name.in_(names)))
+        }
         rows = [
             {
                 "fleet_id": ids[fleet],
@@ -174,7 +177,9 @@ def figure_series(
     stmt = (
         select(Fleet.name, ModelFigureSample)
         .join(Fleet, Fleet.id == ModelFigureSample.fleet_id)
-        .order_by(Fleet.name, ModelFigureSample.model_name, ModelFigureSample.model_version, ModelFigureSample.at)
+        .order_by(
+            Fleet.name, ModelFigureSample.model_name, ModelFigureSample.model_version, ModelFigureSample.at
+        )
     )
     if fleet is not None:
         stmt = stmt.where(ModelFigureSample.fleet_id == get_fleet(session, fleet).id)
