@@ -153,6 +153,37 @@ def test_a_counter_reset_or_a_changed_device_set_leaves_the_interval_out(
     assert rates[4] == pytest.approx(3 / 200)
 
 
+def test_replicas_sampling_at_once_write_each_interval_once(
+    db: Db, aligned: FakeClock, tmp_path: Path
+) -> None:
+    """Two replicas sample the same intervals at the same moment: each series gets one row per
+    interval, written by one of them (the other's insert is ignored on the key)."""
+    import threading
+
+    serials = enrolled_fleet(db, "line-1", ["cam-a", "cam-b"])
+    send(db, serials, "line-1", {"cam-a": beat(10, 0), "cam-b": beat(10, 0, version="2")})
+    window = timedelta(days=1)
+    totals: list[int] = []
+    for _ in range(3):
+        barrier = threading.Barrier(2)
+        written: list[int] = []
+
+        def one_replica(barrier: threading.Barrier, written: list[int]) -> None:
+            barrier.wait()
+            written.append(figures.sample(db, db.now(), interval=INTERVAL, connected_window=window))
+
+        threads = [threading.Thread(target=one_replica, args=(barrier, written)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(written) == 2
+        totals.append(sum(written))
+        aligned.advance(INTERVAL)
+    assert totals == [2, 2, 2]
+    assert rows(db) == 6
+
+
 def test_retention_deletes_old_samples(db: Db, aligned: FakeClock, tmp_path: Path) -> None:
     from edgefleet.server.jobs import run_monitoring, run_once
 
