@@ -110,6 +110,13 @@ def add_parser(sub: Any) -> None:
         help="seconds of each bucket of the stored drift score series that alerts watch (default: 3600)",
     )
     parser.add_argument(
+        "--figures-interval",
+        type=int,
+        default=60,
+        help="seconds between two samples of the stored model figures series (latency, requests, "
+        "errors per fleet and model version; default: 60)",
+    )
+    parser.add_argument(
         "--webhook-give-up",
         type=float,
         default=86400.0,
@@ -175,8 +182,10 @@ def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~edgefleet.server.config.ServerConfig` for parsed flags."""
     from edgefleet.server.config import JobPolicy, ServerConfig, Timing, WebhookPolicy, default_data_dir
     from edgefleet.server.drift import check_bucket
+    from edgefleet.server.figures import check_interval
 
     check_bucket(args.drift_bucket)
+    check_interval(args.figures_interval)
 
     return ServerConfig(
         data_dir=args.data_dir or default_data_dir(),
@@ -203,6 +212,7 @@ def build_config(args: argparse.Namespace) -> Any:
             capture_retention=args.capture_retention,
             capture_upload_url_ttl=args.capture_upload_url_ttl,
             drift_bucket=args.drift_bucket,
+            figures_interval=args.figures_interval,
             ui_session_ttl=args.ui_session_ttl,
         ),
         webhooks=WebhookPolicy(give_up_after=args.webhook_give_up),

@@ -73,6 +73,9 @@ class Timing:
     #: how often each replica scores complete drift buckets, evaluates alert rules and posts due
     #: webhooks (the rest of the periodic work keeps ``job_tick``)
     monitoring_tick: float = 30.0
+    #: length of the stored model figures time series' intervals (aligned to the Unix epoch): the
+    #: periodic work samples each fleet's model versions once per interval (at its monitoring tick)
+    figures_interval: int = 60
     #: length of the stored drift time series' buckets (aligned to the Unix epoch)
     drift_bucket: int = 3600
     #: a bucket is scored this long after it ends (windows arrive with the next heartbeats)

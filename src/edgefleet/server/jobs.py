@@ -1,13 +1,14 @@
 """Periodic work every replica runs: due fleet reports, stage refreshes (device timeouts), the
 watch periods of DEPLOYED stages, the deletion of model summary windows, drift scores and capture index
 rows past their retention, jobs whose worker was lost (their lease ran out: re-queued or failed,
-every monitoring tick), and drift monitoring (scoring complete buckets into the stored time series, alert rules,
-webhook deliveries).
+every monitoring tick), the model figures time series (one sample per fleet's model version and
+interval, every monitoring tick; deleted after the summary retention), and drift monitoring (scoring
+complete buckets into the stored time series, alert rules, webhook deliveries).
 
 Safe with several replicas: report generation is claimed through a lease row
 (:func:`edgefleet.server.reports.regenerate_due_reports`), stage refreshes lock the stage row, a
-drift bucket is written under its row's lock, a rule is evaluated under its row's lock and webhook
-deliveries are claimed with ``SKIP LOCKED``, so running them on every replica only costs a few
+drift bucket is written under its row's lock, a rule is evaluated under its row's lock, a figures sample is one row per
+series and interval (insert-ignore) and webhook deliveries are claimed with ``SKIP LOCKED``, so running them on every replica only costs a few
 queries.
 """
 
@@ -22,7 +23,7 @@ from datetime import timedelta
 
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.server import alerts, captures, drift, tasks, webhooks
+from edgefleet.server import alerts, captures, drift, figures, tasks, webhooks
 from edgefleet.server.api.state import AppState
 from edgefleet.server.deployments.stages import refresh_active_stages
 from edgefleet.server.deployments.watch import watch_stages
@@ -38,16 +39,22 @@ class MonitoringRound:
     buckets_scored: int
     alerts: list[alerts.Change]
     webhooks: webhooks.Outcome
+    #: model figure samples written (0 when this interval was sampled already)
+    figures_sampled: int = 0
 
 
 def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
-    """Re-queue (or fail) jobs whose worker was lost, score complete drift buckets, reconcile alert
-    rules with them, post due webhooks."""
+    """Re-queue (or fail) jobs whose worker was lost, sample the model figures of the current
+    interval, score complete drift buckets, reconcile alert rules with them, post due webhooks."""
     tasks.reap_expired(state.db, state.queue)
+    timing = state.config.timing
+    sampled = figures.sample(
+        state.db, state.db.now(), interval=timing.figures_interval, connected_window=state.connected_window
+    )
     scored = state.drift_scorer.run(state.db.now())
-    changes = alerts.evaluate(state.db, lookback=timedelta(seconds=state.config.timing.drift_lookback))
+    changes = alerts.evaluate(state.db, lookback=timedelta(seconds=timing.drift_lookback))
     outcome = webhooks.deliver_due(state.db, state.config.webhooks, rng=rng)
-    return MonitoringRound(len(scored), changes, outcome)
+    return MonitoringRound(len(scored), changes, outcome, sampled)
 
 
 def run_once(state: AppState) -> list[str]:
@@ -69,6 +76,8 @@ def run_once(state: AppState) -> list[str]:
         drift.purge_windows(session, retained)
     with state.db.session() as session:
         drift.purge_scores(session, retained)
+    with state.db.session() as session:
+        figures.purge(session, retained)
     if timing.capture_retention > 0:
         with state.db.session() as session:
             captures.purge_objects(session, state.db.now() - timedelta(seconds=timing.capture_retention))

@@ -1,4 +1,4 @@
-"""Operator API: fleets, fleet reports and the fleet's shadow figures."""
+"""Operator API: fleets, fleet reports, the fleet's shadow figures and its model figures time series."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from edgefleet.server import fleets, reports, shadows
+from edgefleet.server import figures, fleets, reports, shadows
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
 from edgefleet.server.api.auth import app_state, operator
@@ -150,4 +150,28 @@ def get_shadows(
             )
             for p in pairs
         ],
+    )
+
+
+@router.get(
+    "/{name}/figures", response_model=s.FleetFiguresOut, summary="The fleet's model figures time series"
+)
+def get_figures(
+    name: str,
+    request: Request,
+    actor: Actor,
+    ModelName: str | None = None,
+    ModelVersion: str | None = None,
+    Since: datetime | None = None,
+) -> s.FleetFiguresOut:
+    """Per model version, the stored samples of its connected devices' figures (one per interval):
+    devices, cumulative requests and errors, each interval's error rate, p50 and p99 latency."""
+    since = None if Since is None else Since if Since.tzinfo else Since.replace(tzinfo=UTC)
+    st = app_state(request)
+    with st.db.session() as session:
+        series = figures.figure_series(session, name, ModelName, ModelVersion, since)
+    return s.FleetFiguresOut(
+        DeviceFleetName=name,
+        IntervalSeconds=st.config.timing.figures_interval,
+        Series=[render.figure_series(one) for one in series],
     )

@@ -23,6 +23,7 @@ from edgefleet.server.db.schema import (
 )
 from edgefleet.server.deployments.records import DeviceDeployment, StageCounts, plan_gate
 from edgefleet.server.deployments.stages import stage_counts, stage_events
+from edgefleet.server.figures import FigureSeries
 from edgefleet.server.registry import aliases_of
 
 ARN_PREFIX = "arn:edgefleet:"
@@ -328,4 +329,24 @@ def capture_object(row: CaptureObject) -> s.CaptureObjectOut:
         FirstInferenceTime=row.first_inference_at,
         LastInferenceTime=row.last_inference_at,
         ReportedTime=row.reported_at,
+    )
+
+
+def figure_series(series: FigureSeries) -> s.FigureSeriesOut:
+    """One fleet's model version figures time series (``GET /fleets/{fleet}/figures``)."""
+    return s.FigureSeriesOut(
+        ModelName=series.model_name,
+        ModelVersion=series.model_version,
+        Points=[
+            s.FigurePointOut(
+                Time=p.at,
+                DeviceCount=p.devices,
+                Requests=p.requests,
+                Errors=p.errors,
+                ErrorRate=p.error_rate,
+                LatencyP50Ms=p.p50_ms,
+                LatencyP99Ms=p.p99_ms,
+            )
+            for p in series.points
+        ],
     )

@@ -758,6 +758,31 @@ class FleetShadowsOut(Out):
     ShadowPairs: list[ShadowPairOut]
 
 
+class FigurePointOut(Out):
+    Time: datetime = Field(description="start of the sampled interval")
+    DeviceCount: int = Field(description="connected devices reporting the version")
+    Requests: float = Field(description="the devices' cumulative Predict counters, summed")
+    Errors: float = Field(description="the devices' cumulative failed-Predict counters, summed")
+    ErrorRate: float | None = Field(
+        description="errors / requests added since the previous sample; null when none were added, a "
+        "sum went down or the device count changed (a counter restarted or the device set changed)"
+    )
+    LatencyP50Ms: float | None = Field(description="median of the devices' p50 latencies")
+    LatencyP99Ms: float | None = Field(description="highest of the devices' p99 latencies (worst device)")
+
+
+class FigureSeriesOut(Out):
+    ModelName: str
+    ModelVersion: str
+    Points: list[FigurePointOut] = Field(description="oldest first")
+
+
+class FleetFiguresOut(Out):
+    DeviceFleetName: str
+    IntervalSeconds: int
+    Series: list[FigureSeriesOut]
+
+
 # ------------------------------------------------------------------------------------ capture plane
 
 

@@ -580,6 +580,31 @@ class DriftScoreRow(Base):
     )
 
 
+class ModelFigureSample(Base):
+    """One sample of a fleet's model version figures, per interval (``Timing.figures_interval``):
+    what :func:`edgefleet.server.metrics.model_figures` computed from the connected devices'
+    latest heartbeats when the periodic work first sampled the interval (``at``: its start).
+
+    ``requests`` and ``errors`` are the devices' cumulative counters (since each device loaded
+    the version) summed; the error rate of an interval is derived from two consecutive samples
+    (:func:`edgefleet.server.figures.figure_series`). One row per series and interval (the unique
+    key), however many replicas sample it.
+    """
+
+    __tablename__ = "model_figure_samples"
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    devices: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[float] = mapped_column(Float)
+    errors: Mapped[float] = mapped_column(Float)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p99_ms: Mapped[float | None] = mapped_column(Float)
+    # the retention purge deletes by time across series
+    __table_args__ = (Index("ix_model_figure_samples_at", "at"),)
+
+
 class AlertRuleRow(Base):
     """Drift thresholds of a model (optionally one fleet, one version) and where events are posted."""
 

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 
 from edgefleet.core.errors import EdgefleetError, InvalidArgument, PermissionDenied
-from edgefleet.server import captures, devices, drift, fleets, metrics, registry, reports
+from edgefleet.server import captures, devices, drift, figures, fleets, metrics, registry, reports
 from edgefleet.server.api import deployments as api_deployments
 from edgefleet.server.api import models as api_models
 from edgefleet.server.api import render as bodies
@@ -507,6 +507,34 @@ def figures_data(request: Request, info: Info, fleet: str = "") -> Response:
                     "p99_ms": fig.p99_ms,
                 }
                 for (f, m, v), fig in sorted(figures.items())
+            ],
+        }
+    )
+
+
+@router.get("/data/figures/history")
+def figures_history(request: Request, info: Info, fleet: str = "", hours: int = 24) -> Response:
+    """The stored model figures time series of the last ``hours`` (the API's
+    ``GET /fleets/{fleet}/figures`` bodies, per fleet), each series ending with a point computed
+    now from the connected devices' latest heartbeats, so the charts draw the history and move on."""
+    st = app_state(request)
+    if not 1 <= hours <= 24 * 90:
+        raise Refused(InvalidArgument(f"hours must be between 1 and {24 * 90}, got {hours}"))
+    now = st.db.now()
+    try:
+        with st.db.session() as session:
+            fleet_id = fleets.get_fleet(session, fleet).id if fleet else None
+            stored = figures.figure_series(session, fleet or None, since=now - timedelta(hours=hours))
+            live = metrics.model_figures(session, now - st.connected_window, fleet_id)
+    except EdgefleetError as exc:
+        raise Refused(exc) from exc
+    return json_response(
+        {
+            "time": now.timestamp(),
+            "interval": st.config.timing.figures_interval,
+            "series": [
+                {"fleet": one.fleet, **bodies.figure_series(one).model_dump(mode="json")}
+                for one in figures.with_live(stored, live, now)
             ],
         }
     )

@@ -1,10 +1,9 @@
-// Monitoring charts (uPlot): figures sampled from /ui/data/figures, drift from /ui/data/drift.
+// Monitoring charts (uPlot): the stored figures series from /ui/data/figures/history, drift from /ui/data/drift.
 (function () {
   "use strict";
   const params = new URLSearchParams(window.location.search);
   const fleet = params.get("fleet") || "";
   const query = fleet ? "?fleet=" + encodeURIComponent(fleet) : "";
-  const samples = new Map(); // series label -> [[t, p99, errorRate], ...]
   const plots = {};
   const palette = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#57606a"];
 
@@ -63,19 +62,15 @@
     });
   }
 
+  // the stored figures time series (one sample per interval) with a last point computed now
   function figures() {
-    getJSON("/ui/data/figures" + query).then(function (body) {
-      body.series.forEach(function (s) {
-        const label = s.fleet + " " + s.model + ":" + s.version;
-        if (!samples.has(label)) samples.set(label, []);
-        const list = samples.get(label);
-        list.push([body.time, s.p99_ms, s.error_rate]);
-        if (list.length > 2000) list.shift();
-      });
+    getJSON("/ui/data/figures/history" + query).then(function (body) {
       const latency = [], errors = [];
-      samples.forEach(function (list, label) {
-        latency.push({ label: label, points: list.filter(function (p) { return p[1] !== null; }).map(function (p) { return [p[0], p[1]]; }) });
-        errors.push({ label: label, points: list.filter(function (p) { return p[2] !== null; }).map(function (p) { return [p[0], p[2]]; }) });
+      body.series.forEach(function (s) {
+        const label = s.fleet + " " + s.ModelName + ":" + s.ModelVersion;
+        const points = s.Points.map(function (p) { return [Date.parse(p.Time) / 1000, p.LatencyP99Ms, p.ErrorRate]; });
+        latency.push({ label: label, points: points.filter(function (p) { return p[1] !== null; }).map(function (p) { return [p[0], p[1]]; }) });
+        errors.push({ label: label, points: points.filter(function (p) { return p[2] !== null; }).map(function (p) { return [p[0], p[2]]; }) });
       });
       const a = align(latency.filter(function (s) { return s.points.length; }));
       draw("chart-latency", a.labels, a.xs, a.columns);
