@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "demo": ("demo", "demo"),
     "compile": ("compile", "compiler"),
     "server": ("server", "server"),
+    "worker": ("worker", "server"),
+    "job": ("job", "cli"),
     "admin": ("admin", "server"),
     "fleet": ("fleet", "cli"),
     "device": ("device", None),  # the daemon's commands need nothing; the operator's ones need cli
@@ -57,9 +59,11 @@ EXTRA_OF_MODULE: dict[str, str] = {
             "botocore",
             "uvloop",
             "httptools",
+            "huey",
         ),
         "server",
     ),
+    "redis": "scale",
     **dict.fromkeys(("httpx", "httpcore", "rich"), "cli"),
     **dict.fromkeys(
         ("onnx", "onnxsim", "skl2onnx", "onnxmltools", "sklearn", "xgboost", "lightgbm", "PIL"), "compiler"
@@ -72,6 +76,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
 #: extra -> the extras whose modules it installs too (pyproject.toml's optional-dependencies)
 _CONTAINS: dict[str, set[str]] = {
     "server": {"server", "cli"},
+    "scale": {"scale", "server", "cli"},
     "compiler": {"compiler"},
     "demo": {"demo", "compiler", "server", "cli", "litert"},
 }

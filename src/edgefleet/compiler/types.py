@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.core.errors import Code, EdgefleetError, FailedPrecondition
+from edgefleet.core.targets import TargetSpec as TargetSpec  # the catalogue's record lives in core
 
 #: Progress sink: one human-readable line per call (the job appends it to its log).
 LogFn = Callable[[str], None]
@@ -35,32 +36,6 @@ class Quantization(enum.StrEnum):
     NONE = "none"
     INT8 = "int8"
     FP16 = "fp16"
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """A device class from the target catalogue (see docs/targets.md).
-
-    ``backends``: runtime names that can serve this target, in order of preference.
-    ``cpu_features``: the instruction-set extensions artifacts may assume on the device.
-    ``llvm_triple``/``llvm_mcpu``/``llvm_mattr``: what native-code builders (TVM) compile for.
-    ``cross_compiler``: the C compiler/linker for shared libraries when it differs from the host's
-    (``None`` = the host's ``cc``).
-    ``fp16_compute``: whether the CPU computes fp16 natively (else fp16 only halves the size).
-    """
-
-    name: str
-    os: str
-    arch: str
-    description: str
-    backends: tuple[str, ...]
-    cpu_features: tuple[str, ...]
-    llvm_triple: str
-    llvm_mcpu: str
-    llvm_mattr: tuple[str, ...] = ()
-    accelerator: str = "none"
-    cross_compiler: str | None = None
-    fp16_compute: bool = False
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,35 @@ class FleetClient:
         params = {"AlertRuleName": rule, "DeviceFleetName": fleet, "OpenOnly": "true" if open_only else None}
         return self._pages(f"/api/v1/models/{model}/alert-events", "AlertEvents", params)
 
+    # ------------------------------------------------------------------ jobs
+
+    def submit_job(self, kind: str, params: Json, *, max_attempts: int | None = None) -> Json:
+        """Submit a job of ``kind`` (``compile``, ``wait``) with its parameters."""
+        body: Json = {"Kind": kind, kind.capitalize(): params}
+        if max_attempts is not None:
+            body["MaxAttempts"] = max_attempts
+        result: Json = self.request("POST", "/api/v1/jobs", json=body)
+        return result
+
+    def list_jobs(self, *, state: str | None = None, kind: str | None = None) -> Iterator[Json]:
+        """Jobs, newest first."""
+        return self._pages("/api/v1/jobs", "Jobs", {"State": state, "Kind": kind})
+
+    def describe_job(self, job_id: str) -> Json:
+        result: Json = self.request("GET", f"/api/v1/jobs/{quote(job_id, safe='')}")
+        return result
+
+    def cancel_job(self, job_id: str) -> Json:
+        result: Json = self.request("POST", f"/api/v1/jobs/{quote(job_id, safe='')}/cancel")
+        return result
+
+    def job_logs(self, job_id: str, *, after: int = 0) -> Json:
+        """The job's log lines after line id ``after`` (``LastId`` of the answer continues), and its state."""
+        result: Json = self.request(
+            "GET", f"/api/v1/jobs/{quote(job_id, safe='')}/logs", params={"After": after}
+        )
+        return result
+
     def set_alias(self, name: str, alias: str, version: str) -> Json:
         result: Json = self.request(
             "PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"ModelVersion": version}

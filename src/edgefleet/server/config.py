@@ -100,6 +100,20 @@ class WebhookPolicy:
 
 
 @dataclass(frozen=True)
+class JobPolicy:
+    """How jobs on the task queue (server/tasks.py, ``edgefleet worker``) are leased and retried."""
+
+    #: a RUNNING attempt not heard from for this long lost its worker and is re-queued, seconds
+    lease: float = 60.0
+    #: how often a worker renews its lease and flushes progress and log lines, seconds
+    heartbeat: float = 10.0
+    #: attempts a job gets before a lost worker fails it (re-queued after a lost lease until then)
+    max_attempts: int = 3
+    #: longest ``wait`` job (the diagnostic kind), seconds
+    max_wait: float = 3600.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything ``edgefleet server`` needs to run; the CLI fills it from flags."""
 
@@ -112,6 +126,9 @@ class ServerConfig:
     #: capture store URI devices' captured data goes to (``s3://bucket/prefix``, ``file:///dir``);
     #: default: ``data_dir/captures``
     captures_uri: str | None = None
+    #: task queue URL: ``sqlite:///file`` (embedded) or ``redis://host:port/db`` (workers on other
+    #: machines); default: ``queue.db`` (SQLite) in ``data_dir``
+    queue_url: str | None = None
     #: S3 endpoint for S3-protocol stores other than AWS (MinIO, moto, Ceph ...)
     s3_endpoint_url: str | None = None
     #: directory of trusted signer certificates checked on package upload; default ``data_dir/trust``
@@ -140,11 +157,17 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
+    jobs: JobPolicy = field(default_factory=JobPolicy)
 
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to ``edgefleet.db`` in the data directory."""
         return self.database_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"
+
+    @property
+    def resolved_queue_url(self) -> str:
+        """The task queue URL, defaulting to ``queue.db`` (SQLite) in the data directory."""
+        return self.queue_url or f"sqlite:///{(self.data_dir / 'queue.db').resolve()}"
 
     @property
     def resolved_artifacts_uri(self) -> str:

@@ -1,6 +1,7 @@
 """Periodic work every replica runs: due fleet reports, stage refreshes (device timeouts), the
 watch periods of DEPLOYED stages, the deletion of model summary windows, drift scores and capture index
-rows past their retention, and drift monitoring (scoring complete buckets into the stored time series, alert rules,
+rows past their retention, jobs whose worker was lost (their lease ran out: re-queued or failed,
+every monitoring tick), and drift monitoring (scoring complete buckets into the stored time series, alert rules,
 webhook deliveries).
 
 Safe with several replicas: report generation is claimed through a lease row
@@ -21,7 +22,7 @@ from datetime import timedelta
 
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.server import alerts, captures, drift, webhooks
+from edgefleet.server import alerts, captures, drift, tasks, webhooks
 from edgefleet.server.api.state import AppState
 from edgefleet.server.deployments.stages import refresh_active_stages
 from edgefleet.server.deployments.watch import watch_stages
@@ -40,7 +41,9 @@ class MonitoringRound:
 
 
 def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
-    """Score complete drift buckets, reconcile alert rules with them, post due webhooks."""
+    """Re-queue (or fail) jobs whose worker was lost, score complete drift buckets, reconcile alert
+    rules with them, post due webhooks."""
+    tasks.reap_expired(state.db, state.queue)
     scored = state.drift_scorer.run(state.db.now())
     changes = alerts.evaluate(state.db, lookback=timedelta(seconds=state.config.timing.drift_lookback))
     outcome = webhooks.deliver_due(state.db, state.config.webhooks, rng=rng)

@@ -21,6 +21,7 @@ from edgefleet.server.api import (
     drift,
     enrolment,
     fleets,
+    jobs,
     models,
 )
 from edgefleet.server.api.auth import app_state
@@ -78,6 +79,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         deployments.router,
         drift.router,
         alerts.router,
+        jobs.router,
         enrolment.router,
         device_plane.router,
         capture_plane.router,

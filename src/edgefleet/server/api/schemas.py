@@ -783,3 +783,91 @@ class AlertEventOut(Out):
 class AlertEventList(Out):
     AlertEvents: list[AlertEventOut]
     NextToken: str | None
+
+
+# -------------------------------------------------------------------------------------------- jobs
+
+
+class CompileJobSpec(Strict):
+    """A compile job (docs/compiler.md): the files are paths on the workers' machines."""
+
+    Model: str = Field(description="absolute path of the trained model file")
+    Framework: str = Field(description="onnx, pytorch, sklearn, xgboost, lightgbm or tflite")
+    Target: str = Field(description="device class (docs/targets.md)")
+    Inputs: list[str] = Field(default_factory=list, description="NAME:SHAPE[:DTYPE][:batch=AXIS|none] each")
+    Backend: str = "auto"
+    Quantize: str = "auto"
+    Calibration: str | None = None
+    Validation: str | None = None
+    MaxAccuracyDrop: float = Field(default=1.0, ge=0)
+    Threads: int = Field(default=0, ge=0, le=1024)
+    BenchmarkSeconds: float = Field(default=2.0, gt=0, le=3600)
+    TuneTrials: int = Field(default=0, ge=0, le=MAX_INT32)
+    TuneMinutes: float = Field(default=0.0, ge=0)
+
+
+class WaitJobSpec(Strict):
+    """A diagnostic job: waits until the file ``Path`` exists on the worker's machine, then writes
+    ``Touch`` (when given) and succeeds; fails after ``TimeoutSeconds``."""
+
+    Path: str
+    Touch: str | None = None
+    TimeoutSeconds: float = Field(default=600.0, gt=0)
+
+
+class JobRequest(Strict):
+    """``Kind`` and the parameters of that kind (``Compile`` or ``Wait``)."""
+
+    Kind: str = Field(description="compile or wait")
+    Compile: CompileJobSpec | None = None
+    Wait: WaitJobSpec | None = None
+    MaxAttempts: int | None = Field(default=None, ge=1, le=20, description="default: the server's")
+
+
+class JobProgress(Out):
+    Fraction: float
+    Message: str | None
+
+
+class JobErrorOut(Out):
+    Code: str
+    Message: str
+
+
+class JobOut(Out):
+    JobId: str
+    Kind: str
+    State: str
+    Params: dict[str, Any]
+    Attempt: int
+    MaxAttempts: int
+    WorkerId: str | None
+    LeaseExpiresAt: datetime | None
+    LastHeartbeatAt: datetime | None
+    Progress: JobProgress
+    Result: dict[str, Any] | None
+    Error: JobErrorOut | None
+    CreationTime: datetime
+    CreatedBy: str
+    StartTime: datetime | None
+    EndTime: datetime | None
+
+
+class JobList(Out):
+    Jobs: list[JobOut]
+    NextToken: str | None
+
+
+class JobLogLine(Out):
+    Id: int
+    Attempt: int
+    Time: datetime
+    Line: str
+
+
+class JobLogs(Out):
+    JobId: str
+    State: str
+    Lines: list[JobLogLine]
+    #: give it as ``After`` to read the lines that follow
+    LastId: int

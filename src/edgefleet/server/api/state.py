@@ -17,6 +17,7 @@ from edgefleet.server.deviceplane.poll import PollService
 from edgefleet.server.deviceplane.result import ResultService
 from edgefleet.server.drift import DriftScorer
 from edgefleet.server.metrics import ServerMetrics
+from edgefleet.server.queue import JobQueue
 from edgefleet.storage import ObjectStore, StoreOptions, open_store
 
 
@@ -43,11 +44,15 @@ class AppState:
     drift_scorer: DriftScorer = field(init=False)
     #: Prometheus series of this replica (default: single-process; the runner's workers share files)
     metrics: ServerMetrics = field(default=None)  # type: ignore[assignment]
+    #: the task queue jobs are enqueued on (default: opened from ``config.resolved_queue_url``)
+    queue: JobQueue = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.captures is None:
             options = StoreOptions(what="capture object", s3_endpoint_url=self.config.s3_endpoint_url)
             self.captures = open_store(self.config.resolved_captures_uri, options, purpose="capture store")
+        if self.queue is None:
+            self.queue = JobQueue(self.config.resolved_queue_url)
         if self.metrics is None:
             self.metrics = ServerMetrics(self.db, self.connected_window)
         self.heartbeats = HeartbeatService(self.db)
@@ -66,6 +71,7 @@ class AppState:
         """Stop the services' batch threads (after finishing what they hold), then close the database."""
         for service in (self.heartbeats, self.polls, self.results, self.downloads):
             service.close()
+        self.queue.close()
         self.db.close()
 
     @property

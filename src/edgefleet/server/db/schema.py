@@ -628,3 +628,49 @@ class WebhookDeliveryRow(Base):
     failed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (Index("ix_webhook_deliveries_due", "next_attempt_at"),)
+
+
+class JobRow(Base):
+    """A job on the task queue (server/tasks.py): its request, state, current attempt and lease,
+    progress and outcome. Workers change it only with conditional updates fenced by ``attempt``
+    (and ``worker_id`` while RUNNING), so a duplicate or late delivery cannot finish it twice."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    params: Mapped[dict[str, Any]]
+    #: QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED
+    state: Mapped[str] = mapped_column(String(10))
+    #: the attempt queued or running (1 for the first)
+    attempt: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    #: the worker running the attempt (None while QUEUED)
+    worker_id: Mapped[str | None] = mapped_column(String(100))
+    #: a RUNNING attempt whose lease ran out lost its worker (the periodic work's reaper)
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_message: Mapped[str | None] = mapped_column(String(500))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(30))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    __table_args__ = (
+        Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+    )
+
+
+class JobLogRow(Base):
+    """One line of a job's log, append-only, in order of ``id``."""
+
+    __tablename__ = "job_logs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    logged_at: Mapped[datetime]
+    line: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
