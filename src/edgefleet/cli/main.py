@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "capture": ("capture", "cli"),
     "alert": ("alert", "cli"),
     "simulate": ("simulate", None),
+    "twin": ("twin", "cli"),
 }
 
 #: top-level module -> the pip extra that installs it (the one place that knows)
