@@ -191,13 +191,17 @@ class ShadowPair:
                 if len(self._queue) >= self.settings.max_queue:
                     self.dropped += 1
                     return
-            # a client's shared memory is reused once the call returns: copy it (outside the lock)
+            # a client's shared memory is reused once the call returns: copy it (outside the lock);
+            # so are outputs that may view it (a runtime may answer with its input's memory)
             kept = {name: a if bytes_backed(a) else a.copy() for name, a in inputs.items()}
+            answers = [
+                a if a.flags.owndata or bytes_backed(a) else a.copy() for a in map(np.asarray, outputs)
+            ]
             with self._cond:
                 if len(self._queue) >= self.settings.max_queue:
                     self.dropped += 1
                     return
-                self._queue.append((kept, outputs))
+                self._queue.append((kept, answers))
                 self.mirrored += 1
                 self._cond.notify()
         except Exception:  # a bug here must not fail the champion's call
