@@ -9,6 +9,11 @@ requests/second with 1, 2 and 4 concurrent client processes. The throughput runs
 --repeat rounds, the ratio to one client the median of each round's ratio.
 Needs torch==2.13.0 for ResNet-18.
 
+The shadow case (also alone with --shadow-only): ResNet-18 on an agent with intra_op_threads = 1,
+the champion's Predict p50 through a handle while a shadow (a second ResNet-18) mirrors every
+request, against the same handle with no shadow, in interleaved rounds on the same agent; the
+figure is the ratio of the medians of the rounds' p50s (budget: at most 1.05).
+
 A second reference, the "bare grpcio floor", is measured in the same run: the least a Python gRPC
 server can do, a grpcio server on a Unix socket whose one method takes the raw input bytes, runs the
 same ONNX Runtime session with the same options as the agent and returns the raw output bytes (no
@@ -286,6 +291,42 @@ def scaling_runs(
     return rates
 
 
+def shadow_cost(
+    client: Any, model: str, inputs: dict[str, np.ndarray], iterations: int, rounds: int = 20
+) -> None:
+    """Champion p50 through handle ``champ`` with a shadow mirroring every call against no shadow."""
+    client.set_handle("champ", model)
+    for _ in range(20):  # warm the champion and the shadow alike
+        client.predict("champ", inputs)
+        client.predict(f"{model}-shadow", inputs)
+    calls = max(10, iterations // 10)
+    on_p50s, off_p50s, deltas = [], [], []
+    mirrored = agreed = 0
+    for _round in range(rounds):
+        client.load_shadow("champ", f"{model}-shadow", sample_rate=1.0)
+        on_p50s.append(float(np.median(measure(lambda: client.predict("champ", inputs), calls))))
+        # the last mirrored call finishes before the round without a shadow starts
+        while (pair := client.shadow_statistics("champ")[0]).completed + pair.shadow_errors < pair.mirrored:
+            time.sleep(0.005)
+        final = client.unload_shadow("champ")
+        mirrored += final.mirrored
+        agreed += final.agreed
+        off_p50s.append(float(np.median(measure(lambda: client.predict("champ", inputs), calls))))
+        deltas.append(on_p50s[-1] - off_p50s[-1])
+    on, off = float(np.median(on_p50s)), float(np.median(off_p50s))
+    print(
+        f"\nshadow testing, {model}, agent.intra_op_threads = 1, fast path System V shm ({rounds} interleaved "
+        f"rounds of {calls} calls; medians of the rounds' p50s):"
+    )
+    print(f"  champion, a shadow mirroring every request  p50 {on:8.3f} ms")
+    print(f"  champion, no shadow                          p50 {off:8.3f} ms")
+    print(
+        f"  ratio {on / off:.3f}x (budget 1.050x), median round difference {float(np.median(deltas)):+.3f} ms; "
+        f"{mirrored} calls mirrored, {agreed} agreed"
+    )
+    client.remove_handle("champ")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -303,6 +344,11 @@ def main() -> int:
         "--summaries-only",
         action="store_true",
         help="only the model-summaries cost (summaries on against off, two agents started alike)",
+    )
+    parser.add_argument(
+        "--shadow-only",
+        action="store_true",
+        help="only the shadow-testing cost (ResNet-18, a shadow mirroring every request against none)",
     )
     parser.add_argument(
         "--no-spinning",
@@ -394,6 +440,14 @@ def main() -> int:
         so = ort.SessionOptions()
         so.inter_op_num_threads = 1
         image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        if args.shadow_only:
+            if resnet_onnx is None:
+                raise SystemExit("the shadow case needs ResNet-18 (torch==2.13.0)")
+            shadow_agent = start_agent("shadow", "intra_op_threads = 1\n")
+            with AgentClient(shadow_agent, timeout=60, shm_threshold=0) as c:
+                c.load(str(packages["resnet18"]), "resnet18-shadow")
+                shadow_cost(c, "resnet18", {"input": image}, args.iterations)
+            return 0
         if resnet_onnx is not None and not args.summaries_only:
             session = ort.InferenceSession(str(resnet_onnx), so, providers=["CPUExecutionProvider"])
             inline = AgentClient(address, shm_threshold=1 << 62, fast_path=False)
@@ -514,6 +568,11 @@ def main() -> int:
 
         if args.summaries_only:
             return 0
+        if resnet_onnx is not None:
+            shadow_agent = start_agent("shadow", "intra_op_threads = 1\n")
+            with AgentClient(shadow_agent, timeout=60, shm_threshold=0) as c:
+                c.load(str(packages["resnet18"]), "resnet18-shadow")
+                shadow_cost(c, "resnet18", {"input": image}, args.iterations)
         scaling("agent over gRPC, default config", address, "digits", {name: x})
         scaling("agent over its fast path, default config", address, "digits", {name: x}, "fast")
         scaling("bare grpcio floor", bare_address, "digits", {name: x}, "bare")

@@ -192,6 +192,8 @@ class ModelRegistry:
         self._slots: dict[str, ModelSlot] = {}
         # stable handle -> alias (extension "model-handles"); lookups are lock-free dict reads
         self._handles: dict[str, str] = {}
+        # handle -> the alias paired with it as its shadow (extension "shadow-models")
+        self._shadows: dict[str, str] = {}
         self._reserved_bytes = 0
 
     # -- lookups (lock-free reads: dict get is atomic in CPython) --------------------------------
@@ -216,27 +218,115 @@ class ModelRegistry:
 
     # -- handles ---------------------------------------------------------------------------------
     def set_handle(self, handle: str, target: str) -> str:
-        """Point ``handle`` at the loaded alias ``target`` atomically; returns the previous target or ''."""
+        """Point ``handle`` at the loaded alias ``target`` atomically; returns the previous target or ''.
+
+        FAILED_PRECONDITION while the handle has a shadow (its figures compare the shadow with
+        this champion): promote or unload the shadow first."""
         validate_alias(handle)
         with self._lock:
-            slot = self._slots.get(target)
-            if slot is None or slot.state is not ModelState.READY:
-                validate_alias(target)
-                raise NotFound(f"handle target {quoted(target)} is not a loaded model")
-            if handle in self._slots:
-                raise AlreadyExists(f"{quoted(handle)} is a loaded model's name; a handle must not shadow it")
-            previous = self._handles.get(handle, "")
-            self._handles[handle] = target
+            if handle in self._shadows:
+                raise FailedPrecondition(
+                    f"handle {quoted(handle)} has the shadow {quoted(self._shadows[handle])}; "
+                    "promote or unload the shadow before moving the handle"
+                )
+            previous = self._point_locked(handle, target)
         log.info("handle %r -> %r (was %r)", handle, target, previous or None)
         return previous
 
+    def _point_locked(self, handle: str, target: str) -> str:
+        """The one place a handle is pointed (the caller holds ``_lock``): ``target`` must be a
+        READY alias; returns the previous target or ''."""
+        slot = self._slots.get(target)
+        if slot is None or slot.state is not ModelState.READY:
+            validate_alias(target)
+            raise NotFound(f"handle target {quoted(target)} is not a loaded model")
+        if handle in self._slots:
+            raise AlreadyExists(f"{quoted(handle)} is a loaded model's name; a handle must not shadow it")
+        previous = self._handles.get(handle, "")
+        self._handles[handle] = target
+        return previous
+
     def remove_handle(self, handle: str) -> None:
-        """Forget ``handle``; NOT_FOUND if there is none."""
+        """Forget ``handle``; NOT_FOUND if there is none, FAILED_PRECONDITION while it has a shadow."""
         with self._lock:
+            if handle in self._shadows:
+                raise FailedPrecondition(
+                    f"handle {quoted(handle)} has the shadow {quoted(self._shadows[handle])}; "
+                    "promote or unload the shadow before removing the handle"
+                )
             if self._handles.pop(handle, None) is None:
                 validate_alias(handle)
                 raise NotFound(f"no handle named {quoted(handle)}")
         log.info("handle %r removed", handle)
+
+    # -- shadows ---------------------------------------------------------------------------------
+    def pair_shadow(self, handle: str, shadow: str) -> tuple[ModelSlot, ModelSlot]:
+        """Record ``shadow`` (a loaded alias) as the shadow of ``handle``; ``(champion, shadow)`` slots.
+
+        NOT_FOUND for an unknown handle or shadow; FAILED_PRECONDITION when ``handle`` is a model's
+        alias, not a handle (shadows pair with the handle an application calls); INVALID_ARGUMENT
+        when the shadow is the champion itself, a handle, or takes other inputs than the champion
+        (names, data types, shapes) or gives another number of outputs; ALREADY_EXISTS when the
+        handle has a shadow already.
+        """
+        validate_alias(handle)
+        validate_alias(shadow)
+        with self._lock:
+            target = self._handles.get(handle)
+            if target is None:
+                if handle in self._slots:
+                    raise FailedPrecondition(
+                        f"{quoted(handle)} is a loaded model's name, not a handle: a shadow pairs with the "
+                        "handle the application calls (SetHandle first and call the model through it)"
+                    )
+                raise NotFound(f"no handle named {quoted(handle)}")
+            if handle in self._shadows:
+                raise AlreadyExists(
+                    f"handle {quoted(handle)} has the shadow {quoted(self._shadows[handle])} already; unload it first"
+                )
+            if shadow in self._handles and shadow not in self._slots:
+                raise InvalidArgument(
+                    f"the shadow {quoted(shadow)} is a handle; name the loaded model (alias) it points at"
+                )
+            candidate = self._slots.get(shadow)
+            if candidate is None or candidate.state is not ModelState.READY:
+                raise NotFound(f"the shadow {quoted(shadow)} is not a loaded model (LoadModel it first)")
+            if shadow == target:
+                raise InvalidArgument(
+                    f"{quoted(shadow)} is the champion of handle {quoted(handle)}: a shadow is another model"
+                )
+            champion = self._slots[target]
+            check_same_signature(champion, candidate)
+            self._shadows[handle] = shadow
+        log.info("handle %r: %r shadows %r", handle, shadow, target)
+        return champion, candidate
+
+    def unpair_shadow(self, handle: str) -> str:
+        """End ``handle``'s pair; returns the shadow alias (NOT_FOUND if the handle has none)."""
+        with self._lock:
+            shadow = self._shadows.pop(handle, None)
+        if shadow is None:
+            raise no_shadow(handle)
+        log.info("handle %r: shadow %r unpaired", handle, shadow)
+        return shadow
+
+    def promote_shadow(self, handle: str) -> tuple[str, str]:
+        """Point ``handle`` at its shadow and end the pair, in one step under the lock, so a Predict
+        resolving the handle reaches the old or the new target, both READY. Returns
+        ``(previous target, shadow)``; NOT_FOUND if the handle has no shadow."""
+        with self._lock:
+            shadow = self._shadows.get(handle)
+            if shadow is None:
+                raise no_shadow(handle)
+            previous = self._point_locked(handle, shadow)
+            del self._shadows[handle]
+        log.info("handle %r -> %r (promoted shadow; was %r)", handle, shadow, previous)
+        return previous, shadow
+
+    def shadows(self) -> dict[str, str]:
+        """A snapshot of handle -> shadow alias."""
+        with self._lock:
+            return dict(self._shadows)
 
     def handles(self) -> dict[str, str]:
         """A snapshot of handle -> alias."""
@@ -356,6 +446,12 @@ class ModelRegistry:
                 raise FailedPrecondition(
                     f"model {quoted(alias)} is the target of handle(s) {', '.join(pointing)}; move or remove them first"
                 )
+            shadowing = sorted(h for h, s in self._shadows.items() if s == alias)
+            if shadowing:
+                raise FailedPrecondition(
+                    f"model {quoted(alias)} is the shadow of handle(s) {', '.join(shadowing)}; unload the "
+                    "shadow (UnloadShadow) first"
+                )
             with slot._cond:
                 slot.state = ModelState.UNLOADING
         if not slot.drain(self._limits.unload_drain_seconds):
@@ -381,6 +477,7 @@ class ModelRegistry:
         """Unload everything (agent shutdown)."""
         with self._lock:
             self._handles.clear()
+            self._shadows.clear()
         for alias in [s.alias for s in self.list()]:
             try:
                 self.unload(alias)
@@ -401,6 +498,31 @@ def not_loaded(name: str) -> EdgefleetError:
     not model-name syntax (every RPC answers the same, docs/agent-protocol.md), else NOT_FOUND."""
     validate_alias(name)
     return NotFound(f"no model is loaded under the name {quoted(name)}")
+
+
+def no_shadow(handle: str) -> EdgefleetError:
+    """NOT_FOUND for a handle without a shadow (INVALID_ARGUMENT for a name that is no valid name)."""
+    validate_alias(handle)
+    return NotFound(f"handle {quoted(handle)} has no shadow")
+
+
+def check_same_signature(champion: ModelSlot, shadow: ModelSlot) -> None:
+    """INVALID_ARGUMENT unless ``shadow`` takes exactly the champion's inputs (names, data types,
+    shapes: every call the champion accepts must be one the shadow can run) and gives as many outputs."""
+
+    def text(specs: tuple[TensorSpec, ...]) -> str:
+        return ", ".join(f"{s.name}:{s.dtype.name}{list(s.shape)}" for s in specs) or "none"
+
+    if champion.inputs != shadow.inputs:
+        raise InvalidArgument(
+            f"the shadow {quoted(shadow.alias)} takes inputs ({text(shadow.inputs)}), the champion "
+            f"{quoted(champion.alias)} takes ({text(champion.inputs)}): a shadow must take the same inputs"
+        )
+    if len(champion.outputs) != len(shadow.outputs):
+        raise InvalidArgument(
+            f"the shadow {quoted(shadow.alias)} gives {len(shadow.outputs)} output(s) ({text(shadow.outputs)}), "
+            f"the champion {quoted(champion.alias)} {len(champion.outputs)} ({text(champion.outputs)})"
+        )
 
 
 def resolve_url(url: str) -> Path:

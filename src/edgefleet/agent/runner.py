@@ -20,6 +20,7 @@ from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
+from edgefleet.agent.shadow import Shadows
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.agent.summaries import Summariser
 from edgefleet.capture import CaptureConfig, CaptureService, FullPolicy, RetryPolicy
@@ -88,6 +89,8 @@ class RunningAgent:
     auto_capture: AutoCapture | None = None
     #: Live input/output summaries for drift monitoring (None when off).
     summariser: Summariser | None = None
+    #: Shadow models paired with handles (extension "shadow-models").
+    shadows: Shadows | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, finish running ones, flush captures, unload models, remove the socket."""
@@ -102,6 +105,8 @@ class RunningAgent:
             self.auto_capture.close()
         if self.summariser is not None:
             self.summariser.close()  # what it picked goes into the spool before the spool closes
+        if self.shadows is not None:
+            self.shadows.close()
         self.capture.close()
         self.registry.close()
         self.shm.close()
@@ -292,7 +297,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_workers), options=options)
     auto = AutoCapture(config.capture.auto, capture.submit) if config.capture.auto else None
     summariser = Summariser(config.model_summary_sample) if config.model_summaries else None
-    agent = AgentService(registry, capture, shm, auto_capture=auto, summariser=summariser)
+    shadows = Shadows(registry)
+    agent = AgentService(registry, capture, shm, auto_capture=auto, summariser=summariser, shadows=shadows)
     add_to_server(server, agent, agent_pb2.DESCRIPTOR.services_by_name["Agent"])
     add_to_server(
         server,
@@ -336,6 +342,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         fast,
         auto,
         summariser,
+        shadows,
     )
 
 

@@ -24,6 +24,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from edgefleet import __version__
 from edgefleet.agent.models import ModelRegistry, ModelSlot, ModelUnloading
+from edgefleet.agent.shadow import Comparison, Shadows, ShadowSettings
 from edgefleet.agent.shm import SharedMemoryReader
 from edgefleet.agent.summaries import Summariser
 from edgefleet.capture import CaptureAux, CaptureRequest, CaptureService, CaptureStatus, CaptureTensor
@@ -217,11 +218,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         *,
         auto_capture: AutoCapture | None = None,
         summariser: Summariser | None = None,
+        shadows: Shadows | None = None,
     ) -> None:
         self._models = registry
         self._capture = capture
         self._auto = auto_capture
         self._summaries = summariser
+        self._shadows = shadows
         self._decoder = TensorDecoder(shm)
 
     @property
@@ -236,6 +239,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     @property
     def summariser(self) -> Summariser | None:
         return self._summaries
+
+    @property
+    def shadows(self) -> Shadows | None:
+        """The shadow pairs (None in agents without the extension, e.g. the simulator's)."""
+        return self._shadows
 
     # -- models ------------------------------------------------------------------------------
     def LoadModel(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -277,6 +285,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         # A call through a handle that races a hot swap (its old target is being unloaded) is
         # resolved again once, so applications see no error during a swap.
         attempts = 2 if self._models.is_handle(request.name) else 1
+        # a handle with a shadow: the champion's answered calls are offered to the pair
+        pair = self._shadows.get(request.name) if self._shadows is not None else None
         for attempt in range(attempts):
             try:
                 slot = self._models.get(request.name)
@@ -290,7 +300,12 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 except EdgefleetError:
                     slot.stats.record(0.0, ok=False)  # a refused request counts as an error of the model
                     raise
-                outputs = slot.run(feeds)
+                if pair is None:
+                    outputs = slot.run(feeds)
+                else:
+                    start = time.perf_counter()
+                    outputs = slot.run(feeds)
+                    pair.offer(slot.alias, feeds, outputs, time.perf_counter() - start)
                 if self._auto is not None or self._summaries is not None:
                     names = [spec.name for spec in slot.outputs]
                     if self._summaries is not None:
@@ -404,6 +419,33 @@ def _timestamp(request: Any) -> datetime:
         raise InvalidArgument(f"inference_timestamp {ts.seconds}s is not a valid time") from exc
 
 
+_COMPARISONS = {
+    extensions_pb2.SHADOW_COMPARISON_AUTO: Comparison.AUTO,
+    extensions_pb2.SHADOW_COMPARISON_CLOSE: Comparison.CLOSE,
+}
+_COMPARISON_WIRE = {v: k for k, v in _COMPARISONS.items()}
+
+
+def shadow_statistics_proto(stats: dict[str, Any]) -> extensions_pb2.ShadowStatistics:
+    """A pair's figures (:meth:`edgefleet.agent.shadow.ShadowPair.statistics`) as the wire message."""
+    plain = (
+        "handle", "champion", "champion_model_name", "champion_model_version", "shadow",
+        "shadow_model_name", "shadow_model_version", "sample_rate", "tolerance", "max_queue",
+        "mirrored", "completed", "agreed", "disagreed", "shadow_errors", "dropped", "queued",
+        "agreement_rate", "max_abs_diff", "last_error", "loaded_time",
+    )  # fmt: skip
+    return extensions_pb2.ShadowStatistics(
+        **{name: stats[name] for name in plain},
+        comparison=_COMPARISON_WIRE[Comparison(stats["comparison"])],
+        champion_latency=extensions_pb2.LatencyStats(
+            p50_ms=stats["champion_p50_ms"], p99_ms=stats["champion_p99_ms"]
+        ),
+        shadow_latency=extensions_pb2.LatencyStats(
+            p50_ms=stats["shadow_p50_ms"], p99_ms=stats["shadow_p99_ms"]
+        ),
+    )
+
+
 def encode_outputs(specs: Sequence[TensorSpec], outputs: Sequence[np.ndarray]) -> Any:
     """Output arrays as a ``PredictResponse`` of inline tensors with full metadata."""
     response = agent_pb2.PredictResponse()
@@ -470,6 +512,7 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
             *(["fast-capture"] if fast_path and agent.capture is not None else []),
             *(["capture-statistics", "capture-uploads"] if agent.capture is not None else []),
             *(["model-summaries"] if agent.summariser is not None else []),
+            *(["shadow-models"] if agent.shadows is not None else []),
         ]
 
     def GetCaptureStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -608,6 +651,54 @@ class ExtensionsService(extensions_pb2_grpc.AgentExtensionsServicer):
                 )
             )
         return extensions_pb2.ModelStatisticsResponse(models=out)
+
+    # -- shadow models ------------------------------------------------------------------------
+    def _shadow_pairs(self, rpc: str) -> Shadows:
+        shadows = self._agent.shadows
+        if shadows is None:
+            raise Unimplemented(f"{rpc}: this agent has no shadow models")
+        return shadows
+
+    def LoadShadow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            shadows = self._shadow_pairs("LoadShadow")
+            comparison = _COMPARISONS.get(request.comparison)
+            if comparison is None:
+                raise InvalidArgument(
+                    f"unknown comparison {request.comparison} (known: "
+                    f"{', '.join(f'{n}={v}' for n, v in extensions_pb2.ShadowComparison.items())})"
+                )
+            settings = ShadowSettings.checked(
+                request.sample_rate, request.tolerance, request.max_queue, comparison
+            )
+            stats = shadows.load(request.handle, request.shadow, settings)
+        except EdgefleetError as exc:
+            log.info("LoadShadow %s on %s refused: %s", quoted(request.shadow), quoted(request.handle), exc)
+            return _abort(context, exc)
+        return extensions_pb2.LoadShadowResponse(statistics=shadow_statistics_proto(stats))
+
+    def UnloadShadow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            stats = self._shadow_pairs("UnloadShadow").unload(request.handle)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return extensions_pb2.UnloadShadowResponse(statistics=shadow_statistics_proto(stats))
+
+    def PromoteShadow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            previous, stats = self._shadow_pairs("PromoteShadow").promote(request.handle)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return extensions_pb2.PromoteShadowResponse(
+            previous_target=previous, statistics=shadow_statistics_proto(stats)
+        )
+
+    def GetShadowStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            pairs = self._shadow_pairs("GetShadowStatistics").statistics(request.handle)
+        except EdgefleetError as exc:
+            return _abort(context, exc)
+        return extensions_pb2.ShadowStatisticsResponse(pairs=[shadow_statistics_proto(p) for p in pairs])
 
     def SetHandle(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:

@@ -26,6 +26,7 @@ import numpy as np
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
 from edgefleet.monitoring.summary import MAX_FEATURES, MAX_ROWS, as_rows
+from edgefleet.protocol.agent.codec import bytes_backed
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,7 @@ class Window:
 def _kept(array: np.ndarray) -> np.ndarray:
     """``array`` itself when its memory is immutable bytes (an inline tensor of the request),
     otherwise the rows the sketches will see, copied (shared memory is the client's to reuse)."""
-    base: object = array
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):  # a decoded tensor: a view of the request's bytes
-        base = base.obj
-    return array if isinstance(base, bytes) else as_rows(array).copy()
+    return array if bytes_backed(array) else as_rows(array).copy()
 
 
 class Summariser:

@@ -1,7 +1,8 @@
 """``edgefleet agent``: run the device agent on a Unix socket, or operate a running one.
 
 ``edgefleet agent run -a ADDRESS -c CONFIG [-f]`` serves; ``list``, ``describe``, ``load``,
-``unload``, ``predict`` and ``stats`` talk to a running agent through :class:`AgentClient`. The form
+``unload``, ``predict``, ``stats`` and ``shadow load|unload|promote|stats`` talk to a running agent
+through :class:`AgentClient`. The form
 without a subcommand, ``edgefleet agent -a ADDRESS -c CONFIG [-f]``, is the same as ``run`` (scripts
 and the device daemon start the agent that way).
 
@@ -29,7 +30,7 @@ from edgefleet.core.errors import Unavailable
 if TYPE_CHECKING:
     import numpy as np
 
-    from edgefleet.client import AgentClient, ModelInfo, ModelStatistics
+    from edgefleet.client import AgentClient, ModelInfo, ModelStatistics, ShadowStatistics
     from edgefleet.core.tensors import TensorSpec
 
 #: Where the agent listens unless -a says otherwise (the socket the docs and the device daemon use).
@@ -173,6 +174,72 @@ def add_parser(sub: Any) -> None:
     stats.add_argument(
         "name", metavar="NAME", nargs="?", help="only this model (default: every loaded model)"
     )
+    _shadow_parsers(actions)
+
+
+def _shadow_parsers(actions: Any) -> None:
+    """``agent shadow load|unload|promote|stats``: shadow models paired with handles."""
+    shadow = actions.add_parser(
+        "shadow",
+        help="test a loaded model on a handle's live traffic as its shadow; promote it",
+        description=(
+            "A shadow gets a sample of a handle's Predict calls mirrored to it off the request path and "
+            "compared with the champion's (the handle target's) answers, which the application keeps "
+            "getting. Load the candidate first ('agent load PATH NAME'); agent.intra_op_threads = 1 "
+            "keeps champion and shadow on a core each."
+        ),
+    )
+    shadow.set_defaults(log_level=logging.WARNING)
+    commands = shadow.add_subparsers(dest="shadow_command", metavar="SHADOW_COMMAND", required=True)
+    load = _operator(
+        commands,
+        "load",
+        "pair a loaded model with a handle as its shadow",
+        "Pair the loaded model SHADOW with HANDLE: a sample of the handle's calls is mirrored to it.",
+        "the pair",
+    )
+    load.add_argument("handle", metavar="HANDLE", help="the handle the application calls")
+    load.add_argument("shadow", metavar="SHADOW", help="the loaded model (alias) to test")
+    load.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="fraction of the handle's calls mirrored, 0..1 (deterministic: 0.25 = every 4th; default 1)",
+    )
+    load.add_argument(
+        "--tolerance", type=float, default=0.0, help="absolute tolerance of closeness (default 1e-5)"
+    )
+    load.add_argument(
+        "--max-queue",
+        type=int,
+        default=0,
+        help="mirrored calls waiting for the shadow before calls are dropped (default 64)",
+    )
+    load.add_argument(
+        "--compare",
+        choices=["auto", "close"],
+        default="auto",
+        help="auto: class scores by arg-max, integer labels exactly, other outputs within tolerance; "
+        "close: every output within tolerance (default auto)",
+    )
+    for name, help_text, description in (
+        ("unload", "end a handle's shadow pair", "End HANDLE's shadow pair; the shadow model stays loaded."),
+        (
+            "promote",
+            "point a handle at its shadow (no call fails)",
+            "Point HANDLE at its shadow atomically and end the pair; the old champion stays loaded.",
+        ),
+    ):
+        parser = _operator(commands, name, help_text, description, "the pair's final figures")
+        parser.add_argument("handle", metavar="HANDLE", help="the handle")
+    stats = _operator(
+        commands,
+        "stats",
+        "show shadow agreement, latency and error figures",
+        "Show each pair's calls mirrored, agreed, disagreed, failed and dropped, and latencies.",
+        "the figures",
+    )
+    stats.add_argument("handle", metavar="HANDLE", nargs="?", help="only this handle (default: every pair)")
 
 
 def _run_arguments(container: Any, *, dest_prefix: str, required: bool) -> None:
@@ -250,7 +317,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command is None:
         if args.legacy_config is None:
             parser.error(
-                "give a subcommand (run, list, describe, load, unload, predict, stats), "
+                "give a subcommand (run, list, describe, load, unload, predict, stats, shadow), "
                 "or -c CONFIG to run the agent"
             )
         return run_agent(
@@ -434,6 +501,74 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shadow(args: argparse.Namespace) -> int:
+    command: str = args.shadow_command
+    with _connect(args) as client:
+        if command == "load":
+            pairs = [
+                client.load_shadow(
+                    args.handle,
+                    args.shadow,
+                    sample_rate=args.rate,
+                    tolerance=args.tolerance,
+                    max_queue=args.max_queue,
+                    comparison=args.compare,
+                )
+            ]
+        elif command == "unload":
+            pairs = [client.unload_shadow(args.handle)]
+        elif command == "promote":
+            previous, final = client.promote_shadow(args.handle)
+            pairs = [final]
+        else:
+            pairs = client.shadow_statistics(args.handle)
+    rows = [p.to_dict() for p in pairs]
+    if args.json:
+        dump_json(rows[0] if command != "stats" else rows)
+        return 0
+    if command == "load":
+        print(f"{args.shadow} shadows {pairs[0].champion} on handle {args.handle}")
+    elif command == "unload":
+        print(f"handle {args.handle}: shadow {pairs[0].shadow} unpaired (still loaded)")
+    elif command == "promote":
+        print(f"handle {args.handle} -> {pairs[0].shadow} (was {previous}, still loaded)")
+    _shadow_table(pairs)
+    return 0
+
+
+def _shadow_table(pairs: Sequence[ShadowStatistics]) -> None:
+    rows = [
+        {
+            "handle": p.handle,
+            "champion": f"{p.champion} ({p.champion_model_name} {p.champion_model_version})",
+            "shadow": f"{p.shadow} ({p.shadow_model_name} {p.shadow_model_version})",
+            "rate": f"{p.sample_rate:g}",
+            "mirrored": p.mirrored,
+            "agreed": f"{p.agreed}/{p.completed} ({p.agreement_rate:.1%})",
+            "errors": p.shadow_errors,
+            "dropped": p.dropped,
+            "latency": f"{p.champion_p50_ms:.2f}/{p.champion_p99_ms:.2f} vs {p.shadow_p50_ms:.2f}/{p.shadow_p99_ms:.2f}",
+            "diff": f"{p.max_abs_diff:.3g}",
+        }
+        for p in pairs
+    ]
+    table(
+        rows,
+        [
+            ("HANDLE", "handle"),
+            ("CHAMPION", "champion"),
+            ("SHADOW", "shadow"),
+            ("RATE", "rate"),
+            ("MIRRORED", "mirrored"),
+            ("AGREED", "agreed"),
+            ("ERRORS", "errors"),
+            ("DROPPED", "dropped"),
+            ("P50/P99 MS CHAMPION VS SHADOW", "latency"),
+            ("MAX DIFF", "diff"),
+        ],
+    )
+
+
 _OPERATOR_COMMANDS = {
     "list": _list,
     "describe": _describe,
@@ -441,6 +576,7 @@ _OPERATOR_COMMANDS = {
     "unload": _unload,
     "predict": _predict,
     "stats": _stats,
+    "shadow": _shadow,
 }
 
 

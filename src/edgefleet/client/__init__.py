@@ -20,6 +20,8 @@ from edgefleet.client.client import (
     ModelInfo,
     ModelStatistics,
     ServerMetadata,
+    ShadowComparisonName,
+    ShadowStatistics,
     Tensors,
     Transport,
 )
@@ -42,6 +44,8 @@ __all__ = [
     "ModelInfo",
     "ModelStatistics",
     "ServerMetadata",
+    "ShadowComparisonName",
+    "ShadowStatistics",
     "Tensors",
     "Transport",
     "error_from_rpc",

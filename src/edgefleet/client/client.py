@@ -173,6 +173,71 @@ class LiveSummary:
     summary: dict[str, Any]
 
 
+ShadowComparisonName = Literal["auto", "close"]
+_SHADOW_COMPARISONS: dict[str, int] = {
+    "auto": extensions_pb2.SHADOW_COMPARISON_AUTO,
+    "close": extensions_pb2.SHADOW_COMPARISON_CLOSE,
+}
+_SHADOW_COMPARISON_NAMES: dict[int, ShadowComparisonName] = {
+    extensions_pb2.SHADOW_COMPARISON_AUTO: "auto",
+    extensions_pb2.SHADOW_COMPARISON_CLOSE: "close",
+}
+
+
+@dataclass(frozen=True)
+class ShadowStatistics:
+    """One handle's shadow pair and its figures (extension ``shadow-models``): calls mirrored to
+    the shadow, compared (agreed + disagreed), failed in the shadow, dropped (queue full), waiting;
+    latencies in milliseconds (champion: the handle's calls since pairing; shadow: mirrored calls)."""
+
+    handle: str
+    champion: str
+    champion_model_name: str
+    champion_model_version: str
+    shadow: str
+    shadow_model_name: str
+    shadow_model_version: str
+    sample_rate: float
+    tolerance: float
+    comparison: ShadowComparisonName
+    max_queue: int
+    mirrored: int
+    completed: int
+    agreed: int
+    disagreed: int
+    shadow_errors: int
+    dropped: int
+    queued: int
+    champion_p50_ms: float
+    champion_p99_ms: float
+    shadow_p50_ms: float
+    shadow_p99_ms: float
+    agreement_rate: float
+    max_abs_diff: float
+    last_error: str
+    loaded_time: float
+
+    @classmethod
+    def from_proto(cls, m: extensions_pb2.ShadowStatistics) -> ShadowStatistics:
+        """Parse a wire ``ShadowStatistics``."""
+        latency: dict[str, Any] = {
+            "champion_p50_ms": m.champion_latency.p50_ms,
+            "champion_p99_ms": m.champion_latency.p99_ms,
+            "shadow_p50_ms": m.shadow_latency.p50_ms,
+            "shadow_p99_ms": m.shadow_latency.p99_ms,
+        }
+        wire = {
+            f.name: getattr(m, f.name)
+            for f in fields(cls)
+            if f.name not in latency and f.name != "comparison"
+        }
+        return cls(**wire, **latency, comparison=_SHADOW_COMPARISON_NAMES.get(int(m.comparison), "auto"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as a plain JSON-able dict (what a heartbeat can carry)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class Transport(Protocol):
     """How an :class:`AgentClient`'s requests reach the agent: every RPC by name, request and
     response messages of ``edgefleet.protocol.agent.proto``; a refusal raises the EdgefleetError of
@@ -573,6 +638,60 @@ class AgentClient:
         r = self._call("ListHandles", extensions_pb2.ListHandlesRequest())
         return {h.handle: h.target for h in r.handles}
 
+    # -- shadow models (extension "shadow-models") ------------------------------------------------
+    def load_shadow(
+        self,
+        handle: str,
+        shadow: str,
+        *,
+        sample_rate: float = 1.0,
+        tolerance: float = 0.0,
+        max_queue: int = 0,
+        comparison: ShadowComparisonName = "auto",
+    ) -> ShadowStatistics:
+        """Pair the loaded model ``shadow`` with ``handle``: ``sample_rate`` of the handle's Predict
+        calls (0..1, deterministic) are mirrored to it off the request path and compared with the
+        champion's answers, which the application keeps getting.
+
+        ``comparison``: ``auto`` (class scores by arg-max, integer labels exactly, others within
+        ``tolerance``) or ``close`` (every output within ``tolerance``, absolute; 0 = 1e-5).
+        ``max_queue``: mirrored calls waiting for the shadow before calls are dropped (0 = 64).
+        NotFound (unknown handle or shadow), FailedPrecondition (``handle`` is a model, not a
+        handle), InvalidArgument (other inputs than the champion's, bad settings), AlreadyExists.
+        """
+        if comparison not in _SHADOW_COMPARISONS:
+            raise InvalidArgument(
+                f"unknown shadow comparison {comparison!r} (known: {', '.join(_SHADOW_COMPARISONS)})"
+            )
+        r = self._call(
+            "LoadShadow",
+            extensions_pb2.LoadShadowRequest(
+                handle=handle,
+                shadow=shadow,
+                sample_rate=sample_rate,
+                tolerance=tolerance,
+                max_queue=max_queue,
+                comparison=_SHADOW_COMPARISONS[comparison],  # type: ignore[arg-type]
+            ),
+        )
+        return ShadowStatistics.from_proto(r.statistics)
+
+    def unload_shadow(self, handle: str) -> ShadowStatistics:
+        """End ``handle``'s shadow pair (the shadow model stays loaded); the final figures."""
+        r = self._call("UnloadShadow", extensions_pb2.UnloadShadowRequest(handle=handle))
+        return ShadowStatistics.from_proto(r.statistics)
+
+    def promote_shadow(self, handle: str) -> tuple[str, ShadowStatistics]:
+        """Point ``handle`` at its shadow atomically (no call fails) and end the pair:
+        ``(previous target, final figures)``. The previous target stays loaded."""
+        r = self._call("PromoteShadow", extensions_pb2.PromoteShadowRequest(handle=handle))
+        return r.previous_target, ShadowStatistics.from_proto(r.statistics)
+
+    def shadow_statistics(self, handle: str | None = None) -> builtins.list[ShadowStatistics]:
+        """The figures of ``handle``'s pair (NotFound if it has none), or of every pair."""
+        r = self._call("GetShadowStatistics", extensions_pb2.ShadowStatisticsRequest(handle=handle or ""))
+        return [ShadowStatistics.from_proto(p) for p in r.pairs]
+
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the transports and the shared memory segments (idempotent)."""
@@ -610,6 +729,8 @@ __all__ = [
     "ModelInfo",
     "ModelStatistics",
     "ServerMetadata",
+    "ShadowComparisonName",
+    "ShadowStatistics",
     "Tensors",
     "Transport",
 ]

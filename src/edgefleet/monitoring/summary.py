@@ -73,10 +73,16 @@ def _writable(rows: np.ndarray) -> np.ndarray:
     return np.require(rows, dtype=np.float32, requirements=["C", "W"])
 
 
+def is_class_scores(array: np.ndarray) -> bool:
+    """True for an output of class scores: floating point, 2 or more dims, a last axis over 1
+    (its arg-max over the last axis is the predicted class)."""
+    return bool(np.issubdtype(array.dtype, np.floating) and array.ndim >= 2 and array.shape[-1] > 1)
+
+
 def predicted_classes(array: np.ndarray) -> list[str] | None:
     """The classes an output predicts (arg-max of the last axis of floats, or integer labels)."""
     a = np.asarray(array)
-    if np.issubdtype(a.dtype, np.floating) and a.ndim >= 2 and a.shape[-1] > 1:
+    if is_class_scores(a):
         return [str(int(i)) for i in a.reshape(-1, a.shape[-1]).argmax(axis=1)]
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
         return [str(int(v)) for v in a.reshape(-1)]

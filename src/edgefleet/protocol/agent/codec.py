@@ -186,6 +186,19 @@ def array_from_bytes(
     return arr
 
 
+def bytes_backed(array: np.ndarray) -> bool:
+    """True when ``array``'s memory is an immutable ``bytes`` object (an inline tensor decoded by
+    :func:`array_from_bytes` from a request's ``byte_data``): it may be kept after the call as it
+    is. Anything else (a client's shared-memory segment, reused once the call returns) must be
+    copied by whoever keeps it."""
+    base: object = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):  # a decoded tensor: a view of the request's bytes
+        base = base.obj
+    return isinstance(base, bytes)
+
+
 def array_from_proto(tensor: agent_pb2.Tensor, what: str = "tensor") -> tuple[str, np.ndarray]:
     """``(name, array)`` of an inline ``Tensor`` with full metadata (e.g. a Predict output)."""
     if not tensor.HasField("tensor_metadata"):

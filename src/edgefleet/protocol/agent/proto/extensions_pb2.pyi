@@ -1,10 +1,130 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ShadowComparison(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHADOW_COMPARISON_AUTO: _ClassVar[ShadowComparison]
+    SHADOW_COMPARISON_CLOSE: _ClassVar[ShadowComparison]
+SHADOW_COMPARISON_AUTO: ShadowComparison
+SHADOW_COMPARISON_CLOSE: ShadowComparison
+
+class LoadShadowRequest(_message.Message):
+    __slots__ = ("handle", "shadow", "sample_rate", "tolerance", "max_queue", "comparison")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    shadow: str
+    sample_rate: float
+    tolerance: float
+    max_queue: int
+    comparison: ShadowComparison
+    def __init__(self, handle: _Optional[str] = ..., shadow: _Optional[str] = ..., sample_rate: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_queue: _Optional[int] = ..., comparison: _Optional[_Union[ShadowComparison, str]] = ...) -> None: ...
+
+class LoadShadowResponse(_message.Message):
+    __slots__ = ("statistics",)
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    statistics: ShadowStatistics
+    def __init__(self, statistics: _Optional[_Union[ShadowStatistics, _Mapping]] = ...) -> None: ...
+
+class UnloadShadowRequest(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    def __init__(self, handle: _Optional[str] = ...) -> None: ...
+
+class UnloadShadowResponse(_message.Message):
+    __slots__ = ("statistics",)
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    statistics: ShadowStatistics
+    def __init__(self, statistics: _Optional[_Union[ShadowStatistics, _Mapping]] = ...) -> None: ...
+
+class PromoteShadowRequest(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    def __init__(self, handle: _Optional[str] = ...) -> None: ...
+
+class PromoteShadowResponse(_message.Message):
+    __slots__ = ("previous_target", "statistics")
+    PREVIOUS_TARGET_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    previous_target: str
+    statistics: ShadowStatistics
+    def __init__(self, previous_target: _Optional[str] = ..., statistics: _Optional[_Union[ShadowStatistics, _Mapping]] = ...) -> None: ...
+
+class ShadowStatisticsRequest(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    def __init__(self, handle: _Optional[str] = ...) -> None: ...
+
+class ShadowStatistics(_message.Message):
+    __slots__ = ("handle", "champion", "champion_model_name", "champion_model_version", "shadow", "shadow_model_name", "shadow_model_version", "sample_rate", "tolerance", "comparison", "max_queue", "mirrored", "completed", "agreed", "disagreed", "shadow_errors", "dropped", "queued", "champion_latency", "shadow_latency", "agreement_rate", "max_abs_diff", "last_error", "loaded_time")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MIRRORED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    AGREED_FIELD_NUMBER: _ClassVar[int]
+    DISAGREED_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOADED_TIME_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    champion: str
+    champion_model_name: str
+    champion_model_version: str
+    shadow: str
+    shadow_model_name: str
+    shadow_model_version: str
+    sample_rate: float
+    tolerance: float
+    comparison: ShadowComparison
+    max_queue: int
+    mirrored: int
+    completed: int
+    agreed: int
+    disagreed: int
+    shadow_errors: int
+    dropped: int
+    queued: int
+    champion_latency: LatencyStats
+    shadow_latency: LatencyStats
+    agreement_rate: float
+    max_abs_diff: float
+    last_error: str
+    loaded_time: float
+    def __init__(self, handle: _Optional[str] = ..., champion: _Optional[str] = ..., champion_model_name: _Optional[str] = ..., champion_model_version: _Optional[str] = ..., shadow: _Optional[str] = ..., shadow_model_name: _Optional[str] = ..., shadow_model_version: _Optional[str] = ..., sample_rate: _Optional[float] = ..., tolerance: _Optional[float] = ..., comparison: _Optional[_Union[ShadowComparison, str]] = ..., max_queue: _Optional[int] = ..., mirrored: _Optional[int] = ..., completed: _Optional[int] = ..., agreed: _Optional[int] = ..., disagreed: _Optional[int] = ..., shadow_errors: _Optional[int] = ..., dropped: _Optional[int] = ..., queued: _Optional[int] = ..., champion_latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., shadow_latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., agreement_rate: _Optional[float] = ..., max_abs_diff: _Optional[float] = ..., last_error: _Optional[str] = ..., loaded_time: _Optional[float] = ...) -> None: ...
+
+class ShadowStatisticsResponse(_message.Message):
+    __slots__ = ("pairs",)
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    pairs: _containers.RepeatedCompositeFieldContainer[ShadowStatistics]
+    def __init__(self, pairs: _Optional[_Iterable[_Union[ShadowStatistics, _Mapping]]] = ...) -> None: ...
 
 class CaptureUploadsRequest(_message.Message):
     __slots__ = ("after", "limit")

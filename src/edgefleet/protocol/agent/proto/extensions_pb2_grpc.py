@@ -5,7 +5,7 @@ import warnings
 
 from edgefleet.protocol.agent.proto import extensions_pb2 as edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -84,6 +84,26 @@ class AgentExtensionsStub:
                 request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsResponse.FromString,
                 _registered_method=True)
+        self.LoadShadow = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/LoadShadow',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.LoadShadowRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.LoadShadowResponse.FromString,
+                _registered_method=True)
+        self.UnloadShadow = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/UnloadShadow',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.UnloadShadowRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.UnloadShadowResponse.FromString,
+                _registered_method=True)
+        self.PromoteShadow = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/PromoteShadow',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PromoteShadowRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PromoteShadowResponse.FromString,
+                _registered_method=True)
+        self.GetShadowStatistics = channel.unary_unary(
+                '/edgefleet.agent.v1.AgentExtensions/GetShadowStatistics',
+                request_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ShadowStatisticsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ShadowStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentExtensionsServicer:
@@ -158,6 +178,34 @@ class AgentExtensionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadShadow(self, request, context):
+        """Shadow models (extension "shadow-models"): a loaded model paired with a handle gets a sample of
+        the handle's Predict calls mirrored to it off the request path; the application keeps getting
+        the champion's (the handle target's) answers; the agent keeps agreement, latency and error
+        figures per pair. PromoteShadow points the handle at the shadow atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadShadow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteShadow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShadowStatistics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentExtensionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +258,26 @@ def add_AgentExtensionsServicer_to_server(servicer, server):
                     servicer.GetCaptureUploads,
                     request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsRequest.FromString,
                     response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsResponse.SerializeToString,
+            ),
+            'LoadShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadShadow,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.LoadShadowRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.LoadShadowResponse.SerializeToString,
+            ),
+            'UnloadShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadShadow,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.UnloadShadowRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.UnloadShadowResponse.SerializeToString,
+            ),
+            'PromoteShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteShadow,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PromoteShadowRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PromoteShadowResponse.SerializeToString,
+            ),
+            'GetShadowStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShadowStatistics,
+                    request_deserializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ShadowStatisticsRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ShadowStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +550,114 @@ class AgentExtensions:
             '/edgefleet.agent.v1.AgentExtensions/GetCaptureUploads',
             edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsRequest.SerializeToString,
             edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.CaptureUploadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/LoadShadow',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.LoadShadowRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.LoadShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/UnloadShadow',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.UnloadShadowRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.UnloadShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/PromoteShadow',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PromoteShadowRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.PromoteShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShadowStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.agent.v1.AgentExtensions/GetShadowStatistics',
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ShadowStatisticsRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_agent_dot_proto_dot_extensions__pb2.ShadowStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
