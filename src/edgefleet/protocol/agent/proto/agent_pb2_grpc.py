@@ -5,7 +5,7 @@ import warnings
 
 from edgefleet.protocol.agent.proto import agent_pb2 as edgefleet_dot_protocol_dot_agent_dot_proto_dot_agent__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
