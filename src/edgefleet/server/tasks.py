@@ -203,6 +203,7 @@ def submit(
             created_by=actor,
         )
         session.add(row)
+        session.flush()  # its log lines refer to it (no ORM relationship orders the inserts)
         _append(session, job_id, 1, now, [f"queued by {actor}"])
     try:
         queue.enqueue(job_id, 1)

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/v1", tags=["pipelines"], responses=ERROR_RESPONS
 def pipeline_out(row: PipelineRow) -> s.PipelineOut:
     return s.PipelineOut(
         PipelineName=row.name,
-        Config=row.config,
+        Configuration=row.config,
         Steps=runs.config_of(row).steps(),
         Source=row.source_text,
         CreationTime=row.created_at,
@@ -68,7 +68,7 @@ def create_pipeline(body: s.PipelineRequest, request: Request, actor: Actor) -> 
     """Store a model's pipeline configuration (TOML); INVALID_ARGUMENT names the key at fault."""
     st = app_state(request)
     with st.db.session() as session:
-        return pipeline_out(runs.put_pipeline(session, body.Config, actor, st.db.now(), replace=body.Replace))
+        return pipeline_out(runs.put_pipeline(session, body.PipelineConfig, actor, st.db.now(), replace=body.Replace))
 
 
 @router.get("/pipelines", response_model=s.PipelineList, summary="List pipelines")

@@ -877,13 +877,13 @@ class JobLogs(Out):
 
 
 class PipelineRequest(Strict):
-    Config: str = Field(description="the pipeline configuration, TOML (see server/pipelines/config.py)")
+    PipelineConfig: str = Field(description="the pipeline configuration, TOML (see server/pipelines/config.py)")
     Replace: bool = Field(default=False, description="replace an existing pipeline of the same model")
 
 
 class PipelineOut(Out):
     PipelineName: str
-    Config: dict[str, Any]
+    Configuration: dict[str, Any]
     Steps: list[str]
     Source: str
     CreationTime: datetime

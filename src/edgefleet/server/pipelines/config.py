@@ -44,7 +44,7 @@ Example (every table but ``[model]`` and ``[source]`` is optional; a missing ste
     health_gate = { MaxErrorRate = 0.05 }
     stages = [
       { StageName = "canary", DeviceSelectionConfig = { DeviceSubsetType = "PERCENTAGE", Percentage = 10 } },
-      { StageName = "all",    DeviceSelectionConfig = { DeviceSubsetType = "ALL" } },
+      { StageName = "all", DeviceSelectionConfig = { DeviceSubsetType = "PERCENTAGE", Percentage = 100 } },
     ]
 
     [webhook]                            # state changes of runs are posted here
@@ -403,7 +403,7 @@ def check_config(raw: dict[str, Any]) -> PipelineConfig:
         if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
             raise InvalidArgument(
                 "rollout.stages must be a non-empty list of stages "
-                '({ StageName = "...", DeviceSelectionConfig = { DeviceSubsetType = "ALL" } })'
+                '({ StageName = "...", DeviceSelectionConfig = { DeviceSubsetType = "PERCENTAGE", Percentage = 100 } })'
             )
         gate = t.get("health_gate")
         if gate is not None and not isinstance(gate, dict):

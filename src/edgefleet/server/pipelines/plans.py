@@ -24,7 +24,9 @@ def _request(
         "EdgeDeploymentPlanName": plan_name,
         "DeviceFleetName": fleet,
         "ModelConfigs": [{"ModelHandle": model, "ModelName": model, "ModelVersion": version}],
-        "Stages": [{"StageName": "all", "DeviceSelectionConfig": {"DeviceSubsetType": "ALL"}}],
+        "Stages": [
+            {"StageName": "all", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100}}
+        ],
     }
     if rollout is not None:
         body["Stages"] = list(rollout.stages)
@@ -56,9 +58,16 @@ def plan_spec(
 
 def check_rollout(rollout: RolloutConfig, model: str) -> None:
     """INVALID_ARGUMENT when the rollout's stages or gate would not make a plan."""
-    from edgefleet.server.deployments.plans import _check_gate
+    from datetime import UTC, datetime
+
+    from edgefleet.server.deployments.plans import _check_gate, _stage_row
 
     spec = plan_spec("check", "check", model, "1", rollout)
+    for position, stage in enumerate(spec.stages):
+        try:
+            _stage_row(stage, position, datetime.now(UTC))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"rollout.stages: {exc.message}") from exc
     names = [st.name for st in spec.stages]
     if len(set(names)) != len(names):
         raise InvalidArgument("rollout.stages: a StageName is listed twice")

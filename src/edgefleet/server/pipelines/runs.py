@@ -143,6 +143,7 @@ def start_run(
             created_by=actor,
         )
         session.add(run)
+        session.flush()  # the steps and log lines refer to it (no ORM relationship orders the inserts)
         for position, step in enumerate(config.steps()):
             session.add(
                 PipelineStepRow(

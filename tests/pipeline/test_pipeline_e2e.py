@@ -1,0 +1,310 @@
+"""Pipeline runs end to end on real processes: a control plane (TLS on loopback, its periodic work
+on), an ``edgefleet worker`` process, a twin fleet and a production fleet of real devices (real
+agent on ONNX Runtime, real daemon). A digits model is compiled for the fleets' device class,
+packaged and signed, validated on the twins and rolled out; a planted fault (shuffled weights)
+fails the twin validation and never reaches production; a manual gate that is rejected rolls
+nothing out; a shadow step fails for want of figures rather than passing on none."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import REPO
+
+pytestmark = pytest.mark.e2e
+
+pytest.importorskip("fastapi", reason="these tests need the server extra")
+pytest.importorskip("huey", reason="these tests need the task queue (server extra)")
+onnx = pytest.importorskip("onnx", reason="building the digits model needs onnx")
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 240.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@dataclass
+class Setup:
+    running: Any
+    op: Any
+    url: str
+    token: str
+    ca_cert: Path
+    twins: Any
+    prod: Any
+    work: Path
+    model: Path
+    faulty: Path
+    validation: Path
+    x_test: np.ndarray
+    worker: subprocess.Popen[bytes]
+
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the digits data comes with scikit-learn, which is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    raw = np.loadtxt(path, delimiter=",")
+    return (raw[:, :-1] / 16.0).astype(np.float32), raw[:, -1].astype(np.int64)
+
+
+def _digits_model(weight: np.ndarray, bias: np.ndarray, path: Path) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["X", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10]),
+        ],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Setup]:
+    from edgefleet.opclient.client import FleetClient
+    from edgefleet.opclient.config import ClientConfig
+    from edgefleet.server import tokens
+    from edgefleet.server.config import ServerConfig, Timing
+    from edgefleet.server.runner import start_in_thread
+    from edgefleet.twin import TwinFleet, TwinTiming
+
+    work = tmp_path_factory.mktemp("pipeline")
+    x, y = _digits_table()
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:1200], order[1200:1500]
+    features = np.hstack([x[train], np.ones((len(train), 1), np.float32)])
+    solution = np.linalg.solve(features.T @ features + 1e-1 * np.eye(65), features.T @ np.eye(10)[y[train]])
+    weight, bias = solution[:64].astype(np.float32), solution[64].astype(np.float32)
+    model = _digits_model(weight, bias, work / "digits.onnx")
+    # the planted fault: the same weights, shuffled over the input pixels
+    shuffled = weight[np.random.default_rng(1).permutation(64)]
+    faulty = _digits_model(shuffled, bias, work / "digits-faulty.onnx")
+    validation = work / "val.npz"
+    np.savez(validation, X=x[test], labels=y[test])
+
+    data_dir = work / "server"
+    config = ServerConfig(
+        data_dir=data_dir,
+        port=0,
+        device_port=0,
+        trust_dir=keys / "trust",
+        timing=Timing(shutdown_grace=1, job_tick=1),
+    )
+    running = start_in_thread(config, run_jobs=True)
+    db = running.state.db
+    with db.session() as session:
+        token = tokens.create_token(session, "pipeline-tests", db.now())
+    ca = Path(running.endpoints.ca_cert)
+    url = running.endpoints.api_url
+    op = FleetClient(ClientConfig(url, token, ca))
+    worker_log = open(work / "worker.log", "wb")  # noqa: SIM115 (closed after the worker)
+    worker = subprocess.Popen(
+        [
+            sys.executable, "-m", "edgefleet", "worker", "--data-dir", str(data_dir), "--signing-keys", str(keys),
+            "--trust", str(keys / "trust"), "--worker-type", "thread", "--lease", "10", "--heartbeat", "1",
+        ],  # fmt: skip
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=worker_log,
+    )
+    fast = TwinTiming(heartbeat_interval_seconds=1, poll_interval_seconds=1, health_interval_seconds=1)
+    twins = TwinFleet(work / "twins")
+    prod = TwinFleet(work / "prod")
+    try:
+        for fleet, name in ((twins, "twins"), (prod, "prod")):
+            fleet.start(1, name, url, token, ca_cert=ca, trust_dir=keys / "trust", timing=fast, client=op)
+        twins.wait_heartbeats(120)
+        prod.wait_heartbeats(120)
+        yield Setup(running, op, url, token, ca, twins, prod, work, model, faulty, validation, x[test], worker)
+    finally:
+        twins.stop()
+        prod.stop()
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        worker_log.close()
+        op.close()
+        running.stop()
+
+
+def _config(s: Setup, name: str, *, approval: str = "auto", compile_step: bool = True, shadow: bool = False) -> str:
+    compile_table = '[compile]\nquantize = "none"\nbenchmark_seconds = 0.05\n' if compile_step else ""
+    shadow_table = '[shadow]\nfleet = "prod"\nduration_seconds = 5\n' if shadow else ""
+    return f"""
+[model]
+name = "{name}"
+
+[source]
+model = "{s.model}"
+framework = "onnx"
+validation = "{s.validation}"
+
+{compile_table}
+[deploy]
+fleets = ["prod"]
+
+[twin]
+fleet = "twins"
+workdir = "{s.twins.workdir}"
+min_accuracy = 0.9
+max_p99_ms = 2000
+load_seconds = 1
+load_concurrency = 2
+
+{shadow_table}
+[approval]
+mode = "{approval}"
+
+[rollout]
+stages = [{{ StageName = "all", DeviceSelectionConfig = {{ DeviceSubsetType = "PERCENTAGE", Percentage = 100 }} }}]
+"""
+
+
+def _wait_run(s: Setup, run_id: str, states: tuple[str, ...] = ("SUCCEEDED", "FAILED", "REJECTED")) -> Any:
+    def settled() -> Any:
+        run = s.op.describe_pipeline_run(run_id)
+        return run if run["State"] in states else None
+
+    try:
+        return wait_for(settled, f"run {run_id} to reach {states}")
+    except AssertionError:
+        print((s.work / "worker.log").read_text()[-5000:])
+        raise
+
+
+def _steps(run: Any) -> dict[str, Any]:
+    return {st["StepName"]: st for st in run["Steps"]}
+
+
+def _prod_plans(s: Setup) -> list[str]:
+    return [p["EdgeDeploymentPlanName"] for p in s.op.list_plans() if p["DeviceFleetName"] == "prod"]
+
+
+def test_a_run_compiles_validates_on_twins_and_rolls_out(setup: Setup) -> None:
+    from edgefleet.client import AgentClient
+
+    s = setup
+    created = s.op.put_pipeline(_config(s, "digits"))
+    assert created["Steps"] == ["compile", "package", "twin", "approval", "rollout"]
+    run = s.op.start_pipeline_run("digits")
+    assert run["State"] == "QUEUED" and run["ModelVersion"] == "r1"
+    run = _wait_run(s, run["RunId"])
+    steps = _steps(run)
+    assert run["State"] == "SUCCEEDED", (run["Reason"], steps)
+    assert all(st["State"] == "SUCCEEDED" for st in run["Steps"]), steps
+    compile_jobs = steps["compile"]["Artifacts"]["Jobs"]
+    assert compile_jobs and all(s.op.describe_job(j)["State"] == "SUCCEEDED" for j in compile_jobs.values())
+    assert steps["package"]["Artifacts"]["Packages"]
+    figures = steps["twin"]["Figures"]
+    assert figures["Accuracy"] > 0.9 and figures["P99Ms"] > 0 and figures["Load"]["Errors"] == 0, figures
+    assert figures["Load"]["Calls"] > 0
+    assert run["Decision"] == "Approved" and run["DecidedBy"] == "auto"
+    assert s.op.describe_version("digits", "r1")["ApprovalStatus"] == "Approved"
+    # production serves the new version
+    device = s.prod.twins[0]
+    with AgentClient(device.agent_address, timeout=30) as app:
+        wait_for(lambda: "digits" in app.handles(), "the production handle")
+        label = app.predict("digits", {"X": s.x_test[:1]})["label"]
+    assert label.shape == (1,)
+    lines = [line["Line"] for line in s.op.pipeline_run_logs(run["RunId"])["Lines"]]
+    assert any("compile job" in line for line in lines) and any("run SUCCEEDED" in line for line in lines)
+
+
+def test_a_planted_fault_fails_twin_validation_and_leaves_production_alone(setup: Setup) -> None:
+    s = setup
+    s.op.put_pipeline(_config(s, "digits", compile_step=False), replace=True)
+    before = _prod_plans(s)
+    run = _wait_run(s, s.op.start_pipeline_run("digits", source=str(s.faulty))["RunId"])
+    steps = _steps(run)
+    assert run["State"] == "FAILED", steps
+    assert steps["twin"]["State"] == "FAILED"
+    assert "accuracy" in steps["twin"]["Message"] and "below twin.min_accuracy 0.9" in steps["twin"]["Message"]
+    assert steps["twin"]["Figures"]["Accuracy"] < 0.5
+    assert run["Reason"].startswith("step twin failed: twin validation failed")
+    assert steps["approval"]["State"] == "PENDING" and steps["rollout"]["State"] == "PENDING"
+    assert _prod_plans(s) == before  # production untouched
+    version = s.op.describe_version("digits", run["ModelVersion"])
+    assert version["ApprovalStatus"] == "Rejected"
+
+
+def test_a_rejected_approval_rolls_nothing_out(setup: Setup) -> None:
+    from edgefleet.core.errors import FailedPrecondition, NotFound
+
+    s = setup
+    s.op.put_pipeline(_config(s, "digits", approval="manual", compile_step=False), replace=True)
+    before = _prod_plans(s)
+    run = s.op.start_pipeline_run("digits")
+    run = _wait_run(s, run["RunId"], ("WAITING_APPROVAL", "FAILED"))
+    assert run["State"] == "WAITING_APPROVAL", run
+    assert _steps(run)["approval"]["State"] == "WAITING"
+    rejected = s.op.decide_pipeline_run(run["RunId"], approve=False, note="not this one")
+    assert rejected["State"] == "REJECTED" and rejected["Decision"] == "Rejected"
+    assert rejected["DecidedBy"] == "pipeline-tests" and rejected["Reason"] == "rejected by pipeline-tests: not this one"
+    assert _steps(rejected)["rollout"]["State"] == "PENDING"
+    assert _prod_plans(s) == before
+    with pytest.raises(FailedPrecondition, match="is REJECTED, not WAITING_APPROVAL"):
+        s.op.decide_pipeline_run(run["RunId"], approve=True)
+    with pytest.raises(NotFound, match="no pipeline run"):
+        s.op.decide_pipeline_run("0" * 32, approve=True)
+
+
+def test_a_shadow_step_without_figures_fails(setup: Setup) -> None:
+    s = setup
+    s.op.put_pipeline(_config(s, "digits", compile_step=False, shadow=True), replace=True)
+    before = _prod_plans(s)
+    run = _wait_run(s, s.op.start_pipeline_run("digits")["RunId"])
+    steps = _steps(run)
+    assert run["State"] == "FAILED" and steps["twin"]["State"] == "SUCCEEDED", steps
+    assert steps["shadow"]["State"] == "FAILED"
+    assert steps["shadow"]["Message"].startswith("shadow figures not available")
+    assert _prod_plans(s) == before
+
+
+def test_bad_requests_are_refused_with_the_reason(setup: Setup) -> None:
+    from edgefleet.core.errors import AlreadyExists, InvalidArgument, NotFound
+
+    s = setup
+    with pytest.raises(InvalidArgument, match="twin.min_accuracy must be at least 0 and at most 1"):
+        s.op.put_pipeline(_config(s, "other").replace("min_accuracy = 0.9", "min_accuracy = 9"))
+    with pytest.raises(NotFound, match="no pipeline 'other'"):
+        s.op.start_pipeline_run("other")
+    s.op.put_pipeline(_config(s, "other", compile_step=False))
+    with pytest.raises(AlreadyExists, match="exists already"):
+        s.op.put_pipeline(_config(s, "other"))
+    with pytest.raises(InvalidArgument, match="must be an absolute path"):
+        s.op.start_pipeline_run("other", source="relative.onnx")
+    with pytest.raises(InvalidArgument, match="version"):
+        s.op.start_pipeline_run("other", version="no/slashes")
