@@ -161,7 +161,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Setu
 
 
 def _config(s: Setup, name: str, *, approval: str = "auto", compile_step: bool = True, shadow: bool = False) -> str:
-    compile_table = '[compile]\nquantize = "none"\nbenchmark_seconds = 0.05\n' if compile_step else ""
+    compile_table = '[compile]\nbackend = "onnxruntime"\nquantize = "none"\nbenchmark_seconds = 0.05\n' if compile_step else ""
     shadow_table = '[shadow]\nfleet = "prod"\nduration_seconds = 5\n' if shadow else ""
     return f"""
 [model]
@@ -200,8 +200,8 @@ def _wait_run(s: Setup, run_id: str, states: tuple[str, ...] = ("SUCCEEDED", "FA
 
     try:
         return wait_for(settled, f"run {run_id} to reach {states}")
-    except AssertionError:
-        print((s.work / "worker.log").read_text()[-5000:])
+    except Exception:
+        print((s.work / "worker.log").read_text()[-8000:])
         raise
 
 

@@ -412,8 +412,9 @@ class RunExecutor:
                 status, message, watch_until = stage.status, stage.status_message, stage.watch_until
                 if status == StageStatus.READYTODEPLOY:
                     stages.start_stage(session, plan_name, stage_name, self.db.now())
-                    self.say(step, f"stage {stage_name} of {plan_name} started")
-                    continue
+            if status == StageStatus.READYTODEPLOY:  # logged once the start is committed
+                self.say(step, f"stage {stage_name} of {plan_name} started")
+                continue
             if status == StageStatus.DEPLOYED:
                 if watch_until is None or watch_until <= self.db.now():
                     return message or "DEPLOYED"
