@@ -130,9 +130,23 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Setu
     worker_log = open(work / "worker.log", "wb")  # noqa: SIM115 (closed after the worker)
     worker = subprocess.Popen(
         [
-            sys.executable, "-m", "edgefleet", "worker", "--data-dir", str(data_dir), "--signing-keys", str(keys),
-            "--trust", str(keys / "trust"), "--worker-type", "thread", "--lease", "10", "--heartbeat", "1",
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "edgefleet",
+            "worker",
+            "--data-dir",
+            str(data_dir),
+            "--signing-keys",
+            str(keys),
+            "--trust",
+            str(keys / "trust"),
+            "--worker-type",
+            "thread",
+            "--lease",
+            "10",
+            "--heartbeat",
+            "1",
+        ],
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
         stdout=subprocess.DEVNULL,
         stderr=worker_log,
@@ -145,7 +159,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Setu
             fleet.start(1, name, url, token, ca_cert=ca, trust_dir=keys / "trust", timing=fast, client=op)
         twins.wait_heartbeats(120)
         prod.wait_heartbeats(120)
-        yield Setup(running, op, url, token, ca, twins, prod, work, model, faulty, validation, x[test], worker)
+        yield Setup(
+            running, op, url, token, ca, twins, prod, work, model, faulty, validation, x[test], worker
+        )
     finally:
         twins.stop()
         prod.stop()
@@ -160,8 +176,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Setu
         running.stop()
 
 
-def _config(s: Setup, name: str, *, approval: str = "auto", compile_step: bool = True, shadow: bool = False) -> str:
-    compile_table = '[compile]\nbackend = "onnxruntime"\nquantize = "none"\nbenchmark_seconds = 0.05\n' if compile_step else ""
+def _config(
+    s: Setup, name: str, *, approval: str = "auto", compile_step: bool = True, shadow: bool = False
+) -> str:
+    compile_table = (
+        '[compile]\nbackend = "onnxruntime"\nquantize = "none"\nbenchmark_seconds = 0.05\n'
+        if compile_step
+        else ""
+    )
     shadow_table = '[shadow]\nfleet = "prod"\nduration_seconds = 5\n' if shadow else ""
     return f"""
 [model]
@@ -251,7 +273,9 @@ def test_a_planted_fault_fails_twin_validation_and_leaves_production_alone(setup
     steps = _steps(run)
     assert run["State"] == "FAILED", steps
     assert steps["twin"]["State"] == "FAILED"
-    assert "accuracy" in steps["twin"]["Message"] and "below twin.min_accuracy 0.9" in steps["twin"]["Message"]
+    assert (
+        "accuracy" in steps["twin"]["Message"] and "below twin.min_accuracy 0.9" in steps["twin"]["Message"]
+    )
     assert steps["twin"]["Figures"]["Accuracy"] < 0.5
     assert run["Reason"].startswith("step twin failed: twin validation failed")
     assert steps["approval"]["State"] == "PENDING" and steps["rollout"]["State"] == "PENDING"
@@ -272,7 +296,10 @@ def test_a_rejected_approval_rolls_nothing_out(setup: Setup) -> None:
     assert _steps(run)["approval"]["State"] == "WAITING"
     rejected = s.op.decide_pipeline_run(run["RunId"], approve=False, note="not this one")
     assert rejected["State"] == "REJECTED" and rejected["Decision"] == "Rejected"
-    assert rejected["DecidedBy"] == "pipeline-tests" and rejected["Reason"] == "rejected by pipeline-tests: not this one"
+    assert (
+        rejected["DecidedBy"] == "pipeline-tests"
+        and rejected["Reason"] == "rejected by pipeline-tests: not this one"
+    )
     assert _steps(rejected)["rollout"]["State"] == "PENDING"
     assert _prod_plans(s) == before
     with pytest.raises(FailedPrecondition, match="is REJECTED, not WAITING_APPROVAL"):
@@ -297,7 +324,7 @@ def test_bad_requests_are_refused_with_the_reason(setup: Setup) -> None:
     from edgefleet.core.errors import AlreadyExists, InvalidArgument, NotFound
 
     s = setup
-    with pytest.raises(InvalidArgument, match="twin.min_accuracy must be at least 0 and at most 1"):
+    with pytest.raises(InvalidArgument, match=r"twin\.min_accuracy must be at least 0 and at most 1"):
         s.op.put_pipeline(_config(s, "other").replace("min_accuracy = 0.9", "min_accuracy = 9"))
     with pytest.raises(NotFound, match="no pipeline 'other'"):
         s.op.start_pipeline_run("other")

@@ -39,7 +39,9 @@ def add_parser(sub: Any) -> None:
     run.add_argument("model", help="the model (pipeline) name")
     run.add_argument("--source", type=Path, help="a model file replacing the configured source")
     run.add_argument("--version", help="the version registered (default: r<run number>)")
-    run.add_argument("--wait", action="store_true", help="print the log until the run ends or waits for approval")
+    run.add_argument(
+        "--wait", action="store_true", help="print the log until the run ends or waits for approval"
+    )
     run.set_defaults(func=start_run)
 
     runs = commands.add_parser("runs", help="runs, newest first")
@@ -52,7 +54,10 @@ def add_parser(sub: Any) -> None:
     logs.add_argument("-f", "--follow", action="store_true", help="until the run ends or waits for approval")
     logs.set_defaults(func=run_logs)
 
-    for name, helptext in (("approve", "approve a run at its approval gate"), ("reject", "reject a run at its approval gate")):
+    for name, helptext in (
+        ("approve", "approve a run at its approval gate"),
+        ("reject", "reject a run at its approval gate"),
+    ):
         decide = commands.add_parser(name, help=helptext)
         decide.add_argument("run_id")
         decide.add_argument("--note", help="why")
@@ -69,7 +74,11 @@ PIPELINE_FIELDS: list[Any] = [
     ("By", "CreatedBy"),
     ("Modified", "LastModifiedTime"),
 ]
-PIPELINE_COLUMNS: list[Any] = [("PIPELINE", "PipelineName"), ("STEPS", "Steps", lambda v: ",".join(v)), ("MODIFIED", "LastModifiedTime")]
+PIPELINE_COLUMNS: list[Any] = [
+    ("PIPELINE", "PipelineName"),
+    ("STEPS", "Steps", lambda v: ",".join(v)),
+    ("MODIFIED", "LastModifiedTime"),
+]
 RUN_FIELDS: list[Any] = [
     ("Run", "RunId"),
     ("Pipeline", "PipelineName"),
@@ -93,7 +102,13 @@ RUN_COLUMNS: list[Any] = [
     ("CREATED", "CreationTime"),
     ("REASON", "Reason"),
 ]
-STEP_COLUMNS: list[Any] = [("STEP", "StepName"), ("STATE", "State"), ("STARTED", "StartTime"), ("ENDED", "EndTime"), ("MESSAGE", "Message")]
+STEP_COLUMNS: list[Any] = [
+    ("STEP", "StepName"),
+    ("STATE", "State"),
+    ("STARTED", "StartTime"),
+    ("ENDED", "EndTime"),
+    ("MESSAGE", "Message"),
+]
 
 
 def _read(path: Path) -> str:

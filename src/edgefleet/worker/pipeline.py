@@ -56,7 +56,6 @@ from edgefleet.core.errors import (
     DeadlineExceeded,
     EdgefleetError,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
 )
 from edgefleet.server import registry, tasks
@@ -193,7 +192,14 @@ class RunExecutor:
         except EdgefleetError as exc:
             if not quiet:
                 raise
-            log.info("run %s: approval of %s %s not set to %s: %s", self.run_id, self.model, self.version, status, exc)
+            log.info(
+                "run %s: approval of %s %s not set to %s: %s",
+                self.run_id,
+                self.model,
+                self.version,
+                status,
+                exc,
+            )
 
     def _journal(self, step: str, **artifacts: Any) -> None:
         runs.update_step(self.db, self.run_id, step, artifacts=artifacts)
@@ -289,10 +295,19 @@ class RunExecutor:
                 claimed = tasks.claim(self.db, job_id, row.attempt, self.ctx.worker_id, self.ctx.policy.lease)
                 if claimed is not None:
                     self.say("compile", f"running compile job {job_id} on this worker")
-                    run_claimed(self.db, self.ctx.artifacts, self.ctx.policy, self.executors, claimed, self.ctx.worker_id)
+                    run_claimed(
+                        self.db,
+                        self.ctx.artifacts,
+                        self.ctx.policy,
+                        self.executors,
+                        claimed,
+                        self.ctx.worker_id,
+                    )
                     continue
             if time.monotonic() - started > self.settings.compile_timeout:
-                raise DeadlineExceeded(f"compile job {job_id} did not end within {self.settings.compile_timeout:g} s")
+                raise DeadlineExceeded(
+                    f"compile job {job_id} did not end within {self.settings.compile_timeout:g} s"
+                )
             self.ctx.wait(POLL)
 
     # -- package -----------------------------------------------------------------------------
@@ -313,7 +328,9 @@ class RunExecutor:
                 "run again with another --version"
             )
         self._journal("package", Started=True)
-        if not (self.settings.signing_dir / "signer.key").is_file() and not any(self.settings.signing_dir.glob("*.key")):
+        if not (self.settings.signing_dir / "signer.key").is_file() and not any(
+            self.settings.signing_dir.glob("*.key")
+        ):
             raise FailedPrecondition(
                 f"no signing key in {self.settings.signing_dir} (create one with `edgefleet keys init "
                 f"{self.settings.signing_dir}` and add its root to the server's trust store)"
@@ -337,7 +354,11 @@ class RunExecutor:
                     from edgefleet.compiler.output import build_package_from_output
 
                     archive = build_package_from_output(
-                        directory, name=self.model, version=self.version, key_dir=self.settings.signing_dir, out_dir=out
+                        directory,
+                        name=self.model,
+                        version=self.version,
+                        key_dir=self.settings.signing_dir,
+                        out_dir=out,
                     )
                 else:
                     if self.config.source.framework not in ("onnx", "tflite"):
@@ -363,7 +384,10 @@ class RunExecutor:
                 )
                 packages[target] = package_id
                 self._journal("package", Packages=packages)
-                self.say("package", f"package {package_id} ({target}) signed and registered as {self.model} {self.version}")
+                self.say(
+                    "package",
+                    f"package {package_id} ({target}) signed and registered as {self.model} {self.version}",
+                )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return f"{len(packages)} package(s) of {self.model} {self.version}: ids {', '.join(map(str, packages.values()))}"
@@ -442,7 +466,9 @@ class RunExecutor:
             )
         alive = [t for t in fleet.twins if t.alive()]
         if not alive:
-            raise FailedPrecondition(f"no twin of fleet {twin.fleet} runs (start them with `edgefleet twin up`)")
+            raise FailedPrecondition(
+                f"no twin of fleet {twin.fleet} runs (start them with `edgefleet twin up`)"
+            )
         self._set_approval(registry.Approval.APPROVED, f"pipeline run {self.number}: for the twin fleet")
         plan_name = self._ensure_plan("twin", twin.fleet, artifacts, None)
         self._deploy_stage("twin", plan_name, "all", twin.deploy_timeout_seconds)
@@ -458,10 +484,14 @@ class RunExecutor:
         names = [s.name for s in specs]
         data = None
         if self.config.source.validation is not None:
-            data = validation.load_validation(Path(self.config.source.validation), names, twin.labels, twin.reference)
-        smoke = data.row(0) if data is not None else {
-            s.name: np.zeros([d if d > 0 else 1 for d in s.shape], dtype=s.dtype.numpy) for s in specs
-        }
+            data = validation.load_validation(
+                Path(self.config.source.validation), names, twin.labels, twin.reference
+            )
+        smoke = (
+            data.row(0)
+            if data is not None
+            else {s.name: np.zeros([d if d > 0 else 1 for d in s.shape], dtype=s.dtype.numpy) for s in specs}
+        )
         figures: dict[str, Any] = {"Twins": len(alive)}
         latencies: list[float] = []
         per_twin: dict[str, Any] = {}
@@ -475,7 +505,7 @@ class RunExecutor:
                     raise FailedPrecondition(f"smoke Predict on twin {t.name} failed: {exc.message}") from exc
                 if data is not None:
                     answers = validation.ask(
-                        lambda x, c=client: c.predict(self.model, x), data, twin.output, self.ctx.check
+                        validation.predictor(client, self.model), data, twin.output, self.ctx.check
                     )
                     latencies.extend(answers.latencies)
                     entry: dict[str, Any] = {"Rows": len(answers.predicted)}
@@ -495,7 +525,7 @@ class RunExecutor:
                 figures["P99Ms"] = validation.percentile_ms(latencies, 99)
             if twin.load_seconds > 0:
                 rows = [data.row(i) for i in range(min(data.rows, 256))] if data is not None else [smoke]
-                predicts = [lambda x, c=c: c.predict(self.model, x) for c in clients]
+                predicts = [validation.predictor(c, self.model) for c in clients]
                 load = validation.load_test(predicts, rows, twin.load_seconds, twin.load_concurrency)
                 figures["Load"] = load.to_dict()
         finally:
@@ -508,10 +538,14 @@ class RunExecutor:
             if "Accuracy" not in figures:
                 problems.append(f"the validation set has no {twin.labels!r} array to judge twin.min_accuracy")
             elif figures["Accuracy"] < twin.min_accuracy:
-                problems.append(f"accuracy {figures['Accuracy']:.4f} is below twin.min_accuracy {twin.min_accuracy:g}")
+                problems.append(
+                    f"accuracy {figures['Accuracy']:.4f} is below twin.min_accuracy {twin.min_accuracy:g}"
+                )
         if twin.min_agreement is not None:
             if "Agreement" not in figures:
-                problems.append(f"the validation set has no {twin.reference!r} array to judge twin.min_agreement")
+                problems.append(
+                    f"the validation set has no {twin.reference!r} array to judge twin.min_agreement"
+                )
             elif figures["Agreement"] < twin.min_agreement:
                 problems.append(
                     f"agreement {figures['Agreement']:.4f} is below twin.min_agreement {twin.min_agreement:g}"
@@ -525,7 +559,9 @@ class RunExecutor:
             elif worst > twin.max_p99_ms:
                 problems.append(f"p99 latency {worst:.2f} ms is above twin.max_p99_ms {twin.max_p99_ms:g}")
         if (figures.get("Load") or {}).get("Errors"):
-            problems.append(f"the load test saw {figures['Load']['Errors']} failed calls: {figures['Load']['FirstError']}")
+            problems.append(
+                f"the load test saw {figures['Load']['Errors']} failed calls: {figures['Load']['FirstError']}"
+            )
         if problems:
             raise FailedPrecondition("twin validation failed: " + "; ".join(problems))
         summary = ", ".join(f"{k} {figures[k]}" for k in ("Accuracy", "Agreement", "P99Ms") if k in figures)
@@ -539,7 +575,9 @@ class RunExecutor:
             if self.model in handles:
                 return
             if time.monotonic() - started > timeout:
-                raise FailedPrecondition(f"twin {twin_name} has no handle {self.model!r} after the deployment")
+                raise FailedPrecondition(
+                    f"twin {twin_name} has no handle {self.model!r} after the deployment"
+                )
             self.ctx.wait(POLL)
 
     # -- shadow, approval, rollout -------------------------------------------------------------
@@ -559,7 +597,9 @@ class RunExecutor:
         if agreement is None or agreement < shadow.min_agreement:
             problems.append(f"agreement {agreement} is below shadow.min_agreement {shadow.min_agreement:g}")
         if ratio is None or ratio > shadow.max_latency_ratio:
-            problems.append(f"latency ratio {ratio} is above shadow.max_latency_ratio {shadow.max_latency_ratio:g}")
+            problems.append(
+                f"latency ratio {ratio} is above shadow.max_latency_ratio {shadow.max_latency_ratio:g}"
+            )
         if problems:
             raise FailedPrecondition("shadow test failed: " + "; ".join(problems))
         return f"shadow agreement {agreement}, latency ratio {ratio}"
@@ -569,7 +609,9 @@ class RunExecutor:
             with self.db.session() as session:
                 run = runs.get_run(session, self.run_id)
                 run.decision, run.decided_by, run.decided_at = "Approved", "auto", self.db.now()
-            self._set_approval(registry.Approval.APPROVED, f"pipeline run {self.number}: approved automatically")
+            self._set_approval(
+                registry.Approval.APPROVED, f"pipeline run {self.number}: approved automatically"
+            )
             return "approved automatically (approval.mode = auto)"
         raise _Wait(f"waiting for approval: `edgefleet pipeline approve {self.run_id}` or `reject`")
 

@@ -59,16 +59,21 @@ def load_validation(path: Path, input_names: list[str], labels: str, reference: 
     out = ValidationSet(inputs, arrays.get(labels), arrays.get(reference))
     sizes = {len(a) for a in inputs.values()} | {len(a) for a in (out.labels, out.reference) if a is not None}
     if len(sizes) != 1 or out.rows == 0:
-        raise InvalidArgument(f"validation set {path}: its arrays disagree in rows or are empty ({sorted(sizes)})")
+        raise InvalidArgument(
+            f"validation set {path}: its arrays disagree in rows or are empty ({sorted(sizes)})"
+        )
     return out
 
 
 def classes(answer: np.ndarray) -> np.ndarray:
     """The class of each row of an answer: the value of an integer output, else the argmax."""
     a = np.asarray(answer)
+    out: np.ndarray
     if a.ndim <= 1 or (a.ndim == 2 and a.shape[1] == 1 and np.issubdtype(a.dtype, np.integer)):
-        return a.reshape(-1).astype(np.int64)
-    return a.reshape(a.shape[0], -1).argmax(axis=1).astype(np.int64)
+        out = a.reshape(-1).astype(np.int64)
+    else:
+        out = a.reshape(a.shape[0], -1).argmax(axis=1).astype(np.int64)
+    return out
 
 
 def percentile_ms(latencies: list[float], q: float) -> float | None:
@@ -81,6 +86,16 @@ class Answers:
 
     predicted: np.ndarray
     latencies: list[float]
+
+
+def predictor(client: Any, model: str) -> Predict:
+    """Predict on ``model`` through an :class:`~edgefleet.client.AgentClient`."""
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        answer: dict[str, np.ndarray] = client.predict(model, inputs)
+        return answer
+
+    return predict
 
 
 def ask(predict: Predict, data: ValidationSet, output: str | None, check: Callable[[], None]) -> Answers:
@@ -101,7 +116,9 @@ def pick(answer: dict[str, np.ndarray], output: str | None) -> np.ndarray:
     """The output compared: ``output`` by name, else the first integer output, else the first."""
     if output is not None:
         if output not in answer:
-            raise InvalidArgument(f"twin.output {output!r} is not an output of the model (it has: {', '.join(answer)})")
+            raise InvalidArgument(
+                f"twin.output {output!r} is not an output of the model (it has: {', '.join(answer)})"
+            )
         return answer[output]
     for value in answer.values():
         if np.issubdtype(np.asarray(value).dtype, np.integer):

@@ -68,7 +68,9 @@ def create_pipeline(body: s.PipelineRequest, request: Request, actor: Actor) -> 
     """Store a model's pipeline configuration (TOML); INVALID_ARGUMENT names the key at fault."""
     st = app_state(request)
     with st.db.session() as session:
-        return pipeline_out(runs.put_pipeline(session, body.PipelineConfig, actor, st.db.now(), replace=body.Replace))
+        return pipeline_out(
+            runs.put_pipeline(session, body.PipelineConfig, actor, st.db.now(), replace=body.Replace)
+        )
 
 
 @router.get("/pipelines", response_model=s.PipelineList, summary="List pipelines")
@@ -85,12 +87,21 @@ def get_pipeline(name: str, request: Request, actor: Actor) -> s.PipelineOut:
         return pipeline_out(runs.get_pipeline(session, name))
 
 
-@router.post("/pipelines/{name}/runs", status_code=201, response_model=s.PipelineRunOut, summary="Start a run")
+@router.post(
+    "/pipelines/{name}/runs", status_code=201, response_model=s.PipelineRunOut, summary="Start a run"
+)
 def start_run(name: str, body: s.StartRunRequest, request: Request, actor: Actor) -> s.PipelineRunOut:
     """Record a run and queue the job that advances it."""
     st = app_state(request)
     row = runs.start_run(
-        st.db, st.queue, name, actor, st.config.jobs, version=body.ModelVersion, source=body.Source, trigger=body.Trigger
+        st.db,
+        st.queue,
+        name,
+        actor,
+        st.config.jobs,
+        version=body.ModelVersion,
+        source=body.Source,
+        trigger=body.Trigger,
     )
     with st.db.session() as session:
         return run_out(session, runs.get_run(session, row.id))
@@ -121,7 +132,9 @@ def get_run(run_id: str, request: Request, actor: Actor) -> s.PipelineRunOut:
 
 
 @router.get("/pipeline-runs/{run_id}/logs", response_model=s.PipelineLogs, summary="A run's log lines")
-def run_logs(run_id: str, request: Request, actor: Actor, After: int = 0, MaxResults: int | None = None) -> s.PipelineLogs:
+def run_logs(
+    run_id: str, request: Request, actor: Actor, After: int = 0, MaxResults: int | None = None
+) -> s.PipelineLogs:
     st = app_state(request)
     limit = check_page_size(MaxResults, 1000, st.config.limits.max_page_size)
     with st.db.session() as session:

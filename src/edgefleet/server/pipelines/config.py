@@ -254,8 +254,10 @@ class _Table:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise InvalidArgument(f"{self.key(name)} must be a whole number of at least {least}, got {value!r:.100}")
-        return value
+            raise InvalidArgument(
+                f"{self.key(name)} must be a whole number of at least {least}, got {value!r:.100}"
+            )
+        return int(value)
 
     def strings(self, name: str) -> tuple[str, ...]:
         value = self.get(name, [])
@@ -305,7 +307,9 @@ def check_config(raw: dict[str, Any]) -> PipelineConfig:
     model_path = src.path("model", required=True)
     framework = src.text("framework", required=True)
     if framework not in FRAMEWORKS:
-        raise InvalidArgument(f"source.framework {framework!r:.50} is not known (known: {', '.join(FRAMEWORKS)})")
+        raise InvalidArgument(
+            f"source.framework {framework!r:.50} is not known (known: {', '.join(FRAMEWORKS)})"
+        )
     inputs = src.strings("inputs")
     for spec in inputs:
         if spec.count(":") not in (1, 2):

@@ -13,9 +13,7 @@ if TYPE_CHECKING:
     from edgefleet.server.pipelines.config import RolloutConfig
 
 
-def _request(
-    plan_name: str, fleet: str, model: str, version: str, rollout: RolloutConfig | None
-) -> Any:
+def _request(plan_name: str, fleet: str, model: str, version: str, rollout: RolloutConfig | None) -> Any:
     from pydantic import ValidationError
 
     from edgefleet.server.api import schemas as s
@@ -25,7 +23,10 @@ def _request(
         "DeviceFleetName": fleet,
         "ModelConfigs": [{"ModelHandle": model, "ModelName": model, "ModelVersion": version}],
         "Stages": [
-            {"StageName": "all", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100}}
+            {
+                "StageName": "all",
+                "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100},
+            }
         ],
     }
     if rollout is not None:
@@ -53,7 +54,7 @@ def plan_spec(
     (``rollout`` None) one stage of every device."""
     from edgefleet.server.api.deployments import _spec
 
-    return _spec(_request(plan_name, fleet, model, version, rollout))  # type: ignore[no-untyped-call]
+    return _spec(_request(plan_name, fleet, model, version, rollout))
 
 
 def check_rollout(rollout: RolloutConfig, model: str) -> None:

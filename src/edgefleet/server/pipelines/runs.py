@@ -126,7 +126,10 @@ def start_run(
         if source is not None:
             raw["source"] = {**raw["source"], "model": source}
         config = check_config(raw)
-        number = (session.scalar(select(func.max(PipelineRunRow.number)).where(PipelineRunRow.pipeline == name)) or 0) + 1
+        number = (
+            session.scalar(select(func.max(PipelineRunRow.number)).where(PipelineRunRow.pipeline == name))
+            or 0
+        ) + 1
         model_version = version or f"r{number}"
         validate_version(model_version)
         run_id = uuid.uuid4().hex
@@ -147,10 +150,21 @@ def start_run(
         for position, step in enumerate(config.steps()):
             session.add(
                 PipelineStepRow(
-                    run_id=run_id, position=position, name=step, state=StepState.PENDING, artifacts={}, figures={}
+                    run_id=run_id,
+                    position=position,
+                    name=step,
+                    state=StepState.PENDING,
+                    artifacts={},
+                    figures={},
                 )
             )
-        _log(session, run_id, None, now, [f"run {number} of {name} (version {model_version}) queued by {actor} ({trigger})"])
+        _log(
+            session,
+            run_id,
+            None,
+            now,
+            [f"run {number} of {name} (version {model_version}) queued by {actor} ({trigger})"],
+        )
         _notify(session, run, config, now)
     _queue_job(db, queue, run_id, actor, policy)
     with db.session() as session:
@@ -173,7 +187,9 @@ def get_run(session: Session, run_id: str) -> PipelineRunRow:
 
 def steps_of(session: Session, run_id: str) -> list[PipelineStepRow]:
     return list(
-        session.scalars(select(PipelineStepRow).where(PipelineStepRow.run_id == run_id).order_by(PipelineStepRow.position))
+        session.scalars(
+            select(PipelineStepRow).where(PipelineStepRow.run_id == run_id).order_by(PipelineStepRow.position)
+        )
     )
 
 
@@ -247,9 +263,15 @@ def decide(
             raise FailedPrecondition(f"run {run_id} changed meanwhile; look again")
         gate = next(s for s in steps_of(session, run_id) if s.name == "approval")
         if approve:
-            gate.state, gate.message = StepState.SUCCEEDED, f"approved by {actor}" + (f": {note}" if note else "")
+            gate.state, gate.message = (
+                StepState.SUCCEEDED,
+                f"approved by {actor}" + (f": {note}" if note else ""),
+            )
         else:
-            gate.state, gate.message = StepState.FAILED, f"rejected by {actor}" + (f": {note}" if note else "")
+            gate.state, gate.message = (
+                StepState.FAILED,
+                f"rejected by {actor}" + (f": {note}" if note else ""),
+            )
         gate.finished_at = now
         _log(session, run_id, "approval", now, [gate.message])
         session.refresh(run)
@@ -346,4 +368,6 @@ def _notify(session: Session, run: PipelineRunRow, config: PipelineConfig, now: 
         "Reason": run.reason,
         "Time": now.isoformat(),
     }
-    webhooks.enqueue(session, event_id=None, url=config.webhook.url, payload=payload, secret=config.webhook.secret, now=now)
+    webhooks.enqueue(
+        session, event_id=None, url=config.webhook.url, payload=payload, secret=config.webhook.secret, now=now
+    )
