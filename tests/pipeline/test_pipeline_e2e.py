@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ class Setup:
     validation: Path
     x_test: np.ndarray
     worker: subprocess.Popen[bytes]
+    start_worker: Callable[[], subprocess.Popen[bytes]]
 
 
 def _digits_table() -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +89,18 @@ def _digits_model(weight: np.ndarray, bias: np.ndarray, path: Path) -> Path:
     onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())
     return path
+
+
+def _start_worker(data_dir: Path, keys: Path, log: Any) -> subprocess.Popen[bytes]:
+    """``edgefleet worker`` on the server's data directory: one thread slot, a 10 s lease."""
+    args = ["--data-dir", str(data_dir), "--signing-keys", str(keys), "--trust", str(keys / "trust")]
+    args += ["--worker-type", "thread", "--lease", "10", "--heartbeat", "1"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgefleet", "worker", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,44 +141,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Setu
     ca = Path(running.endpoints.ca_cert)
     url = running.endpoints.api_url
     op = FleetClient(ClientConfig(url, token, ca))
-    worker_log = open(work / "worker.log", "wb")  # noqa: SIM115 (closed after the worker)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgefleet",
-            "worker",
-            "--data-dir",
-            str(data_dir),
-            "--signing-keys",
-            str(keys),
-            "--trust",
-            str(keys / "trust"),
-            "--worker-type",
-            "thread",
-            "--lease",
-            "10",
-            "--heartbeat",
-            "1",
-        ],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        stdout=subprocess.DEVNULL,
-        stderr=worker_log,
-    )
+    worker_log = open(work / "worker.log", "ab")  # noqa: SIM115 (closed after the worker)
+    worker = _start_worker(data_dir, keys, worker_log)
     fast = TwinTiming(heartbeat_interval_seconds=1, poll_interval_seconds=1, health_interval_seconds=1)
     twins = TwinFleet(work / "twins")
     prod = TwinFleet(work / "prod")
+    value: Setup | None = None
     try:
         for fleet, name in ((twins, "twins"), (prod, "prod")):
             fleet.start(1, name, url, token, ca_cert=ca, trust_dir=keys / "trust", timing=fast, client=op)
         twins.wait_heartbeats(120)
         prod.wait_heartbeats(120)
-        yield Setup(
-            running, op, url, token, ca, twins, prod, work, model, faulty, validation, x[test], worker
-        )
+        value = Setup(
+            running, op, url, token, ca, twins, prod, work, model, faulty, validation, x[test], worker,
+            lambda: _start_worker(data_dir, keys, worker_log),
+        )  # fmt: skip
+        yield value
     finally:
         twins.stop()
         prod.stop()
+        worker = value.worker if value is not None else worker
         worker.terminate()
         try:
             worker.wait(30)
@@ -235,6 +231,7 @@ def _prod_plans(s: Setup) -> list[str]:
     return [p["EdgeDeploymentPlanName"] for p in s.op.list_plans() if p["DeviceFleetName"] == "prod"]
 
 
+@pytest.mark.slow
 def test_a_run_compiles_validates_on_twins_and_rolls_out(setup: Setup) -> None:
     from edgefleet.client import AgentClient
 
@@ -308,6 +305,39 @@ def test_a_rejected_approval_rolls_nothing_out(setup: Setup) -> None:
         s.op.decide_pipeline_run("0" * 32, approve=True)
 
 
+@pytest.mark.slow
+def test_a_run_survives_its_worker_sigkilled_mid_step(setup: Setup) -> None:
+    """The worker dies (SIGKILL) during the twin step's load test: the job's lease runs out, the
+    server queues attempt 2, a new worker continues the run from its journal (the twin plan is
+    not made twice) and the run succeeds."""
+    s = setup
+    s.op.put_pipeline(
+        _config(s, "digits", compile_step=False).replace("load_seconds = 1", "load_seconds = 20"),
+        replace=True,
+    )
+    run = s.op.start_pipeline_run("digits")
+    run_id = run["RunId"]
+
+    def in_load_test() -> bool:
+        lines = [line["Line"] for line in s.op.pipeline_run_logs(run_id)["Lines"]]
+        return any("deployed to 1 twin(s)" in line for line in lines)
+
+    wait_for(in_load_test, "the twin step's load test")
+    time.sleep(2)  # well inside the 20 s load test
+    s.worker.send_signal(signal.SIGKILL)
+    s.worker.wait(30)
+    s.worker = s.start_worker()
+    run = _wait_run(s, run_id)
+    assert run["State"] == "SUCCEEDED", (run["Reason"], _steps(run))
+    job = s.op.describe_job(run["JobId"])
+    assert job["State"] == "SUCCEEDED" and job["Attempt"] == 2, job
+    job_lines = [line["Line"] for line in s.op.job_logs(run["JobId"])["Lines"]]
+    assert any("lost (lease expired)" in line for line in job_lines), job_lines
+    plans = [p["EdgeDeploymentPlanName"] for p in s.op.list_plans() if p["DeviceFleetName"] == "twins"]
+    assert plans.count(f"pl-digits-{run['RunNumber']}-twins") == 1
+
+
+@pytest.mark.slow
 def test_a_shadow_step_without_figures_fails(setup: Setup) -> None:
     s = setup
     s.op.put_pipeline(_config(s, "digits", compile_step=False, shadow=True), replace=True)
