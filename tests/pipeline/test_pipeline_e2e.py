@@ -365,3 +365,57 @@ def test_bad_requests_are_refused_with_the_reason(setup: Setup) -> None:
         s.op.start_pipeline_run("other", source="relative.onnx")
     with pytest.raises(InvalidArgument, match="version"):
         s.op.start_pipeline_run("other", version="no/slashes")
+
+
+def _cli(s: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "EDGEFLEET_SERVER": s.url,
+        "EDGEFLEET_TOKEN": s.token,
+        "EDGEFLEET_CA_CERT": str(s.ca_cert),
+        "EDGEFLEET_CLIENT_CONFIG": "/nonexistent/client.json",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet", "pipeline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_cli_creates_runs_and_approves(setup: Setup) -> None:
+    s = setup
+    config = s.work / "digits-manual.toml"
+    config.write_text(_config(s, "digits", approval="manual", compile_step=False))
+    missing = _cli(s, "create", str(s.work / "nope.toml"))
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    bad = s.work / "bad.toml"
+    bad.write_text(config.read_text().replace('mode = "manual"', 'mode = "later"'))
+    refused = _cli(s, "create", str(bad), "--replace")
+    assert refused.returncode != 0 and "approval.mode 'later' is not one of manual, auto" in refused.stderr
+    created = _cli(s, "create", str(config), "--replace")
+    assert created.returncode == 0, created.stderr
+    assert "package -> twin -> approval -> rollout" in created.stdout
+    assert "digits" in _cli(s, "list").stdout
+
+    started = _cli(s, "run", "digits", "--wait")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "WAITING_APPROVAL" in started.stdout and "step twin SUCCEEDED" in started.stdout
+    (run,) = [r for r in s.op.list_pipeline_runs(pipeline="digits", state="WAITING_APPROVAL")]
+    approved = _cli(s, "approve", run["RunId"], "--note", "looks good")
+    assert approved.returncode == 0, approved.stderr
+    done = _wait_run(s, run["RunId"])
+    assert done["State"] == "SUCCEEDED", (done["Reason"], _steps(done))
+    assert done["Decision"] == "Approved" and done["DecidedBy"] == "pipeline-tests"
+    assert _steps(done)["approval"]["Message"] == "approved by pipeline-tests: looks good"
+    assert s.op.describe_version("digits", done["ModelVersion"])["ApprovalStatus"] == "Approved"
+    shown = _cli(s, "show", run["RunId"])
+    assert shown.returncode == 0 and "SUCCEEDED" in shown.stdout and "rollout" in shown.stdout
+    logs = _cli(s, "logs", run["RunId"])
+    assert "approved by pipeline-tests" in logs.stdout and "run SUCCEEDED" in logs.stdout
+    listed = _cli(s, "runs", "digits")
+    assert run["RunId"] in listed.stdout
+    again = _cli(s, "reject", run["RunId"])
+    assert again.returncode != 0 and "not WAITING_APPROVAL" in again.stderr

@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
 
     show = commands.add_parser("show", help="a pipeline's configuration, or a run (by its id)")
     show.add_argument("name", help="the model name, or a run id")
-    show.set_defaults(func=show)
+    show.set_defaults(func=show_pipeline_or_run)
 
     listing = commands.add_parser("list", help="the pipelines")
     listing.set_defaults(func=list_pipelines)
@@ -143,7 +143,7 @@ def _show_run(args: argparse.Namespace, run: dict[str, Any]) -> int:
     return 0
 
 
-def show(args: argparse.Namespace) -> int:
+def show_pipeline_or_run(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         if _looks_like_run(args.name):
             return _show_run(args, client.describe_pipeline_run(args.name))
