@@ -422,7 +422,7 @@ def test_the_default_address_is_the_documented_socket(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "give a subcommand (run, list, describe, load, unload, predict, stats), or -c CONFIG"),
+        ((), "give a subcommand (run, list, describe, load, unload, predict, stats, shadow), or -c CONFIG"),
         (("-c", "agent.json", "list"), "-c/--config must come after 'agent run', not before 'list'"),
         (("predict", "lin"), "the following arguments are required: INPUT"),
         (("list", "--timeout", "0"), "'0' must be more than 0 seconds"),
@@ -456,6 +456,7 @@ def test_every_argument_has_help_without_backticks() -> None:
     assert {name for name, _ in checked} == {
         "agent",
         *(f"agent {s}" for s in ("run", "list", "describe", "load", "unload", "predict", "stats")),
+        *(f"agent shadow {s}" for s in ("load", "unload", "promote", "stats")),
     }
     for name, action in checked:
         assert action.help, f"{name} {action.option_strings or action.dest} has no help"

@@ -365,3 +365,18 @@ def test_cli_shadow_commands(client: AgentClient, agent: AgentProcess, keys: Pat
     assert promoted.returncode == 0, promoted.stderr
     assert "handle det -> det-v2 (was det-v1" in promoted.stdout
     assert client.handles() == {"det": "det-v2"}
+
+
+def test_agent_stops_cleanly_with_a_pair_mirroring(keys: Path, trust: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "open"
+    (tmp_path / "agent").mkdir()
+    with running_agent(tmp_path / "agent", trust) as proc, AgentClient(proc.address, timeout=60) as client:
+        client.load(build_null(keys, tmp_path / "c", name="det", version="1"), "det-v1")
+        client.load(build_null(keys, tmp_path / "s", name="det", version="2", gate=str(gate)), "det-v2")
+        client.set_handle("det", "det-v1")
+        client.load_shadow("det", "det-v2")
+        for _ in range(3):
+            client.predict("det", X)
+        wait_for(lambda: client.model_stats("det-v2")[0].in_flight == 1, "the shadow holding a call")
+        gate.touch()  # the held call may finish while the agent stops; the queued one is discarded
+        assert proc.stop() == 0, proc.log()

@@ -34,6 +34,7 @@ from edgefleet.core.deviceplane import (
     PackageRef,
     Registration,
     Result,
+    ShadowReport,
     SummaryWindow,
     Verdict,
 )
@@ -68,6 +69,9 @@ HEARTBEAT = Heartbeat(
         ),
     ),
     summaries=(SummaryWindow("detector", "7", AT, AT, 42, {"Version": 1, "Inputs": []}),),
+    shadows=(
+        ShadowReport("detector", "detector", "7", "detector", "8", 9, 8, 7, 1, 1, 0, 1.5, 3.0, 2.0, 4.5),
+    ),
 )
 RESULT = DeploymentResult(
     deployment_name="plan.canary",
@@ -153,6 +157,14 @@ def test_heartbeat_capture_and_summaries_match() -> None:
     _reads_back(s.SummaryWindowModel, window)
     _same_defaults(s.SummaryWindowModel, window, lambda raw: SummaryWindow.from_wire(raw).to_wire())
     assert Heartbeat.from_wire(HEARTBEAT.to_wire()) == HEARTBEAT
+
+
+def test_heartbeat_shadows_match() -> None:
+    pair = HEARTBEAT.shadows[0].to_wire()
+    assert _fields(s.ShadowReportModel) == set(pair)
+    _reads_back(s.ShadowReportModel, pair)
+    _same_defaults(s.ShadowReportModel, pair, lambda raw: ShadowReport.from_wire(raw).to_wire())
+    assert Heartbeat.from_wire(HEARTBEAT.to_wire()).shadows == HEARTBEAT.shadows
 
 
 def test_deployment_result_matches() -> None:

@@ -25,6 +25,8 @@ HEAVY = (
     # httpx is a base dependency (the device's HTTPS client), imported only when a command talks HTTP
     "httpx",
     "rich",
+    # the 'metrics' extra, imported only when an agent is started with a metrics address
+    "prometheus_client",
 )
 
 

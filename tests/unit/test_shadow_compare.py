@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
-from edgefleet.agent.shadow import DEFAULT_MAX_QUEUE, DEFAULT_TOLERANCE, Comparison, ShadowSettings, compare
+from edgefleet.agent.shadow import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_TOLERANCE,
+    Comparison,
+    ShadowSettings,
+    compare,
+    lower_priority,
+)
 from edgefleet.core.errors import InvalidArgument
 
 AUTO = ShadowSettings()
@@ -55,3 +65,18 @@ def test_settings_defaults_and_bounds() -> None:
             ShadowSettings.checked(1.0, tolerance, 0, Comparison.AUTO)
     with pytest.raises(InvalidArgument, match="max_queue"):
         ShadowSettings.checked(1.0, 0.0, 5000, Comparison.AUTO)
+
+
+def test_the_mirror_thread_alone_gets_the_lowest_priority() -> None:
+    seen: list[tuple[str, int, int]] = []
+
+    def mirror() -> None:
+        tid = threading.get_native_id()
+        seen.append((lower_priority(), os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
+
+    thread = threading.Thread(target=mirror)
+    thread.start()
+    thread.join()
+    ((how, policy, nice),) = seen
+    assert (how == "SCHED_IDLE" and policy == os.SCHED_IDLE) or (how == "nice 19" and nice == 19)
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the rest of the process is untouched

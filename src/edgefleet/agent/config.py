@@ -38,6 +38,18 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet" / "agent"
 
 
+def metrics_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as (host, port); INVALID_ARGUMENT if it is not one."""
+    host, sep, port_text = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidArgument(
+            f"metrics_address must be host:port (e.g. 127.0.0.1:9464; port 0 picks a free one), "
+            f"not {address!r}"
+        )
+    return host, int(port_text)
+
+
 def default_memory_budget() -> int:
     """Half of the machine's physical memory: room for models, leaving the rest to applications."""
     return int(psutil.virtual_memory().total // 2)
@@ -150,8 +162,11 @@ class AgentConfig:
     max_message_bytes: int = 1 << 30
     #: Debug logging.
     log_verbose: bool = False
-    #: ``text`` or ``json`` (one JSON object per log line).
+    #: ``text`` or ``json`` (one JSON object per log line; fields in docs/agent-config.md).
     log_format: str = "text"
+    #: Serve Prometheus ``GET /metrics`` on this ``host:port`` (e.g. ``127.0.0.1:9464``; port 0: a
+    #: free one, logged). Empty: off, nothing listens. Needs the ``metrics`` extra (docs/metrics.md).
+    metrics_address: str = ""
     capture: CaptureSettings = field(default_factory=CaptureSettings)
 
     def __post_init__(self) -> None:
@@ -180,6 +195,8 @@ class AgentConfig:
             raise InvalidArgument("model_summary_sample must be above 0 and at most 1")
         if self.log_format not in ("text", "json"):
             raise InvalidArgument("log_format must be 'text' or 'json'")
+        if self.metrics_address:
+            metrics_host_port(self.metrics_address)
         if self.capture.destination not in ("Disk", "Cloud"):
             raise InvalidArgument(
                 f"capture destination {self.capture.destination!r} unknown (known: Disk, Cloud)"

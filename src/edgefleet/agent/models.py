@@ -379,6 +379,7 @@ class ModelRegistry:
             slot.manifest.runtime.name,
             alias,
             slot.memory_bytes >> 20,
+            extra={"model": slot.manifest.name, "version": slot.manifest.version},
         )
         return slot
 
@@ -459,6 +460,7 @@ class ModelRegistry:
                 "unloading %r with requests still running after %.0fs",
                 alias,
                 self._limits.unload_drain_seconds,
+                extra=_log_fields(slot),
             )
         model, slot.model = slot.model, None
         if model is not None:
@@ -471,7 +473,7 @@ class ModelRegistry:
             shutil.rmtree(slot.package_dir, ignore_errors=True)
         if self._release_memory:
             release_free_memory()
-        log.info("unloaded model %r", alias)
+        log.info("unloaded model %r", alias, extra=_log_fields(slot))
 
     def close(self) -> None:
         """Unload everything (agent shutdown)."""
@@ -483,6 +485,12 @@ class ModelRegistry:
                 self.unload(alias)
             except NotFound:
                 continue
+
+
+def _log_fields(slot: ModelSlot) -> dict[str, str]:
+    """The log record fields of a slot's model: its package's name and version."""
+    manifest = slot.verified_manifest
+    return {} if manifest is None else {"model": manifest.name, "version": manifest.version}
 
 
 def validate_alias(alias: str) -> str:

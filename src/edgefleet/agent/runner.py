@@ -18,6 +18,7 @@ import grpc
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.fast_socket import FastSocketServer, unlink_if_ours
+from edgefleet.agent.metrics import AgentCollector, MetricsEndpoint, require_prometheus_client, start_metrics
 from edgefleet.agent.models import ModelLimits, ModelRegistry
 from edgefleet.agent.server import AgentLifecycle, AgentService, AgentState, ExtensionsService, add_to_server
 from edgefleet.agent.shadow import Shadows
@@ -89,6 +90,8 @@ class RunningAgent:
     auto_capture: AutoCapture | None = None
     #: Live input/output summaries for drift monitoring (None when off).
     summariser: Summariser | None = None
+    #: The Prometheus ``/metrics`` endpoint (None when ``metrics_address`` is empty: off).
+    metrics: MetricsEndpoint | None = None
     #: Shadow models paired with handles (extension "shadow-models").
     shadows: Shadows | None = None
 
@@ -97,6 +100,8 @@ class RunningAgent:
         if not self.state.begin_stop():
             return
         log.info("agent stopping")
+        if self.metrics is not None:
+            self.metrics.stop()
         self.server.stop(grace).wait()
         if self.fast_path is not None:
             self.fast_path.stop()
@@ -247,6 +252,8 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     path = socket_path(address)
     if config.trust_dir is not None:
         check_trust_dir(config.trust_dir)
+    if config.metrics_address:
+        require_prometheus_client()  # before anything is started
     sink = open_capture_sink(config)
     periodic = open_cloud_sink(config, "capture periodic upload") if config.periodic_upload else None
     prepare_socket(path, force=force)
@@ -321,15 +328,7 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
     os.replace(bound, path)
     st = path.lstat()
     fast = start_fast_path(config, path, agent) if config.fast_path else None
-    state.set(AgentState.SERVING)
-    log.info(
-        "agent serving on unix://%s (device %s, fleet %s, mode %o)",
-        path,
-        config.device_name,
-        config.fleet_name,
-        config.socket_mode,
-    )
-    return RunningAgent(
+    running = RunningAgent(
         config,
         path,
         server,
@@ -342,8 +341,30 @@ def start_agent(config: AgentConfig, address: str, *, force: bool = False) -> Ru
         fast,
         auto,
         summariser,
-        shadows,
+        shadows=shadows,
     )
+    if config.metrics_address:
+        collector = AgentCollector(
+            registry,
+            capture,
+            budget_bytes=config.memory_budget_bytes,
+            device=config.device_name,
+            fleet=config.fleet_name,
+        )
+        try:
+            running.metrics = start_metrics(config.metrics_address, collector)
+        except BaseException:
+            running.stop()  # an agent that was asked for metrics and cannot serve them does not run
+            raise
+    state.set(AgentState.SERVING)
+    log.info(
+        "agent serving on unix://%s (device %s, fleet %s, mode %o)",
+        path,
+        config.device_name,
+        config.fleet_name,
+        config.socket_mode,
+    )
+    return running
 
 
 def start_fast_path(config: AgentConfig, path: Path, agent: AgentService) -> FastSocketServer | None:

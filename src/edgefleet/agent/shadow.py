@@ -13,8 +13,14 @@ the pair, never an error of the application's call.
 :meth:`Shadows.promote` points the handle at the shadow in one step of the registry (the
 ``SetHandle`` seam), so concurrent calls reach the old or the new model, both loaded: none fails.
 
-The shadow is loaded first like any model (``LoadModel``: the memory budget applies). On a small
-device, ``agent.intra_op_threads = 1`` keeps champion and shadow on a core each.
+The shadow is loaded first like any model (``LoadModel``: the memory budget applies). Its CPU is
+held below the champion's: the mirror thread runs under Linux's ``SCHED_IDLE`` policy (the lowest
+scheduling priority, needing no privilege; where that is refused, nice :data:`SHADOW_NICE`), so the
+shadow runs on CPU time nothing else asks for: when cores are short the kernel serves the champion's
+calls first and the shadow falls behind (its queue fills, calls are dropped and counted), never the
+other way round.
+With ``agent.intra_op_threads = 1`` the runtime runs the shadow on that thread itself (on a small
+device, champion and shadow then take a core each).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import collections
 import enum
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +52,8 @@ DEFAULT_TOLERANCE = 1e-5
 #: Mirrored calls waiting for the shadow when LoadShadow gives 0, and the most it may ask for.
 DEFAULT_MAX_QUEUE = 64
 MAX_QUEUE_LIMIT = 4096
+#: Nice value of each pair's mirror thread where SCHED_IDLE is refused (Linux: per thread; 19 is the lowest).
+SHADOW_NICE = 19
 #: Seconds unload/promote wait for a shadow call in progress before leaving it to finish alone.
 STOP_SECONDS = 30.0
 
@@ -209,6 +218,7 @@ class ShadowPair:
 
     # -- the mirror thread ----------------------------------------------------------------------
     def _run(self) -> None:
+        lower_priority()
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -302,6 +312,24 @@ class ShadowPair:
             "shadow_p99_ms": shadow.p99_ms,
             "loaded_time": self.loaded_time,
         }
+
+
+def lower_priority() -> str:
+    """Put the calling thread under ``SCHED_IDLE``, or else give it the nice value
+    :data:`SHADOW_NICE` (on Linux a thread id names one thread; neither needs a privilege); returns
+    which. Where both fail the shadow runs at normal priority, logged."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (OSError, AttributeError) as exc:
+        log.debug("SCHED_IDLE refused for the shadow mirror thread: %s", exc)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, SHADOW_NICE)
+        return f"nice {SHADOW_NICE}"
+    except (OSError, AttributeError) as exc:
+        log.info("shadow mirror thread keeps its priority: %s", exc)
+    return "normal"
 
 
 class Shadows:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.cli.output import dump_json, fields, table
 from edgefleet.core.errors import Unavailable
+from edgefleet.core.logs import LOG_FORMATS, configure_logging
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,22 +47,8 @@ _LEGACY_FLAGS = (
     ("legacy_config", "-c/--config"),
     ("legacy_force", "-f/--force"),
     ("legacy_log_format", "--log-format"),
+    ("legacy_metrics_address", "--metrics-address"),
 )
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (for journald/fluent-bit style collectors)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 class UsageError(Exception):
@@ -263,8 +250,15 @@ def _run_arguments(container: Any, *, dest_prefix: str, required: bool) -> None:
     container.add_argument(
         "--log-format",
         dest=f"{dest_prefix}log_format",
-        choices=["text", "json"],
-        help="override the config's log format",
+        choices=LOG_FORMATS,
+        help="override the config's log format: text, or json (one object per line, docs/logs.md)",
+    )
+    container.add_argument(
+        "--metrics-address",
+        dest=f"{dest_prefix}metrics_address",
+        metavar="HOST:PORT",
+        help="serve Prometheus GET /metrics on this local address (overrides agent.metrics_address; "
+        "needs the 'metrics' extra; default: off)",
     )
 
 
@@ -321,12 +315,18 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "or -c CONFIG to run the agent"
             )
         return run_agent(
-            args.address or DEFAULT_ADDRESS, args.legacy_config, args.legacy_force, args.legacy_log_format
+            args.address or DEFAULT_ADDRESS,
+            args.legacy_config,
+            args.legacy_force,
+            args.legacy_log_format,
+            args.legacy_metrics_address,
         )
     if given:
         parser.error(f"{', '.join(given)} must come after 'agent run', not before '{command}'")
     if command == "run":
-        return run_agent(args.address or DEFAULT_ADDRESS, args.config, args.force, args.log_format)
+        return run_agent(
+            args.address or DEFAULT_ADDRESS, args.config, args.force, args.log_format, args.metrics_address
+        )
     handler = _OPERATOR_COMMANDS[command]
     try:
         return handler(args)
@@ -335,21 +335,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         return USAGE
 
 
-def run_agent(address: str, config_path: Path, force: bool, log_format: str | None) -> int:
-    """Serve on ``address`` with the config at ``config_path`` until a stop signal."""
+def run_agent(
+    address: str,
+    config_path: Path,
+    force: bool,
+    log_format: str | None,
+    metrics_address: str | None = None,
+) -> int:
+    """Serve on ``address`` with the config at ``config_path`` until a stop signal (``log_format``
+    and ``metrics_address``, when given, override the config's)."""
+    from dataclasses import replace
+
     from edgefleet.agent.config import load_config
     from edgefleet.agent.runner import run_until_signal, start_agent
 
+    if log_format is not None:  # the config's own warnings and errors in that format too
+        configure_logging(log_format, "agent")
     config = load_config(config_path)
+    if metrics_address is not None:
+        config = replace(config, metrics_address=metrics_address)  # checked like the config's key
     fmt = log_format or config.log_format
-    root = logging.getLogger()
     if config.log_verbose:
-        root.setLevel(logging.DEBUG)
-    if fmt == "json":
-        for handler in root.handlers:
-            handler.setFormatter(JsonFormatter())
+        logging.getLogger().setLevel(logging.DEBUG)
+    # one agent serves one device: its name and fleet go on every record
+    configure_logging(fmt, "agent", fields={"device": config.device_name, "fleet": config.fleet_name})
     agent = start_agent(config, address, force=force)
-    print(f"edgefleet agent serving on unix://{agent.path}", file=sys.stderr, flush=True)
+    if fmt == "text":  # with json only JSON reaches stderr (the runner has logged the same)
+        print(f"edgefleet agent serving on unix://{agent.path}", file=sys.stderr, flush=True)
     run_until_signal(agent)
     return 0
 

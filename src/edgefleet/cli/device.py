@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.logs import LOG_FORMATS, configure_logging
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -53,6 +55,12 @@ def add_parser(sub: Any) -> None:
         description="Run the device daemon until SIGTERM/SIGINT. See docs/device-daemon.md.",
     )
     run.add_argument("--config", type=Path, required=True, help="daemon config file (TOML)")
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines on stderr as text or json, one object per line (default: text; fields in "
+        "docs/logs.md); a spawned agent logs the same way (default: as its config says)",
+    )
     run.set_defaults(func=run_daemon, log_level=logging.INFO)  # a service: its log is its output
 
     status = commands.add_parser("status", help="show what the daemon serves and what is in flight")
@@ -99,8 +107,12 @@ def run_daemon(args: argparse.Namespace) -> int:
     from edgefleet.device.config import load_config
     from edgefleet.device.daemon import build_daemon
 
+    fmt = args.log_format or "text"
+    configure_logging(fmt, "daemon")
     config = load_config(args.config)
-    daemon = build_daemon(config)
+    daemon = build_daemon(config, log_format=args.log_format)
+    # one daemon, one device: its name and fleet go on every record, whichever module logs it
+    configure_logging(fmt, "daemon", fields=daemon.log_fields)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -108,7 +120,10 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    print(f"edgefleet device daemon starting (state in {config.state_dir})", file=sys.stderr, flush=True)
+    if fmt == "json":  # only JSON on stderr
+        daemon.log.info("device daemon starting (state in %s)", config.state_dir)
+    else:
+        print(f"edgefleet device daemon starting (state in {config.state_dir})", file=sys.stderr, flush=True)
     daemon.run(stop)
     return 0
 

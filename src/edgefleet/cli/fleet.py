@@ -1,4 +1,4 @@
-"""``edgefleet fleet``: device fleets and fleet reports (a client of the operator API)."""
+"""``edgefleet fleet``: device fleets, fleet reports and shadow figures (a client of the operator API)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,16 @@ def add_parser(sub: Any) -> None:
     )
     report.set_defaults(func=show_report)
 
-    for command in (create, update, listing, describe, delete, report):
+    shadows = commands.add_parser(
+        "shadows", help="show the fleet's shadow figures per champion and shadow model version"
+    )
+    shadows.add_argument("name", help="fleet name")
+    shadows.add_argument("--champion-model", metavar="MODEL", help="only pairs whose champion is MODEL")
+    shadows.add_argument("--shadow-model", metavar="MODEL", help="only pairs whose shadow is MODEL")
+    shadows.add_argument("--since", metavar="TIME", help="only reports received since TIME (ISO 8601)")
+    shadows.set_defaults(func=show_shadows)
+
+    for command in (create, update, listing, describe, delete, report, shadows):
         add_client_arguments(command)
 
 
@@ -152,6 +161,50 @@ def show_report(args: argparse.Namespace) -> int:
             ("CONNECTED", "ConnectedDeviceCount"),
             ("ACTIVE", "ActiveDeviceCount"),
             ("SAMPLING", "SamplingDeviceCount"),
+        ],
+    )
+    return 0
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def show_shadows(args: argparse.Namespace) -> int:
+    with client_from_args(args) as client:
+        report = client.fleet_shadows(
+            args.name, champion_model=args.champion_model, shadow_model=args.shadow_model, since=args.since
+        )
+    if args.json:
+        dump_json(report)
+        return 0
+    rows = [
+        {
+            **pair,
+            "Champion": f"{pair['ChampionModel']}:{pair['ChampionVersion']}",
+            "Shadow": f"{pair['ShadowModel']}:{pair['ShadowVersion']}",
+            "Agreement": _rate(pair["AgreementRate"]),
+            "P50Ratio": f"{_rate(pair['LatencyRatioP50Median'])} / {_rate(pair['LatencyRatioP50Worst'])}",
+            "P99Ratio": f"{_rate(pair['LatencyRatioP99Median'])} / {_rate(pair['LatencyRatioP99Worst'])}",
+        }
+        for pair in report["ShadowPairs"]
+    ]
+    if not rows:
+        print(f"fleet {report['DeviceFleetName']}: no device reports a shadow pair")
+        return 0
+    table(
+        rows,
+        [
+            ("CHAMPION", "Champion"),
+            ("SHADOW", "Shadow"),
+            ("DEVICES", "DeviceCount"),
+            ("MIRRORED", "Mirrored"),
+            ("COMPLETED", "Completed"),
+            ("AGREEMENT", "Agreement"),
+            ("ERRORS", "ShadowErrors"),
+            ("DROPPED", "Dropped"),
+            ("P50 RATIO MED/WORST", "P50Ratio"),
+            ("P99 RATIO MED/WORST", "P99Ratio"),
         ],
     )
     return 0

@@ -138,7 +138,7 @@ def show_job(args: argparse.Namespace) -> int:
     report = (job.get("Result") or {}).get("Report")
     if report:
         selected = report.get("selected") or {}
-        print(f"Selected  {selected.get('name', '-') if isinstance(selected, dict) else selected}")
+        print(f"Selected  {selected}")
     if job.get("Result") and job["Result"].get("ArtifactPrefix"):
         print(f"Artifacts {job['Result']['ArtifactPrefix']}/ in the artifact store")
     return 0

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from edgefleet import __version__
+from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
 
 # sub-command -> (module under edgefleet.cli that defines it, extra the whole command needs or None)
@@ -73,12 +74,13 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "openvino": "openvino",
     "tvm": "tvm",
     "ai_edge_litert": "litert",
+    "prometheus_client": "metrics",
 }
 
 #: extra -> the extras whose modules it installs too (pyproject.toml's optional-dependencies)
 _CONTAINS: dict[str, set[str]] = {
-    "server": {"server", "cli"},
-    "scale": {"scale", "server", "cli"},
+    "server": {"server", "cli", "metrics"},
+    "scale": {"scale", "server", "cli", "metrics"},
     "compiler": {"compiler"},
     "demo": {"demo", "compiler", "server", "cli", "litert"},
 }
@@ -110,9 +112,7 @@ def setup_logging(verbose: int, quiet: bool, default: int = logging.WARNING) -> 
     """Logs on stderr: WARNING by default (INFO for long-running services, whose log is their output),
     one step more per -v, ERROR with -q."""
     level = logging.ERROR if quiet else max(logging.DEBUG, default - 10 * verbose)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format=logs.TEXT_FORMAT, stream=sys.stderr)
     logging.getLogger().setLevel(level)
     for name in _CHATTY:
         # one line per HTTP request is debugging detail, not news: only -vv shows it
@@ -164,6 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _fail(message: str) -> None:
+    """Report the error a command ended with: a line on stderr, or a JSON record when the command
+    logs JSON (``--log-format json``: nothing but JSON reaches stderr)."""
+    if logs.active_format() == "json":
+        logging.getLogger("edgefleet.cli").error("edgefleet: error: %s", message)
+    else:
+        print(f"edgefleet: error: {message}", file=sys.stderr)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -176,13 +185,13 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         return int(func(args))
     except EdgefleetError as exc:
-        print(f"edgefleet: error: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 1
     except ModuleNotFoundError as exc:
         message = missing_extra_message(args.command, exc)
         if message is None:
             raise
-        print(f"edgefleet: error: {message}", file=sys.stderr)
+        _fail(message)
         return 1
     except KeyboardInterrupt:
         return 130

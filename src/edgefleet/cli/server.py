@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet.core.logs import LOG_FORMATS, configure_logging
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -44,6 +46,16 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--captures", help="capture store URI: s3://bucket/prefix or file:///dir (default: --data-dir)"
     )
+    parser.add_argument(
+        "--queue",
+        help="task queue URL for jobs: redis://host:6379/0 (workers anywhere) (default: SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--job-max-attempts",
+        type=_positive_int,
+        default=3,
+        help="attempts a job gets when its workers are lost (default: 3; a request may set its own)",
+    )
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint for non-AWS stores (MinIO, Ceph, ...)")
     parser.add_argument(
         "--trust", type=Path, help="trusted package signers' root certificates (default: DATA/trust)"
@@ -71,6 +83,12 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--report-interval", type=float, default=86400.0, help="seconds between fleet report regenerations"
+    )
+    parser.add_argument(
+        "--ui-session-ttl",
+        type=_positive_seconds,
+        default=12 * 3600.0,
+        help="seconds a web dashboard login (/ui) lasts (default: 12 hours)",
     )
     parser.add_argument(
         "--summary-retention",
@@ -109,6 +127,17 @@ def add_parser(sub: Any) -> None:
         default=900.0,
         help="seconds a presigned capture upload URL handed to a device stays valid (default: 900)",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request on both listeners (uvicorn's access log; default: off)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines on stderr as text or json, one object per line (default: text; fields in docs/logs.md)",
+    )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
 
 
@@ -132,9 +161,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~edgefleet.server.config.ServerConfig` for parsed flags."""
-    from edgefleet.server.config import ServerConfig, Timing, WebhookPolicy, default_data_dir
+    from edgefleet.server.config import JobPolicy, ServerConfig, Timing, WebhookPolicy, default_data_dir
     from edgefleet.server.drift import check_bucket
 
     check_bucket(args.drift_bucket)
@@ -144,6 +183,7 @@ def build_config(args: argparse.Namespace) -> Any:
         database_url=args.database,
         artifacts_uri=args.artifacts,
         captures_uri=args.captures,
+        queue_url=args.queue,
         s3_endpoint_url=args.s3_endpoint_url,
         trust_dir=args.trust,
         host=args.host,
@@ -155,6 +195,7 @@ def build_config(args: argparse.Namespace) -> Any:
         device_url=args.device_url,
         workers=args.workers,
         metrics_public=args.metrics_public,
+        access_log=args.access_log,
         timing=Timing(
             report_interval=args.report_interval,
             connected_window=args.connected_window,
@@ -162,8 +203,10 @@ def build_config(args: argparse.Namespace) -> Any:
             capture_retention=args.capture_retention,
             capture_upload_url_ttl=args.capture_upload_url_ttl,
             drift_bucket=args.drift_bucket,
+            ui_session_ttl=args.ui_session_ttl,
         ),
         webhooks=WebhookPolicy(give_up_after=args.webhook_give_up),
+        jobs=JobPolicy(max_attempts=args.job_max_attempts),
     )
 
 
@@ -190,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from edgefleet.server.runner import Endpoints
     from edgefleet.server.runner import run as serve
 
+    configure_logging(args.log_format, "server")  # uvicorn's loggers go through it too (runner.py)
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # its start-up chatter is not news
     config = build_config(args)
@@ -204,10 +248,11 @@ def run(args: argparse.Namespace) -> int:
         )
         trust = config.resolved_trust_dir
         if not trust.is_dir():
-            print(
-                f"note: no package trust store at {trust}; uploads are refused until it exists",
-                file=sys.stderr,
-            )
+            note = f"no package trust store at {trust}; uploads are refused until it exists"
+            if args.log_format == "json":  # only JSON on stderr
+                logging.getLogger("edgefleet.server").warning(note)
+            else:
+                print(f"note: {note}", file=sys.stderr)
 
     serve(config, ready)
     return 0

@@ -114,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
         db.close()
     runner = Runner(config, executors)
     queue = JobQueue(config.resolved_queue_url, handler=runner.run)
+    waiting = queue.pending()  # UNAVAILABLE now, not a consumer retrying forever, when it is down
     consumer = queue.consumer(workers=args.workers, worker_type=args.worker_type)
     print(
         f"edgefleet worker ready: {args.workers} {args.worker_type} slot(s) on {queue.safe_url}, "
-        f"kinds {', '.join(sorted(executors))}",
+        f"kinds {', '.join(sorted(executors))}; {waiting} message(s) waiting",
         flush=True,
     )
     consumer.run()

@@ -523,6 +523,123 @@ class SummaryWindow:
         )
 
 
+#: Shadow pairs one heartbeat reports at most (the server refuses more: INVALID_ARGUMENT).
+MAX_HEARTBEAT_SHADOWS = 32
+
+
+def _count(raw: Mapping[str, Any], name: str) -> int:
+    value = raw.get(name) or 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise InvalidArgument(f"Shadows.{name} must be a whole number, got {value!r}")
+
+
+def _text(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> str:
+    value = raw.get(name)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"a Shadows item needs {name} as text, got {value!r}")
+    return value
+
+
+def _milliseconds(raw: Mapping[str, Any], name: str) -> float:
+    value = raw.get(name) or 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"Shadows.{name} must be a number of milliseconds, got {value!r}")
+    return float(value)
+
+
+#: ShadowReport's counters and latencies: (attribute, wire name)
+SHADOW_COUNTS = (
+    ("mirrored", "Mirrored"),
+    ("completed", "Completed"),
+    ("agreed", "Agreed"),
+    ("disagreed", "Disagreed"),
+    ("shadow_errors", "ShadowErrors"),
+    ("dropped", "Dropped"),
+)
+SHADOW_LATENCIES = (
+    ("champion_p50_ms", "ChampionLatencyP50Ms"),
+    ("champion_p99_ms", "ChampionLatencyP99Ms"),
+    ("shadow_p50_ms", "ShadowLatencyP50Ms"),
+    ("shadow_p99_ms", "ShadowLatencyP99Ms"),
+)
+
+
+@dataclass(frozen=True)
+class ShadowReport:
+    """One shadow pair of the device's agent (extension ``shadow-models``) as a heartbeat reports it.
+
+    The counters are cumulative since the pair started on the agent, so a lost heartbeat loses
+    nothing: the server keeps the latest report per device and pair. ``completed`` is
+    ``agreed + disagreed`` (mirrored calls compared); latencies are the agent's p50/p99 in ms
+    (champion: the handle's calls since pairing; shadow: the mirrored calls).
+    """
+
+    handle: str
+    champion_model: str
+    champion_version: str
+    shadow_model: str
+    shadow_version: str
+    mirrored: int = 0
+    completed: int = 0
+    agreed: int = 0
+    disagreed: int = 0
+    shadow_errors: int = 0
+    dropped: int = 0
+    champion_p50_ms: float = 0.0
+    champion_p99_ms: float = 0.0
+    shadow_p50_ms: float = 0.0
+    shadow_p99_ms: float = 0.0
+
+    @property
+    def pair(self) -> tuple[str, str, str, str, str]:
+        """What names the pair on its device: (handle, champion model, version, shadow model, version)."""
+        return (
+            self.handle,
+            self.champion_model,
+            self.champion_version,
+            self.shadow_model,
+            self.shadow_version,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """A heartbeat ``Shadows`` item."""
+        return {
+            "Handle": self.handle,
+            "ChampionModel": self.champion_model,
+            "ChampionVersion": self.champion_version,
+            "ShadowModel": self.shadow_model,
+            "ShadowVersion": self.shadow_version,
+            **{wire: getattr(self, name) for name, wire in SHADOW_COUNTS},
+            **{wire: getattr(self, name) for name, wire in SHADOW_LATENCIES},
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> ShadowReport:
+        """Parse a ``Shadows`` item (INVALID_ARGUMENT for a missing name or a figure that is not a number)."""
+        return cls(
+            handle=_text(raw, "Handle"),
+            champion_model=_text(raw, "ChampionModel"),
+            champion_version=_text(raw, "ChampionVersion", optional=True),
+            shadow_model=_text(raw, "ShadowModel"),
+            shadow_version=_text(raw, "ShadowVersion", optional=True),
+            mirrored=_count(raw, "Mirrored"),
+            completed=_count(raw, "Completed"),
+            agreed=_count(raw, "Agreed"),
+            disagreed=_count(raw, "Disagreed"),
+            shadow_errors=_count(raw, "ShadowErrors"),
+            dropped=_count(raw, "Dropped"),
+            champion_p50_ms=_milliseconds(raw, "ChampionLatencyP50Ms"),
+            champion_p99_ms=_milliseconds(raw, "ChampionLatencyP99Ms"),
+            shadow_p50_ms=_milliseconds(raw, "ShadowLatencyP50Ms"),
+            shadow_p99_ms=_milliseconds(raw, "ShadowLatencyP99Ms"),
+        )
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """What SendHeartbeat carries (the deployment result travels separately, see :class:`ControlPlane`)."""
@@ -537,6 +654,8 @@ class Heartbeat:
     capture: CaptureReport | None = None
     #: live model summaries, one per loaded model version and window (empty unless the agent keeps them)
     summaries: tuple[SummaryWindow, ...] = ()
+    #: the agent's shadow pairs and their cumulative figures (empty without the shadow-models extension)
+    shadows: tuple[ShadowReport, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         """The heartbeat body without the device's name and fleet (the transport adds those)."""
@@ -553,6 +672,8 @@ class Heartbeat:
             body["Capture"] = self.capture.to_wire()
         if self.summaries:
             body["ModelSummaries"] = [w.to_wire() for w in self.summaries]
+        if self.shadows:
+            body["Shadows"] = [p.to_wire() for p in self.shadows]
         return body
 
     @classmethod
@@ -575,6 +696,7 @@ class Heartbeat:
             if isinstance(raw.get("Capture"), Mapping)
             else None,
             summaries=tuple(SummaryWindow.from_wire(w) for w in raw.get("ModelSummaries") or []),
+            shadows=tuple(ShadowReport.from_wire(p) for p in raw.get("Shadows") or []),
         )
 
 

@@ -232,8 +232,11 @@ class AgentSupervisor:
         ready_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
         pid_path: Path | None = None,
+        log_format: str | None = None,
     ) -> None:
         self.address = address
+        #: the child's ``--log-format`` (None: its config's)
+        self.log_format = log_format
         self.config_path = config_path
         self.log_path = log_path
         self.pid_path = pid_path or log_path.with_name("agent.pid")
@@ -334,6 +337,7 @@ class AgentSupervisor:
             "-c",
             str(self.config_path),
             "-f",
+            *(("--log-format", self.log_format) if self.log_format else ()),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -11,7 +11,8 @@ Two loops then run until stopped:
   server is unreachable the heartbeat is queued (bounded, on disk) and the queue is sent oldest
   first once the server answers again; unsent deployment results go out with it. Every
   ``timing.summary_window_seconds`` the agent's live model summaries are taken and ride on the
-  heartbeats until the server has them (:mod:`edgefleet.device.summaries`).
+  heartbeats until the server has them (:mod:`edgefleet.device.summaries`); the agent's shadow
+  pairs' cumulative figures ride on every heartbeat (:mod:`edgefleet.device.shadows`).
 - **reconcile** (``timing.poll_interval_seconds``, or the health interval while a health gate
   observes the device): make sure the agent runs (a restarted agent child gets its models and
   handles back at once: handles live in the agent's memory), fetch the deployments, act on each (apply,
@@ -37,6 +38,7 @@ from edgefleet import __version__
 from edgefleet.client.handles import HANDLES_FILE
 from edgefleet.core.deviceplane import Action, Deployment, HealthReport, Heartbeat, Result, Verdict
 from edgefleet.core.errors import Code, EdgefleetError, NotFound
+from edgefleet.core.logs import bind
 from edgefleet.device.agentlink import AgentConnection, AgentSupervisor, wait_ready
 from edgefleet.device.captures import CaptureReporter, without_uploads
 from edgefleet.device.config import DaemonConfig
@@ -45,6 +47,7 @@ from edgefleet.device.metrics import DeviceMetrics, model_reports
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.protocol import ControlPlane
 from edgefleet.device.renewal import CertificateRenewal, RenewalState
+from edgefleet.device.shadows import ShadowReporter
 from edgefleet.device.state import HistoryEntry, JournalKind, StateStore, Watch
 from edgefleet.device.summaries import SummaryWindows
 
@@ -89,8 +92,17 @@ class Daemon:
         now: Callable[[], datetime] = utcnow,
         renewal: CertificateRenewal | None = None,
         capture: CaptureReporter | None = None,
+        shadows: ShadowReporter | None = None,
+        device: str | None = None,
+        fleet: str | None = None,
     ) -> None:
         self.config = config
+        #: the device and fleet (those known) on each of the daemon's log records
+        self.log_fields = {k: v for k, v in (("device", device), ("fleet", fleet)) if v}
+        #: the daemon's logger: every record carries :attr:`log_fields`
+        self.log = bind(log, **self.log_fields)
+        #: each heartbeat's shadow pairs and their figures (cumulative, so nothing to keep here)
+        self.shadows = shadows if shadows is not None else ShadowReporter(agent)
         #: each heartbeat's capture backlog and uploads, and the upload-log cursor
         self.capture = capture if capture is not None else CaptureReporter(agent, config.state_dir)
         #: renews the device certificate before it expires (None: this daemon's plane has none)
@@ -146,7 +158,7 @@ class Daemon:
         self.state = DaemonState.RUNNING
         with self.store.locked() as st:
             handles = {h: m.alias for h, m in st.installed.items()}
-        log.info("device daemon running; serving %s", handles or "no models")
+        self.log.info("device daemon running; serving %s", handles or "no models")
 
     def _ensure_agent(self) -> bool:
         """Start the agent child if it is not running; True if it was (re)started."""
@@ -159,27 +171,27 @@ class Daemon:
             if self.state is DaemonState.STARTING:
                 wait_ready(self.agent.api, self.config.agent.ready_timeout_seconds)
         except EdgefleetError as exc:
-            log.error("the agent is not available: %s", exc)
+            self.log.error("the agent is not available: %s", exc)
         return False
 
     # -- server calls ---------------------------------------------------------------------------
     def _online(self) -> None:
         if self.connectivity is not Connectivity.ONLINE:
-            log.info("the server is reachable")
+            self.log.info("the server is reachable")
         self.connectivity = Connectivity.ONLINE
 
     def _offline(self, exc: EdgefleetError) -> None:
         if self.connectivity is not Connectivity.OFFLINE:
-            log.warning("the server is unreachable, working offline: %s", exc)
+            self.log.warning("the server is unreachable, working offline: %s", exc)
         self.connectivity = Connectivity.OFFLINE
 
     def _refused(self, what: str, exc: EdgefleetError) -> None:
         if exc.code is Code.UNAUTHENTICATED:
             if self.registered:
-                log.error("%s: the server does not accept this device any more: %s", what, exc)
+                self.log.error("%s: the server does not accept this device any more: %s", what, exc)
             self.registered = False
         else:
-            log.error("%s refused: %s", what, exc)
+            self.log.error("%s refused: %s", what, exc)
 
     def check_registration(self) -> None:
         """Ask the server whether the device is registered (at most once per CacheTTL)."""
@@ -198,9 +210,11 @@ class Daemon:
         was = self.registered
         self.registered = registration.status == "REGISTERED"
         if not self.registered:
-            log.error("the server says this device is %s; keeping the installed models", registration.status)
+            self.log.error(
+                "the server says this device is %s; keeping the installed models", registration.status
+            )
         elif not was:
-            log.info("the device is registered again")
+            self.log.info("the device is registered again")
         self._registration_due = self._monotonic() + max(registration.cache_ttl_seconds, 1.0)
 
     def renew_certificate(self) -> RenewalState | None:
@@ -210,7 +224,7 @@ class Daemon:
         try:
             state = self.renewal.check()
         except EdgefleetError as exc:  # e.g. the disk refused the new files: the current pair stays
-            log.error("certificate renewal failed: %s", exc)
+            self.log.error("certificate renewal failed: %s", exc)
             return None
         if state is RenewalState.RENEWED:
             self._registration_due = 0.0  # the server just took the new certificate: ask again now
@@ -222,7 +236,7 @@ class Daemon:
         try:
             stats = self.agent.api.model_stats()
         except EdgefleetError as exc:
-            log.debug("no model statistics: %s", exc)
+            self.log.debug("no model statistics: %s", exc)
             stats = []
         if self._agent_version is None:
             try:
@@ -245,6 +259,7 @@ class Daemon:
             platform=self.platform,
             capture=self.capture.report(),
             summaries=self.summaries.for_heartbeat(),
+            shadows=self.shadows.report(),
         )
 
     def heartbeat_once(self) -> bool:
@@ -305,7 +320,12 @@ class Daemon:
                         self._refused("ReportDeploymentResult", exc)
                         break
                     # refused for good (e.g. the plan was deleted): do not block the queue on it
-                    log.warning("the server refused the result of %s: %s", entry.deployment, exc)
+                    self.log.warning(
+                        "the server refused the result of %s: %s",
+                        entry.deployment,
+                        exc,
+                        extra={"deployment": entry.deployment},
+                    )
                 with self.store.change() as st:
                     st.history = [replace(e, sent=True) if _same(e, entry) else e for e in st.history]
                 sent += 1
@@ -327,7 +347,7 @@ class Daemon:
     def _reconcile(self) -> list[Outcome]:
         if self._ensure_agent():
             # a new agent has no models and no handles: serve them again before anything else
-            log.warning("the agent was restarted; restoring the installed models and handles")
+            self.log.warning("the agent was restarted; restoring the installed models and handles")
             self.executor.converge()
         outcomes: list[Outcome] = []
         listed: dict[str, Deployment] | None = None
@@ -428,11 +448,22 @@ class Daemon:
                 if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
                     self._offline(exc)
                     break
-                log.warning("health report for %s refused: %s", watch.deployment, exc)
+                self.log.warning(
+                    "health report for %s refused: %s",
+                    watch.deployment,
+                    exc,
+                    extra={"deployment": watch.deployment},
+                )
                 continue
             if verdict.verdict is Verdict.PENDING and not verdict.rollback:
                 continue
-            log.info("health gate of %s: %s (%s)", watch.deployment, verdict.verdict.value, verdict.reason)
+            self.log.info(
+                "health gate of %s: %s (%s)",
+                watch.deployment,
+                verdict.verdict.value,
+                verdict.reason,
+                extra={"deployment": watch.deployment},
+            )
             with self.store.change() as st:
                 st.watches.pop(watch.deployment, None)
             self._health_due.pop(watch.deployment, None)
@@ -470,7 +501,7 @@ class Daemon:
             try:
                 self.heartbeat_once()
             except Exception:  # the loop must outlive any one bad heartbeat
-                log.exception("heartbeat failed")
+                self.log.exception("heartbeat failed")
             self._stop.wait(self.config.timing.heartbeat_interval_seconds)
 
     def _reconcile_loop(self) -> None:
@@ -478,7 +509,7 @@ class Daemon:
             try:
                 self.reconcile_once()
             except Exception:  # the loop must outlive any one bad pass
-                log.exception("reconcile pass failed")
+                self.log.exception("reconcile pass failed")
             interval = self.config.timing.poll_interval_seconds
             if self.store.state.watches:
                 interval = min(interval, self.config.timing.health_interval_seconds)
@@ -498,7 +529,7 @@ class Daemon:
         self.agent.close()
         self.plane.close()
         self.state = DaemonState.STOPPED
-        log.info("device daemon stopped")
+        self.log.info("device daemon stopped")
 
 
 def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
@@ -507,10 +538,15 @@ def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
 
 
 def build_daemon(
-    config: DaemonConfig, *, plane: ControlPlane | None = None, now: Callable[[], datetime] = utcnow
+    config: DaemonConfig,
+    *,
+    plane: ControlPlane | None = None,
+    now: Callable[[], datetime] = utcnow,
+    log_format: str | None = None,
 ) -> Daemon:
     """A daemon with the real parts: the enrolled identity over HTTPS (renewing its certificate),
-    the agent, the package cache. ``now`` is the daemon's clock."""
+    the agent, the package cache. ``now`` is the daemon's clock; ``log_format``, when given, is
+    also the spawned agent's (``--log-format``)."""
     from edgefleet.core.platform import host_arch
     from edgefleet.device.agentlink import write_agent_config
     from edgefleet.device.https import HttpsControlPlane
@@ -553,6 +589,7 @@ def build_daemon(
             Path(agent_config),
             state_dir / "agent" / "agent.log",
             ready_timeout=config.agent.ready_timeout_seconds,
+            log_format=log_format,
         )
     store = StateStore(state_dir)
     packages = PackageStore(
@@ -580,4 +617,6 @@ def build_daemon(
         platform=("linux", host_arch(), config.accelerator),
         now=now,
         renewal=renewal,
+        device=identity.device_name,
+        fleet=identity.fleet_name,
     )

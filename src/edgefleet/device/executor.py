@@ -215,13 +215,15 @@ class Executor:
         for problem in self._try_sync_handles():
             log.info("deployment %s: before the undo: %s", name, problem)
         if journal.phase is Phase.UNDOING:
-            log.warning("deployment %s: finishing the undo a crash interrupted", name)
+            log.warning(
+                "deployment %s: finishing the undo a crash interrupted", name, extra={"deployment": name}
+            )
             return self._undo_and_finish(journal.failure)
         give_up = journal.attempt >= self.settings.max_interrupted_attempts
         reason = f"interrupted (attempt {journal.attempt}: the daemon or device stopped mid-deployment)"
         if journal.phase is Phase.RECOVERING:
             reason = journal.failure
-        log.warning("deployment %s: %s; undoing its steps", name, reason)
+        log.warning("deployment %s: %s; undoing its steps", name, reason, extra={"deployment": name})
         if give_up:
             return self._undo_and_finish(
                 f"{reason}; given up after {journal.attempt} interrupted attempts", force_undo=True
@@ -261,6 +263,7 @@ class Executor:
             len(plan.steps),
             attempt,
             "; ".join(s.describe() for s in plan.steps),
+            extra={"deployment": name},
         )
         return self._execute()
 
@@ -348,7 +351,7 @@ class Executor:
         try:
             self.agent.api.load(str(path), model.alias)
         except AlreadyExists:
-            log.info("%s is loaded already", model.alias)
+            log.info("%s is loaded already", model.alias, extra={"model": model.alias})
 
     def _unload(self, alias: str) -> None:
         try:
@@ -363,7 +366,7 @@ class Executor:
             return
         info = self.agent.api.describe(model.alias)
         if not info.inputs:
-            log.info("%s declares no inputs; smoke test skipped", model.alias)
+            log.info("%s declares no inputs; smoke test skipped", model.alias, extra={"model": model.alias})
             return
         self.agent.smoke.predict(model.alias, smoke_inputs(info))
 
@@ -517,7 +520,7 @@ class Executor:
         for problem in self._try_sync_handles():
             log.warning("deployment %s: %s", name, problem)
         self.collect_garbage()
-        log.info("deployment %s: %s (%s)", name, result.value, message)
+        log.info("deployment %s: %s (%s)", name, result.value, message, extra={"deployment": name})
         return Outcome(name, journal.kind, result, message, entry)
 
     def _finish_without_steps(self, plan: Plan, result: Result, message: str) -> Outcome:
@@ -544,7 +547,13 @@ class Executor:
                 st.watches[plan.deployment.name] = watch
             if plan.kind is JournalKind.ROLLBACK:
                 st.watches.pop(plan.deployment.name, None)
-        log.info("deployment %s: %s (%s)", plan.deployment.name, result.value, message)
+        log.info(
+            "deployment %s: %s (%s)",
+            plan.deployment.name,
+            result.value,
+            message,
+            extra={"deployment": plan.deployment.name},
+        )
         return Outcome(plan.deployment.name, plan.kind, result, message, entry)
 
     def _trim_history(self, st: DeviceState) -> None:
@@ -602,6 +611,7 @@ class Executor:
                     model.model_name,
                     model.model_version,
                     model.handle,
+                    extra={"model": model.model_name, "version": model.model_version},
                 )
             except EdgefleetError as exc:
                 missing.add(model.handle)

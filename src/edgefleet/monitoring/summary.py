@@ -93,7 +93,7 @@ def class_counts(array: np.ndarray) -> dict[str, int] | None:
     """How often each class is predicted in ``array`` (the classes of :func:`predicted_classes`,
     counted in one vectorised pass), or None when it predicts none."""
     a = np.asarray(array)
-    if np.issubdtype(a.dtype, np.floating) and a.ndim >= 2 and a.shape[-1] > 1:
+    if is_class_scores(a):
         ids = a.reshape(-1, a.shape[-1]).argmax(axis=1)
     elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
         ids = a.reshape(-1).astype(np.int64, copy=False)

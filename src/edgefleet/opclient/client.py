@@ -174,6 +174,23 @@ class FleetClient:
         )
         return result
 
+    def fleet_shadows(
+        self,
+        fleet: str,
+        *,
+        champion_model: str | None = None,
+        shadow_model: str | None = None,
+        since: str | None = None,
+    ) -> Json:
+        """The fleet's shadow figures per model pair (``since``: ISO 8601 time)."""
+        params = {"ChampionModel": champion_model, "ShadowModel": shadow_model, "Since": since}
+        result: Json = self.request(
+            "GET",
+            f"/api/v1/fleets/{fleet}/shadows",
+            params={k: v for k, v in params.items() if v is not None},
+        )
+        return result
+
     # ------------------------------------------------------------------ devices
 
     def register_devices(

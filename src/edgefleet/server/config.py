@@ -32,6 +32,8 @@ class Limits:
     max_page_size: int = 1000
     #: most devices in one register call
     max_register_batch: int = 1000
+    #: largest web dashboard form (``/ui``, URL-encoded), in bytes; larger ones get 413 unread
+    max_form_body_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class Timing:
     drift_bucket_grace: float = 300.0
     #: buckets that ended longer ago than this are not scored (again) by the periodic work
     drift_lookback: float = 86400.0
+    #: a web dashboard login lasts this long, then the operator logs in again with a token
+    ui_session_ttl: float = 12 * 3600.0
+    #: the heartbeat period devices are expected to keep; the dashboard marks a device whose latest
+    #: heartbeat is older than 3 of them as stale
+    heartbeat_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,9 @@ class ServerConfig:
     request_threads: int = 8
     #: serve ``GET /metrics`` on the operator port without an API token (``--metrics-public``)
     metrics_public: bool = False
+    #: log one line per request (uvicorn's access log, ``uvicorn.access``; ``--access-log``): off
+    #: by default, ``/metrics`` counts requests without a log line each
+    access_log: bool = False
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)

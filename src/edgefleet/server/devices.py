@@ -32,7 +32,7 @@ from edgefleet.core.errors import (
     NotFound,
     PermissionDenied,
 )
-from edgefleet.server import drift
+from edgefleet.server import drift, shadows
 from edgefleet.server.ca import FleetCA, IssuedCertificate, check_new_key
 from edgefleet.server.db.paging import paginate
 from edgefleet.server.db.schema import Device, DeviceModel, DeviceTag, RevokedCertificate
@@ -89,6 +89,8 @@ class Heartbeat:
     capture: dp.CaptureReport | None = None
     #: live model summaries per loaded model version and window (edgefleet extension)
     summaries: tuple[dp.SummaryWindow, ...] = ()
+    #: the agent's shadow pairs and their cumulative figures (edgefleet extension)
+    shadows: tuple[dp.ShadowReport, ...] = ()
 
 
 def split_enrolment_token(token: str) -> tuple[str, str]:
@@ -284,7 +286,12 @@ def enrol(
     device.updated_at = now
     device.enrolment_token_hash = None
     device.enrolment_expires_at = None
-    log.info("device %s enrolled (certificate serial %s)", device.name, issued.serial)
+    log.info(
+        "device %s enrolled (certificate serial %s)",
+        device.name,
+        issued.serial,
+        extra={"device": device.name},
+    )
     return device, issued.cert_pem
 
 
@@ -330,6 +337,7 @@ def _switch_to_renewed(session: Session, device: Device, now: datetime) -> None:
         device.name,
         device.renewed_cert_serial,
         device.cert_serial,
+        extra={"device": device.name},
     )
     device.cert_serial = device.renewed_cert_serial
     device.cert_not_after = device.renewed_cert_not_after
@@ -368,7 +376,12 @@ def renew_certificate(
     device.renewed_cert_serial = issued.serial
     device.renewed_cert_not_after = issued.not_after
     device.updated_at = now
-    log.info("device %s renewed its certificate (new serial %s, not used yet)", device.name, issued.serial)
+    log.info(
+        "device %s renewed its certificate (new serial %s, not used yet)",
+        device.name,
+        issued.serial,
+        extra={"device": device.name},
+    )
     return issued
 
 
@@ -400,6 +413,7 @@ def check_heartbeat(heartbeat: Heartbeat) -> None:
     if heartbeat.capture is not None and len(heartbeat.capture.uploads) > MAX_HEARTBEAT_UPLOADS:
         raise InvalidArgument(f"a heartbeat reports at most {MAX_HEARTBEAT_UPLOADS} capture uploads")
     drift.check_windows(heartbeat.summaries)
+    shadows.check_reports(heartbeat.shadows)
 
 
 def record_heartbeat(session: Session, device: Device, heartbeat: Heartbeat, now: datetime) -> None:
@@ -436,11 +450,16 @@ def list_devices(
     fleet_name: str | None = None,
     model_name: str | None = None,
     heartbeat_after: datetime | None = None,
+    heartbeat_before: datetime | None = None,
     tags: dict[str, str] | None = None,
     limit: int,
     next_token: str | None = None,
 ) -> Page[Device]:
-    """Registered devices by name, filtered by fleet, loaded model, latest heartbeat and tags (all must match)."""
+    """Registered devices by name, filtered by fleet, loaded model, latest heartbeat and tags (all must match).
+
+    ``heartbeat_after``: the latest heartbeat is newer; ``heartbeat_before``: it is not newer, or
+    the device never sent one (with the connected window's cutoff: the offline devices).
+    """
     stmt: Select[Device] = select(Device).where(Device.deregistered_at.is_(None)).order_by(Device.name)
     if fleet_name is not None:
         fleet = get_fleet(session, fleet_name)
@@ -454,6 +473,8 @@ def list_devices(
         )
     if heartbeat_after is not None:
         stmt = stmt.where(Device.last_heartbeat_at > heartbeat_after)
+    if heartbeat_before is not None:
+        stmt = stmt.where(Device.last_heartbeat_at.is_(None) | (Device.last_heartbeat_at <= heartbeat_before))
     for key, value in (tags or {}).items():
         tag = aliased(DeviceTag)
         stmt = stmt.join(tag, (tag.device_id == Device.id) & (tag.key == key) & (tag.value == value))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from edgefleet.core import deviceplane as dp
@@ -39,6 +39,7 @@ from edgefleet.server.db.schema import (
     DeviceTag,
     DriftBucketRow,
     DriftScoreRow,
+    Fleet,
     Model,
     ModelVersion,
     SummaryWindowRow,
@@ -735,3 +736,55 @@ def purge_scores(session: Session, before: datetime) -> int:
     if ids:
         log.info("deleted %d scored drift buckets that ended before %s", len(ids), before.isoformat())
     return len(ids)
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    """The highest score of one kind over a stored bucket's features (one point of the time series)."""
+
+    fleet: str
+    model_name: str
+    model_version: str
+    kind: str
+    bucket_start: datetime
+    score: float
+
+
+def score_series(
+    session: Session, since: datetime, *, fleet_name: str | None = None, model_name: str | None = None
+) -> list[ScorePoint]:
+    """The stored drift time series from ``since``: per fleet, model version, score kind (PSI, KS,
+    JS) and bucket, the highest score over features; ordered by series, then time."""
+    stmt = (
+        select(
+            Fleet.name,
+            DriftScoreRow.model_name,
+            DriftScoreRow.model_version,
+            DriftScoreRow.kind,
+            DriftScoreRow.bucket_start,
+            func.max(DriftScoreRow.score),
+        )
+        .join(Fleet, Fleet.id == DriftScoreRow.fleet_id)
+        .where(DriftScoreRow.bucket_start >= since)
+        .group_by(
+            Fleet.name,
+            DriftScoreRow.model_name,
+            DriftScoreRow.model_version,
+            DriftScoreRow.kind,
+            DriftScoreRow.bucket_start,
+        )
+        .order_by(
+            Fleet.name,
+            DriftScoreRow.model_name,
+            DriftScoreRow.model_version,
+            DriftScoreRow.kind,
+            DriftScoreRow.bucket_start,
+        )
+    )
+    if fleet_name is not None:
+        stmt = stmt.where(DriftScoreRow.fleet_id == get_fleet(session, fleet_name).id)
+    if model_name is not None:
+        stmt = stmt.where(DriftScoreRow.model_name == model_name)
+    return [
+        ScorePoint(str(f), str(m), str(v), str(k), t, float(s)) for f, m, v, k, t, s in session.execute(stmt)
+    ]

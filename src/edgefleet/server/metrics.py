@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
 
 from edgefleet.core.deviceplane import MODEL_ERRORS, MODEL_LATENCY_P99_MS, MODEL_REQUESTS
 from edgefleet.server.db.engine import Database
@@ -124,12 +125,51 @@ class _Forward:
 
 
 @dataclass
-class _ModelFigures:
+class ModelFigures:
+    """One model version's figures in one fleet, from its connected devices' latest heartbeats."""
+
     devices: int = 0
+    #: Predict calls since load, summed
     requests: float = 0.0
+    #: failed Predict calls since load, summed
     errors: float = 0.0
+    #: each device's reported p50 / p99 latency, milliseconds
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
+
+    @property
+    def p50_ms(self) -> float | None:
+        """The median of the devices' p50 latencies (None when no device reported one)."""
+        return _median(self.p50) if self.p50 else None
+
+    @property
+    def p99_ms(self) -> float | None:
+        """The highest of the devices' p99 latencies: the worst device (None when none reported one)."""
+        return max(self.p99) if self.p99 else None
+
+    @property
+    def error_rate(self) -> float | None:
+        """Errors per request (None before the first request)."""
+        return self.errors / self.requests if self.requests else None
+
+
+def model_figures(
+    session: Session, cutoff: datetime, fleet_id: int | None = None
+) -> dict[tuple[str, str, str], ModelFigures]:
+    """(fleet, model, version) -> figures of the devices whose latest heartbeat is at ``cutoff`` or
+    later (the connected ones), of every fleet or of fleet ``fleet_id``."""
+    stmt = (
+        select(Fleet.name, DeviceModel.model_name, DeviceModel.model_version, DeviceModel.metrics)
+        .join(Device, Device.id == DeviceModel.device_id)
+        .join(Fleet, Fleet.id == Device.fleet_id)
+        .where(Device.last_heartbeat_at >= cutoff)
+    )
+    if fleet_id is not None:
+        stmt = stmt.where(Device.fleet_id == fleet_id)
+    figures: dict[tuple[str, str, str], ModelFigures] = defaultdict(ModelFigures)
+    for fleet, model, version, metrics in session.execute(stmt):
+        _add(figures[(str(fleet), str(model), str(version))], metrics)
+    return dict(figures)
 
 
 class FleetCollector:
@@ -230,24 +270,17 @@ class FleetCollector:
                 .order_by(StageDevice.status)
             ):
                 stage.add_metric([state], float(count))
-            figures: dict[tuple[str, str, str], _ModelFigures] = defaultdict(_ModelFigures)
-            for fleet, model, version, metrics in session.execute(
-                select(Fleet.name, DeviceModel.model_name, DeviceModel.model_version, DeviceModel.metrics)
-                .join(Device, Device.id == DeviceModel.device_id)
-                .join(Fleet, Fleet.id == Device.fleet_id)
-                .where(Device.last_heartbeat_at >= cutoff)
-            ):
-                _add(figures[(str(fleet), str(model), str(version))], metrics)
+            figures = model_figures(session, cutoff)
             for key in sorted(figures):
                 f = figures[key]
                 values = list(key)
                 m_devices.add_metric(values, float(f.devices))
                 m_requests.add_metric(values, f.requests)
                 m_errors.add_metric(values, f.errors)
-                if f.p50:
-                    m_p50.add_metric(values, _median(f.p50) / 1000.0)
-                if f.p99:
-                    m_p99.add_metric(values, max(f.p99) / 1000.0)
+                if f.p50_ms is not None:
+                    m_p50.add_metric(values, f.p50_ms / 1000.0)
+                if f.p99_ms is not None:
+                    m_p99.add_metric(values, f.p99_ms / 1000.0)
             latest = (
                 select(
                     DriftScoreRow.fleet_id,
@@ -287,7 +320,7 @@ class FleetCollector:
         return [registered, connected, stage, m_devices, m_requests, m_errors, m_p50, m_p99, drift]
 
 
-def _add(figures: _ModelFigures, metrics: Any) -> None:
+def _add(figures: ModelFigures, metrics: Any) -> None:
     """Fold one device's stored model metrics (``DeviceModel.metrics``) into ``figures``."""
     figures.devices += 1
     for metric in metrics or ():

@@ -71,8 +71,15 @@ class JobQueue:
             raise
 
     def pending(self) -> int:
-        """Messages waiting on the queue (not those a worker took)."""
-        count: int = self.huey.pending_count()
+        """Messages waiting on the queue (not those a worker took); UNAVAILABLE when it is down."""
+        try:
+            count: int = self.huey.pending_count()
+        except (sqlite3.Error, OSError) as exc:
+            raise Unavailable(f"task queue {self.safe_url} is unavailable: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("redis"):
+                raise Unavailable(f"task queue {self.safe_url} is unavailable: {exc}") from exc
+            raise
         return count
 
     def consumer(self, *, workers: int, worker_type: str) -> Any:

@@ -350,7 +350,12 @@ def add_package(
                 from edgefleet.server import drift  # drift builds on the registry
 
                 drift.put_baseline(session, m.name, m.version, baseline, actor, now)
-                log.info("model %s %s: the package's baseline.json is its drift baseline", m.name, m.version)
+                log.info(
+                    "model %s %s: the package's baseline.json is its drift baseline",
+                    m.name,
+                    m.version,
+                    extra={"model": m.name, "version": m.version},
+                )
     except BaseException:
         artifacts.delete(key)
         raise
@@ -361,6 +366,7 @@ def add_package(
         verified.target,
         verified.size,
         actor,
+        extra={"model": m.name, "version": m.version},
     )
     return package_id
 

@@ -39,6 +39,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from edgefleet.core import logs
 from edgefleet.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from edgefleet.server.api.app import create_app
 from edgefleet.server.api.fastpath import DeviceFastPath
@@ -220,8 +221,11 @@ class Replica:
         common: dict[str, Any] = {
             "ssl_certfile": str(self.tls.cert),
             "ssl_keyfile": str(self.tls.key),
+            # uvicorn leaves logging alone: its loggers (uvicorn.error, and uvicorn.access with
+            # --access-log) propagate to the root handler, which writes text or JSON like every
+            # other record (edgefleet.core.logs.configure_logging)
             "log_config": None,
-            "access_log": False,
+            "access_log": config.access_log,
             "timeout_graceful_shutdown": config.timing.shutdown_grace,
         }
         self._started = [threading.Event(), threading.Event()]
@@ -326,7 +330,15 @@ def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> N
     def start(index: int) -> Any:
         process = context.Process(
             target=_worker_main,
-            args=(config, listeners, index, os.getpid(), ready, logging.getLogger().getEffectiveLevel()),
+            args=(
+                config,
+                listeners,
+                index,
+                os.getpid(),
+                ready,
+                logging.getLogger().getEffectiveLevel(),
+                logs.active_format(),
+            ),
             name=f"edgefleet-worker-{index}",
             daemon=False,
         )
@@ -377,11 +389,19 @@ def _supervise(config: ServerConfig, on_ready: Callable[[Endpoints], None]) -> N
 
 
 def _worker_main(
-    config: ServerConfig, listeners: _Listeners, index: int, parent: int, ready: Any, log_level: int
+    config: ServerConfig,
+    listeners: _Listeners,
+    index: int,
+    parent: int,
+    ready: Any,
+    log_level: int,
+    log_format: str = "text",
 ) -> None:
     """A worker process: one full replica on the inherited sockets; stops with its supervisor."""
     # a spawned process starts with no logging set up: log like the supervisor, marked by worker
     logging.basicConfig(level=log_level, format=f"worker-{index} %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        logs.configure_logging(log_format, "server", fields={"worker": str(index)})
     replica = Replica(replace(config, workers=1), run_jobs=index == 0, listeners=listeners)
 
     async def main() -> None:

@@ -93,7 +93,7 @@ def _number(
         raise InvalidArgument(f"{key} must be a whole number, got {value!r}")
     if value < least:
         raise InvalidArgument(f"{key} must be at least {least:g}, got {value!r}")
-    return value
+    return float(value)
 
 
 def _file(params: dict[str, Any], key: str, *, required: bool) -> str | None:
@@ -203,7 +203,7 @@ def submit(
             created_by=actor,
         )
         session.add(row)
-        session.flush()  # its log lines refer to it (no ORM relationship orders the inserts)
+        session.flush()  # the row before its log lines (their foreign key)
         _append(session, job_id, 1, now, [f"queued by {actor}"])
     try:
         queue.enqueue(job_id, 1)

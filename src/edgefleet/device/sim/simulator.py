@@ -269,6 +269,8 @@ class Simulator:
             plane=plane,
             agent=connection,
             platform=("linux", "x86_64", "none"),
+            device=identity.device_name,
+            fleet=identity.fleet_name,
         )
         return SimulatedDevice(name, daemon, agent, packages)
 

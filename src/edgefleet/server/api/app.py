@@ -30,13 +30,15 @@ from edgefleet.server.api.docs import install_docs
 from edgefleet.server.api.errors import install_error_handlers
 from edgefleet.server.api.guard import RequestGuard
 from edgefleet.server.api.state import AppState
+from edgefleet.server.ui import install_ui
 
 DESCRIPTION = """\
 The edgefleet control plane. Operator API under `/api/v1` (bearer tokens from
 `edgefleet admin create-token`), device enrolment under `/enrol/v1` (one-time tokens), device data
 plane under `/device/v1` (mutual TLS on the device port only). Errors are
 `{"error": {"code": "INVALID_ARGUMENT", "message": "..."}}`. Interactive documentation: `/docs`
-(Swagger UI) and `/redoc`, served by this server. See docs/fleet-api.md.
+(Swagger UI) and `/redoc`, served by this server. The web dashboard is at `/ui` (operator port).
+See docs/fleet-api.md.
 """
 
 
@@ -87,6 +89,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         capture_plane.router,
     ):
         app.include_router(router)
+    install_ui(app)  # the web dashboard under /ui
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     def healthz() -> dict[str, str]:

@@ -131,6 +131,7 @@ def heartbeat_of(body: s.HeartbeatRequest) -> devices.Heartbeat:
         if body.Capture is None
         else dp.CaptureReport.from_wire(body.Capture.model_dump(mode="json")),
         summaries=tuple(dp.SummaryWindow.from_wire(w.model_dump(mode="json")) for w in body.ModelSummaries),
+        shadows=tuple(dp.ShadowReport.from_wire(p.model_dump(mode="json")) for p in body.Shadows),
     )
 
 

@@ -12,7 +12,8 @@ services of :mod:`edgefleet.server.deviceplane`), so the answers and errors are 
 A body it cannot parse (too large to read here, not JSON, text no database can store, fields that do
 not validate) or a package id that is not one is handed to the application with the body replayed,
 which reports it in the documented shape; such a fallback is logged at WARNING. Other paths (and
-``RenewCertificate``) always go to the application.
+``RenewCertificate``) always go to the application, except the web dashboard (``/ui``), which the
+device listener does not serve (404).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edgefleet.server.api import device_plane, schemas
 from edgefleet.server.api.asgi import ASGIApp, Receive, Scope, Send, content_length, header, replay
 from edgefleet.server.api.auth import DeviceIdentity, identity_from_scope
 from edgefleet.server.api.errors import error_response, exception_response
+from edgefleet.server.api.guard import UI_PREFIX
 from edgefleet.server.api.metrics import ROUTE_SCOPE_KEY
 from edgefleet.server.api.state import AppState
 from edgefleet.server.validation import MAX_ID, check_json_text
@@ -61,6 +63,12 @@ class DeviceFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == UI_PREFIX or scope["path"].startswith(UI_PREFIX + "/"):
+            # the web dashboard is for operators: served on the operator listener only
+            await error_response(
+                Code.NOT_FOUND, "the web dashboard is served on the operator port, not the device port"
+            )(scope, receive, send)
             return
         if scope["method"] == "GET" and scope["path"].startswith(PACKAGE_PREFIX):
             await self._download(scope, receive, send)

@@ -1,12 +1,13 @@
-"""Operator API: fleets and fleet reports."""
+"""Operator API: fleets, fleet reports and the fleet's shadow figures."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from edgefleet.server import fleets, reports
+from edgefleet.server import fleets, reports, shadows
 from edgefleet.server.api import render
 from edgefleet.server.api import schemas as s
 from edgefleet.server.api.auth import app_state, operator
@@ -105,3 +106,48 @@ def regenerate_report(name: str, request: Request, actor: Actor) -> s.FleetRepor
     with st.db.session() as session:
         row = reports.generate_report(session, name, st.db.now(), st.connected_window)
         return render.report(fleets.get_fleet(session, name), row)
+
+
+@router.get("/{name}/shadows", response_model=s.FleetShadowsOut, summary="The fleet's shadow figures")
+def get_shadows(
+    name: str,
+    request: Request,
+    actor: Actor,
+    ChampionModel: str | None = None,
+    ShadowModel: str | None = None,
+    Since: datetime | None = None,
+) -> s.FleetShadowsOut:
+    """Per champion and shadow model version: the devices' latest shadow figures summed, the
+    agreement rate, and the shadow's latency against the champion's on the same device."""
+    since = None if Since is None else Since if Since.tzinfo else Since.replace(tzinfo=UTC)
+    st = app_state(request)
+    with st.db.session() as session:
+        pairs = shadows.shadow_report(session, name, ChampionModel, ShadowModel, since=since)
+    return s.FleetShadowsOut(
+        DeviceFleetName=name,
+        ShadowPairs=[
+            s.ShadowPairOut(
+                ChampionModel=p.champion_model,
+                ChampionVersion=p.champion_version,
+                ShadowModel=p.shadow_model,
+                ShadowVersion=p.shadow_version,
+                DeviceCount=p.devices,
+                Mirrored=p.mirrored,
+                Completed=p.completed,
+                Agreed=p.agreed,
+                Disagreed=p.disagreed,
+                ShadowErrors=p.shadow_errors,
+                Dropped=p.dropped,
+                AgreementRate=p.agreement_rate,
+                ShadowErrorRate=p.shadow_error_rate,
+                LatencyRatioP50Median=p.p50_ratio_median,
+                LatencyRatioP50Worst=p.p50_ratio_worst,
+                LatencyRatioP99Median=p.p99_ratio_median,
+                LatencyRatioP99Worst=p.p99_ratio_worst,
+                ChampionLatencyP99MsWorst=p.champion_p99_ms_worst,
+                ShadowLatencyP99MsWorst=p.shadow_p99_ms_worst,
+                LastReportTime=p.last_reported,
+            )
+            for p in pairs
+        ],
+    )

@@ -10,7 +10,9 @@ with no token would have its whole body read (however large) only to be told 401
 3. the size: a declared ``Content-Length`` above the route's cap is refused (413) unread. Package
    uploads stream up to ``Limits.max_package_bytes`` and relayed capture objects (``PUT
    /device/v1/capture/objects/...``, not JSON) up to ``Limits.max_capture_object_bytes``; enrolment (authenticated by the token inside
-   its body) gets ``max_enrol_body_bytes``; every other body ``max_json_body_bytes``.
+   its body) gets ``max_enrol_body_bytes``, the web dashboard's forms (``/ui``, authenticated by its
+   session cookie in :mod:`edgefleet.server.ui`) ``max_form_body_bytes``; every other body
+   ``max_json_body_bytes``.
 
 Then JSON bodies are read up to their cap (a chunked body that goes past it is refused as soon as it
 does) and checked for text no database can store
@@ -43,6 +45,8 @@ from edgefleet.server.validation import check_json_text, check_url
 OPERATOR_PREFIX = "/api/v1/"
 DEVICE_PREFIX = "/device/v1/"
 UPLOAD_PATH = "/api/v1/packages"
+#: the web dashboard (server/ui): authenticated by its own session cookie, bodies are small forms
+UI_PREFIX = "/ui"
 ENROL_PATH = "/enrol/v1/enrol"
 
 
@@ -107,6 +111,8 @@ class RequestGuard:
             return limits.max_capture_object_bytes
         if path == ENROL_PATH:
             return limits.max_enrol_body_bytes
+        if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+            return limits.max_form_body_bytes
         return limits.max_json_body_bytes
 
     async def _authenticate(self, scope: Scope, path: str) -> None:

@@ -564,6 +564,24 @@ class SummaryWindowModel(Lenient):
     Summary: dict[str, Any]
 
 
+class ShadowReportModel(Lenient):
+    Handle: str
+    ChampionModel: str
+    ChampionVersion: str = ""
+    ShadowModel: str
+    ShadowVersion: str = ""
+    Mirrored: int = 0
+    Completed: int = 0
+    Agreed: int = 0
+    Disagreed: int = 0
+    ShadowErrors: int = 0
+    Dropped: int = 0
+    ChampionLatencyP50Ms: float = 0.0
+    ChampionLatencyP99Ms: float = 0.0
+    ShadowLatencyP50Ms: float = 0.0
+    ShadowLatencyP99Ms: float = 0.0
+
+
 class HeartbeatRequest(Lenient):
     AgentVersion: str
     DeviceName: str
@@ -575,6 +593,9 @@ class HeartbeatRequest(Lenient):
     Capture: CaptureReportModel | None = Field(default=None, description="edgefleet extension: capture spool")
     ModelSummaries: list[SummaryWindowModel] = Field(
         default_factory=list, description="edgefleet extension: live model summaries for drift"
+    )
+    Shadows: list[ShadowReportModel] = Field(
+        default_factory=list, description="edgefleet extension: shadow pairs' cumulative figures"
     )
 
 
@@ -705,6 +726,34 @@ class DriftReportOut(Out):
     Features: list[FeatureDriftOut] = Field(description="worst (PSI, then KS) first")
     Classes: list[ClassDriftOut] = Field(description="worst (JS) first")
     MissingBaselines: list[str] = Field(description="versions seen in the range that have no baseline")
+
+
+class ShadowPairOut(Out):
+    ChampionModel: str
+    ChampionVersion: str
+    ShadowModel: str
+    ShadowVersion: str
+    DeviceCount: int = Field(description="registered devices of the fleet reporting the pair")
+    Mirrored: int
+    Completed: int
+    Agreed: int
+    Disagreed: int
+    ShadowErrors: int
+    Dropped: int
+    AgreementRate: float | None = Field(description="Agreed / Completed; null before any comparison")
+    ShadowErrorRate: float | None = Field(description="ShadowErrors / (Completed + ShadowErrors)")
+    LatencyRatioP50Median: float | None = Field(description="shadow / champion p50 per device, median")
+    LatencyRatioP50Worst: float | None
+    LatencyRatioP99Median: float | None = Field(description="shadow / champion p99 per device, median")
+    LatencyRatioP99Worst: float | None
+    ChampionLatencyP99MsWorst: float
+    ShadowLatencyP99MsWorst: float
+    LastReportTime: datetime
+
+
+class FleetShadowsOut(Out):
+    DeviceFleetName: str
+    ShadowPairs: list[ShadowPairOut]
 
 
 # ------------------------------------------------------------------------------------ capture plane

@@ -487,6 +487,37 @@ class DeviceCaptureStatus(Base):
     reported_at: Mapped[datetime]
 
 
+class DeviceShadow(Base):
+    """A device's shadow pair as its latest heartbeat reported it: the figures are the agent's,
+    cumulative since the pair started, so the latest report is all the server needs to keep.
+
+    A pair is named on its device by the handle and both model versions; a pair that ends stays
+    (its last figures), a pair started again on the same handle and versions starts its counters
+    afresh. ``reported_at`` is the server's time of the heartbeat.
+    """
+
+    __tablename__ = "device_shadows"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    handle: Mapped[str] = mapped_column(String(63), primary_key=True)
+    champion_model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    champion_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    shadow_model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    shadow_version: Mapped[str] = mapped_column(String(30), primary_key=True)
+    mirrored: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    agreed: Mapped[int] = mapped_column(BigInteger)
+    disagreed: Mapped[int] = mapped_column(BigInteger)
+    shadow_errors: Mapped[int] = mapped_column(BigInteger)
+    dropped: Mapped[int] = mapped_column(BigInteger)
+    champion_p50_ms: Mapped[float] = mapped_column(Float)
+    champion_p99_ms: Mapped[float] = mapped_column(Float)
+    shadow_p50_ms: Mapped[float] = mapped_column(Float)
+    shadow_p99_ms: Mapped[float] = mapped_column(Float)
+    reported_at: Mapped[datetime]
+    # the fleet's report reads one shadow model's pairs (the pipeline's shadow step)
+    __table_args__ = (Index("ix_device_shadows_models", "shadow_model", "champion_model"),)
+
+
 class DriftBucketRow(Base):
     """One scored bucket of the drift time series: a fleet's windows of one model version merged
     over one complete time bucket (by window end) and scored against the version's baseline.
@@ -674,6 +705,26 @@ class JobLogRow(Base):
     logged_at: Mapped[datetime]
     line: Mapped[str] = mapped_column(Text)
     __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
+
+
+class UISession(Base):
+    """A web dashboard login (server/ui/sessions.py): the cookie's secret is stored only as its
+    SHA-256, with the operator token it was opened with (a revoked token ends its sessions) and the
+    session's CSRF token, which every form and htmx request of the session must send back."""
+
+    __tablename__ = "ui_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("operator_tokens.id", ondelete="CASCADE"))
+    operator: Mapped[str] = mapped_column(String(100))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    __table_args__ = (
+        Index("ix_ui_sessions_token", "token_id"),
+        # expired sessions are deleted by expiry
+        Index("ix_ui_sessions_expires_at", "expires_at"),
+    )
 
 
 class PipelineRow(Base):

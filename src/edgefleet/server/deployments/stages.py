@@ -68,6 +68,19 @@ def list_stage_devices(
     return paginate(session, stmt.order_by(Device.name), limit, next_token)
 
 
+def device_history(session: Session, device_id: int, limit: int) -> list[tuple[str, str, StageDevice]]:
+    """A device's latest ``limit`` stage rows (plan name, stage name, row), newest assignment first."""
+    rows = session.execute(
+        select(DeploymentPlan.name, PlanStage.name, StageDevice)
+        .join(PlanStage, PlanStage.id == StageDevice.stage_id)
+        .join(DeploymentPlan, DeploymentPlan.id == PlanStage.plan_id)
+        .where(StageDevice.device_id == device_id)
+        .order_by(StageDevice.assigned_at.desc(), StageDevice.stage_id.desc())
+        .limit(limit)
+    )
+    return [(plan, stage, row) for plan, stage, row in rows]
+
+
 def start_stage(session: Session, plan_name: str, stage_name: str, now: datetime) -> PlanStage:
     """Select the stage's devices and make the deployment available to them."""
     plan = get_plan(session, plan_name, lock=True)

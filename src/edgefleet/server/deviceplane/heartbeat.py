@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, text, update
 
 from edgefleet.core.errors import InvalidArgument, NotFound
-from edgefleet.server import captures, devices, drift
+from edgefleet.server import captures, devices, drift, shadows
 from edgefleet.server.db.engine import Database, one_of
 from edgefleet.server.db.schema import Device, DeviceModel, Fleet
 from edgefleet.server.deployments.device_side import record_result
@@ -172,13 +172,21 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
             drift.store_windows(session.connection(), [(device.id, item.heartbeat.summaries)], self.db.now())
             if item.heartbeat.capture is not None:
                 captures.record_device_report(session, device, item.heartbeat.capture, self.db.now())
+            if item.heartbeat.shadows:
+                shadows.record_device_reports(session, device, item.heartbeat.shadows, self.db.now())
             if item.result is not None:
                 try:
                     record_result(session, device, item.result, self.db.now())
                 except NotFound as exc:
                     # A queued result for a plan deleted since must not block heartbeats forever.
                     name = item.result.deployment_name
-                    log.warning("device %s: ignoring the result for %s: %s", device.name, name, exc)
+                    log.warning(
+                        "device %s: ignoring the result for %s: %s",
+                        device.name,
+                        name,
+                        exc,
+                        extra={"device": device.name, "deployment": name},
+                    )
         return True
 
     def _store(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[bool]:
@@ -205,12 +213,14 @@ class HeartbeatService(Service[HeartbeatItem, bool]):
             device_id is not None and device_id in stored and latest[device_id].serial == item.serial
             for item, device_id in zip(batch, ids, strict=True)
         ]
-        # every stored heartbeat's summary windows and uploads count, not only a device's newest one's
+        # every stored heartbeat's summary windows, uploads and shadow figures count, not only a
+        # device's newest one's (a later heartbeat's figures of a pair replace an earlier one's)
         kept = [(p, i) for p, i, ok in zip(batch, ids, outcome, strict=True) if ok and i is not None]
         drift.store_windows(conn, [(i, p.heartbeat.summaries) for p, i in kept], now)
         captures.record_reports(
             conn, [(i, p.heartbeat.capture) for p, i in kept if p.heartbeat.capture is not None], now
         )
+        shadows.record_reports(conn, [(i, p.heartbeat.shadows) for p, i in kept if p.heartbeat.shadows], now)
         return outcome
 
     def _resolve(self, conn: Connection, batch: Sequence[HeartbeatItem]) -> list[int | None]:

@@ -1,7 +1,7 @@
 """jobs on the task queue and their logs
 
 Revision ID: 0011
-Revises: 0012
+Revises: 0010
 
 ``jobs`` holds each job run by ``edgefleet worker`` (server/tasks.py): request, state, attempt and
 lease, progress, result or error; ``job_logs`` its log lines, append-only. Both start empty.
@@ -13,9 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = (
-    "0012"  # the head on main when written (0012 revises 0009); the lead orders the chain at merge
-)
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """the transfer backlog of Disk with periodic upload in each device's capture status
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 
 A heartbeat's ``Capture`` report carries the objects written to Disk and not yet confirmed by the
 cloud store (``TransferPending``), their bytes and the oldest's age; ``device_capture_status``
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

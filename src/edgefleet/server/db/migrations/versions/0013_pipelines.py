@@ -1,7 +1,7 @@
 """pipelines: per-model configurations, their runs, steps and run logs
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0014
 
 ``pipelines`` holds each model's pipeline configuration (server/pipelines/config.py);
 ``pipeline_runs``, ``pipeline_steps`` and ``pipeline_logs`` each run's record
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"  # the tasks branch's head when written; the lead orders the chain at merge
+down_revision = "0014"  # main's head when written (0014 device_shadows); the lead orders the chain at merge
 branch_labels = None
 depends_on = None
 
