@@ -21,9 +21,12 @@ Steps, in order, each recorded in ``pipeline_steps`` as it goes:
     of the validation set, one call each: accuracy against the labels, agreement against the
     reference answers, p99 of the calls against ``twin.max_p99_ms``; and an optional load test.
 ``shadow``
-    the candidate's shadow figures on the production fleet, aggregated by the server from
-    heartbeats, judged against ``shadow.min_agreement`` and ``shadow.max_latency_ratio``. Not
-    available yet: the step fails with that reason (see :func:`shadow_figures`).
+    after ``shadow.duration_seconds``, the candidate's shadow figures on the production fleet,
+    summed by the server from heartbeats since the step began (server/shadows.py): agreement
+    against ``shadow.min_agreement``, the median over devices of the shadow/champion p99 ratio
+    against ``shadow.max_latency_ratio``, no shadow errors. The step does not load the shadow on
+    the devices (no device-side deployment of shadows exists yet: ``edgefleet agent shadow`` on
+    each device); no figures fail the step ("shadow figures not available"), never pass it.
 ``approval``
     ``auto``: approved at once; ``manual``: the run waits (WAITING_APPROVAL, the job ends) until
     ``edgefleet pipeline approve|reject RUN``; approval queues a new job that continues here.
@@ -45,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,7 @@ from edgefleet.server.pipelines.config import PipelineConfig
 from edgefleet.server.pipelines.plans import plan_spec
 from edgefleet.server.pipelines.runs import RunState, StepState
 from edgefleet.server.queue import JobQueue
+from edgefleet.server.shadows import ShadowPairFigures, shadow_report
 from edgefleet.worker import validation
 from edgefleet.worker.runner import Executor, JobContext, run_claimed
 
@@ -96,13 +101,21 @@ class _Wait(Exception):
     """The run waits for a decision: the job ends, the run stays WAITING_APPROVAL."""
 
 
-def shadow_figures(db: Database, fleet: str, champion: str, candidate: str) -> dict[str, Any] | None:
-    """SEAM: the shadow figures of ``candidate`` mirrored against ``champion`` on ``fleet``'s devices,
-    aggregated by the server from heartbeats (agreement, the shadow's latency over the champion's,
-    errors, the calls compared). None while the server does not aggregate them (the heartbeat
-    side of shadow models is not merged yet): the step then fails, it never passes on no evidence."""
-    del db, fleet, champion, candidate
-    return None
+def shadow_figures(
+    db: Database, fleet: str, model: str, candidate: str, since: datetime
+) -> ShadowPairFigures | None:
+    """The figures of version ``candidate`` of ``model`` mirrored as the shadow of another version
+    of ``model`` on ``fleet``'s devices, summed by the server from heartbeats since ``since``
+    (server/shadows.py); None while no device reported such a pair."""
+    with db.session() as session:
+        pairs = [
+            p
+            for p in shadow_report(session, fleet, champion_model=model, shadow_model=model, since=since)
+            if p.shadow_version == candidate and p.champion_version != candidate
+        ]
+    if not pairs:
+        return None
+    return max(pairs, key=lambda p: p.completed)
 
 
 def make_executor(settings: PipelineSettings, executors: dict[str, Executor]) -> Executor:
@@ -585,24 +598,51 @@ class RunExecutor:
     def shadow(self, artifacts: dict[str, Any]) -> str:
         shadow = self.config.shadow
         assert shadow is not None
-        figures = shadow_figures(self.db, shadow.fleet, self.model, self.version)
-        if figures is None:
+        if "Since" not in artifacts:
+            artifacts["Since"] = self.db.now().isoformat()
+            self._journal("shadow", Since=artifacts["Since"])
+        since = datetime.fromisoformat(str(artifacts["Since"]))
+        self.say(
+            "shadow",
+            f"judging {self.model} {self.version} as shadow on fleet {shadow.fleet} after "
+            f"{shadow.duration_seconds:g} s (load it as the shadow of handle {self.model} on the devices)",
+        )
+        end = since + timedelta(seconds=shadow.duration_seconds)
+        while self.db.now() < end:
+            self.ctx.check()
+            self.ctx.wait(min(POLL * 4, max(0.05, (end - self.db.now()).total_seconds())))
+        pair = shadow_figures(self.db, shadow.fleet, self.model, self.version, since)
+        if pair is None or pair.completed == 0:
             raise FailedPrecondition(
-                f"shadow figures not available: the server does not aggregate shadow figures from "
-                f"heartbeats for fleet {shadow.fleet} yet, so the shadow step cannot pass"
+                f"shadow figures not available: no device of fleet {shadow.fleet} reported {self.model} "
+                f"{self.version} as a shadow with compared calls within {shadow.duration_seconds:g} s"
             )
+        figures = {
+            "Devices": pair.devices,
+            "ChampionVersion": pair.champion_version,
+            "Mirrored": pair.mirrored,
+            "Completed": pair.completed,
+            "Agreement": pair.agreement_rate,
+            "ShadowErrorRate": pair.shadow_error_rate,
+            "LatencyRatio": pair.p99_ratio_median,
+            "LatencyRatioWorst": pair.p99_ratio_worst,
+        }
         runs.update_step(self.db, self.run_id, "shadow", figures=figures)
-        agreement, ratio = figures.get("Agreement"), figures.get("LatencyRatio")
+        agreement, ratio = pair.agreement_rate, pair.p99_ratio_median
         problems = []
         if agreement is None or agreement < shadow.min_agreement:
             problems.append(f"agreement {agreement} is below shadow.min_agreement {shadow.min_agreement:g}")
-        if ratio is None or ratio > shadow.max_latency_ratio:
+        if ratio is not None and ratio > shadow.max_latency_ratio:
             problems.append(
-                f"latency ratio {ratio} is above shadow.max_latency_ratio {shadow.max_latency_ratio:g}"
+                f"p99 latency ratio {ratio:.3f} is above shadow.max_latency_ratio {shadow.max_latency_ratio:g}"
             )
+        if pair.shadow_errors:
+            problems.append(f"the shadow failed {pair.shadow_errors} mirrored call(s)")
         if problems:
             raise FailedPrecondition("shadow test failed: " + "; ".join(problems))
-        return f"shadow agreement {agreement}, latency ratio {ratio}"
+        return f"shadow agreement {agreement:.4f} over {pair.completed} calls on {pair.devices} device(s)" + (
+            f", p99 latency ratio {ratio:.3f}" if ratio is not None else ""
+        )
 
     def approval(self, artifacts: dict[str, Any]) -> str:
         if self.config.approval == "auto":
