@@ -338,6 +338,54 @@ def test_a_run_survives_its_worker_sigkilled_mid_step(setup: Setup) -> None:
 
 
 @pytest.mark.slow
+def test_a_shadow_step_passes_on_the_devices_figures(setup: Setup) -> None:
+    """The candidate loaded as the shadow of the production handle (by hand, as `edgefleet agent
+    shadow` does) and traffic on the handle: the daemon's heartbeats carry the figures, the server
+    sums them, the step judges them and the run rolls out."""
+    from edgefleet.client import AgentClient
+
+    s = setup
+    device = s.prod.twins[0]
+    with AgentClient(device.agent_address, timeout=30) as app:
+        has_champion = "digits" in app.handles()
+    if not has_champion:  # the production fleet needs a champion first
+        s.op.put_pipeline(_config(s, "digits", compile_step=False), replace=True)
+        assert _wait_run(s, s.op.start_pipeline_run("digits")["RunId"])["State"] == "SUCCEEDED"
+    config = _config(s, "digits", compile_step=False, shadow=True)
+    config = config.replace("duration_seconds = 5", "duration_seconds = 15\nmax_latency_ratio = 50")
+    s.op.put_pipeline(config, replace=True)
+    run = s.op.start_pipeline_run("digits")
+    run_id, version = run["RunId"], run["ModelVersion"]
+
+    def shadow_started() -> bool:
+        lines = [line["Line"] for line in s.op.pipeline_run_logs(run_id)["Lines"]]
+        return any("as shadow on fleet prod" in line for line in lines)
+
+    wait_for(shadow_started, "the shadow step")
+    (package,) = s.op.describe_version("digits", version)["Packages"]
+    archive = s.op.download_package("digits", version, package["Target"], s.work / f"dl-{version}")
+    with AgentClient(device.agent_address, timeout=30) as app:
+        app.load(archive, f"digits-{version}")
+        app.load_shadow("digits", f"digits-{version}", sample_rate=1.0)
+        for row in s.x_test[:200]:
+            app.predict("digits", {"X": row[None, :]})
+
+        def reported() -> bool:
+            pairs = s.op.fleet_shadows("prod")["ShadowPairs"]
+            return any(p["ShadowVersion"] == version and p["Completed"] > 0 for p in pairs)
+
+        wait_for(reported, "the heartbeats to carry the shadow figures", 60)
+        # the pair ends before the rollout brings the same version onto the device
+        app.unload_shadow("digits")
+        app.unload(f"digits-{version}")
+    done = _wait_run(s, run_id)
+    steps = _steps(done)
+    assert done["State"] == "SUCCEEDED", (done["Reason"], steps)
+    figures = steps["shadow"]["Figures"]
+    assert figures["Agreement"] == 1.0 and figures["Completed"] > 0 and figures["Devices"] == 1, figures
+
+
+@pytest.mark.slow
 def test_a_shadow_step_without_figures_fails(setup: Setup) -> None:
     s = setup
     s.op.put_pipeline(_config(s, "digits", compile_step=False, shadow=True), replace=True)
