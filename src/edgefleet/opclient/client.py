@@ -334,7 +334,9 @@ class FleetClient:
 
     def put_pipeline(self, config_text: str, *, replace: bool = False) -> Json:
         """Store a model's pipeline configuration (TOML text)."""
-        result: Json = self.request("POST", "/api/v1/pipelines", json={"PipelineConfig": config_text, "Replace": replace})
+        result: Json = self.request(
+            "POST", "/api/v1/pipelines", json={"PipelineConfig": config_text, "Replace": replace}
+        )
         return result
 
     def describe_pipeline(self, name: str) -> Json:

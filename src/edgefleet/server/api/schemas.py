@@ -926,7 +926,9 @@ class JobLogs(Out):
 
 
 class PipelineRequest(Strict):
-    PipelineConfig: str = Field(description="the pipeline configuration, TOML (see server/pipelines/config.py)")
+    PipelineConfig: str = Field(
+        description="the pipeline configuration, TOML (see server/pipelines/config.py)"
+    )
     Replace: bool = Field(default=False, description="replace an existing pipeline of the same model")
 
 
@@ -945,8 +947,12 @@ class PipelineList(Out):
 
 
 class StartRunRequest(Strict):
-    ModelVersion: str | None = Field(default=None, description="the version registered (default: r<run number>)")
-    Source: str | None = Field(default=None, description="a model file replacing the configured source (absolute)")
+    ModelVersion: str | None = Field(
+        default=None, description="the version registered (default: r<run number>)"
+    )
+    Source: str | None = Field(
+        default=None, description="a model file replacing the configured source (absolute)"
+    )
     Trigger: str = "manual"
 
 
