@@ -4,22 +4,10 @@ operator client of it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-
-@dataclass
-class Plane:
-    """The running control plane, its operator URL, token and CA, and a client."""
-
-    running: Any
-    url: str
-    token: str
-    ca_cert: Path
-    op: Any
+from twin_testkit import Plane
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import Plane
 from support import REPO
+from twin_testkit import Plane
 
-from edgefleet.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.twin import PRE_PRODUCTION, STAGE_TAG, TwinFleet, TwinTiming, resolve_device_class
 
 pytestmark = pytest.mark.e2e
@@ -150,6 +150,18 @@ def test_twins_enrol_heartbeat_deploy_and_predict(
     assert all(not psutil.pid_exists(p) for p in pids if p is not None)
     assert set(codes.values()) == {0}, codes
 
+    # again in the same directory: the identities are kept, new heartbeats are waited for, and each
+    # daemon serves its installed model under its handle before it hears from the server
+    lines.clear()
+    with TwinFleet(tmp_path / "twins", say=lines.append) as again:
+        again.start(
+            2, "twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=keys / "trust", timing=FAST
+        )
+        assert sum("enrolled in an earlier run (identity kept)" in line for line in lines) == 2, lines
+        assert set(again.wait_heartbeats(120).values()).isdisjoint(beats.values())
+        with AgentClient(again.twins[0].agent_address, timeout=30) as app:
+            assert int(app.predict("digits", {"X": x_test[:1]})["label"][0]) == labels[0]
+
 
 def _cli_env(plane: Plane) -> dict[str, str]:
     return {
@@ -188,8 +200,23 @@ def test_cli_up_detached_status_down(plane: Plane, keys: Path, tmp_path: Path) -
 
     status = _edgefleet("twin", "status", "--json", *common, env=env)
     assert status.returncode == 0, status.stderr
-    assert '"Phase": "running"' in status.stdout and str(pids[0]) in status.stdout and "cli-twins-02" in status.stdout
-    again = _edgefleet("twin", "up", "1", "--fleet", "cli-twins", "--trust", str(keys / "trust"), "--detach", *common, env=env)
+    assert (
+        '"Phase": "running"' in status.stdout
+        and str(pids[0]) in status.stdout
+        and "cli-twins-02" in status.stdout
+    )
+    again = _edgefleet(
+        "twin",
+        "up",
+        "1",
+        "--fleet",
+        "cli-twins",
+        "--trust",
+        str(keys / "trust"),
+        "--detach",
+        *common,
+        env=env,
+    )
     assert again.returncode == 1 and "runs in" in again.stderr and "twin down" in again.stderr
 
     down = _edgefleet("twin", "down", *common, env=env)
@@ -228,9 +255,11 @@ def test_foreground_up_stops_on_ctrl_c_and_twins_die_with_a_killed_controller(
                 proc.wait()
         # SIGINT: the controller stops its twins and exits 0; SIGKILL: each twin gets SIGTERM from the
         # kernel when its parent dies (PR_SET_PDEATHSIG) and stops by itself
-        assert code == (0 if how == signal.SIGINT else -signal.SIGKILL), (tmp_path / f"up{round_}.log").read_text()
+        assert code == (0 if how == signal.SIGINT else -signal.SIGKILL), (
+            tmp_path / f"up{round_}.log"
+        ).read_text()
         wait_for(lambda p=pids: not any(psutil.pid_exists(x) for x in p), "the twins to exit", 60)
-        status = (workdir / "fg{}-01".format(round_) / "status.json").read_text()
+        status = (workdir / f"fg{round_}-01" / "status.json").read_text()
         assert '"stopped"' in status
 
 
@@ -272,8 +301,19 @@ def test_bad_input_is_refused_with_its_code(plane: Plane, keys: Path, tmp_path: 
     with pytest.raises(InvalidArgument, match="1 to 1000 twins, not 0"):
         fleet.start(0, "bad-twins", plane.url, plane.token, **args)
     with pytest.raises(NotFound, match="is not a directory"):
-        fleet.start(1, "bad-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=tmp_path / "nope")
+        fleet.start(
+            1, "bad-twins", plane.url, plane.token, ca_cert=plane.ca_cert, trust_dir=tmp_path / "nope"
+        )
     with pytest.raises(NotFound, match="no twin fleet in"):
         TwinFleet.attach(tmp_path / "empty")
     with pytest.raises(InvalidArgument, match="timing heartbeat_interval_seconds must be positive"):
         TwinTiming(heartbeat_interval_seconds=0)
+    # a twin's name taken by a device of another fleet: refused, and that device is left alone
+    plane.op.create_fleet("production", (tmp_path / "prod").as_uri())
+    plane.op.register_devices("production", [{"DeviceName": "clash-01"}])
+    with pytest.raises(
+        AlreadyExists, match="device clash-01 is registered in fleet production, not clash-twins"
+    ):
+        TwinFleet(tmp_path / "clash").start(1, "clash-twins", plane.url, plane.token, prefix="clash", **args)
+    assert plane.op.describe_device("clash-01")["DeviceFleetName"] == "production"
+    assert not (tmp_path / "clash" / "twins.json").exists()

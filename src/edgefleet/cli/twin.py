@@ -62,16 +62,20 @@ def add_parser(sub: Any) -> None:
         help="for a device class of another architecture: a Python of that architecture to run under qemu-user",
     )
     up.add_argument("--prefix", help="device names are PREFIX-01, PREFIX-02 ... (default: the fleet name)")
-    up.add_argument("--output", help="capture output location of a new fleet (default: file://WORKDIR/captures)")
+    up.add_argument(
+        "--output", help="capture output location of a new fleet (default: file://WORKDIR/captures)"
+    )
     up.add_argument("--heartbeat-seconds", type=float, default=5.0, help="heartbeat interval (default 5)")
     up.add_argument("--poll-seconds", type=float, default=5.0, help="deployment poll interval (default 5)")
-    up.add_argument("--detach", action="store_true", help="run in the background; stop with `edgefleet twin down`")
+    up.add_argument(
+        "--detach", action="store_true", help="run in the background; stop with 'edgefleet twin down'"
+    )
     up.set_defaults(func=run_up)
 
     status = commands.add_parser("status", help="show each twin's device, pid, last heartbeat and models")
     status.set_defaults(func=show_status)
 
-    down = commands.add_parser("down", help="stop the twins of a detached `edgefleet twin up`")
+    down = commands.add_parser("down", help="stop the twins of a detached 'edgefleet twin up'")
     down.add_argument("--timeout", type=float, default=60.0, help="seconds before a twin is killed")
     down.set_defaults(func=run_down)
 
@@ -184,7 +188,12 @@ def _detach(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> int
     log = workdir / DETACHED_LOG
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     print(f"starting {args.count} twins in the background (pid {proc.pid}, log {log}) ...", flush=True)
     shown = log.stat().st_size
@@ -200,7 +209,9 @@ def _detach(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> int
             phase = "starting"
         if phase == "ready":
             _follow(log, shown)
-            print(f"twins up (pid {proc.pid}); `edgefleet twin status` shows them, `edgefleet twin down` stops them")
+            print(
+                f"twins up (pid {proc.pid}); `edgefleet twin status` shows them, `edgefleet twin down` stops them"
+            )
             return 0
         time.sleep(0.2)
 
@@ -240,7 +251,9 @@ def show_status(args: argparse.Namespace) -> int:
     if args.json:
         dump_json({"Fleet": fleet.fleet, "Phase": fleet.phase, "Twins": rows})
         return 0
-    print(f"fleet {fleet.fleet}: {fleet.phase}, {sum(s.phase == 'running' for s in statuses)}/{len(statuses)} running")
+    print(
+        f"fleet {fleet.fleet}: {fleet.phase}, {sum(s.phase == 'running' for s in statuses)}/{len(statuses)} running"
+    )
     table(
         rows,
         [

@@ -72,7 +72,9 @@ def resolve_device_class(
         return DeviceClass(target.name, target.arch, (python,))
     emulator = EMULATORS.get(target.arch)
     if emulator is None:
-        raise FailedPrecondition(f"cannot emulate {target.arch} here (qemu-user stands in for: {', '.join(EMULATORS)})")
+        raise FailedPrecondition(
+            f"cannot emulate {target.arch} here (qemu-user stands in for: {', '.join(EMULATORS)})"
+        )
     found = which(emulator)
     if found is None:
         raise FailedPrecondition(

@@ -40,7 +40,8 @@ from edgefleet.core.errors import (
 )
 from edgefleet.core.files import read_json, write_json_atomic
 from edgefleet.twin.device_class import DeviceClass, resolve_device_class
-from edgefleet.twin.process import LOG_FILE, SPEC_FILE, TwinSpec, read_status
+from edgefleet.twin.process import LOG_FILE, TwinSpec, read_status
+from edgefleet.twin.zygote import Zygote
 
 if TYPE_CHECKING:
     from edgefleet.opclient.client import FleetClient
@@ -186,8 +187,15 @@ class TwinFleet:
     another process left in ``workdir`` (to show or stop its twins).
     """
 
-    def __init__(self, workdir: Path, *, say: Say | None = None) -> None:
+    def __init__(self, workdir: Path, *, say: Say | None = None, preload: bool = True) -> None:
         self.workdir = workdir.absolute()
+        #: fork native twins from a zygote that imported their modules once (:mod:`edgefleet.twin.zygote`);
+        #: False starts each twin as a fresh interpreter (what emulated twins always are)
+        self.preload = preload
+        self._zygote: Zygote | None = None
+        self._zygote_pid: tuple[int, float | None] | None = None
+        self._codes: dict[str, int | None] = {}
+        self._beats_before: dict[str, str | None] = {}
         self.say: Say = say or (lambda line: log.info("%s", line))
         self.twins: list[Twin] = []
         self.fleet: str | None = None
@@ -215,6 +223,7 @@ class TwinFleet:
                 "device_class": self.device_class.name if self.device_class else None,
                 "socket_dir": str(self.socket_dir) if self.socket_dir else None,
                 "own_socket_dir": self._own_socket_dir,
+                "zygote": list(self._zygote_pid) if self._zygote_pid else None,
                 "controller_pid": os.getpid(),
                 "controller_started": _create_time(os.getpid()),
                 "twins": [t.to_wire() for t in self.twins],
@@ -227,12 +236,17 @@ class TwinFleet:
         fleet = cls(workdir, say=say)
         raw = read_json(fleet.state_path)
         if not isinstance(raw, dict):
-            raise NotFound(f"no twin fleet in {fleet.workdir} (no {STATE_FILE}): start one with `edgefleet twin up`")
+            raise NotFound(
+                f"no twin fleet in {fleet.workdir} (no {STATE_FILE}): start one with `edgefleet twin up`"
+            )
         fleet.fleet = raw.get("fleet")
         fleet.phase = str(raw.get("phase", "unknown"))
         fleet.socket_dir = Path(raw["socket_dir"]) if raw.get("socket_dir") else None
         fleet._own_socket_dir = bool(raw.get("own_socket_dir"))
         fleet.twins = [Twin.from_wire(t) for t in raw.get("twins", [])]
+        zygote = raw.get("zygote")
+        if isinstance(zygote, list) and len(zygote) == 2:
+            fleet._zygote_pid = (int(zygote[0]), zygote[1])
         return fleet
 
     @staticmethod
@@ -300,7 +314,12 @@ class TwinFleet:
                 Twin(i, name, self.workdir / name, self._socket(name)) for i, name in enumerate(names, 1)
             ]
             self._save()
-            self._enrol_all(server_url, ca_cert)
+            self._enrol_all(server_url)
+            # devices reused from an earlier run have heartbeats already: only newer ones count
+            self._beats_before = self.heartbeats()
+            if self.preload and not self.device_class.emulated:
+                self._zygote = Zygote(sys.executable, self.workdir / "zygote.log", twin_environment())
+                self._zygote_pid = (self._zygote.pid, _create_time(self._zygote.pid))
             for twin in self.twins:
                 self._launch(twin, timing)
                 self._save()
@@ -351,7 +370,10 @@ class TwinFleet:
             local.mkdir(parents=True, exist_ok=True)
             self.socket_dir, self._own_socket_dir = local, False
         else:  # a deep work directory: the sockets go to a private directory under /tmp
-            self.socket_dir, self._own_socket_dir = Path(tempfile.mkdtemp(prefix="ef-twin-", dir="/tmp")), True
+            self.socket_dir, self._own_socket_dir = (
+                Path(tempfile.mkdtemp(prefix="ef-twin-", dir="/tmp")),
+                True,
+            )
             if len(str(self.socket_dir / longest)) > _MAX_SOCKET:
                 raise InvalidArgument(f"twin names starting {prefix!r} are too long for a Unix socket path")
 
@@ -359,7 +381,7 @@ class TwinFleet:
         assert self.socket_dir is not None
         return f"unix://{self.socket_dir / (name + '.sock')}"
 
-    def _enrol_all(self, server_url: str, ca_cert: Path | None) -> None:
+    def _enrol_all(self, server_url: str) -> None:
         """Register the twins' devices (or reuse those enrolled in a previous run), enrol each."""
         from edgefleet.device.https import enroller
         from edgefleet.device.identity import IDENTITY_FILE, enroll, identity_dir
@@ -419,6 +441,10 @@ class TwinFleet:
         )
         path = spec.write()
         (twin.directory / "status.json").unlink(missing_ok=True)
+        if self._zygote is not None:
+            pid = self._zygote.spawn(path)
+            twin.pid, twin.started = pid, _create_time(pid)
+            return
         command = [*self.device_class.python, "-m", "edgefleet.twin.process", str(path), str(os.getpid())]
         with (twin.directory / LOG_FILE).open("ab") as out:
             twin.proc = subprocess.Popen(
@@ -461,19 +487,18 @@ class TwinFleet:
         seen = {d["DeviceName"]: d.get("LatestHeartbeat") for d in op.list_devices(fleet=self.fleet)}
         return {t.name: seen.get(t.name) for t in self.twins}
 
-    def wait_heartbeats(self, timeout: float = 120.0, *, after: str | None = None) -> dict[str, str]:
-        """Wait until the server has a heartbeat of every twin (newer than ``after``, an ISO time)."""
+    def wait_heartbeats(self, timeout: float = 120.0) -> dict[str, str]:
+        """Wait until the server has a heartbeat of every twin sent since :meth:`start` (a device
+        reused from an earlier run has older ones); each twin's LatestHeartbeat."""
         n = len(self.twins)
         told: set[str] = set()
 
         def all_beat() -> dict[str, str] | None:
             for twin in self.twins:
                 if not twin.alive():
-                    raise FailedPrecondition(
-                        f"twin {twin.name} exited; see {twin.directory / LOG_FILE}"
-                    )
+                    raise FailedPrecondition(f"twin {twin.name} exited; see {twin.directory / LOG_FILE}")
             beats = self.heartbeats()
-            fresh = {k: v for k, v in beats.items() if v is not None and (after is None or v > after)}
+            fresh = {k: v for k, v in beats.items() if v is not None and v != self._beats_before.get(k)}
             for twin in self.twins:
                 if twin.name in fresh and twin.name not in told:
                     told.add(twin.name)
@@ -541,13 +566,18 @@ class TwinFleet:
             while twin.alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
             if twin.alive() and twin.pid is not None:
-                log.warning("twin %s (pid %d) did not stop within %g s; killing it", twin.name, twin.pid, timeout)
+                log.warning(
+                    "twin %s (pid %d) did not stop within %g s; killing it", twin.name, twin.pid, timeout
+                )
                 try:
                     os.kill(twin.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 _wait(lambda t=twin: not t.alive(), f"twin {twin.name} to die", 30)  # type: ignore[misc]
-            codes[twin.name] = twin.proc.wait() if twin.proc is not None else None
+            code = self._exit_code(twin)
+            codes[twin.name] = self._codes.get(twin.name) if code is None else code
+        self._codes = codes
+        self._stop_zygote(timeout)
         if self._own_socket_dir and self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
         self.state_path.unlink(missing_ok=True)
@@ -555,6 +585,33 @@ class TwinFleet:
             self._op.close()
             self._op = None
         return codes
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The pid of the zygote the twins were forked from (None: each twin is its own interpreter)."""
+        return self._zygote_pid[0] if self._zygote_pid else None
+
+    def _exit_code(self, twin: Twin) -> int | None:
+        if twin.proc is not None:
+            return twin.proc.wait()
+        if self._zygote is None or twin.pid is None:
+            return None
+        deadline = time.monotonic() + 10  # the zygote reports the exit as soon as it reaped the twin
+        while (code := self._zygote.exit_code(twin.pid)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return code
+
+    def _stop_zygote(self, timeout: float) -> None:
+        if self._zygote is not None:
+            self._zygote.close(timeout)
+            self._zygote = None
+        elif self._zygote_pid is not None and _same_process(*self._zygote_pid):
+            try:  # another process's zygote, left behind: SIGTERM stops it (and any twin it still has)
+                psutil.Process(self._zygote_pid[0]).terminate()
+                psutil.Process(self._zygote_pid[0]).wait(timeout)
+            except psutil.Error:
+                pass
+        self._zygote_pid = None
 
     def processes(self) -> list[psutil.Process]:
         """The twins' live processes (for measurements)."""

@@ -16,7 +16,6 @@ unload, the socket goes) and receives SIGTERM when its parent dies, even by SIGK
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -102,7 +101,7 @@ def read_status(directory: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """SIGTERM this process when its parent dies (even by SIGKILL): a twin is never orphaned."""
     import ctypes
 
@@ -149,8 +148,12 @@ def run_twin(spec: TwinSpec, stop: threading.Event) -> None:
         )
         daemon = build_daemon(config)
         daemon.platform = ("linux", spec.arch, config.accelerator)
-        watcher = threading.Thread(target=lambda: (stop.wait(), daemon.stop()), daemon=True)
-        watcher.start()
+
+        def stop_daemon() -> None:
+            stop.wait()
+            daemon.stop()  # wakes its reconcile loop at once (``stop`` alone waits out the poll interval)
+
+        threading.Thread(target=stop_daemon, name="twin-stop", daemon=True).start()
         write_status(directory, "running", agent_address=spec.agent_address)
         daemon.run(stop)
     finally:
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m edgefleet.twin.process TWIN_JSON PARENT_PID", file=sys.stderr)
         return 2
-    _die_with_parent(int(args[1]))
+    die_with_parent(int(args[1]))
     spec = TwinSpec.read(Path(args[0]))
     directory = Path(spec.directory)
     logging.basicConfig(
