@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
     runs.set_defaults(func=list_runs)
 
     logs = commands.add_parser("logs", help="a run's log")
-    logs.add_argument("run_id")
+    logs.add_argument("run_id", help="the run's id (edgefleet pipeline runs)")
     logs.add_argument("-f", "--follow", action="store_true", help="until the run ends or waits for approval")
     logs.set_defaults(func=run_logs)
 
@@ -59,8 +59,8 @@ def add_parser(sub: Any) -> None:
         ("reject", "reject a run at its approval gate"),
     ):
         decide = commands.add_parser(name, help=helptext)
-        decide.add_argument("run_id")
-        decide.add_argument("--note", help="why")
+        decide.add_argument("run_id", help="the run's id (edgefleet pipeline runs)")
+        decide.add_argument("--note", help="why (kept with the run)")
         decide.set_defaults(func=decide_run, approve=name == "approve")
 
     for p in (create, show, listing, run, runs, logs, *[commands.choices[n] for n in ("approve", "reject")]):

@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
         "--signing-keys",
         type=Path,
         help="signing key directory pipeline packages are signed with (default: DATA_DIR/signing; "
-        "`edgefleet keys init DIR` makes one, its root certificate goes into the server's trust store)",
+        "'edgefleet keys init DIR' makes one, its root certificate goes into the server's trust store)",
     )
     parser.add_argument("--trust", type=Path, help="the server's trust store (default: DATA_DIR/trust)")
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint for non-AWS stores (MinIO, Ceph, ...)")
