@@ -119,3 +119,17 @@ def test_bad_run_requests_record_nothing(db: Any, queue: Any) -> None:
     assert queue.pending() == 0
     with db.session() as session, pytest.raises(InvalidArgument, match=r"source\.framework"):
         runs.put_pipeline(session, CONFIG.replace('"onnx"', '"caffe"'), "alice", db.now(), replace=True)
+
+
+def test_migration_0013_adds_the_pipeline_tables_and_takes_them_away_again(unmigrated: Any) -> None:
+    from server_testkit import migrate
+    from sqlalchemy import inspect
+
+    tables = {"pipelines", "pipeline_runs", "pipeline_steps", "pipeline_logs"}
+    db = unmigrated
+    migrate(db, "0013")
+    assert tables <= set(inspect(db.engine).get_table_names())
+    migrate(db, "0014", down=True)
+    assert not tables & set(inspect(db.engine).get_table_names())
+    migrate(db, "head")
+    assert tables <= set(inspect(db.engine).get_table_names())
