@@ -133,3 +133,18 @@ def test_migration_0013_adds_the_pipeline_tables_and_takes_them_away_again(unmig
     assert not tables & set(inspect(db.engine).get_table_names())
     migrate(db, "head")
     assert tables <= set(inspect(db.engine).get_table_names())
+
+
+def test_a_run_whose_job_ran_out_of_attempts_fails_with_it(db: Any, queue: Any) -> None:
+    from edgefleet.server.config import JobPolicy
+    from edgefleet.server.pipelines import runs
+
+    with db.session() as session:
+        runs.put_pipeline(session, CONFIG, "alice", db.now(), replace=False)
+    run = runs.start_run(db, queue, "digits", "alice", JobPolicy())
+    assert runs.fail_runs_of_lost_jobs(db, ["not-this-one"]) == 0
+    assert runs.fail_runs_of_lost_jobs(db, [run.job_id]) == 1
+    with db.session() as session:
+        failed = runs.get_run(session, run.id)
+        assert failed.state == "FAILED" and "workers were lost" in (failed.reason or "")
+    assert runs.fail_runs_of_lost_jobs(db, [run.job_id]) == 0  # an ended run stays as it is

@@ -26,6 +26,7 @@ from edgefleet.server import alerts, captures, drift, tasks, webhooks
 from edgefleet.server.api.state import AppState
 from edgefleet.server.deployments.stages import refresh_active_stages
 from edgefleet.server.deployments.watch import watch_stages
+from edgefleet.server.pipelines import runs as pipeline_runs
 from edgefleet.server.reports import regenerate_due_reports
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ class MonitoringRound:
 
 def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
     """Re-queue (or fail) jobs whose worker was lost, score complete drift buckets, reconcile alert
-    rules with them, post due webhooks."""
-    tasks.reap_expired(state.db, state.queue)
+    rules with them, post due webhooks. A pipeline run whose job ran out of attempts fails with it."""
+    reaped = tasks.reap_expired(state.db, state.queue)
+    pipeline_runs.fail_runs_of_lost_jobs(state.db, [r.job_id for r in reaped if not r.requeued])
     scored = state.drift_scorer.run(state.db.now())
     changes = alerts.evaluate(state.db, lookback=timedelta(seconds=state.config.timing.drift_lookback))
     outcome = webhooks.deliver_due(state.db, state.config.webhooks, rng=rng)

@@ -183,6 +183,11 @@ class RunExecutor:
             except EdgefleetError as exc:
                 self._fail(name, exc.message)
                 return {"RunId": self.run_id, "State": RunState.FAILED, "Reason": exc.message}
+            except Exception as exc:  # a bug or an untranslated library error: the run says so and ends
+                log.exception("pipeline run %s: step %s failed unexpectedly", self.run_id, name)
+                reason = f"unexpected {type(exc).__name__}: {exc}"[:500]
+                self._fail(name, reason)
+                return {"RunId": self.run_id, "State": RunState.FAILED, "Reason": reason}
             runs.update_step(self.db, self.run_id, name, state=StepState.SUCCEEDED, message=message)
         self._set_approval(registry.Approval.APPROVED, "pipeline run succeeded", quiet=True)
         runs.set_run_state(self.db, self.run_id, RunState.SUCCEEDED)

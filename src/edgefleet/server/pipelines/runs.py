@@ -355,6 +355,27 @@ def update_step(
         return step
 
 
+def fail_runs_of_lost_jobs(db: Database, job_ids: Sequence[str]) -> int:
+    """Runs whose advancing job failed for good because its workers were lost (every attempt's
+    lease ran out): FAILED with that reason, so no run waits forever on a job that will not come."""
+    if not job_ids:
+        return 0
+    with db.session() as session:
+        lost = list(
+            session.scalars(
+                select(PipelineRunRow.id).where(
+                    PipelineRunRow.job_id.in_(list(job_ids)),
+                    PipelineRunRow.state.in_([RunState.QUEUED, RunState.RUNNING]),
+                )
+            )
+        )
+    for run_id in lost:
+        set_run_state(
+            db, run_id, RunState.FAILED, reason="its job's workers were lost (every attempt's lease ran out)"
+        )
+    return len(lost)
+
+
 def _notify(session: Session, run: PipelineRunRow, config: PipelineConfig, now: datetime) -> None:
     if config.webhook is None:
         return
