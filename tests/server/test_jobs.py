@@ -237,8 +237,10 @@ def test_bad_job_requests_are_refused_with_clear_errors_and_record_nothing(op: A
         op.submit_job("compile", {**good, "Model": "m.onnx"})
     with pytest.raises(InvalidArgument, match=r"Compile.Framework: Field required"):
         op.submit_job("compile", {"Model": str(model), "Target": "linux-x86_64"})
-    with pytest.raises(InvalidArgument, match=r"unknown job kind 'paint' \(known: compile, wait\)"):
+    with pytest.raises(InvalidArgument, match=r"unknown job kind 'paint' \(known: compile, wait, pipeline\)"):
         op.request("POST", "/api/v1/jobs", json={"Kind": "paint"})
+    with pytest.raises(InvalidArgument, match=r"pipeline jobs are queued by pipeline runs"):
+        op.request("POST", "/api/v1/jobs", json={"Kind": "pipeline"})
     with pytest.raises(InvalidArgument, match=r"a compile job needs its parameters in Compile"):
         op.request("POST", "/api/v1/jobs", json={"Kind": "compile"})
     with pytest.raises(InvalidArgument, match=r"a wait job takes no Compile"):

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "alert": ("alert", "cli"),
     "simulate": ("simulate", None),
     "twin": ("twin", "cli"),
+    "pipeline": ("pipeline", "cli"),
 }
 
 #: top-level module -> the pip extra that installs it (the one place that knows)

@@ -330,6 +330,52 @@ class FleetClient:
         )
         return result
 
+    # ------------------------------------------------------------------ pipelines
+
+    def put_pipeline(self, config_text: str, *, replace: bool = False) -> Json:
+        """Store a model's pipeline configuration (TOML text)."""
+        result: Json = self.request(
+            "POST", "/api/v1/pipelines", json={"PipelineConfig": config_text, "Replace": replace}
+        )
+        return result
+
+    def describe_pipeline(self, name: str) -> Json:
+        result: Json = self.request("GET", f"/api/v1/pipelines/{quote(name, safe='')}")
+        return result
+
+    def list_pipelines(self) -> list[Json]:
+        result: Json = self.request("GET", "/api/v1/pipelines")
+        return list(result["Pipelines"])
+
+    def start_pipeline_run(
+        self, name: str, *, version: str | None = None, source: str | None = None, trigger: str = "manual"
+    ) -> Json:
+        body: Json = {"ModelVersion": version, "Source": source, "Trigger": trigger}
+        result: Json = self.request("POST", f"/api/v1/pipelines/{quote(name, safe='')}/runs", json=body)
+        return result
+
+    def list_pipeline_runs(self, *, pipeline: str | None = None, state: str | None = None) -> Iterator[Json]:
+        """Runs, newest first."""
+        return self._pages("/api/v1/pipeline-runs", "Runs", {"PipelineName": pipeline, "State": state})
+
+    def describe_pipeline_run(self, run_id: str) -> Json:
+        result: Json = self.request("GET", f"/api/v1/pipeline-runs/{quote(run_id, safe='')}")
+        return result
+
+    def pipeline_run_logs(self, run_id: str, *, after: int = 0) -> Json:
+        result: Json = self.request(
+            "GET", f"/api/v1/pipeline-runs/{quote(run_id, safe='')}/logs", params={"After": after}
+        )
+        return result
+
+    def decide_pipeline_run(self, run_id: str, *, approve: bool, note: str | None = None) -> Json:
+        """Approve or reject a run waiting at its approval gate."""
+        action = "approve" if approve else "reject"
+        result: Json = self.request(
+            "POST", f"/api/v1/pipeline-runs/{quote(run_id, safe='')}/{action}", json={"Note": note}
+        )
+        return result
+
     def set_alias(self, name: str, alias: str, version: str) -> Json:
         result: Json = self.request(
             "PUT", f"/api/v1/models/{name}/aliases/{alias}", json={"ModelVersion": version}

@@ -27,6 +27,7 @@ from edgefleet.server import alerts, captures, drift, figures, tasks, webhooks
 from edgefleet.server.api.state import AppState
 from edgefleet.server.deployments.stages import refresh_active_stages
 from edgefleet.server.deployments.watch import watch_stages
+from edgefleet.server.pipelines import runs as pipeline_runs
 from edgefleet.server.reports import regenerate_due_reports
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ class MonitoringRound:
 
 
 def run_monitoring(state: AppState, *, rng: random.Random | None = None) -> MonitoringRound:
-    """Re-queue (or fail) jobs whose worker was lost, sample the model figures of the current
-    interval, score complete drift buckets, reconcile alert rules with them, post due webhooks."""
-    tasks.reap_expired(state.db, state.queue)
+    """Re-queue (or fail) jobs whose worker was lost (a pipeline run whose job ran out of attempts
+    fails with it), sample the model figures of the current interval, score complete drift buckets,
+    reconcile alert rules with them, post due webhooks."""
+    reaped = tasks.reap_expired(state.db, state.queue)
+    pipeline_runs.fail_runs_of_lost_jobs(state.db, [r.job_id for r in reaped if not r.requeued])
     timing = state.config.timing
     sampled = figures.sample(
         state.db, state.db.now(), interval=timing.figures_interval, connected_window=state.connected_window

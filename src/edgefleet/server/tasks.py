@@ -23,7 +23,8 @@ Rules that keep a job from being lost or run twice to completion:
   out as attempt N+1, or fails it once ``max_attempts`` are used; its update is conditional too,
   so replicas reaping together re-queue a job once.
 
-Job kinds: ``compile`` (the compiler's job, run by ``edgefleet.worker.compile``) and ``wait`` (a
+Job kinds: ``compile`` (the compiler's job, run by ``edgefleet.worker.compile``), ``pipeline``
+(advances one pipeline run: server/pipelines/runs.py, ``edgefleet.worker.pipeline``) and ``wait`` (a
 diagnostic that waits for a file to appear: a worker deployment's smoke test, and the tests'
 way to hold a worker mid-job).
 """
@@ -76,8 +77,8 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-COMPILE, WAIT = "compile", "wait"
-KINDS = (COMPILE, WAIT)
+COMPILE, WAIT, PIPELINE = "compile", "wait", "pipeline"
+KINDS = (COMPILE, WAIT, PIPELINE)
 
 # ---------------------------------------------------------------------------------- parameters
 
@@ -155,6 +156,11 @@ def check_params(kind: str, params: dict[str, Any], policy: JobPolicy) -> dict[s
         if timeout > policy.max_wait:
             raise InvalidArgument(f"TimeoutSeconds is at most {policy.max_wait:g}, got {timeout:g}")
         return {"Path": path, "Touch": touch, "TimeoutSeconds": timeout}
+    if kind == PIPELINE:
+        run_id = params.get("RunId")
+        if not isinstance(run_id, str) or not run_id:
+            raise InvalidArgument("a pipeline job needs RunId (it is queued by `edgefleet pipeline run`)")
+        return {"RunId": run_id}
     raise InvalidArgument(f"unknown job kind {kind[:50]!r} (known: {', '.join(KINDS)})")
 
 

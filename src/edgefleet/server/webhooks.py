@@ -58,7 +58,13 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def enqueue(
-    session: Session, *, event_id: int, url: str, payload: dict[str, Any], secret: str | None, now: datetime
+    session: Session,
+    *,
+    event_id: int | None,
+    url: str,
+    payload: dict[str, Any],
+    secret: str | None,
+    now: datetime,
 ) -> WebhookDeliveryRow:
     """Write a delivery of ``payload`` to ``url`` on ``session``'s transaction, due now."""
     row = WebhookDeliveryRow(

@@ -61,6 +61,19 @@ class JobContext:
 
     # -- for executors ----------------------------------------------------------------------
 
+    @property
+    def db(self) -> Database:
+        """The control plane's database (executors that record more than the job: pipeline runs)."""
+        return self._db
+
+    @property
+    def policy(self) -> JobPolicy:
+        return self._policy
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
     def log(self, line: str) -> None:
         """Append a line to the job's log (sent with the next heartbeat, within a fraction of a second)."""
         with self._cond:
@@ -190,28 +203,42 @@ class Runner:
             )
             return
         log.info("job %s (%s) attempt %d running on %s", job_id, row.kind, attempt, worker_id)
-        ctx = JobContext(handles.db, row, worker_id, policy, handles.artifacts)
-        ctx.start()
-        result: dict[str, Any] | None = None
-        error: EdgefleetError | None = None
-        try:
-            executor = self.executors.get(row.kind)
-            if executor is None:
-                raise EdgefleetError(
-                    f"this worker cannot run {row.kind!r} jobs (it runs: {', '.join(sorted(self.executors))})"
-                )
-            result = executor(ctx)
-        except EdgefleetError as exc:
-            error = exc
-        except Exception as exc:  # a bug or an untranslated library error: the job says so
-            log.exception("job %s failed unexpectedly", job_id)
-            error = EdgefleetError(f"job failed unexpectedly: {type(exc).__name__}: {exc}")
-        lines, _progress, _message = ctx.stop()
-        if ctx.lost:
-            log.info("job %s attempt %d: outcome dropped (no longer this worker's)", job_id, attempt)
-            return
-        finished = tasks.finish(
-            handles.db, job_id, attempt, worker_id, result=result, error=error, lines=lines
-        )
-        state = "dropped" if not finished else ("succeeded" if error is None else f"failed: {error}")
-        log.info("job %s attempt %d %s", job_id, attempt, state)
+        run_claimed(handles.db, handles.artifacts, policy, self.executors, row, worker_id)
+
+
+def run_claimed(
+    db: Database,
+    artifacts: ArtifactStore,
+    policy: JobPolicy,
+    executors: dict[str, Executor],
+    row: Any,
+    worker_id: str,
+) -> bool:
+    """Run an attempt ``worker_id`` has claimed (``row``, from :func:`tasks.claim`) to its end: the
+    heartbeat thread, the kind's executor, the fenced outcome. True when the job SUCCEEDED.
+    (A pipeline run's executor also runs its compile jobs through here.)"""
+    job_id, attempt = row.id, row.attempt
+    ctx = JobContext(db, row, worker_id, policy, artifacts)
+    ctx.start()
+    result: dict[str, Any] | None = None
+    error: EdgefleetError | None = None
+    try:
+        executor = executors.get(row.kind)
+        if executor is None:
+            raise EdgefleetError(
+                f"this worker cannot run {row.kind!r} jobs (it runs: {', '.join(sorted(executors))})"
+            )
+        result = executor(ctx)
+    except EdgefleetError as exc:
+        error = exc
+    except Exception as exc:  # a bug or an untranslated library error: the job says so
+        log.exception("job %s failed unexpectedly", job_id)
+        error = EdgefleetError(f"job failed unexpectedly: {type(exc).__name__}: {exc}")
+    lines, _progress, _message = ctx.stop()
+    if ctx.lost:
+        log.info("job %s attempt %d: outcome dropped (no longer this worker's)", job_id, attempt)
+        return False
+    finished = tasks.finish(db, job_id, attempt, worker_id, result=result, error=error, lines=lines)
+    state = "dropped" if not finished else ("succeeded" if error is None else f"failed: {error}")
+    log.info("job %s attempt %d %s", job_id, attempt, state)
+    return finished and error is None

@@ -23,6 +23,7 @@ from edgefleet.server.api import (
     fleets,
     jobs,
     models,
+    pipelines,
 )
 from edgefleet.server.api.auth import app_state
 from edgefleet.server.api.docs import install_docs
@@ -82,6 +83,7 @@ def create_app(state: AppState, *, run_jobs: bool = True) -> FastAPI:
         drift.router,
         alerts.router,
         jobs.router,
+        pipelines.router,
         enrolment.router,
         device_plane.router,
         capture_plane.router,

@@ -47,6 +47,10 @@ def job_out(row: JobRow) -> s.JobOut:
 def submit_job(body: s.JobRequest, request: Request, actor: Actor) -> s.JobOut:
     """Record a job and put it on the task queue; a worker (``edgefleet worker``) runs it."""
     st = app_state(request)
+    if body.Kind == tasks.PIPELINE:
+        raise InvalidArgument(
+            "pipeline jobs are queued by pipeline runs (POST /api/v1/pipelines/{name}/runs)"
+        )
     spec: Any = {tasks.COMPILE: body.Compile, tasks.WAIT: body.Wait}.get(body.Kind)
     if body.Kind in tasks.KINDS and spec is None:
         raise InvalidArgument(f"a {body.Kind} job needs its parameters in {body.Kind.capitalize()}")

@@ -947,3 +947,90 @@ class JobLogs(Out):
     Lines: list[JobLogLine]
     #: give it as ``After`` to read the lines that follow
     LastId: int
+
+
+# ------------------------------------------------------------------------------------------ pipelines
+
+
+class PipelineRequest(Strict):
+    PipelineConfig: str = Field(
+        description="the pipeline configuration, TOML (see server/pipelines/config.py)"
+    )
+    Replace: bool = Field(default=False, description="replace an existing pipeline of the same model")
+
+
+class PipelineOut(Out):
+    PipelineName: str
+    Configuration: dict[str, Any]
+    Steps: list[str]
+    Source: str
+    CreationTime: datetime
+    CreatedBy: str
+    LastModifiedTime: datetime
+
+
+class PipelineList(Out):
+    Pipelines: list[PipelineOut]
+
+
+class StartRunRequest(Strict):
+    ModelVersion: str | None = Field(
+        default=None, description="the version registered (default: r<run number>)"
+    )
+    Source: str | None = Field(
+        default=None, description="a model file replacing the configured source (absolute)"
+    )
+    Trigger: str = "manual"
+
+
+class DecisionRequest(Strict):
+    Note: str | None = None
+
+
+class PipelineStepOut(Out):
+    StepName: str
+    State: str
+    Message: str | None
+    Artifacts: dict[str, Any]
+    Figures: dict[str, Any]
+    StartTime: datetime | None
+    EndTime: datetime | None
+
+
+class PipelineRunOut(Out):
+    RunId: str
+    PipelineName: str
+    RunNumber: int
+    ModelVersion: str
+    State: str
+    Reason: str | None
+    Trigger: str
+    JobId: str | None
+    Steps: list[PipelineStepOut]
+    Decision: str | None
+    DecidedBy: str | None
+    DecisionTime: datetime | None
+    DecisionNote: str | None
+    CreationTime: datetime
+    CreatedBy: str
+    StartTime: datetime | None
+    EndTime: datetime | None
+
+
+class PipelineRunList(Out):
+    Runs: list[PipelineRunOut]
+    NextToken: str | None = None
+
+
+class PipelineLogLine(Out):
+    Id: int
+    Step: str | None
+    Time: datetime
+    Line: str
+
+
+class PipelineLogs(Out):
+    RunId: str
+    State: str
+    Lines: list[PipelineLogLine]
+    LastId: int

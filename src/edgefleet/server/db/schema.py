@@ -750,3 +750,78 @@ class UISession(Base):
         # expired sessions are deleted by expiry
         Index("ix_ui_sessions_expires_at", "expires_at"),
     )
+
+
+class PipelineRow(Base):
+    """A model's pipeline configuration (server/pipelines/config.py): the TOML as given and its
+    checked form, one per model name."""
+
+    __tablename__ = "pipelines"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    source_text: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[datetime]
+
+
+class PipelineRunRow(Base):
+    """One run of a pipeline (server/pipelines/runs.py): the configuration it ran with, its state,
+    the job that advances it, and who approved or rejected it."""
+
+    __tablename__ = "pipeline_runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(63))
+    number: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(String(64))
+    #: QUEUED, RUNNING, WAITING_APPROVAL, SUCCEEDED, FAILED, REJECTED
+    state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    trigger: Mapped[str] = mapped_column(String(100))
+    config: Mapped[dict[str, Any]]
+    #: the job (server/tasks.py) advancing the run now or last
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    #: Approved or Rejected, by whom, when, why
+    decision: Mapped[str | None] = mapped_column(String(10))
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None]
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (
+        UniqueConstraint("pipeline", "number", name="uq_pipeline_runs_number"),
+        Index("ix_pipeline_runs_created", "created_at"),
+    )
+
+
+class PipelineStepRow(Base):
+    """One step of a run, in order: state, timings, artifacts (job ids, compile reports, package
+    ids, plan names) and figures (validation, shadow)."""
+
+    __tablename__ = "pipeline_steps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(20))
+    #: PENDING, RUNNING, WAITING, SUCCEEDED, FAILED, SKIPPED
+    state: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str | None] = mapped_column(Text)
+    artifacts: Mapped[dict[str, Any]]
+    figures: Mapped[dict[str, Any]]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    __table_args__ = (UniqueConstraint("run_id", "position", name="uq_pipeline_steps_position"),)
+
+
+class PipelineLogRow(Base):
+    """One line of a run's log, append-only, in order of ``id``."""
+
+    __tablename__ = "pipeline_logs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"))
+    step: Mapped[str | None] = mapped_column(String(20))
+    logged_at: Mapped[datetime]
+    line: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_pipeline_logs_run", "run_id", "id"),)

@@ -1,7 +1,7 @@
 """each device's shadow pairs and their latest figures
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 
 Heartbeats carry the agent's shadow pairs (``Shadows``: a handle, its champion and shadow model
 versions, the cumulative counters and latencies of the pair); ``device_shadows`` keeps the latest
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
