@@ -8,13 +8,13 @@ import threading
 import numpy as np
 import pytest
 
+from edgefleet.agent.priority import lower_priority
 from edgefleet.agent.shadow import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_TOLERANCE,
     Comparison,
     ShadowSettings,
     compare,
-    lower_priority,
 )
 from edgefleet.core.errors import InvalidArgument
 
@@ -72,7 +72,9 @@ def test_the_mirror_thread_alone_gets_the_lowest_priority() -> None:
 
     def mirror() -> None:
         tid = threading.get_native_id()
-        seen.append((lower_priority(), os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
+        seen.append(
+            (lower_priority("mirror"), os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid))
+        )
 
     thread = threading.Thread(target=mirror)
     thread.start()

@@ -15,7 +15,7 @@ the pair, never an error of the application's call.
 
 The shadow is loaded first like any model (``LoadModel``: the memory budget applies). Its CPU is
 held below the champion's: the mirror thread runs under Linux's ``SCHED_IDLE`` policy (the lowest
-scheduling priority, needing no privilege; where that is refused, nice :data:`SHADOW_NICE`), so the
+scheduling priority, needing no privilege; where that is refused, nice 19; :func:`~edgefleet.agent.priority.lower_priority`), so the
 shadow runs on CPU time nothing else asks for: when cores are short the kernel serves the champion's
 calls first and the shadow falls behind (its queue fills, calls are dropped and counted), never the
 other way round.
@@ -29,7 +29,6 @@ import collections
 import enum
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.agent.models import ModelRegistry, ModelSlot, no_shadow
+from edgefleet.agent.priority import lower_priority
 from edgefleet.agent.stats import ModelStats
 from edgefleet.core.errors import InvalidArgument, shorten
 from edgefleet.monitoring.summary import is_class_scores
@@ -52,8 +52,6 @@ DEFAULT_TOLERANCE = 1e-5
 #: Mirrored calls waiting for the shadow when LoadShadow gives 0, and the most it may ask for.
 DEFAULT_MAX_QUEUE = 64
 MAX_QUEUE_LIMIT = 4096
-#: Nice value of each pair's mirror thread where SCHED_IDLE is refused (Linux: per thread; 19 is the lowest).
-SHADOW_NICE = 19
 #: Seconds unload/promote wait for a shadow call in progress before leaving it to finish alone.
 STOP_SECONDS = 30.0
 
@@ -218,7 +216,7 @@ class ShadowPair:
 
     # -- the mirror thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        lower_priority()
+        lower_priority("shadow mirror thread")
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -312,24 +310,6 @@ class ShadowPair:
             "shadow_p99_ms": shadow.p99_ms,
             "loaded_time": self.loaded_time,
         }
-
-
-def lower_priority() -> str:
-    """Put the calling thread under ``SCHED_IDLE``, or else give it the nice value
-    :data:`SHADOW_NICE` (on Linux a thread id names one thread; neither needs a privilege); returns
-    which. Where both fail the shadow runs at normal priority, logged."""
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (OSError, AttributeError) as exc:
-        log.debug("SCHED_IDLE refused for the shadow mirror thread: %s", exc)
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, SHADOW_NICE)
-        return f"nice {SHADOW_NICE}"
-    except (OSError, AttributeError) as exc:
-        log.info("shadow mirror thread keeps its priority: %s", exc)
-    return "normal"
 
 
 class Shadows:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.agent.priority import lower_priority
 from edgefleet.core.errors import InvalidArgument
 from edgefleet.monitoring import ModelSummary
 from edgefleet.monitoring.summary import MAX_FEATURES, MAX_ROWS, as_rows
@@ -97,7 +98,9 @@ class Summariser:
 
     def _run(self) -> None:
         # Waking a few times a second and folding what arrived in one go: the sketches' cost is per
-        # update, not per value, and neither a request thread nor this one waits on the other.
+        # update, not per value, and neither a request thread nor this one waits on the other; at
+        # the lowest scheduling priority, the fold takes no CPU a Predict wants.
+        lower_priority("model summaries thread")
         while not self._stop.wait(BATCH_SECONDS):
             items: list[_Call] = []
             while self._pending and len(items) < QUEUE_LIMIT:
