@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet.cli.argtypes import positive_int, positive_seconds, seconds
 from edgefleet.core.logs import LOG_FORMATS, configure_logging
 
 
@@ -52,7 +53,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--job-max-attempts",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="attempts a job gets when its workers are lost (default: 3; a request may set its own)",
     )
@@ -72,7 +73,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="server processes sharing both ports, each a full replica (default: 1; about one per core)",
     )
@@ -86,7 +87,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--ui-session-ttl",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=12 * 3600.0,
         help="seconds a web dashboard login (/ui) lasts (default: 12 hours)",
     )
@@ -98,7 +99,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--capture-retention",
-        type=_seconds,
+        type=seconds,
         default=90 * 86400.0,
         help="seconds the capture index keeps an object after its newest record (0: forever; "
         "default: 90 days); the objects themselves stay in the capture store",
@@ -146,36 +147,6 @@ def add_parser(sub: Any) -> None:
         help="log lines on stderr as text or json, one object per line (default: text; fields in docs/logs.md)",
     )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return value
 
 
 def build_config(args: argparse.Namespace) -> Any:

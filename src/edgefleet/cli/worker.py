@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from edgefleet.cli.argtypes import positive_int, positive_seconds
+
 WORKER_TYPES = ("process", "thread")
 
 
@@ -37,7 +39,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--trust", type=Path, help="the server's trust store (default: DATA_DIR/trust)")
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint for non-AWS stores (MinIO, Ceph, ...)")
-    parser.add_argument("--workers", type=_positive_int, default=1, help="jobs run at once (default: 1)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="jobs run at once (default: 1)")
     parser.add_argument(
         "--worker-type",
         choices=WORKER_TYPES,
@@ -46,34 +48,17 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument(
         "--lease",
-        type=_positive_float,
+        type=positive_seconds,
         default=60.0,
         help="seconds a job's lease lasts unrenewed (default: 60)",
     )
     parser.add_argument(
-        "--heartbeat", type=_positive_float, default=10.0, help="seconds between lease renewals (default: 10)"
+        "--heartbeat",
+        type=positive_seconds,
+        default=10.0,
+        help="seconds between lease renewals (default: 10)",
     )
     parser.set_defaults(func=run, log_level=logging.INFO)  # a service: its log is its output
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
