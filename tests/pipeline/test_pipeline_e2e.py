@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import support
 from support import REPO
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +30,9 @@ pytest.importorskip("huey", reason="these tests need the task queue (server extr
 onnx = pytest.importorskip("onnx", reason="building the digits model needs onnx")
 
 
+#: what these tests wait on takes whole processes on a busy machine
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 240.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return support.wait_for(condition, what, timeout)
 
 
 @dataclass

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+import support
 from support import REPO
 from twin_testkit import Plane
 
@@ -30,15 +30,9 @@ pytestmark = pytest.mark.e2e
 FAST = TwinTiming(heartbeat_interval_seconds=1, poll_interval_seconds=1, health_interval_seconds=1)
 
 
+#: what these tests wait on takes whole processes on a busy machine
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return support.wait_for(condition, what, timeout)
 
 
 def _digits_table() -> tuple[np.ndarray, np.ndarray]:
