@@ -87,9 +87,10 @@ def chromium() -> Path:
     return executable
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: Path) -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the browser tests (module-scoped: Playwright's sync API runs an
+    event loop in the main thread while it is open, which later tests' asyncio.run() must not see)."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -103,7 +104,9 @@ def browser(chromium: Path) -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture(scope="session")
+# module-scoped (every dashboard test is in one module): the server and its simulated devices
+# stop once the browser tests are done, not at the end of the whole test session
+@pytest.fixture(scope="module")
 def dashboard(
     chromium: Path, artifacts: Path, keys: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dashboard]:
@@ -163,7 +166,7 @@ def dashboard(
         yield Dashboard(server, token, op, simulation, artifacts, packages)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def signed_in_state(browser: Any, dashboard: Dashboard) -> dict[str, Any]:
     """The cookies of one login through the form, reused by every test's context."""
     context = browser.new_context(ignore_https_errors=True, viewport=VIEWPORT)

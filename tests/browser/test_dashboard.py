@@ -35,6 +35,27 @@ def expect(locator: Any) -> Any:
     return playwright_expect(locator)
 
 
+# -- the harness itself: Chromium reaches the real server over TLS, the simulated devices heartbeat
+
+
+def test_chromium_loads_the_servers_offline_api_docs(
+    anonymous_page: Any, dashboard: Dashboard, shoot: Any
+) -> None:
+    requested: list[str] = []
+    anonymous_page.on("request", lambda r: requested.append(r.url))
+    anonymous_page.goto(dashboard.url("/docs"))
+    expect(anonymous_page.locator(".swagger-ui .opblock-tag").first).to_be_visible()
+    shoot(anonymous_page, "api-docs", full_page=False)  # the whole page is ~9,000 px tall
+    assert requested and all(url.startswith(dashboard.base_url) for url in requested), requested
+
+
+def test_the_simulated_devices_heartbeat(dashboard: Dashboard) -> None:
+    devices = {d["DeviceName"]: d for d in dashboard.op.list_devices(fleet=SIM_FLEET)}
+    assert sorted(devices) == SIM_DEVICES
+    assert all(d["LatestHeartbeat"] for d in devices.values())
+    assert dashboard.simulation.alive()
+
+
 def device_rows(page: Any) -> set[str]:
     """The names of the devices the device table lists."""
     ids = page.locator("#device-table [id^='device-row-']").evaluate_all("rows => rows.map(r => r.id)")

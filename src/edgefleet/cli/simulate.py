@@ -75,6 +75,7 @@ def _register(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
     import threading
 
     from edgefleet.core.errors import InvalidArgument
@@ -108,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     simulator.enrol(tokens)
     print(f"enrolled {len(simulator.devices)} simulated devices (identities in {work_dir})", file=sys.stderr)
     stop = threading.Event()
+    # Ctrl-C and SIGTERM end the run the same way (the summary is printed), also when the shell
+    # that started it left SIGINT ignored (a background job)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         stats = simulator.run(args.duration, stop)
     except KeyboardInterrupt:
